@@ -1,0 +1,62 @@
+# stabletrain — two commands: `make lab` and `make test`.
+# Both create .venv if it is missing and install the course environment into it.
+
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+CONSTRAINTS := requirements/constraints.txt
+STAMP       := $(VENV)/.stabletrain-installed
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' $(CONSTRAINTS))
+# A CPU build of torch where one is available (see README for GPU builds).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Two notebooks (or test workers) side by side on two cores: one BLAS thread each.
+THREADS_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+WORKERS     ?= 2
+NBVAL_OPTS  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300
+LINT_PATHS  := lib tests notebooks benchmarks tools
+
+.PHONY: lab test install lint format unit notebooks execute-notebooks mlflow clean
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+test: $(STAMP) lint
+	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL_OPTS) tests notebooks
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	@# torch first: a local CPU wheel if pip already knows one, else the CPU index, else PyPI.
+	$(PY) -m pip install --quiet --no-index "torch==$(TORCH_VERSION)" 2>/dev/null \
+	  || $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX) \
+	  || $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[course]"
+	$(PY) -m ipykernel install --sys-prefix --name stabletrain --display-name "Python (stabletrain)" >/dev/null
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+
+unit: $(STAMP)
+	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) tests
+
+notebooks: $(STAMP)
+	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL_OPTS) notebooks
+
+# Re-execute notebooks in place in a fresh kernel (after editing them): make execute-notebooks NB=notebooks/00_quickstart.ipynb
+NB ?= notebooks/*.ipynb
+execute-notebooks: $(STAMP)
+	$(THREADS_ENV) $(PY) tools/execute_notebooks.py $(NB)
+
+mlflow: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(CURDIR)/mlflow.db" --default-artifact-root "$(CURDIR)/mlartifacts"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache lib/*.egg-info

@@ -1,0 +1,233 @@
+"""A deterministic synthetic segmentation dataset: shapes on a noisy background.
+
+Every image holds a few circles, rectangles and triangles with varying
+intensity, blurred and with Gaussian noise added. Sample ``i`` of a dataset is
+drawn from its own random stream ``numpy.random.default_rng([seed, split, i])``,
+so the same arguments always give the same bytes, whatever order samples are
+read in, and a larger dataset extends a smaller one.
+
+Masks:
+- ``num_classes=1`` (binary): float mask ``(1, H, W)`` with values in {0, 1}.
+- ``num_classes=2``: integer mask ``(H, W)``, 0 background, 1 any shape.
+- ``num_classes=len(shapes) + 1``: integer mask ``(H, W)``, 0 background and
+  ``1 + k`` for the k-th entry of ``shapes`` (circle=1, rectangle=2, triangle=3
+  with the default shapes).
+
+``object_size`` sets the radius range as a fraction of the image side; small
+values (for example ``(0.02, 0.05)``) make foreground pixels rare, which is how
+the losses notebook studies class imbalance.
+
+Example:
+    >>> from stabletrain.data import ShapesSegmentation
+    >>> ds = ShapesSegmentation(8, image_size=32)
+    >>> image, mask = ds[0]
+    >>> tuple(image.shape), tuple(mask.shape)
+    ((1, 32, 32), (1, 32, 32))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["SHAPES", "ShapesSegmentation", "make_loaders"]
+
+SHAPES = ("circle", "rectangle", "triangle")
+_SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a pair (min, max), got {value!r}") from None
+    if not (low <= a <= b <= high):
+        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
+    return a, b
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with reflect padding (radius ``ceil(2σ)``)."""
+    radius = max(1, int(np.ceil(2 * sigma)))
+    x = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(x**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    padded = np.pad(image, radius, mode="reflect")
+    rows = sum(k * padded[:, i : i + image.shape[1]] for i, k in enumerate(kernel))
+    return sum(k * rows[i : i + image.shape[0], :] for i, k in enumerate(kernel))
+
+
+class ShapesSegmentation(Dataset):
+    """Synthetic shapes segmentation data, generated once at construction.
+
+    Args:
+        num_samples: number of images (>= 1).
+        image_size: side of the square images in pixels (>= 16).
+        num_classes: 1 (binary float mask), 2 (background/foreground integer
+            mask) or ``len(shapes) + 1`` (one class per shape kind).
+        seed: seed of the data; the same seed gives the same bytes.
+        split: ``"train"``, ``"val"`` or ``"test"``; each split is a separate stream.
+        shapes: which shape kinds to draw, a subset of ``SHAPES``.
+        objects_per_image: inclusive range of objects per image.
+        object_size: range of object radii as a fraction of ``image_size``.
+        noise_std: standard deviation of the additive Gaussian noise.
+        blur_sigma: Gaussian blur in pixels, 0 for none.
+        contrast: range of the object-minus-background intensity difference.
+
+    Attributes:
+        images: ``(num_samples, 1, H, W)`` float32 tensor.
+        masks: ``(num_samples, 1, H, W)`` float32 (binary) or ``(num_samples, H, W)`` int64.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        image_size: int = 64,
+        num_classes: int = 1,
+        seed: int = 0,
+        *,
+        split: str = "train",
+        shapes: Sequence[str] = SHAPES,
+        objects_per_image: tuple[int, int] = (1, 4),
+        object_size: tuple[float, float] = (0.08, 0.2),
+        noise_std: float = 0.1,
+        blur_sigma: float = 0.7,
+        contrast: tuple[float, float] = (0.3, 1.0),
+    ) -> None:
+        for name, value in (("num_samples", num_samples), ("image_size", image_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if image_size < 16:
+            raise ValueError(f"image_size must be >= 16, got {image_size}")
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
+        shapes = tuple(shapes)
+        if not shapes or any(s not in SHAPES for s in shapes) or len(set(shapes)) != len(shapes):
+            raise ValueError(f"shapes must be distinct names from {SHAPES}, got {shapes!r}")
+        allowed = sorted({1, 2, len(shapes) + 1})
+        if num_classes not in allowed:
+            raise ValueError(
+                f"num_classes must be one of {allowed} for shapes={shapes}, got {num_classes!r}"
+            )
+        lo, hi = objects_per_image
+        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+            raise ValueError(
+                f"objects_per_image must be integers 1 <= min <= max, got {objects_per_image!r}"
+            )
+        object_size = _check_range("object_size", object_size, 0.005, 0.5)
+        contrast = _check_range("contrast", contrast, 0.0, 10.0)
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        if blur_sigma < 0:
+            raise ValueError(f"blur_sigma must be >= 0, got {blur_sigma}")
+
+        self.num_samples = num_samples
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.seed = seed
+        self.split = split
+        self.shapes = shapes
+        self.objects_per_image = (lo, hi)
+        self.object_size = object_size
+        self.noise_std = float(noise_std)
+        self.blur_sigma = float(blur_sigma)
+        self.contrast = contrast
+
+        images = np.empty((num_samples, 1, image_size, image_size), dtype=np.float32)
+        labels = np.empty((num_samples, image_size, image_size), dtype=np.int64)
+        for i in range(num_samples):
+            images[i, 0], labels[i] = self._draw(i)
+        self.images = torch.from_numpy(images)
+        if num_classes == 1:
+            self.masks = torch.from_numpy((labels > 0).astype(np.float32)[:, None])
+        elif num_classes == 2:
+            self.masks = torch.from_numpy((labels > 0).astype(np.int64))
+        else:
+            self.masks = torch.from_numpy(labels)
+
+    def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
+        n = self.image_size
+        yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
+        background = rng.uniform(0.0, 0.3)
+        image = np.full((n, n), background)
+        labels = np.zeros((n, n), dtype=np.int64)
+        for _ in range(rng.integers(self.objects_per_image[0], self.objects_per_image[1] + 1)):
+            kind = int(rng.integers(len(self.shapes)))
+            radius = rng.uniform(*self.object_size) * n
+            cy, cx = rng.uniform(radius, n - radius, size=2)
+            shape = self.shapes[kind]
+            if shape == "circle":
+                inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+            elif shape == "rectangle":
+                aspect = rng.uniform(0.5, 1.0)
+                h, w = (
+                    (radius, radius * aspect) if rng.random() < 0.5 else (radius * aspect, radius)
+                )
+                inside = (np.abs(yy - cy) <= h) & (np.abs(xx - cx) <= w)
+            else:  # triangle: three vertices on the circle of this radius
+                angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.0, 4.0]) * np.pi / 3
+                vy, vx = cy + radius * np.sin(angles), cx + radius * np.cos(angles)
+                sides = [
+                    (vx[j] - xx) * (vy[(j + 1) % 3] - yy) - (vy[j] - yy) * (vx[(j + 1) % 3] - xx)
+                    for j in range(3)
+                ]
+                inside = ((sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)) | (
+                    (sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0)
+                )
+            image[inside] = background + rng.uniform(*self.contrast)
+            labels[inside] = kind + 1 if self.num_classes > 2 else 1
+        if self.blur_sigma > 0:
+            image = _blur(image, self.blur_sigma)
+        image = image + rng.normal(0.0, self.noise_std, size=image.shape)
+        return image.astype(np.float32), labels
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.masks[index]
+
+    def foreground_fraction(self) -> float:
+        """Fraction of pixels that belong to any object (the class balance)."""
+        fg = self.masks > 0 if self.num_classes > 1 else self.masks > 0.5
+        return float(fg.float().mean())
+
+
+def make_loaders(
+    num_train: int = 256,
+    num_val: int = 64,
+    batch_size: int = 16,
+    *,
+    image_size: int = 64,
+    num_classes: int = 1,
+    seed: int = 0,
+    num_workers: int = 0,
+    **dataset_kwargs,
+) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders over :class:`ShapesSegmentation`.
+
+    The training loader shuffles with its own ``torch.Generator`` seeded by
+    ``seed`` (``train_loader.generator``), so the data order is reproducible and
+    can be checkpointed with ``generator.get_state()``. The validation split is
+    a different stream of the same seed and is not shuffled.
+
+    Extra keyword arguments go to both datasets.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    train = ShapesSegmentation(
+        num_train, image_size, num_classes, seed, split="train", **dataset_kwargs
+    )
+    val = ShapesSegmentation(num_val, image_size, num_classes, seed, split="val", **dataset_kwargs)
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(
+        train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
+    )
+    val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return train_loader, val_loader

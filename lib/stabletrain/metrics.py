@@ -1,0 +1,95 @@
+"""Evaluation metrics for segmentation: Dice and IoU (Jaccard) scores.
+
+For each sample ``n`` and class ``c`` with predicted mask ``P`` and true mask ``T``:
+
+- Dice ``= 2|P ∩ T| / (|P| + |T|)``
+- IoU ``= |P ∩ T| / |P ∪ T|``
+
+A class that is empty in both prediction and target scores 1 (nothing to find,
+nothing found). Scores are averaged over samples and classes.
+
+Inputs: ``logits`` ``(N, C, H, W)``. Binary (``C == 1``): ``target`` ``(N, 1, H, W)``
+or ``(N, H, W)`` with values in {0, 1}, prediction ``sigmoid(logit) > threshold``.
+Multiclass (``C > 1``): integer ``target`` ``(N, H, W)``, prediction ``argmax``;
+the background class 0 is left out unless ``include_background=True``.
+
+Example:
+    >>> import torch
+    >>> from stabletrain.metrics import dice_score
+    >>> logits = torch.tensor([[[[5.0, -5.0]]]])  # (1, 1, 1, 2)
+    >>> round(dice_score(logits, torch.tensor([[[[1.0, 0.0]]]])), 3)
+    1.0
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["dice_score", "iou_score"]
+
+
+def _confusion(
+    logits: torch.Tensor, target: torch.Tensor, threshold: float, include_background: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample, per-class intersection, |P| and |T|, each of shape (N, C')."""
+    if isinstance(logits, list | tuple):
+        logits = logits[0]  # deep supervision: index 0 is the final output
+    if logits.dim() != 4:
+        raise ValueError(f"logits must have shape (N, C, H, W), got {tuple(logits.shape)}")
+    n, c = logits.shape[:2]
+    if c == 1:
+        if target.dim() == 3:
+            target = target.unsqueeze(1)
+        if target.shape != logits.shape:
+            raise ValueError(
+                f"binary target must have shape {tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        pred = (torch.sigmoid(logits.float()) > threshold).flatten(2)
+        true = (target > 0.5).flatten(2)
+    else:
+        if target.dim() != 3 or target.shape != (n, *logits.shape[2:]):
+            raise ValueError(
+                f"multiclass target must be (N, H, W) = {(n, *logits.shape[2:])}, "
+                f"got {tuple(target.shape)}"
+            )
+        if target.is_floating_point():
+            raise ValueError(
+                "multiclass target must hold integer class indices, got a float tensor"
+            )
+        classes = torch.arange(c, device=logits.device).view(1, c, 1)
+        pred = logits.argmax(1).flatten(1).unsqueeze(1) == classes
+        true = target.flatten(1).unsqueeze(1) == classes
+        if not include_background:
+            pred, true = pred[:, 1:], true[:, 1:]
+    inter = (pred & true).sum(-1).double()
+    return inter, pred.sum(-1).double(), true.sum(-1).double()
+
+
+@torch.no_grad()
+def dice_score(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    include_background: bool = False,
+) -> float:
+    """Mean Dice score of thresholded (binary) or arg-max (multiclass) predictions."""
+    inter, p, t = _confusion(logits, target, threshold, include_background)
+    denom = p + t
+    score = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
+    return float(score.mean())
+
+
+@torch.no_grad()
+def iou_score(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    threshold: float = 0.5,
+    include_background: bool = False,
+) -> float:
+    """Mean intersection-over-union of thresholded or arg-max predictions."""
+    inter, p, t = _confusion(logits, target, threshold, include_background)
+    union = p + t - inter
+    score = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return float(score.mean())

@@ -1,0 +1,627 @@
+"""A compact, readable training loop with explicit extension points.
+
+``fit`` trains a model for a number of epochs, steps the LR scheduler once per
+optimizer step, validates after every epoch and returns a :class:`History`.
+Everything beyond the basic loop plugs in through small, duck-typed protocols,
+so the stability, mixed-precision, checkpointing, tracking and deep-supervision
+pieces of the library (and a learner's own objects) join without changing it:
+
+========================  ==============================================================
+argument                  what ``fit`` calls on it
+========================  ==============================================================
+``guard``                 ``guard.step(loss) -> StepResult``: the whole update (backward,
+                          clipping, optimizer and scheduler step, zero-grad). Without a
+                          guard, :class:`PlainUpdate` does the same plainly.
+``amp``                   ``amp.autocast()`` around the forward pass; without a guard also
+                          ``amp.backward(loss)``, ``amp.unscale_(opt)``,
+                          ``amp.step(opt) -> bool`` (True only if the optimizer stepped)
+                          and ``amp.scale``.
+``loss_fn``               ``loss_fn(outputs, target)``; if ``loss_fn.uses_progress`` is
+                          true, ``loss_fn(outputs, target, progress)`` with ``progress``
+                          the fraction of training done (deep supervision, schedules).
+``scheduler``             ``scheduler.step()`` after each real optimizer step; if it is
+                          metric-driven (``scheduler.metric_driven`` or a
+                          ``ReduceLROnPlateau``) also ``scheduler.step(metric)`` after
+                          each validation.
+``early_stopping``        ``early_stopping.step(value) -> bool`` after each epoch with the
+                          monitored metric; ``early_stopping.stopping_reason``.
+``checkpoints``           ``checkpoints.save(epoch, metrics, step=..., **objects)`` after
+                          each epoch; with ``resume=True``, ``checkpoints.load("latest",
+                          **objects) -> {"epoch", "step", ...}`` before training.
+``tracker``               ``tracker.log_params(dict)``, ``tracker.log_metrics(dict, step)``
+                          and ``tracker.finish(history)``.
+``callbacks``             :class:`Callback` hooks at fit, epoch and step boundaries.
+========================  ==============================================================
+
+The loss is always computed in float32, outside autocast (see
+:func:`outputs_to_float32`).
+
+Example:
+    >>> from stabletrain import TinyUNet, make_loaders, fit
+    >>> train, val = make_loaders(num_train=32, num_val=16, batch_size=8)
+    >>> history = fit(TinyUNet(), train, val_loader=val, epochs=1, progress=False)
+    >>> len(history.steps["loss"])
+    4
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .metrics import dice_score
+
+__all__ = [
+    "Callback",
+    "History",
+    "PlainUpdate",
+    "StepResult",
+    "TrainContext",
+    "evaluate",
+    "fit",
+    "outputs_to_float32",
+]
+
+Outputs = torch.Tensor | list[torch.Tensor]
+
+
+@dataclass
+class StepResult:
+    """What one call of an updater's ``step(loss)`` did.
+
+    Attributes:
+        applied: the optimizer really changed the parameters.
+        grad_norm: global L2 norm of the (unscaled) gradients before clipping;
+            NaN when it was not computed (for example mid-accumulation).
+        reason: why the update was not applied (``None`` when it was).
+    """
+
+    applied: bool
+    grad_norm: float
+    reason: str | None = None
+
+
+class History:
+    """Per-step and per-epoch records of a training run.
+
+    ``steps`` and ``epochs`` map a column name to a list of values, so
+    ``plt.plot(history.steps["lr"])`` just works. Standard columns:
+
+    - ``steps``: ``step`` (optimizer steps so far), ``epoch``, ``lr`` (first
+      parameter group, used for that step), ``loss``, ``grad_norm``, ``applied``.
+    - ``epochs``: ``epoch``, ``train_loss`` (mean over the epoch's finite
+      losses), ``val_loss``, ``val_dice``, ``lr``, ``seconds``.
+
+    Other keys may be logged too; a column that starts late is padded with NaN.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[Any]] = {}
+        self.epochs: dict[str, list[Any]] = {}
+        self.stop_reason: str | None = None
+
+    @staticmethod
+    def _append(table: dict[str, list[Any]], values: Mapping[str, Any]) -> None:
+        length = len(next(iter(table.values()))) if table else 0
+        for key, value in values.items():
+            if key not in table:
+                table[key] = [math.nan] * length
+            table[key].append(value)
+        for key, column in table.items():
+            if key not in values:
+                column.append(math.nan)
+
+    def log_step(self, **values: Any) -> None:
+        """Append one optimizer step's values."""
+        self._append(self.steps, values)
+
+    def log_epoch(self, **values: Any) -> None:
+        """Append one epoch's values."""
+        self._append(self.epochs, values)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps.get("loss", []))
+
+    @property
+    def diverged(self) -> bool:
+        """Whether any recorded training loss was NaN or infinite."""
+        return any(not math.isfinite(v) for v in self.steps.get("loss", []))
+
+    def first_nonfinite_step(self) -> int | None:
+        """Index of the first step whose loss was not finite, or ``None``."""
+        for i, v in enumerate(self.steps.get("loss", [])):
+            if not math.isfinite(v):
+                return i
+        return None
+
+    def best(self, key: str = "val_loss", mode: str = "min") -> float:
+        """Best finite value of an epoch column (``mode`` is ``"min"`` or ``"max"``)."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        values = [v for v in self.epochs.get(key, []) if math.isfinite(v)]
+        if not values:
+            return math.nan
+        return min(values) if mode == "min" else max(values)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": {k: list(v) for k, v in self.steps.items()},
+            "epochs": {k: list(v) for k, v in self.epochs.items()},
+            "stop_reason": self.stop_reason,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = {k: list(v) for k, v in state["steps"].items()}
+        self.epochs = {k: list(v) for k, v in state["epochs"].items()}
+        self.stop_reason = state.get("stop_reason")
+
+    def __repr__(self) -> str:
+        return (
+            f"History(steps={self.num_steps}, epochs={len(self.epochs.get('epoch', []))}, "
+            f"stop_reason={self.stop_reason!r})"
+        )
+
+
+@dataclass
+class TrainContext:
+    """The state a :class:`Callback` sees. ``stop_training`` may be set to end the run."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: History
+    epochs: int
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    stop_training: bool = False
+    stop_reason: str | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the planned optimizer steps done, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+class Callback:
+    """Base class for hooks into :func:`fit`. Override what you need.
+
+    Hooks run in this order: ``on_fit_start``, then per epoch ``on_epoch_start``,
+    ``on_step_end`` after every optimizer step (``record`` holds that step's
+    values), ``on_epoch_end`` after validation (``metrics`` holds the epoch's
+    values), and finally ``on_fit_end``. Set ``ctx.stop_training = True`` (and
+    ``ctx.stop_reason``) to stop after the current step.
+    """
+
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_epoch_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_fit_end(self, ctx: TrainContext) -> None:
+        pass
+
+
+def outputs_to_float32(outputs: Outputs) -> Outputs:
+    """Cast model outputs (a tensor or a list of tensors) to float32 for the loss.
+
+    Under autocast, outputs may be float16/bfloat16; losses such as Dice sums
+    or log-sigmoid lose precision or overflow there, so the loss is computed
+    in float32 outside the autocast region.
+    """
+    if isinstance(outputs, list | tuple):
+        return [o.float() for o in outputs]
+    return outputs.float()
+
+
+def is_metric_driven(scheduler: Any) -> bool:
+    """Whether ``scheduler.step(metric)`` must be called with a metric."""
+    return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
+        scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
+
+
+def _total_grad_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+
+
+class PlainUpdate:
+    """The default update of :func:`fit`: what most training loops do, in order.
+
+    ``step(loss)``: backward (through ``amp`` when given); on every
+    ``accumulation_steps``-th call: unscale, measure the gradient norm, clip to
+    ``max_grad_norm`` if set, optimizer step, scheduler step (only if the
+    optimizer really stepped and the scheduler is not metric-driven), zero-grad.
+    It does nothing about non-finite values; that is what the stability guard is for.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any = None,
+        *,
+        amp: Any = None,
+        max_grad_norm: float | None = None,
+        accumulation_steps: int = 1,
+    ) -> None:
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int):
+            raise TypeError("accumulation_steps must be an int")
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be >= 1, got {accumulation_steps}")
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.amp = amp
+        self.max_grad_norm = max_grad_norm
+        self.accumulation_steps = accumulation_steps
+        self._micro = 0
+
+    def step(self, loss: torch.Tensor) -> StepResult:
+        scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
+        if self.amp is not None:
+            self.amp.backward(scaled)
+        else:
+            scaled.backward()
+        self._micro += 1
+        if self._micro % self.accumulation_steps:
+            return StepResult(False, math.nan, "accumulating")
+        if self.amp is not None:
+            self.amp.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
+        else:
+            norm = _total_grad_norm(params)
+        if self.amp is not None:
+            applied = bool(self.amp.step(self.optimizer))
+        else:
+            self.optimizer.step()
+            applied = True
+        if applied and self.scheduler is not None and not is_metric_driven(self.scheduler):
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(applied, float(norm), None if applied else "optimizer step skipped")
+
+
+def _compute_loss(loss_fn: Callable, outputs: Outputs, target: torch.Tensor, progress: float):
+    if getattr(loss_fn, "uses_progress", False):
+        return loss_fn(outputs, target, progress)
+    if isinstance(outputs, list | tuple):
+        raise ValueError(
+            f"the model returned {len(outputs)} outputs (deep supervision) but loss_fn takes one; "
+            "wrap the loss in stabletrain.deep_supervision.DeepSupervisionLoss or set "
+            "model.deep_supervision = False"
+        )
+    return loss_fn(outputs, target)
+
+
+def _default_loss(outputs: Outputs) -> nn.Module:
+    final = outputs[0] if isinstance(outputs, list | tuple) else outputs
+    return nn.BCEWithLogitsLoss() if final.shape[1] == 1 else nn.CrossEntropyLoss()
+
+
+def _autocast(amp: Any):
+    return amp.autocast() if amp is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: Callable | None = None,
+    *,
+    device: torch.device | str | None = None,
+    amp: Any = None,
+) -> dict[str, float]:
+    """Mean loss and Dice score over a loader, in eval mode.
+
+    With deep supervision the model is evaluated on its final output only (the
+    same as at inference). Returns ``{"val_loss": ..., "val_dice": ...}``.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_loss = total_dice = 0.0
+    count = 0
+    try:
+        for images, targets in loader:
+            images, targets = images.to(device), targets.to(device)
+            with _autocast(amp):
+                outputs = model(images)
+            outputs = outputs_to_float32(outputs)
+            final = outputs[0] if isinstance(outputs, list | tuple) else outputs
+            fn = loss_fn if loss_fn is not None else _default_loss(final)
+            if not getattr(fn, "uses_progress", False):
+                loss = fn(final, targets)
+            elif hasattr(fn, "loss"):  # deep supervision: score the final output's own loss
+                loss = fn.loss(final, targets)
+            else:
+                loss = fn(outputs, targets, 1.0)
+            n = images.shape[0]
+            total_loss += float(loss) * n
+            total_dice += dice_score(final, targets) * n
+            count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        return {"val_loss": math.nan, "val_dice": math.nan}
+    return {"val_loss": total_loss / count, "val_dice": total_dice / count}
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", unit="step", leave=True, dynamic_ncols=True)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader | Sequence,
+    *,
+    epochs: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    loss_fn: Callable | None = None,
+    val_loader: Iterable | None = None,
+    scheduler: Any = None,
+    device: torch.device | str | None = None,
+    max_grad_norm: float | None = None,
+    accumulation_steps: int = 1,
+    max_steps: int | None = None,
+    guard: Any = None,
+    amp: Any = None,
+    early_stopping: Any = None,
+    monitor: str = "val_loss",
+    checkpoints: Any = None,
+    resume: bool = False,
+    tracker: Any = None,
+    callbacks: Sequence[Callback] = (),
+    stop_on_nonfinite: bool = True,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` and return its :class:`History`.
+
+    Args:
+        model: the network; moved to ``device``.
+        train_loader: yields ``(images, targets)`` batches.
+        epochs: number of passes over ``train_loader``.
+        optimizer: defaults to ``Adam(model.parameters(), lr=lr)``.
+        lr: learning rate of the default optimizer.
+        loss_fn: defaults to ``BCEWithLogitsLoss`` for one output channel, else
+            ``CrossEntropyLoss``. Computed in float32 outside autocast.
+        val_loader: evaluated after every epoch (``val_loss``, ``val_dice``).
+        scheduler: stepped once per real optimizer step (see module docs).
+        device: defaults to the model's current device.
+        max_grad_norm: clip the global gradient norm (plain update only; a
+            guard carries its own clipping).
+        accumulation_steps: micro-batches per optimizer step.
+        max_steps: stop after this many optimizer steps.
+        guard: an object whose ``step(loss)`` performs the update (stability guard).
+        amp: mixed-precision helper (see module docs).
+        early_stopping: ``step(value) -> bool`` on ``monitor`` after each epoch.
+        monitor: epoch metric given to early stopping, metric-driven schedulers
+            and checkpoints (falls back to ``train_loss`` without validation).
+        checkpoints: a checkpoint manager (see module docs).
+        resume: continue from ``checkpoints``' latest checkpoint.
+        tracker: experiment tracker (see module docs).
+        callbacks: extra :class:`Callback` objects.
+        stop_on_nonfinite: without a guard, stop at the first NaN/Inf loss
+            (``history.stop_reason`` says where) instead of training on NaN.
+        progress: show a progress bar (tqdm, notebook-aware).
+
+    Raises:
+        ValueError: invalid ``epochs``, ``accumulation_steps``, ``max_steps``,
+            an empty ``train_loader``, ``resume`` without ``checkpoints``, or a
+            guard and ``max_grad_norm`` given together.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise ValueError(f"max_steps must be an int >= 1 or None, got {max_steps!r}")
+    if resume and checkpoints is None:
+        raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
+    if guard is not None and max_grad_norm is not None:
+        raise ValueError("max_grad_norm is for the plain update; give the guard its clipping")
+    try:
+        batches_per_epoch = len(train_loader)
+    except TypeError:
+        raise TypeError("train_loader must have a length (a DataLoader or a sequence)") from None
+    if batches_per_epoch == 0:
+        raise ValueError("train_loader is empty")
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    if optimizer is None:
+        if guard is not None:
+            raise ValueError("pass the guard's optimizer to fit(optimizer=...)")
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if guard is not None:
+        scheduler = scheduler if scheduler is not None else getattr(guard, "scheduler", None)
+        accumulation_steps = getattr(guard, "accumulation_steps", accumulation_steps)
+        updater = guard
+    else:
+        updater = PlainUpdate(
+            model,
+            optimizer,
+            scheduler,
+            amp=amp,
+            max_grad_norm=max_grad_norm,
+            accumulation_steps=accumulation_steps,
+        )
+    steps_per_epoch = max(1, batches_per_epoch // accumulation_steps)
+    history = History()
+    ctx = TrainContext(model, optimizer, scheduler, history, epochs, steps_per_epoch)
+    generator = getattr(train_loader, "generator", None)
+
+    def objects() -> dict[str, Any]:
+        named = {
+            "model": model,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "guard": guard,
+            "amp": amp,
+            "early_stopping": early_stopping,
+            "loss_fn": loss_fn if hasattr(loss_fn, "state_dict") else None,
+            "history": history,
+            "data_generator": generator,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+    start_epoch = 0
+    if resume:
+        meta = checkpoints.load("latest", **objects()) if checkpoints.latest_path else None
+        if meta is not None:
+            start_epoch = int(meta["epoch"]) + 1
+            ctx.step = int(meta.get("step") or 0)
+    if tracker is not None:
+        tracker.log_params(_describe(model, optimizer, scheduler, loss_fn, guard, amp, epochs))
+    for cb in callbacks:
+        cb.on_fit_start(ctx)
+
+    bar = _progress_bar(epochs * steps_per_epoch, progress)
+    if bar is not None:
+        bar.update(ctx.step)
+    model.train()
+    try:
+        for epoch in range(start_epoch, epochs):
+            ctx.epoch = epoch
+            for cb in callbacks:
+                cb.on_epoch_start(ctx)
+            epoch_start = time.perf_counter()
+            losses: list[float] = []
+            micro_loss = 0.0
+            for batch_index, (images, targets) in enumerate(train_loader):
+                images, targets = images.to(device), targets.to(device)
+                lr_now = optimizer.param_groups[0]["lr"]
+                with _autocast(amp):
+                    outputs = model(images)
+                outputs = outputs_to_float32(outputs)
+                if loss_fn is None:
+                    loss_fn = _default_loss(outputs)
+                loss = _compute_loss(loss_fn, outputs, targets, ctx.progress)
+                loss_value = float(loss.detach())
+                micro_loss += loss_value / accumulation_steps
+                result = updater.step(loss)
+                if (batch_index + 1) % accumulation_steps:
+                    continue
+                if result.applied:
+                    ctx.step += 1
+                record = {
+                    "step": ctx.step,
+                    "epoch": epoch,
+                    "lr": lr_now,
+                    "loss": micro_loss,
+                    "grad_norm": result.grad_norm,
+                    "applied": result.applied,
+                }
+                if amp is not None:
+                    record["loss_scale"] = float(getattr(amp, "scale", 1.0))
+                history.log_step(**record)
+                if tracker is not None:
+                    tracker.log_metrics(
+                        {"lr": lr_now, "train_loss": micro_loss, "grad_norm": result.grad_norm},
+                        step=history.num_steps,
+                    )
+                for cb in callbacks:
+                    cb.on_step_end(ctx, record)
+                if math.isfinite(micro_loss):
+                    losses.append(micro_loss)
+                elif guard is None and stop_on_nonfinite:
+                    ctx.stop_training = True
+                    ctx.stop_reason = (
+                        f"non-finite loss ({micro_loss}) at step {history.num_steps - 1} "
+                        f"(epoch {epoch})"
+                    )
+                micro_loss = 0.0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr_now:.2e}", refresh=False)
+                if max_steps is not None and history.num_steps >= max_steps:
+                    ctx.stop_training = True
+                    ctx.stop_reason = ctx.stop_reason or f"max_steps={max_steps} reached"
+                if ctx.stop_training:
+                    break
+
+            metrics: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": sum(losses) / len(losses) if losses else math.nan,
+            }
+            if val_loader is not None:
+                metrics.update(evaluate(model, val_loader, loss_fn, device=device, amp=amp))
+            metrics["lr"] = optimizer.param_groups[0]["lr"]
+            metrics["seconds"] = time.perf_counter() - epoch_start
+            monitored = metrics.get(monitor, metrics["train_loss"])
+            if scheduler is not None and is_metric_driven(scheduler):
+                scheduler.step(monitored)
+            history.log_epoch(**metrics)
+            if tracker is not None:
+                tracker.log_metrics(
+                    {k: v for k, v in metrics.items() if k not in ("epoch", "seconds")},
+                    step=history.num_steps,
+                )
+            if early_stopping is not None and early_stopping.step(monitored):
+                ctx.stop_training = True
+                ctx.stop_reason = ctx.stop_reason or str(
+                    getattr(early_stopping, "stopping_reason", "early stopping")
+                )
+            if checkpoints is not None:
+                checkpoints.save(epoch, metrics, step=ctx.step, **objects())
+            for cb in callbacks:
+                cb.on_epoch_end(ctx, metrics)
+            if ctx.stop_training:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    history.stop_reason = ctx.stop_reason
+    for cb in callbacks:
+        cb.on_fit_end(ctx)
+    if tracker is not None:
+        tracker.finish(history)
+    return history
+
+
+def _describe(model, optimizer, scheduler, loss_fn, guard, amp, epochs) -> dict[str, Any]:
+    """Flat, loggable parameters of a run (for experiment trackers)."""
+    params: dict[str, Any] = {"model": type(model).__name__, "epochs": epochs}
+    params["optimizer"] = type(optimizer).__name__
+    for key, value in optimizer.defaults.items():
+        if isinstance(value, int | float | str | bool) or value is None:
+            params[f"optimizer.{key}"] = value
+    if scheduler is not None:
+        params["scheduler"] = type(scheduler).__name__
+    if loss_fn is not None:
+        params["loss"] = type(loss_fn).__name__
+    if guard is not None:
+        params["guard"] = type(guard).__name__
+    if amp is not None:
+        params["amp.dtype"] = str(getattr(amp, "dtype", type(amp).__name__))
+    return params

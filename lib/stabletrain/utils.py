@@ -1,0 +1,73 @@
+"""Reproducibility and device helpers.
+
+Example:
+    >>> from stabletrain.utils import seed_everything, get_device
+    >>> seed_everything(0)
+    >>> get_device("cpu")
+    device(type='cpu')
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["get_device", "seed_everything"]
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) random generators.
+
+    With ``deterministic=True`` torch is asked for deterministic algorithms
+    (``torch.use_deterministic_algorithms(True, warn_only=True)``), cuDNN
+    autotuning is switched off and ``CUBLAS_WORKSPACE_CONFIG`` is set, so a
+    run repeats bit for bit on the same machine and versions.
+
+    Args:
+        seed: a non-negative integer below 2**32.
+        deterministic: also request deterministic kernels.
+
+    Raises:
+        TypeError: ``seed`` is not an integer.
+        ValueError: ``seed`` is outside ``[0, 2**32)``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global generator is the point
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """Pick a device: ``prefer`` if given, else CUDA, else Apple MPS, else CPU.
+
+    Args:
+        prefer: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, a ``torch.device``
+            or ``None`` for automatic choice.
+
+    Raises:
+        ValueError: the preferred device is not available on this machine.
+    """
+    if prefer is not None:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"prefer={str(prefer)!r}: CUDA is not available on this machine")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"prefer={str(prefer)!r}: MPS is not available on this machine")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,150 @@
+import math
+
+import pytest
+import torch
+from stabletrain import Callback, History, TinyUNet, fit, make_loaders, seed_everything
+
+
+@pytest.fixture(scope="module")
+def loaders():
+    return make_loaders(num_train=64, num_val=16, batch_size=16, image_size=32)
+
+
+def test_fit_lowers_the_loss(loaders):
+    train, val = loaders
+    seed_everything(0)
+    history = fit(
+        TinyUNet(base_channels=8), train, val_loader=val, epochs=4, lr=3e-3, progress=False
+    )
+    assert history.num_steps == 16
+    first, last = history.epochs["train_loss"][0], history.epochs["train_loss"][-1]
+    assert last < 0.85 * first
+    assert set(history.epochs) >= {"train_loss", "val_loss", "val_dice", "lr"}
+    assert all(math.isfinite(v) for v in history.steps["grad_norm"])
+
+
+def test_fit_is_deterministic(loaders):
+    train, _ = make_loaders(num_train=32, num_val=8, batch_size=8, image_size=32, seed=5)
+    runs = []
+    for _ in range(2):
+        seed_everything(1)
+        train.generator.manual_seed(5)
+        runs.append(fit(TinyUNet(base_channels=4), train, epochs=1, progress=False).steps["loss"])
+    assert runs[0] == runs[1]
+
+
+def test_scheduler_steps_once_per_optimizer_step(loaders):
+    train, _ = loaders
+    model = TinyUNet(base_channels=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    history = fit(model, train, optimizer=opt, scheduler=sched, epochs=2, progress=False)
+    assert history.steps["lr"] == pytest.approx([0.1 / (1 + s) for s in range(8)])
+
+
+def test_accumulation_and_max_steps(loaders):
+    train, _ = loaders
+    history = fit(
+        TinyUNet(base_channels=4),
+        train,
+        epochs=3,
+        accumulation_steps=2,
+        max_steps=3,
+        progress=False,
+    )
+    assert history.num_steps == 3
+    assert history.stop_reason == "max_steps=3 reached"
+
+
+def test_metric_driven_scheduler_gets_the_validation_loss(loaders):
+    train, val = loaders
+    model = TinyUNet(base_channels=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5, threshold=10.0)
+    history = fit(
+        model, train, optimizer=opt, scheduler=sched, val_loader=val, epochs=3, progress=False
+    )
+    # threshold=10 makes every epoch "no improvement" after the first, so the LR halves
+    assert history.epochs["lr"] == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_callbacks_see_every_step_and_can_stop(loaders):
+    train, _ = loaders
+    seen = []
+
+    class StopAfterTwo(Callback):
+        def on_step_end(self, ctx, record):
+            seen.append(record["step"])
+            if ctx.step == 2:
+                ctx.stop_training, ctx.stop_reason = True, "enough"
+
+    history = fit(
+        TinyUNet(base_channels=4), train, epochs=2, callbacks=[StopAfterTwo()], progress=False
+    )
+    assert seen == [1, 2] and history.stop_reason == "enough"
+
+
+def test_nonfinite_loss_stops_the_plain_loop(loaders):
+    train, _ = loaders
+    model = TinyUNet(base_channels=4)
+    calls = []
+
+    def exploding_loss(out, target):  # a fault injected on purpose, to test the stop
+        calls.append(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out, target)
+        return loss * (math.inf if len(calls) == 3 else 1.0)
+
+    history = fit(model, train, loss_fn=exploding_loss, epochs=2, progress=False)
+    assert history.diverged and history.first_nonfinite_step() == 2
+    assert "non-finite loss" in history.stop_reason and history.num_steps == 3
+
+
+def test_deep_supervision_needs_a_progress_aware_loss(loaders):
+    train, _ = loaders
+    with pytest.raises(ValueError, match="deep supervision"):
+        fit(TinyUNet(base_channels=4, deep_supervision=True), train, epochs=1, progress=False)
+
+    class FinalOnly:
+        uses_progress = True
+
+        def __init__(self):
+            self.progress = []
+
+        def __call__(self, outputs, target, progress):
+            self.progress.append(progress)
+            return torch.nn.functional.binary_cross_entropy_with_logits(outputs[0], target)
+
+    loss = FinalOnly()
+    fit(
+        TinyUNet(base_channels=4, deep_supervision=True),
+        train,
+        loss_fn=loss,
+        epochs=2,
+        progress=False,
+    )
+    assert loss.progress[0] == 0.0 and loss.progress[-1] == pytest.approx(7 / 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"accumulation_steps": 0}, "accumulation_steps"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"resume": True}, "checkpoints"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+    ],
+)
+def test_bad_arguments(loaders, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        fit(TinyUNet(base_channels=4), loaders[0], progress=False, **kwargs)
+
+
+def test_history_round_trip():
+    h = History()
+    h.log_step(loss=1.0, lr=0.1)
+    h.log_step(loss=float("nan"), lr=0.1, extra=3)
+    copy = History()
+    copy.load_state_dict(h.state_dict())
+    assert copy.steps["lr"] == [0.1, 0.1] and math.isnan(copy.steps["extra"][0])
+    assert copy.diverged and copy.first_nonfinite_step() == 1
