@@ -2,6 +2,7 @@ import hashlib
 
 import pytest
 import torch
+
 from stabletrain.data import ShapesSegmentation, make_loaders
 
 

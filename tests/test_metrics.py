@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from stabletrain.metrics import dice_score, iou_score
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from stabletrain.models import CBAMBlock, SEBlock, TinyUNet
 
 

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from stabletrain import Callback, History, TinyUNet, fit, make_loaders, seed_everything
 
 
