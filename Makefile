@@ -17,8 +17,13 @@ LINT_PATHS  := lib tests notebooks benchmarks tools
 
 .PHONY: lab test install lint format unit notebooks execute-notebooks mlflow clean
 
+# Extra JupyterLab flags, e.g. make lab LAB_ARGS="--no-browser --port 8899"
+LAB_ARGS ?=
+# Jupyter refuses to run as root unless told; containers often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $(LAB_ARGS)
 
 test: $(STAMP) lint
 	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL_OPTS) tests notebooks
