@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stabletrain import TinyUNet, make_loaders
-from stabletrain.amp import MixedPrecision
+from stabletrain.amp import MixedPrecision, activation_ranges, dtype_table, underflow_fraction
 from stabletrain.training import fit
 
 
@@ -142,3 +142,31 @@ def test_fit_does_not_advance_the_schedule_on_skipped_steps():
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         MixedPrecision(**{"dtype": "float16", "device_type": "cpu", **kwargs})
+
+
+def test_dtype_table_matches_finfo():
+    rows = {r["dtype"]: r for r in dtype_table()}
+    assert rows["float16"]["max"] == 65504.0
+    assert rows["float16"]["smallest_subnormal"] == 2.0**-24
+    assert rows["bfloat16"]["max"] == torch.finfo(torch.bfloat16).max
+    assert torch.tensor(rows["float16"]["smallest_subnormal"], dtype=torch.float16) > 0
+    assert torch.tensor(rows["float16"]["smallest_subnormal"] / 4, dtype=torch.float16) == 0
+
+
+def test_activation_ranges_flag_a_float16_overflow():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    with torch.no_grad():
+        model[0].weight.fill_(1e3)
+        model[0].bias.zero_()
+    ranges = activation_ranges(model, torch.full((1, 2), 50.0))
+    assert list(ranges) == ["0", "1"]
+    assert ranges["0"] == pytest.approx(1e5) and ranges["0"] > torch.finfo(torch.float16).max
+
+
+def test_underflow_fraction():
+    values = torch.tensor([1.0, 1e-5, 1e-9, 0.0, 1e6])
+    stats = underflow_fraction(values)
+    assert stats["count"] == 4
+    assert stats["flushed"] == 0.25  # 1e-9 < 2**-25
+    assert stats["subnormal"] == 0.5  # 1e-5 and 1e-9 below 6.1e-5
+    assert stats["overflow"] == 0.25

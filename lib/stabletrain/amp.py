@@ -48,7 +48,15 @@ import torch
 
 from .training import outputs_to_float32
 
-__all__ = ["DTYPES", "MixedPrecision", "cpu_has_native_bfloat16", "outputs_to_float32"]
+__all__ = [
+    "DTYPES",
+    "MixedPrecision",
+    "activation_ranges",
+    "cpu_has_native_bfloat16",
+    "dtype_table",
+    "outputs_to_float32",
+    "underflow_fraction",
+]
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -221,3 +229,90 @@ class MixedPrecision:
         dtype = str(self.dtype).replace("torch.", "")
         scaler = f", scale={self.scale:g}" if self.scaler is not None else ""
         return f"MixedPrecision(dtype={dtype}, device_type={self.device_type!r}{scaler})"
+
+
+# -- diagnostics: will a model survive float16? ---------------------------------------------------
+
+
+def dtype_table() -> list[dict[str, Any]]:
+    """Range and precision of float32, bfloat16 and float16 (from ``torch.finfo``).
+
+    Columns: ``dtype``, ``exponent_bits``, ``mantissa_bits``, ``max``,
+    ``smallest_normal``, ``smallest_subnormal`` (``2^(1 − bias − mantissa_bits)``)
+    and ``eps`` (the gap above 1.0).
+    """
+    rows = []
+    for name, exponent_bits, mantissa_bits in (
+        ("float32", 8, 23),
+        ("bfloat16", 8, 7),
+        ("float16", 5, 10),
+    ):
+        info = torch.finfo(_TORCH_DTYPES[name])
+        rows.append(
+            {
+                "dtype": name,
+                "exponent_bits": exponent_bits,
+                "mantissa_bits": mantissa_bits,
+                "max": float(info.max),
+                "smallest_normal": float(info.smallest_normal),
+                "smallest_subnormal": float(info.smallest_normal) * 2.0**-mantissa_bits,
+                "eps": float(info.eps),
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def activation_ranges(model: torch.nn.Module, *inputs: torch.Tensor) -> dict[str, float]:
+    """Largest absolute output of every leaf module in one forward pass.
+
+    Run it in float32 before switching a model to float16: any module whose
+    value exceeds ``torch.finfo(torch.float16).max`` (65504) would overflow to
+    inf under float16 autocast. Returns ``{qualified module name: max |output|}``
+    in execution order; the model's training mode is kept.
+    """
+    ranges: dict[str, float] = {}
+    handles = []
+
+    def hook(name: str):
+        def record(_module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor) and output.is_floating_point():
+                value = float(output.detach().abs().max()) if output.numel() else 0.0
+                ranges[name] = max(value, ranges.get(name, 0.0))
+
+        return record
+
+    for name, module in model.named_modules():
+        if name and not any(True for _ in module.children()):
+            handles.append(module.register_forward_hook(hook(name)))
+    try:
+        model(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ranges
+
+
+def underflow_fraction(
+    values: torch.Tensor | list[torch.Tensor], dtype: torch.dtype = torch.float16
+) -> dict[str, float]:
+    """How many non-zero values would be lost or degraded when cast to ``dtype``.
+
+    Returns ``{"count": non-zero values, "flushed": fraction that rounds to 0,
+    "subnormal": fraction below the smallest normal number (kept with fewer
+    significant bits), "overflow": fraction above ``finfo.max``}``.
+    """
+    if isinstance(values, torch.Tensor):
+        values = [values]
+    flat = torch.cat([v.detach().float().abs().flatten() for v in values])
+    flat = flat[flat > 0]
+    if flat.numel() == 0:
+        return {"count": 0, "flushed": 0.0, "subnormal": 0.0, "overflow": 0.0}
+    info = torch.finfo(dtype)
+    cast = flat.to(dtype)
+    return {
+        "count": int(flat.numel()),
+        "flushed": float((cast == 0).float().mean()),
+        "subnormal": float((flat < info.smallest_normal).float().mean()),
+        "overflow": float(torch.isinf(cast).float().mean()),
+    }
