@@ -21,7 +21,14 @@ from matplotlib.figure import Figure
 
 from .training import History
 
-__all__ = ["plot_history", "plot_lr", "plot_prediction_grid", "smooth"]
+__all__ = [
+    "plot_float_formats",
+    "plot_history",
+    "plot_loss_scale",
+    "plot_lr",
+    "plot_prediction_grid",
+    "smooth",
+]
 
 
 def smooth(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
@@ -144,13 +151,66 @@ def plot_prediction_grid(
     n = pred.shape[0]
     fig, axes = plt.subplots(n, 3, figsize=(6.5, 2.2 * n), squeeze=False)
     for i in range(n):
-        axes[i, 0].imshow(images[i, 0].cpu(), cmap="gray")
-        axes[i, 1].imshow(true[i], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-        axes[i, 2].imshow(pred[i], cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        axes[i, 0].imshow(images[i, 0].cpu().numpy(), cmap="gray")
+        axes[i, 1].imshow(true[i].numpy(), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        axes[i, 2].imshow(pred[i].numpy(), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
     for ax, title in zip(axes[0], ("image", "true mask", "prediction")):
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_float_formats(*, ax: Axes | None = None) -> Figure:
+    """Gap between neighbouring representable numbers against magnitude, per float format.
+
+    For each of float32, bfloat16 and float16 the curve shows ``nextafter(x, ∞) − x``
+    for ``x`` from the smallest subnormal to the largest finite value; where a curve
+    ends, the format overflows (right) or flushes to zero (left).
+    """
+    fig, ax = _axes(ax, figsize=(7, 4))
+    for dtype, color in ((torch.float32, "C0"), (torch.bfloat16, "C1"), (torch.float16, "C2")):
+        info = torch.finfo(dtype)
+        mantissa = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}[dtype]
+        lo = info.smallest_normal * 2.0**-mantissa
+        xs = torch.logspace(math.log10(lo), math.log10(info.max) - 1e-3, 400, dtype=torch.float64)
+        xs = xs.to(dtype)
+        gaps = torch.nextafter(xs, torch.full_like(xs, math.inf)) - xs
+        name = str(dtype).replace("torch.", "")
+        ax.loglog(xs.double().numpy(), gaps.double().numpy(), color=color, label=name)
+        ax.axvline(info.max, color=color, ls=":", lw=1)
+    ax.set(
+        xlabel="magnitude |x|",
+        ylabel="gap to the next representable number",
+        title="range and precision of three float formats",
+    )
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_scale(
+    histories: History | Mapping[str, History], *, ax: Axes | None = None
+) -> Figure:
+    """The gradient scaler's loss scale per step, with skipped steps marked ✕.
+
+    Reads ``history.steps["loss_scale"]`` and ``["applied"]`` as recorded by
+    :func:`stabletrain.training.fit` with a float16 ``amp``.
+    """
+    fig, ax = _axes(ax, figsize=(7, 3.5))
+    if isinstance(histories, History):
+        histories = {"": histories}
+    for label, h in histories.items():
+        scale = np.asarray(h.steps.get("loss_scale", []), dtype=float)
+        applied = np.asarray(h.steps.get("applied", []), dtype=bool)
+        steps = np.arange(len(scale))
+        line = ax.step(steps, scale, where="post", label=label or None)[0]
+        skipped = ~applied[: len(scale)]
+        ax.plot(steps[skipped], scale[skipped], "x", color=line.get_color(), mew=2)
+    ax.set(xlabel="step", ylabel="loss scale", yscale="log", title="loss scale (✕ = skipped step)")
+    if any(histories):
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
