@@ -26,10 +26,18 @@ argument                  what ``fit`` calls on it
 ``early_stopping``        ``early_stopping.step(value) -> bool`` after each epoch with the
                           monitored metric; ``early_stopping.stopping_reason``.
 ``checkpoints``           ``checkpoints.save(epoch, metrics, step=..., **objects)`` after
-                          each epoch; with ``resume=True``, ``checkpoints.load("latest",
-                          **objects) -> {"epoch", "step", ...}`` before training.
-``tracker``               ``tracker.log_params(dict)``, ``tracker.log_metrics(dict, step)``
-                          and ``tracker.finish(history)``.
+                          each epoch; if ``checkpoints.every_n_steps`` is set, also
+                          ``save(epoch, None, step=..., batch_in_epoch=k, extra=...)``
+                          every that many optimizer steps inside an epoch; with
+                          ``resume=True``, ``checkpoints.load("latest", **objects) ->
+                          {"epoch", "step", "batch_in_epoch", "extra", ...}`` before
+                          training (a mid-epoch point resumes at batch ``k`` of the
+                          same data order).
+``tracker``               ``tracker.log_params(dict)``; ``tracker.log_metrics(dict, step)``
+                          per optimizer step (``lr``, ``train_loss``, ``grad_norm``, and
+                          ``loss_scale``/``skipped_steps`` with amp or a guard) and per
+                          epoch (``val_loss``, ``val_dice``, ``epoch_train_loss``,
+                          ``epoch_lr``); ``tracker.finish(history)``.
 ``callbacks``             :class:`Callback` hooks at fit, epoch and step boundaries.
 ========================  ==============================================================
 
@@ -47,6 +55,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -496,16 +505,26 @@ def fit(
         return {k: v for k, v in named.items() if v is not None}
 
     start_epoch = 0
+    skip_batches = 0  # batches of start_epoch already trained (mid-epoch resume)
+    resumed_losses: list[float] = []
+    save_every = getattr(checkpoints, "every_n_steps", None) if checkpoints is not None else None
     if resume:
         meta = checkpoints.load("latest", **objects()) if checkpoints.latest_path else None
         if meta is not None:
             start_epoch = int(meta["epoch"]) + 1
             ctx.step = int(meta.get("step") or 0)
+            if meta.get("batch_in_epoch") is not None:  # saved mid-epoch: redo the epoch's
+                extra = meta.get("extra") or {}  # data order and skip the batches done
+                start_epoch, skip_batches = int(meta["epoch"]), int(meta["batch_in_epoch"])
+                resumed_losses = [float(v) for v in extra.get("losses", [])]
+                if generator is not None and "epoch_data_state" in extra:
+                    generator.set_state(extra["epoch_data_state"])
     if tracker is not None:
         tracker.log_params(_describe(model, optimizer, scheduler, loss_fn, guard, amp, epochs))
     for cb in callbacks:
         cb.on_fit_start(ctx)
 
+    skipped_steps = sum(1 for applied in history.steps.get("applied", []) if applied is False)
     bar = _progress_bar(epochs * steps_per_epoch, progress)
     if bar is not None:
         bar.update(ctx.step)
@@ -516,9 +535,12 @@ def fit(
             for cb in callbacks:
                 cb.on_epoch_start(ctx)
             epoch_start = time.perf_counter()
-            losses: list[float] = []
+            losses: list[float] = resumed_losses if epoch == start_epoch else []
             micro_loss = 0.0
+            epoch_data_state = generator.get_state() if generator is not None else None
             for batch_index, (images, targets) in enumerate(train_loader):
+                if epoch == start_epoch and batch_index < skip_batches:
+                    continue  # trained before the interruption
                 images, targets = images.to(device), targets.to(device)
                 lr_now = optimizer.param_groups[0]["lr"]
                 with _autocast(amp):
@@ -545,11 +567,15 @@ def fit(
                 if amp is not None:
                     record["loss_scale"] = float(getattr(amp, "scale", 1.0))
                 history.log_step(**record)
+                if not result.applied:
+                    skipped_steps += 1
                 if tracker is not None:
-                    tracker.log_metrics(
-                        {"lr": lr_now, "train_loss": micro_loss, "grad_norm": result.grad_norm},
-                        step=history.num_steps,
-                    )
+                    values = {"lr": lr_now, "train_loss": micro_loss, "grad_norm": result.grad_norm}
+                    if "loss_scale" in record:
+                        values["loss_scale"] = record["loss_scale"]
+                    if guard is not None or amp is not None:
+                        values["skipped_steps"] = skipped_steps
+                    tracker.log_metrics(values, step=history.num_steps)
                 for cb in callbacks:
                     cb.on_step_end(ctx, record)
                 if math.isfinite(micro_loss):
@@ -569,6 +595,22 @@ def fit(
                     ctx.stop_reason = ctx.stop_reason or f"max_steps={max_steps} reached"
                 if ctx.stop_training:
                     break
+                if (
+                    save_every
+                    and history.num_steps % save_every == 0
+                    and batch_index + 1 < batches_per_epoch
+                ):
+                    extra = {"losses": list(losses)}
+                    if epoch_data_state is not None:
+                        extra["epoch_data_state"] = epoch_data_state
+                    checkpoints.save(
+                        epoch,
+                        None,
+                        step=ctx.step,
+                        batch_in_epoch=batch_index + 1,
+                        extra=extra,
+                        **objects(),
+                    )
 
             metrics: dict[str, Any] = {
                 "epoch": epoch,
@@ -582,9 +624,13 @@ def fit(
             if scheduler is not None and is_metric_driven(scheduler):
                 scheduler.step(monitored)
             history.log_epoch(**metrics)
-            if tracker is not None:
+            if tracker is not None:  # epoch means get their own names beside the per-step ones
                 tracker.log_metrics(
-                    {k: v for k, v in metrics.items() if k not in ("epoch", "seconds")},
+                    {
+                        (f"epoch_{k}" if k in ("train_loss", "lr") else k): v
+                        for k, v in metrics.items()
+                        if k not in ("epoch", "seconds")
+                    },
                     step=history.num_steps,
                 )
             if early_stopping is not None and early_stopping.step(monitored):
@@ -601,12 +647,42 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+    if checkpoints is not None and callable(getattr(checkpoints, "wait", None)):
+        checkpoints.wait()  # a background save finishes before fit returns
     history.stop_reason = ctx.stop_reason
     for cb in callbacks:
         cb.on_fit_end(ctx)
     if tracker is not None:
         tracker.finish(history)
     return history
+
+
+_NOT_SETTINGS = frozenset(
+    {"self", "model", "optimizer", "params", "scheduler", "amp", "last_epoch", "verbose"}
+)
+
+
+def _settings(obj: Any, prefix: str) -> dict[str, Any]:
+    """Constructor arguments that ``obj`` keeps under the same attribute name (scalars only).
+
+    ``StepLR(opt, step_size=2, gamma=0.5)`` gives ``{"scheduler.step_size": 2,
+    "scheduler.gamma": 0.5}``; state that changes while training (``last_epoch``) is left out.
+    """
+    try:
+        names = inspect.signature(type(obj).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    settings = {}
+    for name in names:
+        if name in _NOT_SETTINGS or name.startswith("_"):
+            continue
+        try:
+            value = getattr(obj, name, None)
+        except Exception:  # a property that cannot be read is simply not a setting
+            continue
+        if isinstance(value, bool | int | float | str):
+            settings[f"{prefix}.{name}"] = value
+    return settings
 
 
 def _describe(model, optimizer, scheduler, loss_fn, guard, amp, epochs) -> dict[str, Any]:
@@ -618,10 +694,14 @@ def _describe(model, optimizer, scheduler, loss_fn, guard, amp, epochs) -> dict[
             params[f"optimizer.{key}"] = value
     if scheduler is not None:
         params["scheduler"] = type(scheduler).__name__
+        params.update(_settings(scheduler, "scheduler"))
     if loss_fn is not None:
         params["loss"] = type(loss_fn).__name__
+        params.update(_settings(loss_fn, "loss"))
     if guard is not None:
         params["guard"] = type(guard).__name__
+        params.update(_settings(guard, "guard"))
     if amp is not None:
         params["amp.dtype"] = str(getattr(amp, "dtype", type(amp).__name__))
+        params.update({k: v for k, v in _settings(amp, "amp").items() if k != "amp.dtype"})
     return params

@@ -1,0 +1,438 @@
+"""Experiment tracking with MLflow: log runs from ``fit`` and read them back in Jupyter.
+
+:class:`MLflowTracker` implements the tracker protocol of
+:func:`stabletrain.training.fit`:
+
+- ``log_params(dict)`` once per run: optimizer, scheduler, loss, guard and
+  mixed-precision settings (nested mappings are flattened to ``a.b`` keys);
+- ``log_metrics(dict, step)`` once per optimizer step (``lr``, ``train_loss``,
+  ``grad_norm``, and ``loss_scale``/``skipped_steps`` when present) and once per
+  epoch (``val_loss``, ``val_dice``, ``epoch_train_loss``, ``epoch_lr``). Values
+  are buffered and written with ``MlflowClient.log_batch`` (at most 1000 per
+  call, every ``flush_every`` values, at each epoch and at the end), so a run
+  of ``S`` steps costs about ``S * k / flush_every`` database round trips
+  instead of ``S * k``;
+- ``finish(history)``: flush, log the LR and loss figures (``figures/lr.png``,
+  ``figures/loss.png``) and the history (``history.json``) as artifacts, mark
+  the run finished and print the ``mlflow ui`` command that opens the store.
+
+The store is a real SQLite database. By default it is
+``sqlite:///<repository>/mlflow.db`` (an absolute path, so every notebook and
+script of the course shares it, whatever its working directory) with artifacts
+in ``<repository>/mlartifacts/`` — the same store ``make mlflow`` opens. The
+``MLFLOW_TRACKING_URI`` environment variable or the ``tracking_uri`` argument
+overrides it; for any ``sqlite:///<folder>/<file>`` URI the artifacts go to
+``<folder>/mlartifacts/``.
+
+:func:`runs_dataframe`, :func:`metric_history` and :func:`plot_runs` read runs
+back, so a comparison is plotted without leaving the notebook.
+
+Example:
+    >>> from stabletrain.tracking import MLflowTracker
+    >>> tracker = MLflowTracker("schedulers", run_name="cosine")  # doctest: +SKIP
+    >>> history = fit(model, train, epochs=3, tracker=tracker)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported lazily: mlflow and pandas are the optional "tracking" extra
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .training import History
+
+__all__ = [
+    "MLflowTracker",
+    "default_artifact_root",
+    "default_tracking_uri",
+    "metric_history",
+    "plot_runs",
+    "repository_root",
+    "runs_dataframe",
+    "ui_command",
+]
+
+_MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def _mlflow():
+    try:
+        import mlflow  # noqa: F401
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "stabletrain.tracking needs MLflow: pip install 'stabletrain[tracking]' "
+            "(or pip install mlflow)"
+        ) from None
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # no migration chatter in notebooks
+    return MlflowClient, Metric, Param
+
+
+def repository_root() -> Path:
+    """The course repository when the library is installed from it, else the current folder.
+
+    The package lives in ``<repository>/lib/stabletrain``; the repository is
+    recognised by its ``pyproject.toml`` next to ``lib/``.
+    """
+    package = Path(__file__).resolve().parent
+    root = package.parents[1]
+    if package.parent.name == "lib" and (root / "pyproject.toml").exists():
+        return root
+    return Path.cwd().resolve()
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repository>/mlflow.db`` (absolute)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(repository_root() / 'mlflow.db').as_posix()}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :])
+
+
+def default_artifact_root(tracking_uri: str | None = None) -> Path | None:
+    """Artifact folder beside a SQLite store (``<folder>/mlartifacts``); ``None`` for servers."""
+    db = _sqlite_path(tracking_uri or default_tracking_uri())
+    if db is None:
+        return None
+    return db.resolve().parent / "mlartifacts"
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float):
+        return float(value)
+    item = getattr(value, "item", None)  # tensors and NumPy scalars
+    if callable(item) and getattr(value, "ndim", 0) == 0:
+        try:
+            return float(item())
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+class MLflowTracker:
+    """Log a :func:`~stabletrain.training.fit` run to MLflow, in batches.
+
+    Args:
+        experiment: MLflow experiment name (created if missing, with its
+            artifacts under :func:`default_artifact_root`).
+        run_name: display name of the run (MLflow picks one if ``None``).
+        tracking_uri: the store; default :func:`default_tracking_uri`.
+        tags: extra run tags.
+        flush_every: buffered metric values that trigger a ``log_batch`` write.
+        log_figures: log the LR and loss figures and the history at :meth:`finish`.
+        verbose: print the ``mlflow ui`` command at :meth:`finish`.
+
+    Raises:
+        ValueError: ``flush_every < 1`` or an empty ``experiment`` name.
+    """
+
+    def __init__(
+        self,
+        experiment: str = "stabletrain",
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        flush_every: int = 500,
+        log_figures: bool = True,
+        verbose: bool = True,
+    ) -> None:
+        if not isinstance(experiment, str) or not experiment:
+            raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
+        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
+            raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}")
+        client_cls, self._Metric, self._Param = _mlflow()
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.flush_every = flush_every
+        self.log_figures = log_figures
+        self.verbose = verbose
+        self.client = client_cls(tracking_uri=self.tracking_uri)
+        self.experiment_id = _experiment_id(self.client, experiment, self.tracking_uri, create=True)
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {}))
+        self.run_id: str = run.info.run_id
+        self.run_name = run.info.run_name
+        self._params: dict[str, str] = {}
+        self._buffer: list[Any] = []
+        self.batches_written = 0
+        self.finished = False
+
+    def __repr__(self) -> str:
+        return (
+            f"MLflowTracker(experiment={self.experiment!r}, run_name={self.run_name!r}, "
+            f"run_id={self.run_id!r})"
+        )
+
+    # ---------------------------------------------------------------- protocol
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log run parameters (nested mappings become ``a.b`` keys; values become strings).
+
+        Raises:
+            ValueError: a key already logged in this run with a different value
+                (MLflow parameters are immutable).
+        """
+        new = {}
+        for key, value in _flatten(params).items():
+            if key in self._params:
+                if self._params[key] != value:
+                    raise ValueError(
+                        f"parameter {key!r} was logged as {self._params[key]!r}; MLflow "
+                        f"parameters cannot change within a run (got {value!r})"
+                    )
+                continue
+            new[key] = value
+        if not new:
+            return
+        params_list = [self._Param(k, v[:6000]) for k, v in new.items()]
+        for start in range(0, len(params_list), 100):
+            self.client.log_batch(self.run_id, params=params_list[start : start + 100])
+        self._params.update(new)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Buffer numeric values (NaN/Inf included) at ``step``; non-numbers are skipped."""
+        timestamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            number = _number(value)
+            if number is not None:
+                self._buffer.append(self._Metric(str(key), number, timestamp, int(step)))
+        epoch_end = "val_loss" in metrics or "epoch_train_loss" in metrics
+        if len(self._buffer) >= self.flush_every or epoch_end:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered metric values (``log_batch``, at most 1000 per call)."""
+        buffer, self._buffer = self._buffer, []
+        for start in range(0, len(buffer), _MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=buffer[start : start + _MAX_BATCH])
+            self.batches_written += 1
+
+    def finish(self, history: History | None = None, *, status: str = "FINISHED") -> None:
+        """Flush, log the figures and history, and close the run (idempotent)."""
+        if self.finished:
+            return
+        self.flush()
+        if history is not None and self.log_figures:
+            self._log_history(history)
+        self.client.set_terminated(self.run_id, status=status)
+        self.finished = True
+        if self.verbose:
+            print(f"MLflow run {self.run_name!r} logged. Open the UI with:\n  {self.ui_command()}")
+
+    def __enter__(self) -> MLflowTracker:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.finish(status="FAILED" if kind is not None else "FINISHED")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _log_history(self, history: History) -> None:
+        from matplotlib.figure import Figure
+
+        steps = history.steps
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.add_subplot()
+        ax.plot(steps.get("lr", []))
+        ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"LR — {self.run_name}")
+        self.client.log_figure(self.run_id, fig, "figures/lr.png")
+
+        fig = Figure(figsize=(6, 3.5))
+        ax = fig.add_subplot()
+        ax.plot(steps.get("loss", []), label="train loss (per step)", alpha=0.7)
+        epochs = history.epochs
+        if "val_loss" in epochs and steps.get("epoch"):
+            ends = [i + 1 for i in range(len(steps["epoch"])) if _is_epoch_end(steps["epoch"], i)]
+            ax.plot(ends[: len(epochs["val_loss"])], epochs["val_loss"], "o-", label="val loss")
+        ax.set(xlabel="optimizer step", ylabel="loss", title=f"loss — {self.run_name}")
+        ax.legend()
+        self.client.log_figure(self.run_id, fig, "figures/loss.png")
+        self.client.log_dict(self.run_id, history.state_dict(), "history.json")
+
+    def ui_command(self, relative_to: str | os.PathLike | None = None) -> str:
+        """The shell command that opens this store in the MLflow UI.
+
+        With ``relative_to`` (a folder, typically ``Path.cwd()``), a local SQLite
+        store and its artifact folder are written relative to it, for output
+        that should not show machine-specific paths.
+        """
+        return ui_command(self.tracking_uri, relative_to=relative_to)
+
+
+def _is_epoch_end(epochs: Sequence[Any], i: int) -> bool:
+    return i + 1 == len(epochs) or epochs[i + 1] != epochs[i]
+
+
+def ui_command(tracking_uri: str | None = None, *, relative_to: str | os.PathLike | None = None):
+    """``mlflow ui --backend-store-uri ... [--default-artifact-root ...]`` for a store."""
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith(("http://", "https://", "databricks")):
+        return f"open {uri} in a browser (the tracking server serves the UI itself)"
+    db = _sqlite_path(uri)
+    if db is None:
+        return f"mlflow ui --backend-store-uri {uri}"
+    artifacts = default_artifact_root(uri)
+    assert artifacts is not None
+    if relative_to is not None:
+        base = Path(relative_to).resolve()
+        db = Path(os.path.relpath(db.resolve(), base))
+        artifacts = Path(os.path.relpath(artifacts, base))
+    return (
+        f"mlflow ui --backend-store-uri sqlite:///{db.as_posix()} "
+        f"--default-artifact-root {artifacts.as_posix()}"
+    )
+
+
+def _experiment_id(client: Any, name: str, tracking_uri: str, *, create: bool) -> str | None:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    if not create:
+        return None
+    root = default_artifact_root(tracking_uri)
+    location = None
+    if root is not None:
+        safe = re.sub(r"[^\w.\-]+", "_", name)
+        location = (root / safe).as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+# -------------------------------------------------------------------- reading runs back
+
+
+def _runs(
+    experiment: str, tracking_uri: str | None, run_ids: Iterable[str] | None
+) -> tuple[Any, list[Any]]:
+    client_cls, _, _ = _mlflow()
+    client = client_cls(tracking_uri=tracking_uri or default_tracking_uri())
+    experiment_id = _experiment_id(client, experiment, tracking_uri or "", create=False)
+    if experiment_id is None:
+        raise ValueError(f"no MLflow experiment named {experiment!r} in this store")
+    runs = client.search_runs([experiment_id], max_results=10_000, order_by=["start_time ASC"])
+    if run_ids is not None:
+        wanted = list(run_ids)
+        by_id = {run.info.run_id: run for run in runs}
+        missing = [r for r in wanted if r not in by_id]
+        if missing:
+            raise ValueError(f"runs {missing} are not in experiment {experiment!r}")
+        runs = [by_id[r] for r in wanted]
+    return client, runs
+
+
+def runs_dataframe(
+    experiment: str = "stabletrain",
+    *,
+    tracking_uri: str | None = None,
+    run_ids: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """One row per run: ``run_id``, ``run_name``, ``status``, ``params.*``, ``metrics.*``.
+
+    ``metrics.*`` hold each metric's last logged value. ``run_ids`` selects and
+    orders runs (default: every run of the experiment, oldest first).
+
+    Raises:
+        ValueError: no such experiment, or a run id not in it.
+    """
+    import pandas as pd
+
+    _, runs = _runs(experiment, tracking_uri, run_ids)
+    rows = []
+    for run in runs:
+        row = {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "status": run.info.status,
+        }
+        row.update({f"params.{k}": v for k, v in sorted(run.data.params.items())})
+        row.update({f"metrics.{k}": v for k, v in sorted(run.data.metrics.items())})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def metric_history(
+    experiment: str,
+    key: str,
+    *,
+    tracking_uri: str | None = None,
+    run_ids: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Every logged value of ``key``: columns ``run_id``, ``run_name``, ``step``, ``value``.
+
+    Rows are ordered by run, then step (what a line plot per run needs).
+    """
+    import pandas as pd
+
+    client, runs = _runs(experiment, tracking_uri, run_ids)
+    rows = []
+    for run in runs:
+        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        rows.extend(
+            {
+                "run_id": run.info.run_id,
+                "run_name": run.info.run_name,
+                "step": m.step,
+                "value": m.value,
+            }
+            for m in history
+        )
+    return pd.DataFrame(rows, columns=["run_id", "run_name", "step", "value"])
+
+
+def plot_runs(
+    experiment: str,
+    key: str,
+    *,
+    tracking_uri: str | None = None,
+    run_ids: Iterable[str] | None = None,
+    ax: Axes | None = None,
+    logy: bool = False,
+    marker: str | None = None,
+) -> Figure:
+    """Plot ``key`` against the step for each run of ``experiment`` (one line per run)."""
+    import matplotlib.pyplot as plt
+
+    frame = metric_history(experiment, key, tracking_uri=tracking_uri, run_ids=run_ids)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
+    for (_, name), part in frame.groupby(["run_id", "run_name"], sort=False):
+        values = [v if math.isfinite(v) else float("nan") for v in part["value"]]
+        ax.plot(part["step"], values, label=name, marker=marker)
+    if logy:
+        ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel=key, title=f"{key} — {experiment}")
+    ax.legend(fontsize="small")
+    return fig

@@ -1,0 +1,226 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mlflow")
+
+from mlflow import MlflowClient
+
+from stabletrain.data import make_loaders
+from stabletrain.models import TinyUNet
+from stabletrain.tracking import (
+    MLflowTracker,
+    default_artifact_root,
+    default_tracking_uri,
+    metric_history,
+    plot_runs,
+    repository_root,
+    runs_dataframe,
+    ui_command,
+)
+from stabletrain.training import StepResult, fit
+from stabletrain.utils import seed_everything
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One real SQLite store for the module (creating its tables takes seconds)."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
+
+
+@pytest.fixture(scope="module")
+def run(store):
+    """A 2-epoch fit logged through a tracker whose client counts its calls."""
+    train, val = make_loaders(num_train=24, num_val=8, batch_size=8, image_size=32, seed=1)
+    seed_everything(0)
+    model = TinyUNet(base_channels=4, depth=2, attention=None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    tracker = MLflowTracker("test", run_name="sgd", tracking_uri=store, flush_every=8)
+    calls = {"log_batch": 0, "log_metric": 0}
+    client_log_batch = tracker.client.log_batch
+
+    def log_batch(*args, **kwargs):
+        calls["log_batch"] += 1
+        return client_log_batch(*args, **kwargs)
+
+    def log_metric(*args, **kwargs):  # pragma: no cover - must not be used
+        calls["log_metric"] += 1
+
+    tracker.client.log_batch, tracker.client.log_metric = log_batch, log_metric
+    history = fit(
+        model,
+        train,
+        val_loader=val,
+        epochs=2,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        tracker=tracker,
+        progress=False,
+    )
+    return tracker, history, calls
+
+
+def test_metrics_are_read_back_at_the_right_steps(store, run):
+    tracker, history, _ = run
+    client = MlflowClient(tracking_uri=store)
+
+    def logged(key):
+        points = sorted(client.get_metric_history(tracker.run_id, key), key=lambda m: m.step)
+        return [m.step for m in points], [m.value for m in points]
+
+    steps, losses = logged("train_loss")
+    assert steps == list(range(1, 7))
+    assert losses == pytest.approx(history.steps["loss"], rel=1e-12)
+    assert logged("lr")[1] == pytest.approx([0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125])
+    assert logged("grad_norm")[1] == pytest.approx(history.steps["grad_norm"])
+    val_steps, val_losses = logged("val_loss")
+    assert val_steps == [3, 6]
+    assert val_losses == pytest.approx(history.epochs["val_loss"])
+    assert logged("val_dice")[1] == pytest.approx(history.epochs["val_dice"])
+    assert logged("epoch_train_loss")[1] == pytest.approx(history.epochs["train_loss"])
+
+
+def test_params_status_and_artifacts(store, run):
+    tracker, _, _ = run
+    client = MlflowClient(tracking_uri=store)
+    data = client.get_run(tracker.run_id)
+    assert data.info.status == "FINISHED"
+    assert data.data.params["optimizer"] == "SGD"
+    assert data.data.params["optimizer.momentum"] == "0.9"
+    assert data.data.params["scheduler"] == "StepLR"
+    assert data.data.params["scheduler.step_size"] == "2"
+    assert data.data.params["scheduler.gamma"] == "0.5"
+    assert "scheduler.last_epoch" not in data.data.params  # changes during training
+    names = {a.path for a in client.list_artifacts(tracker.run_id)}
+    figures = {a.path for a in client.list_artifacts(tracker.run_id, "figures")}
+    assert "history.json" in names
+    assert figures == {"figures/lr.png", "figures/loss.png"}
+    artifacts = Path(store[len("sqlite:///") :]).parent / "mlartifacts"
+    assert list(artifacts.rglob("lr.png"))  # beside the database
+
+
+def test_metric_writes_are_batched(run):
+    tracker, history, calls = run
+    values = history.num_steps * 3 + 2 * 4  # per step: lr, loss, grad norm; per epoch: 4
+    assert calls["log_metric"] == 0
+    # every 8 values and once per epoch, instead of one round trip per value
+    assert tracker.batches_written <= values // 8 + 2
+    assert calls["log_batch"] <= tracker.batches_written + 1  # + the params batch
+
+
+def test_read_back_helpers(store, run):
+    tracker, history, _ = run
+    other = MLflowTracker("test", run_name="second", tracking_uri=store, verbose=False)
+    other.log_params({"scheduler": {"name": "cosine", "warmup": 2}})
+    for step in range(1, 4):
+        other.log_metrics({"train_loss": 1.0 / step}, step=step)
+    other.finish()
+    frame = runs_dataframe("test", tracking_uri=store, run_ids=[tracker.run_id, other.run_id])
+    assert list(frame["run_name"]) == ["sgd", "second"]
+    assert frame.loc[1, "params.scheduler.warmup"] == "2"
+    assert frame.loc[0, "metrics.val_loss"] == pytest.approx(history.epochs["val_loss"][-1])
+    curves = metric_history("test", "train_loss", tracking_uri=store, run_ids=[other.run_id])
+    assert list(curves["step"]) == [1, 2, 3]
+    assert list(curves["value"]) == pytest.approx([1.0, 0.5, 1 / 3])
+    fig = plot_runs("test", "train_loss", tracking_uri=store, run_ids=[tracker.run_id])
+    assert len(fig.axes[0].lines) == 1
+    with pytest.raises(ValueError, match="no MLflow experiment named 'nope'"):
+        runs_dataframe("nope", tracking_uri=store)
+
+
+def test_nan_is_logged_and_params_are_immutable(store):
+    tracker = MLflowTracker("test", run_name="nan", tracking_uri=store, verbose=False)
+    tracker.log_params({"lr": 0.1})
+    tracker.log_params({"lr": 0.1})  # the same value again is fine
+    with pytest.raises(ValueError, match=r"parameter 'lr' was logged as '0\.1'"):
+        tracker.log_params({"lr": 0.2})
+    tracker.log_metrics({"train_loss": math.nan, "note": "text is skipped"}, step=1)
+    tracker.finish()
+    points = MlflowClient(tracking_uri=store).get_metric_history(tracker.run_id, "train_loss")
+    assert len(points) == 1 and math.isnan(points[0].value)
+
+
+def test_failed_run_is_marked(store):
+    with (
+        pytest.raises(RuntimeError),
+        MLflowTracker("test", run_name="boom", tracking_uri=store, verbose=False) as tracker,
+    ):
+        raise RuntimeError("training crashed")
+    assert MlflowClient(tracking_uri=store).get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_default_store_is_the_repository_database(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = repository_root()
+    assert (root / "pyproject.toml").exists() and (root / "lib" / "stabletrain").is_dir()
+    uri = default_tracking_uri()
+    assert uri == f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+    assert Path(uri[len("sqlite:///") :]).is_absolute()
+    assert default_artifact_root() == root / "mlartifacts"
+    # `make mlflow` opens the same store, and git ignores what it writes
+    makefile = (root / "Makefile").read_text()
+    assert 'sqlite:///$(CURDIR)/mlflow.db" --default-artifact-root "$(CURDIR)/mlartifacts"' in (
+        makefile
+    )
+    ignored = (root / ".gitignore").read_text().split()
+    assert {"mlflow.db", "mlartifacts/"} <= set(ignored)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/runs.db")
+    assert default_tracking_uri() == "sqlite:////elsewhere/runs.db"
+    assert default_artifact_root() == Path("/elsewhere/mlartifacts")
+
+
+def test_ui_command(tmp_path):
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    assert ui_command(uri) == (
+        f"mlflow ui --backend-store-uri {uri} --default-artifact-root "
+        f"{(tmp_path / 'mlartifacts').as_posix()}"
+    )
+    (tmp_path / "notebooks").mkdir()
+    relative = ui_command(uri, relative_to=tmp_path / "notebooks")
+    assert relative == (
+        "mlflow ui --backend-store-uri sqlite:///../mlflow.db --default-artifact-root ../mlartifacts"
+    )
+    assert (
+        ui_command("postgresql://db/mlflow")
+        == "mlflow ui --backend-store-uri postgresql://db/mlflow"
+    )
+    assert ui_command("http://localhost:5000").startswith("open http://localhost:5000")
+    with pytest.raises(ValueError, match="flush_every"):
+        MLflowTracker("x", tracking_uri=uri, flush_every=0)
+
+
+class SkipEveryOther:
+    """A duck-typed guard that refuses every other update (as a NaN guard would)."""
+
+    def __init__(self, optimizer):
+        self.optimizer, self.calls = optimizer, 0
+
+    def step(self, loss):
+        loss.backward()
+        self.calls += 1
+        applied = self.calls % 2 == 0
+        if applied:
+            self.optimizer.step()
+        self.optimizer.zero_grad()
+        return StepResult(applied, 1.0, None if applied else "skipped for the test")
+
+
+def test_skipped_steps_are_logged_with_a_guard(store):
+    train, _ = make_loaders(num_train=32, num_val=8, batch_size=8, image_size=32, seed=2)
+    model = TinyUNet(base_channels=4, depth=2, attention=None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    tracker = MLflowTracker("test", run_name="guarded", tracking_uri=store, verbose=False)
+    fit(
+        model,
+        train,
+        optimizer=optimizer,
+        guard=SkipEveryOther(optimizer),
+        tracker=tracker,
+        progress=False,
+    )
+    points = MlflowClient(tracking_uri=store).get_metric_history(tracker.run_id, "skipped_steps")
+    assert [m.value for m in sorted(points, key=lambda m: m.step)] == [1, 1, 2, 2]
