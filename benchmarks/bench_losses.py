@@ -1,0 +1,187 @@
+"""Benchmark: stabletrain.losses beside MONAI (and segmentation_models_pytorch if importable).
+
+Each contender computes its loss and the gradient with respect to the logits
+(forward + backward) on ``(16, 4, 128, 128)`` logits; calls are interleaved
+(ours, peer, ours, peer, …) in one process so background load hits both
+alike. Printed per loss: the fastest CPU time of the process for each (the figure
+least disturbed by other jobs on a shared machine, as ``timeit`` advises), the
+ratio ours/peer (< 1: ours is faster) on it and on the median CPU and wall
+times, and the largest absolute difference of the loss value and of the gradient.
+
+Settings are MONAI's defaults plus what makes the two compute the same thing
+(the activation, one-hot targets for softmax, focal ``alpha=0.25``); ours run at
+their defaults (value checks on; one row shows Dice without them). Our Jaccard
+differs from MONAI's ``jaccard=True`` in where the smoothing enters, and our
+softmax focal loss averages over pixels where MONAI averages over pixels ×
+channels (its value is multiplied by C for the comparison).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_losses.py
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_losses.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from stabletrain.losses import DiceLoss, FocalLoss, JaccardLoss, TverskyLoss
+
+SHAPE = (16, 4, 128, 128)
+
+
+def _time_once(fn: Callable, logits: torch.Tensor, target: torch.Tensor):
+    x = logits.clone().requires_grad_()
+    wall, cpu = time.perf_counter(), time.process_time()
+    value = fn(x, target)
+    value.backward()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return (cpu, wall), value.detach(), x.grad
+
+
+def _peers():
+    """Importable peers, and a line for each that is not."""
+    peers, notes = {}, []
+    try:
+        import monai
+        import monai.losses as monai_losses
+
+        peers["monai"] = monai_losses
+        notes.append(f"MONAI {monai.__version__}")
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        notes.append(f"MONAI: could not be imported ({type(exc).__name__}: {exc})")
+    try:
+        import segmentation_models_pytorch as smp
+
+        peers["smp"] = smp
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        notes.append(
+            f"segmentation_models_pytorch: could not be imported ({reason}); its losses were "
+            "NOT measured (it needs torchvision, which must match the installed torch)"
+        )
+    return peers, notes
+
+
+def _cases(peers, labels: torch.Tensor):
+    """(name, ours, peer name, peer, peer target transform, peer value scale)."""
+    cases = []
+    one_hot_target = labels.unsqueeze(1)
+    if "monai" in peers:
+        m = peers["monai"]
+        cases += [
+            ("dice (sigmoid)", DiceLoss("multilabel"), "monai", m.DiceLoss(sigmoid=True), None, 1),
+            (
+                "  validate=False",
+                DiceLoss("multilabel", validate=False),
+                "monai",
+                m.DiceLoss(sigmoid=True),
+                None,
+                1,
+            ),
+            (
+                "dice (softmax)",
+                DiceLoss("multiclass"),
+                "monai",
+                m.DiceLoss(softmax=True, to_onehot_y=True),
+                one_hot_target,
+                1,
+            ),
+            (
+                "jaccard (sigmoid)",
+                JaccardLoss("multilabel"),
+                "monai",
+                m.DiceLoss(sigmoid=True, jaccard=True),
+                None,
+                1,
+            ),
+            (
+                "tversky (sigmoid)",
+                TverskyLoss("multilabel"),
+                "monai",
+                m.TverskyLoss(sigmoid=True),
+                None,
+                1,
+            ),
+            (
+                "focal (sigmoid)",
+                FocalLoss("multilabel"),
+                "monai",
+                m.FocalLoss(gamma=2.0, alpha=0.25),
+                None,
+                1,
+            ),
+            (
+                "focal (softmax)",
+                FocalLoss("multiclass"),
+                "monai",
+                m.FocalLoss(gamma=2.0, alpha=0.25, use_softmax=True, to_onehot_y=True),
+                one_hot_target,
+                SHAPE[1],
+            ),
+        ]
+    if "smp" in peers:
+        s = peers["smp"].losses
+        cases += [
+            ("dice (sigmoid)", DiceLoss("multilabel"), "smp", s.DiceLoss("multilabel"), None, 1),
+            ("focal (sigmoid)", FocalLoss("multilabel"), "smp", s.FocalLoss("multilabel"), None, 1),
+        ]
+    return cases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per contender")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    logits = torch.randn(SHAPE) * 2
+    multilabel = (torch.rand(SHAPE) > 0.7).float()
+    labels = torch.randint(0, SHAPE[1], (SHAPE[0], *SHAPE[2:]))
+    peers, notes = _peers()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), logits {SHAPE},")
+    print(f"forward + backward, {args.repeats} interleaved calls each")
+    for note in notes:
+        print(note)
+    print()
+    header = (
+        f"{'loss':<19}{'peer':<6}{'ours ms':>8}{'peer ms':>8}{'ratio':>7}{'median':>8}"
+        f"{'wall':>7}{'Δvalue':>9}{'Δgrad':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, ours, peer_name, peer, peer_target, scale in _cases(peers, labels):
+        our_target = labels if ours.mode == "multiclass" else multilabel
+        their_target = peer_target if peer_target is not None else multilabel
+        for _ in range(3):  # warm-up
+            _time_once(ours, logits, our_target)
+            _time_once(peer, logits, their_target)
+        ours_t, peer_t = [], []
+        for i in range(args.repeats):
+            order = ((ours, our_target, ours_t), (peer, their_target, peer_t))
+            for fn, target, sink in order if i % 2 == 0 else order[::-1]:
+                sink.append(_time_once(fn, logits, target)[0])
+        _, v_ours, g_ours = _time_once(ours, logits, our_target)
+        _, v_peer, g_peer = _time_once(peer, logits, their_target)
+        dv = abs(float(v_ours) - scale * float(v_peer))
+        dg = float((g_ours - scale * g_peer).abs().max())
+        mo, mp = (min(t[0] for t in ts) * 1e3 for ts in (ours_t, peer_t))
+        so, sp = (statistics.median(t[0] for t in ts) for ts in (ours_t, peer_t))
+        wo, wp = (statistics.median(t[1] for t in ts) for ts in (ours_t, peer_t))
+        print(
+            f"{name:<19}{peer_name:<6}{mo:>8.2f}{mp:>8.2f}{mo / mp:>7.2f}{so / sp:>8.2f}"
+            f"{wo / wp:>7.2f}{dv:>9.1e}{dg:>9.1e}"
+        )
+    print()
+    print("ms: fastest CPU time of the process per call (the least disturbed by other jobs);")
+    print("ratio: ours / peer on those (< 1: ours is faster); median: the same on median CPU")
+    print("time; wall: on median wall time.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,386 @@
+"""Tests of stabletrain.losses: values against MONAI and closed forms, gradients, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from stabletrain.losses import (
+    LOSS_PRESETS,
+    CombinedLoss,
+    DiceLoss,
+    FocalLoss,
+    JaccardLoss,
+    TverskyLoss,
+    build_loss,
+)
+
+monai_losses = pytest.importorskip("monai.losses")
+
+
+def _binary(shape=(3, 2, 12, 10), soft=False):
+    logits = torch.randn(shape, dtype=torch.float64) * 2
+    target = torch.rand(shape, dtype=torch.float64)
+    return logits, target if soft else (target > 0.6).double()
+
+
+def _multiclass(n=3, c=4, h=12, w=10):
+    return torch.randn(n, c, h, w, dtype=torch.float64) * 2, torch.randint(0, c, (n, h, w))
+
+
+# --- values against MONAI -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("include_background", [True, False])
+def test_dice_multilabel_matches_monai(squared, include_background):
+    logits, target = _binary(soft=True)
+    ours = DiceLoss("multilabel", squared=squared, include_background=include_background)
+    ref = monai_losses.DiceLoss(
+        sigmoid=True, squared_pred=squared, include_background=include_background
+    )
+    torch.testing.assert_close(ours(logits, target), ref(logits, target), atol=1e-6, rtol=0)
+
+
+def test_dice_binary_matches_monai_and_reduction_none_shape():
+    logits, target = _binary((4, 1, 16, 16))
+    ours = DiceLoss("binary", reduction="none")(logits, target)
+    ref = monai_losses.DiceLoss(sigmoid=True, reduction="none")(logits, target)
+    assert ours.shape == (4, 1)
+    torch.testing.assert_close(ours, ref.reshape(4, 1), atol=1e-6, rtol=0)
+    assert DiceLoss(reduction="sum")(logits, target) == pytest.approx(float(ours.sum()))
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_dice_multiclass_matches_monai(include_background):
+    logits, labels = _multiclass()
+    ours = DiceLoss("multiclass", include_background=include_background)(logits, labels)
+    ref = monai_losses.DiceLoss(
+        softmax=True, to_onehot_y=True, include_background=include_background
+    )(logits, labels.unsqueeze(1))
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+
+
+def test_jaccard_closed_form_and_close_to_monai_without_smoothing():
+    logits, target = _binary()
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum((2, 3))
+    union = p.sum((2, 3)) + target.sum((2, 3)) - inter
+    expected = (1 - (inter + 1e-5) / (union + 1e-5)).mean()
+    torch.testing.assert_close(JaccardLoss("multilabel")(logits, target), expected)
+    # MONAI's jaccard form differs only in where the smoothing enters.
+    ours = JaccardLoss("multilabel", smooth=1e-12)(logits, target)
+    ref = monai_losses.DiceLoss(sigmoid=True, jaccard=True, smooth_nr=1e-12, smooth_dr=1e-12)
+    torch.testing.assert_close(ours, ref(logits, target), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.5, 0.5), (0.3, 0.7), (0.8, 0.1)])
+def test_tversky_matches_monai(alpha, beta):
+    logits, target = _binary(soft=True)
+    ours = TverskyLoss("multilabel", alpha=alpha, beta=beta)(logits, target)
+    ref = monai_losses.TverskyLoss(sigmoid=True, alpha=alpha, beta=beta)(logits, target)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    logits, labels = _multiclass()
+    ours = TverskyLoss("multiclass", alpha=alpha, beta=beta)(logits, labels)
+    ref = monai_losses.TverskyLoss(softmax=True, to_onehot_y=True, alpha=alpha, beta=beta)
+    torch.testing.assert_close(ours, ref(logits, labels.unsqueeze(1)), atol=1e-6, rtol=0)
+
+
+def test_tversky_with_half_weights_is_dice():
+    logits, target = _binary()
+    torch.testing.assert_close(
+        TverskyLoss("multilabel")(logits, target), DiceLoss("multilabel")(logits, target)
+    )
+
+
+@pytest.mark.parametrize("gamma,alpha", [(2.0, 0.25), (2.0, None), (0.5, 0.75), (0.0, 0.25)])
+@pytest.mark.parametrize("soft", [False, True])
+def test_sigmoid_focal_value_and_gradient_match_monai(gamma, alpha, soft):
+    logits, target = _binary(soft=soft)
+    ours_x = logits.clone().requires_grad_()
+    ref_x = logits.clone().requires_grad_()
+    ours = FocalLoss("multilabel", gamma=gamma, alpha=alpha)(ours_x, target)
+    ref = monai_losses.FocalLoss(gamma=gamma, alpha=alpha)(ref_x, target)
+    # MONAI computes in float32.
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-6, check_dtype=False)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(ours_x.grad, ref_x.grad, atol=1e-8, rtol=1e-5, check_dtype=False)
+    # The fused sum-and-backward against plain autograd of the same formula, in float64.
+    plain_x = logits.clone().requires_grad_()
+    FocalLoss("multilabel", gamma=gamma, alpha=alpha, reduction="none")(
+        plain_x, target
+    ).mean().backward()
+    torch.testing.assert_close(ours_x.grad, plain_x.grad, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_sigmoid_focal_reductions_agree(reduction):
+    logits, target = _binary()
+    full = FocalLoss("multilabel", reduction="none")(logits, target)
+    assert full.shape == logits.shape
+    value = FocalLoss("multilabel", reduction=reduction)(logits, target)
+    expected = {"mean": full.mean(), "sum": full.sum(), "none": full}[reduction]
+    torch.testing.assert_close(value, expected)
+
+
+def test_fused_gradients_pass_gradcheck():
+    logits, target = _binary((2, 2, 5, 4), soft=True)
+    x = logits.clone().requires_grad_()
+    for loss in (
+        DiceLoss("multilabel"),
+        DiceLoss("multilabel", squared=True),
+        FocalLoss("multilabel"),
+        FocalLoss("multilabel", gamma=1.5, alpha=None),
+    ):
+        assert torch.autograd.gradcheck(lambda x, loss=loss: loss(x, target), (x,))
+    logits, labels = _multiclass(2, 3, 5, 4)
+    x = logits.clone().requires_grad_()
+    for loss in (
+        DiceLoss("multiclass"),
+        DiceLoss("multiclass", squared=True, include_background=False),
+        TverskyLoss("multiclass", alpha=0.3, beta=0.7),
+        FocalLoss("multiclass"),
+    ):
+        assert torch.autograd.gradcheck(lambda x, loss=loss: loss(x, labels), (x,))
+
+
+@pytest.mark.parametrize("alpha", [0.25, None])
+def test_softmax_focal_is_monai_times_channels(alpha):
+    logits, labels = _multiclass()
+    ours = FocalLoss("multiclass", gamma=2.0, alpha=alpha)(logits, labels)
+    ref = monai_losses.FocalLoss(gamma=2.0, alpha=alpha, use_softmax=True, to_onehot_y=True)
+    expected = logits.shape[1] * ref(logits, labels.unsqueeze(1))
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6, check_dtype=False)
+
+
+def test_focal_without_focusing_is_cross_entropy():
+    logits, target = _binary(soft=True)
+    torch.testing.assert_close(
+        FocalLoss("multilabel", gamma=0.0, alpha=None)(logits, target),
+        nn.BCEWithLogitsLoss()(logits, target),
+    )
+    logits, labels = _multiclass()
+    torch.testing.assert_close(
+        FocalLoss("multiclass", gamma=0.0, alpha=None)(logits, labels),
+        nn.CrossEntropyLoss()(logits, labels),
+    )
+
+
+def test_from_logits_false_matches_logits():
+    logits, target = _binary()
+    probs = torch.sigmoid(logits)
+    for cls in (DiceLoss, JaccardLoss, TverskyLoss, FocalLoss):
+        torch.testing.assert_close(
+            cls("multilabel", from_logits=False)(probs, target),
+            cls("multilabel")(logits, target),
+            atol=1e-8,
+            rtol=1e-6,
+        )
+    logits, labels = _multiclass()
+    probs = torch.softmax(logits, 1)
+    for cls in (DiceLoss, FocalLoss):
+        torch.testing.assert_close(
+            cls("multiclass", from_logits=False)(probs, labels), cls("multiclass")(logits, labels)
+        )
+
+
+# --- closed-form cases and empty masks ------------------------------------------------------
+
+
+def test_dice_closed_form_at_half_probability():
+    logits = torch.zeros(2, 1, 8, 8)
+    target = torch.ones(2, 1, 8, 8)
+    # p = 0.5 everywhere: I = 32, Σp = 32, Σt = 64 → 1 − (64 + s)/(96 + s)
+    s = 1e-5
+    assert float(DiceLoss()(logits, target)) == pytest.approx(1 - (64 + s) / (96 + s), abs=1e-7)
+
+
+def test_empty_masks():
+    empty = torch.zeros(2, 1, 16, 16)
+    very_negative = torch.full((2, 1, 16, 16), -1e4)
+    confident_fg = torch.full((2, 1, 16, 16), 10.0)
+    for loss in (DiceLoss(), JaccardLoss(), TverskyLoss()):
+        assert float(loss(very_negative, empty)) == pytest.approx(0.0, abs=1e-6)
+        assert float(loss(confident_fg, empty)) == pytest.approx(1.0, abs=1e-6)
+    # Empty only within the smoothing: sigmoid(-20)·256 ≈ 5e-7 ≪ 1e-5 → small loss.
+    assert float(DiceLoss()(torch.full((2, 1, 16, 16), -20.0), empty)) < 0.1
+    # Probabilities given directly.
+    assert float(DiceLoss(from_logits=False)(empty, empty)) == pytest.approx(0.0)
+
+
+def test_perfect_prediction_gives_zero_loss():
+    target = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    logits = (target * 2 - 1) * 1e4
+    for loss in (DiceLoss(), JaccardLoss(), TverskyLoss(alpha=0.3, beta=0.7), FocalLoss()):
+        assert float(loss(logits, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+# --- numerical stability --------------------------------------------------------------------
+
+ALL_LOSSES = [
+    lambda mode: DiceLoss(mode),
+    lambda mode: DiceLoss(mode, squared=True),
+    lambda mode: JaccardLoss(mode),
+    lambda mode: TverskyLoss(mode, alpha=0.3, beta=0.7),
+    lambda mode: FocalLoss(mode),
+    lambda mode: FocalLoss(mode, gamma=0.5, alpha=None),
+]
+
+
+@pytest.mark.parametrize("make", ALL_LOSSES)
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_finite_at_extreme_logits(make, mode):
+    if mode == "binary":
+        target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+        logits = torch.where(torch.rand(2, 1, 8, 8) > 0.5, 1e4, -1e4)
+    else:
+        target = torch.randint(0, 3, (2, 8, 8))
+        logits = torch.where(torch.rand(2, 3, 8, 8) > 0.5, 1e4, -1e4)
+    x = logits.clone().requires_grad_()
+    loss = make(mode)(x, target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("make", ALL_LOSSES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_and_autocast(make, dtype):
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    x = (torch.randn(2, 1, 8, 8) * 30).to(dtype).requires_grad_()
+    loss = make("binary")(x, target)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all()
+    conv = nn.Conv2d(1, 1, 3, padding=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(torch.randn(2, 1, 8, 8) * 100)
+        loss = make("binary")(out, target)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(conv.weight.grad).all()
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_errors_name_shapes_and_values():
+    logits = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\(2, 1, 4, 4\)"):
+        DiceLoss()(logits, torch.zeros(2, 1, 4, 4))
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        FocalLoss()(logits, torch.full((2, 1, 8, 8), 2.0).index_fill_(0, torch.tensor(0), 0.0))
+    with pytest.raises(ValueError, match="one channel"):
+        DiceLoss("binary")(torch.randn(2, 2, 8, 8), torch.zeros(2, 2, 8, 8))
+    logits3 = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="integer class indices"):
+        DiceLoss("multiclass")(logits3, torch.zeros(2, 8, 8))
+    with pytest.raises(ValueError, match=r"\[3, 3\].*C = 3"):
+        FocalLoss("multiclass")(logits3, torch.full((2, 8, 8), 3))
+    with pytest.raises(ValueError, match=r"\(2, 8, 8\)"):
+        TverskyLoss("multiclass")(logits3, torch.zeros(2, 1, 8, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="probabilities"):
+        DiceLoss(from_logits=False)(logits * 10, torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        DiceLoss("softmax")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        FocalLoss(reduction="avg")
+    with pytest.raises(ValueError, match="alpha"):
+        FocalLoss(alpha=1.5)
+    with pytest.raises(ValueError, match="smooth"):
+        DiceLoss(smooth=0.0)
+
+
+def test_validate_false_skips_value_checks_only():
+    logits = torch.randn(2, 1, 8, 8)
+    DiceLoss(validate=False)(logits, torch.full((2, 1, 8, 8), 2.0))  # no pass over the data
+    with pytest.raises(ValueError):  # shapes are still checked
+        DiceLoss(validate=False)(logits, torch.zeros(2, 1, 4, 4))
+
+
+# --- combined loss and presets --------------------------------------------------------------
+
+
+def test_combined_loss_is_weighted_sum_with_settable_weights():
+    logits, target = _binary((2, 1, 8, 8))
+    dice, bce = DiceLoss(), nn.BCEWithLogitsLoss()
+    loss = CombinedLoss({"dice": (dice, 0.7), "bce": (bce, 0.3)})
+    expected = 0.7 * dice(logits, target) + 0.3 * bce(logits, target)
+    torch.testing.assert_close(loss(logits, target), expected)
+    parts = loss.components(logits, target)
+    assert set(parts) == {"dice", "bce", "total"}
+    assert parts["total"] == pytest.approx(float(expected))
+    assert parts["dice"] == pytest.approx(float(dice(logits, target)))
+    loss.weights = {"dice": 0.2}
+    assert loss.weights == {"dice": 0.2, "bce": 0.3}
+    torch.testing.assert_close(
+        loss(logits, target), 0.2 * dice(logits, target) + 0.3 * bce(logits, target)
+    )
+    state = loss.state_dict()
+    other = CombinedLoss({"dice": (DiceLoss(), 0.7), "bce": (nn.BCEWithLogitsLoss(), 0.3)})
+    other.load_state_dict(state)
+    assert other.weights == {"dice": 0.2, "bce": 0.3}
+    with pytest.raises(ValueError, match="unknown term"):
+        loss.weights = {"focal": 1.0}
+    with pytest.raises(ValueError, match=">= 0"):
+        loss.weights = {"dice": -1.0}
+
+
+def test_combined_loss_accepts_plain_functions():
+    logits, target = _binary((2, 1, 8, 8))
+    loss = CombinedLoss({"mse": (lambda p, t: ((torch.sigmoid(p) - t) ** 2).mean(), 1.0)})
+    assert loss.components(logits, target)["mse"] == pytest.approx(float(loss(logits, target)))
+
+
+@pytest.mark.parametrize("name", list(LOSS_PRESETS))
+def test_presets(name):
+    overlap, w1, pixel, w2 = LOSS_PRESETS[name]
+    loss = build_loss(name)
+    assert loss.weights == {overlap: w1, pixel: w2}
+    logits, target = _binary((2, 1, 8, 8))
+    assert torch.isfinite(loss(logits, target))
+    multi = build_loss(name, mode="multiclass")
+    logits, labels = _multiclass()
+    assert torch.isfinite(multi(logits, labels))
+
+
+def test_preset_contents():
+    assert build_loss("default_segmentation").weights == {"dice": 0.7, "bce": 0.3}
+    focal = build_loss("focal_segmentation").term("focal")
+    assert (focal.gamma, focal.alpha) == (2.0, 0.25)
+    assert build_loss("jaccard_based").term("jaccard").jaccard
+    assert isinstance(
+        build_loss("dice_focused", mode="multiclass").term("bce"), nn.CrossEntropyLoss
+    )
+    with pytest.raises(ValueError, match=r"unknown loss preset 'dice'.*default_segmentation"):
+        build_loss("dice")
+
+
+def test_build_loss_from_seed_style_config():
+    loss = build_loss(
+        {
+            "type": "combined",
+            "dice_weight": 0.6,
+            "bce_weight": 0.4,
+            "dice_config": {"smooth": 1e-6, "jaccard": True, "squared_pred": True},
+            "bce_config": {"gamma": 2.0, "alpha": 0.25},
+        }
+    )
+    assert loss.weights == {"jaccard": 0.6, "focal": 0.4}
+    jac = loss.term("jaccard")
+    assert (jac.smooth, jac.jaccard, jac.squared) == (1e-6, True, True)
+    plain = build_loss({"type": "combined", "dice_weight": 0.8, "bce_weight": 0.2})
+    assert plain.weights == {"dice": 0.8, "bce": 0.2}
+    with pytest.raises(ValueError, match="unknown key"):
+        build_loss({"type": "combined", "dice_wieght": 0.8})
+    with pytest.raises(ValueError, match="type must be 'combined'"):
+        build_loss({"type": "focal"})
+
+
+def test_float32_reductions_are_accurate_on_large_inputs():
+    logits = torch.randn(8, 4, 128, 128) * 2
+    target = (torch.rand(8, 4, 128, 128) > 0.7).float()
+    for loss in (DiceLoss("multilabel"), FocalLoss("multilabel"), TverskyLoss("multilabel")):
+        exact = float(loss(logits.double(), target.double()))
+        assert float(loss(logits, target)) == pytest.approx(exact, rel=1e-6)
