@@ -67,3 +67,62 @@ def test_depth_too_large_for_image_size():
 def test_wrong_channel_count():
     with pytest.raises(ValueError, match="shape"):
         TinyUNet(in_channels=1)(torch.randn(1, 3, 32, 32))
+
+
+def test_safeguard_options_default_to_plain_blocks():
+    torch.manual_seed(0)
+    plain = TinyUNet(base_channels=4, attention="cbam")
+    torch.manual_seed(0)
+    explicit = TinyUNet(base_channels=4, attention="cbam", attention_options={})
+    assert plain.state_dict().keys() == explicit.state_dict().keys()
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(plain(x), explicit(x))
+    assert plain.attention_options == {}
+
+
+@pytest.mark.parametrize("block", [SEBlock, CBAMBlock])
+def test_bounded_gate_and_residual_scale(block):
+    x = torch.randn(2, 8, 16, 16)
+    torch.manual_seed(0)
+    plain = block(8)
+    with torch.no_grad():  # push every gate logit far negative: the plain gate shuts
+        for m in plain.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+                m.bias.fill_(-50.0)
+    assert plain(x).abs().max() < 1e-6
+    torch.manual_seed(0)
+    bounded = block(8, gate_bound=4.0)
+    bounded.load_state_dict(plain.state_dict())
+    y = bounded(x)
+    sigma_low = torch.sigmoid(torch.tensor(-4.0))
+    floor = sigma_low**2 if block is CBAMBlock else sigma_low  # CBAM gates twice
+    assert torch.all(y.abs() >= floor * x.abs() * 0.999)  # never shut completely
+    torch.manual_seed(0)
+    residual = block(8, residual_scale=0.25)
+    residual.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(residual(x), 0.75 * x, atol=1e-6, rtol=1e-5)
+
+
+def test_safe_attention_shorthand_and_norm_layers():
+    model = TinyUNet(base_channels=4, attention="cbam", safe_attention=True)
+    block = next(m for m in model.modules() if isinstance(m, CBAMBlock))
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in block.mlp)
+    assert isinstance(block.pool_norm, torch.nn.BatchNorm2d)
+    assert block.residual_scale == 0.5 and block.channel_gate.bound == 4.0
+    out = model(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+    se = TinyUNet(base_channels=4, attention="se", attention_options={"norm": True})
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in se.modules())
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"gate_bound": 0.0}, "gate_bound"),
+        ({"residual_scale": 1.5}, "residual_scale"),
+        ({"clamp": 1.0}, "attention_options"),
+    ],
+)
+def test_bad_attention_options(options, name):
+    with pytest.raises(ValueError, match=name):
+        TinyUNet(base_channels=4, attention="cbam", attention_options=options)

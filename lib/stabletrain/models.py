@@ -1,9 +1,11 @@
 """Small segmentation models for the course: a U-Net with optional SE/CBAM attention.
 
-The attention blocks are written *plainly*, the way they are usually first
-written: multiplicative sigmoid gating with no normalisation, no bounds and no
-residual scaling. Notebook 01 shows how such blocks can take training to NaN
-and which safeguards fix it.
+By default the attention blocks are written *plainly*, the way they are usually
+first written: multiplicative sigmoid gating with no normalisation, no bounds and
+no residual scaling. Keyword options add numerical safeguards (normalisation,
+bounded gating, residual scaling; ``TinyUNet(safe_attention=True)`` turns on
+``SAFE_ATTENTION``); notebook 01 measures what they change under an aggressive
+learning rate.
 
 Shapes: images ``(N, in_channels, H, W)`` → logits ``(N, num_classes, H, W)``.
 ``H`` and ``W`` must be divisible by ``2**depth``.
@@ -18,11 +20,21 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ATTENTION_TYPES", "CBAMBlock", "ConvBlock", "SEBlock", "TinyUNet"]
+__all__ = [
+    "ATTENTION_TYPES",
+    "SAFE_ATTENTION",
+    "CBAMBlock",
+    "ConvBlock",
+    "SEBlock",
+    "TinyUNet",
+]
 
 ATTENTION_TYPES = (None, "se", "cbam")
 
@@ -35,74 +47,172 @@ def _check_positive_int(name: str, value: object) -> int:
     return value
 
 
-class SEBlock(nn.Module):
-    """Squeeze-and-excitation channel attention (Hu et al., 2018).
+def _check_options(
+    norm: bool, gate_bound: float | None, residual_scale: float | None
+) -> tuple[bool, float | None, float | None]:
+    if not isinstance(norm, bool):
+        raise TypeError(f"norm must be a bool, got {type(norm).__name__}")
+    if gate_bound is not None and not (isinstance(gate_bound, int | float) and gate_bound > 0):
+        raise ValueError(f"gate_bound must be None or a number > 0, got {gate_bound!r}")
+    if residual_scale is not None and not (
+        isinstance(residual_scale, int | float) and 0 < residual_scale <= 1
+    ):
+        raise ValueError(f"residual_scale must be None or in (0, 1], got {residual_scale!r}")
+    return norm, gate_bound, residual_scale
 
-    ``s = σ(W₂ · ReLU(W₁ · GAP(x)))`` and ``y = x ⊙ s`` (one gate per channel).
-    ``W₁`` maps ``C → max(C // reduction, 1)`` channels, ``W₂`` maps back.
+
+class _Gate(nn.Module):
+    r"""Sigmoid gate, optionally with bounded logits: :math:`\sigma(b \tanh(z / b))`.
+
+    With ``bound=b`` the gate stays in :math:`[\sigma(-b), \sigma(b)]` (for ``b = 4``,
+    about ``[0.018, 0.982]``): no channel or pixel is ever switched fully off or on, so the
+    gate keeps a gradient and cannot silence a feature map. ``bound=None`` is the plain
+    :math:`\sigma(z)`.
+    """
+
+    def __init__(self, bound: float | None = None) -> None:
+        super().__init__()
+        self.bound = None if bound is None else float(bound)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.bound is not None:
+            z = self.bound * torch.tanh(z / self.bound)
+        return torch.sigmoid(z)
+
+    def extra_repr(self) -> str:
+        return f"bound={self.bound}"
+
+
+def _residual(x: torch.Tensor, y: torch.Tensor, scale: float | None) -> torch.Tensor:
+    return y if scale is None else x + scale * (y - x)
+
+
+class SEBlock(nn.Module):
+    r"""Squeeze-and-excitation channel attention (Hu et al., 2018), with optional safeguards.
+
+    Plain (the defaults): ``s = σ(W₂ · ReLU(W₁ · GAP(x)))`` and ``y = x ⊙ s`` (one gate per
+    channel). ``W₁`` maps ``C → max(C // reduction, 1)`` channels, ``W₂`` maps back.
+
+    Safeguards (each off by default):
+
+    - ``norm=True``: a LayerNorm-style ``GroupNorm(1, hidden)`` on the hidden layer, so the
+      gate logits do not grow with the scale of ``x`` or of ``W₁``;
+    - ``gate_bound=b``: bounded gating ``σ(b·tanh(z/b))`` (see :class:`_Gate`);
+    - ``residual_scale=α`` in ``(0, 1]``: ``y = x + α·(x ⊙ s − x)``, the block starts close
+      to the identity and the gate can change a feature by at most a factor ``α``.
 
     Shapes: ``(N, C, H, W) → (N, C, H, W)``.
     """
 
-    def __init__(self, channels: int, reduction: int = 4) -> None:
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 4,
+        *,
+        norm: bool = False,
+        gate_bound: float | None = None,
+        residual_scale: float | None = None,
+    ) -> None:
         super().__init__()
         channels = _check_positive_int("channels", channels)
         reduction = _check_positive_int("reduction", reduction)
+        norm, gate_bound, residual_scale = _check_options(norm, gate_bound, residual_scale)
         hidden = max(channels // reduction, 1)
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.norm = nn.GroupNorm(1, hidden) if norm else nn.Identity()
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
+        self.gate = _Gate(gate_bound)
+        self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = F.adaptive_avg_pool2d(x, 1)
-        s = torch.sigmoid(self.fc2(self.act(self.fc1(s))))
-        return x * s
+        s = self.gate(self.fc2(self.act(self.norm(self.fc1(s)))))
+        return _residual(x, x * s, self.residual_scale)
 
 
 class CBAMBlock(nn.Module):
-    """Convolutional block attention module (Woo et al., 2018): channel, then spatial.
+    r"""Convolutional block attention module (Woo et al., 2018): channel, then spatial.
 
-    Channel gate: ``M_c = σ(MLP(AvgPool(x)) + MLP(MaxPool(x)))``, ``x' = x ⊙ M_c``.
-    Spatial gate: ``M_s = σ(conv_k([mean_c(x'), max_c(x')]))``, ``y = x' ⊙ M_s``.
+    Plain (the defaults):
+    channel gate ``M_c = σ(MLP(AvgPool(x)) + MLP(MaxPool(x)))``, ``x' = x ⊙ M_c``;
+    spatial gate ``M_s = σ(conv_k([mean_c(x'), max_c(x')]))``, ``y = x' ⊙ M_s``.
+
+    Safeguards (each off by default), as in :class:`SEBlock`:
+
+    - ``norm=True``: ``GroupNorm(1, hidden)`` on the MLP's hidden layer and a
+      ``BatchNorm2d(2)`` on the pooled spatial descriptor, so neither gate's logits scale
+      with the activations;
+    - ``gate_bound=b``: both gates bounded, ``σ(b·tanh(z/b))``;
+    - ``residual_scale=α``: ``y = x + α·(x' ⊙ M_s − x)``.
 
     Shapes: ``(N, C, H, W) → (N, C, H, W)``.
     """
 
-    def __init__(self, channels: int, reduction: int = 4, kernel_size: int = 7) -> None:
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 4,
+        kernel_size: int = 7,
+        *,
+        norm: bool = False,
+        gate_bound: float | None = None,
+        residual_scale: float | None = None,
+    ) -> None:
         super().__init__()
         channels = _check_positive_int("channels", channels)
         reduction = _check_positive_int("reduction", reduction)
         kernel_size = _check_positive_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        norm, gate_bound, residual_scale = _check_options(norm, gate_bound, residual_scale)
         hidden = max(channels // reduction, 1)
-        self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, kernel_size=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, kernel_size=1),
-        )
+        layers: list[nn.Module] = [nn.Conv2d(channels, hidden, kernel_size=1)]
+        if norm:
+            layers.append(nn.GroupNorm(1, hidden))
+        layers += [nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, kernel_size=1)]
+        self.mlp = nn.Sequential(*layers)
+        self.pool_norm = nn.BatchNorm2d(2) if norm else nn.Identity()
         self.spatial = nn.Conv2d(2, 1, kernel_size=kernel_size, padding=kernel_size // 2)
+        self.channel_gate = _Gate(gate_bound)
+        self.spatial_gate = _Gate(gate_bound)
+        self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.mlp(F.adaptive_avg_pool2d(x, 1))
         mx = self.mlp(F.adaptive_max_pool2d(x, 1))
-        x = x * torch.sigmoid(avg + mx)
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.spatial(pooled))
+        y = x * self.channel_gate(avg + mx)
+        pooled = torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], dim=1)
+        y = y * self.spatial_gate(self.spatial(self.pool_norm(pooled)))
+        return _residual(x, y, self.residual_scale)
 
 
-def _attention(kind: str | None, channels: int) -> nn.Module:
+#: The safeguards notebook 01 turns on with ``TinyUNet(safe_attention=True)``.
+SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_scale": 0.5}
+
+
+def _attention(kind: str | None, channels: int, options: Mapping[str, Any]) -> nn.Module:
     if kind is None:
         return nn.Identity()
     if kind == "se":
-        return SEBlock(channels)
-    return CBAMBlock(channels)
+        return SEBlock(channels, **options)
+    return CBAMBlock(channels, **options)
 
 
 class ConvBlock(nn.Module):
-    """Two ``3×3 conv → BatchNorm → ReLU`` layers, then optional attention."""
+    """Two ``3×3 conv → BatchNorm → ReLU`` layers, then optional attention.
 
-    def __init__(self, in_channels: int, out_channels: int, attention: str | None = None) -> None:
+    ``attention_options`` go to the attention block (``norm``, ``gate_bound``,
+    ``residual_scale``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        attention: str | None = None,
+        attention_options: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
@@ -112,7 +222,7 @@ class ConvBlock(nn.Module):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
-        self.attention = _attention(attention, out_channels)
+        self.attention = _attention(attention, out_channels, attention_options or {})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.conv(x))
@@ -139,6 +249,10 @@ class TinyUNet(nn.Module):
         depth: number of down-sampling steps, 1–6. Inputs must be divisible by ``2**depth``.
         attention: ``None``, ``"se"`` or ``"cbam"``.
         deep_supervision: return one logit map per decoder level.
+        attention_options: keyword arguments of the attention blocks (``norm``,
+            ``gate_bound``, ``residual_scale``; see :class:`CBAMBlock`). Default: plain blocks.
+        safe_attention: shorthand for ``attention_options=SAFE_ATTENTION`` (the
+            safeguards of notebook 01); explicit ``attention_options`` override its entries.
     """
 
     def __init__(
@@ -149,6 +263,8 @@ class TinyUNet(nn.Module):
         depth: int = 3,
         attention: str | None = None,
         deep_supervision: bool = False,
+        attention_options: Mapping[str, Any] | None = None,
+        safe_attention: bool = False,
     ) -> None:
         super().__init__()
         in_channels = _check_positive_int("in_channels", in_channels)
@@ -164,19 +280,28 @@ class TinyUNet(nn.Module):
         self.depth = depth
         self.attention = attention
         self.deep_supervision = bool(deep_supervision)
+        options = dict(SAFE_ATTENTION) if safe_attention else {}
+        options.update(attention_options or {})
+        unknown = set(options) - {"norm", "gate_bound", "residual_scale"}
+        if unknown:
+            raise ValueError(
+                f"attention_options accepts 'norm', 'gate_bound' and 'residual_scale', "
+                f"got {sorted(unknown)}"
+            )
+        self.attention_options = options
 
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList()
         channels = in_channels
         for i in range(depth):
-            self.encoders.append(ConvBlock(channels, widths[i], attention))
+            self.encoders.append(ConvBlock(channels, widths[i], attention, options))
             channels = widths[i]
-        self.bottleneck = ConvBlock(widths[depth - 1], widths[depth], attention)
+        self.bottleneck = ConvBlock(widths[depth - 1], widths[depth], attention, options)
         self.upsamples = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for i in reversed(range(depth)):
             self.upsamples.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
-            self.decoders.append(ConvBlock(2 * widths[i], widths[i], attention))
+            self.decoders.append(ConvBlock(2 * widths[i], widths[i], attention, options))
         # heads[i] reads the decoder output at 1/2^i resolution; heads[0] is the final head.
         self.heads = nn.ModuleList(nn.Conv2d(widths[i], num_classes, 1) for i in range(depth))
 

@@ -19,10 +19,10 @@ argument                  what ``fit`` calls on it
 ``loss_fn``               ``loss_fn(outputs, target)``; if ``loss_fn.uses_progress`` is
                           true, ``loss_fn(outputs, target, progress)`` with ``progress``
                           the fraction of training done (deep supervision, schedules).
-``scheduler``             ``scheduler.step()`` after each real optimizer step; if it is
-                          metric-driven (``scheduler.metric_driven`` or a
-                          ``ReduceLROnPlateau``) also ``scheduler.step(metric)`` after
-                          each validation.
+``scheduler``             ``scheduler.step()`` after each real optimizer step (except a
+                          bare ``ReduceLROnPlateau``); if it is metric-driven
+                          (``scheduler.metric_driven`` or a ``ReduceLROnPlateau``) also
+                          ``scheduler.step(metric)`` after each validation.
 ``early_stopping``        ``early_stopping.step(value) -> bool`` after each epoch with the
                           monitored metric; ``early_stopping.stopping_reason``.
 ``checkpoints``           ``checkpoints.save(epoch, metrics, step=..., **objects)`` after
@@ -243,6 +243,19 @@ def outputs_to_float32(outputs: Outputs) -> Outputs:
     return outputs.float()
 
 
+def steps_per_update(scheduler: Any) -> bool:
+    """Whether ``scheduler.step()`` is due after each real optimizer step.
+
+    True for every scheduler except a bare ``ReduceLROnPlateau``, which only
+    takes ``step(metric)``. stabletrain's metric-driven schedulers (plateau
+    with warmup, adaptive) take both: ``step()`` advances warmup and base
+    schedules, ``step(metric)`` reports a metric without counting as a step.
+    """
+    return scheduler is not None and not isinstance(
+        scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
+
+
 def is_metric_driven(scheduler: Any) -> bool:
     """Whether ``scheduler.step(metric)`` must be called with a metric."""
     return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
@@ -312,7 +325,7 @@ class PlainUpdate:
         else:
             self.optimizer.step()
             applied = True
-        if applied and self.scheduler is not None and not is_metric_driven(self.scheduler):
+        if applied and steps_per_update(self.scheduler):
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return StepResult(applied, float(norm), None if applied else "optimizer step skipped")

@@ -1,0 +1,1027 @@
+"""Finding and surviving non-finite values in training.
+
+The tools, from cheapest to most involved:
+
+- :func:`grads_are_finite`, :func:`grad_norm`: every gradient in one fused (``foreach``)
+  reduction and at most one host synchronisation.
+- :func:`clip_gradients`: global-norm, per-tensor-norm or value clipping that never spreads
+  a non-finite gradient to the others.
+- :func:`check_gradients`, :func:`check_weights`: per-parameter diagnosis (names of the
+  offending tensors).
+- :class:`NanDetector`: names the first module whose forward output or backward gradient
+  was not finite, at a fraction of :func:`torch.autograd.detect_anomaly`'s cost.
+- :class:`StabilityGuard`: the whole update (backward, unscale, finite check, clipping,
+  optimizer and scheduler step, zero-grad) with a policy for non-finite steps: skip,
+  roll back to a snapshot with a lower learning rate, or raise.
+- :class:`EarlyStopping`: stop on a plateau or at once on a non-finite metric.
+
+Example:
+    >>> import torch
+    >>> from stabletrain.stability import StabilityGuard
+    >>> model = torch.nn.Linear(4, 1)
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> guard = StabilityGuard(model, opt, clip_mode="norm", max_norm=1.0)
+    >>> guard.step(model(torch.ones(2, 4)).sum()).applied
+    True
+    >>> guard.step(model(torch.full((2, 4), float("nan"))).sum()).reason
+    'non-finite loss'
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .training import StepResult, steps_per_update
+
+__all__ = [
+    "CLIP_MODES",
+    "NONFINITE_POLICIES",
+    "EarlyStopping",
+    "NanDetector",
+    "NonFiniteError",
+    "NonFiniteReport",
+    "StabilityGuard",
+    "check_gradients",
+    "check_weights",
+    "clip_gradients",
+    "grad_norm",
+    "grads_are_finite",
+]
+
+CLIP_MODES = ("norm", "norm_local", "value")
+NONFINITE_POLICIES = ("skip", "rollback", "raise")
+_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf was found; ``report`` holds the diagnosis (a dict or a report object)."""
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+# --------------------------------------------------------------------------------------
+# fused gradient reductions
+
+
+def _as_tensors(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    return list(parameters)
+
+
+def _grads(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+    return [p.grad for p in _as_tensors(parameters) if p.grad is not None]
+
+
+def _group(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.device, t.dtype), []).append(i)
+    return groups
+
+
+def _per_tensor_norms(tensors: list[torch.Tensor], norm_type: float) -> list[torch.Tensor]:
+    """``‖gᵢ‖_p`` of every tensor, one ``foreach`` kernel per (device, dtype) group."""
+    out: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
+    for indices in _group(tensors).values():
+        norms = torch._foreach_norm([tensors[i] for i in indices], norm_type)
+        for i, n in zip(indices, norms):
+            out[i] = n
+    return out
+
+
+def _combine(norms: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+    """``‖(‖g₁‖, …, ‖gₙ‖)‖_p`` on the first tensor's device (no host synchronisation)."""
+    device = norms[0].device
+    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    return torch.linalg.vector_norm(stacked, norm_type)
+
+
+def _check_norm_type(norm_type: float) -> float:
+    try:
+        norm_type = float(norm_type)
+    except (TypeError, ValueError):
+        raise TypeError(f"norm_type must be a number, got {norm_type!r}") from None
+    if not (norm_type > 0 or math.isinf(norm_type)):
+        raise ValueError(f"norm_type must be > 0 or inf, got {norm_type}")
+    return norm_type
+
+
+def grad_norm(
+    parameters: Iterable[torch.Tensor] | torch.Tensor, norm_type: float = 2.0
+) -> torch.Tensor:
+    r"""Global norm of all gradients, as one vector: :math:`\lVert(\lVert g_1\rVert_p, …,
+    \lVert g_n\rVert_p)\rVert_p`.
+
+    Equal to :func:`torch.nn.utils.get_total_norm` of the same gradients. One ``foreach``
+    norm per (device, dtype) group and no host synchronisation: the result stays a 0-d
+    float32 tensor on the first gradient's device (0 when no parameter has a gradient).
+    A non-finite gradient gives a non-finite norm.
+
+    Args:
+        parameters: tensors (or one tensor) whose ``.grad`` to measure.
+        norm_type: ``p`` of the norm, ``> 0`` or ``inf``.
+    """
+    norm_type = _check_norm_type(norm_type)
+    grads = _grads(parameters)
+    if not grads:
+        return torch.zeros(())
+    return _combine(_per_tensor_norms(grads, norm_type), norm_type)
+
+
+def grads_are_finite(parameters: Iterable[torch.Tensor] | torch.Tensor) -> bool:
+    r"""Whether every gradient entry is finite (no NaN, no ±Inf).
+
+    Computes :math:`\max_i \lVert g_i\rVert_\infty` (which is NaN or Inf exactly when some
+    entry is) with one ``foreach`` reduction per (device, dtype) group, and reads it back
+    with a single host synchronisation. Parameters without a gradient are ignored.
+    """
+    grads = _grads(parameters)
+    if not grads:
+        return True
+    worst = _combine(_per_tensor_norms(grads, math.inf), math.inf)
+    return bool(torch.isfinite(worst))
+
+
+def _check_clip(mode: str, max_value: float) -> float:
+    if mode not in CLIP_MODES:
+        raise ValueError(f"clip mode must be one of {CLIP_MODES}, got {mode!r}")
+    if isinstance(max_value, bool) or not isinstance(max_value, int | float):
+        raise TypeError(f"max_value must be a number, got {type(max_value).__name__}")
+    if not max_value > 0 or not math.isfinite(max_value):
+        raise ValueError(f"max_value must be a finite number > 0, got {max_value}")
+    return float(max_value)
+
+
+def _apply_clip(
+    grads: list[torch.Tensor], norms: list[torch.Tensor], total: torch.Tensor, mode: str, c: float
+) -> None:
+    """Clip finite gradients in place (no host synchronisation)."""
+    groups = _group(grads)
+    if mode == "norm":
+        coef = torch.clamp(c / (total + _EPS), max=1.0)
+        for (device, _), indices in groups.items():
+            torch._foreach_mul_([grads[i] for i in indices], coef.to(device))
+    elif mode == "norm_local":
+        for indices in groups.values():
+            coefs = [torch.clamp(c / (norms[i] + _EPS), max=1.0) for i in indices]
+            torch._foreach_mul_([grads[i] for i in indices], coefs)
+    else:
+        for indices in groups.values():
+            group = [grads[i] for i in indices]
+            torch._foreach_clamp_min_(group, -c)
+            torch._foreach_clamp_max_(group, c)
+
+
+def clip_gradients(
+    parameters: Iterable[torch.Tensor] | torch.Tensor, mode: str, max_value: float
+) -> torch.Tensor:
+    r"""Clip gradients in place, but never when one of them is not finite.
+
+    Modes, with :math:`c` = ``max_value`` and :math:`\epsilon = 10^{-6}`:
+
+    - ``"norm"``: every gradient times :math:`\min(1, c / (\lVert g\rVert_2 + \epsilon))`
+      with :math:`\lVert g\rVert_2` the global L2 norm (as :func:`torch.nn.utils.clip_grad_norm_`);
+    - ``"norm_local"``: each tensor times :math:`\min(1, c / (\lVert g_i\rVert_2 + \epsilon))`
+      (its own norm);
+    - ``"value"``: every entry clamped to :math:`[-c, c]` (as
+      :func:`torch.nn.utils.clip_grad_value_`).
+
+    When any gradient is NaN or Inf, every gradient is left untouched (torch's
+    ``clip_grad_norm_`` multiplies all of them by ``c / inf = 0`` or by NaN). One host
+    synchronisation per call.
+
+    Args:
+        parameters: tensors (or one tensor) whose ``.grad`` to clip.
+        mode: one of ``CLIP_MODES``.
+        max_value: ``c > 0``.
+
+    Returns:
+        The global L2 norm of the gradients *before* clipping, in every mode (non-finite
+        when a gradient is).
+
+    Raises:
+        ValueError: unknown ``mode`` or ``max_value <= 0``.
+    """
+    c = _check_clip(mode, max_value)
+    grads = _grads(parameters)
+    if not grads:
+        return torch.zeros(())
+    norms = _per_tensor_norms(grads, 2.0)
+    total = _combine(norms, 2.0)
+    if bool(torch.isfinite(total)):
+        _apply_clip(grads, norms, total, mode, c)
+    return total
+
+
+# --------------------------------------------------------------------------------------
+# per-parameter diagnosis
+
+
+def _scan(named: Iterable[tuple[str, torch.Tensor | None]], kind: str) -> dict[str, Any]:
+    largest = 0.0
+    nan_names: list[str] = []
+    inf_names: list[str] = []
+    count = 0
+    for name, t in named:
+        if t is None:
+            continue
+        count += 1
+        t = t.detach()
+        if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+            continue
+        if bool(torch.isnan(t).any()):
+            nan_names.append(name)
+        if bool(torch.isinf(t).any()):
+            inf_names.append(name)
+        finite = t[torch.isfinite(t)]
+        if finite.numel():
+            largest = max(largest, float(finite.abs().max()))
+    return {
+        f"max_{kind}": largest,
+        f"nan_{kind}s": len(nan_names),
+        f"inf_{kind}s": len(inf_names),
+        f"nan_{kind}_names": nan_names,
+        f"inf_{kind}_names": inf_names,
+        "nonfinite_names": sorted(set(nan_names) | set(inf_names)),
+        "num_checked": count,
+    }
+
+
+def check_gradients(model: nn.Module) -> dict[str, Any]:
+    """Per-parameter gradient diagnosis of ``model`` (a slow, readable scan).
+
+    Returns:
+        ``max_grad`` (largest finite ``|g|``), ``nan_grads`` / ``inf_grads`` (how many
+        parameters hold a NaN / an Inf gradient), ``nan_grad_names`` / ``inf_grad_names``
+        and ``nonfinite_names`` (qualified names as in ``named_parameters()``), and
+        ``num_checked`` (parameters that have a gradient).
+    """
+    return _scan(((n, p.grad) for n, p in model.named_parameters()), "grad")
+
+
+def check_weights(model: nn.Module) -> dict[str, Any]:
+    """Per-parameter weight diagnosis of ``model``; keys as :func:`check_gradients` with
+    ``weight`` in place of ``grad`` (``max_weight``, ``nan_weights``, ``inf_weights``, …)."""
+    return _scan(model.named_parameters(), "weight")
+
+
+# --------------------------------------------------------------------------------------
+# NanDetector
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _tensors_in(v)]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors_in(v)]
+    return []
+
+
+def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
+    """Exact NaN/Inf check; the fast path is one ``sum`` per tensor (one pass, no copy).
+
+    A finite sum proves every entry finite; a non-finite sum (NaN/Inf entries, or an
+    overflow of a large finite sum) is confirmed entry-wise.
+    """
+    for t in tensors:
+        if t is None or not t.is_floating_point() or t.numel() == 0:
+            continue
+        if not bool(torch.isfinite(t.detach().sum())) and not bool(torch.isfinite(t).all()):
+            return False
+    return True
+
+
+#: Modules that cannot turn finite inputs into a NaN/Inf, forward or backward;
+#: :class:`NanDetector` does not check them (the module before them would be named).
+PASS_THROUGH_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.MaxPool2d,
+    nn.Flatten,
+)
+
+
+def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
+    """Shape, dtype, finite min/max/mean and NaN/Inf counts of a tensor (for reports)."""
+    t = t.detach()
+    stats: dict[str, Any] = {"shape": tuple(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+    if not t.is_floating_point() or t.numel() == 0:
+        return stats
+    finite = t[torch.isfinite(t)].float()
+    stats["nan"] = int(torch.isnan(t).sum())
+    stats["inf"] = int(torch.isinf(t).sum())
+    if finite.numel():
+        stats.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()))
+    return stats
+
+
+@dataclass
+class NonFiniteReport:
+    """Where a non-finite value first appeared.
+
+    Attributes:
+        module: qualified name as in ``named_modules()`` (``""`` is the root model).
+        module_type: class name of that module.
+        phase: ``"forward"`` (its output) or ``"backward"`` (the gradient it sent back).
+        input_stats: :func:`tensor_stats` of the module's inputs (forward) or of the
+            gradient that reached its output (backward).
+        output_stats: statistics of the non-finite output (forward) or of the gradients
+            it produced (backward).
+        call: how many forward calls of hooked modules preceded it in this context.
+        note: extra context (for example which tensor's gradient turned non-finite).
+    """
+
+    module: str
+    module_type: str
+    phase: str
+    input_stats: list[dict[str, Any]] = field(default_factory=list)
+    output_stats: list[dict[str, Any]] = field(default_factory=list)
+    call: int = 0
+    note: str = ""
+
+    def __str__(self) -> str:
+        name = self.module or "<model>"
+        text = f"first non-finite value in the {self.phase} pass of {name} ({self.module_type})"
+        return f"{text}: {self.note}" if self.note else text
+
+
+class NanDetector:
+    """Name the first module that produced a NaN or Inf, forward or backward.
+
+    Forward: a hook on every module checks its outputs (children run before parents, so
+    the innermost module is named). Backward: for each output that takes part in autograd
+    the hook also registers a hook on that output's autograd node
+    (``grad_fn.register_hook``). When the node runs, ``grad_outputs`` is the gradient
+    that reached the module's output and ``grad_inputs`` what its last operation sends
+    back: a finite ``grad_outputs`` with a non-finite ``grad_inputs`` names the module; a
+    non-finite ``grad_outputs`` names the module that *consumed* this output (recorded by
+    a pre-forward hook), whose own operations made the gradient non-finite. Unlike
+    ``register_full_backward_hook`` this works with in-place activations such as
+    ``ReLU(inplace=True)``.
+
+    After the first finding it stops checking. A clean step costs one
+    ``isfinite().all()`` per module output and per gradient — much less than
+    :func:`torch.autograd.detect_anomaly`, which also records a stack trace for every
+    operation of the forward pass and checks every backward function.
+
+    Args:
+        model: the network to watch.
+        raise_on_nonfinite: raise :class:`NonFiniteError` at the first finding instead of
+            only recording it.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        >>> with NanDetector(model) as detector:
+        ...     _ = model(torch.tensor([[1.0, float("inf")]]))
+        >>> detector.report.module, detector.report.phase
+        ('0', 'forward')
+    """
+
+    def __init__(self, model: nn.Module, raise_on_nonfinite: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.raise_on_nonfinite = bool(raise_on_nonfinite)
+        self.report: NonFiniteReport | None = None
+        self._handles: list[Any] = []
+        self._calls = 0
+        self._consumers: dict[Any, list[str]] = {}
+        self._seen: set[Any] = set()  # autograd nodes whose output was checked already
+        self._types: dict[str, str] = {}
+
+    def reset(self) -> None:
+        """Forget the finding so the next non-finite value is reported again."""
+        self.report = None
+        self._calls = 0
+
+    def __enter__(self) -> NanDetector:
+        for name, module in self.model.named_modules():
+            self._types[name] = type(module).__name__
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            if not isinstance(module, PASS_THROUGH_MODULES):
+                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook (done on leaving the ``with`` block)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._consumers.clear()
+        self._seen.clear()
+
+    def _found(self, report: NonFiniteReport) -> None:
+        self.report = report
+        self._consumers.clear()
+        self._seen.clear()
+        if self.raise_on_nonfinite:
+            raise NonFiniteError(str(report), report)
+
+    def _pre_hook(self, name: str):
+        def hook(module: nn.Module, args: Any) -> None:
+            if self.report is not None:
+                return
+            if name == "":  # a new forward pass of the model: forget the last graph
+                self._consumers.clear()
+                self._seen.clear()
+            if torch.is_grad_enabled():
+                for t in _tensors_in(args):
+                    if t.grad_fn is not None:
+                        self._consumers.setdefault(t.grad_fn, []).append(name)
+
+        return hook
+
+    def _forward_hook(self, name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self.report is not None:
+                return
+            self._calls += 1
+            # a container returning its last child's output: that tensor was checked already
+            outputs = [
+                t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in self._seen
+            ]
+            if not _all_finite(outputs):
+                self._found(
+                    NonFiniteReport(
+                        name,
+                        type(module).__name__,
+                        "forward",
+                        [tensor_stats(t) for t in _tensors_in(args)],
+                        [tensor_stats(t) for t in outputs],
+                        self._calls,
+                    )
+                )
+                return
+            if torch.is_grad_enabled():
+                for t in outputs:
+                    if t.grad_fn is not None:
+                        self._seen.add(t.grad_fn)
+                        t.grad_fn.register_hook(self._backward_hook(name, t.grad_fn))
+
+        return hook
+
+    def _backward_hook(self, name: str, node: Any):
+        def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
+            if self.report is not None:
+                return
+            incoming = [g for g in grad_outputs if g is not None]
+            produced = [g for g in grad_inputs if g is not None]
+            if _all_finite(incoming):
+                if _all_finite(produced):
+                    return
+                culprit, note = name, ""
+            else:
+                consumers = self._consumers.get(node, [])
+                if consumers:  # the innermost module that read this output
+                    culprit = max(consumers, key=lambda n: n.count(".") + (n != ""))
+                    note = f"the gradient it sent back to the output of {name or '<model>'}"
+                else:
+                    culprit = name
+                    note = "the gradient reaching its output was already non-finite (the loss?)"
+            report = NonFiniteReport(
+                culprit,
+                self._types.get(culprit, "?"),
+                "backward",
+                [tensor_stats(g) for g in incoming],
+                [tensor_stats(g) for g in produced],
+                self._calls,
+                note,
+            )
+            self._found(report)
+
+        return hook
+
+
+# --------------------------------------------------------------------------------------
+# StabilityGuard
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(v) for v in value)
+    return copy.deepcopy(value)
+
+
+class StabilityGuard:
+    r"""The whole optimizer update, with a policy for NaN and Inf.
+
+    ``step(loss)`` runs, for every micro-batch, ``backward`` of ``loss /
+    accumulation_steps`` (through ``amp.backward`` when ``amp`` is given, which scales it
+    under float16); on every ``accumulation_steps``-th call it then
+
+    1. unscales the gradients (``amp.unscale_``),
+    2. checks the summed loss and the global gradient norm
+       :math:`\lVert g\rVert_2` for NaN/Inf in **one** host synchronisation,
+    3. clips (``clip_mode`` with ``max_norm``, see :func:`clip_gradients`),
+    4. steps the optimizer (``amp.step``), and the scheduler **only if the optimizer
+       really stepped** (metric-driven schedulers are left to :func:`fit`),
+    5. zeroes the gradients and, every ``snapshot_every`` applied steps, snapshots the
+       model, optimizer and scheduler state on the CPU.
+
+    On a non-finite loss or gradient, ``on_nonfinite`` decides:
+
+    - ``"skip"``: no update. Parameters, optimizer state, scheduler position and the
+      model's buffers (e.g. BatchNorm running statistics, restored to their values after
+      the last good step) stay bit-for-bit as they were.
+    - ``"rollback"``: restore the last snapshot (as copies) and multiply the learning
+      rate by ``lr_backoff``: :math:`s \leftarrow s \cdot` ``lr_backoff``, and every group
+      runs at :math:`s \cdot \eta_{\text{sched}}` from then on (the scheduler computes
+      :math:`\eta_{\text{sched}}` as if there had been no backoff; the guard owns its
+      stepping). If the scheduler has ``needs_rollback`` (the ``adaptive`` scheduler),
+      ``scheduler.step(nan)`` makes the scheduler's own cut instead and the guard clears
+      the flag: no double cut.
+    - ``"raise"``: raise :class:`NonFiniteError` with a diagnosis.
+
+    Under float16 (``amp.scaler`` set), a step whose loss is finite but whose gradients
+    overflow is the gradient scaler's business: ``amp.step`` skips it and lowers the
+    scale, the guard counts it in ``scaler_skips``; it raises only if the scale falls
+    below ``min_loss_scale``. After ``max_consecutive_skips`` other non-finite steps in a
+    row it raises :class:`NonFiniteError`. Non-finite *weights* cannot be cured by
+    skipping; the diagnosis says so (rollback is the remedy).
+
+    Args:
+        model: the network being trained.
+        optimizer: its optimizer.
+        scheduler: stepped after every real optimizer step (unless metric-driven).
+        amp: mixed-precision helper with ``backward``, ``unscale_``, ``step -> bool``,
+            ``scale`` and ``scaler`` (``None`` for float32).
+        clip_mode: ``None`` or one of ``CLIP_MODES``; ``"norm"`` if only ``max_norm`` is given.
+        max_norm: clipping threshold ``> 0``.
+        on_nonfinite: one of ``NONFINITE_POLICIES``.
+        lr_backoff: factor in ``(0, 1]`` applied to the LR at each rollback.
+        snapshot_every: applied steps between snapshots (``>= 1``); one is also taken at
+            construction.
+        max_consecutive_skips: non-finite steps in a row before giving up (``>= 1``).
+        accumulation_steps: micro-batches per optimizer step (``>= 1``).
+        min_loss_scale: smallest acceptable float16 loss scale.
+
+    Attributes:
+        applied, skipped, rollbacks, scaler_skips: counters.
+        lr_scale: the cumulative rollback LR factor :math:`s`.
+        grad_norms: pre-clipping global gradient norm of every optimizer step.
+        last_finite_loss: the last finite (summed) loss seen at a step boundary.
+        last_diagnosis: the diagnosis dict of the last non-finite step.
+
+    Raises:
+        ValueError: an argument outside its accepted values (the message lists them).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        scheduler: Any = None,
+        amp: Any = None,
+        clip_mode: str | None = None,
+        max_norm: float | None = None,
+        on_nonfinite: str = "skip",
+        lr_backoff: float = 0.5,
+        snapshot_every: int = 50,
+        max_consecutive_skips: int = 10,
+        accumulation_steps: int = 1,
+        min_loss_scale: float = 1.0,
+    ) -> None:
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}"
+            )
+        if clip_mode is not None and clip_mode not in CLIP_MODES:
+            raise ValueError(f"clip_mode must be None or one of {CLIP_MODES}, got {clip_mode!r}")
+        if max_norm is not None:
+            if isinstance(max_norm, bool) or not isinstance(max_norm, int | float):
+                raise TypeError(f"max_norm must be a number or None, got {max_norm!r}")
+            if not max_norm > 0 or not math.isfinite(max_norm):
+                raise ValueError(f"max_norm must be a finite number > 0 or None, got {max_norm}")
+            clip_mode = clip_mode or "norm"
+        elif clip_mode is not None:
+            raise ValueError(f"clip_mode={clip_mode!r} needs max_norm > 0")
+        if not isinstance(lr_backoff, int | float) or not 0 < lr_backoff <= 1:
+            raise ValueError(f"lr_backoff must be in (0, 1], got {lr_backoff!r}")
+        for name, value in (
+            ("snapshot_every", snapshot_every),
+            ("max_consecutive_skips", max_consecutive_skips),
+            ("accumulation_steps", accumulation_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not min_loss_scale > 0:
+            raise ValueError(f"min_loss_scale must be > 0, got {min_loss_scale}")
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.amp = amp
+        self.clip_mode = clip_mode
+        self.max_norm = None if max_norm is None else float(max_norm)
+        self.on_nonfinite = on_nonfinite
+        self.lr_backoff = float(lr_backoff)
+        self.snapshot_every = snapshot_every
+        self.max_consecutive_skips = max_consecutive_skips
+        self.accumulation_steps = accumulation_steps
+        self.min_loss_scale = float(min_loss_scale)
+
+        self.applied = 0
+        self.skipped = 0
+        self.rollbacks = 0
+        self.scaler_skips = 0
+        self.consecutive_skips = 0
+        self.lr_scale = 1.0
+        self.grad_norms: list[float] = []
+        self.last_finite_loss = math.nan
+        self.last_diagnosis: dict[str, Any] | None = None
+        self._micro = 0
+        self._loss_sum: torch.Tensor | None = None
+        self._buffers = [b for b in model.buffers()]
+        self._buffer_copies = [b.detach().clone() for b in self._buffers]
+        self._snapshot: dict[str, Any] | None = None
+        self.take_snapshot()
+
+    # -- helpers ---------------------------------------------------------------------
+    @property
+    def _scaler(self) -> Any:
+        return getattr(self.amp, "scaler", None) if self.amp is not None else None
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def take_snapshot(self) -> None:
+        """Copy model, optimizer and scheduler state (and the LR scale) to the CPU."""
+        self._snapshot = {
+            "model": _to_cpu(self.model.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "scheduler": _to_cpu(self.scheduler.state_dict())
+            if self.scheduler is not None and hasattr(self.scheduler, "state_dict")
+            else None,
+            "lr_scale": self.lr_scale,
+        }
+
+    def _restore_snapshot(self) -> None:
+        snap = self._snapshot
+        assert snap is not None
+        self.model.load_state_dict(snap["model"])  # copies into the live tensors
+        # optimizer.load_state_dict may keep CPU tensors as they are: give it a copy
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        if snap["scheduler"] is not None:
+            self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
+        factor = self.lr_scale / snap["lr_scale"]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+        if self._buffers:  # the restored statistics are the new 'last good' ones
+            torch._foreach_copy_(self._buffer_copies, self._buffers)
+
+    def restore_snapshot(self, *, keep_lr: bool = False) -> None:
+        """Restore the last snapshot now, outside a step (counted as a rollback).
+
+        For a metric-driven scheduler that flagged a non-finite validation metric after
+        the epoch (``scheduler.needs_rollback``), call it with ``keep_lr=True``: model and
+        optimizer state return to the snapshot, while the learning rates and scheduler
+        state keep the cut the scheduler has just made; ``needs_rollback`` is cleared.
+        No ``lr_backoff`` is applied.
+        """
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
+        sched = self.scheduler
+        sched_state = (
+            copy.deepcopy(sched.state_dict())
+            if keep_lr and sched is not None and hasattr(sched, "state_dict")
+            else None
+        )
+        self._restore_snapshot()
+        if keep_lr:
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            if sched_state is not None:
+                sched.load_state_dict(sched_state)
+        if sched is not None and hasattr(sched, "needs_rollback"):
+            sched.needs_rollback = False
+        self.rollbacks += 1
+
+    def _set_lr_scale(self, scale: float) -> None:
+        factor = scale / self.lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * factor
+        self.lr_scale = scale
+
+    def _step_scheduler(self) -> None:
+        sched = self.scheduler
+        if not steps_per_update(sched):
+            return
+        if self.lr_scale == 1.0:
+            sched.step()
+            return
+        # the scheduler sees its own (un-backed-off) learning rates, then the scale returns
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] / self.lr_scale
+        sched.step()
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * self.lr_scale
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _reset_scaler(self) -> None:
+        scaler = self._scaler
+        if scaler is not None and scaler.is_enabled():
+            # forget this step's unscale_ without stepping and without changing the scale
+            scaler.update(new_scale=float(scaler.get_scale()))
+
+    # -- the update --------------------------------------------------------------------
+    def step(self, loss: torch.Tensor) -> StepResult:
+        """Backward and, at the end of an accumulation window, the guarded update."""
+        detached = loss.detach().float()
+        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+        scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
+        if self.amp is not None:
+            self.amp.backward(scaled)
+        else:
+            scaled.backward()
+        self._micro += 1
+        if self._micro % self.accumulation_steps:
+            return StepResult(False, math.nan, "accumulating")
+        loss_sum, self._loss_sum = self._loss_sum, None
+
+        if self.amp is not None:
+            self.amp.unscale_(self.optimizer)
+        grads = _grads(self._params())
+        if grads:
+            norms = _per_tensor_norms(grads, 2.0)
+            total = _combine(norms, 2.0)
+        else:
+            norms, total = [], torch.zeros(())
+        # the one host synchronisation of the step
+        loss_value, norm_value = torch.stack([loss_sum.to(total.device), total]).tolist()
+        loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
+        self.grad_norms.append(norm_value)
+
+        if loss_ok and not grads_ok and self._scaler is not None and self._scaler.is_enabled():
+            return self._scaler_skip(norm_value, loss_value)
+        if not (loss_ok and grads_ok):
+            return self._nonfinite(loss_value, norm_value, loss_ok)
+
+        self.last_finite_loss = loss_value
+        if self.clip_mode is not None and grads:
+            _apply_clip(grads, norms, total, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
+        if self.amp is not None:
+            applied = bool(self.amp.step(self.optimizer))
+        else:
+            self.optimizer.step()
+            applied = True
+        self._zero_grad()
+        if not applied:  # the scaler found an overflow we did not (should not happen)
+            self.scaler_skips += 1
+            return StepResult(False, norm_value, "optimizer step skipped by the gradient scaler")
+        self._step_scheduler()
+        self.applied += 1
+        self.consecutive_skips = 0
+        if self._buffers:
+            torch._foreach_copy_(self._buffer_copies, self._buffers)
+        if self.applied % self.snapshot_every == 0:
+            self.take_snapshot()
+        return StepResult(True, norm_value, None)
+
+    def _scaler_skip(self, norm_value: float, loss_value: float) -> StepResult:
+        self.last_finite_loss = loss_value
+        self.amp.step(self.optimizer)  # the scaler sees the inf, skips and lowers its scale
+        self._zero_grad()
+        self.scaler_skips += 1
+        scale = float(self.amp.scale)
+        if scale < self.min_loss_scale:
+            diagnosis = self._diagnosis("loss scale collapsed", loss_value, norm_value)
+            raise NonFiniteError(
+                f"the float16 loss scale fell to {scale:g} < min_loss_scale="
+                f"{self.min_loss_scale:g}: gradients overflow even unscaled; {self._summary()}",
+                diagnosis,
+            )
+        return StepResult(False, norm_value, "gradient overflow (loss scale lowered)")
+
+    def _diagnosis(self, reason: str, loss_value: float, norm_value: float) -> dict[str, Any]:
+        weights = check_weights(self.model)
+        grads = check_gradients(self.model)
+        diagnosis = {
+            "reason": reason,
+            "loss": loss_value,
+            "grad_norm": norm_value,
+            "last_finite_loss": self.last_finite_loss,
+            "loss_scale": float(getattr(self.amp, "scale", 1.0)) if self.amp else 1.0,
+            "applied": self.applied,
+            "skipped": self.skipped,
+            "rollbacks": self.rollbacks,
+            "scaler_skips": self.scaler_skips,
+            "consecutive_skips": self.consecutive_skips,
+            "nonfinite_weights": weights["nonfinite_names"],
+            "nonfinite_grads": grads["nonfinite_names"],
+            "max_weight": weights["max_weight"],
+        }
+        if weights["nonfinite_names"]:
+            diagnosis["advice"] = (
+                "the weights themselves are not finite: skipping steps cannot cure this; "
+                "use on_nonfinite='rollback' (restores the last good snapshot)"
+            )
+        return diagnosis
+
+    def _summary(self) -> str:
+        return (
+            f"applied={self.applied}, skipped={self.skipped}, rollbacks={self.rollbacks}, "
+            f"scaler_skips={self.scaler_skips}, last finite loss={self.last_finite_loss:.4g}, "
+            f"loss scale={float(getattr(self.amp, 'scale', 1.0)) if self.amp else 1.0:g}"
+        )
+
+    def _nonfinite(self, loss_value: float, norm_value: float, loss_ok: bool) -> StepResult:
+        reason = "non-finite loss" if not loss_ok else "non-finite gradient"
+        diagnosis = self._diagnosis(reason, loss_value, norm_value)
+        self.last_diagnosis = diagnosis
+        self._zero_grad()
+        self._reset_scaler()
+        if self.on_nonfinite == "raise":
+            raise NonFiniteError(self._message(diagnosis), diagnosis)
+        self.consecutive_skips += 1
+        if self.on_nonfinite == "rollback":
+            self._rollback()
+        else:
+            self.skipped += 1
+            if self._buffers:  # undo the window's running-statistics updates
+                torch._foreach_copy_(self._buffers, self._buffer_copies)
+        if self.consecutive_skips >= self.max_consecutive_skips:
+            diagnosis = self._diagnosis(reason, loss_value, norm_value)
+            raise NonFiniteError(
+                f"{self.consecutive_skips} non-finite steps in a row "
+                f"(max_consecutive_skips={self.max_consecutive_skips}); "
+                + self._message(diagnosis),
+                diagnosis,
+            )
+        return StepResult(False, norm_value, reason)
+
+    def _message(self, diagnosis: Mapping[str, Any]) -> str:
+        text = f"{diagnosis['reason']} (loss={diagnosis['loss']}, grad norm={diagnosis['grad_norm']}); "
+        text += self._summary()
+        if diagnosis["nonfinite_grads"]:
+            text += f"; non-finite gradients in {diagnosis['nonfinite_grads'][:5]}"
+        if "advice" in diagnosis:
+            text += f"; non-finite weights in {diagnosis['nonfinite_weights'][:5]}: "
+            text += diagnosis["advice"]
+        return text
+
+    def _rollback(self) -> None:
+        self.rollbacks += 1
+        self._restore_snapshot()
+        sched = self.scheduler
+        if sched is not None and hasattr(sched, "needs_rollback"):
+            sched.step(float("nan"))  # the scheduler makes its own cut
+            sched.needs_rollback = False
+        else:
+            self._set_lr_scale(self.lr_scale * self.lr_backoff)
+
+    # -- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, LR scale and gradient-norm history (not the snapshot itself)."""
+        return {
+            "applied": self.applied,
+            "skipped": self.skipped,
+            "rollbacks": self.rollbacks,
+            "scaler_skips": self.scaler_skips,
+            "consecutive_skips": self.consecutive_skips,
+            "lr_scale": self.lr_scale,
+            "grad_norms": list(self.grad_norms),
+            "last_finite_loss": self.last_finite_loss,
+            "micro": self._micro,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore counters and LR scale, then snapshot the (already loaded) model.
+
+        Load the model, optimizer and scheduler first: the new snapshot is taken from them.
+        """
+        self.applied = int(state["applied"])
+        self.skipped = int(state["skipped"])
+        self.rollbacks = int(state["rollbacks"])
+        self.scaler_skips = int(state.get("scaler_skips", 0))
+        self.consecutive_skips = int(state.get("consecutive_skips", 0))
+        self.lr_scale = float(state["lr_scale"])
+        self.grad_norms = [float(v) for v in state.get("grad_norms", [])]
+        self.last_finite_loss = float(state.get("last_finite_loss", math.nan))
+        self._micro = int(state.get("micro", 0))
+        self._loss_sum = None
+        if self._buffers:
+            torch._foreach_copy_(self._buffer_copies, self._buffers)
+        self.take_snapshot()
+
+    def __repr__(self) -> str:
+        return (
+            f"StabilityGuard(on_nonfinite={self.on_nonfinite!r}, clip_mode={self.clip_mode!r}, "
+            f"max_norm={self.max_norm}, {self._summary()})"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# EarlyStopping
+
+
+class EarlyStopping:
+    r"""Stop when a monitored value stops improving, or at once when it is not finite.
+
+    With ``mode="min"``, a value :math:`v` improves on the best :math:`b` when
+    :math:`v < b - \delta` (``mode="max"``: :math:`v > b + \delta`), :math:`\delta` =
+    ``min_delta``. ``step(v)`` returns ``True`` once ``patience`` values in a row brought
+    no improvement, or immediately for a NaN/Inf value when ``check_finite``.
+
+    Args:
+        patience: values without improvement tolerated (``>= 1``).
+        min_delta: the margin :math:`\delta \ge 0` an improvement must beat.
+        mode: ``"min"`` or ``"max"``.
+        check_finite: stop at once on a non-finite value.
+
+    Example:
+        >>> stopper = EarlyStopping(patience=2)
+        >>> [stopper.step(v) for v in (1.0, 0.5, 0.6, 0.55)]
+        [False, False, False, True]
+    """
+
+    def __init__(
+        self, patience: int, min_delta: float = 0.0, mode: str = "min", check_finite: bool = True
+    ) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int):
+            raise TypeError(f"patience must be an int, got {type(patience).__name__}")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be one of ('min', 'max'), got {mode!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.mode = mode
+        self.check_finite = bool(check_finite)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad = 0
+        self.count = 0
+        self.stopped = False
+        self.stopping_reason: str | None = None
+
+    def _improves(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def step(self, value: float | torch.Tensor) -> bool:
+        """Record one value; ``True`` means stop."""
+        value = float(value)
+        self.count += 1
+        if not math.isfinite(value):
+            if self.check_finite:
+                self.stopped = True
+                self.stopping_reason = f"non-finite monitored value ({value}) at check {self.count}"
+                return True
+            self.num_bad += 1
+        elif self._improves(value):
+            self.best = value
+            self.num_bad = 0
+        else:
+            self.num_bad += 1
+        if self.num_bad >= self.patience:
+            self.stopped = True
+            self.stopping_reason = (
+                f"no improvement of more than {self.min_delta:g} for {self.patience} checks "
+                f"(best {self.best:.4g})"
+            )
+        return self.stopped
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "num_bad": self.num_bad,
+            "count": self.count,
+            "stopped": self.stopped,
+            "stopping_reason": self.stopping_reason,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.num_bad = int(state["num_bad"])
+        self.count = int(state.get("count", 0))
+        self.stopped = bool(state.get("stopped", False))
+        self.stopping_reason = state.get("stopping_reason")
