@@ -170,3 +170,42 @@ def test_underflow_fraction():
     assert stats["flushed"] == 0.25  # 1e-9 < 2**-25
     assert stats["subnormal"] == 0.5  # 1e-5 and 1e-9 below 6.1e-5
     assert stats["overflow"] == 0.25
+
+
+def test_guard_skip_under_float16_leaves_the_next_step_correctly_unscaled():
+    """A NaN-loss step skipped by the guard must not disturb the next real update."""
+    from stabletrain.stability import StabilityGuard
+
+    def run(with_nan_step: bool):
+        model = tiny()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        amp = MixedPrecision("float16", device_type="cpu", init_scale=1024.0)
+        guard = StabilityGuard(
+            model, opt, amp=amp, on_nonfinite="skip", clip_mode="norm", max_norm=0.01
+        )
+        if with_nan_step:  # injected fault: a NaN loss
+            result = guard.step(loss_of(model, amp) * float("nan"))
+            assert not result.applied and guard.skipped == 1 and guard.scaler_skips == 0
+        result = guard.step(loss_of(model, amp))
+        assert result.applied
+        return model, amp, result.grad_norm
+
+    clean, clean_amp, clean_norm = run(False)
+    faulty, faulty_amp, faulty_norm = run(True)
+    assert faulty_norm == clean_norm  # measured on unscaled gradients both times
+    for a, b in zip(clean.parameters(), faulty.parameters()):
+        assert torch.equal(a, b)
+    assert faulty_amp.scale == clean_amp.scale
+
+
+def test_guard_counts_scaler_overflows_apart_from_its_own_skips():
+    from stabletrain.stability import StabilityGuard
+
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    amp = MixedPrecision("float16", device_type="cpu", init_scale=2.0**60)
+    guard = StabilityGuard(model, opt, amp=amp)
+    results = [guard.step(loss_of(model, amp)) for _ in range(60)]
+    assert guard.scaler_skips > 0 and guard.skipped == 0  # overflow is the scaler's business
+    assert results[-1].applied and amp.scale < 2.0**60
+    assert guard.state_dict()["scaler_skips"] == guard.scaler_skips

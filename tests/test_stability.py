@@ -536,3 +536,19 @@ def test_fit_stops_early():
     stopper = EarlyStopping(patience=1, min_delta=1e9)  # nothing counts as an improvement
     history = fit(model, data, epochs=5, early_stopping=stopper, progress=False)
     assert len(history.epochs["epoch"]) == 2 and "no improvement" in history.stop_reason
+
+
+def test_guard_advances_the_warmup_of_a_metric_driven_scheduler():
+    """plateau/adaptive take step() per real update (warmup) and step(metric) per epoch."""
+    from stabletrain.schedulers import build_scheduler
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, type="plateau", warmup_steps=4, warmup_start_factor=0.5)
+    guard = StabilityGuard(model, opt, scheduler=sched)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        guard.step(model(torch.randn(8, 3)).pow(2).mean())
+    assert lrs == pytest.approx([0.05, 0.0625, 0.075, 0.0875, 0.1, 0.1])

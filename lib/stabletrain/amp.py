@@ -190,14 +190,15 @@ class MixedPrecision:
         return applied
 
     def skip(self, optimizer: torch.optim.Optimizer) -> None:
-        """End a step that the caller decided not to take (for example a NaN loss).
+        """Abandon this step without an optimizer step (for example after a NaN loss).
 
-        The optimizer is not stepped. If the gradients were already unscaled, the
-        scaler is updated as torch requires before the next ``unscale_`` — and since
-        the gradients it saw were not finite, that update backs the scale off.
+        If the gradients were already unscaled, the scaler's per-step record is
+        cleared as torch requires before the next ``unscale_``; the loss scale and
+        its growth counter are left as they were (the caller, not the scaler,
+        decided to skip).
         """
         if self.scaler is not None and id(optimizer) in self._unscaled:
-            self.scaler.update()
+            self.scaler.update(new_scale=float(self.scaler.get_scale()))
         self._unscaled.discard(id(optimizer))
 
     @property

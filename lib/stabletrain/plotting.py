@@ -209,7 +209,12 @@ def plot_loss_scale(
         line = ax.step(steps, scale, where="post", label=label or None)[0]
         skipped = ~applied[: len(scale)]
         ax.plot(steps[skipped], scale[skipped], "x", color=line.get_color(), mew=2)
-    ax.set(xlabel="step", ylabel="loss scale", yscale="log", title="loss scale (✕ = skipped step)")
+    ax.set(
+        xlabel="step",
+        ylabel="loss scale after the step",
+        yscale="log",
+        title="loss scale (✕ = skipped step)",
+    )
     if any(histories):
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -745,6 +745,9 @@ class StabilityGuard:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _reset_scaler(self) -> None:
+        if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
+            self.amp.skip(self.optimizer)
+            return
         scaler = self._scaler
         if scaler is not None and scaler.is_enabled():
             # forget this step's unscale_ without stepping and without changing the scale
