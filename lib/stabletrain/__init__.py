@@ -2,35 +2,97 @@
 
 The library behind the notebook course. One concept per module:
 
-- :mod:`stabletrain.models` — ``TinyUNet`` with optional SE/CBAM attention.
+- :mod:`stabletrain.models` — ``TinyUNet`` with optional SE/CBAM attention and safeguards.
 - :mod:`stabletrain.data` — the synthetic ``ShapesSegmentation`` data set and loaders.
 - :mod:`stabletrain.metrics` — Dice and IoU scores.
 - :mod:`stabletrain.training` — ``fit``, ``History`` and the extension protocols.
-- :mod:`stabletrain.plotting` — loss/LR curves and prediction grids.
-- :mod:`stabletrain.utils` — ``seed_everything`` and ``get_device``.
+- :mod:`stabletrain.stability` — finite checks, clipping, ``NanDetector``, ``StabilityGuard``,
+  ``EarlyStopping``.
+- :mod:`stabletrain.schedulers` — LR schedulers (real ``LRScheduler``\\ s) and ``build_scheduler``.
+- :mod:`stabletrain.lr_finder` — the LR range test.
+- :mod:`stabletrain.losses` — Dice, Jaccard, Tversky, focal and combined losses.
+- :mod:`stabletrain.loss_weights` — scheduling the weights of a combined loss.
+- :mod:`stabletrain.deep_supervision` — weight schedules and ``DeepSupervisionLoss``.
+- :mod:`stabletrain.amp` — ``MixedPrecision`` that reports skipped steps, float16 diagnostics.
+- :mod:`stabletrain.checkpoint` — crash-safe checkpoints and bit-exact resume.
+- :mod:`stabletrain.tracking` — MLflow tracking (needs the ``tracking`` extra).
+- :mod:`stabletrain.widgets` — notebook widgets (needs the ``widgets`` extra; import it directly).
+- :mod:`stabletrain.plotting`, :mod:`stabletrain.experiments`, :mod:`stabletrain.utils`.
 """
 
+from .amp import MixedPrecision
+from .checkpoint import CheckpointError, CheckpointManager, UnsafeCheckpointError
 from .data import ShapesSegmentation, make_loaders
+from .deep_supervision import DeepSupervisionLoss, supervision_weights
+from .loss_weights import LossWeightCallback, LossWeightScheduler
+from .losses import CombinedLoss, DiceLoss, FocalLoss, JaccardLoss, TverskyLoss, build_loss
+from .lr_finder import LRRangeTestResult, lr_range_test
 from .metrics import dice_score, iou_score
-from .models import CBAMBlock, SEBlock, TinyUNet
+from .models import SAFE_ATTENTION, CBAMBlock, SEBlock, TinyUNet
+from .schedulers import SCHEDULER_TYPES, build_scheduler, epochs_to_steps, lr_curve, with_warmup
+from .stability import (
+    EarlyStopping,
+    NanDetector,
+    NonFiniteError,
+    StabilityGuard,
+    check_gradients,
+    check_weights,
+    clip_gradients,
+    grad_norm,
+    grads_are_finite,
+)
+from .tracking import MLflowTracker, runs_dataframe
 from .training import Callback, History, StepResult, evaluate, fit
 from .utils import get_device, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAFE_ATTENTION",
+    "SCHEDULER_TYPES",
     "CBAMBlock",
     "Callback",
+    "CheckpointError",
+    "CheckpointManager",
+    "CombinedLoss",
+    "DeepSupervisionLoss",
+    "DiceLoss",
+    "EarlyStopping",
+    "FocalLoss",
     "History",
+    "JaccardLoss",
+    "LRRangeTestResult",
+    "LossWeightCallback",
+    "LossWeightScheduler",
+    "MLflowTracker",
+    "MixedPrecision",
+    "NanDetector",
+    "NonFiniteError",
     "SEBlock",
     "ShapesSegmentation",
+    "StabilityGuard",
     "StepResult",
     "TinyUNet",
+    "TverskyLoss",
+    "UnsafeCheckpointError",
+    "build_loss",
+    "build_scheduler",
+    "check_gradients",
+    "check_weights",
+    "clip_gradients",
     "dice_score",
+    "epochs_to_steps",
     "evaluate",
     "fit",
     "get_device",
+    "grad_norm",
+    "grads_are_finite",
     "iou_score",
+    "lr_curve",
+    "lr_range_test",
     "make_loaders",
+    "runs_dataframe",
     "seed_everything",
+    "supervision_weights",
+    "with_warmup",
 ]
