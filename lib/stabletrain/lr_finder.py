@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
+
+from .utils import capture_rng_state, restore_rng_state
 
 __all__ = [
     "LR_RANGE_MODES",
@@ -304,10 +305,7 @@ class _Snapshot:
         self.groups = [
             {k: _clone(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups
         ]
-        self.python_rng = random.getstate()
-        self.numpy_rng = np.random.get_state()  # noqa: NPY002 - the global legacy generator
-        self.torch_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.rng = capture_rng_state()
         self.generators = []
         for gen in (
             getattr(loader, "generator", None),
@@ -333,11 +331,7 @@ class _Snapshot:
             for key in [k for k in group if k != "params" and k not in saved]:
                 del group[key]
             group.update(saved)
-        random.setstate(self.python_rng)
-        np.random.set_state(self.numpy_rng)  # noqa: NPY002
-        torch.set_rng_state(self.torch_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
+        restore_rng_state(self.rng)
         for gen, state in self.generators:
             gen.set_state(state)
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["get_device", "seed_everything"]
+__all__ = ["capture_rng_state", "get_device", "restore_rng_state", "seed_everything"]
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -71,3 +73,51 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy (legacy global), torch CPU and CUDA generator states, as plain values.
+
+    The NumPy MT19937 key is stored as an ``int64`` tensor so that the result
+    loads with ``torch.load(..., weights_only=True)``. CUDA states are captured
+    only when CUDA is already initialised (capturing never initialises it).
+    """
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global stream is the point
+    cuda: list[torch.Tensor] = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = list(torch.cuda.get_rng_state_all())
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": str(np_state["bit_generator"]),
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`.
+
+    CUDA states are restored only if CUDA is available with the same number of
+    devices; otherwise they are skipped (a CPU machine reading a GPU checkpoint).
+    """
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npy = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        {
+            "bit_generator": npy["bit_generator"],
+            "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]},
+            "has_gauss": npy["has_gauss"],
+            "gauss": npy["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)

@@ -36,6 +36,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .plotting import plot_lr, smooth
+from .schedulers import SCHEDULER_ALIASES, SCHEDULER_TYPES, lr_curve
 from .training import History
 
 __all__ = [
@@ -47,13 +48,6 @@ __all__ = [
     "schedule_curves",
     "schedule_explorer",
 ]
-
-
-def _schedulers():
-    """The schedulers module, imported when first needed."""
-    from . import schedulers
-
-    return schedulers
 
 
 # ----------------------------------------------------------------------------- parameter specs
@@ -123,20 +117,12 @@ def _param_specs(kind: str, total_steps: int) -> dict[str, _Spec]:
     return specs.get(kind, {})
 
 
-_CLOSED_FORM = (
-    "constant",
-    "warmup_cosine",
-    "cosine_restarts",
-    "onecycle",
-    "polynomial",
-    "exponential",
-    "step",
-)
 _METRIC_DRIVEN = ("plateau", "adaptive")
+_CLOSED_FORM = tuple(t for t in SCHEDULER_TYPES if t not in _METRIC_DRIVEN)
 
 
 def _available(wanted: Sequence[str] | None, default: Sequence[str], name: str) -> tuple[str, ...]:
-    known = tuple(_schedulers().SCHEDULER_TYPES)
+    known = tuple(SCHEDULER_TYPES)
     choices = tuple(t for t in default if t in known)
     if wanted is None:
         return choices
@@ -211,7 +197,7 @@ def describe_schedule(config: Mapping[str, Any]) -> str:
 
 def _metric_driven_type(config: Mapping[str, Any]) -> bool:
     kind = str(config.get("type", "")).strip().lower()
-    return _schedulers().SCHEDULER_ALIASES.get(kind, kind) in _METRIC_DRIVEN
+    return SCHEDULER_ALIASES.get(kind, kind) in _METRIC_DRIVEN
 
 
 def _curve(
@@ -221,7 +207,7 @@ def _curve(
     metrics: Mapping[int, float] | None = None,
 ) -> list[float]:
     metrics = dict(metrics) if metrics is not None and _metric_driven_type(config) else None
-    return list(_schedulers().lr_curve(dict(config), total_steps, base_lr=base_lr, metrics=metrics))
+    return list(lr_curve(dict(config), total_steps, base_lr=base_lr, metrics=metrics))
 
 
 def _check_metrics(metrics: Any, total_steps: int) -> dict[int, float] | None:
