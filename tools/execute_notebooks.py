@@ -4,7 +4,7 @@
 
 Runs each notebook with its working directory set to ``notebooks/`` (as JupyterLab
 and nbval do), the kernel of the current environment, and prints its wall time.
-Widget state is not stored, so saved notebooks stay small and stable.
+Widget state is dropped before saving, so saved notebooks stay small and stable.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def execute(path: pathlib.Path, timeout: int = 600) -> float:
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
-        store_widget_state=False,
+        store_widget_state=True,  # needed for Output widgets; the state is dropped below
     )
     client.execute()
     elapsed = time.perf_counter() - start
