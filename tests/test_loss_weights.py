@@ -166,3 +166,15 @@ def test_callback_drives_the_schedule_in_fit():
     assert len(adaptive.history["dice"]) == 3  # start + one update per epoch
     assert adaptive.scheduler.first_values.keys() == {"dice", "focal"}
     assert sum(loss.weights.values()) == pytest.approx(1.0)
+
+
+def test_callback_state_round_trip():
+    loss = build_loss("balanced_segmentation")
+    callback = LossWeightCallback(LossWeightScheduler(loss, "linear"))
+    callback.scheduler.step(0.5)
+    callback._record()
+    state = callback.state_dict()
+    fresh = LossWeightCallback(LossWeightScheduler(build_loss("balanced_segmentation"), "linear"))
+    fresh.load_state_dict(state)
+    assert fresh.history == callback.history
+    assert fresh.scheduler.state_dict() == callback.scheduler.state_dict()

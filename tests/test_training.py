@@ -149,3 +149,56 @@ def test_history_round_trip():
     copy.load_state_dict(h.state_dict())
     assert copy.steps["lr"] == [0.1, 0.1] and math.isnan(copy.steps["extra"][0])
     assert copy.diverged and copy.first_nonfinite_step() == 1
+
+
+class RecordingCheckpoints:
+    """A stand-in checkpoint manager that records what fit hands it."""
+
+    latest_path = None
+
+    def __init__(self):
+        self.saved = []
+
+    def save(self, epoch, metrics, step=None, **objects):
+        self.saved.append(objects)
+
+
+def test_callbacks_with_state_are_checkpointed(loaders):
+    class Stateful(Callback):
+        def state_dict(self):
+            return {"n": 1}
+
+    manager = RecordingCheckpoints()
+    fit(
+        TinyUNet(base_channels=4),
+        loaders[0],
+        epochs=1,
+        checkpoints=manager,
+        callbacks=[Callback(), Stateful()],
+        progress=False,
+    )
+    keys = set(manager.saved[-1])
+    assert "callback_1" in keys and "callback_0" not in keys
+    assert {"model", "optimizer", "history", "data_generator"} <= keys
+
+
+def test_nan_validation_metric_rolls_back_through_the_guard(loaders):
+    """adaptive scheduler + guard: a NaN val loss restores the snapshot and keeps one cut."""
+    from stabletrain.schedulers import build_scheduler
+    from stabletrain.stability import StabilityGuard
+
+    train, _ = loaders
+    images, masks = next(iter(train))
+    bad_val = [(torch.full_like(images, float("nan")), masks)]  # injected fault: NaN images
+    seed_everything(0)
+    model = TinyUNet(base_channels=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, type="adaptive", factor=0.5)
+    guard = StabilityGuard(model, opt, scheduler=sched, on_nonfinite="rollback", snapshot_every=1)
+    history = fit(
+        model, train, optimizer=opt, guard=guard, val_loader=bad_val, epochs=1, progress=False
+    )
+    assert math.isnan(history.epochs["val_loss"][0])
+    assert guard.rollbacks == 1 and sched.needs_rollback is False
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # one cut, no extra backoff
+    assert all(torch.equal(v, guard._snapshot["model"][k]) for k, v in model.state_dict().items())

@@ -355,6 +355,17 @@ class LossWeightCallback(Callback):
     def metric_driven(self) -> bool:
         return self.scheduler.type in ("adaptive", "performance")
 
+    def state_dict(self) -> dict[str, Any]:
+        """The scheduler's state and the recorded weights (``fit`` checkpoints it)."""
+        return {
+            "scheduler": self.scheduler.state_dict(),
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+
     def _record(self) -> None:
         for key, value in self.scheduler.weights.items():
             self.history[key].append(value)

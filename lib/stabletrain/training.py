@@ -23,6 +23,8 @@ argument                  what ``fit`` calls on it
                           bare ``ReduceLROnPlateau``); if it is metric-driven
                           (``scheduler.metric_driven`` or a ``ReduceLROnPlateau``) also
                           ``scheduler.step(metric)`` after each validation.
+``guard`` (epoch end)      if the metric-driven scheduler sets ``needs_rollback`` (a NaN
+                          metric), ``guard.restore_snapshot(keep_lr=True)``.
 ``early_stopping``        ``early_stopping.step(value) -> bool`` after each epoch with the
                           monitored metric; ``early_stopping.stopping_reason``.
 ``checkpoints``           ``checkpoints.save(epoch, metrics, step=..., **objects)`` after
@@ -172,6 +174,86 @@ class History:
         self.steps = {k: list(v) for k, v in state["steps"].items()}
         self.epochs = {k: list(v) for k, v in state["epochs"].items()}
         self.stop_reason = state.get("stop_reason")
+
+    def summary(self, monitor: str = "val_loss", mode: str = "min") -> dict[str, Any]:
+        """A short, plain summary of the run (all values JSON-friendly; NaN where unknown).
+
+        Keys: ``steps``, ``epochs`` (recorded), ``skipped_steps`` (steps whose update
+        was not applied), ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
+        ``best_<monitor>`` and ``best_epoch`` (by ``mode``), ``final_train_loss``,
+        ``final_val_loss``, ``final_val_dice``, ``final_lr``, ``seconds`` (sum of the
+        epoch times).
+
+        Raises:
+            ValueError: ``mode`` not ``"min"`` or ``"max"``.
+        """
+        best = self.best(monitor, mode)
+        values = self.epochs.get(monitor, [])
+        epoch_numbers = self.epochs.get("epoch", list(range(len(values))))
+        best_epoch = next(
+            (e for e, v in zip(epoch_numbers, values, strict=False) if v == best), None
+        )
+
+        def last(column: str) -> float:
+            data = self.epochs.get(column, [])
+            return float(data[-1]) if data else math.nan
+
+        return {
+            "steps": self.num_steps,
+            "epochs": len(self.epochs.get("epoch", [])),
+            "skipped_steps": sum(1 for a in self.steps.get("applied", []) if a is False),
+            "diverged": self.diverged,
+            "first_nonfinite_step": self.first_nonfinite_step(),
+            "stop_reason": self.stop_reason,
+            f"best_{monitor}": best,
+            "best_epoch": best_epoch,
+            "final_train_loss": last("train_loss"),
+            "final_val_loss": last("val_loss"),
+            "final_val_dice": last("val_dice"),
+            "final_lr": last("lr"),
+            "seconds": float(sum(v for v in self.epochs.get("seconds", []) if math.isfinite(v))),
+        }
+
+    def to_csv(self, path: Any, table: str = "epochs") -> None:
+        """Write one table (``"epochs"`` or ``"steps"``) to ``path`` (a str or path) as CSV.
+
+        Columns are the table's keys in recording order; NaN is written as ``nan``.
+
+        Raises:
+            ValueError: an unknown ``table``.
+        """
+        import csv
+
+        if table not in ("epochs", "steps"):
+            raise ValueError(f"table must be 'epochs' or 'steps', got {table!r}")
+        columns = self.epochs if table == "epochs" else self.steps
+        names = list(columns)
+        rows = zip(*(columns[n] for n in names), strict=True) if names else []
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(names)
+            writer.writerows(rows)
+
+    def to_json(self, path: Any) -> None:
+        """Write the full history (both tables, stop reason and :meth:`summary`) as JSON.
+
+        Non-finite numbers become ``null`` (strict JSON); ``load_state_dict`` of
+        the ``"steps"``/``"epochs"``/``"stop_reason"`` entries reads it back.
+        """
+        import json
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [clean(v) for v in value]
+            return value
+
+        payload = {**self.state_dict(), "summary": self.summary()}
+        with open(path, "w") as f:
+            json.dump(clean(payload), f, indent=1, allow_nan=False)
 
     def __repr__(self) -> str:
         return (
@@ -515,6 +597,9 @@ def fit(
             "history": history,
             "data_generator": generator,
         }
+        for i, cb in enumerate(callbacks):  # callbacks with state (e.g. loss-weight schedules)
+            if callable(getattr(cb, "state_dict", None)):
+                named[f"callback_{i}"] = cb
         return {k: v for k, v in named.items() if v is not None}
 
     start_epoch = 0
@@ -636,6 +721,10 @@ def fit(
             monitored = metrics.get(monitor, metrics["train_loss"])
             if scheduler is not None and is_metric_driven(scheduler):
                 scheduler.step(monitored)
+                if guard is not None and getattr(scheduler, "needs_rollback", False):
+                    # a non-finite metric: the scheduler has cut its LR; the guard returns
+                    # model and optimizer to the last good snapshot, keeping that cut
+                    guard.restore_snapshot(keep_lr=True)
             history.log_epoch(**metrics)
             if tracker is not None:  # epoch means get their own names beside the per-step ones
                 tracker.log_metrics(
