@@ -202,3 +202,13 @@ def test_nan_validation_metric_rolls_back_through_the_guard(loaders):
     assert guard.rollbacks == 1 and sched.needs_rollback is False
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # one cut, no extra backoff
     assert all(torch.equal(v, guard._snapshot["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_stopping_on_the_last_batch_leaves_the_data_order_as_a_full_epoch(loaders):
+    train, _ = make_loaders(num_train=32, num_val=8, batch_size=8, image_size=32)
+    states = []
+    for max_steps in (None, 4):  # 4 steps = exactly one epoch
+        train.generator.manual_seed(0)
+        fit(TinyUNet(base_channels=4), train, epochs=1, max_steps=max_steps, progress=False)
+        states.append(train.generator.get_state())
+    assert torch.equal(states[0], states[1])

@@ -16,12 +16,16 @@ The library behind the notebook course. One concept per module:
 - :mod:`stabletrain.amp` — ``MixedPrecision`` that reports skipped steps, float16 diagnostics.
 - :mod:`stabletrain.checkpoint` — crash-safe checkpoints and bit-exact resume.
 - :mod:`stabletrain.tracking` — MLflow tracking (needs the ``tracking`` extra).
+- :mod:`stabletrain.optim` — ``build_optimizer`` with seed and torch keys, parameter groups.
+- :mod:`stabletrain.config` — presets and ``build_training``: one configuration builds everything.
+- :mod:`stabletrain.cli` — ``python -m stabletrain train | compare-schedulers``.
 - :mod:`stabletrain.widgets` — notebook widgets (needs the ``widgets`` extra; import it directly).
 - :mod:`stabletrain.plotting`, :mod:`stabletrain.experiments`, :mod:`stabletrain.utils`.
 """
 
 from .amp import MixedPrecision
 from .checkpoint import CheckpointError, CheckpointManager, UnsafeCheckpointError
+from .config import PRESETS, Training, build_training, resolve_config, run
 from .data import ShapesSegmentation, make_loaders
 from .deep_supervision import DeepSupervisionLoss, supervision_weights
 from .loss_weights import LossWeightCallback, LossWeightScheduler
@@ -29,6 +33,7 @@ from .losses import CombinedLoss, DiceLoss, FocalLoss, JaccardLoss, TverskyLoss,
 from .lr_finder import LRRangeTestResult, lr_range_test
 from .metrics import dice_score, iou_score
 from .models import SAFE_ATTENTION, CBAMBlock, SEBlock, TinyUNet
+from .optim import build_optimizer
 from .schedulers import SCHEDULER_TYPES, build_scheduler, epochs_to_steps, lr_curve, with_warmup
 from .stability import (
     EarlyStopping,
@@ -48,6 +53,7 @@ from .utils import get_device, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "SAFE_ATTENTION",
     "SCHEDULER_TYPES",
     "CBAMBlock",
@@ -73,10 +79,13 @@ __all__ = [
     "StabilityGuard",
     "StepResult",
     "TinyUNet",
+    "Training",
     "TverskyLoss",
     "UnsafeCheckpointError",
     "build_loss",
+    "build_optimizer",
     "build_scheduler",
+    "build_training",
     "check_gradients",
     "check_weights",
     "clip_gradients",
@@ -91,6 +100,8 @@ __all__ = [
     "lr_curve",
     "lr_range_test",
     "make_loaders",
+    "resolve_config",
+    "run",
     "runs_dataframe",
     "seed_everything",
     "supervision_weights",

@@ -636,7 +636,8 @@ def fit(
             losses: list[float] = resumed_losses if epoch == start_epoch else []
             micro_loss = 0.0
             epoch_data_state = generator.get_state() if generator is not None else None
-            for batch_index, (images, targets) in enumerate(train_loader):
+            batches = iter(train_loader)
+            for batch_index, (images, targets) in enumerate(batches):
                 if epoch == start_epoch and batch_index < skip_batches:
                     continue  # trained before the interruption
                 images, targets = images.to(device), targets.to(device)
@@ -692,6 +693,11 @@ def fit(
                     ctx.stop_training = True
                     ctx.stop_reason = ctx.stop_reason or f"max_steps={max_steps} reached"
                 if ctx.stop_training:
+                    if batch_index + 1 == batches_per_epoch:
+                        # the epoch's batches are all used: let the sampler finish, as a full
+                        # epoch would, so the data generator's state (and a resume) match
+                        for _ in batches:
+                            pass
                     break
                 if (
                     save_every

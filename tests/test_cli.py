@@ -1,0 +1,123 @@
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stabletrain.cli import main, scheduler_curves
+from stabletrain.schedulers import SCHEDULER_TYPES
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "attention_unet.yaml")
+TINY = [
+    "--num-train", "32", "--num-val", "16", "--epochs", "2", "--warmup-epochs", "0.5",
+    "--set", "model.base_channels=4", "--set", "data.image_size=32", "--no-progress",
+]  # fmt: skip
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "stabletrain", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_train_end_to_end_in_a_subprocess(tmp_path):
+    db = tmp_path / "mlflow.db"
+    ckpt = tmp_path / "ckpt"
+    result = _cli(
+        "train", "--config", CONFIG, *TINY,
+        "--tracking-uri", f"sqlite:///{db}", "--checkpoint-dir", str(ckpt),
+        "--stop-after-epochs", "1", "--export", str(tmp_path / "export"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert (ckpt / "epoch-0000.pt").is_file() and (ckpt / "manifest.json").is_file()
+    assert "stopped after 1 of 2 epochs" in result.stdout
+    # the run is in the temporary MLflow store, with the resolved configuration
+    with sqlite3.connect(db) as con:
+        params = dict(con.execute("SELECT key, value FROM params").fetchall())
+        metrics = {k for (k,) in con.execute("SELECT DISTINCT key FROM metrics").fetchall()}
+    assert params["config.preset"] == "attention"
+    assert params["config.optimizer.gradient_clipping_by_norm"] == "0.5"
+    assert params["config.model.deep_supervision"] == "True"
+    assert {"train_loss", "val_loss", "lr", "grad_norm"} <= metrics
+    exported = json.loads((tmp_path / "export" / "history.json").read_text())
+    assert exported["summary"]["epochs"] == 1
+
+    # the interrupted run continues from its checkpoint (in-process: cheaper)
+    status = main(
+        ["train", "--config", CONFIG, *TINY, "--checkpoint-dir", str(ckpt), "--no-tracking",
+         "--resume", "--export", str(tmp_path / "export")]
+    )  # fmt: skip
+    assert status == 0
+    resumed = json.loads((tmp_path / "export" / "history.json").read_text())
+    assert resumed["epochs"]["epoch"] == [0, 1]
+    assert resumed["steps"]["loss"][:2] == exported["steps"]["loss"]
+    assert (ckpt / "epoch-0001.pt").is_file()
+
+
+def test_bad_flag_in_a_subprocess_is_one_line(tmp_path):
+    result = _cli("train", "--config", CONFIG, "--epochs", "many", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--epochs" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["train"], "required: --config"),
+        (["train", "--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (["train", "--config", CONFIG, "--scheduler", "linear"], "invalid choice: 'linear'"),
+        (["train", "--config", CONFIG, "--lr", "-1"], "argument --lr"),
+        (["train", "--config", CONFIG, "--set", "optimizer.beta3=1"], r"unknown optimizer key"),
+        (["train", "--config", CONFIG, "--set", "oops"], "expected KEY=VALUE"),
+        (["train", "--config", CONFIG, "--epochs", "3", "--warmup-epochs", "3"], "shorter than"),
+        (["train", "--config", CONFIG, "--preset", "turbo"], "invalid choice: 'turbo'"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["compare-schedulers", "--out", "x.txt"], "--out must end in"),
+    ],
+)
+def test_bad_flags_and_configs_give_one_line(args, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [*args, "--no-tracking", "--checkpoint-dir", "none"] if args[:1] == ["train"] else args
+    try:
+        status = main(args)
+    except SystemExit as exit_:  # argparse usage errors
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("stabletrain: error: ")
+    assert __import__("re").search(match, err), err
+
+
+def test_bad_yaml_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: attention\nmodel: {attention: transformer}\n")
+    status = main(["train", "--config", str(bad), "--no-tracking", "--checkpoint-dir", "none"])
+    err = capsys.readouterr().err
+    assert status == 2 and "attention must be one of" in err and len(err.splitlines()) == 1
+
+
+def test_compare_schedulers(tmp_path, capsys):
+    out = tmp_path / "schedulers.png"
+    assert main(["compare-schedulers", "--out", str(out), "--epochs", "10"]) == 0
+    assert out.stat().st_size > 10_000
+    curves = scheduler_curves(epochs=10, steps_per_epoch=5, warmup_epochs=2, lr=0.1)
+    assert set(curves) == set(SCHEDULER_TYPES)
+    assert all(len(v) == 50 for v in curves.values())
+    # warmup where the type has one: the peak is reached at step 10, not before
+    assert curves["warmup_cosine"][0] < 0.01 and curves["warmup_cosine"][10] == pytest.approx(0.1)
+    # the plateau schedule cuts the LR once the metric stops improving
+    assert curves["plateau"][-1] < 0.1

@@ -1,0 +1,213 @@
+import math
+
+import pytest
+import torch
+
+from stabletrain.config import (
+    DEFAULTS,
+    PRESETS,
+    build_model,
+    build_training,
+    config_diff,
+    load_config,
+    resolve_config,
+    run,
+)
+from stabletrain.deep_supervision import DeepSupervisionLoss
+from stabletrain.schedulers import OneCycle, PlateauWithWarmup, WarmupCosine
+
+TINY = {
+    "epochs": 2,
+    "data": {"num_train": 32, "num_val": 16, "batch_size": 16, "image_size": 32},
+    "model": {"base_channels": 4, "depth": 2},
+}
+
+
+class RecordingTracker:
+    def __init__(self):
+        self.params = {}
+        self.metrics = []
+        self.finished = None
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step):
+        self.metrics.append((step, dict(metrics)))
+
+    def finish(self, history=None, *, status="FINISHED"):
+        self.finished = status
+
+
+def test_layers_merge_in_order():
+    cfg = resolve_config(
+        {"preset": "stable", "optimizer": {"lr": 3e-3}},
+        overrides={"optimizer.weight_decay": 0.05, "epochs": 7, "seed": None},
+    )
+    assert cfg["preset"] == "stable"
+    assert cfg["optimizer"] == {
+        "type": "adamw",
+        "lr": 3e-3,
+        "weight_decay": 0.05,
+        "gradient_clipping_by_norm": 1.0,
+    }
+    assert cfg["epochs"] == 7 and cfg["seed"] == DEFAULTS["seed"]  # None = not given
+    assert cfg["early_stopping"] == {"patience": 15}
+    assert set(cfg) == set(DEFAULTS)
+    # resolving a resolved configuration changes nothing
+    assert resolve_config(cfg) == cfg
+    # an override's preset wins over the config's, the preset argument over both
+    assert resolve_config({"preset": "stable"}, overrides={"preset": "fast"})["preset"] == "fast"
+    assert resolve_config({"preset": "stable"}, preset="fast")["scheduler"]["type"] == "onecycle"
+
+
+def test_changing_the_scheduler_type_starts_the_section_afresh():
+    cfg = resolve_config({"preset": "attention", "scheduler": {"type": "plateau"}})
+    assert cfg["scheduler"] == {"type": "plateau", "warmup_epochs": 5}  # min_lr_ratio dropped
+    same = resolve_config({"preset": "attention", "scheduler": {"warmup_epochs": 2}})
+    assert same["scheduler"]["min_lr_ratio"] == 0.01 and same["scheduler"]["warmup_epochs"] == 2
+    adaptive = resolve_config({"preset": "attention"}, overrides={"scheduler.type": "adaptive"})
+    assert adaptive["scheduler"] == {"type": "adaptive"}
+
+
+def test_presets_are_documented_mappings():
+    assert set(PRESETS) == {"fast", "stable", "memory_constrained", "attention"}
+    for preset in PRESETS.values():
+        assert set(preset) <= set(DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ({"preset": "turbo"}, r"unknown preset 'turbo'; presets: \['attention', 'fast'"),
+        ({"optimiser": {}}, r"unknown config key\(s\) \['optimiser'\]; accepted"),
+        ({"data": {"n_train": 8}}, r"unknown key\(s\) \['n_train'\] in config section 'data'"),
+        ({"stability": {"clip": 1}}, r"section 'stability'; accepted"),
+        ({"epochs": 0}, "epochs must be an int >= 1"),
+        ({"model": 3}, "config section 'model' must be a mapping"),
+    ],
+)
+def test_bad_configurations_name_the_problem(config, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config(config)
+
+
+def test_bad_settings_fail_at_build_time():
+    model = build_model(TINY)
+    for config, match in [
+        ({"optimizer": {"type": "lamb"}}, "optimizer type must be one of"),
+        ({"scheduler": {"type": "cosine", "gamma": 0.5}}, "unknown parameter 'gamma'"),
+        ({"preset": "attention"}, r"warmup_epochs=5 must be shorter than epochs=2"),
+        ({"stability": {"on_nonfinite": "pray"}}, "on_nonfinite must be one of"),
+        ({"loss": "nope"}, "unknown loss preset"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build_training(model, {**TINY, **config})
+
+
+def test_yaml_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: fast\nepochs: 3\noptimizer:\n  lr: 0.002\n")
+    cfg = resolve_config(path)
+    assert cfg["optimizer"]["lr"] == 0.002 and cfg["scheduler"]["type"] == "onecycle"
+    (tmp_path / "bad.yaml").write_text("epochs: [1\n")
+    with pytest.raises(ValueError, match="not valid YAML at line"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_each_preset_builds_what_it_says():
+    spe = 4
+    model = build_model(TINY)
+    fast = build_training(model, {**TINY, "preset": "fast"}, steps_per_epoch=spe)
+    assert isinstance(fast.scheduler, OneCycle) and fast.scheduler.total_steps == 2 * spe
+    assert fast.guard.clip_mode is None and fast.early_stopping.patience == 5
+
+    stable = build_training(model, {**TINY, "preset": "stable"}, steps_per_epoch=spe)
+    assert isinstance(stable.scheduler, PlateauWithWarmup) and stable.scheduler.warmup_steps == spe
+    assert (stable.guard.clip_mode, stable.guard.max_norm) == ("norm", 1.0)
+    assert stable.amp is None and stable.guard.on_nonfinite == "skip"
+    assert stable.early_stopping.patience == 15
+
+    memory = build_training(model, {**TINY, "preset": "memory_constrained"}, steps_per_epoch=spe)
+    assert isinstance(memory.scheduler, WarmupCosine) and memory.guard.max_norm == 0.5
+
+    cfg = {**TINY, "epochs": 8, "preset": "attention"}
+    attention = build_training(model, cfg, steps_per_epoch=spe)
+    assert isinstance(attention.scheduler, WarmupCosine)
+    assert attention.scheduler.warmup_steps == 5 * spe
+    assert attention.guard.on_nonfinite == "rollback" and attention.guard.max_norm == 0.5
+    assert attention.config["model"]["safe_attention"] is True
+    # the optimizer is the configured one, driven by the guard and the scheduler
+    assert attention.guard.optimizer is attention.optimizer
+    assert attention.guard.scheduler is attention.scheduler
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_each_preset_trains_a_few_steps(preset):
+    overrides = {"scheduler.warmup_epochs": 1} if preset in ("attention", "stable") else {}
+    cfg = resolve_config({**TINY, "preset": preset}, overrides=overrides)
+    tracker = RecordingTracker()
+    history, _, training = run(cfg, progress=False, tracker=tracker)
+    assert history.num_steps == 4
+    assert all(math.isfinite(v) for v in history.steps["loss"])
+    assert tracker.params["config"] == training.config  # the resolved config was logged
+    assert tracker.finished == "FINISHED"
+    assert history.epochs["val_loss"][-1] < history.epochs["val_loss"][0] + 0.05
+
+
+def test_every_scheduler_type_gets_its_length_in_steps():
+    model = build_model(TINY)
+    adaptive = {"type": "adaptive", "base": "warmup_cosine", "warmup_epochs": 0.5}
+    training = build_training(model, {**TINY, "scheduler": adaptive}, steps_per_epoch=4)
+    assert training.scheduler.metric_driven
+    cosine = build_training(model, {**TINY, "scheduler": {"type": "cosine"}}, steps_per_epoch=4)
+    assert cosine.scheduler.total_steps == 8
+    with pytest.raises(ValueError, match="warmup_epochs or warmup_steps"):
+        build_training(
+            model, {**TINY, "scheduler": {"type": "cosine", "warmup_epochs": 1, "warmup_steps": 2}}
+        )
+
+
+def test_deep_supervision_wraps_the_loss():
+    cfg = {**TINY, "model": {**TINY["model"], "deep_supervision": True}}
+    model = build_model(cfg)
+    training = build_training(model, cfg)
+    assert isinstance(training.loss_fn, DeepSupervisionLoss)
+    assert training.loss_fn.num_outputs == 2
+
+
+def test_checkpoints_store_the_resolved_config_and_resume(tmp_path):
+    cfg = resolve_config(
+        {**TINY, "epochs": 3, "checkpoints": {"directory": str(tmp_path / "ckpt")}}
+    )
+    full, _, _ = run(cfg, progress=False)
+    cfg2 = resolve_config(cfg, overrides={"checkpoints.directory": str(tmp_path / "ckpt2")})
+    interrupted, _, training = run(cfg2, progress=False, stop_after_epochs=2)
+    assert interrupted.num_steps == 4 and len(interrupted.epochs["epoch"]) == 2
+    assert "stopped after 2 of 3 epochs" in interrupted.stop_reason
+    meta = training.checkpoints.load("latest", restore_rng=False)
+    assert meta["extra"]["config"] == cfg2 and meta["epoch"] == 1
+    resumed, _, _ = run(cfg2, progress=False, resume=True)
+    assert resumed.epochs["epoch"] == [0, 1, 2]
+    # bit-exact continuation of the uninterrupted run
+    assert resumed.steps["loss"] == full.steps["loss"]
+    # resuming with other training settings is refused, naming them
+    other = resolve_config(cfg2, overrides={"optimizer.lr": 0.01})
+    with pytest.raises(ValueError, match=r"cannot resume.*optimizer\.lr"):
+        run(other, progress=False, resume=True)
+
+
+def test_config_diff():
+    assert config_diff({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 1, "c": 5}, "e": 0}) == [
+        "a.c",
+        "d",
+        "e",
+    ]
+
+
+def test_model_follows_the_config():
+    model = build_model({**TINY, "preset": "attention"})
+    assert model.attention == "cbam" and model.attention_options["norm"] is True
+    assert isinstance(model, torch.nn.Module)
