@@ -146,6 +146,120 @@ def test_fused_gradients_pass_gradcheck():
         assert torch.autograd.gradcheck(lambda x, loss=loss: loss(x, labels), (x,))
 
 
+@pytest.mark.parametrize("jaccard", [False, True])
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
+def test_dice_fused_gradient_matches_monai_and_plain_autograd(mode, squared, jaccard):
+    """The fused backward against MONAI's autograd (Dice) and the formula (Dice and Jaccard)."""
+    if mode == "multiclass":
+        logits, target = _multiclass()
+        ref_target = target.unsqueeze(1)
+        one_hot = nn.functional.one_hot(target, logits.shape[1]).movedim(-1, 1).double()
+        probs = torch.softmax
+    else:
+        logits, target = _binary(soft=True)
+        ref_target, one_hot, probs = target, target, lambda x, _: torch.sigmoid(x)
+    ours_x = logits.clone().requires_grad_()
+    DiceLoss(mode, squared=squared, jaccard=jaccard)(ours_x, target).backward()
+    plain_x = logits.clone().requires_grad_()
+    p = probs(plain_x, 1)
+    inter = (p * one_hot).sum((2, 3))
+    total = (p * p if squared else p).sum((2, 3))
+    true = (one_hot * one_hot if squared else one_hot).sum((2, 3))
+    if jaccard:
+        plain = 1 - (inter + 1e-5) / (total + true - inter + 1e-5)
+    else:
+        plain = 1 - (2 * inter + 1e-5) / (total + true + 1e-5)
+    plain.mean().backward()
+    torch.testing.assert_close(ours_x.grad, plain_x.grad, atol=1e-12, rtol=1e-10)
+    if not jaccard:
+        ref_x = logits.clone().requires_grad_()
+        kind = {"softmax": True, "to_onehot_y": True} if mode == "multiclass" else {"sigmoid": True}
+        monai_losses.DiceLoss(squared_pred=squared, **kind)(ref_x, ref_target).backward()
+        # MONAI's squared form reaches Σp² + Σt² through differences of sums (cancellation).
+        torch.testing.assert_close(ours_x.grad, ref_x.grad, atol=1e-10, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
+def test_dice_gradient_buffer_is_not_shared_between_backward_calls(mode):
+    """The forward's buffer becomes the first gradient; a second backward must not reuse it."""
+    logits, target = _multiclass() if mode == "multiclass" else _binary()
+    x = logits.clone().requires_grad_()
+    loss = DiceLoss(mode)(x, target)
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()  # accumulates into x.grad: must give exactly twice the first gradient
+    torch.testing.assert_close(x.grad, 2 * first, atol=0, rtol=0)
+    # Two losses of one forward, summed (e.g. gradient accumulation): each its own buffer.
+    x = logits.clone().requires_grad_()
+    (DiceLoss(mode)(x, target) + DiceLoss(mode)(x, target)).backward()
+    torch.testing.assert_close(x.grad, 2 * first, atol=1e-15, rtol=0)
+
+
+def test_dice_second_derivative_raises_instead_of_being_wrong():
+    logits, target = _binary((2, 1, 4, 4))
+    x = logits.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(DiceLoss()(x, target), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|twice"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
+def test_dice_on_channels_last_and_float32_logits(mode):
+    logits, target = _multiclass(2, 3, 16, 8) if mode == "multiclass" else _binary((2, 3, 16, 8))
+    grads = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = logits.float().to(memory_format=memory_format).requires_grad_()
+        value = JaccardLoss(mode)(x, target if mode == "multiclass" else target.float())
+        value.backward()
+        grads.append((value.detach(), x.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_in_place_softmax_backward_matches_out_of_place(threads):
+    """The multiclass backward writes the softmax Jacobian in place; check it on a parallel CPU."""
+    logits = torch.randn(4, 5, 48, 40) * 3
+    labels = torch.randint(0, 5, (4, 48, 40))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = logits.clone().requires_grad_()
+        DiceLoss("multiclass")(x, labels).backward()
+        g_p = torch.empty_like(logits).normal_()
+        p = torch.softmax(logits, 1)
+        in_place = g_p.clone()
+        torch.ops.aten._softmax_backward_data.out(in_place, p, 1, p.dtype, grad_input=in_place)
+        expected = torch._softmax_backward_data(g_p, p, 1, p.dtype)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(in_place, expected, atol=0, rtol=0)
+    plain_x = logits.double().requires_grad_()
+    one_hot = nn.functional.one_hot(labels, 5).movedim(-1, 1).double()
+    probs = torch.softmax(plain_x, 1)
+    inter, total = (probs * one_hot).sum((2, 3)), probs.sum((2, 3))
+    (1 - (2 * inter + 1e-5) / (total + one_hot.sum((2, 3)) + 1e-5)).mean().backward()
+    torch.testing.assert_close(x.grad, plain_x.grad.float(), atol=1e-9, rtol=1e-4)
+
+
+def test_multiclass_indices_stay_exact_for_many_classes():
+    from stabletrain.losses import _class_indices
+
+    labels = torch.tensor([[0, 2047, 2049]])
+    assert _class_indices(labels, 4, torch.float32).dtype == torch.float32
+    # float16 holds integers exactly only up to 2048: more classes compare in float64.
+    wide = _class_indices(labels, 4096, torch.float16)
+    assert wide.dtype == torch.float64 and wide.flatten().tolist() == [0, 2047, 2049]
+    # Out-of-range indices (validate=False) give an all-zero one-hot column, as documented.
+    logits = torch.zeros(1, 2, 1, 3, dtype=torch.float64)
+    loss = DiceLoss("multiclass", validate=False, reduction="none")
+    out_of_range = loss(logits, torch.tensor([[[5, 5, 5]]]))
+    # p = 1/2 everywhere, no pixel of either class: 1 − s/(Σp + s) with Σp = 1.5.
+    expected = torch.full((1, 2), 1 - 1e-5 / (1.5 + 1e-5), dtype=torch.float64)
+    torch.testing.assert_close(out_of_range, expected)
+
+
 @pytest.mark.parametrize("alpha", [0.25, None])
 def test_softmax_focal_is_monai_times_channels(alpha):
     logits, labels = _multiclass()
@@ -290,6 +404,20 @@ def test_errors_name_shapes_and_values():
         FocalLoss(alpha=1.5)
     with pytest.raises(ValueError, match="smooth"):
         DiceLoss(smooth=0.0)
+
+
+@pytest.mark.parametrize("cls", [DiceLoss, JaccardLoss, TverskyLoss])
+def test_overlap_losses_check_class_indices_exactly(cls):
+    """Dice-type losses check the indices on their float copy; the message stays exact."""
+    logits = torch.randn(2, 3, 8, 8)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    for bad, shown in ((3, r"\[0, 3\]"), (-1, r"\[-1, 2\]"), (2**40 + 1, r"1099511627777\]")):
+        wrong = labels.clone()
+        wrong[1, 4, 4] = bad
+        with pytest.raises(ValueError, match=shown + r".*C = 3"):
+            cls("multiclass")(logits, wrong)
+    cls("multiclass")(logits, labels)  # in range: no error
+    cls("multiclass", validate=False)(logits, labels.clone().fill_(3))  # not checked
 
 
 def test_validate_false_skips_value_checks_only():
