@@ -224,3 +224,25 @@ def test_skipped_steps_are_logged_with_a_guard(store):
     )
     points = MlflowClient(tracking_uri=store).get_metric_history(tracker.run_id, "skipped_steps")
     assert [m.value for m in sorted(points, key=lambda m: m.step)] == [1, 1, 2, 2]
+
+
+def test_a_run_that_raises_is_marked_failed(tmp_path):
+    """fit closes the MLflow run as FAILED (not left RUNNING) and re-raises."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = MLflowTracker(experiment="failing", tracking_uri=uri)
+    train, _ = make_loaders(num_train=16, num_val=8, batch_size=8, image_size=32)
+
+    def broken_loss(out, target):  # a fault injected on purpose, to test the bookkeeping
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(
+            TinyUNet(base_channels=4),
+            train,
+            epochs=1,
+            loss_fn=broken_loss,
+            tracker=tracker,
+            progress=False,
+        )
+    runs = runs_dataframe("failing", tracking_uri=uri)
+    assert list(runs["status"]) == ["FAILED"]

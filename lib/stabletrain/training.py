@@ -752,6 +752,13 @@ def fit(
                 cb.on_epoch_end(ctx, metrics)
             if ctx.stop_training:
                 break
+    except BaseException as error:  # NonFiniteError, Ctrl-C, ...: close the books, then re-raise
+        history.stop_reason = f"{type(error).__name__}: {error}"[:500]
+        if checkpoints is not None and callable(getattr(checkpoints, "wait", None)):
+            checkpoints.wait()  # a background save in flight still lands
+        if tracker is not None:
+            _finish_tracker(tracker, history, failed=True)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -763,6 +770,24 @@ def fit(
     if tracker is not None:
         tracker.finish(history)
     return history
+
+
+def _finish_tracker(tracker: Any, history: History, *, failed: bool) -> None:
+    """``tracker.finish(history)``, with ``status="FAILED"`` when the run raised and the
+    tracker accepts a status (as ``MLflowTracker`` does); errors while finishing a failed
+    run are not allowed to hide the original one."""
+    try:
+        accepts_status = "status" in inspect.signature(tracker.finish).parameters
+    except (TypeError, ValueError):
+        accepts_status = False
+    try:
+        if failed and accepts_status:
+            tracker.finish(history, status="FAILED")
+        else:
+            tracker.finish(history)
+    except Exception:
+        if not failed:
+            raise
 
 
 _NOT_SETTINGS = frozenset(
