@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from stabletrain import TinyUNet, make_loaders
-from stabletrain.amp import MixedPrecision, activation_ranges, dtype_table, underflow_fraction
+from stabletrain.amp import (
+    MixedPrecision,
+    activation_ranges,
+    dtype_table,
+    layer_gradients,
+    underflow_fraction,
+)
 from stabletrain.training import fit
 
 
@@ -209,3 +215,21 @@ def test_guard_counts_scaler_overflows_apart_from_its_own_skips():
     assert guard.scaler_skips > 0 and guard.skipped == 0  # overflow is the scaler's business
     assert results[-1].applied and amp.scale < 2.0**60
     assert guard.state_dict()["scaler_skips"] == guard.scaler_skips
+
+
+def test_layer_gradients_match_autograd_and_undo_the_scale():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    x, y = torch.randn(8, 4), torch.rand(8, 1)
+    ref = copy.deepcopy(model)
+    torch.nn.functional.binary_cross_entropy_with_logits(ref(x), y).backward()
+    grads, outputs = layer_gradients(model, x, y, loss_scale=1024.0)
+    for g, p in zip(grads, ref.parameters()):
+        torch.testing.assert_close(g, p.grad)
+    assert len(outputs) == 3  # one per leaf module
+    model.zero_grad()
+    _, unscaled = layer_gradients(model, x, y, loss_scale=1.0)
+    for scaled, plain in zip(outputs, unscaled):  # as the backward pass saw them: scaled
+        torch.testing.assert_close(scaled, plain * 1024)
+    with pytest.raises(ValueError, match="loss_scale"):
+        layer_gradients(model, x, y, loss_scale=0)

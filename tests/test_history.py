@@ -56,3 +56,17 @@ def test_json_export_is_strict_and_round_trips(tmp_path):
     back = History()
     back.load_state_dict(data)
     assert back.epochs == h.epochs and back.stop_reason == "done"
+
+
+def test_summary_gradient_statistics_rounding_and_key_selection():
+    h = History()
+    for loss, norm in [(1.0, 0.5), (2.5, 8.0), (0.75, 1.0), (math.nan, math.nan)]:
+        h.log_step(loss=loss, grad_norm=norm, lr=0.1)
+    h.log_epoch(epoch=0, val_loss=1.23456, val_dice=0.5)
+    s = h.summary()
+    assert s["max_grad_norm"] == 8.0 and s["median_grad_norm"] == 1.0
+    assert s["max_loss"] == 2.5 and s["max_val_loss"] == 1.23456
+    picked = h.summary(digits=2, keys=["max_val_loss", "first_nonfinite_step"])
+    assert picked == {"max_val_loss": 1.23, "first_nonfinite_step": 3}
+    with pytest.raises(ValueError, match="unknown summary key"):
+        h.summary(keys=["max_norm"])

@@ -54,6 +54,7 @@ __all__ = [
     "activation_ranges",
     "cpu_has_native_bfloat16",
     "dtype_table",
+    "layer_gradients",
     "outputs_to_float32",
     "underflow_fraction",
 ]
@@ -292,6 +293,55 @@ def activation_ranges(model: torch.nn.Module, *inputs: torch.Tensor) -> dict[str
         for handle in handles:
             handle.remove()
     return ranges
+
+
+def layer_gradients(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    loss_fn: Any = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    loss_scale: float = 1.0,
+    device_type: str = "cpu",
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One forward/backward pass under ``dtype`` autocast; the gradients it produces.
+
+    The loss (``loss_fn(outputs.float(), target)``, default ``BCEWithLogitsLoss``) is
+    multiplied by ``loss_scale`` before ``backward`` — exactly what a gradient scaler
+    does — and the parameter gradients are divided by it again afterwards.
+
+    Returns ``(parameter_gradients, output_gradients)``: the (unscaled) ``.grad`` of
+    every parameter that received one, and, in float32, the gradient flowing into the
+    output of every leaf module (as seen by the backward pass, i.e. *scaled*). Feed the
+    latter to :func:`underflow_fraction` to see how many would vanish in float16. The
+    model's ``.grad`` fields are left set, as after any backward pass.
+    """
+    if not loss_scale > 0:
+        raise ValueError(f"loss_scale must be > 0, got {loss_scale}")
+    loss_fn = loss_fn if loss_fn is not None else torch.nn.BCEWithLogitsLoss()
+    captured: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(lambda g: captured.append(g.detach().float()))
+
+    handles = [
+        module.register_forward_hook(keep)
+        for name, module in model.named_modules()
+        if name and not any(True for _ in module.children())
+    ]
+    try:
+        enabled = dtype != torch.float32
+        with torch.autocast(device_type=device_type, dtype=dtype, enabled=enabled):
+            outputs = model(inputs)
+        loss = loss_fn(outputs_to_float32(outputs), target)
+        (loss * loss_scale).backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    grads = [p.grad / loss_scale for p in model.parameters() if p.grad is not None]
+    return grads, captured
 
 
 def underflow_fraction(

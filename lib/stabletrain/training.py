@@ -175,17 +175,31 @@ class History:
         self.epochs = {k: list(v) for k, v in state["epochs"].items()}
         self.stop_reason = state.get("stop_reason")
 
-    def summary(self, monitor: str = "val_loss", mode: str = "min") -> dict[str, Any]:
+    def summary(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        *,
+        digits: int | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
         """A short, plain summary of the run (all values JSON-friendly; NaN where unknown).
 
         Keys: ``steps``, ``epochs`` (recorded), ``skipped_steps`` (steps whose update
         was not applied), ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
         ``best_<monitor>`` and ``best_epoch`` (by ``mode``), ``final_train_loss``,
-        ``final_val_loss``, ``final_val_dice``, ``final_lr``, ``seconds`` (sum of the
-        epoch times).
+        ``final_val_loss``, ``final_val_dice``, ``final_lr``, ``max_loss`` (worst finite
+        step loss), ``max_val_loss``, ``max_grad_norm`` and ``median_grad_norm`` (over
+        the finite per-step gradient norms: a surge shows as a large ratio of the two),
+        ``seconds`` (sum of the epoch times).
+
+        Args:
+            monitor, mode: the epoch column and direction that define "best".
+            digits: round every float to this many digits (for printing and comparing).
+            keys: return only these keys, in this order.
 
         Raises:
-            ValueError: ``mode`` not ``"min"`` or ``"max"``.
+            ValueError: ``mode`` not ``"min"`` or ``"max"``, or an unknown key in ``keys``.
         """
         best = self.best(monitor, mode)
         values = self.epochs.get(monitor, [])
@@ -198,7 +212,13 @@ class History:
             data = self.epochs.get(column, [])
             return float(data[-1]) if data else math.nan
 
-        return {
+        def finite(data: Sequence[Any]) -> list[float]:
+            return sorted(float(v) for v in data if isinstance(v, int | float) and math.isfinite(v))
+
+        norms = finite(self.steps.get("grad_norm", []))
+        step_losses = finite(self.steps.get("loss", []))
+        val_losses = finite(self.epochs.get("val_loss", []))
+        summary: dict[str, Any] = {
             "steps": self.num_steps,
             "epochs": len(self.epochs.get("epoch", [])),
             "skipped_steps": sum(1 for a in self.steps.get("applied", []) if a is False),
@@ -211,8 +231,23 @@ class History:
             "final_val_loss": last("val_loss"),
             "final_val_dice": last("val_dice"),
             "final_lr": last("lr"),
+            "max_loss": step_losses[-1] if step_losses else math.nan,
+            "max_val_loss": val_losses[-1] if val_losses else math.nan,
+            "max_grad_norm": norms[-1] if norms else math.nan,
+            "median_grad_norm": norms[len(norms) // 2] if norms else math.nan,
             "seconds": float(sum(v for v in self.epochs.get("seconds", []) if math.isfinite(v))),
         }
+        if keys is not None:
+            unknown = [k for k in keys if k not in summary]
+            if unknown:
+                raise ValueError(f"unknown summary key(s) {unknown}; accepted: {list(summary)}")
+            summary = {k: summary[k] for k in keys}
+        if digits is not None:
+            summary = {
+                k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
+                for k, v in summary.items()
+            }
+        return summary
 
     def to_csv(self, path: Any, table: str = "epochs") -> None:
         """Write one table (``"epochs"`` or ``"steps"``) to ``path`` (a str or path) as CSV.
