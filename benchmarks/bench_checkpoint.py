@@ -3,7 +3,7 @@
 On a ~50 MB state (ten float32 tensors of 5.2 MB), interleaved in one process:
 
 - ``torch.save(state, path)``: the peer (no fsync, no checksum, not atomic);
-- our durable save: temporary file + CRC-32 computed while writing + fsync +
+- our durable save: payload checksum (CRC-32, stored in the file) + temporary file + fsync +
   ``os.replace`` + fsync of the folder + manifest;
 - our background save: the time ``save()`` blocks the training loop (copy to
   reused CPU buffers), then the write finishes in a thread (not timed);

@@ -40,7 +40,7 @@ def _kill_during_save(k: int) -> None:
         nonlocal calls
         calls += 1
         if calls == k:
-            original_chunk = checkpoint._ChecksumWriter.write
+            original_chunk = checkpoint._CountingWriter.write
 
             def chunk(writer, data):
                 written = original_chunk(writer, data)
@@ -49,7 +49,7 @@ def _kill_during_save(k: int) -> None:
                     _kill()
                 return written
 
-            checkpoint._ChecksumWriter.write = chunk
+            checkpoint._CountingWriter.write = chunk
         return original(self, path, payload, kept, dropped)
 
     checkpoint.CheckpointManager._write = write

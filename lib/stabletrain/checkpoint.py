@@ -9,17 +9,27 @@ monitored metric) and *how* to read one back (checksum-verified, with
 A checkpoint is one ``torch.save`` file holding only tensors and plain Python
 values::
 
-    {"format": "stabletrain.checkpoint/1", "seq", "epoch", "step", "batch_in_epoch",
+    {"format": "stabletrain.checkpoint/2", "seq", "epoch", "step", "batch_in_epoch",
      "metrics", "extra", "time", "torch_version",
      "objects": {name: obj.state_dict() | generator.get_state()},
-     "rng": {"python", "numpy", "torch", "cuda"}}
+     "rng": {"python", "numpy", "torch", "cuda"},
+     "checksum": CRC-32 of everything above}
 
 so ``torch.load(path, weights_only=True)`` reads it without running any pickled
 code.
 
+**Integrity lives in the file.** ``checksum`` is a CRC-32 over the payload's
+structure, every plain value and every tensor's dtype, shape and bytes (see
+:func:`payload_checksum`). :meth:`~CheckpointManager.load` recomputes it on
+what ``torch.load`` returned, so a flipped bit in a weight is caught whether
+or not ``manifest.json`` exists. (``torch.load`` itself does not verify the
+zip records' CRCs.) Files of the previous format (``stabletrain.checkpoint/1``,
+no embedded checksum) still load, checked against the manifest's file CRC-32
+when the manifest has one.
+
 Writing is crash-safe. For a checkpoint ``P`` in directory ``D``:
 
-1. write ``D/.tmp-P-<pid>``, computing its CRC-32 on the fly (one pass);
+1. write ``D/.tmp-P-<pid>`` (the payload's checksum is inside it);
 2. ``flush`` and ``os.fsync`` the file, ``os.replace`` it onto ``P``;
 3. rewrite ``D/manifest.json`` through a temporary file and ``os.replace`` too
    (checksum, size, epoch, metrics and role of every kept file);
@@ -31,8 +41,24 @@ half-written one under a checkpoint's name) and a manifest that describes
 intact files; leftovers (temporary files, files written but not yet in the
 manifest) are cleaned up or adopted when the next manager opens ``D``. The
 manifest is only an index: every checkpoint also carries its own sequence
-number, epoch and metrics, so a lost or unreadable manifest is rebuilt from
-the files.
+number, epoch and metrics, so a lost, unreadable or malformed manifest is set
+aside and rebuilt from the files.
+
+**A folder from elsewhere cannot hurt you.** Manifest entries are trusted only
+if they are plain file names of this manager's own pattern (``epoch-NNNN.pt``,
+``epoch-NNNN-step-NNNNNNN.pt``) naming a regular file inside ``D`` (no path
+separators, no ``..``, not absolute, not a symbolic link); anything else is
+ignored with a warning. The manager deletes only such files, and only
+temporary files of its own naming whose writer process is dead (or that are a
+day old).
+
+**One writer per folder.** A writing manager holds an advisory lock on
+``D/.lock`` (``fcntl.flock``; released when the process ends, even by
+SIGKILL). A second writer in another process is refused with
+:class:`CheckpointLockedError`; within one process, a newer manager on the same
+folder takes over and the older one can no longer save. Readers
+(``read_only=True``) take no lock, create, rename and delete nothing, and
+re-read the folder on every query, so a notebook can watch a training run.
 
 Strategies (epochs count from 0; ``v`` is ``metrics[monitor]``; a NaN or
 infinite ``v`` is never "best"):
@@ -78,15 +104,17 @@ import math
 import os
 import pickle
 import re
+import stat
 import threading
 import time
 import warnings
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -97,17 +125,24 @@ __all__ = [
     "STRATEGIES",
     "CheckpointError",
     "CheckpointInfo",
+    "CheckpointLockedError",
     "CheckpointManager",
     "UnsafeCheckpointError",
     "capture_rng_state",
+    "payload_checksum",
     "restore_rng_state",
 ]
 
 STRATEGIES = ("best", "epoch", "interval", "all", "adaptive", "time")
-FORMAT = "stabletrain.checkpoint/1"
+FORMAT = "stabletrain.checkpoint/2"
+_FORMAT_V1 = "stabletrain.checkpoint/1"  # no embedded checksum; still read
 MANIFEST = "manifest.json"
-_NAME = re.compile(r"^epoch-(?P<epoch>\d+)(?:-step-(?P<step>\d+))?\.pt$")
+LOCK = ".lock"
+_NAME = re.compile(r"epoch-(?P<epoch>[0-9]+)(?:-step-(?P<step>[0-9]+))?\.pt")  # fullmatch only
 _TMP_PREFIX = ".tmp-"
+_TMP = re.compile(r"\.tmp-(?P<target>.+)-(?P<pid>[0-9]+)")  # _atomic_write's temporary files
+_STALE_AFTER_S = 24 * 3600.0  # a temporary file this old is stale whoever wrote it
+_ROLES = ("regular", "best", "resume")
 _PLAIN_LEAVES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 
 
@@ -117,6 +152,10 @@ class CheckpointError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint holds pickled Python objects and was not loaded (``trusted=False``)."""
+
+
+class CheckpointLockedError(CheckpointError):
+    """Another process is writing to this checkpoint folder (one writer per folder)."""
 
 
 @dataclass(frozen=True)
@@ -145,9 +184,6 @@ class CheckpointInfo:
     roles: tuple[str, ...]
     is_best: bool
     is_latest: bool
-
-
-# --------------------------------------------------------------------------- RNG states
 
 
 # --------------------------------------------------------------------------- plain values
@@ -229,22 +265,56 @@ def _snapshot(value: Any, pool: dict[tuple, torch.Tensor], path: tuple = ()) -> 
 # --------------------------------------------------------------------------- durable I/O
 
 
-class _ChecksumWriter:
-    """A write-only file wrapper that computes CRC-32 and size of what passes through.
+def payload_checksum(value: Any) -> int:
+    """CRC-32 of a checkpoint payload: its structure, plain values and tensor bytes.
 
-    The checksum is computed on each chunk as ``torch.save`` hands it over, so the
-    file is never read back. (Overlapping the CRC with the write in a helper
-    thread was measured slower on a busy 2-core machine, so it is not done.)
+    The walk visits mappings in their order (keys by ``repr``), sequences in
+    order, each tensor as ``dtype``, ``shape`` and its bytes in row-major order,
+    and every other value as its type name and ``repr``. It is computed on what
+    :meth:`CheckpointManager.save` hands to ``torch.save`` and again on what
+    ``torch.load`` returns, so it checks the round trip, not the file's bytes:
+    a flipped bit in a tensor, a changed number or a damaged structure all
+    change it. Tensors on an accelerator are copied to the CPU to be hashed.
     """
+    crc = 0
+
+    def add(text: str) -> None:
+        nonlocal crc
+        crc = zlib.crc32(text.encode(), crc)
+
+    def visit(item: Any) -> None:
+        nonlocal crc
+        if isinstance(item, torch.Tensor):
+            tensor = item.detach().resolve_conj().resolve_neg()
+            add(f"T{tensor.dtype}{tuple(tensor.shape)};")
+            if tensor.numel():
+                flat = tensor.cpu().contiguous().reshape(-1).view(torch.uint8)
+                crc = zlib.crc32(flat.numpy(), crc)
+        elif isinstance(item, Mapping):
+            add(f"M{len(item)};")
+            for key, child in item.items():
+                add(f"K{key!r};")
+                visit(child)
+        elif isinstance(item, list | tuple):
+            add(f"S{len(item)};")
+            for child in item:
+                visit(child)
+        else:
+            add(f"V{type(item).__name__}:{item!r};")
+
+    visit(value)
+    return crc
+
+
+class _CountingWriter:
+    """A write-only file wrapper that counts the bytes ``torch.save`` hands over."""
 
     def __init__(self, file: io.BufferedWriter) -> None:
         self._file = file
-        self.crc = 0
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
         written = self._file.write(data)
-        self.crc = zlib.crc32(data, self.crc)
         self.size += memoryview(data).nbytes
         return written
 
@@ -265,12 +335,12 @@ def _fsync_dir(directory: Path) -> None:
 
 def _atomic_write(
     path: Path, write: Callable[[Any], None], *, fsync_file: bool, fsync_dir: bool
-) -> tuple[int, int]:
-    """Write ``path`` through a temporary file in the same folder; return (crc32, size)."""
+) -> int:
+    """Write ``path`` through a temporary file in the same folder; return its size."""
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            writer = _ChecksumWriter(f)
+            writer = _CountingWriter(f)
             write(writer)
             f.flush()
             if fsync_file:
@@ -281,7 +351,7 @@ def _atomic_write(
         raise
     if fsync_dir:
         _fsync_dir(path.parent)
-    return writer.crc, writer.size
+    return writer.size
 
 
 def _file_crc32(path: Path, chunk: int = 1 << 22) -> int:
@@ -293,6 +363,107 @@ def _file_crc32(path: Path, chunk: int = 1 << 22) -> int:
         while n := f.readinto(buffer):
             crc = zlib.crc32(view[:n], crc)
     return crc
+
+
+def _regular_file(path: Path) -> bool:
+    """``path`` is a regular file itself (a symbolic link, even to a file, is not)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (unknown counts as alive)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate it on Windows; rely on age
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # e.g. PermissionError: it exists, owned by someone else
+    return True
+
+
+class _FolderLock:
+    """This process's exclusive ``flock`` on ``D/.lock``, shared by its managers of ``D``.
+
+    The newest manager of the folder in this process is its ``owner`` and the
+    only one allowed to write; the lock is released when the last manager
+    holding it is gone, when :meth:`CheckpointManager.close` is called, or when
+    the process ends.
+    """
+
+    _held: ClassVar[dict[str, weakref.ref[_FolderLock]]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, directory: Path) -> None:
+        self.key = os.path.realpath(directory)
+        self.fd: int | None = None
+        self.released = False
+        self.owner: weakref.ref[CheckpointManager] | None = None
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one writer per folder is up to the user
+            return
+        path = directory / LOCK
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as error:
+            raise CheckpointError(f"cannot open the lock file {path}: {error}") from error
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointLockedError(
+                f"checkpoint folder {directory} is being written by another process "
+                f"(PID {holder}); one writer per folder. To read it while it trains, open "
+                f"CheckpointManager({str(directory)!r}, read_only=True); to write, use "
+                "another folder or stop the other run."
+            ) from error
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, directory: Path, manager: CheckpointManager) -> _FolderLock:
+        """The folder's lock for ``manager``, taken over from an older manager of this process."""
+        with cls._guard:
+            key = os.path.realpath(directory)
+            ref = cls._held.get(key)
+            lock = ref() if ref is not None else None
+            if lock is None or lock.released:
+                lock = cls(directory)
+                cls._held[key] = weakref.ref(lock)
+            previous = lock.owner() if lock.owner is not None else None
+            lock.owner = weakref.ref(manager)
+        if previous is not None and previous is not manager:
+            try:
+                previous.wait()  # its background save lands before the new owner reads
+            except CheckpointError as error:
+                warnings.warn(f"the previous manager's save failed: {error}", stacklevel=4)
+        return lock
+
+    def owned_by(self, manager: CheckpointManager) -> bool:
+        return not self.released and self.owner is not None and self.owner() is manager
+
+    def release(self) -> None:
+        with self._guard:
+            if self.released:
+                return
+            self.released = True
+            if self.fd is not None:
+                os.close(self.fd)  # closing the descriptor drops the flock
+                self.fd = None
+            if self._held.get(self.key) is not None and self._held[self.key]() is self:
+                del self._held[self.key]
+
+    def __del__(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 def _finite(x: Any) -> bool:
@@ -333,12 +504,18 @@ class CheckpointManager:
         async_save: copy the state to CPU and write it in a background thread;
             the caller waits only for the copy. :meth:`wait` joins the writer.
         durable: ``fsync`` files and folder (turn off only for throwaway runs).
+        read_only: open the folder only to read it (:meth:`checkpoints`,
+            :meth:`load`, ``latest_path``, ``best_path``): no lock, nothing created,
+            renamed or deleted, the folder re-read on every query. Use it to look at
+            a folder another process is writing.
 
     Raises:
+        CheckpointLockedError: another process holds the folder's writer lock.
         ValueError: an unknown ``strategy`` or ``mode``, a non-positive
             ``max_keep``/``every_n_epochs``/``every_n_minutes``/``every_n_steps``,
             ``strategy="time"`` without ``every_n_minutes`` or
-            ``strategy="adaptive"`` without ``total_epochs``.
+            ``strategy="adaptive"`` without ``total_epochs``, or a ``directory``
+            that exists and is not a folder.
     """
 
     def __init__(
@@ -356,6 +533,7 @@ class CheckpointManager:
         every_n_steps: int | None = None,
         async_save: bool = False,
         durable: bool = True,
+        read_only: bool = False,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -393,13 +571,53 @@ class CheckpointManager:
         self.every_n_steps = every_n_steps
         self.async_save = async_save
         self.durable = durable
+        self.read_only = bool(read_only)
         self._clock: Callable[[], float] = time.time
         self._created = self._clock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._pool: dict[tuple, torch.Tensor] = {}
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock: _FolderLock | None = None
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"directory must be a folder, but {self.directory} is a file")
+        if not self.read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock = _FolderLock.acquire(self.directory, self)
         self._entries: list[dict[str, Any]] = self._open()
+
+    def close(self) -> None:
+        """Finish a background save and release the folder's writer lock (idempotent)."""
+        try:
+            self.wait()
+        finally:
+            if self._lock is not None and self._lock.owned_by(self):
+                self._lock.release()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise CheckpointError(f"this manager of {self.directory} was opened read_only")
+        assert self._lock is not None
+        if not self._lock.owned_by(self):
+            raise CheckpointError(
+                f"this manager of {self.directory} can no longer save: it was closed, or a "
+                "newer CheckpointManager of the same folder took over (one writer per folder)"
+            )
+
+    def _writing(self) -> bool:
+        """This manager may change the folder (not read-only, not closed or superseded)."""
+        return not self.read_only and self._lock is not None and self._lock.owned_by(self)
+
+    def _current(self) -> list[dict[str, Any]]:
+        """The kept entries; a reader (or a superseded writer) re-reads the folder."""
+        if not self._writing():
+            self._entries = self._open()
+        return self._entries
 
     def __repr__(self) -> str:
         return (
@@ -415,50 +633,161 @@ class CheckpointManager:
         return self.directory / MANIFEST
 
     def _open(self) -> list[dict[str, Any]]:
-        """Read the manifest, drop stale temporary files, adopt complete orphans."""
-        for leftover in self.directory.glob(f"{_TMP_PREFIX}*"):
-            leftover.unlink(missing_ok=True)  # a write interrupted by a crash
-        entries: list[dict[str, Any]] = []
-        if self.manifest_path.exists():
-            try:
-                data = json.loads(self.manifest_path.read_text())
-                entries = list(data["files"])
-            except (ValueError, KeyError, TypeError) as error:
-                warnings.warn(
-                    f"{self.manifest_path} is unreadable ({error}); rebuilding it from the files",
-                    stacklevel=3,
-                )
+        """Read the manifest, validate its entries, adopt complete orphans.
+
+        A writer also removes stale temporary files, sets an unusable manifest
+        aside and rewrites the manifest if it changed; a reader changes nothing.
+        """
+        writing = self._writing()
+        if not writing and not self.directory.is_dir():
+            return []
+        if writing:
+            self._remove_stale_temporaries()
+        entries = []
+        for entry in self._read_manifest():
+            valid = self._valid_entry(entry)
+            if valid is not None:
+                entries.append(valid)
         present = []
         for entry in entries:
-            if (self.directory / entry["name"]).exists():
+            if _regular_file(self.directory / entry["name"]):
                 present.append(entry)
-            else:
+            elif writing:  # a reader may race the writer's pruning: no news
                 warnings.warn(
                     f"checkpoint {entry['name']} is in the manifest but missing; forgetting it",
                     stacklevel=3,
                 )
         known = {e["name"] for e in present}
         for path in sorted(self.directory.iterdir()):
-            if _NAME.match(path.name) and path.name not in known:
+            if _NAME.fullmatch(path.name) and path.name not in known:
+                if not _regular_file(path):
+                    warnings.warn(
+                        f"ignoring {path.name} in {self.directory}: not a regular file "
+                        "(a symbolic link or a folder is never a checkpoint here)",
+                        stacklevel=3,
+                    )
+                    continue
                 adopted = self._adopt(path)
                 if adopted is not None:
                     present.append(adopted)
         present.sort(key=lambda e: e["seq"])
-        if present != entries:
+        if present != entries and writing:
             self._write_manifest(present)
         return present
 
+    def _read_manifest(self) -> list[Any]:
+        """The manifest's ``files`` list; an unusable manifest is set aside (writer) and ``[]``."""
+        path = self.manifest_path
+        if not os.path.lexists(path):
+            return []
+        try:
+            if not _regular_file(path):
+                raise ValueError("it is not a regular file")
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+                raise ValueError("it is not a JSON object with a 'files' list")
+            return data["files"]
+        except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeError are ValueErrors
+            if not self._writing():
+                warnings.warn(f"{path} is unusable ({error}); reading the files", stacklevel=4)
+                return []
+            aside = path.with_name(f"{MANIFEST}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            warnings.warn(
+                f"{path} is unusable ({error}); moved it to {aside.name} and rebuilt the "
+                "index from the checkpoint files",
+                stacklevel=4,
+            )
+            return []
+
+    def _valid_entry(self, entry: Any) -> dict[str, Any] | None:
+        """``entry`` if it is a well-formed record of one of this manager's files, else ``None``.
+
+        The name must be a plain file name of the manager's own pattern, so an entry
+        can never point outside the folder (``../x``, ``/etc/x``, ``a/b``).
+        """
+
+        def integer(v: Any, optional: bool = False) -> bool:
+            return (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool))
+
+        name = entry.get("name") if isinstance(entry, dict) else None
+        problem = None
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            problem = "its name is not a checkpoint file name of this folder (epoch-NNNN.pt)"
+        elif not (integer(entry.get("seq")) and integer(entry.get("epoch"))):
+            problem = "it has no integer 'seq' and 'epoch'"
+        elif not (
+            integer(entry.get("step"), True)
+            and integer(entry.get("batch_in_epoch"), True)
+            and integer(entry.get("size"), True)
+            and integer(entry.get("checksum"), True)
+            and integer(entry.get("crc32"), True)
+        ):
+            problem = "its step, batch_in_epoch, size or checksum is not an integer"
+        elif not isinstance(entry.get("metrics", {}), dict) or not isinstance(
+            entry.get("value", math.nan), int | float
+        ):
+            problem = "its metrics or value have the wrong type"
+        elif not isinstance(entry.get("roles"), list) or not set(entry["roles"]) <= set(_ROLES):
+            problem = f"its roles are not a list drawn from {_ROLES}"
+        if problem is not None:
+            shown = repr(name) if isinstance(name, str) else repr(entry)
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
+            warnings.warn(
+                f"ignoring manifest entry {shown} in {self.manifest_path}: {problem}",
+                stacklevel=5,
+            )
+            return None
+        return {
+            "name": name,
+            "seq": entry["seq"],
+            "epoch": entry["epoch"],
+            "step": entry.get("step"),
+            "batch_in_epoch": entry.get("batch_in_epoch"),
+            "metrics": dict(entry.get("metrics", {})),
+            "value": float(entry.get("value", math.nan)),
+            "roles": list(entry["roles"]),
+            "checksum": entry.get("checksum"),
+            "crc32": entry.get("crc32"),  # format 1 files: CRC-32 of the file's bytes
+            "size": entry.get("size"),
+            "time": float(entry["time"]) if isinstance(entry.get("time"), int | float) else 0.0,
+        }
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete ``.tmp-<file>-<pid>`` files of this manager's naming whose writer is gone."""
+        now = time.time()
+        for path in self.directory.iterdir():
+            match = _TMP.fullmatch(path.name)
+            if match is None or not _regular_file(path):
+                continue
+            if match["target"] != MANIFEST and not _NAME.fullmatch(match["target"]):
+                continue
+            pid = int(match["pid"])
+            try:
+                age = now - os.lstat(path).st_mtime
+            except OSError:
+                continue
+            own = pid == os.getpid()  # a superseded manager of this process may be writing it
+            if age > _STALE_AFTER_S or (not own and not _pid_alive(pid)):
+                path.unlink(missing_ok=True)
+
+    def _remove(self, name: str) -> None:
+        """Delete one of this manager's checkpoint files (nothing else, ever)."""
+        path = self.directory / name
+        if _NAME.fullmatch(name) and _regular_file(path):
+            path.unlink(missing_ok=True)
+
     def _adopt(self, path: Path) -> dict[str, Any] | None:
-        """Describe a complete checkpoint file that the manifest does not know yet.
+        """Describe a complete checkpoint file that the manifest does not know.
 
         This happens when a process died after a file was renamed into place but
-        before the manifest was rewritten, or between the manifest and a deletion.
+        before the manifest was rewritten, or between the manifest and a deletion,
+        or when the manifest was lost. The file is read and its checksum verified;
+        a damaged file is left where it is, with a warning, and not adopted.
         """
         try:
-            data = path.read_bytes()
-            payload = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-            if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
-                raise CheckpointError("not a stabletrain checkpoint")
+            payload = self._read(path, None, "cpu", trusted=False)
+            size = path.stat().st_size
         except Exception as error:  # any failure means "do not adopt"
             warnings.warn(f"ignoring unreadable checkpoint {path.name}: {error}", stacklevel=4)
             return None
@@ -468,6 +797,7 @@ class CheckpointManager:
             "all": ["regular", "best"],
         }.get(self.strategy, ["regular"])
         metrics = dict(payload.get("metrics") or {})
+        legacy = payload["format"] == _FORMAT_V1
         return {
             "name": path.name,
             "seq": int(payload["seq"]),
@@ -477,8 +807,9 @@ class CheckpointManager:
             "metrics": metrics,
             "value": self._value(metrics, required=False),
             "roles": ["resume"] if batch is not None else roles,
-            "crc32": zlib.crc32(data),
-            "size": len(data),
+            "checksum": None if legacy else payload["checksum"],
+            "crc32": _file_crc32(path) if legacy else None,
+            "size": size,
             "time": float(payload.get("time", 0.0)),
         }
 
@@ -631,6 +962,7 @@ class CheckpointManager:
             isinstance(batch_in_epoch, bool) or not isinstance(batch_in_epoch, int)
         ):
             raise ValueError(f"batch_in_epoch must be an int or None, got {batch_in_epoch!r}")
+        self._check_writable()
         self.wait()
         metrics = _plain_metrics(metrics)
         seq = max((e["seq"] for e in self._entries), default=-1) + 1
@@ -670,6 +1002,7 @@ class CheckpointManager:
             "metrics": metrics,
             "value": value,
             "roles": roles,
+            "checksum": None,
             "crc32": None,
             "size": None,
             "time": payload["time"],
@@ -692,16 +1025,18 @@ class CheckpointManager:
         return path
 
     def _write(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
-        crc, size = _atomic_write(
+        checksum = payload_checksum(payload)  # off the loop's thread under async_save
+        payload = {**payload, "checksum": checksum}
+        size = _atomic_write(
             path, lambda f: torch.save(payload, f), fsync_file=self.durable, fsync_dir=False
         )
         for entry in kept:
             if entry["name"] == path.name:
-                entry["crc32"], entry["size"] = crc, size
+                entry["checksum"], entry["size"] = checksum, size
         self._write_manifest(kept)
         for entry in dropped:
             if entry["name"] != path.name:
-                (self.directory / entry["name"]).unlink(missing_ok=True)
+                self._remove(entry["name"])
 
     def _write_in_background(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
         try:
@@ -726,12 +1061,13 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ queries
 
-    def _best_entry(self) -> dict[str, Any] | None:
-        finite = [e for e in self._entries if _finite(e["value"])]
+    def _best_entry(self, entries: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        finite = [e for e in (entries or self._current()) if _finite(e["value"])]
         return min(finite, key=self._rank) if finite else None
 
-    def _latest_entry(self) -> dict[str, Any] | None:
-        return max(self._entries, key=lambda e: e["seq"]) if self._entries else None
+    def _latest_entry(self, entries: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+        entries = entries or self._current()
+        return max(entries, key=lambda e: e["seq"]) if entries else None
 
     @property
     def best_path(self) -> Path | None:
@@ -747,7 +1083,8 @@ class CheckpointManager:
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """The kept checkpoints, oldest first."""
-        best, latest = self._best_entry(), self._latest_entry()
+        entries = self._current()
+        best, latest = self._best_entry(entries), self._latest_entry(entries)
         return [
             CheckpointInfo(
                 path=self.directory / e["name"],
@@ -760,7 +1097,7 @@ class CheckpointManager:
                 is_best=best is not None and e["name"] == best["name"],
                 is_latest=latest is not None and e["name"] == latest["name"],
             )
-            for e in sorted(self._entries, key=lambda e: e["seq"])
+            for e in sorted(entries, key=lambda e: e["seq"])
         ]
 
     # ------------------------------------------------------------------ load
@@ -772,12 +1109,12 @@ class CheckpointManager:
             size = path.stat().st_size
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist") from None
-        if entry is not None and entry.get("size") is not None:
-            if size != entry["size"]:
-                raise CheckpointError(
-                    f"checkpoint {path} is truncated or corrupt: {size} bytes, "
-                    f"the manifest records {entry['size']}"
-                )
+        if entry is not None and entry.get("size") is not None and size != entry["size"]:
+            raise CheckpointError(
+                f"checkpoint {path} is truncated or corrupt: {size} bytes, "
+                f"the manifest records {entry['size']}"
+            )
+        if entry is not None and entry.get("crc32") is not None:  # a format-1 file
             if _file_crc32(path) != entry["crc32"]:
                 raise CheckpointError(
                     f"checkpoint {path} is corrupt: its CRC-32 does not match the manifest"
@@ -799,9 +1136,18 @@ class CheckpointManager:
             raise CheckpointError(
                 f"checkpoint {path} is truncated or corrupt: {type(error).__name__}: {error}"
             ) from error
-        if not isinstance(payload, Mapping) or payload.get("format") != FORMAT:
+        if not isinstance(payload, Mapping) or payload.get("format") not in (FORMAT, _FORMAT_V1):
             raise CheckpointError(f"{path} is not a stabletrain checkpoint ({FORMAT})")
-        return dict(payload)
+        payload = dict(payload)
+        if payload["format"] == FORMAT:
+            stored = payload.pop("checksum", None)
+            if stored != payload_checksum(payload):
+                raise CheckpointError(
+                    f"checkpoint {path} is corrupt: the checksum stored in the file does not "
+                    "match its contents (a damaged tensor or value)"
+                )
+            payload["checksum"] = stored
+        return payload
 
     def load(
         self,
@@ -835,7 +1181,7 @@ class CheckpointManager:
         self.wait()
         candidates: list[tuple[Path, Mapping[str, Any] | None]]
         if which in ("latest", "best"):
-            if not self._entries:
+            if not self._current():
                 raise CheckpointError(f"no checkpoint in {self.directory}")
             if which == "best":
                 best = self._best_entry()
@@ -852,7 +1198,7 @@ class CheckpointManager:
             if not path.exists() and (self.directory / path).exists():
                 path = self.directory / path
             own = path.resolve().parent == self.directory.resolve()
-            by_name = {e["name"]: e for e in self._entries}
+            by_name = {e["name"]: e for e in self._current()}
             candidates = [(path, by_name.get(path.name) if own else None)]
         else:
             raise TypeError(f"which must be 'latest', 'best' or a path, got {type(which).__name__}")

@@ -538,7 +538,9 @@ def build_training(
 def _check_resumable(cfg: Mapping[str, Any]) -> None:
     """Refuse to resume from a checkpoint written with other training settings."""
     options = {k: v for k, v in cfg["checkpoints"].items() if k != "directory"}
-    manager = CheckpointManager(cfg["checkpoints"]["directory"], monitor=cfg["monitor"], **options)
+    manager = CheckpointManager(
+        cfg["checkpoints"]["directory"], monitor=cfg["monitor"], read_only=True, **options
+    )
     if manager.latest_path is None:
         return
     stored = manager.load("latest", restore_rng=False).get("extra", {}).get("config")
