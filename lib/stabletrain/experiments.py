@@ -11,7 +11,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+import statistics
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +24,7 @@ from .models import TinyUNet
 from .training import History, fit
 from .utils import seed_everything
 
-__all__ = ["SchedulerSpec", "short_run"]
+__all__ = ["SchedulerSpec", "SeedStats", "run_seeds", "seed_stats", "short_run"]
 
 SchedulerSpec = Mapping[str, Any] | Callable[[torch.optim.Optimizer, int], Any] | None
 
@@ -129,3 +132,69 @@ def short_run(
         **fit_kwargs,
     )
     return (history, model) if return_model else history
+
+
+def run_seeds(seeds: Sequence[int], **kwargs: Any) -> list[Any]:
+    """:func:`short_run` once per seed (model initialisation and data order), all else equal.
+
+    Returns one result per seed, in the order of ``seeds`` (a ``History``, or
+    ``(History, model)`` with ``return_model=True``).
+
+    Raises:
+        ValueError: ``seeds`` is empty or holds a non-integer.
+    """
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of ints, got {seeds!r}")
+    if "seed" in kwargs:
+        raise ValueError("pass the seeds as `seeds`, not `seed`")
+    return [short_run(seed=seed, **kwargs) for seed in seeds]
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """Summary of one figure over several seeds.
+
+    ``str()`` gives ``"mean ± std (min–max, n seeds)"`` at ``digits`` decimals:
+    the form for tables, not for output that must match on every CPU.
+    """
+
+    values: tuple[float, ...]
+    mean: float
+    std: float
+    min: float
+    max: float
+    digits: int = 3
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    def count(self, predicate: Callable[[float], bool]) -> int:
+        """How many seeds' values satisfy ``predicate`` (NaN values never do)."""
+        return sum(1 for v in self.values if not math.isnan(v) and predicate(v))
+
+    def __str__(self) -> str:
+        d = self.digits
+        return (
+            f"{self.mean:.{d}f} ± {self.std:.{d}f} "
+            f"({self.min:.{d}f}–{self.max:.{d}f}, {self.n} seeds)"
+        )
+
+
+def seed_stats(values: Iterable[float], digits: int = 3) -> SeedStats:
+    """Mean, sample standard deviation (0 for one value), min and max of ``values``.
+
+    A NaN among ``values`` makes every figure NaN (``values`` keeps them): a
+    diverged seed is never averaged away.
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    vals = tuple(float(v) for v in values)
+    if not vals:
+        raise ValueError("values must hold at least one number")
+    if any(math.isnan(v) for v in vals):
+        return SeedStats(vals, math.nan, math.nan, math.nan, math.nan, digits)
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return SeedStats(vals, statistics.fmean(vals), std, min(vals), max(vals), digits)
