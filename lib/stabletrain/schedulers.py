@@ -64,6 +64,7 @@ __all__ = [
     "SCHEDULER_ALIASES",
     "SCHEDULER_TYPES",
     "AdaptiveScheduler",
+    "Constant",
     "ConstantWithWarmup",
     "CosineRestarts",
     "ExponentialDecay",
@@ -306,8 +307,11 @@ class _WarmupSchedule(_CopyingState, LRScheduler):
 # --------------------------------------------------------------------------- closed-form types
 
 
-class ConstantWithWarmup(_WarmupSchedule):
-    r"""``constant``: linear warmup, then the base LR, :math:`\text{lr} = b`.
+class Constant(_WarmupSchedule):
+    r"""``constant``: linear warmup (none by default), then the base LR, :math:`\text{lr} = b`.
+
+    Named like the other closed-form types, which all take a warmup: the class name is
+    what ``fit`` logs as the run's ``scheduler``. ``ConstantWithWarmup`` is an alias.
 
     Args:
         optimizer: the wrapped optimizer; each group's ``lr`` is its base LR :math:`b`.
@@ -318,6 +322,9 @@ class ConstantWithWarmup(_WarmupSchedule):
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
         return b
+
+
+ConstantWithWarmup = Constant  # the former name, kept for existing code
 
 
 class WarmupCosine(_WarmupSchedule):
@@ -761,7 +768,7 @@ class PlateauWithWarmup(_WarmupSchedule):
 
 # canonical type -> class; "plateau"/"adaptive" are not valid ``base`` types of ``adaptive``.
 _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
-    "constant": ConstantWithWarmup,
+    "constant": Constant,
     "warmup_cosine": WarmupCosine,
     "cosine_restarts": CosineRestarts,
     "onecycle": OneCycle,
