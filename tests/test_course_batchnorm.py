@@ -77,14 +77,14 @@ def test_layer_mismatch_in_the_training_forward_pass():
     assert torch.equal(net[1].running_mean, torch.zeros(4))
 
 
-def test_batch_stats_probe_records_one_score_per_epoch():
-    from stabletrain.course.batchnorm import BatchStatsProbe
+def test_batch_stat_scores_record_one_score_per_epoch():
+    from stabletrain.course.batchnorm import BatchStatScores
     from stabletrain.training import fit
 
     net = _net()
     data = _batches()
     x, y = data[0]
-    probe = BatchStatsProbe(x, y)
+    probe = BatchStatScores([(x, y)])
     history = fit(net, data, epochs=2, val_loader=data[:1], callbacks=[probe], progress=False)
     assert len(probe.losses) == len(probe.dices) == len(history.epochs["val_loss"]) == 2
     assert math.isclose(probe.losses[-1], score(net, x, y, batch_stats=True).loss, rel_tol=1e-6)

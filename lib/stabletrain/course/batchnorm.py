@@ -16,8 +16,13 @@ validation score then says the network failed when the same weights are fine.
   draws the probability histograms and scores side by side.
 - :func:`layer_mismatch` measures, per BatchNorm layer, how far the batch
   statistics are from the running ones.
-- :class:`BatchStatsProbe` is a ``fit`` callback that scores the validation
-  images with batch statistics after every epoch, beside the logged eval-mode score.
+- :func:`score_loader` averages :func:`score` over a loader; :func:`bn_modes`
+  scores a loader with running, batch and re-estimated statistics;
+  :func:`precise_bn_scores` only the last.
+- Two ``fit`` callbacks record scores during a training without changing it:
+  :class:`BatchStatScores` (batch statistics, every epoch, beside the logged
+  eval-mode score) and :class:`PreciseBNProbe` (re-estimated statistics, at
+  chosen epochs).
 
 Example:
     >>> from stabletrain.course.batchnorm import diagnose, plot_diagnosis
@@ -42,14 +47,18 @@ from ..training import Callback, TrainContext
 
 __all__ = [
     "BNDiagnosis",
-    "BatchStatsProbe",
+    "BatchStatScores",
     "LayerGap",
     "ModeScore",
+    "PreciseBNProbe",
+    "bn_modes",
     "diagnose",
     "layer_mismatch",
     "plot_diagnosis",
     "precise_bn",
+    "precise_bn_scores",
     "score",
+    "score_loader",
 ]
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -80,7 +89,11 @@ def score(
     statistics (BatchNorm in train mode, everything else in eval mode).
 
     The model is left as it was: the train-mode pass runs on a deep copy, so the
-    running statistics do not move. ``model`` must return one logit map per image.
+    running statistics do not move. With deep supervision the final output
+    (index 0) is scored.
+
+    Raises:
+        ValueError: the final output has more than one channel (binary segmentation only).
     """
     net = copy.deepcopy(model)
     net.eval()
@@ -88,7 +101,10 @@ def score(
         for module in net.modules():
             if isinstance(module, _BN):
                 module.train()
-    logits = net(images).float()
+    outputs = net(images)
+    logits = (outputs[0] if isinstance(outputs, list | tuple) else outputs).float()
+    if logits.shape[1] != 1:
+        raise ValueError(f"binary segmentation only, got {logits.shape[1]} output channels")
     loss = nn.functional.binary_cross_entropy_with_logits(logits, targets.float())
     probs = torch.sigmoid(logits)
     return ModeScore(
@@ -105,10 +121,12 @@ def precise_bn(model: nn.Module, loader: Iterable) -> nn.Module:
 
     ``torch.optim.swa_utils.update_bn`` resets them and averages the batch
     statistics of one pass over ``loader`` (equal weights, no momentum); the
-    weights are untouched. The copy is returned in eval mode; ``model`` is unchanged.
+    weights are untouched. The copy is returned in eval mode; ``model`` and the
+    global RNG (which a loader without its own generator draws from) are unchanged.
     """
     net = copy.deepcopy(model)
-    torch.optim.swa_utils.update_bn(loader, net)
+    with torch.random.fork_rng(devices=[]):
+        torch.optim.swa_utils.update_bn(loader, net)
     return net.eval()
 
 
@@ -242,20 +260,108 @@ def layer_mismatch(
     return gaps
 
 
-class BatchStatsProbe(Callback):
-    """A :func:`stabletrain.training.fit` callback: after every epoch, score ``images``
-    with batch statistics (:func:`score` with ``batch_stats=True``; the model is not changed).
+@torch.no_grad()
+def score_loader(
+    model: nn.Module, loader: Iterable, *, batch_stats: bool = False
+) -> dict[str, float]:
+    """:func:`score` over every batch of ``loader``, averaged per image.
 
-    ``losses`` and ``dices`` hold one value per epoch, to set beside the eval-mode
-    ``val_loss`` and ``val_dice`` that ``fit`` logs for the same epochs.
+    Returns ``{"val_loss", "val_dice", "foreground"}`` (eval mode, or batch
+    statistics with ``batch_stats=True``, as in :func:`score`); ``model`` is unchanged.
+
+    Raises:
+        ValueError: ``loader`` yields no batch.
+    """
+    totals = {"val_loss": 0.0, "val_dice": 0.0, "foreground": 0.0}
+    count = 0
+    for images, targets in loader:
+        s = score(model, images, targets, batch_stats=batch_stats)
+        n = images.shape[0]
+        totals["val_loss"] += s.loss * n
+        totals["val_dice"] += s.dice * n
+        totals["foreground"] += s.foreground * n
+        count += n
+    if count == 0:
+        raise ValueError("loader yielded no batch to score")
+    return {key: value / count for key, value in totals.items()}
+
+
+def bn_modes(
+    model: nn.Module, train_loader: Iterable, val_loader: Iterable
+) -> dict[str, dict[str, float]]:
+    """:func:`score_loader` of ``model`` on ``val_loader`` three ways.
+
+    ``"eval"`` with the running statistics (what validation reports), ``"batch"``
+    with each batch's own statistics, ``"precise"`` after :func:`precise_bn` on
+    ``train_loader``. ``model`` is unchanged.
+    """
+    return {
+        "eval": score_loader(model, val_loader),
+        "batch": score_loader(model, val_loader, batch_stats=True),
+        "precise": score_loader(precise_bn(model, train_loader), val_loader),
+    }
+
+
+class BatchStatScores(Callback):
+    """A :func:`stabletrain.training.fit` callback: after every epoch,
+    :func:`score_loader` with batch statistics on ``loader`` (the model is not changed).
+
+    ``rows`` holds one ``{"val_loss", "val_dice", "foreground"}`` per epoch, to set
+    beside the eval-mode ``val_loss`` and ``val_dice`` that ``fit`` logs;
+    ``losses`` and ``dices`` are its columns.
     """
 
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        self.images, self.targets = images, targets
-        self.losses: list[float] = []
-        self.dices: list[float] = []
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+        self.rows: list[dict[str, float]] = []
+
+    @property
+    def losses(self) -> list[float]:
+        return [row["val_loss"] for row in self.rows]
+
+    @property
+    def dices(self) -> list[float]:
+        return [row["val_dice"] for row in self.rows]
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict) -> None:
-        s = score(ctx.model, self.images, self.targets, batch_stats=True)
-        self.losses.append(s.loss)
-        self.dices.append(s.dice)
+        self.rows.append(score_loader(ctx.model, self.loader, batch_stats=True))
+
+
+def precise_bn_scores(
+    model: nn.Module, train_loader: Iterable, val_loader: Iterable
+) -> dict[str, float]:
+    """``{"dice", "foreground"}`` of :func:`precise_bn` (on ``train_loader``) on ``val_loader``.
+
+    Raises:
+        ValueError: the model's final output has more than one channel.
+    """
+    scores = score_loader(precise_bn(model, train_loader), val_loader)
+    return {"dice": scores["val_dice"], "foreground": scores["foreground"]}
+
+
+class PreciseBNProbe(Callback):
+    """Record :func:`precise_bn_scores` after the given (1-based) epochs of a ``fit``.
+
+    ``scores[epoch]`` holds the scores after that epoch. The probe works on a copy,
+    so the training itself (weights, BatchNorm statistics, data order, RNG) is the
+    same with and without it — provided ``train_loader`` is not the loader being
+    trained on (iterating a shuffling loader advances its generator); an unshuffled
+    loader over the training images is the usual choice.
+
+    Raises:
+        ValueError: ``epochs`` is empty or holds a number below 1.
+    """
+
+    def __init__(self, train_loader: Iterable, val_loader: Iterable, epochs: Iterable[int]) -> None:
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.epochs = sorted(set(int(e) for e in epochs))
+        if not self.epochs or self.epochs[0] < 1:
+            raise ValueError(f"epochs must be 1-based epoch numbers, got {self.epochs!r}")
+        self.scores: dict[int, dict[str, float]] = {}
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict) -> None:
+        if ctx.epoch + 1 in self.epochs:
+            self.scores[ctx.epoch + 1] = precise_bn_scores(
+                ctx.model, self.train_loader, self.val_loader
+            )

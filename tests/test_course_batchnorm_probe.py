@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from stabletrain.course.precise_bn import PreciseBNProbe, precise_bn_scores
+from stabletrain.course.batchnorm import PreciseBNProbe, precise_bn_scores
 from stabletrain.data import make_loaders
 from stabletrain.experiments import short_run
 from stabletrain.models import TinyUNet
