@@ -1,6 +1,13 @@
 """Small segmentation models for the course: a U-Net with optional SE/CBAM attention.
 
-By default the attention blocks are written *plainly*, the way they are usually
+``TinyUNet()`` is BatchNorm after every convolution, ReLU, no attention: the network the
+notebooks train. Options change it into one that can really diverge (notebook 01):
+``norm=None`` (no normalisation, so it is no longer invariant to the scale of its
+weights), ``activation="leaky_relu"`` and ``bottleneck_attention=True`` (a residual
+one-head self-attention block at the bottleneck, :class:`SpatialSelfAttention`, with an
+optional ``qk_norm``); ``norm="group"`` is the cure notebook 01 measures.
+
+By default the SE/CBAM attention blocks are written *plainly*, the way they are usually
 first written: multiplicative sigmoid gating with no normalisation, no bounds and
 no residual scaling. Keyword options add numerical safeguards (normalisation,
 bounded gating, residual scaling; ``TinyUNet(safe_attention=True)`` turns on
@@ -28,15 +35,20 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ACTIVATION_TYPES",
     "ATTENTION_TYPES",
+    "NORM_TYPES",
     "SAFE_ATTENTION",
     "CBAMBlock",
     "ConvBlock",
     "SEBlock",
+    "SpatialSelfAttention",
     "TinyUNet",
 ]
 
 ATTENTION_TYPES = (None, "se", "cbam")
+NORM_TYPES = ("batch", "group", None)
+ACTIVATION_TYPES = ("relu", "leaky_relu")
 
 
 def _check_positive_int(name: str, value: object) -> int:
@@ -199,9 +211,60 @@ def _attention(kind: str | None, channels: int, options: Mapping[str, Any]) -> n
     return CBAMBlock(channels, **options)
 
 
-class ConvBlock(nn.Module):
-    """Two ``3×3 conv → BatchNorm → ReLU`` layers, then optional attention.
+class SpatialSelfAttention(nn.Module):
+    r"""One-head self-attention over the pixels of a feature map, added residually.
 
+    With ``x`` of shape ``(N, C, H, W)`` read as ``L = H·W`` tokens of width ``C``:
+    ``q, k, v = W_q x, W_k x, W_v x`` (``1×1`` convolutions),
+    ``A = softmax(q kᵀ / √C)`` over the keys, and ``y = x + W_o (A v)``.
+    With ``qk_norm=True`` the queries and keys are LayerNorm-ed over channels
+    first (Dehghani et al., 2023), which bounds the attention logits by the norms'
+    gains. ``last_max_logit`` holds ``max |q kᵀ / √C|`` of the latest forward pass as a
+    0-d tensor (``None`` before the first), a precursor one may want to watch.
+
+    Shapes: ``(N, C, H, W) → (N, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, *, qk_norm: bool = False) -> None:
+        super().__init__()
+        channels = _check_positive_int("channels", channels)
+        if not isinstance(qk_norm, bool):
+            raise TypeError(f"qk_norm must be a bool, got {type(qk_norm).__name__}")
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        self.q_norm = nn.LayerNorm(channels) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(channels) if qk_norm else nn.Identity()
+        self.last_max_logit: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # (N, L, C) each
+        q, k = self.q_norm(q), self.k_norm(k)
+        logits = q @ k.transpose(1, 2) / c**0.5  # (N, L, L)
+        self.last_max_logit = logits.detach().abs().amax()  # a tensor: no host sync here
+        y = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, c, h, w)
+        return x + self.out(y)
+
+
+def _norm_layer(kind: str | None, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":  # the largest group count <= 8 that divides the channels
+        groups = max(g for g in range(1, 9) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    return nn.Identity()
+
+
+def _activation(kind: str) -> nn.Module:
+    return nn.LeakyReLU(0.1, inplace=True) if kind == "leaky_relu" else nn.ReLU(inplace=True)
+
+
+class ConvBlock(nn.Module):
+    """Two ``3×3 conv → norm → activation`` layers, then optional attention.
+
+    ``norm`` is ``"batch"`` (BatchNorm2d), ``"group"`` (GroupNorm, up to 8 groups)
+    or ``None`` (no normalisation; the convolutions then have a bias);
+    ``activation`` is ``"relu"`` or ``"leaky_relu"`` (slope 0.1).
     ``attention_options`` go to the attention block (``norm``, ``gate_bound``,
     ``residual_scale``).
     """
@@ -212,15 +275,23 @@ class ConvBlock(nn.Module):
         out_channels: int,
         attention: str | None = None,
         attention_options: Mapping[str, Any] | None = None,
+        *,
+        norm: str | None = "batch",
+        activation: str = "relu",
     ) -> None:
         super().__init__()
+        if norm not in NORM_TYPES:
+            raise ValueError(f"norm must be one of {NORM_TYPES}, got {norm!r}")
+        if activation not in ACTIVATION_TYPES:
+            raise ValueError(f"activation must be one of {ACTIVATION_TYPES}, got {activation!r}")
+        bias = norm is None  # a norm's shift makes a bias redundant
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
+            _norm_layer(norm, out_channels),
+            _activation(activation),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
+            _norm_layer(norm, out_channels),
+            _activation(activation),
         )
         self.attention = _attention(attention, out_channels, attention_options or {})
 
@@ -253,6 +324,12 @@ class TinyUNet(nn.Module):
             ``gate_bound``, ``residual_scale``; see :class:`CBAMBlock`). Default: plain blocks.
         safe_attention: shorthand for ``attention_options=SAFE_ATTENTION`` (the
             safeguards of notebook 01); explicit ``attention_options`` override its entries.
+        norm: normalisation after every convolution: ``"batch"`` (the default),
+            ``"group"`` or ``None``. Without normalisation the network is no longer
+            invariant to the scale of its weights and can really diverge.
+        activation: ``"relu"`` (the default) or ``"leaky_relu"`` (slope 0.1).
+        bottleneck_attention: add a :class:`SpatialSelfAttention` block after the bottleneck.
+        qk_norm: LayerNorm on that block's queries and keys.
     """
 
     def __init__(
@@ -265,6 +342,11 @@ class TinyUNet(nn.Module):
         deep_supervision: bool = False,
         attention_options: Mapping[str, Any] | None = None,
         safe_attention: bool = False,
+        *,
+        norm: str | None = "batch",
+        activation: str = "relu",
+        bottleneck_attention: bool = False,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         in_channels = _check_positive_int("in_channels", in_channels)
@@ -275,6 +357,15 @@ class TinyUNet(nn.Module):
             raise ValueError(f"depth must be between 1 and 6, got {depth}")
         if attention not in ATTENTION_TYPES:
             raise ValueError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")
+        if norm not in NORM_TYPES:
+            raise ValueError(f"norm must be one of {NORM_TYPES}, got {norm!r}")
+        if activation not in ACTIVATION_TYPES:
+            raise ValueError(f"activation must be one of {ACTIVATION_TYPES}, got {activation!r}")
+        for name, flag in (("bottleneck_attention", bottleneck_attention), ("qk_norm", qk_norm)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if qk_norm and not bottleneck_attention:
+            raise ValueError("qk_norm=True needs bottleneck_attention=True")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.depth = depth
@@ -289,19 +380,27 @@ class TinyUNet(nn.Module):
                 f"got {sorted(unknown)}"
             )
         self.attention_options = options
+        self.norm = norm
+        self.activation = activation
+        block = {"norm": norm, "activation": activation}
 
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoders = nn.ModuleList()
         channels = in_channels
         for i in range(depth):
-            self.encoders.append(ConvBlock(channels, widths[i], attention, options))
+            self.encoders.append(ConvBlock(channels, widths[i], attention, options, **block))
             channels = widths[i]
-        self.bottleneck = ConvBlock(widths[depth - 1], widths[depth], attention, options)
+        self.bottleneck = ConvBlock(widths[depth - 1], widths[depth], attention, options, **block)
+        self.self_attention = (
+            SpatialSelfAttention(widths[depth], qk_norm=qk_norm)
+            if bottleneck_attention
+            else nn.Identity()
+        )
         self.upsamples = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for i in reversed(range(depth)):
             self.upsamples.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
-            self.decoders.append(ConvBlock(2 * widths[i], widths[i], attention, options))
+            self.decoders.append(ConvBlock(2 * widths[i], widths[i], attention, options, **block))
         # heads[i] reads the decoder output at 1/2^i resolution; heads[0] is the final head.
         self.heads = nn.ModuleList(nn.Conv2d(widths[i], num_classes, 1) for i in range(depth))
 
@@ -321,7 +420,7 @@ class TinyUNet(nn.Module):
             x = encoder(x)
             skips.append(x)
             x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
+        x = self.self_attention(self.bottleneck(x))
         decoded = []  # deepest first
         for up, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
             x = decoder(torch.cat([up(x), skip], dim=1))

@@ -52,6 +52,7 @@ import copy
 import inspect
 import math
 import numbers
+import statistics
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -798,6 +799,13 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
     A cut resets the patience count. Non-finite metrics stay out of the mean. The
     group LRs change immediately on a cut.
 
+    ``observe(loss)`` takes every training step's loss (:func:`~stabletrain.training.fit`
+    calls it after each applied step) and cuts at once, the same way, when a finite loss
+    exceeds ``step_spike_factor`` × the median of the last ``step_window`` observed
+    losses (once ``window`` were observed): a blow-up inside an epoch need not move the
+    epoch's mean, which ``step(metric)`` sees. A spiking loss does not enter the median,
+    and after a step-level cut the next ``window`` observations cannot cut again.
+
     Args:
         optimizer: the wrapped optimizer.
         base: the base type name, or a mapping ``{"type": ..., **params}``.
@@ -805,6 +813,9 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
         spike_threshold: relative jump counted as a spike, :math:`> 0` (default 1.0).
         window: number of recent finite metrics averaged (default 10).
         patience: metrics without a new best before a cut (default 10).
+        step_spike_factor: step-level blow-up factor, :math:`> 1` (default 10;
+            ``None`` turns ``observe`` off).
+        step_window: step losses the step-level median is taken over (default 50).
         **base_params: parameters of the base schedule (``total_steps``,
             ``warmup_steps``, ``min_lr``, ...); ``min_lr``/``min_lr_ratio`` are also
             the floor :math:`\eta` of the cut LR.
@@ -822,6 +833,8 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
         spike_threshold: float = 1.0,
         window: int = 10,
         patience: int = 10,
+        step_spike_factor: float | None = 10.0,
+        step_window: int = 50,
         **base_params: Any,
     ) -> None:
         if isinstance(base, Mapping):
@@ -841,6 +854,14 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
         )
         self.window = _check_int("window", window, 1)
         self.patience = _check_int("patience", patience, 1)
+        if step_spike_factor is not None:
+            step_spike_factor = _check_float(
+                "step_spike_factor", step_spike_factor, low=1.0, low_open=True
+            )
+        self.step_spike_factor = step_spike_factor
+        self.step_window = _check_int("step_window", step_window, 1)
+        self.step_losses: list[float] = []
+        self.step_cooldown = 0
         self.base_type = name
         self._base = _construct(name, optimizer, base_params)
         self.multiplier = 1.0
@@ -889,13 +910,36 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
             if self.num_bad >= self.patience:
                 cut = True
         if cut:
-            self.multiplier *= self.factor
             self.num_bad = 0
-            self.num_cuts += 1
-            values = [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
-            for group, lr in zip(self.optimizer.param_groups, values):
-                _set_lr(group, lr)
-            self._last_lr = _group_lrs(self.optimizer)
+            self._cut()
+
+    def observe(self, loss: float | torch.Tensor) -> bool:
+        """A training step's loss: cut now if it is a step-level blow-up; ``True`` if it cut.
+
+        Non-finite losses are ignored here (they are ``step(metric)``'s and the guard's).
+        """
+        value = float(loss)
+        if self.step_spike_factor is None or not math.isfinite(value):
+            return False
+        if self.step_cooldown > 0:
+            self.step_cooldown -= 1
+        recent = self.step_losses
+        if len(recent) >= self.window and self.step_cooldown == 0:
+            median = statistics.median(recent)
+            if median > 0 and value > self.step_spike_factor * median:
+                self.step_cooldown = self.window
+                self._cut()
+                return True
+        self.step_losses = [*recent, value][-self.step_window :]
+        return False
+
+    def _cut(self) -> None:
+        self.multiplier *= self.factor
+        self.num_cuts += 1
+        values = [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
+        for group, lr in zip(self.optimizer.param_groups, values):
+            _set_lr(group, lr)
+        self._last_lr = _group_lrs(self.optimizer)
 
 
 # --------------------------------------------------------------------------- warmup wrapper

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,20 +90,31 @@ def _group(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype]
     return groups
 
 
+def _wide(tensors: list[torch.Tensor]) -> torch.dtype:
+    """The type norms are accumulated in: float64, except on MPS (which has none).
+
+    A float32 sum of squares overflows once entries reach about ``1.8e19``, while every
+    entry is still finite; in float64 it cannot (``(3.4e38)² · n`` is far below ``1.8e308``),
+    so a norm is non-finite exactly when an entry is.
+    """
+    return torch.float32 if any(t.device.type == "mps" for t in tensors) else torch.float64
+
+
 def _per_tensor_norms(tensors: list[torch.Tensor], norm_type: float) -> list[torch.Tensor]:
-    """``‖gᵢ‖_p`` of every tensor, one ``foreach`` kernel per (device, dtype) group."""
+    """``‖gᵢ‖_p`` of every tensor in the wide type, one ``foreach`` kernel per (device, dtype)."""
     out: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
+    wide = _wide(tensors)
     for indices in _group(tensors).values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], norm_type)
+        norms = torch._foreach_norm([tensors[i] for i in indices], norm_type, dtype=wide)
         for i, n in zip(indices, norms):
             out[i] = n
     return out
 
 
 def _combine(norms: list[torch.Tensor], norm_type: float) -> torch.Tensor:
-    """``‖(‖g₁‖, …, ‖gₙ‖)‖_p`` on the first tensor's device (no host synchronisation)."""
-    device = norms[0].device
-    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    """``‖(‖g₁‖, …, ‖gₙ‖)‖_p`` in the wide type on the first tensor's device (no host sync)."""
+    device, dtype = norms[0].device, norms[0].dtype
+    stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
     return torch.linalg.vector_norm(stacked, norm_type)
 
 
@@ -122,10 +134,12 @@ def grad_norm(
     r"""Global norm of all gradients, as one vector: :math:`\lVert(\lVert g_1\rVert_p, …,
     \lVert g_n\rVert_p)\rVert_p`.
 
-    Equal to :func:`torch.nn.utils.get_total_norm` of the same gradients. One ``foreach``
-    norm per (device, dtype) group and no host synchronisation: the result stays a 0-d
-    float32 tensor on the first gradient's device (0 when no parameter has a gradient).
-    A non-finite gradient gives a non-finite norm.
+    Equal to :func:`torch.nn.utils.get_total_norm` of the same gradients, except that it
+    is accumulated in float64: a float32 norm overflows to ``inf`` once entries reach about
+    ``1e19`` while every gradient is still finite, so there "huge" and "non-finite" look the
+    same. One ``foreach`` norm per (device, dtype) group and no host synchronisation: the
+    result is a 0-d float32 tensor on the first gradient's device (0 when no parameter has
+    a gradient). A non-finite gradient gives a non-finite norm.
 
     Args:
         parameters: tensors (or one tensor) whose ``.grad`` to measure.
@@ -135,7 +149,7 @@ def grad_norm(
     grads = _grads(parameters)
     if not grads:
         return torch.zeros(())
-    return _combine(_per_tensor_norms(grads, norm_type), norm_type)
+    return _combine(_per_tensor_norms(grads, norm_type), norm_type).float()
 
 
 def grads_are_finite(parameters: Iterable[torch.Tensor] | torch.Tensor) -> bool:
@@ -168,12 +182,12 @@ def _apply_clip(
     """Clip finite gradients in place (no host synchronisation)."""
     groups = _group(grads)
     if mode == "norm":
-        coef = torch.clamp(c / (total + _EPS), max=1.0)
-        for (device, _), indices in groups.items():
-            torch._foreach_mul_([grads[i] for i in indices], coef.to(device))
+        coef = torch.clamp(c / (total + _EPS), max=1.0)  # in the wide type: total may be huge
+        for (device, dtype), indices in groups.items():
+            torch._foreach_mul_([grads[i] for i in indices], coef.to(device, dtype))
     elif mode == "norm_local":
-        for indices in groups.values():
-            coefs = [torch.clamp(c / (norms[i] + _EPS), max=1.0) for i in indices]
+        for (_, dtype), indices in groups.items():
+            coefs = [torch.clamp(c / (norms[i] + _EPS), max=1.0).to(dtype) for i in indices]
             torch._foreach_mul_([grads[i] for i in indices], coefs)
     else:
         for indices in groups.values():
@@ -197,8 +211,9 @@ def clip_gradients(
       :func:`torch.nn.utils.clip_grad_value_`).
 
     When any gradient is NaN or Inf, every gradient is left untouched (torch's
-    ``clip_grad_norm_`` multiplies all of them by ``c / inf = 0`` or by NaN). One host
-    synchronisation per call.
+    ``clip_grad_norm_`` multiplies all of them by ``c / inf = 0`` or by NaN). Norms are
+    accumulated in float64 (see :func:`grad_norm`), so a huge but finite gradient is
+    clipped, not mistaken for a non-finite one. One host synchronisation per call.
 
     Args:
         parameters: tensors (or one tensor) whose ``.grad`` to clip.
@@ -220,7 +235,7 @@ def clip_gradients(
     total = _combine(norms, 2.0)
     if bool(torch.isfinite(total)):
         _apply_clip(grads, norms, total, mode, c)
-    return total
+    return total.float()
 
 
 # --------------------------------------------------------------------------------------
@@ -534,15 +549,22 @@ class StabilityGuard:
     under float16); on every ``accumulation_steps``-th call it then
 
     1. unscales the gradients (``amp.unscale_``),
-    2. checks the summed loss and the global gradient norm
-       :math:`\lVert g\rVert_2` for NaN/Inf in **one** host synchronisation,
-    3. clips (``clip_mode`` with ``max_norm``, see :func:`clip_gradients`),
-    4. steps the optimizer (``amp.step``), and the scheduler **only if the optimizer
-       really stepped** (metric-driven schedulers are left to :func:`fit`),
-    5. zeroes the gradients and, every ``snapshot_every`` applied steps, snapshots the
-       model, optimizer and scheduler state on the CPU.
+    2. reads the summed loss and the global gradient norm :math:`\lVert g\rVert_2`
+       (accumulated in float64, so it is non-finite exactly when a gradient entry is, and a
+       huge gradient keeps its size) in **one** host synchronisation,
+    3. judges the step: *non-finite* (a NaN/Inf loss or gradient), a *blow-up* (both
+       finite, but the loss or the gradient norm above ``spike_factor`` × the median of
+       the last ``spike_window`` healthy steps' values, once ``spike_warmup`` healthy steps
+       were seen; the loss test only while that median is positive), or *healthy*,
+    4. on a healthy step, every ``snapshot_every`` applied steps, snapshots the model,
+       optimizer and scheduler state on the CPU *before* the update: a snapshot holds a
+       state whose loss and gradient were just measured healthy,
+    5. clips (``clip_mode`` with ``max_norm``, see :func:`clip_gradients`),
+    6. steps the optimizer (``amp.step``), and the scheduler **only if the optimizer
+       really stepped** (metric-driven schedulers are left to :func:`fit`), and zeroes the
+       gradients.
 
-    On a non-finite loss or gradient, ``on_nonfinite`` decides:
+    A non-finite step and a blow-up get the same policy, ``on_nonfinite``:
 
     - ``"skip"``: no update. Parameters, optimizer state, scheduler position and the
       model's buffers (e.g. BatchNorm running statistics, restored to their values after
@@ -555,6 +577,10 @@ class StabilityGuard:
       ``scheduler.step(nan)`` makes the scheduler's own cut instead and the guard clears
       the flag: no double cut.
     - ``"raise"``: raise :class:`NonFiniteError` with a diagnosis.
+
+    Blow-ups are counted apart (``blowups``): a loss that climbs to ``1e9`` without ever
+    becoming non-finite is a divergence too, and a snapshot taken during one would be
+    restored by every rollback.
 
     Under float16 (``amp.scaler`` set), a step whose loss is finite but whose gradients
     overflow is the gradient scaler's business: ``amp.step`` skips it and lowers the
@@ -578,9 +604,15 @@ class StabilityGuard:
         max_consecutive_skips: non-finite steps in a row before giving up (``>= 1``).
         accumulation_steps: micro-batches per optimizer step (``>= 1``).
         min_loss_scale: smallest acceptable float16 loss scale.
+        spike_factor: a finite loss or gradient norm above this multiple of the recent
+            healthy median is a blow-up (``> 1``; ``None`` turns the test off).
+        spike_warmup: healthy steps recorded before the blow-up test starts (``>= 1``).
+        spike_window: how many recent healthy steps the median is taken over (``>= 1``).
 
     Attributes:
-        applied, skipped, rollbacks, scaler_skips: counters.
+        applied, skipped, rollbacks, scaler_skips: counters (``skipped``: steps skipped
+            under ``"skip"``, non-finite or blow-up).
+        nonfinite_steps, blowups: how many steps were non-finite / finite blow-ups.
         lr_scale: the cumulative rollback LR factor :math:`s`.
         grad_norms: pre-clipping global gradient norm of every optimizer step.
         last_finite_loss: the last finite (summed) loss seen at a step boundary.
@@ -605,6 +637,9 @@ class StabilityGuard:
         max_consecutive_skips: int = 10,
         accumulation_steps: int = 1,
         min_loss_scale: float = 1.0,
+        spike_factor: float | None = 10.0,
+        spike_warmup: int = 10,
+        spike_window: int = 50,
     ) -> None:
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
@@ -626,6 +661,8 @@ class StabilityGuard:
             ("snapshot_every", snapshot_every),
             ("max_consecutive_skips", max_consecutive_skips),
             ("accumulation_steps", accumulation_steps),
+            ("spike_warmup", spike_warmup),
+            ("spike_window", spike_window),
         ):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -633,6 +670,13 @@ class StabilityGuard:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not min_loss_scale > 0:
             raise ValueError(f"min_loss_scale must be > 0, got {min_loss_scale}")
+        if spike_factor is not None:
+            if isinstance(spike_factor, bool) or not isinstance(spike_factor, int | float):
+                raise TypeError(f"spike_factor must be a number or None, got {spike_factor!r}")
+            if not 1 < spike_factor < math.inf:
+                raise ValueError(
+                    f"spike_factor must be a finite number > 1 or None, got {spike_factor}"
+                )
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -645,8 +689,17 @@ class StabilityGuard:
         self.max_consecutive_skips = max_consecutive_skips
         self.accumulation_steps = accumulation_steps
         self.min_loss_scale = float(min_loss_scale)
+        self.spike_factor = None if spike_factor is None else float(spike_factor)
+        self.spike_warmup = spike_warmup
+        self.spike_window = spike_window
 
         self.applied = 0
+        self.nonfinite_steps = 0
+        self.blowups = 0
+        self._healthy_losses: list[float] = []
+        self._healthy_norms: list[float] = []
+        self._rollbacks_in_a_row = 0
+        self._blowups_in_a_row = 0
         self.skipped = 0
         self.rollbacks = 0
         self.scaler_skips = 0
@@ -657,7 +710,9 @@ class StabilityGuard:
         self.last_diagnosis: dict[str, Any] | None = None
         self._micro = 0
         self._loss_sum: torch.Tensor | None = None
-        self._buffers = [b for b in model.buffers()]
+        named_buffers = list(model.named_buffers())
+        self._buffer_names = [n for n, _ in named_buffers]
+        self._buffers = [b for _, b in named_buffers]
         self._buffer_copies = [b.detach().clone() for b in self._buffers]
         self._snapshot: dict[str, Any] | None = None
         self.take_snapshot()
@@ -670,16 +725,33 @@ class StabilityGuard:
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
-    def take_snapshot(self) -> None:
-        """Copy model, optimizer and scheduler state (and the LR scale) to the CPU."""
+    def take_snapshot(self, loss: float = math.nan) -> None:
+        """Copy model, optimizer and scheduler state (and the LR scale) to the CPU.
+
+        ``loss`` is the state's measured loss, kept for messages (NaN: not measured).
+        """
         self._snapshot = {
-            "model": _to_cpu(self.model.state_dict()),
+            "applied": self.applied,
+            "loss": float(loss),
+            "model": self._model_state(),
             "optimizer": _to_cpu(self.optimizer.state_dict()),
             "scheduler": _to_cpu(self.scheduler.state_dict())
             if self.scheduler is not None and hasattr(self.scheduler, "state_dict")
             else None,
             "lr_scale": self.lr_scale,
         }
+
+    def _model_state(self) -> dict[str, Any]:
+        """The model's state with its buffers as after the last applied step.
+
+        Mid-step, the forward pass has already moved the running statistics; the state
+        whose loss was just measured is the one before it.
+        """
+        state = _to_cpu(self.model.state_dict())
+        for name, saved in zip(self._buffer_names, self._buffer_copies):
+            if name in state:  # persistent buffers only
+                state[name] = saved.detach().to("cpu", copy=True)
+        return state
 
     def _restore_snapshot(self) -> None:
         snap = self._snapshot
@@ -784,9 +856,19 @@ class StabilityGuard:
         if loss_ok and not grads_ok and self._scaler is not None and self._scaler.is_enabled():
             return self._scaler_skip(norm_value, loss_value)
         if not (loss_ok and grads_ok):
-            return self._nonfinite(loss_value, norm_value, loss_ok)
-
+            self.nonfinite_steps += 1
+            reason = "non-finite loss" if not loss_ok else "non-finite gradient"
+            return self._unhealthy(reason, loss_value, norm_value)
         self.last_finite_loss = loss_value
+        blowup = self._blowup(loss_value, norm_value)
+        if blowup is not None:
+            self.blowups += 1
+            self._blowups_in_a_row += 1
+            return self._unhealthy(blowup, loss_value, norm_value)
+
+        self._record_healthy(loss_value, norm_value)
+        if self.applied and self.applied % self.snapshot_every == 0:
+            self.take_snapshot(loss_value)  # measured healthy, before this step's update
         if self.clip_mode is not None and grads:
             _apply_clip(grads, norms, total, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
         if self.amp is not None:
@@ -801,11 +883,34 @@ class StabilityGuard:
         self._step_scheduler()
         self.applied += 1
         self.consecutive_skips = 0
+        self._rollbacks_in_a_row = self._blowups_in_a_row = 0
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)
-        if self.applied % self.snapshot_every == 0:
-            self.take_snapshot()
         return StepResult(True, norm_value, None)
+
+    def _blowup(self, loss_value: float, norm_value: float) -> str | None:
+        """A reason if this finite step is a blow-up against the healthy medians, else None."""
+        if self.spike_factor is None or len(self._healthy_norms) < self.spike_warmup:
+            return None
+        f = self.spike_factor
+        loss_median = statistics.median(self._healthy_losses)
+        norm_median = statistics.median(self._healthy_norms)
+        if loss_median > 0 and loss_value > f * loss_median:
+            return f"loss blow-up ({loss_value:.4g} > {f:g} x healthy median {loss_median:.4g})"
+        if norm_median > 0 and norm_value > f * norm_median:
+            return (
+                f"exploding gradient (norm {norm_value:.4g} > {f:g} x healthy median "
+                f"{norm_median:.4g})"
+            )
+        return None
+
+    def _record_healthy(self, loss_value: float, norm_value: float) -> None:
+        for values, value in (
+            (self._healthy_losses, loss_value),
+            (self._healthy_norms, norm_value),
+        ):
+            values.append(value)
+            del values[: -self.spike_window]
 
     def _scaler_skip(self, norm_value: float, loss_value: float) -> StepResult:
         self.last_finite_loss = loss_value
@@ -836,6 +941,8 @@ class StabilityGuard:
             "rollbacks": self.rollbacks,
             "scaler_skips": self.scaler_skips,
             "consecutive_skips": self.consecutive_skips,
+            "nonfinite_steps": self.nonfinite_steps,
+            "blowups": self.blowups,
             "nonfinite_weights": weights["nonfinite_names"],
             "nonfinite_grads": grads["nonfinite_names"],
             "max_weight": weights["max_weight"],
@@ -850,12 +957,13 @@ class StabilityGuard:
     def _summary(self) -> str:
         return (
             f"applied={self.applied}, skipped={self.skipped}, rollbacks={self.rollbacks}, "
+            f"non-finite steps={self.nonfinite_steps}, blow-ups={self.blowups}, "
             f"scaler_skips={self.scaler_skips}, last finite loss={self.last_finite_loss:.4g}, "
             f"loss scale={float(getattr(self.amp, 'scale', 1.0)) if self.amp else 1.0:g}"
         )
 
-    def _nonfinite(self, loss_value: float, norm_value: float, loss_ok: bool) -> StepResult:
-        reason = "non-finite loss" if not loss_ok else "non-finite gradient"
+    def _unhealthy(self, reason: str, loss_value: float, norm_value: float) -> StepResult:
+        """A non-finite or blown-up step: no update, then skip, roll back or raise."""
         diagnosis = self._diagnosis(reason, loss_value, norm_value)
         self.last_diagnosis = diagnosis
         self._zero_grad()
@@ -871,12 +979,26 @@ class StabilityGuard:
                 torch._foreach_copy_(self._buffers, self._buffer_copies)
         if self.consecutive_skips >= self.max_consecutive_skips:
             diagnosis = self._diagnosis(reason, loss_value, norm_value)
-            raise NonFiniteError(
-                f"{self.consecutive_skips} non-finite steps in a row "
+            kind = "blown-up or non-finite" if self._blowups_in_a_row else "non-finite"
+            text = (
+                f"{self.consecutive_skips} {kind} steps in a row "
                 f"(max_consecutive_skips={self.max_consecutive_skips}); "
-                + self._message(diagnosis),
-                diagnosis,
             )
+            if self.on_nonfinite == "rollback" and self._rollbacks_in_a_row > 1:
+                snap = self._snapshot or {}
+                text += (
+                    f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot "
+                    f"taken at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
+                    f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: "
+                    "that state is itself unstable or the LR cut is too small (lower the LR, "
+                    "lr_backoff or snapshot_every, or add normalisation or clipping); "
+                )
+            elif self.on_nonfinite == "skip" and self._blowups_in_a_row:
+                text += (
+                    "skipping leaves the weights as they are, and every step from them is "
+                    "unhealthy: they have already exploded (use on_nonfinite='rollback'); "
+                )
+            raise NonFiniteError(text + self._message(diagnosis), diagnosis)
         return StepResult(False, norm_value, reason)
 
     def _message(self, diagnosis: Mapping[str, Any]) -> str:
@@ -891,6 +1013,7 @@ class StabilityGuard:
 
     def _rollback(self) -> None:
         self.rollbacks += 1
+        self._rollbacks_in_a_row += 1
         self._restore_snapshot()
         sched = self.scheduler
         if sched is not None and hasattr(sched, "needs_rollback"):
@@ -912,6 +1035,10 @@ class StabilityGuard:
             "grad_norms": list(self.grad_norms),
             "last_finite_loss": self.last_finite_loss,
             "micro": self._micro,
+            "nonfinite_steps": self.nonfinite_steps,
+            "blowups": self.blowups,
+            "healthy_losses": list(self._healthy_losses),
+            "healthy_norms": list(self._healthy_norms),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -928,6 +1055,11 @@ class StabilityGuard:
         self.grad_norms = [float(v) for v in state.get("grad_norms", [])]
         self.last_finite_loss = float(state.get("last_finite_loss", math.nan))
         self._micro = int(state.get("micro", 0))
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.blowups = int(state.get("blowups", 0))
+        self._healthy_losses = [float(v) for v in state.get("healthy_losses", [])]
+        self._healthy_norms = [float(v) for v in state.get("healthy_norms", [])]
+        self._rollbacks_in_a_row = self._blowups_in_a_row = 0
         self._loss_sum = None
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)

@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -144,8 +145,39 @@ class History:
 
     @property
     def diverged(self) -> bool:
-        """Whether any recorded training loss was NaN or infinite."""
-        return any(not math.isfinite(v) for v in self.steps.get("loss", []))
+        """Whether a training loss was NaN or infinite, or blew up while finite.
+
+        A blow-up is as :meth:`blowup_step` defines it with its defaults (a loss above 10×
+        the median of the earlier ones): a loss that climbs to ``1e7`` and stays finite
+        has diverged as surely as one that prints ``nan``.
+        """
+        return self.first_nonfinite_step() is not None or self.blowup_step() is not None
+
+    def blowup_step(self, factor: float = 10.0, warmup: int = 10, window: int = 50) -> int | None:
+        """Index of the first step whose finite loss exceeds ``factor`` × the median of the
+        (up to ``window``) finite losses before it, once ``warmup`` were seen; else ``None``.
+
+        The median is taken over the losses that were not blow-ups themselves, and the
+        test only applies while it is positive.
+
+        Raises:
+            ValueError: ``factor <= 1``, ``warmup < 1`` or ``window < 1``.
+        """
+        if not factor > 1:
+            raise ValueError(f"factor must be > 1, got {factor!r}")
+        if warmup < 1 or window < 1:
+            raise ValueError(f"warmup and window must be >= 1, got {warmup!r} and {window!r}")
+        recent: list[float] = []
+        for i, v in enumerate(self.steps.get("loss", [])):
+            if not math.isfinite(v):
+                continue
+            if len(recent) >= warmup:
+                median = statistics.median(recent)
+                if median > 0 and v > factor * median:
+                    return i
+            recent.append(v)
+            del recent[:-window]
+        return None
 
     def first_nonfinite_step(self) -> int | None:
         """Index of the first step whose loss was not finite, or ``None``."""
@@ -712,6 +744,9 @@ def fit(
                     tracker.log_metrics(values, step=history.num_steps)
                 for cb in callbacks:
                     cb.on_step_end(ctx, record)
+                observe = getattr(scheduler, "observe", None)
+                if result.applied and callable(observe) and math.isfinite(micro_loss):
+                    observe(micro_loss)  # step-level spike test (the adaptive scheduler)
                 if math.isfinite(micro_loss):
                     losses.append(micro_loss)
                 elif guard is None and stop_on_nonfinite:
