@@ -29,7 +29,8 @@ Sections (see :data:`DEFAULTS` for every key and its default):
                    in; other lengths (``step_size``...) are in optimizer steps
 ``stability``      :class:`stabletrain.stability.StabilityGuard` policy (``on_nonfinite``,
                    ``lr_backoff``, ``snapshot_every``, ``max_consecutive_skips``,
-                   ``accumulation_steps``)
+                   ``accumulation_steps``, ``min_loss_scale``, and the blow-up test's
+                   ``spike_factor``, ``spike_warmup``, ``spike_window``)
 ``amp``            :class:`stabletrain.amp.MixedPrecision` ``dtype``
 ``loss``           :func:`stabletrain.losses.build_loss` preset name or mapping
 ``deep_supervision``  :class:`~stabletrain.deep_supervision.DeepSupervisionLoss` schedule
@@ -169,6 +170,10 @@ _SECTION_KEYS: dict[str, tuple[str, ...] | None] = {
         "safe_attention",
         "attention_options",
         "in_channels",
+        "norm",
+        "activation",
+        "bottleneck_attention",
+        "qk_norm",
     ),
     "optimizer": None,
     "scheduler": None,
@@ -179,6 +184,9 @@ _SECTION_KEYS: dict[str, tuple[str, ...] | None] = {
         "max_consecutive_skips",
         "accumulation_steps",
         "min_loss_scale",
+        "spike_factor",
+        "spike_warmup",
+        "spike_window",
     ),
     "amp": ("dtype",),
     "deep_supervision": None,
