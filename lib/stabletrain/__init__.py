@@ -2,7 +2,8 @@
 
 The library behind the notebook course. One concept per module:
 
-- :mod:`stabletrain.models` — ``TinyUNet`` with optional SE/CBAM attention and safeguards.
+- :mod:`stabletrain.models` — ``TinyUNet`` with optional SE/CBAM attention and safeguards,
+  a choice of normalisation and activation, and bottleneck self-attention.
 - :mod:`stabletrain.data` — the synthetic ``ShapesSegmentation`` data set and loaders.
 - :mod:`stabletrain.metrics` — Dice and IoU scores.
 - :mod:`stabletrain.training` — ``fit``, ``History`` and the extension protocols.
@@ -32,7 +33,7 @@ from .loss_weights import LossWeightCallback, LossWeightScheduler
 from .losses import CombinedLoss, DiceLoss, FocalLoss, JaccardLoss, TverskyLoss, build_loss
 from .lr_finder import LRRangeTestResult, lr_range_test
 from .metrics import dice_score, iou_score
-from .models import SAFE_ATTENTION, CBAMBlock, SEBlock, TinyUNet
+from .models import SAFE_ATTENTION, CBAMBlock, SEBlock, SpatialSelfAttention, TinyUNet
 from .optim import build_optimizer
 from .schedulers import SCHEDULER_TYPES, build_scheduler, epochs_to_steps, lr_curve, with_warmup
 from .stability import (
@@ -76,6 +77,7 @@ __all__ = [
     "NonFiniteError",
     "SEBlock",
     "ShapesSegmentation",
+    "SpatialSelfAttention",
     "StabilityGuard",
     "StepResult",
     "TinyUNet",
