@@ -100,12 +100,19 @@ def _wide(tensors: list[torch.Tensor]) -> torch.dtype:
     return torch.float32 if any(t.device.type == "mps" for t in tensors) else torch.float64
 
 
-def _per_tensor_norms(tensors: list[torch.Tensor], norm_type: float) -> list[torch.Tensor]:
-    """``‖gᵢ‖_p`` of every tensor in the wide type, one ``foreach`` kernel per (device, dtype)."""
+def _per_tensor_norms(
+    tensors: list[torch.Tensor], norm_type: float, *, wide: bool = True
+) -> list[torch.Tensor]:
+    """``‖gᵢ‖_p`` of every tensor, one ``foreach`` kernel per (device, dtype) group.
+
+    ``wide=True`` accumulates in the wide type (exact finiteness); ``wide=False`` in the
+    tensors' own type, about 4× faster on CPU, for the fast path that falls back to the
+    wide one when the result is not finite.
+    """
     out: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
-    wide = _wide(tensors)
+    dtype = _wide(tensors) if wide else None
     for indices in _group(tensors).values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], norm_type, dtype=wide)
+        norms = torch._foreach_norm([tensors[i] for i in indices], norm_type, dtype=dtype)
         for i, n in zip(indices, norms):
             out[i] = n
     return out
@@ -113,8 +120,11 @@ def _per_tensor_norms(tensors: list[torch.Tensor], norm_type: float) -> list[tor
 
 def _combine(norms: list[torch.Tensor], norm_type: float) -> torch.Tensor:
     """``‖(‖g₁‖, …, ‖gₙ‖)‖_p`` in the wide type on the first tensor's device (no host sync)."""
-    device, dtype = norms[0].device, norms[0].dtype
-    stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
+    device, dtype = norms[0].device, _wide(norms)
+    if all(n.device == device and n.dtype == norms[0].dtype for n in norms):
+        stacked = torch.stack(norms).to(dtype)  # one conversion, not one per tensor
+    else:
+        stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
     return torch.linalg.vector_norm(stacked, norm_type)
 
 
@@ -162,7 +172,7 @@ def grads_are_finite(parameters: Iterable[torch.Tensor] | torch.Tensor) -> bool:
     grads = _grads(parameters)
     if not grads:
         return True
-    worst = _combine(_per_tensor_norms(grads, math.inf), math.inf)
+    worst = _combine(_per_tensor_norms(grads, math.inf, wide=False), math.inf)  # cannot overflow
     return bool(torch.isfinite(worst))
 
 
@@ -212,8 +222,9 @@ def clip_gradients(
 
     When any gradient is NaN or Inf, every gradient is left untouched (torch's
     ``clip_grad_norm_`` multiplies all of them by ``c / inf = 0`` or by NaN). Norms are
-    accumulated in float64 (see :func:`grad_norm`), so a huge but finite gradient is
-    clipped, not mistaken for a non-finite one. One host synchronisation per call.
+    accumulated in float64 where float32 would overflow (see :func:`grad_norm`), so a huge
+    but finite gradient is clipped, not mistaken for a non-finite one. One host
+    synchronisation per call (two when the fast float32 norms overflow).
 
     Args:
         parameters: tensors (or one tensor) whose ``.grad`` to clip.
@@ -231,9 +242,14 @@ def clip_gradients(
     grads = _grads(parameters)
     if not grads:
         return torch.zeros(())
-    norms = _per_tensor_norms(grads, 2.0)
+    norms = _per_tensor_norms(grads, 2.0, wide=False)
     total = _combine(norms, 2.0)
-    if bool(torch.isfinite(total)):
+    finite = bool(torch.isfinite(total))
+    if not finite:  # a per-tensor float32 norm may have overflowed: measure exactly
+        norms = _per_tensor_norms(grads, 2.0)
+        total = _combine(norms, 2.0)
+        finite = bool(torch.isfinite(total))
+    if finite:
         _apply_clip(grads, norms, total, mode, c)
     return total.float()
 
@@ -843,14 +859,19 @@ class StabilityGuard:
         if self.amp is not None:
             self.amp.unscale_(self.optimizer)
         grads = _grads(self._params())
-        if grads:
-            norms = _per_tensor_norms(grads, 2.0)
+        if grads:  # float32 per-tensor norms (fast), combined in float64
+            norms = _per_tensor_norms(grads, 2.0, wide=False)
             total = _combine(norms, 2.0)
         else:
-            norms, total = [], torch.zeros(())
+            norms, total = [], torch.zeros((), dtype=torch.float64)
         # the one host synchronisation of the step
-        loss_value, norm_value = torch.stack([loss_sum.to(total.device), total]).tolist()
+        loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()
         loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
+        if not grads_ok and grads:  # overflow of a float32 norm, or a real NaN/Inf: measure
+            norms = _per_tensor_norms(grads, 2.0)  # exactly, in float64 (a rare second sync)
+            total = _combine(norms, 2.0)
+            norm_value = float(total)
+            grads_ok = math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
 
         if loss_ok and not grads_ok and self._scaler is not None and self._scaler.is_enabled():
