@@ -12,12 +12,14 @@ import torch
 from stabletrain.course.divergence import (
     DivergenceLab,
     PrecursorProbe,
+    WatchModel,
+    clipped_fraction,
     divergence_run,
     verdict,
 )
 from stabletrain.models import TinyUNet
 from stabletrain.stability import NonFiniteError
-from stabletrain.training import Callback
+from stabletrain.training import History
 
 SEEDS = (0, 3)  # two of the notebook's five; both diverge before step 20 (measured: 19, 14)
 STEPS = 24
@@ -67,9 +69,14 @@ def test_skip_cannot_save_exploded_weights_but_rollback_can():
     for seed in SEEDS:
         with pytest.raises(NonFiniteError, match="already exploded"):
             divergence_run(seed, steps=40, guard={"on_nonfinite": "skip"})
+        guards = []
         history = divergence_run(
-            seed, steps=STEPS + 6, guard={"on_nonfinite": "rollback", "snapshot_every": 5}
+            seed,
+            steps=STEPS + 6,
+            guard={"on_nonfinite": "rollback", "snapshot_every": 5},
+            guards=guards,
         )
+        assert len(guards) == 1 and guards[0].rollbacks >= 1 and guards[0].lr_scale < 1
         assert verdict(history).startswith("stable"), f"rollback no longer cures seed {seed}"
         assert "rejected by the guard" in verdict(history)
         rejected = [a for a in history.steps["applied"] if a is False]
@@ -77,20 +84,13 @@ def test_skip_cannot_save_exploded_weights_but_rollback_can():
         assert history.steps["lr"][-1] < 2.0, "no LR cut after the rollbacks"
 
 
-class _Probe(Callback):
-    def on_fit_start(self, ctx):
-        self.probe = PrecursorProbe(ctx.model).__enter__()
-
-    def on_fit_end(self, ctx):
-        self.probe.__exit__()
-
-
 def test_precursors_rise_before_the_blowup_while_attention_logits_do_not():
-    callback = _Probe()
-    history = divergence_run(0, steps=STEPS, callbacks=[callback])
+    watch = WatchModel(PrecursorProbe)
+    history = divergence_run(0, steps=STEPS, callbacks=[watch])
+    assert not watch._open, "the probe's hooks are removed when fit returns"
     first = history.first_nonfinite_step()
     norms = history.steps["grad_norm"][:first]
-    records = callback.probe.records
+    records = watch.watcher.records
     assert len(records["weight_norm"]) == history.num_steps
     early = sorted(norms[:8])[4]
     assert norms[first - 2] > 10 * early, "the gradient norm no longer rises before the NaN"
@@ -114,6 +114,28 @@ def test_lab_runs_headless_and_its_verdict_fires():
         lab.run(max_grad_norm=-1.0)
     assert lab.plot() is not None
     assert lab.widget() is not None
+
+
+def test_clipped_fraction_counts_applied_steps_above_the_threshold():
+    history = History()
+    for norm, applied in ((0.1, True), (0.5, True), (9.0, False), (0.7, True)):
+        history.log_step(loss=1.0, grad_norm=norm, applied=applied)
+    assert clipped_fraction(history, 0.3) == pytest.approx(2 / 3)
+    assert math.isnan(clipped_fraction(History(), 0.3))
+    with pytest.raises(ValueError, match="threshold"):
+        clipped_fraction(history, 0.0)
+
+
+def test_watch_model_closes_even_when_fit_raises():
+    watch = WatchModel(PrecursorProbe)
+    with pytest.raises(NonFiniteError):
+        divergence_run(0, steps=40, guard={"on_nonfinite": "raise"}, callbacks=[watch])
+    assert watch._open
+    watch.close()
+    watch.close()  # idempotent
+    assert not watch._open and watch.watcher.records["weight_norm"]
+    with pytest.raises(TypeError, match="factory"):
+        WatchModel("probe")
 
 
 def test_divergence_run_rejects_bad_arguments():

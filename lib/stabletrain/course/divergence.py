@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,12 +28,14 @@ from torch import nn
 from ..experiments import short_run
 from ..models import NORM_TYPES, SpatialSelfAttention
 from ..stability import StabilityGuard
-from ..training import History
+from ..training import Callback, History, TrainContext
 
 __all__ = [
     "RECIPE",
     "DivergenceLab",
     "PrecursorProbe",
+    "WatchModel",
+    "clipped_fraction",
     "divergence_run",
     "verdict",
 ]
@@ -73,6 +75,7 @@ def divergence_run(
     steps: int = 40,
     guard: Mapping[str, Any] | None = None,
     return_model: bool = False,
+    guards: list[StabilityGuard] | None = None,
     **fit_kwargs: Any,
 ) -> History | tuple[History, nn.Module]:
     """Train :data:`RECIPE` on one seed for ``steps`` optimizer steps (or until a NaN).
@@ -91,6 +94,9 @@ def divergence_run(
             these keyword arguments (``None``: the plain update, which stops at the first
             non-finite loss).
         return_model: also return the trained model.
+        guards: with ``guard``, the guard built for the run is appended to this list (to
+            read its counters: ``skipped``, ``rollbacks``, ``blowups``, ``lr_scale``),
+            also when the run raises.
         **fit_kwargs: more arguments of :func:`stabletrain.training.fit` (``callbacks``).
 
     Raises:
@@ -110,7 +116,10 @@ def divergence_run(
         max_grad_norm = None
 
         def make_guard(model: nn.Module, optimizer: Any, scheduler: Any) -> StabilityGuard:
-            return StabilityGuard(model, optimizer, scheduler=scheduler, **options)
+            built = StabilityGuard(model, optimizer, scheduler=scheduler, **options)
+            if guards is not None:
+                guards.append(built)
+            return built
 
     return short_run(
         **{**RECIPE, "lr": lr},
@@ -154,6 +163,60 @@ def verdict(history: History) -> str:
         return f"blew up: loss {loss:.3g} at step {kept.steps['step'][blowup]} (finite)"
     text = f"stable for {history.num_steps} steps"
     return text + (f" ({rejected} rejected by the guard)" if rejected else "")
+
+
+def clipped_fraction(history: History, threshold: float) -> float:
+    """Fraction of the applied steps whose gradient norm (before clipping) was above
+    ``threshold``: how often a clip at ``threshold`` fired. ``nan`` without applied steps.
+
+    Raises:
+        ValueError: ``threshold`` not a finite number > 0.
+    """
+    if not (isinstance(threshold, int | float) and 0 < threshold < math.inf):
+        raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
+    norms = history.steps.get("grad_norm", [])
+    applied = history.steps.get("applied", [True] * len(norms))
+    kept = [g for g, ok in zip(norms, applied) if ok is not False]
+    return sum(g > threshold for g in kept) / len(kept) if kept else math.nan
+
+
+class WatchModel(Callback):
+    """A :class:`~stabletrain.training.Callback` that enters ``factory(model)`` (a context
+    manager such as :class:`PrecursorProbe` or
+    :class:`~stabletrain.stability.NanDetector`) when ``fit`` starts and exits it when
+    ``fit`` returns, so it watches a model that ``fit``'s caller builds.
+
+    The entered object is ``self.watcher`` (``None`` before the run). If ``fit`` raises,
+    ``on_fit_end`` does not run: call :meth:`close` to remove the hooks.
+
+    Example:
+        >>> watch = WatchModel(PrecursorProbe)
+        >>> history = divergence_run(0, steps=5, callbacks=[watch])  # doctest: +SKIP
+        >>> len(watch.watcher.records["weight_norm"])  # doctest: +SKIP
+        5
+    """
+
+    def __init__(self, factory: Callable[[nn.Module], Any]) -> None:
+        if not callable(factory):
+            raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+        self.factory = factory
+        self.watcher: Any = None
+        self._open = False
+
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        self.close()
+        self.watcher = self.factory(ctx.model)
+        self.watcher.__enter__()
+        self._open = True
+
+    def on_fit_end(self, ctx: TrainContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Exit the watcher (remove its hooks); its records stay readable. Idempotent."""
+        if self._open:
+            self.watcher.__exit__(None, None, None)
+            self._open = False
 
 
 class PrecursorProbe:
