@@ -469,8 +469,30 @@ def test_guard_state_dict_round_trip():
     state = guard.state_dict()
     _model2, _opt2, _sched2, guard2 = make("rollback")
     guard2.load_state_dict(state)
-    assert guard2.state_dict() == state
+    assert_same(guard2.state_dict(), state)  # the rollback snapshot included
     assert guard2.lr_scale == 0.5 and guard2.rollbacks == 1 and guard2.applied == 2
+
+
+def test_a_resumed_guard_rolls_back_to_the_same_snapshot():
+    # resume must stay bit-exact under "rollback": the snapshot travels with the state
+    model, opt, sched, guard = make("rollback", snapshot_every=2)
+    train(guard, model, 5)  # the last snapshot is from before step 5
+    state = {
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(opt.state_dict()),
+        "scheduler": copy.deepcopy(sched.state_dict()),
+        "guard": copy.deepcopy(guard.state_dict()),
+    }
+    guard.step(poison("loss", model))
+    expected = copy.deepcopy(model.state_dict())
+    model2, opt2, sched2, guard2 = make("rollback", snapshot_every=2)
+    model2.load_state_dict(state["model"])
+    opt2.load_state_dict(state["optimizer"])
+    sched2.load_state_dict(state["scheduler"])
+    guard2.load_state_dict(state["guard"])
+    guard2.step(poison("loss", model2))
+    assert_same(model2.state_dict(), expected)
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
 
 @pytest.mark.parametrize(

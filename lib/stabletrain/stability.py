@@ -1045,7 +1045,12 @@ class StabilityGuard:
 
     # -- state -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Counters, LR scale and gradient-norm history (not the snapshot itself)."""
+        """Counters, LR scale, the step histories and the rollback snapshot.
+
+        The snapshot rides along (it is already a CPU copy) so that a resumed run rolls
+        back to the same state as an uninterrupted one: resume stays bit-exact under
+        ``"rollback"``. It roughly doubles the guard's share of a checkpoint.
+        """
         return {
             "applied": self.applied,
             "skipped": self.skipped,
@@ -1060,12 +1065,16 @@ class StabilityGuard:
             "blowups": self.blowups,
             "healthy_losses": list(self._healthy_losses),
             "healthy_norms": list(self._healthy_norms),
+            "rollbacks_in_a_row": self._rollbacks_in_a_row,
+            "blowups_in_a_row": self._blowups_in_a_row,
+            "snapshot": self._snapshot,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore counters and LR scale, then snapshot the (already loaded) model.
+        """Restore counters, LR scale and the rollback snapshot.
 
-        Load the model, optimizer and scheduler first: the new snapshot is taken from them.
+        A state without a snapshot (written before it was saved) snapshots the model,
+        optimizer and scheduler as they are now: load them first.
         """
         self.applied = int(state["applied"])
         self.skipped = int(state["skipped"])
@@ -1080,11 +1089,15 @@ class StabilityGuard:
         self.blowups = int(state.get("blowups", 0))
         self._healthy_losses = [float(v) for v in state.get("healthy_losses", [])]
         self._healthy_norms = [float(v) for v in state.get("healthy_norms", [])]
-        self._rollbacks_in_a_row = self._blowups_in_a_row = 0
+        self._rollbacks_in_a_row = int(state.get("rollbacks_in_a_row", 0))
+        self._blowups_in_a_row = int(state.get("blowups_in_a_row", 0))
         self._loss_sum = None
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)
-        self.take_snapshot()
+        if state.get("snapshot") is not None:
+            self._snapshot = _to_cpu(state["snapshot"])  # a copy: the caller keeps its own
+        else:
+            self.take_snapshot()
 
     def __repr__(self) -> str:
         return (
