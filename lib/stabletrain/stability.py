@@ -566,8 +566,9 @@ class StabilityGuard:
 
     1. unscales the gradients (``amp.unscale_``),
     2. reads the summed loss and the global gradient norm :math:`\lVert g\rVert_2`
-       (accumulated in float64, so it is non-finite exactly when a gradient entry is, and a
-       huge gradient keeps its size) in **one** host synchronisation,
+       (float32 per-tensor norms combined in float64, and measured again in float64 when
+       one overflows, so it is non-finite exactly when a gradient entry is and a huge
+       gradient keeps its size) in **one** host synchronisation (two after an overflow),
     3. judges the step: *non-finite* (a NaN/Inf loss or gradient), a *blow-up* (both
        finite, but the loss or the gradient norm above ``spike_factor`` × the median of
        the last ``spike_window`` healthy steps' values, once ``spike_warmup`` healthy steps
@@ -617,7 +618,8 @@ class StabilityGuard:
         lr_backoff: factor in ``(0, 1]`` applied to the LR at each rollback.
         snapshot_every: applied steps between snapshots (``>= 1``); one is also taken at
             construction.
-        max_consecutive_skips: non-finite steps in a row before giving up (``>= 1``).
+        max_consecutive_skips: unhealthy (non-finite or blown-up) steps in a row before
+            giving up (``>= 1``).
         accumulation_steps: micro-batches per optimizer step (``>= 1``).
         min_loss_scale: smallest acceptable float16 loss scale.
         spike_factor: a finite loss or gradient norm above this multiple of the recent
