@@ -1,6 +1,7 @@
 """The guard tells huge from non-finite, catches finite blow-ups, and snapshots only health."""
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -214,3 +215,41 @@ def test_adaptive_scheduler_cuts_on_a_step_level_spike():
     assert not any(off.observe(v) for v in _tanh_losses())
     with pytest.raises(ValueError, match="step_spike_factor"):
         AdaptiveScheduler(opt, step_spike_factor=0.5)
+
+
+def _tanh_mlp(lr, guard_options=None, steps=150):
+    """A tanh MLP regressor under SGD with momentum; returns (History, guard or None)."""
+    torch.manual_seed(0)
+    x = torch.randn(512, 8)
+    y = torch.sin(x.sum(1, keepdim=True))
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Linear(8, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1)
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    guard = StabilityGuard(model, opt, **guard_options) if guard_options is not None else None
+    history, g = History(), torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, 512, (32,), generator=g)
+        loss = nn.functional.mse_loss(model(x[idx]), y[idx])
+        if guard is not None:
+            result = guard.step(loss)
+            history.log_step(loss=float(loss.detach()), applied=result.applied)
+        else:
+            history.log_step(loss=float(loss.detach()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return history, guard
+
+
+def test_a_tanh_mlp_blows_up_long_before_its_nan_and_rollback_cures_it():
+    plain, _ = _tanh_mlp(0.2)
+    blowup, nan = plain.blowup_step(), plain.first_nonfinite_step()
+    assert blowup is not None and nan is not None and nan - blowup >= 10, (blowup, nan)
+    guarded, guard = _tanh_mlp(0.2, {"on_nonfinite": "rollback", "snapshot_every": 5}, 300)
+    assert guard.blowups >= 1 and guard.nonfinite_steps == 0, "caught while still finite"
+    applied = [v for v, a in zip(guarded.steps["loss"], guarded.steps["applied"]) if a]
+    assert all(math.isfinite(v) for v in applied)
+    # it learns after the rollbacks: the late losses are below the first ones
+    assert statistics.median(applied[-20:]) < 0.8 * statistics.median(applied[:10])
