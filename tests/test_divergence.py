@@ -37,7 +37,7 @@ def test_the_recipe_diverges_through_training_dynamics(baseline):
         assert first >= 8, f"seed {seed}: NaN at step {first}, before any healthy training"
         losses = history.steps["loss"][:first]
         assert all(math.isfinite(v) for v in losses)
-        assert min(losses) < 0.5 < losses[0] + 0.5, "the loss first looks healthy"
+        assert min(losses) < 0.6 * losses[0], "the loss first falls, as a healthy run's does"
         assert max(losses) > 10 * min(losses), "the loss spikes before it goes non-finite"
         assert verdict(history).startswith("diverged")
 

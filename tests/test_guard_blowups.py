@@ -104,60 +104,54 @@ def test_a_finite_blowup_is_raised_under_raise():
         _train_regressor(0.3, on_nonfinite="raise")
 
 
-def test_an_injected_loss_spike_is_skipped_and_leaves_the_weights():
+def _warmed_guard(steps, **options):
+    """A linear regressor's guard after ``steps`` healthy steps; returns (guard, loss_fn)."""
     model = nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    guard = StabilityGuard(model, opt, spike_warmup=5)
+    guard = StabilityGuard(model, opt, **options)
     x, y = torch.randn(16, 4), torch.randn(16, 1)
-    for _ in range(8):
-        guard.step(nn.functional.mse_loss(model(x), y))
-    before = [p.detach().clone() for p in model.parameters()]
-    result = guard.step(nn.functional.mse_loss(model(x), y) * 1000)  # injected: a spike
+
+    def loss_fn():
+        return nn.functional.mse_loss(model(x), y)
+
+    for _ in range(steps):
+        assert guard.step(loss_fn()).applied
+    return guard, loss_fn
+
+
+def test_an_injected_loss_spike_is_skipped_and_leaves_the_weights():
+    guard, loss_fn = _warmed_guard(8, spike_warmup=5)
+    before = [p.detach().clone() for p in guard.model.parameters()]
+    result = guard.step(loss_fn() * 1000)  # injected: a spike
     assert not result.applied and result.reason.startswith("loss blow-up")
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert guard.step(nn.functional.mse_loss(model(x), y)).applied
+    assert all(torch.equal(a, b) for a, b in zip(before, guard.model.parameters()))
+    assert guard.step(loss_fn()).applied
 
 
 def test_rollbacks_that_keep_landing_on_an_exploding_state_say_so():
-    model = nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    guard = StabilityGuard(
-        model, opt, on_nonfinite="rollback", spike_warmup=3, max_consecutive_skips=3
+    guard, loss_fn = _warmed_guard(
+        5, on_nonfinite="rollback", spike_warmup=3, max_consecutive_skips=3
     )
-    x, y = torch.randn(16, 4), torch.randn(16, 1)
-    for _ in range(5):
-        guard.step(nn.functional.mse_loss(model(x), y))
     with pytest.raises(NonFiniteError, match="rollbacks each restored the snapshot"):
         for _ in range(5):
-            guard.step(nn.functional.mse_loss(model(x), y) * 1e4)
+            guard.step(loss_fn() * 1e4)
 
 
 def test_snapshots_are_taken_only_from_healthy_steps():
-    model = nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    guard = StabilityGuard(model, opt, on_nonfinite="skip", snapshot_every=1, spike_warmup=3)
-    x, y = torch.randn(16, 4), torch.randn(16, 1)
-    for _ in range(5):
-        guard.step(nn.functional.mse_loss(model(x), y))
+    guard, loss_fn = _warmed_guard(5, on_nonfinite="skip", snapshot_every=1, spike_warmup=3)
     healthy = guard._snapshot["loss"]
     for _ in range(3):
-        guard.step(nn.functional.mse_loss(model(x), y) * 1e4)
+        guard.step(loss_fn() * 1e4)
     assert guard._snapshot["loss"] == healthy
 
 
 def test_blowup_state_survives_state_dict():
-    model = nn.Linear(4, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    guard = StabilityGuard(model, opt, spike_warmup=3)
-    x, y = torch.randn(16, 4), torch.randn(16, 1)
-    for _ in range(4):
-        guard.step(nn.functional.mse_loss(model(x), y))
-    guard.step(nn.functional.mse_loss(model(x), y) * 1e4)
-    state = guard.state_dict()
-    other = StabilityGuard(model, opt, spike_warmup=3)
-    other.load_state_dict(state)
+    guard, loss_fn = _warmed_guard(4, spike_warmup=3)
+    guard.step(loss_fn() * 1e4)
+    other = StabilityGuard(guard.model, guard.optimizer, spike_warmup=3)
+    other.load_state_dict(guard.state_dict())
     assert other.blowups == 1
-    assert not other.step(nn.functional.mse_loss(model(x), y) * 1e4).applied
+    assert not other.step(loss_fn() * 1e4).applied
 
 
 @pytest.mark.parametrize(

@@ -157,8 +157,7 @@ class History:
         """Index of the first step whose finite loss exceeds ``factor`` × the median of the
         (up to ``window``) finite losses before it, once ``warmup`` were seen; else ``None``.
 
-        The median is taken over the losses that were not blow-ups themselves, and the
-        test only applies while it is positive.
+        The test only applies while that median is positive.
 
         Raises:
             ValueError: ``factor <= 1``, ``warmup < 1`` or ``window < 1``.

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..experiments import short_run
-from ..models import NORM_TYPES, SpatialSelfAttention
+from ..models import NORM_TYPES, SpatialSelfAttention, _check_positive_int
 from ..stability import StabilityGuard
 from ..training import Callback, History, TrainContext
 
@@ -53,14 +53,6 @@ RECIPE: dict[str, Any] = {
     "num_train": 256,
     "num_val": 32,
 }
-
-
-def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return steps
 
 
 def divergence_run(
@@ -104,7 +96,7 @@ def divergence_run(
     """
     if norm not in NORM_TYPES:
         raise ValueError(f"norm must be one of {NORM_TYPES}, got {norm!r}")
-    steps = _check_steps(steps)
+    steps = _check_positive_int("steps", steps)
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
     per_epoch = RECIPE["num_train"] // RECIPE["batch_size"]
@@ -303,7 +295,7 @@ class DivergenceLab:
     """
 
     def __init__(self, steps: int = 40) -> None:
-        self.steps = _check_steps(steps)
+        self.steps = _check_positive_int("steps", steps)
         self.last: dict[str, Any] | None = None
 
     def run(
