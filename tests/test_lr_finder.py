@@ -338,7 +338,7 @@ def test_bad_types_and_empty_loader():
         lr_range_test(model, opt, nn.MSELoss(), _regression(), num_iters=5.0)
     with pytest.raises(ValueError, match="empty"):
         lr_range_test(model, opt, nn.MSELoss(), [])
-    with pytest.raises(TypeError, match="pairs"):
+    with pytest.raises(TypeError, match="pair"):
         lr_range_test(model, opt, nn.MSELoss(), [torch.zeros(2, 4)])
 
 

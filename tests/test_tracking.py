@@ -21,6 +21,7 @@ from stabletrain.tracking import (
     ui_command,
 )
 from stabletrain.training import StepResult, fit
+from stabletrain.update import Update
 from stabletrain.utils import seed_everything
 
 
@@ -193,13 +194,16 @@ def test_ui_command(tmp_path):
         MLflowTracker("x", tracking_uri=uri, flush_every=0)
 
 
-class SkipEveryOther:
-    """A duck-typed guard that refuses every other update (as a NaN guard would)."""
+class SkipEveryOther(Update):
+    """A guard that refuses every other update (as a NaN guard would)."""
 
-    def __init__(self, optimizer):
-        self.optimizer, self.calls = optimizer, 0
+    handles_nonfinite = True
 
-    def step(self, loss):
+    def __init__(self, model, optimizer):
+        super().__init__(model, optimizer)
+        self.calls = 0
+
+    def step(self, loss, *, sync=None):
         loss.backward()
         self.calls += 1
         applied = self.calls % 2 == 0
@@ -218,7 +222,7 @@ def test_skipped_steps_are_logged_with_a_guard(store):
         model,
         train,
         optimizer=optimizer,
-        guard=SkipEveryOther(optimizer),
+        guard=SkipEveryOther(model, optimizer),
         tracker=tracker,
         progress=False,
     )

@@ -6,9 +6,13 @@ The library behind the notebook course. One concept per module:
   a choice of normalisation and activation, and bottleneck self-attention.
 - :mod:`stabletrain.data` — the synthetic ``ShapesSegmentation`` data set and loaders.
 - :mod:`stabletrain.metrics` — Dice and IoU scores.
-- :mod:`stabletrain.training` — ``fit``, ``History`` and the extension protocols.
-- :mod:`stabletrain.stability` — finite checks, clipping, ``NanDetector``, ``StabilityGuard``,
-  ``EarlyStopping``.
+- :mod:`stabletrain.loop` — ``fit`` and ``evaluate``: a short loop of events, for any model.
+- :mod:`stabletrain.update` — ``Update``: the whole optimizer step, reported as a ``StepResult``.
+- :mod:`stabletrain.callbacks` — ``Callback`` and the built-in ones (``EarlyStopping``,
+  checkpointing, tracking, progress, ...).
+- :mod:`stabletrain.history` — ``History``: what a run recorded.
+- :mod:`stabletrain.stability` — finite checks, clipping, ``NanDetector``, and
+  ``StabilityGuard`` (an ``Update`` with a NaN policy).
 - :mod:`stabletrain.schedulers` — LR schedulers (real ``LRScheduler``\\ s) and ``build_scheduler``.
 - :mod:`stabletrain.lr_finder` — the LR range test.
 - :mod:`stabletrain.losses` — Dice, Jaccard, Tversky, focal and combined losses.
@@ -25,10 +29,13 @@ The library behind the notebook course. One concept per module:
 """
 
 from .amp import MixedPrecision
+from .callbacks import Callback, EarlyStopping, TrainContext
 from .checkpoint import CheckpointError, CheckpointManager, UnsafeCheckpointError
 from .config import PRESETS, Training, build_training, resolve_config, run
 from .data import ShapesSegmentation, make_loaders
 from .deep_supervision import DeepSupervisionLoss, supervision_weights
+from .history import History
+from .loop import evaluate, fit
 from .loss_weights import LossWeightCallback, LossWeightScheduler
 from .losses import CombinedLoss, DiceLoss, FocalLoss, JaccardLoss, TverskyLoss, build_loss
 from .lr_finder import LRRangeTestResult, lr_range_test
@@ -37,7 +44,6 @@ from .models import SAFE_ATTENTION, CBAMBlock, SEBlock, SpatialSelfAttention, Ti
 from .optim import build_optimizer
 from .schedulers import SCHEDULER_TYPES, build_scheduler, epochs_to_steps, lr_curve, with_warmup
 from .stability import (
-    EarlyStopping,
     NanDetector,
     NonFiniteError,
     StabilityGuard,
@@ -48,7 +54,7 @@ from .stability import (
     grads_are_finite,
 )
 from .tracking import MLflowTracker, runs_dataframe
-from .training import Callback, History, StepResult, evaluate, fit
+from .update import StepResult, Update
 from .utils import get_device, seed_everything
 
 __version__ = "0.1.0"
@@ -81,9 +87,11 @@ __all__ = [
     "StabilityGuard",
     "StepResult",
     "TinyUNet",
+    "TrainContext",
     "Training",
     "TverskyLoss",
     "UnsafeCheckpointError",
+    "Update",
     "build_loss",
     "build_optimizer",
     "build_scheduler",

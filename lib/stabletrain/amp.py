@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from .training import outputs_to_float32
+from .loop import outputs_to_float32
 
 __all__ = [
     "DTYPES",

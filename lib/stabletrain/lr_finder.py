@@ -54,7 +54,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from .utils import capture_rng_state, restore_rng_state
+from .loop import _forward, compute_loss, default_loss, outputs_to_float32, split_batch, to_device
+from .update import Update
+from .utils import capture_rng_state, cpu_copy, restore_rng_state
 
 __all__ = [
     "LR_RANGE_MODES",
@@ -275,12 +277,6 @@ class LRRangeTestResult:
 # ----------------------------------------------------------------------------- state snapshots
 
 
-def _clone(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    return copy.deepcopy(value)
-
-
 def _put_back(live: Any, saved: Any) -> Any:
     if isinstance(live, torch.Tensor) and live.shape == saved.shape and live.dtype == saved.dtype:
         live.copy_(saved)
@@ -291,20 +287,26 @@ def _put_back(live: Any, saved: Any) -> Any:
 class _Snapshot:
     """Everything the range test changes, copied so it can be put back bit for bit."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any) -> None:
-        self.params = [(p, p.detach().clone()) for p in model.parameters()]
-        self.grads = [
-            (p, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()
-        ]
-        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: Any,
+        stateful: Iterable[Any] = (),
+    ) -> None:
+        self.params = [(p, cpu_copy(p)) for p in model.parameters()]
+        self.grads = [(p, None if p.grad is None else cpu_copy(p.grad)) for p in model.parameters()]
+        self.buffers = [(b, cpu_copy(b)) for b in model.buffers()]
         self.modes = [(m, m.training) for m in model.modules()]
         # (live tensor, copy) pairs: restoring copies back in place keeps tensor identity
         self.opt_state = {
-            p: {k: (v, _clone(v)) for k, v in s.items()} for p, s in optimizer.state.items()
+            p: {k: (v, cpu_copy(v)) for k, v in s.items()} for p, s in optimizer.state.items()
         }
         self.groups = [
-            {k: _clone(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups
+            {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+            for g in optimizer.param_groups
         ]
+        self.states = [(obj, cpu_copy(obj.state_dict())) for obj in stateful if obj is not None]
         self.rng = capture_rng_state()
         self.generators = []
         for gen in (
@@ -319,7 +321,7 @@ class _Snapshot:
         for p, saved in self.params:
             p.copy_(saved)
         for p, saved in self.grads:
-            p.grad = saved
+            p.grad = None if saved is None else saved.to(p.device)
         for b, saved in self.buffers:
             b.copy_(saved)
         for m, mode in self.modes:
@@ -331,6 +333,8 @@ class _Snapshot:
             for key in [k for k in group if k != "params" and k not in saved]:
                 del group[key]
             group.update(saved)
+        for obj, state in self.states:  # after the buffers: a guard re-reads them
+            obj.load_state_dict(state)
         restore_rng_state(self.rng)
         for gen, state in self.generators:
             gen.set_state(state)
@@ -356,24 +360,27 @@ def _batches(loader: Iterable) -> Iterable:
             raise ValueError("loader is empty")
 
 
-def _loss(model: nn.Module, loss_fn: Callable, batch: Any, device: torch.device) -> torch.Tensor:
-    if not isinstance(batch, list | tuple) or len(batch) != 2:
-        raise TypeError("the loader must yield (inputs, targets) pairs")
-    inputs, targets = (t.to(device) for t in batch)
-    outputs = model(inputs)
-    if isinstance(outputs, list | tuple):
-        outputs = [o.float() for o in outputs]
-    else:
-        outputs = outputs.float()
-    if getattr(loss_fn, "uses_progress", False):
-        return loss_fn(outputs, targets, 0.0)
-    return loss_fn(outputs, targets)
+def _loss(
+    model: nn.Module,
+    loss_fn: Callable | None,
+    batch: Any,
+    update: Update,
+    batch_fn: Callable,
+    device: torch.device,
+) -> tuple[torch.Tensor, Callable]:
+    """One batch's loss (and the loss function, :func:`~stabletrain.loop.default_loss` if none),
+    the forward pass under the update's autocast, the loss in float32, as :func:`fit` does."""
+    inputs, targets = to_device(batch_fn(batch), device)
+    with update.autocast():
+        outputs = outputs_to_float32(_forward(model, inputs))
+    loss_fn = loss_fn or default_loss(outputs, targets)
+    return compute_loss(loss_fn, outputs, targets, 0.0), loss_fn
 
 
 def lr_range_test(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[..., torch.Tensor],
+    optimizer: torch.optim.Optimizer | None,
+    loss_fn: Callable[..., torch.Tensor] | None,
     loader: Iterable,
     *,
     start_lr: float = 1e-7,
@@ -384,6 +391,8 @@ def lr_range_test(
     diverge_threshold: float = 4.0,
     max_grad_norm: float | None = None,
     device: torch.device | str | None = None,
+    update: Update | None = None,
+    batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> LRRangeTestResult:
     """Run the LR range test and restore everything it touched.
 
@@ -408,10 +417,11 @@ def lr_range_test(
 
     Args:
         model: the network (on its device); trained in train mode.
-        optimizer: an optimizer over the model's parameters.
+        optimizer: an optimizer over the model's parameters (``None`` with ``update``).
         loss_fn: ``loss_fn(outputs, targets)`` (float32 outputs); a loss with
-            ``uses_progress`` gets ``progress=0``.
-        loader: yields ``(inputs, targets)``.
+            ``uses_progress`` gets ``progress=0``; ``None``:
+            :func:`~stabletrain.loop.default_loss`.
+        loader: batches as :func:`~stabletrain.loop.fit` takes them (see ``batch_fn``).
         start_lr: first LR, ``> 0``.
         end_lr: last LR, ``> start_lr``.
         num_iters: number of steps, ``>= 3``.
@@ -423,6 +433,11 @@ def lr_range_test(
         max_grad_norm: clip the gradient norm each step (as the real training
             will, if it clips); ``None`` for no clipping.
         device: where batches go; defaults to the model's device.
+        update: the :class:`~stabletrain.update.Update` the training will use (a plain
+            one or a guard), so its mixed precision, accumulation (each sweep step takes
+            ``accumulation_steps`` batches) and clipping apply to the sweep too; its
+            state, its scheduler's and its scaler's are restored afterwards.
+        batch_fn: ``batch -> (inputs, targets)``, as for ``fit``.
 
     Returns:
         :class:`LRRangeTestResult` with ``lrs``, ``losses``, ``raw_losses``,
@@ -452,8 +467,17 @@ def lr_range_test(
         raise ValueError(f"diverge_threshold must be > 1, got {diverge_threshold}")
     if max_grad_norm is not None and not _check_number("max_grad_norm", max_grad_norm) > 0:
         raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
-    if not callable(loss_fn):
+    if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if update is None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch optimizer, got {type(optimizer).__name__}")
+        update = Update(model, optimizer, max_grad_norm=max_grad_norm)
+    elif optimizer is not None and optimizer is not update.optimizer:
+        raise ValueError("optimizer is not the update's optimizer: give the update only")
+    elif max_grad_norm is not None:
+        raise ValueError("max_grad_norm is for the plain update; the given update clips itself")
+    optimizer = update.optimizer
 
     if mode == "exp":
         sweep = np.geomspace(start_lr, end_lr, num_iters)
@@ -462,9 +486,9 @@ def lr_range_test(
     largest = max(g["lr"] for g in optimizer.param_groups)
     ratios = [g["lr"] / largest if largest > 0 else 1.0 for g in optimizer.param_groups]
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    batch_fn = batch_fn or split_batch
 
-    snapshot = _Snapshot(model, optimizer, loader)
+    snapshot = _Snapshot(model, optimizer, loader, (update, update.scheduler, update.amp))
     lrs: list[float] = []
     raw: list[float] = []
     smoothed: list[float] = []
@@ -477,8 +501,11 @@ def lr_range_test(
         avg, best = 0.0, math.inf
         # Iteration i measures the loss after step i-1, then makes step i.
         for i in range(num_iters + 1):
-            loss = _loss(model, loss_fn, next(batches), device)
-            value = float(loss.detach())
+            window = []  # the update's accumulation window: its mean loss is the measurement
+            for _ in range(update.accumulation_steps):
+                loss, loss_fn = _loss(model, loss_fn, next(batches), update, batch_fn, device)
+                window.append(loss)
+            value = sum(float(w.detach()) for w in window) / len(window)
             if i == 0:
                 initial = value
             else:
@@ -501,11 +528,8 @@ def lr_range_test(
                 break
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = float(sweep[i]) * ratio
-            loss.backward()
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            for j, loss in enumerate(window):
+                update.step(loss, sync=j + 1 == len(window))
     finally:
         snapshot.restore(optimizer)
     finite = [i for i, v in enumerate(raw) if math.isfinite(v)]

@@ -39,7 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .training import StepResult, steps_per_update
+from .callbacks import EarlyStopping
+from .update import StepResult, Update, steps_per_update
+from .utils import cpu_copy
 
 __all__ = [
     "CLIP_MODES",
@@ -83,49 +85,21 @@ def _grads(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tens
     return [p.grad for p in _as_tensors(parameters) if p.grad is not None]
 
 
-def _group(tensors: list[torch.Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.device, t.dtype), []).append(i)
-    return groups
+def _wide_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
+    """:func:`torch.nn.utils.get_total_norm` in float64 (float32 on MPS, which has no other).
 
-
-def _wide(tensors: list[torch.Tensor]) -> torch.dtype:
-    """The type norms are accumulated in: float64, except on MPS (which has none).
-
-    A float32 sum of squares overflows once entries reach about ``1.8e19``, while every
-    entry is still finite; in float64 it cannot (``(3.4e38)² · n`` is far below ``1.8e308``),
-    so a norm is non-finite exactly when an entry is.
+    A float32 sum of squares overflows once entries reach about ``1e19`` while every entry
+    is still finite; in float64 it cannot, so this norm is non-finite exactly when an entry is.
     """
-    return torch.float32 if any(t.device.type == "mps" for t in tensors) else torch.float64
+    if any(g.device.type == "mps" for g in grads):
+        return torch.nn.utils.get_total_norm(grads, norm_type)
+    return torch.nn.utils.get_total_norm([g.double() for g in grads], norm_type)
 
 
-def _per_tensor_norms(
-    tensors: list[torch.Tensor], norm_type: float, *, wide: bool = True
-) -> list[torch.Tensor]:
-    """``‖gᵢ‖_p`` of every tensor, one ``foreach`` kernel per (device, dtype) group.
-
-    ``wide=True`` accumulates in the wide type (exact finiteness); ``wide=False`` in the
-    tensors' own type, about 4× faster on CPU, for the fast path that falls back to the
-    wide one when the result is not finite.
-    """
-    out: list[torch.Tensor] = [None] * len(tensors)  # type: ignore[list-item]
-    dtype = _wide(tensors) if wide else None
-    for indices in _group(tensors).values():
-        norms = torch._foreach_norm([tensors[i] for i in indices], norm_type, dtype=dtype)
-        for i, n in zip(indices, norms):
-            out[i] = n
-    return out
-
-
-def _combine(norms: list[torch.Tensor], norm_type: float) -> torch.Tensor:
-    """``‖(‖g₁‖, …, ‖gₙ‖)‖_p`` in the wide type on the first tensor's device (no host sync)."""
-    device, dtype = norms[0].device, _wide(norms)
-    if all(n.device == device and n.dtype == norms[0].dtype for n in norms):
-        stacked = torch.stack(norms).to(dtype)  # one conversion, not one per tensor
-    else:
-        stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])
-    return torch.linalg.vector_norm(stacked, norm_type)
+def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
+    """The float32 total norm (fast), measured again in float64 when it is not finite."""
+    total = torch.nn.utils.get_total_norm(grads, norm_type)
+    return total if torch.isfinite(total) else _wide_norm(grads, norm_type)
 
 
 def _check_norm_type(norm_type: float) -> float:
@@ -144,12 +118,11 @@ def grad_norm(
     r"""Global norm of all gradients, as one vector: :math:`\lVert(\lVert g_1\rVert_p, …,
     \lVert g_n\rVert_p)\rVert_p`.
 
-    Equal to :func:`torch.nn.utils.get_total_norm` of the same gradients, except that it
-    is accumulated in float64: a float32 norm overflows to ``inf`` once entries reach about
-    ``1e19`` while every gradient is still finite, so there "huge" and "non-finite" look the
-    same. One ``foreach`` norm per (device, dtype) group and no host synchronisation: the
-    result is a 0-d float32 tensor on the first gradient's device (0 when no parameter has
-    a gradient). A non-finite gradient gives a non-finite norm.
+    :func:`torch.nn.utils.get_total_norm`, measured again in float64 when the float32
+    result is not finite (one host synchronisation): a float32 norm overflows to ``inf``
+    once entries reach about ``1e19`` while every gradient is still finite, and "huge" and
+    "non-finite" must not look the same. Returns a 0-d float32 tensor (0 when no parameter
+    has a gradient); a non-finite gradient gives a non-finite norm.
 
     Args:
         parameters: tensors (or one tensor) whose ``.grad`` to measure.
@@ -157,23 +130,15 @@ def grad_norm(
     """
     norm_type = _check_norm_type(norm_type)
     grads = _grads(parameters)
-    if not grads:
-        return torch.zeros(())
-    return _combine(_per_tensor_norms(grads, norm_type), norm_type).float()
+    return _total_norm(grads, norm_type).float() if grads else torch.zeros(())
 
 
 def grads_are_finite(parameters: Iterable[torch.Tensor] | torch.Tensor) -> bool:
-    r"""Whether every gradient entry is finite (no NaN, no ±Inf).
-
-    Computes :math:`\max_i \lVert g_i\rVert_\infty` (which is NaN or Inf exactly when some
-    entry is) with one ``foreach`` reduction per (device, dtype) group, and reads it back
-    with a single host synchronisation. Parameters without a gradient are ignored.
-    """
+    r"""Whether every gradient entry is finite (no NaN, no ±Inf): one max-norm
+    (:math:`\max_i \lVert g_i\rVert_\infty`, which cannot overflow) and one host
+    synchronisation. Parameters without a gradient are ignored."""
     grads = _grads(parameters)
-    if not grads:
-        return True
-    worst = _combine(_per_tensor_norms(grads, math.inf, wide=False), math.inf)  # cannot overflow
-    return bool(torch.isfinite(worst))
+    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)))
 
 
 def _check_clip(mode: str, max_value: float) -> float:
@@ -186,24 +151,16 @@ def _check_clip(mode: str, max_value: float) -> float:
     return float(max_value)
 
 
-def _apply_clip(
-    grads: list[torch.Tensor], norms: list[torch.Tensor], total: torch.Tensor, mode: str, c: float
-) -> None:
-    """Clip finite gradients in place (no host synchronisation)."""
-    groups = _group(grads)
+def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) -> None:
+    """Clip finite gradients in place with torch's functions (no host synchronisation)."""
     if mode == "norm":
-        coef = torch.clamp(c / (total + _EPS), max=1.0)  # in the wide type: total may be huge
-        for (device, dtype), indices in groups.items():
-            torch._foreach_mul_([grads[i] for i in indices], coef.to(device, dtype))
-    elif mode == "norm_local":
-        for (_, dtype), indices in groups.items():
-            coefs = [torch.clamp(c / (norms[i] + _EPS), max=1.0).to(dtype) for i in indices]
-            torch._foreach_mul_([grads[i] for i in indices], coefs)
-    else:
-        for indices in groups.values():
-            group = [grads[i] for i in indices]
-            torch._foreach_clamp_min_(group, -c)
-            torch._foreach_clamp_max_(group, c)
+        torch.nn.utils.clip_grads_with_norm_(params, c, total)
+    elif mode == "value":
+        torch.nn.utils.clip_grad_value_(params, c)
+    else:  # "norm_local", which torch lacks: each tensor by its own (float64) norm
+        for p in params:
+            norm = torch.linalg.vector_norm(p.grad, dtype=torch.float64)
+            p.grad.mul_(torch.clamp(c / (norm + _EPS), max=1.0).to(p.grad.dtype))
 
 
 def clip_gradients(
@@ -214,22 +171,16 @@ def clip_gradients(
     Modes, with :math:`c` = ``max_value`` and :math:`\epsilon = 10^{-6}`:
 
     - ``"norm"``: every gradient times :math:`\min(1, c / (\lVert g\rVert_2 + \epsilon))`
-      with :math:`\lVert g\rVert_2` the global L2 norm (as :func:`torch.nn.utils.clip_grad_norm_`);
+      with :math:`\lVert g\rVert_2` the global L2 norm
+      (:func:`torch.nn.utils.clip_grads_with_norm_`);
     - ``"norm_local"``: each tensor times :math:`\min(1, c / (\lVert g_i\rVert_2 + \epsilon))`
       (its own norm);
-    - ``"value"``: every entry clamped to :math:`[-c, c]` (as
-      :func:`torch.nn.utils.clip_grad_value_`).
+    - ``"value"``: every entry clamped to :math:`[-c, c]` (:func:`torch.nn.utils.clip_grad_value_`).
 
     When any gradient is NaN or Inf, every gradient is left untouched (torch's
-    ``clip_grad_norm_`` multiplies all of them by ``c / inf = 0`` or by NaN). Norms are
-    accumulated in float64 where float32 would overflow (see :func:`grad_norm`), so a huge
-    but finite gradient is clipped, not mistaken for a non-finite one. One host
-    synchronisation per call (two when the fast float32 norms overflow).
-
-    Args:
-        parameters: tensors (or one tensor) whose ``.grad`` to clip.
-        mode: one of ``CLIP_MODES``.
-        max_value: ``c > 0``.
+    ``clip_grad_norm_`` multiplies all of them by ``c / inf = 0`` or by NaN). The norm is
+    :func:`grad_norm`'s, so a huge but finite gradient is clipped, not mistaken for a
+    non-finite one.
 
     Returns:
         The global L2 norm of the gradients *before* clipping, in every mode (non-finite
@@ -239,18 +190,12 @@ def clip_gradients(
         ValueError: unknown ``mode`` or ``max_value <= 0``.
     """
     c = _check_clip(mode, max_value)
-    grads = _grads(parameters)
-    if not grads:
+    params = [p for p in _as_tensors(parameters) if p.grad is not None]
+    if not params:
         return torch.zeros(())
-    norms = _per_tensor_norms(grads, 2.0, wide=False)
-    total = _combine(norms, 2.0)
-    finite = bool(torch.isfinite(total))
-    if not finite:  # a per-tensor float32 norm may have overflowed: measure exactly
-        norms = _per_tensor_norms(grads, 2.0)
-        total = _combine(norms, 2.0)
-        finite = bool(torch.isfinite(total))
-    if finite:
-        _apply_clip(grads, norms, total, mode, c)
+    total = _total_norm([p.grad for p in params])
+    if torch.isfinite(total):
+        _clip(params, total, mode, c)
     return total.float()
 
 
@@ -547,17 +492,7 @@ class NanDetector:
 # StabilityGuard
 
 
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_to_cpu(v) for v in value)
-    return copy.deepcopy(value)
-
-
-class StabilityGuard:
+class StabilityGuard(Update):
     r"""The whole optimizer update, with a policy for NaN and Inf.
 
     ``step(loss)`` runs, for every micro-batch, ``backward`` of ``loss /
@@ -640,6 +575,9 @@ class StabilityGuard:
         ValueError: an argument outside its accepted values (the message lists them).
     """
 
+    checkpoint_name = "guard"
+    handles_nonfinite = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -695,17 +633,15 @@ class StabilityGuard:
                 raise ValueError(
                     f"spike_factor must be a finite number > 1 or None, got {spike_factor}"
                 )
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.amp = amp
+        super().__init__(
+            model, optimizer, scheduler, amp=amp, accumulation_steps=accumulation_steps
+        )
         self.clip_mode = clip_mode
         self.max_norm = None if max_norm is None else float(max_norm)
         self.on_nonfinite = on_nonfinite
         self.lr_backoff = float(lr_backoff)
         self.snapshot_every = snapshot_every
         self.max_consecutive_skips = max_consecutive_skips
-        self.accumulation_steps = accumulation_steps
         self.min_loss_scale = float(min_loss_scale)
         self.spike_factor = None if spike_factor is None else float(spike_factor)
         self.spike_warmup = spike_warmup
@@ -726,8 +662,6 @@ class StabilityGuard:
         self.grad_norms: list[float] = []
         self.last_finite_loss = math.nan
         self.last_diagnosis: dict[str, Any] | None = None
-        self._micro = 0
-        self._loss_sum: torch.Tensor | None = None
         named_buffers = list(model.named_buffers())
         self._buffer_names = [n for n, _ in named_buffers]
         self._buffers = [b for _, b in named_buffers]
@@ -740,9 +674,6 @@ class StabilityGuard:
     def _scaler(self) -> Any:
         return getattr(self.amp, "scaler", None) if self.amp is not None else None
 
-    def _params(self) -> list[torch.Tensor]:
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
-
     def take_snapshot(self, loss: float = math.nan) -> None:
         """Copy model, optimizer and scheduler state (and the LR scale) to the CPU.
 
@@ -752,8 +683,8 @@ class StabilityGuard:
             "applied": self.applied,
             "loss": float(loss),
             "model": self._model_state(),
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
-            "scheduler": _to_cpu(self.scheduler.state_dict())
+            "optimizer": cpu_copy(self.optimizer.state_dict()),
+            "scheduler": cpu_copy(self.scheduler.state_dict())
             if self.scheduler is not None and hasattr(self.scheduler, "state_dict")
             else None,
             "lr_scale": self.lr_scale,
@@ -765,7 +696,7 @@ class StabilityGuard:
         Mid-step, the forward pass has already moved the running statistics; the state
         whose loss was just measured is the one before it.
         """
-        state = _to_cpu(self.model.state_dict())
+        state = cpu_copy(self.model.state_dict())
         for name, saved in zip(self._buffer_names, self._buffer_copies):
             if name in state:  # persistent buffers only
                 state[name] = saved.detach().to("cpu", copy=True)
@@ -785,7 +716,7 @@ class StabilityGuard:
         if self._buffers:  # the restored statistics are the new 'last good' ones
             torch._foreach_copy_(self._buffer_copies, self._buffers)
 
-    def restore_snapshot(self, *, keep_lr: bool = False) -> None:
+    def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
         """Restore the last snapshot now, outside a step (counted as a rollback).
 
         For a metric-driven scheduler that flagged a non-finite validation metric after
@@ -810,6 +741,7 @@ class StabilityGuard:
         if sched is not None and hasattr(sched, "needs_rollback"):
             sched.needs_rollback = False
         self.rollbacks += 1
+        return True
 
     def _set_lr_scale(self, scale: float) -> None:
         factor = scale / self.lr_scale
@@ -818,21 +750,17 @@ class StabilityGuard:
         self.lr_scale = scale
 
     def _step_scheduler(self) -> None:
-        sched = self.scheduler
-        if not steps_per_update(sched):
-            return
         if self.lr_scale == 1.0:
-            sched.step()
+            super()._step_scheduler()
+            return
+        if self.scheduler is None or not steps_per_update(self.scheduler):
             return
         # the scheduler sees its own (un-backed-off) learning rates, then the scale returns
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr"] / self.lr_scale
-        sched.step()
+        self.scheduler.step()
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr"] * self.lr_scale
-
-    def _zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
 
     def _reset_scaler(self) -> None:
         if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
@@ -844,34 +772,19 @@ class StabilityGuard:
             scaler.update(new_scale=float(scaler.get_scale()))
 
     # -- the update --------------------------------------------------------------------
-    def step(self, loss: torch.Tensor) -> StepResult:
-        """Backward and, at the end of an accumulation window, the guarded update."""
-        detached = loss.detach().float()
-        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
-        scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
-        if self.amp is not None:
-            self.amp.backward(scaled)
-        else:
-            scaled.backward()
-        self._micro += 1
-        if self._micro % self.accumulation_steps:
+    def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
+        """Backward and, when the accumulation window closes, the guarded update."""
+        loss_sum = self._accumulate(loss, sync)
+        if loss_sum is None:
             return StepResult(False, math.nan, "accumulating")
-        loss_sum, self._loss_sum = self._loss_sum, None
-
-        if self.amp is not None:
-            self.amp.unscale_(self.optimizer)
-        grads = _grads(self._params())
-        if grads:  # float32 per-tensor norms (fast), combined in float64
-            norms = _per_tensor_norms(grads, 2.0, wide=False)
-            total = _combine(norms, 2.0)
-        else:
-            norms, total = [], torch.zeros((), dtype=torch.float64)
+        params = [p for p in self.params() if p.grad is not None]
+        grads = [p.grad for p in params]
+        total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         # the one host synchronisation of the step
         loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()
         loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
-        if not grads_ok and grads:  # overflow of a float32 norm, or a real NaN/Inf: measure
-            norms = _per_tensor_norms(grads, 2.0)  # exactly, in float64 (a rare second sync)
-            total = _combine(norms, 2.0)
+        if not grads_ok and grads:  # a float32 overflow, or a real NaN/Inf: measure exactly
+            total = _wide_norm(grads)  # in float64 (a rare second synchronisation)
             norm_value = float(total)
             grads_ok = math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
@@ -893,12 +806,8 @@ class StabilityGuard:
         if self.applied and self.applied % self.snapshot_every == 0:
             self.take_snapshot(loss_value)  # measured healthy, before this step's update
         if self.clip_mode is not None and grads:
-            _apply_clip(grads, norms, total, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
-        if self.amp is not None:
-            applied = bool(self.amp.step(self.optimizer))
-        else:
-            self.optimizer.step()
-            applied = True
+            _clip(params, total, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
+        applied = self._optimizer_step()
         self._zero_grad()
         if not applied:  # the scaler found an overflow we did not (should not happen)
             self.scaler_skips += 1
@@ -1097,7 +1006,7 @@ class StabilityGuard:
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)
         if state.get("snapshot") is not None:
-            self._snapshot = _to_cpu(state["snapshot"])  # a copy: the caller keeps its own
+            self._snapshot = cpu_copy(state["snapshot"])  # a copy: the caller keeps its own
         else:
             self.take_snapshot()
 
@@ -1106,93 +1015,3 @@ class StabilityGuard:
             f"StabilityGuard(on_nonfinite={self.on_nonfinite!r}, clip_mode={self.clip_mode!r}, "
             f"max_norm={self.max_norm}, {self._summary()})"
         )
-
-
-# --------------------------------------------------------------------------------------
-# EarlyStopping
-
-
-class EarlyStopping:
-    r"""Stop when a monitored value stops improving, or at once when it is not finite.
-
-    With ``mode="min"``, a value :math:`v` improves on the best :math:`b` when
-    :math:`v < b - \delta` (``mode="max"``: :math:`v > b + \delta`), :math:`\delta` =
-    ``min_delta``. ``step(v)`` returns ``True`` once ``patience`` values in a row brought
-    no improvement, or immediately for a NaN/Inf value when ``check_finite``.
-
-    Args:
-        patience: values without improvement tolerated (``>= 1``).
-        min_delta: the margin :math:`\delta \ge 0` an improvement must beat.
-        mode: ``"min"`` or ``"max"``.
-        check_finite: stop at once on a non-finite value.
-
-    Example:
-        >>> stopper = EarlyStopping(patience=2)
-        >>> [stopper.step(v) for v in (1.0, 0.5, 0.6, 0.55)]
-        [False, False, False, True]
-    """
-
-    def __init__(
-        self, patience: int, min_delta: float = 0.0, mode: str = "min", check_finite: bool = True
-    ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int):
-            raise TypeError(f"patience must be an int, got {type(patience).__name__}")
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be one of ('min', 'max'), got {mode!r}")
-        if not min_delta >= 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
-        self.patience = patience
-        self.min_delta = float(min_delta)
-        self.mode = mode
-        self.check_finite = bool(check_finite)
-        self.best = math.inf if mode == "min" else -math.inf
-        self.num_bad = 0
-        self.count = 0
-        self.stopped = False
-        self.stopping_reason: str | None = None
-
-    def _improves(self, value: float) -> bool:
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
-    def step(self, value: float | torch.Tensor) -> bool:
-        """Record one value; ``True`` means stop."""
-        value = float(value)
-        self.count += 1
-        if not math.isfinite(value):
-            if self.check_finite:
-                self.stopped = True
-                self.stopping_reason = f"non-finite monitored value ({value}) at check {self.count}"
-                return True
-            self.num_bad += 1
-        elif self._improves(value):
-            self.best = value
-            self.num_bad = 0
-        else:
-            self.num_bad += 1
-        if self.num_bad >= self.patience:
-            self.stopped = True
-            self.stopping_reason = (
-                f"no improvement of more than {self.min_delta:g} for {self.patience} checks "
-                f"(best {self.best:.4g})"
-            )
-        return self.stopped
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "best": self.best,
-            "num_bad": self.num_bad,
-            "count": self.count,
-            "stopped": self.stopped,
-            "stopping_reason": self.stopping_reason,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best = float(state["best"])
-        self.num_bad = int(state["num_bad"])
-        self.count = int(state.get("count", 0))
-        self.stopped = bool(state.get("stopped", False))
-        self.stopping_reason = state.get("stopping_reason")

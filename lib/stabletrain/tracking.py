@@ -40,6 +40,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,6 +189,7 @@ class MLflowTracker:
         self._buffer: list[Any] = []
         self.batches_written = 0
         self.finished = False
+        self.resumed = False
 
     def __repr__(self) -> str:
         return (
@@ -207,7 +209,13 @@ class MLflowTracker:
         new = {}
         for key, value in _flatten(params).items():
             if key in self._params:
-                if self._params[key] != value:
+                if self._params[key] != value and self.resumed:
+                    warnings.warn(
+                        f"parameter {key!r} was {self._params[key]!r} before the resume and is "
+                        f"{value!r} now; MLflow keeps the first value",
+                        stacklevel=2,
+                    )
+                elif self._params[key] != value:
                     raise ValueError(
                         f"parameter {key!r} was logged as {self._params[key]!r}; MLflow "
                         f"parameters cannot change within a run (got {value!r})"
@@ -250,6 +258,30 @@ class MLflowTracker:
         self.finished = True
         if self.verbose:
             print(f"MLflow run {self.run_name!r} logged. Open the UI with:\n  {self.ui_command()}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run to continue after a resume (``fit``'s checkpoints store it)."""
+        return {"run_id": self.run_id, "params": dict(self._params)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the checkpointed run rather than this tracker's new one, which is deleted
+        if nothing was logged to it yet (a resumed training is one run, not two)."""
+        run_id = str(state["run_id"])
+        if run_id == self.run_id:
+            return
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:  # a store without that run (moved, or another store)
+            warnings.warn(
+                f"run {run_id} is not in {self.tracking_uri}: logging to a new run", stacklevel=2
+            )
+            return
+        if not (self._params or self._buffer or self.batches_written):
+            self.client.delete_run(self.run_id)
+        self.run_id, self.run_name = run_id, run.info.run_name
+        self.client.update_run(run_id, status="RUNNING")
+        self._params = {str(k): str(v) for k, v in dict(state.get("params") or {}).items()}
+        self.finished, self.resumed = False, True
 
     def __enter__(self) -> MLflowTracker:
         return self

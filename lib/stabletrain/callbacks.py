@@ -1,0 +1,506 @@
+"""Callbacks: everything :func:`~stabletrain.loop.fit` does beyond the update is one.
+
+Events, in order: ``on_fit_start``; per epoch ``on_epoch_start``, ``on_step_end`` after
+every optimizer step (``record`` holds that step's values, already in the History),
+``on_validation_end`` after validation (add metrics to ``metrics`` here: they reach the
+History, the tracker and every consumer), ``on_epoch_end``; finally ``on_fit_end``, or
+``on_exception`` when training raised (the error is re-raised after it). Callbacks run by
+ascending ``order`` (yours: 0), so the library's consumers of the monitored metric
+(schedulers 10, early stopping 20), checkpoints (100) and the tracker (110) see what
+yours added. ``ctx.stop(reason)`` ends the run after the current step (or epoch).
+A callback with ``state_dict``/``load_state_dict`` is checkpointed with the run.
+
+:func:`fit`'s keyword arguments build these: ``early_stopping=`` (an :class:`EarlyStopping`),
+a metric-driven ``scheduler`` (:class:`MetricScheduler`), ``stop_on_nonfinite``
+(:class:`StopOnNonFinite`), ``max_steps`` (:class:`MaxSteps`), ``checkpoints``/``resume``
+(:class:`Checkpointing`), ``tracker`` (:class:`Tracking`), ``progress`` (:class:`ProgressBar`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checks import check_int
+from .history import History
+from .update import Update
+
+__all__ = [
+    "Callback",
+    "Checkpointing",
+    "EarlyStopping",
+    "MaxSteps",
+    "MetricScheduler",
+    "ProgressBar",
+    "StopOnNonFinite",
+    "Tracking",
+    "TrainContext",
+    "is_metric_driven",
+]
+
+
+def is_metric_driven(scheduler: Any) -> bool:
+    """Whether ``scheduler.step(metric)`` must be called with a metric after each epoch
+    (a scheduler with a true ``metric_driven`` attribute, or a ``ReduceLROnPlateau``)."""
+    return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
+        scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+    )
+
+
+@dataclass
+class TrainContext:
+    """The state callbacks see and share. ``stop(reason)`` ends the run."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: History
+    epochs: int
+    steps_per_epoch: int
+    epoch: int = 0
+    step: int = 0
+    stop_training: bool = False
+    stop_reason: str | None = None
+    update: Update | None = None
+    monitor: str = "val_loss"
+    train_loader: Any = None
+    batches_per_epoch: int = 0
+    batch_index: int = 0  #: index of the batch just trained
+    start_epoch: int = 0  #: where training (re)starts; a resume moves it
+    skip_batches: int = 0  #: batches of ``start_epoch`` already trained (mid-epoch resume)
+    epoch_losses: list[float] = field(default_factory=list)  #: the epoch's finite step losses
+    callbacks: list[Any] = field(default_factory=list)
+    tracker: Any = None
+    loss_fn: Any = None
+    device: torch.device | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the planned optimizer steps done, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current step; the first reason given is kept."""
+        self.stop_training = True
+        self.stop_reason = self.stop_reason or reason
+
+    def monitored(self, metrics: Mapping[str, Any]) -> float:
+        """The monitored metric of this epoch.
+
+        Raises:
+            ValueError: it is not among the epoch's metrics (a typo, or no validation).
+        """
+        if self.monitor not in metrics:
+            names = sorted(k for k in metrics if k not in ("epoch", "seconds"))
+            raise ValueError(
+                f"monitor={self.monitor!r} is not among this epoch's metrics {names}; "
+                "pick one of them (val_* metrics need a val_loader)"
+            )
+        return float(metrics[self.monitor])
+
+
+class Callback:
+    """Base class for hooks into :func:`fit` (see the module docs). Override what you need."""
+
+    order: int = 0
+
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_epoch_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        pass
+
+    def on_validation_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_fit_end(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
+        pass
+
+
+class StopOnNonFinite(Callback):
+    """Stop at the first NaN/Inf step loss (the plain update trains on NaN otherwise)."""
+
+    order = 15
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        if not math.isfinite(record["loss"]):
+            step = ctx.history.num_steps - 1
+            ctx.stop(f"non-finite loss ({record['loss']}) at step {step} (epoch {ctx.epoch})")
+
+
+class MaxSteps(Callback):
+    """Stop once ``max_steps`` optimizer steps are recorded."""
+
+    order = 30
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps = check_int("max_steps", max_steps, min=1)
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        if ctx.history.num_steps >= self.max_steps:
+            ctx.stop(f"max_steps={self.max_steps} reached")
+
+
+class MetricScheduler(Callback):
+    """Feed a metric-driven scheduler: ``step(monitored)`` after each epoch, the step loss
+    to its ``observe`` (the adaptive scheduler's spike test) after each applied step.
+
+    A non-finite metric makes such a scheduler cut its LR and set ``needs_rollback``;
+    then the update returns model and optimizer to its last good snapshot, keeping the cut.
+    """
+
+    order = 10
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        observe = getattr(ctx.scheduler, "observe", None)
+        if record["applied"] and callable(observe) and math.isfinite(record["loss"]):
+            observe(record["loss"])
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        ctx.scheduler.step(ctx.monitored(metrics))
+        if getattr(ctx.scheduler, "needs_rollback", False) and ctx.update is not None:
+            ctx.update.restore_snapshot(keep_lr=True)
+
+
+class EarlyStopping(Callback):
+    r"""Stop when a monitored value stops improving, or at once when it is not finite.
+
+    With ``mode="min"``, a value :math:`v` improves on the best :math:`b` when
+    :math:`v < b - \delta` (``mode="max"``: :math:`v > b + \delta`), :math:`\delta` =
+    ``min_delta``. ``step(v)`` returns ``True`` once ``patience`` values in a row brought
+    no improvement, or immediately for a NaN/Inf value when ``check_finite``. As a
+    callback it steps on ``fit``'s monitored metric after each epoch.
+
+    Args:
+        patience: values without improvement tolerated (``>= 1``).
+        min_delta: the margin :math:`\delta \ge 0` an improvement must beat.
+        mode: ``"min"`` or ``"max"``.
+        check_finite: stop at once on a non-finite value.
+
+    Example:
+        >>> stopper = EarlyStopping(patience=2)
+        >>> [stopper.step(v) for v in (1.0, 0.5, 0.6, 0.55)]
+        [False, False, False, True]
+    """
+
+    order = 20
+    checkpoint_name = "early_stopping"
+
+    def __init__(
+        self, patience: int, min_delta: float = 0.0, mode: str = "min", check_finite: bool = True
+    ) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int):
+            raise TypeError(f"patience must be an int, got {type(patience).__name__}")
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be one of ('min', 'max'), got {mode!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.mode = mode
+        self.check_finite = bool(check_finite)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad = 0
+        self.count = 0
+        self.stopped = False
+        self.stopping_reason: str | None = None
+
+    def _improves(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def step(self, value: float | torch.Tensor) -> bool:
+        """Record one value; ``True`` means stop."""
+        value = float(value)
+        self.count += 1
+        if not math.isfinite(value):
+            if self.check_finite:
+                self.stopped = True
+                self.stopping_reason = f"non-finite monitored value ({value}) at check {self.count}"
+                return True
+            self.num_bad += 1
+        elif self._improves(value):
+            self.best = value
+            self.num_bad = 0
+        else:
+            self.num_bad += 1
+        if self.num_bad >= self.patience:
+            self.stopped = True
+            self.stopping_reason = (
+                f"no improvement of more than {self.min_delta:g} for {self.patience} checks "
+                f"(best {self.best:.4g})"
+            )
+        return self.stopped
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        if self.step(ctx.monitored(metrics)):
+            ctx.stop(str(self.stopping_reason))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "num_bad": self.num_bad,
+            "count": self.count,
+            "stopped": self.stopped,
+            "stopping_reason": self.stopping_reason,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.num_bad = int(state["num_bad"])
+        self.count = int(state.get("count", 0))
+        self.stopped = bool(state.get("stopped", False))
+        self.stopping_reason = state.get("stopping_reason")
+
+
+class Checkpointing(Callback):
+    """Save through a :class:`~stabletrain.checkpoint.CheckpointManager` after every epoch
+    (and every ``manager.every_n_steps`` optimizer steps inside one, as a mid-epoch resume
+    point), and with ``resume=True`` restore its latest checkpoint before training.
+
+    Saved under these names: ``model``, ``optimizer``, ``scheduler``, the update's
+    ``checkpoint_name`` (``guard``), ``amp``, ``loss_fn``, ``history``, ``data_generator``
+    (the train loader's ``generator``), every callback with a state under its
+    ``checkpoint_name`` or ``callback_<i>``; the tracker's run rides in ``extra`` so a
+    resumed run continues the same tracked run.
+    """
+
+    order = 100
+
+    def __init__(self, manager: Any, *, resume: bool = False) -> None:
+        self.manager = manager
+        self.resume = bool(resume)
+        # optional parts of the manager protocol (save, load, latest_path are required)
+        self.every_n_steps = getattr(manager, "every_n_steps", None)
+        self.wait = getattr(manager, "wait", lambda: None)
+        self._epoch_data_state: Any = None
+
+    @staticmethod
+    def _objects(ctx: TrainContext) -> dict[str, Any]:
+        update = ctx.update
+        named: dict[str, Any] = {"model": ctx.model, "optimizer": ctx.optimizer}
+        named["scheduler"] = ctx.scheduler
+        if update is not None and update.checkpoint_name is not None:
+            named[update.checkpoint_name] = update
+        named["amp"] = update.amp if update is not None else None
+        for i, cb in enumerate(ctx.callbacks):
+            if callable(getattr(cb, "state_dict", None)):
+                named[getattr(cb, "checkpoint_name", None) or f"callback_{i}"] = cb
+        loss_fn = ctx.loss_fn
+        named["loss_fn"] = loss_fn if callable(getattr(loss_fn, "state_dict", None)) else None
+        named["history"] = ctx.history
+        named["data_generator"] = getattr(ctx.train_loader, "generator", None)
+        return {k: v for k, v in named.items() if v is not None}
+
+    def _extra(self, ctx: TrainContext) -> dict[str, Any]:
+        state = getattr(ctx.tracker, "state_dict", None)
+        return {"tracker": state()} if callable(state) else {}
+
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        if not (self.resume and self.manager.latest_path):
+            return
+        meta = self.manager.load("latest", **self._objects(ctx))
+        extra = meta.get("extra") or {}
+        load = getattr(ctx.tracker, "load_state_dict", None)
+        if callable(load) and "tracker" in extra:
+            load(extra["tracker"])
+        ctx.start_epoch = int(meta["epoch"]) + 1
+        ctx.step = int(meta.get("step") or 0)
+        if meta.get("batch_in_epoch") is not None:  # saved mid-epoch: redo the epoch's
+            ctx.start_epoch = int(meta["epoch"])  # data order and skip the batches done
+            ctx.skip_batches = int(meta["batch_in_epoch"])
+            ctx.epoch_losses = [float(v) for v in extra.get("losses", [])]
+            generator = getattr(ctx.train_loader, "generator", None)
+            if generator is not None and "epoch_data_state" in extra:
+                generator.set_state(extra["epoch_data_state"])
+
+    def on_epoch_start(self, ctx: TrainContext) -> None:
+        generator = getattr(ctx.train_loader, "generator", None)
+        self._epoch_data_state = generator.get_state() if generator is not None else None
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        every = self.every_n_steps
+        if (
+            not every
+            or ctx.stop_training
+            or ctx.history.num_steps % every
+            or ctx.batch_index + 1 >= ctx.batches_per_epoch
+        ):
+            return
+        extra = {**self._extra(ctx), "losses": list(ctx.epoch_losses)}
+        if self._epoch_data_state is not None:
+            extra["epoch_data_state"] = self._epoch_data_state
+        objects = self._objects(ctx)
+        self.manager.save(
+            ctx.epoch,
+            None,
+            step=ctx.step,
+            batch_in_epoch=ctx.batch_index + 1,
+            extra=extra,
+            **objects,
+        )
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        self.manager.save(
+            ctx.epoch, metrics, step=ctx.step, extra=self._extra(ctx), **self._objects(ctx)
+        )
+
+    def on_fit_end(self, ctx: TrainContext) -> None:
+        self.wait()  # a background save finishes before fit returns
+
+    def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
+        self.wait()  # a background save in flight still lands
+
+
+class Tracking(Callback):
+    """Log a run to an experiment tracker (``log_params``, ``log_metrics``, ``finish``).
+
+    Per optimizer step ``lr``, ``train_loss``, ``grad_norm`` (and ``loss_scale`` and
+    ``skipped_steps`` with mixed precision or a guard); per epoch the epoch's metrics,
+    ``train_loss``/``lr`` as ``epoch_train_loss``/``epoch_lr``. A run that raises is
+    finished with ``status="FAILED"`` where the tracker takes a status.
+    """
+
+    order = 110
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+        self._skipped = 0
+
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        self._skipped = sum(1 for a in ctx.history.steps.get("applied", []) if a is False)
+        self.tracker.log_params(describe_run(ctx))
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        self._skipped += not record["applied"]
+        values = {
+            "lr": record["lr"],
+            "train_loss": record["loss"],
+            "grad_norm": record["grad_norm"],
+        }
+        if "loss_scale" in record:
+            values["loss_scale"] = record["loss_scale"]
+        if ctx.update is not None and (ctx.update.amp is not None or ctx.update.handles_nonfinite):
+            values["skipped_steps"] = self._skipped
+        self.tracker.log_metrics(values, step=ctx.history.num_steps)
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        self.tracker.log_metrics(
+            {
+                (f"epoch_{k}" if k in ("train_loss", "lr") else k): v
+                for k, v in metrics.items()
+                if k not in ("epoch", "seconds")
+            },
+            step=ctx.history.num_steps,
+        )
+
+    def on_fit_end(self, ctx: TrainContext) -> None:
+        self.tracker.finish(ctx.history)
+
+    def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
+        try:  # errors while closing a failed run must not hide the original one
+            if "status" in inspect.signature(self.tracker.finish).parameters:
+                self.tracker.finish(ctx.history, status="FAILED")
+            else:
+                self.tracker.finish(ctx.history)
+        except Exception:
+            pass
+
+
+class ProgressBar(Callback):
+    """A tqdm progress bar over the planned optimizer steps (notebook-aware)."""
+
+    order = 120
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=ctx.total_steps, desc="training", unit="step", dynamic_ncols=True)
+        self.bar.update(ctx.step)
+
+    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", refresh=False)
+
+    def on_fit_end(self, ctx: TrainContext) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    on_exception = on_fit_end  # type: ignore[assignment]
+
+
+_NOT_SETTINGS = frozenset(
+    {"self", "model", "optimizer", "params", "scheduler", "amp", "last_epoch", "verbose"}
+)
+
+
+def _settings(obj: Any, prefix: str) -> dict[str, Any]:
+    """Constructor arguments that ``obj`` keeps under the same attribute name (scalars only).
+
+    ``StepLR(opt, step_size=2, gamma=0.5)`` gives ``{"scheduler.step_size": 2,
+    "scheduler.gamma": 0.5}``; state that changes while training (``last_epoch``) is left out.
+    """
+    try:
+        names = inspect.signature(type(obj).__init__).parameters
+    except (TypeError, ValueError):
+        return {}
+    settings = {}
+    for name in names:
+        if name in _NOT_SETTINGS or name.startswith("_"):
+            continue
+        try:
+            value = getattr(obj, name, None)
+        except Exception:  # a property that cannot be read is simply not a setting
+            continue
+        if isinstance(value, bool | int | float | str):
+            settings[f"{prefix}.{name}"] = value
+    return settings
+
+
+def describe_run(ctx: TrainContext) -> dict[str, Any]:
+    """Flat, loggable parameters of a run (model, optimizer, scheduler, loss, guard, amp)."""
+    params: dict[str, Any] = {"model": type(ctx.model).__name__, "epochs": ctx.epochs}
+    params["optimizer"] = type(ctx.optimizer).__name__
+    for key, value in ctx.optimizer.defaults.items():
+        if isinstance(value, int | float | str | bool) or value is None:
+            params[f"optimizer.{key}"] = value
+    loss_fn = ctx.loss_fn
+    update = ctx.update
+    for prefix, obj in (
+        ("scheduler", ctx.scheduler),
+        ("loss", loss_fn),
+        ("guard", update if update is not None and update.handles_nonfinite else None),
+    ):
+        if obj is not None:
+            params[prefix] = type(obj).__name__
+            params.update(_settings(obj, prefix))
+    amp = update.amp if update is not None else None
+    if amp is not None:
+        params["amp.dtype"] = str(getattr(amp, "dtype", type(amp).__name__))
+        params.update({k: v for k, v in _settings(amp, "amp").items() if k != "amp.dtype"})
+    return params

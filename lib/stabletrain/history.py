@@ -1,0 +1,237 @@
+"""What a training run recorded: :class:`History`, per optimizer step and per epoch."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["History"]
+
+
+class History:
+    """Per-step and per-epoch records of a training run.
+
+    ``steps`` and ``epochs`` map a column name to a list of values, so
+    ``plt.plot(history.steps["lr"])`` just works. Standard columns:
+
+    - ``steps``: ``step`` (optimizer steps so far), ``epoch``, ``lr`` (first
+      parameter group, used for that step), ``loss``, ``grad_norm``, ``applied``.
+    - ``epochs``: ``epoch``, ``train_loss`` (mean over the epoch's finite
+      losses), ``val_loss``, ``val_dice``, ``lr``, ``seconds``.
+
+    Other keys may be logged too; a column that starts late is padded with NaN.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, list[Any]] = {}
+        self.epochs: dict[str, list[Any]] = {}
+        self.stop_reason: str | None = None
+
+    @staticmethod
+    def _append(table: dict[str, list[Any]], values: Mapping[str, Any]) -> None:
+        length = len(next(iter(table.values()))) if table else 0
+        for key, value in values.items():
+            if key not in table:
+                table[key] = [math.nan] * length
+            table[key].append(value)
+        for key, column in table.items():
+            if key not in values:
+                column.append(math.nan)
+
+    def log_step(self, **values: Any) -> None:
+        """Append one optimizer step's values."""
+        self._append(self.steps, values)
+
+    def log_epoch(self, **values: Any) -> None:
+        """Append one epoch's values."""
+        self._append(self.epochs, values)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps.get("loss", []))
+
+    @property
+    def diverged(self) -> bool:
+        """Whether a training loss was NaN or infinite, or blew up while finite.
+
+        A blow-up is as :meth:`blowup_step` defines it with its defaults (a loss above 10×
+        the median of the earlier ones): a loss that climbs to ``1e7`` and stays finite
+        has diverged as surely as one that prints ``nan``.
+        """
+        return self.first_nonfinite_step() is not None or self.blowup_step() is not None
+
+    def blowup_step(self, factor: float = 10.0, warmup: int = 10, window: int = 50) -> int | None:
+        """Index of the first step whose finite loss exceeds ``factor`` × the median of the
+        (up to ``window``) finite losses before it, once ``warmup`` were seen; else ``None``.
+
+        The test only applies while that median is positive.
+
+        Raises:
+            ValueError: ``factor <= 1``, ``warmup < 1`` or ``window < 1``.
+        """
+        if not factor > 1:
+            raise ValueError(f"factor must be > 1, got {factor!r}")
+        if warmup < 1 or window < 1:
+            raise ValueError(f"warmup and window must be >= 1, got {warmup!r} and {window!r}")
+        recent: list[float] = []
+        for i, v in enumerate(self.steps.get("loss", [])):
+            if not math.isfinite(v):
+                continue
+            if len(recent) >= warmup:
+                median = statistics.median(recent)
+                if median > 0 and v > factor * median:
+                    return i
+            recent.append(v)
+            del recent[:-window]
+        return None
+
+    def first_nonfinite_step(self) -> int | None:
+        """Index of the first step whose loss was not finite, or ``None``."""
+        for i, v in enumerate(self.steps.get("loss", [])):
+            if not math.isfinite(v):
+                return i
+        return None
+
+    def best(self, key: str = "val_loss", mode: str = "min") -> float:
+        """Best finite value of an epoch column (``mode`` is ``"min"`` or ``"max"``)."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        values = [v for v in self.epochs.get(key, []) if math.isfinite(v)]
+        if not values:
+            return math.nan
+        return min(values) if mode == "min" else max(values)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": {k: list(v) for k, v in self.steps.items()},
+            "epochs": {k: list(v) for k, v in self.epochs.items()},
+            "stop_reason": self.stop_reason,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = {k: list(v) for k, v in state["steps"].items()}
+        self.epochs = {k: list(v) for k, v in state["epochs"].items()}
+        self.stop_reason = state.get("stop_reason")
+
+    def summary(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        *,
+        digits: int | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """A short, plain summary of the run (all values JSON-friendly; NaN where unknown).
+
+        Keys: ``steps``, ``epochs`` (recorded), ``skipped_steps`` (steps whose update
+        was not applied), ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
+        ``best_<monitor>`` and ``best_epoch`` (by ``mode``), ``final_train_loss``,
+        ``final_val_loss``, ``final_val_dice``, ``final_lr``, ``max_loss`` (worst finite
+        step loss), ``max_val_loss``, ``max_grad_norm`` and ``median_grad_norm`` (over
+        the finite per-step gradient norms: a surge shows as a large ratio of the two),
+        ``seconds`` (sum of the epoch times).
+
+        Args:
+            monitor, mode: the epoch column and direction that define "best".
+            digits: round every float to this many digits (for printing and comparing).
+            keys: return only these keys, in this order.
+
+        Raises:
+            ValueError: ``mode`` not ``"min"`` or ``"max"``, or an unknown key in ``keys``.
+        """
+        best = self.best(monitor, mode)
+        values = self.epochs.get(monitor, [])
+        epoch_numbers = self.epochs.get("epoch", list(range(len(values))))
+        best_epoch = next(
+            (e for e, v in zip(epoch_numbers, values, strict=False) if v == best), None
+        )
+
+        def last(column: str) -> float:
+            data = self.epochs.get(column, [])
+            return float(data[-1]) if data else math.nan
+
+        def finite(data: Sequence[Any]) -> list[float]:
+            return sorted(float(v) for v in data if isinstance(v, int | float) and math.isfinite(v))
+
+        norms = finite(self.steps.get("grad_norm", []))
+        step_losses = finite(self.steps.get("loss", []))
+        val_losses = finite(self.epochs.get("val_loss", []))
+        summary: dict[str, Any] = {
+            "steps": self.num_steps,
+            "epochs": len(self.epochs.get("epoch", [])),
+            "skipped_steps": sum(1 for a in self.steps.get("applied", []) if a is False),
+            "diverged": self.diverged,
+            "first_nonfinite_step": self.first_nonfinite_step(),
+            "stop_reason": self.stop_reason,
+            f"best_{monitor}": best,
+            "best_epoch": best_epoch,
+            "final_train_loss": last("train_loss"),
+            "final_val_loss": last("val_loss"),
+            "final_val_dice": last("val_dice"),
+            "final_lr": last("lr"),
+            "max_loss": step_losses[-1] if step_losses else math.nan,
+            "max_val_loss": val_losses[-1] if val_losses else math.nan,
+            "max_grad_norm": norms[-1] if norms else math.nan,
+            "median_grad_norm": norms[len(norms) // 2] if norms else math.nan,
+            "seconds": float(sum(v for v in self.epochs.get("seconds", []) if math.isfinite(v))),
+        }
+        if keys is not None:
+            unknown = [k for k in keys if k not in summary]
+            if unknown:
+                raise ValueError(f"unknown summary key(s) {unknown}; accepted: {list(summary)}")
+            summary = {k: summary[k] for k in keys}
+        if digits is not None:
+            summary = {
+                k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
+                for k, v in summary.items()
+            }
+        return summary
+
+    def to_csv(self, path: Any, table: str = "epochs") -> None:
+        """Write one table (``"epochs"`` or ``"steps"``) to ``path`` (a str or path) as CSV.
+
+        Columns are the table's keys in recording order; NaN is written as ``nan``.
+
+        Raises:
+            ValueError: an unknown ``table``.
+        """
+        import csv
+
+        if table not in ("epochs", "steps"):
+            raise ValueError(f"table must be 'epochs' or 'steps', got {table!r}")
+        columns = self.epochs if table == "epochs" else self.steps
+        names = list(columns)
+        rows = zip(*(columns[n] for n in names), strict=True) if names else []
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(names)
+            writer.writerows(rows)
+
+    def to_json(self, path: Any) -> None:
+        """Write the full history (both tables, stop reason and :meth:`summary`) as JSON.
+
+        Non-finite numbers become ``null`` (strict JSON); ``load_state_dict`` of
+        the ``"steps"``/``"epochs"``/``"stop_reason"`` entries reads it back.
+        """
+        import json
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return None
+            if isinstance(value, dict):
+                return {k: clean(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [clean(v) for v in value]
+            return value
+
+        payload = {**self.state_dict(), "summary": self.summary()}
+        with open(path, "w") as f:
+            json.dump(clean(payload), f, indent=1, allow_nan=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"History(steps={self.num_steps}, epochs={len(self.epochs.get('epoch', []))}, "
+            f"stop_reason={self.stop_reason!r})"
+        )

@@ -1,0 +1,536 @@
+"""The training loop: :func:`fit` is a short loop of events over one update and callbacks.
+
+Per batch: move it to the device, split it into ``(inputs, targets)`` (``batch_fn``),
+forward under the update's autocast, the loss in float32, ``update.step(loss)``; after
+each optimizer step the History records it and the callbacks hear of it. Per epoch:
+validation (:func:`evaluate`), then the callbacks. Everything else — stop on NaN,
+``max_steps``, early stopping, metric-driven schedulers, checkpoints and resume,
+tracking, the progress bar — is a :class:`~stabletrain.callbacks.Callback`, which
+``fit``'s keyword arguments build for you.
+
+Any model trains: batches are ``(inputs, targets)`` tuples or mappings with ``"inputs"``
+and ``"targets"`` (anything else through ``batch_fn``), tensors nested in tuples, lists
+and mappings are moved to the device, and the default loss and metrics follow the
+targets (:func:`default_loss`, :func:`default_metrics`).
+
+Example:
+    >>> from stabletrain import TinyUNet, make_loaders, fit
+    >>> train, val = make_loaders(num_train=32, num_val=16, batch_size=8)
+    >>> history = fit(TinyUNet(), train, val_loader=val, epochs=1, progress=False)
+    >>> len(history.steps["loss"])
+    4
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .callbacks import (
+    Callback,
+    Checkpointing,
+    MaxSteps,
+    MetricScheduler,
+    ProgressBar,
+    StopOnNonFinite,
+    Tracking,
+    TrainContext,
+    is_metric_driven,
+)
+from .history import History
+from .metrics import dice_score
+from .update import Update
+
+__all__ = [
+    "default_loss",
+    "default_metrics",
+    "evaluate",
+    "fit",
+    "outputs_to_float32",
+    "split_batch",
+    "to_device",
+]
+
+Outputs = torch.Tensor | list[torch.Tensor]
+Metric = Callable[[torch.Tensor, torch.Tensor], float] | Any  # or a torchmetrics Metric
+
+
+def outputs_to_float32(outputs: Outputs) -> Outputs:
+    """Cast model outputs (a tensor or a list of tensors) to float32 for the loss.
+
+    Under autocast, outputs may be float16/bfloat16; losses such as Dice sums
+    or log-sigmoid lose precision or overflow there, so the loss is computed
+    in float32 outside the autocast region.
+    """
+    if isinstance(outputs, list | tuple):
+        return [o.float() for o in outputs]
+    return outputs.float()
+
+
+def to_device(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor in it (nested in tuples, lists, mappings) on ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: to_device(v, device) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(to_device(v, device) for v in value))
+    if isinstance(value, list | tuple):
+        return type(value)(to_device(v, device) for v in value)
+    return value
+
+
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """The default ``batch_fn``: ``(inputs, targets)`` from a pair or from a mapping with
+    ``"inputs"`` and ``"targets"`` keys.
+
+    Raises:
+        TypeError: any other batch (pass ``batch_fn=`` to say how to split it).
+    """
+    if isinstance(batch, Mapping) and "inputs" in batch and "targets" in batch:
+        return batch["inputs"], batch["targets"]
+    if isinstance(batch, list | tuple) and len(batch) == 2:
+        return batch[0], batch[1]
+    got = (
+        f"a mapping with keys {sorted(batch)}" if isinstance(batch, Mapping) else repr(type(batch))
+    )
+    raise TypeError(
+        f"a batch must be an (inputs, targets) pair or a mapping with 'inputs' and 'targets', "
+        f"got {got}; pass batch_fn=lambda batch: (inputs, targets) to split it"
+    )
+
+
+def _forward(model: nn.Module, inputs: Any) -> Outputs:
+    """``model(x)``, ``model(*inputs)`` for a tuple or list, ``model(**inputs)`` for a mapping."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, list | tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+class _ClassesLast(nn.Module):
+    """Cross-entropy for outputs ``(*T, C)`` and class indices ``T`` (a language model)."""
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1))
+
+
+def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
+    """The loss ``fit`` uses without a ``loss_fn``, chosen from the targets (first batch).
+
+    - integer class indices ``(N, *S)`` with outputs ``(N, C, *S)``, ``C >= 2``:
+      ``CrossEntropyLoss`` (classification, segmentation); with outputs ``(N, *S, C)``
+      (a language model's ``(B, T, V)``): cross-entropy over the last dimension;
+    - float targets of the outputs' shape: ``BCEWithLogitsLoss`` when every value is 0 or
+      1 (binary masks, multi-label), else ``MSELoss`` (regression).
+
+    Raises:
+        ValueError: targets whose dtype and shape fit none of these (the message says
+            what was expected); pass ``loss_fn=`` for anything else.
+    """
+    final = outputs[0] if isinstance(outputs, list | tuple) else outputs
+    out, tgt = tuple(final.shape), tuple(targets.shape)
+    if targets.dtype.is_floating_point:
+        if out != tgt:
+            raise ValueError(
+                f"float targets {tgt} must have the outputs' shape {out} (regression, or a "
+                "binary/multi-label mask); reshape them, or pass loss_fn="
+            )
+        binary = bool(((targets == 0) | (targets == 1)).all())
+        return nn.BCEWithLogitsLoss() if binary else nn.MSELoss()
+    if targets.dtype == torch.bool or targets.dtype.is_complex:
+        raise ValueError(
+            f"targets of dtype {targets.dtype}: give float 0/1 or integer class indices"
+        )
+    if len(out) >= 2 and out[1] >= 2 and (out[0], *out[2:]) == tgt:
+        return nn.CrossEntropyLoss()
+    if len(out) >= 2 and out[-1] >= 2 and out[:-1] == tgt:
+        return _ClassesLast()
+    raise ValueError(
+        f"integer targets {tgt} are read as class indices: the outputs must be (N, C, *S) or "
+        f"(N, *S, C) with C >= 2 classes for targets (N, *S), got outputs {out}; for a binary "
+        "task give float 0/1 targets of the outputs' shape, or pass loss_fn="
+    )
+
+
+def _is_map(final: torch.Tensor, targets: torch.Tensor) -> bool:
+    """Segmentation maps: outputs ``(N, C, H, W)`` and targets ``(N, H, W)`` or ``(N, 1, H, W)``."""
+    return final.ndim == 4 and targets.ndim in (3, 4) and targets.shape[-2:] == final.shape[-2:]
+
+
+def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric]:
+    """Dice for segmentation maps (:func:`~stabletrain.metrics.dice_score`), else none."""
+    final = outputs[0] if isinstance(outputs, list | tuple) else outputs
+    return {"dice": dice_score} if _is_map(final, targets) else {}
+
+
+def compute_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor, progress: float):
+    """``loss_fn(outputs, targets)``, or with ``progress`` (the fraction of training done)
+    for a loss whose ``uses_progress`` is true (deep supervision, loss-weight schedules)."""
+    if getattr(loss_fn, "uses_progress", False):
+        return loss_fn(outputs, targets, progress)
+    if isinstance(outputs, list | tuple):
+        raise ValueError(
+            f"the model returned {len(outputs)} outputs (deep supervision) but loss_fn takes one; "
+            "wrap the loss in stabletrain.deep_supervision.DeepSupervisionLoss or set "
+            "model.deep_supervision = False"
+        )
+    return loss_fn(outputs, targets)
+
+
+def _eval_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor) -> torch.Tensor:
+    """The validation loss: the final output's own loss (as at inference)."""
+    final = outputs[0] if isinstance(outputs, list | tuple) else outputs
+    if not getattr(loss_fn, "uses_progress", False):
+        return loss_fn(final, targets)
+    if hasattr(loss_fn, "loss"):  # deep supervision: score the final output's own loss
+        return loss_fn.loss(final, targets)
+    return loss_fn(outputs, targets, 1.0)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: Callable | None = None,
+    *,
+    device: torch.device | str | None = None,
+    amp: Any = None,
+    metrics: Mapping[str, Metric] | None = None,
+    batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
+) -> dict[str, float]:
+    """Mean loss and metrics over a loader, in eval mode: ``{"val_loss", "val_<name>", ...}``.
+
+    ``metrics`` maps a name to ``fn(outputs, targets) -> float`` (averaged over samples)
+    or to a torchmetrics-style object (``reset``/``update``/``compute``); by default
+    :func:`default_metrics`. With deep supervision only the final output is scored.
+    ``loss_fn`` defaults to :func:`default_loss`; ``amp`` gives the autocast.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    batch_fn = batch_fn or split_batch
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    count = 0
+    try:
+        for batch in loader:
+            inputs, targets = to_device(batch_fn(batch), device)
+            with amp.autocast() if amp is not None else contextlib.nullcontext():
+                outputs = _forward(model, inputs)
+            outputs = outputs_to_float32(outputs)
+            final = outputs[0] if isinstance(outputs, list | tuple) else outputs
+            if loss_fn is None:
+                loss_fn = default_loss(outputs, targets)
+            if metrics is None:
+                metrics = default_metrics(outputs, targets)
+                for m in metrics.values():
+                    if callable(getattr(m, "reset", None)):
+                        m.reset()
+            n = int(targets.shape[0])
+            values = {"val_loss": float(_eval_loss(loss_fn, outputs, targets))}
+            for name, metric in metrics.items():
+                if callable(getattr(metric, "compute", None)):  # torchmetrics
+                    metric.update(final, targets)
+                else:
+                    values[f"val_{name}"] = float(metric(final, targets))
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value * n
+            count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        return {"val_loss": math.nan, **{f"val_{k}": math.nan for k in (metrics or {"dice": 0})}}
+    result = {k: v / count for k, v in totals.items()}
+    for name, metric in (metrics or {}).items():
+        if callable(getattr(metric, "compute", None)):
+            result[f"val_{name}"] = float(metric.compute())
+            metric.reset()
+    return result
+
+
+def _build_update(
+    model: nn.Module,
+    update: Update | None,
+    guard: Update | None,
+    optimizer: torch.optim.Optimizer | None,
+    lr: float,
+    scheduler: Any,
+    amp: Any,
+    max_grad_norm: float | None,
+    accumulation_steps: int,
+) -> Update:
+    """``fit``'s sugar: the given update (a guard), or a plain one from the settings.
+
+    Each setting lives in one place: given both to ``fit`` and to the update, it must be
+    the same object or it is refused.
+    """
+    if guard is not None and update is not None and guard is not update:
+        raise ValueError("guard= and update= name the same thing: give one")
+    update = update if update is not None else guard
+    if update is None:
+        if optimizer is None:
+            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        return Update(
+            model,
+            optimizer,
+            scheduler,
+            amp=amp,
+            max_grad_norm=max_grad_norm,
+            accumulation_steps=accumulation_steps,
+        )
+    if not isinstance(update, Update):
+        raise TypeError(
+            f"guard/update must be a stabletrain Update (e.g. a StabilityGuard), got "
+            f"{type(update).__name__}"
+        )
+    name = type(update).__name__
+    for what, given, own in (
+        ("optimizer", optimizer, update.optimizer),
+        ("scheduler", scheduler, update.scheduler),
+        ("amp", amp, update.amp),
+    ):
+        if given is not None and given is not own:
+            raise ValueError(
+                f"fit(..., {what}=...) is not the {what} of the {name} ({own!r}); a setting "
+                f"lives in one place: give it to the {name} only"
+            )
+    if max_grad_norm is not None:
+        raise ValueError(f"max_grad_norm is for the plain update; give the {name} its clipping")
+    if accumulation_steps not in (1, update.accumulation_steps):
+        raise ValueError(
+            f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s "
+            f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
+        )
+    return update
+
+
+def _build_callbacks(
+    update: Update,
+    *,
+    callbacks: Sequence[Callback],
+    early_stopping: Callback | None,
+    max_steps: int | None,
+    checkpoints: Any,
+    resume: bool,
+    tracker: Any,
+    stop_on_nonfinite: bool,
+    progress: bool,
+) -> list[Callback]:
+    """``fit``'s sugar: the callbacks that its keyword arguments stand for, after yours."""
+    built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
+    for cb in built:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    if resume and checkpoints is None:
+        raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
+    if is_metric_driven(update.scheduler):
+        built.append(MetricScheduler())
+    if stop_on_nonfinite and not update.handles_nonfinite:
+        built.append(StopOnNonFinite())
+    if max_steps is not None:
+        built.append(MaxSteps(max_steps))
+    if checkpoints is not None:
+        built.append(Checkpointing(checkpoints, resume=resume))
+    if tracker is not None:
+        built.append(Tracking(tracker))
+    if progress:
+        built.append(ProgressBar())
+    return built
+
+
+def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
+    """Call hook ``event`` of every callback, by ascending ``order`` (fastai's dispatch)."""
+    for callback in sorted(ctx.callbacks, key=lambda c: c.order):
+        getattr(callback, event)(ctx, *args)
+
+
+def _prepare(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable | None,
+    *,
+    epochs: int,
+    device: torch.device | str | None,
+    loss_fn: Callable | None,
+    monitor: str | None,
+    tracker: Any,
+    update: Update,
+    **callback_settings: Any,
+) -> TrainContext:
+    """``fit``'s set-up: checks, the device, the callbacks, the context they share."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    try:
+        batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError("train_loader must have a length (a DataLoader or a sequence)") from None
+    if batches_per_epoch == 0:
+        raise ValueError("train_loader is empty")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    return TrainContext(
+        model,
+        update.optimizer,
+        update.scheduler,
+        History(),
+        epochs,
+        steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps),
+        update=update,
+        monitor=monitor or ("val_loss" if val_loader is not None else "train_loss"),
+        train_loader=train_loader,
+        batches_per_epoch=batches_per_epoch,
+        callbacks=_build_callbacks(update, tracker=tracker, **callback_settings),
+        tracker=tracker,
+        loss_fn=loss_fn,
+        device=device,
+    )
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    *,
+    epochs: int = 1,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float = 1e-3,
+    loss_fn: Callable | None = None,
+    val_loader: Iterable | None = None,
+    scheduler: Any = None,
+    device: torch.device | str | None = None,
+    max_grad_norm: float | None = None,
+    accumulation_steps: int = 1,
+    max_steps: int | None = None,
+    guard: Update | None = None,
+    update: Update | None = None,
+    amp: Any = None,
+    early_stopping: Callback | None = None,
+    monitor: str | None = None,
+    metrics: Mapping[str, Metric] | None = None,
+    batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
+    checkpoints: Any = None,
+    resume: bool = False,
+    tracker: Any = None,
+    callbacks: Sequence[Callback] = (),
+    stop_on_nonfinite: bool = True,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` and return its :class:`~stabletrain.history.History`.
+
+    Args:
+        model: the network; moved to ``device`` (default: where its parameters are).
+        train_loader: a sized iterable of batches (see the module docs).
+        epochs: passes over ``train_loader``.
+        update, guard (the same thing): the :class:`~stabletrain.update.Update` that does
+            the optimizer step, e.g. a :class:`~stabletrain.stability.StabilityGuard`;
+            without one, a plain update is built from ``optimizer`` (default
+            ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm`` and
+            ``accumulation_steps``. With one, those belong to it (given to both, they
+            must be the same objects).
+        loss_fn: default :func:`default_loss`; computed in float32 outside autocast.
+        val_loader: evaluated after every epoch (``val_loss`` and ``val_<metric>``).
+        metrics: ``{name: fn(outputs, targets) -> float}`` or torchmetrics objects;
+            default :func:`default_metrics` (Dice for segmentation maps).
+        batch_fn: ``batch -> (inputs, targets)``; default :func:`split_batch`.
+        max_steps: stop after this many optimizer steps.
+        early_stopping: an :class:`~stabletrain.callbacks.EarlyStopping`.
+        monitor: the epoch metric early stopping and metric-driven schedulers follow;
+            default ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``. A
+            monitor missing from the epoch's metrics raises at the first epoch.
+        checkpoints, resume: a checkpoint manager; continue from its latest checkpoint.
+        tracker: an experiment tracker (``log_params``, ``log_metrics``, ``finish``).
+        callbacks: your :class:`~stabletrain.callbacks.Callback` objects.
+        stop_on_nonfinite: without a guard, stop at the first NaN/Inf loss.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError, TypeError: invalid arguments, an empty ``train_loader``, settings that
+            disagree between ``fit`` and the update, a missing monitored metric.
+    """
+    ctx = _prepare(
+        model, train_loader, val_loader, epochs=epochs, device=device, loss_fn=loss_fn,
+        monitor=monitor, tracker=tracker, update=_build_update(
+            model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps
+        ), callbacks=callbacks, early_stopping=early_stopping, max_steps=max_steps,
+        checkpoints=checkpoints, resume=resume, stop_on_nonfinite=stop_on_nonfinite,
+        progress=progress,
+    )  # fmt: skip
+    update, history, device = ctx.update, ctx.history, ctx.device
+    batches_per_epoch, accumulation = ctx.batches_per_epoch, ctx.update.accumulation_steps
+    batch_fn, metric_fns = batch_fn or split_batch, metrics
+
+    def event(name: str, *args: Any) -> None:
+        _dispatch(ctx, name, *args)
+
+    model.train()
+    try:
+        event("on_fit_start")
+        for epoch in range(ctx.start_epoch, epochs):
+            ctx.epoch = epoch
+            event("on_epoch_start")
+            started, window_loss, window = time.perf_counter(), 0.0, 0
+            batches = iter(train_loader)
+            for ctx.batch_index, batch in enumerate(batches):
+                if ctx.batch_index < ctx.skip_batches:
+                    continue  # trained before the interruption (mid-epoch resume)
+                inputs, targets = to_device(batch_fn(batch), device)
+                lr_now = ctx.optimizer.param_groups[0]["lr"]
+                with update.autocast():
+                    outputs = _forward(model, inputs)
+                outputs = outputs_to_float32(outputs)  # the loss in float32, outside autocast
+                ctx.loss_fn = ctx.loss_fn or default_loss(outputs, targets)
+                loss = compute_loss(ctx.loss_fn, outputs, targets, ctx.progress)
+                window_loss, window = window_loss + float(loss.detach()), window + 1
+                last = ctx.batch_index + 1 == batches_per_epoch
+                # an accumulation window closes every `accumulation` batches and at the
+                # epoch's end, so no micro-batch's gradient leaks into the next epoch
+                result = update.step(loss, sync=last or (ctx.batch_index + 1) % accumulation == 0)
+                if result.reason == "accumulating":
+                    continue
+                ctx.step += result.applied
+                record = {
+                    "step": ctx.step, "epoch": epoch, "lr": lr_now, "loss": window_loss / window,
+                    "grad_norm": result.grad_norm, "applied": result.applied,
+                }  # fmt: skip
+                if update.loss_scale is not None:
+                    record["loss_scale"] = update.loss_scale
+                history.log_step(**record)
+                if math.isfinite(record["loss"]):
+                    ctx.epoch_losses.append(record["loss"])
+                window_loss, window = 0.0, 0
+                event("on_step_end", record)
+                if ctx.stop_training:
+                    if last:  # let the sampler finish as a full epoch would (resume matches)
+                        for _ in batches:
+                            pass
+                    break
+            losses = ctx.epoch_losses
+            values = {
+                "epoch": epoch,
+                "train_loss": sum(losses) / len(losses) if losses else math.nan,
+            }
+            if val_loader is not None:
+                values.update(evaluate(model, val_loader, ctx.loss_fn, device=device,
+                                       amp=update.amp, metrics=metric_fns, batch_fn=batch_fn))  # fmt: skip
+            values["lr"] = ctx.optimizer.param_groups[0]["lr"]
+            values["seconds"] = time.perf_counter() - started
+            event("on_validation_end", values)  # callbacks may add metrics here
+            history.log_epoch(**values)
+            event("on_epoch_end", values)
+            ctx.epoch_losses, ctx.skip_batches = [], 0
+            if ctx.stop_training:
+                break
+    except BaseException as error:  # NonFiniteError, Ctrl-C, ...: close the books, re-raise
+        history.stop_reason = f"{type(error).__name__}: {error}"[:500]
+        event("on_exception", error)
+        raise
+    history.stop_reason = ctx.stop_reason
+    event("on_fit_end")
+    return history
