@@ -17,6 +17,17 @@ differs from MONAI's ``jaccard=True`` in where the smoothing enters, and our
 softmax focal loss averages over pixels where MONAI averages over pixels ×
 channels (its value is multiplied by C for the comparison).
 
+Two more peers: ``plain`` is our sigmoid focal loss through plain autograd (its
+``reduction="none"`` path, then a mean), against which the hand-written
+``torch.autograd.Function`` must stay >= 1.3x faster to be kept; ``base`` (with
+``--baseline FILE``) is another version of ``losses.py``, e.g. the previous one, to check
+that a change makes no loss slower:
+
+    git show HEAD~1:lib/stabletrain/losses.py > /tmp/losses_before.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_losses.py --baseline /tmp/losses_before.py
+
+Runs (``--repeats`` sets the calls per contender):
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_losses.py
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_losses.py --threads 2
 """
@@ -24,6 +35,7 @@ channels (its value is multiplied by C for the comparison).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -35,7 +47,8 @@ except ImportError:  # pragma: no cover - Windows
 
 import torch
 
-from stabletrain.losses import DiceLoss, FocalLoss, JaccardLoss, TverskyLoss
+from stabletrain import losses
+from stabletrain.losses import DiceLoss, FocalLoss
 
 SHAPE = (16, 4, 128, 128)
 
@@ -78,63 +91,70 @@ def _peers():
     return peers, notes
 
 
-def _cases(peers, labels: torch.Tensor):
+#: (row, our loss from a losses module, MONAI's loss from ``monai.losses``); softmax rows
+#: give MONAI one-hot targets. Settings as described in the module docstring.
+LOSSES = [
+    ("dice (sigmoid)", lambda m: m.DiceLoss("multilabel"), lambda p: p.DiceLoss(sigmoid=True)),
+    (
+        "  validate=False",
+        lambda m: m.DiceLoss("multilabel", validate=False),
+        lambda p: p.DiceLoss(sigmoid=True),
+    ),
+    (
+        "dice (softmax)",
+        lambda m: m.DiceLoss("multiclass"),
+        lambda p: p.DiceLoss(softmax=True, to_onehot_y=True),
+    ),
+    (
+        "jaccard (sigmoid)",
+        lambda m: m.JaccardLoss("multilabel"),
+        lambda p: p.DiceLoss(sigmoid=True, jaccard=True),
+    ),
+    (
+        "tversky (sigmoid)",
+        lambda m: m.TverskyLoss("multilabel"),
+        lambda p: p.TverskyLoss(sigmoid=True),
+    ),
+    (
+        "focal (sigmoid)",
+        lambda m: m.FocalLoss("multilabel"),
+        lambda p: p.FocalLoss(gamma=2.0, alpha=0.25),
+    ),
+    (
+        "focal (softmax)",
+        lambda m: m.FocalLoss("multiclass"),
+        lambda p: p.FocalLoss(gamma=2.0, alpha=0.25, use_softmax=True, to_onehot_y=True),
+    ),
+]
+
+
+def _plain_focal(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Our sigmoid focal loss through plain autograd (its ``reduction="none"`` path)."""
+    return FocalLoss("multilabel", reduction="none")(x, target).mean()
+
+
+def _load_baseline(path: str):
+    """Another version of ``losses.py`` (e.g. ``git show REF:lib/stabletrain/losses.py``)."""
+    spec = importlib.util.spec_from_file_location("stabletrain._baseline_losses", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # as a submodule of stabletrain: relative imports work
+    return module
+
+
+def _cases(peers, labels: torch.Tensor, baseline):
     """(name, ours, peer name, peer, peer target transform, peer value scale)."""
     cases = []
     one_hot_target = labels.unsqueeze(1)
-    if "monai" in peers:
-        m = peers["monai"]
-        cases += [
-            ("dice (sigmoid)", DiceLoss("multilabel"), "monai", m.DiceLoss(sigmoid=True), None, 1),
-            (
-                "  validate=False",
-                DiceLoss("multilabel", validate=False),
-                "monai",
-                m.DiceLoss(sigmoid=True),
-                None,
-                1,
-            ),
-            (
-                "dice (softmax)",
-                DiceLoss("multiclass"),
-                "monai",
-                m.DiceLoss(softmax=True, to_onehot_y=True),
-                one_hot_target,
-                1,
-            ),
-            (
-                "jaccard (sigmoid)",
-                JaccardLoss("multilabel"),
-                "monai",
-                m.DiceLoss(sigmoid=True, jaccard=True),
-                None,
-                1,
-            ),
-            (
-                "tversky (sigmoid)",
-                TverskyLoss("multilabel"),
-                "monai",
-                m.TverskyLoss(sigmoid=True),
-                None,
-                1,
-            ),
-            (
-                "focal (sigmoid)",
-                FocalLoss("multilabel"),
-                "monai",
-                m.FocalLoss(gamma=2.0, alpha=0.25),
-                None,
-                1,
-            ),
-            (
-                "focal (softmax)",
-                FocalLoss("multiclass"),
-                "monai",
-                m.FocalLoss(gamma=2.0, alpha=0.25, use_softmax=True, to_onehot_y=True),
-                one_hot_target,
-                SHAPE[1],
-            ),
-        ]
+    for name, ours, monai_loss in LOSSES:
+        multiclass = "softmax" in name
+        if "monai" in peers:
+            target = one_hot_target if multiclass else None
+            scale = SHAPE[1] if multiclass and "focal" in name else 1
+            cases.append((name, ours(losses), "monai", monai_loss(peers["monai"]), target, scale))
+        if baseline is not None:
+            cases.append((name, ours(losses), "base", ours(baseline), None, 1))
+        if name == "focal (sigmoid)":  # the fused Function against plain autograd
+            cases.append((name, ours(losses), "plain", _plain_focal, None, 1))
     if "smp" in peers:
         s = peers["smp"].losses
         cases += [
@@ -148,6 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per contender")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--baseline", metavar="FILE", help="also time another losses.py (peer 'base')"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,9 +190,10 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header))
-    for name, ours, peer_name, peer, peer_target, scale in _cases(peers, labels):
+    baseline = _load_baseline(args.baseline) if args.baseline else None
+    for name, ours, peer_name, peer, peer_target, scale in _cases(peers, labels, baseline):
         our_target = labels if ours.mode == "multiclass" else multilabel
-        their_target = peer_target if peer_target is not None else multilabel
+        their_target = peer_target if peer_target is not None else our_target
         for _ in range(3):  # warm-up
             _time_once(ours, logits, our_target)
             _time_once(peer, logits, their_target)

@@ -75,3 +75,17 @@ def test_bad_arguments(kwargs, name):
 def test_negative_sample_count_in_loaders():
     with pytest.raises(ValueError, match="num_samples"):
         make_loaders(num_train=-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"num_samples": 4.0}, "num_samples must be an int"),
+        ({"noise_std": "0.1"}, "noise_std must be a number"),
+        ({"object_size": 0.1}, "object_size must be a pair"),
+        ({"objects_per_image": (1.5, 2)}, r"objects_per_image\[0\] must be an int"),
+    ],
+)
+def test_wrong_types(kwargs, name):
+    with pytest.raises(TypeError, match=name):
+        ShapesSegmentation(**{"num_samples": 4, **kwargs})

@@ -125,7 +125,7 @@ def test_sigmoid_focal_reductions_agree(reduction):
     torch.testing.assert_close(value, expected)
 
 
-def test_fused_gradients_pass_gradcheck():
+def test_gradients_pass_gradcheck():
     logits, target = _binary((2, 2, 5, 4), soft=True)
     x = logits.clone().requires_grad_()
     for loss in (
@@ -149,8 +149,8 @@ def test_fused_gradients_pass_gradcheck():
 @pytest.mark.parametrize("jaccard", [False, True])
 @pytest.mark.parametrize("squared", [False, True])
 @pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
-def test_dice_fused_gradient_matches_monai_and_plain_autograd(mode, squared, jaccard):
-    """The fused backward against MONAI's autograd (Dice) and the formula (Dice and Jaccard)."""
+def test_dice_gradient_matches_monai_and_the_formula(mode, squared, jaccard):
+    """Our gradient against MONAI's (Dice) and autograd of the formula (Dice and Jaccard)."""
     if mode == "multiclass":
         logits, target = _multiclass()
         ref_target = target.unsqueeze(1)
@@ -181,8 +181,8 @@ def test_dice_fused_gradient_matches_monai_and_plain_autograd(mode, squared, jac
 
 
 @pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
-def test_dice_gradient_buffer_is_not_shared_between_backward_calls(mode):
-    """The forward's buffer becomes the first gradient; a second backward must not reuse it."""
+def test_dice_gradient_accumulates_exactly_over_backward_calls(mode):
+    """A second backward (retain_graph) and two losses of one forward add exact gradients."""
     logits, target = _multiclass() if mode == "multiclass" else _binary()
     x = logits.clone().requires_grad_()
     loss = DiceLoss(mode)(x, target)
@@ -190,18 +190,19 @@ def test_dice_gradient_buffer_is_not_shared_between_backward_calls(mode):
     first = x.grad.clone()
     loss.backward()  # accumulates into x.grad: must give exactly twice the first gradient
     torch.testing.assert_close(x.grad, 2 * first, atol=0, rtol=0)
-    # Two losses of one forward, summed (e.g. gradient accumulation): each its own buffer.
+    # Two losses of one forward, summed (e.g. gradient accumulation).
     x = logits.clone().requires_grad_()
     (DiceLoss(mode)(x, target) + DiceLoss(mode)(x, target)).backward()
     torch.testing.assert_close(x.grad, 2 * first, atol=1e-15, rtol=0)
 
 
-def test_dice_second_derivative_raises_instead_of_being_wrong():
-    logits, target = _binary((2, 1, 4, 4))
+@pytest.mark.parametrize("mode", ["binary", "multiclass"])
+def test_dice_second_derivative_is_correct(mode):
+    """Plain autograd: the overlap losses have a correct second derivative."""
+    logits, target = _multiclass(2, 3, 4, 4) if mode == "multiclass" else _binary((2, 1, 4, 4))
     x = logits.clone().requires_grad_()
-    (grad,) = torch.autograd.grad(DiceLoss()(x, target), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"once_differentiable|twice"):
-        grad.sum().backward()
+    for loss in (DiceLoss(mode), DiceLoss(mode, squared=True), TverskyLoss(mode, alpha=0.3)):
+        assert torch.autograd.gradgradcheck(lambda x, loss=loss: loss(x, target), (x,))
 
 
 @pytest.mark.parametrize("mode", ["multilabel", "multiclass"])
@@ -218,8 +219,8 @@ def test_dice_on_channels_last_and_float32_logits(mode):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_in_place_softmax_backward_matches_out_of_place(threads):
-    """The multiclass backward writes the softmax Jacobian in place; check it on a parallel CPU."""
+def test_softmax_dice_gradient_on_a_parallel_cpu(threads):
+    """The multiclass gradient in float32, on one and two threads, against float64."""
     logits = torch.randn(4, 5, 48, 40) * 3
     labels = torch.randint(0, 5, (4, 48, 40))
     previous = torch.get_num_threads()
@@ -227,14 +228,8 @@ def test_in_place_softmax_backward_matches_out_of_place(threads):
     try:
         x = logits.clone().requires_grad_()
         DiceLoss("multiclass")(x, labels).backward()
-        g_p = torch.empty_like(logits).normal_()
-        p = torch.softmax(logits, 1)
-        in_place = g_p.clone()
-        torch.ops.aten._softmax_backward_data.out(in_place, p, 1, p.dtype, grad_input=in_place)
-        expected = torch._softmax_backward_data(g_p, p, 1, p.dtype)
     finally:
         torch.set_num_threads(previous)
-    torch.testing.assert_close(in_place, expected, atol=0, rtol=0)
     plain_x = logits.double().requires_grad_()
     one_hot = nn.functional.one_hot(labels, 5).movedim(-1, 1).double()
     probs = torch.softmax(plain_x, 1)
@@ -406,6 +401,18 @@ def test_errors_name_shapes_and_values():
         DiceLoss(smooth=0.0)
 
 
+def test_wrong_argument_types_name_the_parameter():
+    with pytest.raises(TypeError, match="squared must be a bool"):
+        DiceLoss(squared="false")  # a string is not a bool, even "false"
+    with pytest.raises(TypeError, match="validate must be a bool"):
+        FocalLoss(validate=0)
+    with pytest.raises(TypeError, match="alpha must be a number or None"):
+        FocalLoss(alpha="0.25")
+    with pytest.raises(TypeError, match="gamma must be a number"):
+        FocalLoss(gamma=True)
+    assert FocalLoss(alpha=None).alpha is None
+
+
 @pytest.mark.parametrize("cls", [DiceLoss, JaccardLoss, TverskyLoss])
 def test_overlap_losses_check_class_indices_exactly(cls):
     """Dice-type losses check the indices on their float copy; the message stays exact."""
@@ -425,6 +432,79 @@ def test_validate_false_skips_value_checks_only():
     DiceLoss(validate=False)(logits, torch.full((2, 1, 8, 8), 2.0))  # no pass over the data
     with pytest.raises(ValueError):  # shapes are still checked
         DiceLoss(validate=False)(logits, torch.zeros(2, 1, 4, 4))
+
+
+# --- classification shapes: no spatial dims ------------------------------------------------
+
+OVERLAP_AND_FOCAL = [DiceLoss, JaccardLoss, TverskyLoss, FocalLoss]
+
+
+def _value_and_grad(loss, logits, target):
+    x = logits.clone().requires_grad_()
+    value = loss(x, target)
+    value.backward()
+    return value.detach(), x.grad
+
+
+@pytest.mark.parametrize("cls", OVERLAP_AND_FOCAL)
+def test_multiclass_logits_without_pixels_are_maps_of_one_pixel(cls):
+    """(N, C) logits with (N,) indices or (N, C) one-hot targets: as (N, C, 1, 1) maps."""
+    logits = torch.randn(6, 4, dtype=torch.float64) * 2
+    labels = torch.tensor([0, 1, 2, 3, 1, 2])
+    as_map = _value_and_grad(cls("multiclass"), logits[..., None, None], labels[..., None, None])
+    flat = _value_and_grad(cls("multiclass"), logits, labels)
+    one_hot = _value_and_grad(cls("multiclass"), logits, nn.functional.one_hot(labels, 4).double())
+    for value, grad in (flat, one_hot):
+        torch.testing.assert_close(value, as_map[0], atol=1e-12, rtol=0)
+        torch.testing.assert_close(grad, as_map[1][..., 0, 0], atol=1e-12, rtol=0)
+    none = cls("multiclass", reduction="none")(logits, labels)
+    assert none.shape == ((6,) if cls is FocalLoss else (6, 4))
+
+
+@pytest.mark.parametrize("cls", OVERLAP_AND_FOCAL)
+def test_binary_logits_of_shape_n_or_n1(cls):
+    logits = torch.randn(8, dtype=torch.float64) * 2
+    target = (torch.rand(8) > 0.5).double()
+    expected = cls()(logits.view(8, 1, 1, 1), target.view(8, 1, 1, 1))
+    for pred, tgt in (
+        (logits, target),
+        (logits[:, None], target),
+        (logits[:, None], target[:, None]),
+    ):
+        torch.testing.assert_close(cls()(pred, tgt), expected, atol=1e-12, rtol=0)
+    if cls is FocalLoss:  # element-wise: "none" keeps the shape of pred
+        assert cls(reduction="none")(logits, target).shape == (8,)
+    with pytest.raises(ValueError, match="one channel"):
+        cls()(torch.randn(8, 2), torch.zeros(8, 2))
+
+
+def test_multiclass_probability_targets():
+    """Soft targets of pred's shape: focal with gamma=0 is the soft cross-entropy of torch."""
+    logits = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    probs = torch.softmax(torch.randn(5, 3, 4, 4, dtype=torch.float64), 1)
+    torch.testing.assert_close(
+        FocalLoss("multiclass", gamma=0.0, alpha=None)(logits, probs),
+        nn.CrossEntropyLoss()(logits, probs),
+    )
+    labels = torch.randint(0, 3, (5, 4, 4))
+    one_hot = nn.functional.one_hot(labels, 3).movedim(-1, 1).double()
+    for loss in (FocalLoss("multiclass"), DiceLoss("multiclass", include_background=False)):
+        torch.testing.assert_close(loss(logits, one_hot), loss(logits, labels))
+    ref = monai_losses.DiceLoss(softmax=True)(logits, probs)  # MONAI takes soft targets as is
+    torch.testing.assert_close(DiceLoss("multiclass")(logits, probs), ref, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        DiceLoss("multiclass")(logits, probs * 2)
+    with pytest.raises(ValueError, match=r"\(5, 4, 4\) \(class indices\) or the shape of pred"):
+        FocalLoss("multiclass")(logits, probs[:, :2])
+
+
+def test_combined_preset_on_classification_logits():
+    logits, labels = torch.randn(6, 4), torch.randint(0, 4, (6,))
+    loss = build_loss("default_segmentation", mode="multiclass")
+    expected = 0.7 * DiceLoss("multiclass")(logits, labels) + 0.3 * nn.CrossEntropyLoss()(
+        logits, labels
+    )
+    torch.testing.assert_close(loss(logits, labels), expected)
 
 
 # --- combined loss and presets --------------------------------------------------------------
@@ -449,7 +529,7 @@ def test_combined_loss_is_weighted_sum_with_settable_weights():
     other = CombinedLoss({"dice": (DiceLoss(), 0.7), "bce": (nn.BCEWithLogitsLoss(), 0.3)})
     other.load_state_dict(state)
     assert other.weights == {"dice": 0.2, "bce": 0.3}
-    with pytest.raises(ValueError, match="unknown term"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['focal'\] in weights; accepted"):
         loss.weights = {"focal": 1.0}
     with pytest.raises(ValueError, match=">= 0"):
         loss.weights = {"dice": -1.0}
@@ -502,7 +582,7 @@ def test_build_loss_from_seed_style_config():
     assert plain.weights == {"dice": 0.8, "bce": 0.2}
     with pytest.raises(ValueError, match="unknown key"):
         build_loss({"type": "combined", "dice_wieght": 0.8})
-    with pytest.raises(ValueError, match="type must be 'combined'"):
+    with pytest.raises(ValueError, match=r"type must be one of \('combined',\), got 'focal'"):
         build_loss({"type": "focal"})
 
 

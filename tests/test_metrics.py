@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from stabletrain.metrics import dice_score, iou_score
+from stabletrain.metrics import accuracy, dice_score, iou_score
 
 
 def test_binary_perfect_half_and_empty():
@@ -32,3 +32,44 @@ def test_shape_errors():
         dice_score(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="integer"):
         dice_score(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4))
+
+
+def test_accuracy_of_class_indices_over_dim_1():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 0.0, 5.0], [4.0, 0.0, 0.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 2, 1])) == pytest.approx(0.75)
+    # Segmentation maps (N, C, H, W): pixel accuracy, argmax over the class dim 1.
+    target = torch.tensor([[[0, 1], [2, 2]]])
+    maps = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float()
+    assert accuracy(maps, target) == 1.0
+    assert accuracy(maps, torch.tensor([[[0, 1], [2, 0]]])) == pytest.approx(0.75)
+
+
+def test_accuracy_of_a_language_model_reads_classes_from_the_last_dim():
+    targets = torch.randint(0, 7, (2, 5))
+    scores = torch.nn.functional.one_hot(targets, 7).float()  # (B, T, V)
+    assert accuracy(scores, targets) == 1.0
+    scores[0, 0] = scores[0, 0].roll(1)  # one of ten positions wrong
+    assert accuracy(scores, targets) == pytest.approx(0.9)
+    # T == V: the (B, T) target still marks a language model.
+    square = torch.nn.functional.one_hot(torch.tensor([[0, 1, 2]]), 3).float()
+    assert accuracy(square, torch.tensor([[0, 1, 2]])) == 1.0
+
+
+def test_accuracy_of_binary_logits_thresholds_at_zero():
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    targets = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert accuracy(logits, targets) == pytest.approx(0.75)
+    assert accuracy(logits[:, None], targets) == pytest.approx(0.75)
+    assert accuracy(logits[:, None], targets[:, None].long()) == pytest.approx(0.75)
+    maps = torch.tensor([[[[1.0, -1.0]]]])  # (1, 1, 1, 2) with (1, 1, 2) targets
+    assert accuracy(maps, torch.tensor([[[1, 1]]])) == pytest.approx(0.5)
+    assert accuracy([maps, torch.zeros(1, 1, 1, 1)], torch.tensor([[[1, 0]]])) == 1.0
+
+
+def test_accuracy_errors_name_the_expected_shapes():
+    with pytest.raises(ValueError, match=r"\(N, \*spatial\) = \(4,\)"):
+        accuracy(torch.zeros(4, 3), torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer class indices"):
+        accuracy(torch.zeros(4, 3), torch.zeros(4))
+    with pytest.raises(ValueError, match="binary targets must have the shape"):
+        accuracy(torch.zeros(4, 1), torch.zeros(3))

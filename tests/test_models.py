@@ -126,3 +126,18 @@ def test_safe_attention_shorthand_and_norm_layers():
 def test_bad_attention_options(options, name):
     with pytest.raises(ValueError, match=name):
         TinyUNet(base_channels=4, attention="cbam", attention_options=options)
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    [
+        (lambda: TinyUNet(deep_supervision="false"), "deep_supervision must be a bool"),
+        (lambda: TinyUNet(safe_attention=1), "safe_attention must be a bool"),
+        (lambda: TinyUNet(depth=2.0), "depth must be an int"),
+        (lambda: SEBlock(8, norm="yes"), "norm must be a bool"),
+        (lambda: CBAMBlock(8, gate_bound="4"), "gate_bound must be a number or None"),
+    ],
+)
+def test_wrong_types_name_the_parameter(make, name):
+    with pytest.raises(TypeError, match=name):
+        make()

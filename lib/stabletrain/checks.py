@@ -1,27 +1,123 @@
-"""Argument checks, one line at each call site: each returns the value or raises a
-``TypeError``/``ValueError`` that names the parameter and what it accepts."""
+"""Argument checks, one line per parameter at the call site.
+
+Each check returns the value (as ``int``, ``float``, ``bool`` or a tuple) or raises a
+``TypeError`` (wrong type) or ``ValueError`` (out of range, not a choice) whose message
+names the parameter and the accepted values. A ``bool`` is never a number and a string
+is never a number or a bool. ``optional=True`` lets ``None`` through.
+
+Example:
+    >>> from stabletrain.checks import check_float, check_int
+    >>> check_int("depth", 3, min=1, max=6)
+    3
+    >>> check_float("smooth", 0, min=0, low_open=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: smooth must be > 0, got 0.0
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Collection, Mapping
 from typing import Any
 
-__all__ = ["check_int", "check_positive"]
+__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_keys", "check_range"]
 
 
-def check_int(name: str, value: Any, *, min: int | None = None) -> int:
-    """An ``int`` (not a ``bool``) ``>= min``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if min is not None and value < min:
-        raise ValueError(f"{name} must be an int >= {min}, got {value}")
+def _bounds(min: float | None, max: float | None, low_open: bool, high_open: bool) -> str:
+    """The accepted range in words: ``>= 0``, ``< 1`` or ``in (0, 1]``."""
+    if min is not None and max is not None:
+        return f"in {'(' if low_open else '['}{min:g}, {max:g}{')' if high_open else ']'}"
+    if min is not None:
+        return f"{'>' if low_open else '>='} {min:g}"
+    return f"{'<' if high_open else '<='} {max:g}"
+
+
+def _type_error(name: str, expected: str, value: Any) -> TypeError:
+    return TypeError(f"{name} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def _number(name, value, kind, expected, min, max, low_open, high_open, finite, optional):
+    if value is None and optional:
+        return None
+    expected += " or None" if optional else ""
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _type_error(name, expected, value)
+    value = int(value) if kind is numbers.Integral else float(value)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    above = min is None or (value > min if low_open else value >= min)  # False for NaN
+    below = max is None or (value < max if high_open else value <= max)
+    if not (above and below):
+        raise ValueError(f"{name} must be {_bounds(min, max, low_open, high_open)}, got {value}")
     return value
 
 
-def check_positive(name: str, value: Any) -> float:
-    """A finite real number ``> 0`` (not a ``bool`` or a string)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number > 0, got {type(value).__name__} {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
+def check_int(
+    name: str, value: Any, *, min: int | None = None, max: int | None = None, optional=False
+) -> int | None:
+    """``value`` as an ``int`` in ``[min, max]`` (either bound may be ``None``)."""
+    return _number(name, value, numbers.Integral, "an int", min, max, False, False, True, optional)
+
+
+def check_float(
+    name: str,
+    value: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    finite: bool = True,
+    optional: bool = False,
+) -> float | None:
+    """``value`` (an int or a float) as a ``float`` between ``min`` and ``max``.
+
+    The bounds are inclusive unless ``low_open``/``high_open``; ``finite=False`` also
+    accepts ``±inf`` and NaN (a NaN fails any bound).
+    """
+    args = (min, max, low_open, high_open, finite, optional)
+    return _number(name, value, numbers.Real, "a number", *args)
+
+
+def check_bool(name: str, value: Any, *, optional: bool = False) -> bool | None:
+    """``value`` if it is ``True`` or ``False`` (not ``0``/``1``, not ``"false"``)."""
+    if isinstance(value, bool) or (value is None and optional):
+        return value
+    raise _type_error(name, "a bool (True or False)" + (" or None" if optional else ""), value)
+
+
+def check_choice(name: str, value: Any, choices: Collection) -> Any:
+    """``value`` if it equals one of ``choices`` (``True`` does not count as ``1``)."""
+    if any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in choices):
+        return value
+    raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_keys(name: str, mapping: Any, allowed: Collection[str]) -> Mapping:
+    """``mapping`` if it is a mapping whose keys are all in ``allowed``."""
+    if not isinstance(mapping, Mapping):
+        raise _type_error(name, "a mapping", mapping)
+    unknown = sorted(map(str, set(mapping) - set(allowed)))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {name}; accepted keys are {tuple(allowed)}")
+    return mapping
+
+
+def check_range(
+    name: str, value: Any, *, min: float | None = None, max: float | None = None, integer=False
+) -> tuple[float, float] | tuple[int, int]:
+    """A pair ``(low, high)`` with ``min <= low <= high <= max``, as a tuple."""
+    kind = "integers" if integer else "numbers"
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Collection):
+        raise _type_error(name, f"a pair of {kind} (low, high)", value)
+    if len(value) != 2:
+        raise ValueError(f"{name} must be a pair of {kind} (low, high), got {value!r}")
+    check = check_int if integer else check_float
+    low, high = (check(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if not ((min is None or min <= low) and low <= high and (max is None or high <= max)):
+        rule = ("low" if min is None else f"{min:g} <= low") + " <= high"
+        rule += "" if max is None else f" <= {max:g}"
+        raise ValueError(f"{name} must satisfy {rule}, got {value!r}")
+    return low, high

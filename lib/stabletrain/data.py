@@ -33,20 +33,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .checks import check_choice, check_float, check_int, check_range
+
 __all__ = ["SHAPES", "ShapesSegmentation", "make_loaders"]
 
 SHAPES = ("circle", "rectangle", "triangle")
 _SPLITS = {"train": 0, "val": 1, "test": 2}
-
-
-def _check_range(name: str, value: Sequence[float], low: float, high: float) -> tuple[float, float]:
-    try:
-        a, b = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a pair (min, max), got {value!r}") from None
-    if not (low <= a <= b <= high):
-        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
-    return a, b
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -97,34 +89,18 @@ class ShapesSegmentation(Dataset):
         blur_sigma: float = 0.7,
         contrast: tuple[float, float] = (0.3, 1.0),
     ) -> None:
-        for name, value in (("num_samples", num_samples), ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {image_size}")
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {tuple(_SPLITS)}, got {split!r}")
+        num_samples = check_int("num_samples", num_samples, min=1)
+        image_size = check_int("image_size", image_size, min=16)
+        check_choice("split", split, tuple(_SPLITS))
         shapes = tuple(shapes)
         if not shapes or any(s not in SHAPES for s in shapes) or len(set(shapes)) != len(shapes):
             raise ValueError(f"shapes must be distinct names from {SHAPES}, got {shapes!r}")
-        allowed = sorted({1, 2, len(shapes) + 1})
-        if num_classes not in allowed:
-            raise ValueError(
-                f"num_classes must be one of {allowed} for shapes={shapes}, got {num_classes!r}"
-            )
-        lo, hi = objects_per_image
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-            raise ValueError(
-                f"objects_per_image must be integers 1 <= min <= max, got {objects_per_image!r}"
-            )
-        object_size = _check_range("object_size", object_size, 0.005, 0.5)
-        contrast = _check_range("contrast", contrast, 0.0, 10.0)
-        if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
-        if blur_sigma < 0:
-            raise ValueError(f"blur_sigma must be >= 0, got {blur_sigma}")
+        check_choice("num_classes", num_classes, sorted({1, 2, len(shapes) + 1}))
+        lo, hi = check_range("objects_per_image", objects_per_image, min=1, integer=True)
+        object_size = check_range("object_size", object_size, min=0.005, max=0.5)
+        contrast = check_range("contrast", contrast, min=0.0, max=10.0)
+        noise_std = check_float("noise_std", noise_std, min=0)
+        blur_sigma = check_float("blur_sigma", blur_sigma, min=0)
 
         self.num_samples = num_samples
         self.image_size = image_size
@@ -134,8 +110,8 @@ class ShapesSegmentation(Dataset):
         self.shapes = shapes
         self.objects_per_image = (lo, hi)
         self.object_size = object_size
-        self.noise_std = float(noise_std)
-        self.blur_sigma = float(blur_sigma)
+        self.noise_std = noise_std
+        self.blur_sigma = blur_sigma
         self.contrast = contrast
 
         images = np.empty((num_samples, 1, image_size, image_size), dtype=np.float32)
@@ -219,8 +195,7 @@ def make_loaders(
 
     Extra keyword arguments go to both datasets.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size, min=1)
     train = ShapesSegmentation(
         num_train, image_size, num_classes, seed, split="train", **dataset_kwargs
     )

@@ -1,13 +1,21 @@
-"""Segmentation losses: Dice, Jaccard, Tversky, focal, and weighted combinations.
+"""Losses for segmentation and classification: Dice, Jaccard, Tversky, focal, combinations.
 
 Every loss takes logits ``pred`` of shape ``(N, C, *spatial)`` (``from_logits=True``,
 the default) or probabilities (``from_logits=False``) and a ``mode``:
 
-- ``"binary"``: ``C == 1``, sigmoid; ``target`` has the shape of ``pred`` with
-  values in [0, 1] (soft labels allowed).
-- ``"multilabel"``: any ``C``, one sigmoid per channel; ``target`` as in binary.
-- ``"multiclass"``: ``C >= 2``, softmax over ``C``; ``target`` holds integer
-  class indices of shape ``(N, *spatial)``.
+- ``"binary"``: ``C == 1``, sigmoid; ``target`` has the shape of ``pred``, or that shape
+  without the channel dim, with values in [0, 1] (soft labels allowed). ``pred`` may
+  also be ``(N,)``.
+- ``"multilabel"``: any ``C``, one sigmoid per channel; ``target`` has the shape of
+  ``pred``, values in [0, 1].
+- ``"multiclass"``: ``C >= 2``, softmax over ``C``; ``target`` holds integer class
+  indices of shape ``(N, *spatial)``, or class probabilities (one-hot or soft) of the
+  shape of ``pred``.
+
+``*spatial`` may be empty: classification logits ``(N, C)`` with targets ``(N,)`` or
+``(N, C)`` are maps without pixels. The overlap losses (Dice, Jaccard, Tversky) sum over
+the spatial dims per sample and channel, so on ``(N, C)`` each term is one element, as on
+``(N, C, 1, 1)``.
 
 Losses are computed in float32 when ``pred`` is float16/bfloat16 (those
 formats lose the small per-pixel terms of the sums; float64 stays float64), and from
@@ -33,14 +41,14 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
+
+from .checks import check_bool, check_choice, check_float, check_keys
 
 __all__ = [
     "LOSS_PRESETS",
@@ -62,24 +70,6 @@ REDUCTIONS = ("mean", "sum", "none")
 OVERLAP_TERMS = ("dice", "jaccard", "tversky")
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-
-def _check_number(
-    name: str, value: Any, *, low: float | None = None, strict: bool = False
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value <= low if strict else value < low):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
-    return value
-
-
 def _value_range(values: torch.Tensor) -> tuple[float, float]:
     """Smallest and largest value of a float tensor (NaN if it holds one).
 
@@ -87,6 +77,13 @@ def _value_range(values: torch.Tensor) -> tuple[float, float]:
     two thirds of the time of one ``torch.aminmax`` over float data.
     """
     return float(values.amin()), float(values.amax())
+
+
+def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> None:
+    """Raise a ``ValueError`` if the float tensor ``values`` holds values outside [0, 1]."""
+    low, high = _value_range(values) if values.numel() else (0.0, 0.0)
+    if not (0.0 <= low and high <= 1.0):
+        raise ValueError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]{hint}")
 
 
 def _class_indices(target: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -111,76 +108,7 @@ def _one_hot(indices: torch.Tensor, classes: int, out: torch.Tensor) -> torch.Te
     return torch.eq(indices, index.view(1, classes, 1), out=out)
 
 
-class _OverlapStats(torch.autograd.Function):
-    r"""Per-row overlap sums of a sigmoid or a softmax, with a fused backward.
-
-    ``x``: ``(N, C, P)`` logits. Sigmoid (``classes=None``): ``t`` is the target
-    ``(N, C, P)`` and ``p = σ(x)``. Softmax over dim 1 (``classes = C``): ``t`` holds
-    the class indices as floats, ``(N, 1, P)`` (see :func:`_class_indices`), the
-    target is their one-hot and ``p = softmax(x)``. Returns, each ``(N, C)`` and
-    summed over P: ``I = Σ p t``, ``S = Σ p`` (``Σ p²`` if ``squared``) and
-    ``T = Σ t`` (``Σ t²`` if ``squared``; no gradient). ``t`` gets no gradient.
-
-    The backward forms ``G = ∂L/∂p = g_I t + g_S`` (``+ 2 g_S p`` if ``squared``)
-    and applies the activation's Jacobian in place: ``σ'(x) = p(1 − p)``
-    elementwise, or ``p ⊙ (G − Σ_c p G)`` for the softmax.
-
-    Speed: besides ``p`` a call allocates one large tensor, which holds ``p ⊙ t``
-    in the forward and becomes the returned gradient, where autograd through
-    the separate ops allocates about five; the one-hot target is never kept (it
-    is rebuilt from the ``(N, 1, P)`` indices by one comparison into that buffer).
-    On a busy CPU, where fresh memory costs page faults, the allocations matter
-    as much as the passes over the data.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, t: torch.Tensor, squared: bool, classes: int | None):
-        if classes is None:
-            p = torch.sigmoid(x)
-            buffer = torch.mul(p, t)
-            true = torch.linalg.vecdot(t, t) if squared else t.sum(-1)
-        else:
-            p = torch.softmax(x, 1)
-            buffer = _one_hot(t, classes, torch.empty_like(p))
-            true = buffer.sum(-1)  # one-hot, so Σt² = Σt
-            buffer.mul_(p)
-        inter = buffer.sum(-1)
-        total = torch.mul(p, p, out=buffer).sum(-1) if squared else p.sum(-1)
-        ctx.save_for_backward(p, t)
-        ctx.buffer = buffer  # reused for the gradient (once: see backward)
-        ctx.squared, ctx.classes = squared, classes
-        ctx.mark_non_differentiable(true)
-        return inter, total, true
-
-    @staticmethod
-    @once_differentiable  # in-place kernels: a second derivative raises instead of being wrong
-    def backward(ctx, grad_inter: torch.Tensor, grad_total: torch.Tensor, _: torch.Tensor):
-        p, t = ctx.saved_tensors
-        grad, ctx.buffer = ctx.buffer, None
-        if grad is None:  # a second backward (retain_graph): the first one's was returned
-            grad = torch.empty_like(p)
-        g_i, g_s = grad_inter.unsqueeze(-1), grad_total.unsqueeze(-1)
-        if ctx.classes is None:
-            torch.mul(t, g_i, out=grad)
-        else:
-            _one_hot(t, ctx.classes, grad).mul_(g_i)
-        if ctx.squared:
-            grad.addcmul_(p, g_s, value=2.0)
-        else:
-            grad.add_(g_s)  # a broadcasting addcmul is slower on CPU
-        # Jacobian of the activation, written in place (elementwise for the sigmoid; the
-        # softmax kernel reduces each pixel's C values before writing any of them).
-        if ctx.classes is None:
-            torch.ops.aten.sigmoid_backward.grad_input(grad, p, grad_input=grad)
-        elif grad.device.type == "cpu" and grad.is_contiguous() and p.is_contiguous():
-            # In place on CPU, where a fresh buffer costs page faults (checked against the
-            # out-of-place kernel in the tests); the out= kernel assumes one contiguous layout.
-            torch.ops.aten._softmax_backward_data.out(grad, p, 1, p.dtype, grad_input=grad)
-        else:
-            grad = torch._softmax_backward_data(grad, p, 1, p.dtype)
-        return grad, None, None, None
-
-
+# Kept: 1.5x as fast as plain autograd of FocalLoss._sigmoid_focal (benchmarks/README.md).
 class _SigmoidFocalSum(torch.autograd.Function):
     r"""``Σ α_t (1 − p_t)^γ BCE(x, t)`` over all elements, with a fused backward.
 
@@ -224,12 +152,10 @@ class _SegmentationLoss(nn.Module):
 
     def __init__(self, mode: str, from_logits: bool, reduction: str, validate: bool) -> None:
         super().__init__()
-        _check_choice("mode", mode, MODES)
-        _check_choice("reduction", reduction, REDUCTIONS)
-        self.mode = mode
-        self.from_logits = bool(from_logits)
-        self.reduction = reduction
-        self.validate = bool(validate)
+        self.mode = check_choice("mode", mode, MODES)
+        self.from_logits = check_bool("from_logits", from_logits)
+        self.reduction = check_choice("reduction", reduction, REDUCTIONS)
+        self.validate = check_bool("validate", validate)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, from_logits={self.from_logits}, reduction={self.reduction!r}"
@@ -237,68 +163,64 @@ class _SegmentationLoss(nn.Module):
     def _check(
         self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Check shapes (always) and values (if ``validate``); return float32 pred, target.
+        """Check shapes (always) and values (if ``validate``).
 
-        ``class_indices=False`` leaves the range check of multiclass indices to the
-        caller (:class:`DiceLoss` does it on the float copy it makes anyway).
+        Returns ``pred`` as ``(N, C, *spatial)`` (float16/bfloat16 as float32) and the
+        target: int64 class indices ``(N, *spatial)`` (multiclass) or floats of the shape
+        of ``pred``. ``class_indices=False`` leaves the range check of class indices to
+        the caller (:class:`DiceLoss` does it on the float copy it makes anyway).
         """
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
             raise TypeError(
                 f"pred and target must be tensors, got {type(pred).__name__} and "
                 f"{type(target).__name__}"
             )
-        if pred.dim() < 3:
-            raise ValueError(f"pred must have shape (N, C, *spatial), got {tuple(pred.shape)}")
         if not pred.is_floating_point():
             raise ValueError(f"pred must be a floating-point tensor, got {pred.dtype}")
         if pred.dtype in (torch.float16, torch.bfloat16):
             pred = pred.float()
-        channels = pred.shape[1]
-        if self.mode == "multiclass":
-            expected = (pred.shape[0], *pred.shape[2:])
-            if channels < 2:
-                raise ValueError(
-                    f"multiclass mode needs C >= 2 channels, got pred of shape {tuple(pred.shape)}"
-                    " (use mode='binary' for one channel)"
-                )
-            if tuple(target.shape) != expected:
-                raise ValueError(
-                    f"multiclass target must have shape (N, *spatial) = {expected} for pred of "
-                    f"shape {tuple(pred.shape)}, got {tuple(target.shape)}"
-                )
+        if self.mode == "binary" and pred.dim() == 1:
+            pred = pred.unsqueeze(1)  # (N,) logits: one channel
+        shape = tuple(pred.shape)
+        if pred.dim() < 2:
+            raise ValueError(f"pred must have shape (N, C, *spatial) or (N,), got {shape}")
+        # (N, *spatial): class indices, or a binary target without its channel dim
+        indices_shape = (shape[0], *shape[2:])
+        if self.mode == "binary" and shape[1] != 1:
+            raise ValueError(
+                f"binary mode needs pred with one channel, got shape {shape} "
+                "(use mode='multilabel' or 'multiclass')"
+            )
+        if self.mode == "multiclass" and shape[1] < 2:
+            raise ValueError(
+                f"multiclass mode needs C >= 2 channels, got pred of shape {shape}"
+                " (use mode='binary' for one channel)"
+            )
+        if self.mode == "multiclass" and tuple(target.shape) == indices_shape:
             if target.is_floating_point() or target.dtype == torch.bool:
                 raise ValueError(
-                    f"multiclass target must hold integer class indices, got dtype {target.dtype}"
+                    "a multiclass target of shape (N, *spatial) must hold integer class "
+                    f"indices, got dtype {target.dtype}"
                 )
             target = target.long()
             if self.validate and class_indices and target.numel():
-                self._check_class_indices(target, channels)
+                self._check_class_indices(target, shape[1])
         else:
-            if self.mode == "binary" and channels != 1:
+            if self.mode == "binary" and tuple(target.shape) == indices_shape:
+                target = target.unsqueeze(1)
+            if tuple(target.shape) != shape:
+                expected = f"the shape of pred {shape}"
+                if self.mode == "multiclass":
+                    expected = f"(N, *spatial) = {indices_shape} (class indices) or {expected}"
                 raise ValueError(
-                    f"binary mode needs pred with one channel, got shape {tuple(pred.shape)} "
-                    "(use mode='multilabel' or 'multiclass')"
-                )
-            if target.shape != pred.shape:
-                raise ValueError(
-                    f"{self.mode} target must have the shape of pred {tuple(pred.shape)}, "
-                    f"got {tuple(target.shape)}"
+                    f"{self.mode} target must have {expected}, got {tuple(target.shape)}"
                 )
             target = target.to(pred.dtype)
-            if self.validate and target.numel():
-                low, high = _value_range(target)
-                if not (0.0 <= low and high <= 1.0):
-                    raise ValueError(
-                        f"{self.mode} target values must be in [0, 1], got values in "
-                        f"[{low:g}, {high:g}]"
-                    )
-        if not self.from_logits and self.validate and pred.numel():
-            low, high = _value_range(pred)
-            if not (0.0 <= low and high <= 1.0):
-                raise ValueError(
-                    f"with from_logits=False pred must hold probabilities in [0, 1], got values "
-                    f"in [{low:g}, {high:g}] (pass logits with from_logits=True)"
-                )
+            if self.validate:
+                _check_unit_interval(f"{self.mode} target values", target)
+        if not self.from_logits and self.validate:
+            hint = " (pass logits with from_logits=True)"
+            _check_unit_interval("with from_logits=False pred probabilities", pred, hint)
         return pred, target
 
     @staticmethod
@@ -356,9 +278,7 @@ class DiceLoss(_SegmentationLoss):
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (an ``(N, C')`` tensor).
         validate: check target (and probability) values.
 
-    Shapes:
-        ``pred`` ``(N, C, *spatial)``; ``target`` as ``pred`` (binary, multilabel)
-        or ``(N, *spatial)`` integers (multiclass).
+    Shapes: as in the module docstring; ``*spatial`` may be empty.
     """
 
     def __init__(
@@ -374,10 +294,10 @@ class DiceLoss(_SegmentationLoss):
         validate: bool = True,
     ) -> None:
         super().__init__(mode, from_logits, reduction, validate)
-        self.smooth = _check_number("smooth", smooth, low=0.0, strict=True)
-        self.squared = bool(squared)
-        self.jaccard = bool(jaccard)
-        self.include_background = bool(include_background)
+        self.smooth = check_float("smooth", smooth, min=0, low_open=True)
+        self.squared = check_bool("squared", squared)
+        self.jaccard = check_bool("jaccard", jaccard)
+        self.include_background = check_bool("include_background", include_background)
 
     def extra_repr(self) -> str:
         return (
@@ -391,33 +311,25 @@ class DiceLoss(_SegmentationLoss):
         """Per (sample, channel) sums: intersection, Σp (Σp² if squared), Σt (Σt²)."""
         pred, target = self._check(pred, target, class_indices=False)
         n, c = pred.shape[:2]
-        flat = pred.reshape(n, c, -1)
-        if self.mode == "multiclass":
-            labels = _class_indices(target, c, pred.dtype)
+        x = pred.reshape(n, c, -1)
+        if target.dtype == torch.int64:  # multiclass class indices
+            labels = _class_indices(target, c, x.dtype)
             # Range check on the float copy, still cache-warm (exact: the cast is monotone
             # and c is exact in its dtype); the integer check only to word the error.
             if self.validate and labels.numel():
                 low, high = _value_range(labels)
                 if low < 0 or high >= c:
                     self._check_class_indices(target, c)
-            if self.from_logits:
-                # Contiguous (a no-op unless e.g. channels_last): the in-place softmax
-                # backward needs the gradient, p and the logits in one layout.
-                flat = flat.contiguous()
-                inter, total, true = _OverlapStats.apply(flat, labels, self.squared, c)
-            else:
-                onehot = _one_hot(labels, c, torch.empty_like(flat))
-                inter = torch.linalg.vecdot(flat, onehot)
-                total = torch.linalg.vecdot(flat, flat) if self.squared else flat.sum(-1)
-                true = onehot.sum(-1)  # one-hot, so Σt² = Σt
+            t = _one_hot(labels, c, x.new_empty(x.shape))
         else:
-            labels = target.reshape(n, c, -1)
-            if self.from_logits:
-                inter, total, true = _OverlapStats.apply(flat, labels, self.squared, None)
-            else:
-                inter = torch.linalg.vecdot(flat, labels)
-                total = torch.linalg.vecdot(flat, flat) if self.squared else flat.sum(-1)
-                true = torch.linalg.vecdot(labels, labels) if self.squared else labels.sum(-1)
+            t = target.reshape(n, c, -1)
+        if self.from_logits:
+            p = torch.softmax(x, 1) if self.mode == "multiclass" else torch.sigmoid(x)
+        else:
+            p = x
+        inter = torch.linalg.vecdot(p, t)
+        total = torch.linalg.vecdot(p, p) if self.squared else p.sum(-1)
+        true = torch.linalg.vecdot(t, t) if self.squared else t.sum(-1)
         if not self.include_background and self.mode != "binary" and c > 1:
             inter, total, true = inter[:, 1:], total[:, 1:], true[:, 1:]
         return inter, total, true
@@ -496,8 +408,8 @@ class TverskyLoss(DiceLoss):
             reduction=reduction,
             validate=validate,
         )
-        self.alpha = _check_number("alpha", alpha, low=0.0)
-        self.beta = _check_number("beta", beta, low=0.0)
+        self.alpha = check_float("alpha", alpha, min=0)
+        self.beta = check_float("beta", beta, min=0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha:g}, beta={self.beta:g}"
@@ -526,10 +438,11 @@ class FocalLoss(_SegmentationLoss):
     Multiclass (softmax), per pixel with true class :math:`y`:
     :math:`p_t = \mathrm{softmax}(x)_y`, :math:`\alpha_t = 1-\alpha` for the
     background class 0 and :math:`\alpha` for every other class (MONAI's scalar
-    convention). ``"mean"`` averages over the ``N·H·W`` pixels, so with
-    ``gamma=0, alpha=None`` it equals ``torch.nn.CrossEntropyLoss``; MONAI's
+    convention); probability targets :math:`t` give :math:`\sum_c t_c \ell_c` with each
+    class's term :math:`\ell_c` as above. ``"mean"`` averages over the ``N·H·W`` pixels, so
+    with ``gamma=0, alpha=None`` it equals ``torch.nn.CrossEntropyLoss``; MONAI's
     ``FocalLoss(use_softmax=True)`` averages over ``N·C·H·W`` and is ours divided by C.
-    ``reduction="none"`` gives ``(N, C, *spatial)`` (sigmoid) or ``(N, *spatial)`` (softmax).
+    ``reduction="none"`` gives the shape of ``pred`` (sigmoid) or ``(N, *spatial)`` (softmax).
 
     Every term comes from log-sigmoid or log-softmax, so the loss and its
     gradient stay finite at logits of ±1e4 and for float16/bfloat16 inputs.
@@ -552,24 +465,21 @@ class FocalLoss(_SegmentationLoss):
         validate: bool = True,
     ) -> None:
         super().__init__(mode, from_logits, reduction, validate)
-        self.gamma = _check_number("gamma", gamma, low=0.0)
-        if alpha is not None:
-            alpha = _check_number("alpha", alpha, low=0.0)
-            if alpha > 1.0:
-                raise ValueError(f"alpha must be in [0, 1] or None, got {alpha}")
-        self.alpha = alpha
+        self.gamma = check_float("gamma", gamma, min=0)
+        self.alpha = check_float("alpha", alpha, min=0, max=1, optional=True)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, gamma={self.gamma:g}, alpha={self.alpha}"
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        shape = pred.shape
         pred, target = self._check(pred, target)
         if self.mode == "multiclass":
             return self._reduce(self._softmax_focal(pred, target))
         if self.from_logits and self.gamma and self.reduction != "none":
             total = _SigmoidFocalSum.apply(pred, target, self.gamma, self.alpha)
             return total / max(1, pred.numel()) if self.reduction == "mean" else total
-        return self._reduce(self._sigmoid_focal(pred, target))
+        return self._reduce(self._sigmoid_focal(pred, target).reshape(shape))
 
     def _sigmoid_focal(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.from_logits:
@@ -591,24 +501,22 @@ class FocalLoss(_SegmentationLoss):
         return loss
 
     def _softmax_focal(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        labels = target.unsqueeze(1)
-        if self.from_logits:
-            logp = torch.log_softmax(pred, 1).gather(1, labels).squeeze(1)
+        """Per pixel ``Σ_c α_c t_c (1 − p_c)^γ (−log p_c)``: one term for class indices."""
+        logp = torch.log_softmax(pred, 1) if self.from_logits else pred.clamp_min(1e-12).log()
+        if target.dtype == torch.int64:  # class indices: t is one-hot, keep the true class
+            classes = target.unsqueeze(1)
+            loss = -logp.gather(1, classes)
+            logp = -loss
         else:
-            logp = pred.gather(1, labels).squeeze(1).clamp_min(1e-12).log()
-        loss = -logp
+            classes = torch.arange(pred.shape[1], device=pred.device)
+            classes = classes.view(-1, *[1] * (pred.dim() - 2))
+            loss = -logp * target
         if self.gamma:
-            # 1 - p_t, clamped so its power has a finite gradient when p_t rounds to 1.
-            one_minus_pt = (-torch.expm1(logp)).clamp_min(1e-12)
-            loss = loss * one_minus_pt.pow(self.gamma)
+            # 1 - p_c, clamped so its power has a finite gradient when p_c rounds to 1.
+            loss = loss * (-torch.expm1(logp)).clamp_min(1e-12).pow(self.gamma)
         if self.alpha is not None:
-            weight = torch.where(target == 0, 1.0 - self.alpha, self.alpha)
-            loss = loss * weight
-        return loss
-
-
-def _term_value(value: torch.Tensor) -> float:
-    return float(value.detach())
+            loss = loss * torch.where(classes == 0, 1.0 - self.alpha, self.alpha)
+        return loss.sum(1)
 
 
 class CombinedLoss(nn.Module):
@@ -678,14 +586,9 @@ class CombinedLoss(nn.Module):
 
     @weights.setter
     def weights(self, values: Mapping[str, float]) -> None:
-        if not isinstance(values, Mapping):
-            raise TypeError(f"weights must be a mapping key -> float, got {type(values).__name__}")
-        unknown = set(values) - set(self._keys)
-        if unknown:
-            raise ValueError(f"unknown term(s) {sorted(unknown)}; terms are {self._keys}")
         new = dict(self._weights)
-        for key, value in values.items():
-            new[key] = _check_number(f"weights[{key!r}]", value, low=0.0)
+        for key, value in check_keys("weights", values, self._keys).items():
+            new[key] = check_float(f"weights[{key!r}]", value, min=0)
         missing = set(self._keys) - set(new)
         if missing:
             raise ValueError(f"missing weight(s) for {sorted(missing)}; terms are {self._keys}")
@@ -706,8 +609,8 @@ class CombinedLoss(nn.Module):
     def components(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """Each term's unweighted value and the weighted ``"total"``, as floats."""
         total = self.forward(pred, target)
-        out = {key: _term_value(v) for key, v in self.last_values.items()}
-        out["total"] = _term_value(total)
+        out = {key: float(v) for key, v in self.last_values.items()}
+        out["total"] = float(total)
         return out
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -738,14 +641,6 @@ def _cross_entropy(mode: str) -> nn.Module:
     return nn.CrossEntropyLoss() if mode == "multiclass" else nn.BCEWithLogitsLoss()
 
 
-def _check_keys(name: str, mapping: Mapping, allowed: tuple[str, ...]) -> None:
-    if not isinstance(mapping, Mapping):
-        raise TypeError(f"{name} must be a mapping, got {type(mapping).__name__}")
-    unknown = sorted(set(mapping) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {name}; accepted keys are {allowed}")
-
-
 def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary") -> CombinedLoss:
     """Build a :class:`CombinedLoss` from a preset name or a configuration mapping.
 
@@ -765,9 +660,9 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
     Raises:
         ValueError: an unknown preset, ``type`` or configuration key.
     """
-    _check_choice("mode", mode, MODES)
+    check_choice("mode", mode, MODES)
     if isinstance(name_or_config, str):
-        if name_or_config not in LOSS_PRESETS:
+        if name_or_config not in LOSS_PRESETS:  # worded for the configuration files
             raise ValueError(
                 f"unknown loss preset {name_or_config!r}; presets are {tuple(LOSS_PRESETS)}"
             )
@@ -775,24 +670,17 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
         first = DiceLoss(mode, jaccard=overlap == "jaccard")
         second = FocalLoss(mode, 2.0, 0.25) if pixel == "focal" else _cross_entropy(mode)
         return CombinedLoss({overlap: (first, w_overlap), pixel: (second, w_pixel)})
-    _check_keys("the loss config", name_or_config, _CONFIG_KEYS)
-    config = dict(name_or_config)
-    kind = config.get("type", "combined")
-    if kind != "combined":
-        raise ValueError(f"loss config type must be 'combined', got {kind!r}")
-    mode = config.get("mode", mode)
-    _check_choice("mode", mode, MODES)
-    dice_config = config.get("dice_config") or {}
-    bce_config = config.get("bce_config") or {}
-    _check_keys("dice_config", dice_config, _DICE_CONFIG_KEYS)
-    _check_keys("bce_config", bce_config, _BCE_CONFIG_KEYS)
-    jaccard = bool(dice_config.get("jaccard", False))
+    config = dict(check_keys("the loss config", name_or_config, _CONFIG_KEYS))
+    check_choice("loss config type", config.get("type", "combined"), ("combined",))
+    mode = check_choice("mode", config.get("mode", mode), MODES)
+    dice_config = check_keys("dice_config", config.get("dice_config") or {}, _DICE_CONFIG_KEYS)
+    bce_config = check_keys("bce_config", config.get("bce_config") or {}, _BCE_CONFIG_KEYS)
     overlap = DiceLoss(
         mode,
         smooth=dice_config.get("smooth", 1e-5),
-        squared=bool(dice_config.get("squared_pred", False)),
-        jaccard=jaccard,
-        include_background=bool(dice_config.get("include_background", True)),
+        squared=dice_config.get("squared_pred", False),
+        jaccard=dice_config.get("jaccard", False),
+        include_background=dice_config.get("include_background", True),
     )
     if bce_config:
         pixel_key = "focal"
@@ -801,7 +689,7 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
         pixel_key, pixel = "bce", _cross_entropy(mode)
     return CombinedLoss(
         {
-            "jaccard" if jaccard else "dice": (overlap, config.get("dice_weight", 0.7)),
+            "jaccard" if overlap.jaccard else "dice": (overlap, config.get("dice_weight", 0.7)),
             pixel_key: (pixel, config.get("bce_weight", 0.3)),
         }
     )

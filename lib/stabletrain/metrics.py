@@ -1,4 +1,8 @@
-"""Evaluation metrics for segmentation: Dice and IoU (Jaccard) scores.
+"""Evaluation metrics: :func:`accuracy` for any classifier, Dice and IoU for segmentation.
+
+Each takes a batch of model outputs and targets and returns a float (a deep-supervision
+list of outputs is read at index 0, the final output). :func:`accuracy` is described in
+its docstring; the rest of this docstring is about the segmentation scores.
 
 For each sample ``n`` and class ``c`` with predicted mask ``P`` and true mask ``T``:
 
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["dice_score", "iou_score"]
+__all__ = ["accuracy", "dice_score", "iou_score"]
 
 
 def _confusion(
@@ -93,3 +97,45 @@ def iou_score(
     union = p + t - inter
     score = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
     return float(score.mean())
+
+
+@torch.no_grad()
+def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of correct predictions, over all samples and positions (or pixels).
+
+    - Class indices: scores ``outputs`` ``(N, C, *spatial)``, ``C >= 2``, with integer
+      ``targets`` ``(N, *spatial)``; the prediction is the argmax over dim 1. A 3-D
+      ``outputs`` ``(B, T, V)`` with ``targets`` ``(B, T)`` (a language model, its first two
+      dims being the target's shape) takes the argmax over the last dim instead.
+    - Binary: logits ``outputs`` ``(N,)`` or ``(N, 1, *spatial)``, prediction ``logit > 0``,
+      against 0/1 ``targets`` of the shape of ``outputs`` or ``(N, *spatial)``.
+
+    Raises ``ValueError`` if the shapes fit none of these or class-index targets are floats.
+    """
+    if isinstance(outputs, list | tuple):
+        outputs = outputs[0]  # deep supervision: index 0 is the final output
+    shape, target_shape = tuple(outputs.shape), tuple(targets.shape)
+    if outputs.dim() == 3 and target_shape == shape[:2]:
+        dim = -1  # (B, T, V) scores of a language model
+    elif outputs.dim() <= 1 or shape[1] == 1:
+        if outputs.dim() > 1 and target_shape == (shape[0], *shape[2:]):
+            targets = targets.unsqueeze(1)
+        if tuple(targets.shape) != shape:
+            raise ValueError(
+                f"binary targets must have the shape of outputs {shape} or lack its channel "
+                f"dim, got {target_shape}"
+            )
+        return float(((outputs > 0) == (targets > 0.5)).float().mean())
+    elif target_shape == (shape[0], *shape[2:]):
+        dim = 1
+    else:
+        raise ValueError(
+            f"targets must have shape (N, *spatial) = {(shape[0], *shape[2:])} for outputs "
+            f"(N, C, *spatial) = {shape}, or (B, T) for outputs (B, T, V); got {target_shape}"
+        )
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise ValueError(
+            f"targets must hold integer class indices, got dtype {targets.dtype} "
+            "(for one-hot targets pass targets.argmax(1))"
+        )
+    return float((outputs.argmax(dim) == targets).float().mean())

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_bool, check_choice, check_float, check_int, check_keys
+
 __all__ = [
     "ACTIVATION_TYPES",
     "ATTENTION_TYPES",
@@ -49,28 +51,22 @@ __all__ = [
 ATTENTION_TYPES = (None, "se", "cbam")
 NORM_TYPES = ("batch", "group", None)
 ACTIVATION_TYPES = ("relu", "leaky_relu")
+_OPTIONS = ("norm", "gate_bound", "residual_scale")  # keyword options of the attention blocks
 
 
 def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+    # Kept for course.divergence, which imports it; new code calls check_int directly.
+    return check_int(name, value, min=1)
 
 
 def _check_options(
     norm: bool, gate_bound: float | None, residual_scale: float | None
 ) -> tuple[bool, float | None, float | None]:
-    if not isinstance(norm, bool):
-        raise TypeError(f"norm must be a bool, got {type(norm).__name__}")
-    if gate_bound is not None and not (isinstance(gate_bound, int | float) and gate_bound > 0):
-        raise ValueError(f"gate_bound must be None or a number > 0, got {gate_bound!r}")
-    if residual_scale is not None and not (
-        isinstance(residual_scale, int | float) and 0 < residual_scale <= 1
-    ):
-        raise ValueError(f"residual_scale must be None or in (0, 1], got {residual_scale!r}")
-    return norm, gate_bound, residual_scale
+    return (
+        check_bool("norm", norm),
+        check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True),
+        check_float("residual_scale", residual_scale, min=0, max=1, low_open=True, optional=True),
+    )
 
 
 class _Gate(nn.Module):
@@ -126,8 +122,8 @@ class SEBlock(nn.Module):
         residual_scale: float | None = None,
     ) -> None:
         super().__init__()
-        channels = _check_positive_int("channels", channels)
-        reduction = _check_positive_int("reduction", reduction)
+        channels = check_int("channels", channels, min=1)
+        reduction = check_int("reduction", reduction, min=1)
         norm, gate_bound, residual_scale = _check_options(norm, gate_bound, residual_scale)
         hidden = max(channels // reduction, 1)
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
@@ -172,10 +168,9 @@ class CBAMBlock(nn.Module):
         residual_scale: float | None = None,
     ) -> None:
         super().__init__()
-        channels = _check_positive_int("channels", channels)
-        reduction = _check_positive_int("reduction", reduction)
-        kernel_size = _check_positive_int("kernel_size", kernel_size)
-        if kernel_size % 2 == 0:
+        channels = check_int("channels", channels, min=1)
+        reduction = check_int("reduction", reduction, min=1)
+        if check_int("kernel_size", kernel_size, min=1) % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         norm, gate_bound, residual_scale = _check_options(norm, gate_bound, residual_scale)
         hidden = max(channels // reduction, 1)
@@ -227,9 +222,8 @@ class SpatialSelfAttention(nn.Module):
 
     def __init__(self, channels: int, *, qk_norm: bool = False) -> None:
         super().__init__()
-        channels = _check_positive_int("channels", channels)
-        if not isinstance(qk_norm, bool):
-            raise TypeError(f"qk_norm must be a bool, got {type(qk_norm).__name__}")
+        channels = check_int("channels", channels, min=1)
+        check_bool("qk_norm", qk_norm)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = nn.Conv2d(channels, channels, 1)
         self.q_norm = nn.LayerNorm(channels) if qk_norm else nn.Identity()
@@ -280,10 +274,8 @@ class ConvBlock(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if norm not in NORM_TYPES:
-            raise ValueError(f"norm must be one of {NORM_TYPES}, got {norm!r}")
-        if activation not in ACTIVATION_TYPES:
-            raise ValueError(f"activation must be one of {ACTIVATION_TYPES}, got {activation!r}")
+        check_choice("norm", norm, NORM_TYPES)
+        check_choice("activation", activation, ACTIVATION_TYPES)
         bias = norm is None  # a norm's shift makes a bias redundant
         self.conv = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
@@ -349,36 +341,24 @@ class TinyUNet(nn.Module):
         qk_norm: bool = False,
     ) -> None:
         super().__init__()
-        in_channels = _check_positive_int("in_channels", in_channels)
-        num_classes = _check_positive_int("num_classes", num_classes)
-        base_channels = _check_positive_int("base_channels", base_channels)
-        depth = _check_positive_int("depth", depth)
-        if depth > 6:
-            raise ValueError(f"depth must be between 1 and 6, got {depth}")
-        if attention not in ATTENTION_TYPES:
-            raise ValueError(f"attention must be one of {ATTENTION_TYPES}, got {attention!r}")
-        if norm not in NORM_TYPES:
-            raise ValueError(f"norm must be one of {NORM_TYPES}, got {norm!r}")
-        if activation not in ACTIVATION_TYPES:
-            raise ValueError(f"activation must be one of {ACTIVATION_TYPES}, got {activation!r}")
-        for name, flag in (("bottleneck_attention", bottleneck_attention), ("qk_norm", qk_norm)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        in_channels = check_int("in_channels", in_channels, min=1)
+        num_classes = check_int("num_classes", num_classes, min=1)
+        base_channels = check_int("base_channels", base_channels, min=1)
+        depth = check_int("depth", depth, min=1, max=6)
+        check_choice("attention", attention, ATTENTION_TYPES)
+        check_choice("norm", norm, NORM_TYPES)
+        check_choice("activation", activation, ACTIVATION_TYPES)
+        check_bool("bottleneck_attention", bottleneck_attention)
+        check_bool("qk_norm", qk_norm)
         if qk_norm and not bottleneck_attention:
             raise ValueError("qk_norm=True needs bottleneck_attention=True")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.depth = depth
         self.attention = attention
-        self.deep_supervision = bool(deep_supervision)
-        options = dict(SAFE_ATTENTION) if safe_attention else {}
-        options.update(attention_options or {})
-        unknown = set(options) - {"norm", "gate_bound", "residual_scale"}
-        if unknown:
-            raise ValueError(
-                f"attention_options accepts 'norm', 'gate_bound' and 'residual_scale', "
-                f"got {sorted(unknown)}"
-            )
+        self.deep_supervision = check_bool("deep_supervision", deep_supervision)
+        options = dict(SAFE_ATTENTION) if check_bool("safe_attention", safe_attention) else {}
+        options.update(check_keys("attention_options", attention_options or {}, _OPTIONS))
         self.attention_options = options
         self.norm = norm
         self.activation = activation

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_int, check_positive
+from .checks import check_float, check_int
 
 __all__ = ["StepResult", "Update", "steps_per_update"]
 
@@ -102,7 +102,9 @@ class Update:
         self.scheduler = scheduler
         self.amp = amp
         self.max_grad_norm = (
-            None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
+            None
+            if max_grad_norm is None
+            else check_float("max_grad_norm", max_grad_norm, min=0, low_open=True)
         )
         self.accumulation_steps = check_int("accumulation_steps", accumulation_steps, min=1)
         self._micro = 0
