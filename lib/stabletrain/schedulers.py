@@ -638,13 +638,14 @@ class OneCycle(_WarmupSchedule):
     def _value(self, s: int, values: Mapping[str, float], lr: bool) -> float:
         start_step = 0.0
         last = len(self._phases) - 1
-        for j, (end_step, lo, hi, mlo, mhi) in enumerate(self._phases):
-            if s <= end_step or j == last:
-                pct = (s - start_step) / (end_step - start_step)
-                a, z = (lo, hi) if lr else (mlo, mhi)
-                return self._anneal(values[a], values[z], pct)
-            start_step = end_step
-        raise AssertionError("unreachable")
+        for j, phase in enumerate(self._phases):  # the phase of step s (the last one past it)
+            if s <= phase[0] or j == last:
+                break
+            start_step = phase[0]
+        end_step, lo, hi, mlo, mhi = phase
+        pct = (s - start_step) / (end_step - start_step)
+        a, z = (lo, hi) if lr else (mlo, mhi)
+        return self._anneal(values[a], values[z], pct)
 
     def _lr(self, s: int, i: int, b: float) -> float:
         initial = b / self.div_factor
