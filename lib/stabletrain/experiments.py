@@ -109,15 +109,16 @@ def short_run(
         raise TypeError(
             f"short_run got unknown argument(s) {unknown}; accepted: {sorted(accepted)}"
         )
-    data = {"num_train": num_train, "num_val": num_val, "batch_size": batch_size}
+    data = dict(num_train=num_train, num_val=num_val, batch_size=batch_size)
     data.update(image_size=image_size, num_classes=num_classes, seed=data_seed)
-    net = {"base_channels": base_channels, "depth": depth, "attention": attention}
-    net["deep_supervision"] = deep_supervision
-    for name, extra, fixed in (
+    net = dict(base_channels=base_channels, depth=depth, attention=attention)
+    net.update(deep_supervision=deep_supervision)
+    for name, extra, own in (
         ("dataset_kwargs", dataset_kwargs, data),
-        ("model_kwargs", model_kwargs, net),
+        ("model_kwargs", model_kwargs, (*net, "num_classes")),
+        ("optimizer_kwargs", optimizer_kwargs, ("type", "lr")),
     ):
-        repeated = sorted(set(extra or {}) & {*fixed, "num_classes"})
+        repeated = sorted(set(extra or {}) & set(own))
         if repeated:
             raise TypeError(f"{name} repeats short_run's own argument(s) {repeated}")
     train, val, model = seeded_start(
