@@ -76,9 +76,9 @@ def short_run(
 
     The recipe of :func:`stabletrain.config.run`: data, seeding and model from
     :func:`~stabletrain.config.seeded_start`, the optimizer from
-    :func:`~stabletrain.optim.build_optimizer` (one parameter group, torch's defaults),
-    a mapping ``scheduler`` through :func:`~stabletrain.config.scheduler_from_config`,
-    then :func:`~stabletrain.training.fit`.
+    :func:`~stabletrain.optim.build_optimizer` (given the parameters: one group with
+    torch's defaults), a mapping ``scheduler`` through
+    :func:`~stabletrain.config.scheduler_from_config`, then :func:`~stabletrain.training.fit`.
 
     Args:
         lr: peak learning rate (the optimizer's LR; schedulers scale from it).
@@ -124,9 +124,9 @@ def short_run(
     train, val, model = seeded_start(
         {**data, **(dataset_kwargs or {})}, {**net, **(model_kwargs or {})}, seed
     )
+    # the parameters, not the model: one plain group, as torch builds it (no group names)
     opt = build_optimizer(
-        model,
-        {"type": optimizer, "lr": lr, "no_decay_norm_bias": False, **(optimizer_kwargs or {})},
+        model.parameters(), {"type": optimizer, "lr": lr, **(optimizer_kwargs or {})}
     )
     steps_per_epoch = len(train) // fit_kwargs.get("accumulation_steps", 1)
     if callable(scheduler):
