@@ -55,7 +55,12 @@ class FakeClock:
         ("epoch", {}, list(range(8)), [6, 7]),
         ("interval", {"every_n_epochs": 3}, [2, 5], [2, 5]),
         ("all", {}, list(range(8)), [4, 6, 7]),
-        ("adaptive", {"total_epochs": 8, "min_improvement": 0.1}, [0, 1, 4, 6, 7], [6, 7]),
+        (
+            "improvement_or_final",
+            {"total_epochs": 8, "min_improvement": 0.1},
+            [0, 1, 4, 6, 7],
+            [6, 7],
+        ),
         ("time", {"every_n_minutes": 1.0}, [2, 5], [2, 5]),
     ],
 )
@@ -244,6 +249,19 @@ def test_state_that_would_need_pickle_is_rejected_at_save(tmp_path):
         manager.save(0, thing=object())
 
 
+def test_adaptive_strategy_is_a_deprecated_name_of_improvement_or_final(tmp_path):
+    with pytest.warns(DeprecationWarning, match="'adaptive' is deprecated; use 'improvement_or"):
+        old = CheckpointManager(tmp_path / "old", strategy="adaptive", total_epochs=4)
+    new = CheckpointManager(tmp_path / "new", strategy="improvement_or_final", total_epochs=4)
+    assert old.strategy == new.strategy == "improvement_or_final"
+    for epoch, value in enumerate([1.0, 0.995, 0.5, 0.9]):
+        saved = [m.save(epoch, {"val_loss": value}, model=_model()) for m in (old, new)]
+        assert [p is None for p in saved] == [saved[1] is None] * 2
+    assert [i.epoch for i in old.checkpoints()] == [i.epoch for i in new.checkpoints()] == [0, 2, 3]
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="total_epochs"):
+        CheckpointManager(tmp_path / "bad", strategy="adaptive")
+
+
 def test_missing_object_and_bad_arguments(tmp_path):
     manager = CheckpointManager(tmp_path, strategy="epoch")
     manager.save(0, {"val_loss": 1.0}, model=_model())
@@ -252,7 +270,7 @@ def test_missing_object_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="strategy must be one of"):
         CheckpointManager(tmp_path, strategy="sometimes")
     with pytest.raises(ValueError, match="total_epochs"):
-        CheckpointManager(tmp_path, strategy="adaptive")
+        CheckpointManager(tmp_path, strategy="improvement_or_final")
     with pytest.raises(ValueError, match="every_n_minutes"):
         CheckpointManager(tmp_path, strategy="time")
     with pytest.raises(ValueError, match="max_keep"):

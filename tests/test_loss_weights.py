@@ -64,9 +64,9 @@ def test_every_type_works_without_parameters():
         assert sum(loss.weights.values()) == pytest.approx(1.0)
 
 
-def test_adaptive_gives_weight_to_the_term_that_improves_least():
+def test_loss_balanced_gives_weight_to_the_term_that_improves_least():
     loss = build_loss("balanced_segmentation")
-    sched = LossWeightScheduler(loss, "adaptive", momentum=0.0)
+    sched = LossWeightScheduler(loss, "loss_balanced", momentum=0.0)
     sched.step(0.0, {"dice": 0.8, "bce": 0.6})
     assert loss.weights == pytest.approx({"dice": 0.5, "bce": 0.5})
     sched.step(0.5, {"dice": 0.8, "bce": 0.2})  # bce fell to 1/3 of its start, dice did not move
@@ -106,24 +106,25 @@ def test_performance_moves_towards_end_on_plateau():
 
 def test_state_dict_round_trip():
     loss = build_loss("balanced_segmentation")
-    sched = LossWeightScheduler(loss, "adaptive")
+    sched = LossWeightScheduler(loss, "loss_balanced")
     sched.step(0.1, {"dice": 0.9, "bce": 0.7})
     sched.step(0.2, {"dice": 0.8, "bce": 0.3})
     state = sched.state_dict()
     other_loss = build_loss("balanced_segmentation")
-    other = LossWeightScheduler(other_loss, "adaptive")
+    other = LossWeightScheduler(other_loss, "loss_balanced")
     other.load_state_dict(state)
     assert other_loss.weights == loss.weights
     sched.step(0.3, {"dice": 0.7, "bce": 0.2})
     other.step(0.3, {"dice": 0.7, "bce": 0.2})
     assert other_loss.weights == loss.weights
-    with pytest.raises(ValueError, match="'adaptive' schedule"):
+    assert other.calls == sched.calls == 3
+    with pytest.raises(ValueError, match="'loss_balanced' schedule"):
         LossWeightScheduler(build_loss("balanced_segmentation"), "linear").load_state_dict(state)
 
 
 def test_bad_arguments():
     loss = build_loss("balanced_segmentation")
-    with pytest.raises(ValueError, match="type must be one of"):
+    with pytest.raises(ValueError, match="schedule must be one of"):
         LossWeightScheduler(loss, "exponential")
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['patience'\]"):
         LossWeightScheduler(loss, "linear", patience=3)
@@ -152,7 +153,7 @@ def test_callback_drives_the_schedule_in_fit():
     )
     assert [round(w, 3) for w in linear.history["dice"]] == [0.5, 0.575, 0.65, 0.725, 0.8]
     loss.weights = {"dice": 0.5, "focal": 0.5}
-    adaptive = LossWeightCallback(LossWeightScheduler(loss, "adaptive"))
+    adaptive = LossWeightCallback(LossWeightScheduler(loss, "loss_balanced"))
     torch.manual_seed(0)
     fit(
         TinyUNet(base_channels=4),
@@ -178,3 +179,26 @@ def test_callback_state_round_trip():
     fresh.load_state_dict(state)
     assert fresh.history == callback.history
     assert fresh.scheduler.state_dict() == callback.scheduler.state_dict()
+
+
+def test_former_names_still_work_with_a_deprecation_warning():
+    loss = build_loss("balanced_segmentation")
+    with pytest.warns(DeprecationWarning, match="'adaptive' is deprecated; use 'loss_balanced'"):
+        old = LossWeightScheduler(loss, "adaptive", momentum=0.0)
+    assert old.schedule == "loss_balanced" and LossWeightCallback(old).metric_driven
+    with pytest.warns(DeprecationWarning, match="schedule="):
+        keyword = LossWeightScheduler(build_loss("balanced_segmentation"), type="step", num_steps=2)
+    assert keyword.schedule == "step" and keyword.params["num_steps"] == 2
+    keyword.step(0.5)
+    keyword.step(1.0)
+    assert keyword.calls == 2  # step() calls; params["num_steps"] is the schedule's K
+    with pytest.warns(DeprecationWarning, match="calls"):
+        assert keyword.num_steps == 2
+    with pytest.warns(DeprecationWarning, match="schedule"):
+        assert keyword.type == "step"
+    # a state saved under the former names loads into the renamed schedule
+    fresh = LossWeightScheduler(build_loss("balanced_segmentation"), "loss_balanced")
+    state = {**fresh.state_dict(), "type": "adaptive", "num_steps": 7}
+    del state["calls"]
+    fresh.load_state_dict(state)
+    assert fresh.calls == 7

@@ -23,7 +23,7 @@ def _same_defaults(ours, theirs):
     assert type(ours) is type(theirs)
 
 
-# seed-keyed config, the torch constructor call it must equal
+# Keras-keyed config, the torch constructor call it must equal
 CASES = [
     (
         {"type": "adam", "lr": 0.01, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-7},
@@ -66,7 +66,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("config,reference", CASES)
-def test_seed_and_torch_keys_match_the_torch_constructor(config, reference):
+def test_keras_and_torch_keys_match_the_torch_constructor(config, reference):
     model = nn.Linear(3, 2)
     # plain parameters: exactly torch's optimizer
     _same_defaults(build_optimizer(_flat(model), config), reference(_flat(model)))

@@ -21,6 +21,7 @@ from stabletrain.schedulers import (
     WarmupWrapper,
     build_scheduler,
     epochs_to_steps,
+    is_metric_driven,
     lr_curve,
     with_warmup,
 )
@@ -168,6 +169,7 @@ def test_every_type_is_a_torch_scheduler_and_lr_curve_covers_all():
         )
         assert isinstance(sched, tls.LRScheduler)
         assert sched.metric_driven is (kind in ("plateau", "adaptive"))
+        assert is_metric_driven(sched) is sched.metric_driven
         curve = lr_curve({"type": kind, **extra.get(kind, {})}, 20, base_lr=0.5)
         assert len(curve) == 20 and all(0 <= x <= 0.5 + 1e-12 for x in curve)
 
@@ -655,6 +657,15 @@ def test_lr_curve_reports_metrics_to_metric_driven_types():
         {"type": "plateau", "patience": 0, "factor": 0.5}, 6, 1.0, metrics={1: 1.0, 3: 2.0}
     )
     assert curve == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    step = {"type": "step", "step_size": 2}  # closed-form types ignore metrics, as fit does
+    assert lr_curve(step, 6, metrics={1: 1.0, 3: 2.0}) == lr_curve(step, 6)
+
+
+def test_is_metric_driven_covers_torch_schedulers_and_wrappers():
+    assert is_metric_driven(tls.ReduceLROnPlateau(make_optimizer()))
+    assert is_metric_driven(with_warmup(tls.ReduceLROnPlateau(make_optimizer()), 2))
+    assert not is_metric_driven(with_warmup(tls.StepLR(make_optimizer(), 2), 2))
+    assert not is_metric_driven(None)
 
 
 @pytest.mark.parametrize("config", STATE_CASES, ids=[c["type"] for c in STATE_CASES])

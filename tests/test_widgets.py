@@ -6,10 +6,11 @@ import ipywidgets as w
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from stabletrain.experiments import short_run
-from stabletrain.schedulers import SCHEDULER_TYPES, lr_curve
+from stabletrain.schedulers import SCHEDULER_TYPES, StepDecay, build_scheduler, lr_curve
 from stabletrain.widgets import (
     describe_schedule,
     lr_tuner,
@@ -59,6 +60,7 @@ def test_explorer_follows_its_sliders():
         "step_size": 15,
         "gamma": 0.3,
         "min_lr_ratio": 0.0,
+        "total_steps": 60,
     }
     expected = lr_curve(config, 60)
     assert explorer.curves()["current"] == expected
@@ -67,6 +69,22 @@ def test_explorer_follows_its_sliders():
     np.testing.assert_allclose(_current_line(explorer).get_ydata(), expected)
     assert explorer.image.value != image
     assert explorer._params.children[0] is explorer._boxes["step"]  # the step sliders show
+
+
+def test_explorer_config_builds_the_scheduler_it_draws():
+    explorer = schedule_explorer(total_steps=40)
+    for kind in ("warmup_cosine", "onecycle", "step"):  # two of them need total_steps
+        explorer.controls["type"].value = kind
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0, momentum=0.9)
+        sched = build_scheduler(opt, explorer.config())
+        assert sched.total_steps == 40
+        lrs = []
+        for _ in range(40):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert lrs == explorer.curves()["current"]
+    assert isinstance(sched, StepDecay)
 
 
 def test_explorer_pins_and_clears_overlays():
@@ -125,8 +143,10 @@ def test_headless_schedule_curves_and_plot():
     assert list(curves) == ["constant()", "polynomial(power=2)"]
     assert curves["constant()"] == [0.5] * 20
     assert curves["polynomial(power=2)"] == lr_curve(configs[1], 20, 0.5)
-    fig = plot_schedules(curves, log=True)
+    with pytest.warns(DeprecationWarning, match="plot_lr"):
+        fig = plot_schedules(curves, log=True)  # the former name of plotting.plot_lr
     assert isinstance(fig, Figure) and len(fig.axes[0].lines) == 2
+    assert fig.axes[0].get_yscale() == "log"
     plt.close("all")
 
 
@@ -179,3 +199,13 @@ def test_lr_tuner_rejects_bad_arguments():
         lr_tuner(["constant"], scheduler="onecycle", **TINY)
     with pytest.raises(ValueError, match="types"):
         lr_tuner(["nope"], **TINY)
+
+
+def test_lr_tuner_rejects_unknown_arguments_at_construction():
+    model = torch.nn.Linear(1, 1)
+    with pytest.raises(TypeError, match=r"\['model', 'train_loader'\].*'max_grad_norm'"):
+        lr_tuner(model=model, train_loader=[], **TINY)
+    with pytest.raises(TypeError, match="return_model"):  # the tuner needs the history
+        lr_tuner(return_model=True, **TINY)
+    tuner = lr_tuner(max_grad_norm=1.0, optimizer="sgd", **TINY)  # short_run's and fit's
+    assert tuner.run_kwargs["max_grad_norm"] == 1.0

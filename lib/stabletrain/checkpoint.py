@@ -63,20 +63,25 @@ re-read the folder on every query, so a notebook can watch a training run.
 Strategies (epochs count from 0; ``v`` is ``metrics[monitor]``; a NaN or
 infinite ``v`` is never "best"):
 
-============  ================================================================
-``best``      write when ``v`` enters the current top ``max_keep``; keep those.
-``epoch``     write every epoch; keep the newest ``max_keep``.
-``interval``  write when ``(epoch + 1) % every_n_epochs == 0``; keep the newest.
-``all``       write every epoch; keep the newest ``max_keep`` *and* the top
-              ``max_keep`` by ``v`` (a file may be both).
-``adaptive``  write when ``v`` improved on the value at the last write by more
-              than ``min_improvement`` relatively (``(v_last - v) / |v_last|``
-              for ``mode="min"``), and every epoch of the last 10% of
-              ``total_epochs`` (``epoch >= total_epochs - ceil(total_epochs / 10)``);
-              keep the newest.
-``time``      write when at least ``every_n_minutes`` passed since the last
-              write (or since the manager was created); keep the newest.
-============  ================================================================
+========================  ====================================================
+``best``                  write when ``v`` enters the current top ``max_keep``;
+                          keep those.
+``epoch``                 write every epoch; keep the newest ``max_keep``.
+``interval``              write when ``(epoch + 1) % every_n_epochs == 0``; keep
+                          the newest.
+``all``                   write every epoch; keep the newest ``max_keep`` *and*
+                          the top ``max_keep`` by ``v`` (a file may be both).
+``improvement_or_final``  write when ``v`` improved on the value at the last
+                          write by more than ``min_improvement`` relatively
+                          (``(v_last - v) / |v_last|`` for ``mode="min"``), and
+                          every epoch of the last 10% of ``total_epochs``
+                          (``epoch >= total_epochs - ceil(total_epochs / 10)``);
+                          keep the newest. (Formerly ``adaptive``: that name
+                          still works, with a ``DeprecationWarning``.)
+``time``                  write when at least ``every_n_minutes`` passed since
+                          the last write (or since the manager was created);
+                          keep the newest.
+========================  ====================================================
 
 With ``every_n_steps`` set, :func:`stabletrain.training.fit` also saves a
 *resume point* every ``every_n_steps`` optimizer steps inside an epoch
@@ -133,7 +138,8 @@ __all__ = [
     "restore_rng_state",
 ]
 
-STRATEGIES = ("best", "epoch", "interval", "all", "adaptive", "time")
+STRATEGIES = ("best", "epoch", "interval", "all", "improvement_or_final", "time")
+_STRATEGY_ALIASES = {"adaptive": "improvement_or_final"}  # deprecated name -> strategy
 FORMAT = "stabletrain.checkpoint/2"
 _FORMAT_V1 = "stabletrain.checkpoint/1"  # no embedded checksum; still read
 MANIFEST = "manifest.json"
@@ -478,8 +484,9 @@ class CheckpointManager:
         max_keep: files kept per set (newest and/or best), ``>= 1``.
         every_n_epochs: period of the ``interval`` strategy.
         every_n_minutes: period of the ``time`` strategy (required for it).
-        total_epochs: planned epochs (required by ``adaptive``).
-        min_improvement: relative improvement that triggers an ``adaptive`` write.
+        total_epochs: planned epochs (required by ``improvement_or_final``).
+        min_improvement: relative improvement that triggers an ``improvement_or_final``
+            write.
         every_n_steps: save a mid-epoch resume point every this many optimizer
             steps (used by :func:`~stabletrain.training.fit`), ``None`` for none.
         async_save: copy the state to CPU and write it in a background thread;
@@ -495,7 +502,7 @@ class CheckpointManager:
         ValueError: an unknown ``strategy`` or ``mode``, a non-positive
             ``max_keep``/``every_n_epochs``/``every_n_minutes``/``every_n_steps``,
             ``strategy="time"`` without ``every_n_minutes`` or
-            ``strategy="adaptive"`` without ``total_epochs``, or a ``directory``
+            ``strategy="improvement_or_final"`` without ``total_epochs``, or a ``directory``
             that exists and is not a folder.
     """
 
@@ -516,6 +523,14 @@ class CheckpointManager:
         durable: bool = True,
         read_only: bool = False,
     ) -> None:
+        if strategy in _STRATEGY_ALIASES:
+            warnings.warn(
+                f"checkpoint strategy {strategy!r} is deprecated; use "
+                f"{_STRATEGY_ALIASES[strategy]!r} (the same rule)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            strategy = _STRATEGY_ALIASES[strategy]
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         if mode not in ("min", "max"):
@@ -536,8 +551,8 @@ class CheckpointManager:
             raise ValueError(f"every_n_minutes must be > 0 or None, got {every_n_minutes!r}")
         if strategy == "time" and every_n_minutes is None:
             raise ValueError("strategy='time' needs every_n_minutes=<minutes between writes>")
-        if strategy == "adaptive" and total_epochs is None:
-            raise ValueError("strategy='adaptive' needs total_epochs=<planned epochs>")
+        if strategy == "improvement_or_final" and total_epochs is None:
+            raise ValueError("strategy='improvement_or_final' needs total_epochs=<planned epochs>")
         if not (isinstance(min_improvement, int | float) and min_improvement >= 0):
             raise ValueError(f"min_improvement must be >= 0, got {min_improvement!r}")
         self.directory = Path(directory)
@@ -870,7 +885,7 @@ class CheckpointManager:
         if strategy == "all":
             return ["regular", "best"] if self._enters_top(value, seq) else ["regular"]
         last = self._last_write()
-        if strategy == "adaptive":
+        if strategy == "improvement_or_final":
             assert self.total_epochs is not None
             final_stretch = epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
             reference = last["value"] if last is not None else math.nan
@@ -919,7 +934,7 @@ class CheckpointManager:
             epoch: the epoch just finished (from 0), or the current one for a
                 mid-epoch resume point.
             metrics: that epoch's metrics (``monitor`` must be among them for the
-                ``best``, ``all`` and ``adaptive`` strategies).
+                ``best``, ``all`` and ``improvement_or_final`` strategies).
             step: optimizer steps done so far (returned by :meth:`load`).
             batch_in_epoch: for a mid-epoch resume point, how many batches of
                 ``epoch`` are done; always written, whatever the strategy.
@@ -948,7 +963,8 @@ class CheckpointManager:
         metrics = _plain_metrics(metrics)
         seq = max((e["seq"] for e in self._entries), default=-1) + 1
         if batch_in_epoch is None:
-            value = self._value(metrics, required=self.strategy in ("best", "all", "adaptive"))
+            required = self.strategy in ("best", "all", "improvement_or_final")
+            value = self._value(metrics, required=required)
             roles = self._plan_roles(epoch, value, seq)
             if roles is None:
                 return None

@@ -38,31 +38,26 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"stabletrain: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _number(cast: type, low: float, *, strict: bool = False) -> Any:
+    """An argparse ``type``: ``cast(text)``, finite and ``>= low`` (``> low`` if ``strict``)."""
+    what = "an integer" if cast is int else "a number"
+    bound = f"{'>' if strict else '>='} {low}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+_positive_int = _number(int, 1)
+_non_negative_float = _number(float, 0)
+_positive_float = _number(float, 0, strict=True)
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -214,9 +209,9 @@ def scheduler_curves(
 
     Each type of :data:`stabletrain.schedulers.SCHEDULER_TYPES` with settings that
     show its shape over ``epochs * steps_per_epoch`` steps (warmup of
-    ``warmup_epochs`` where the type has one). The metric-driven types (``plateau``,
-    ``adaptive``) are given, at every epoch end, a validation loss that improves for
-    the first half of training and is flat afterwards.
+    ``warmup_epochs`` where the type has one). At every epoch end a validation loss
+    that improves for the first half of training and is flat afterwards is reported
+    (:func:`~stabletrain.schedulers.lr_curve`: the metric-driven types react to it).
 
     Raises:
         ValueError: the warmup is not shorter than the run, or another invalid setting.
@@ -245,12 +240,10 @@ def scheduler_curves(
         (e + 1) * steps_per_epoch - 1: 1.0 - 0.5 * min(e, epochs // 2) / max(1, epochs // 2)
         for e in range(epochs)
     }
-    curves = {}
-    for name in SCHEDULER_TYPES:
-        driven = name in ("plateau", "adaptive")
-        config = {"type": name, **configs[name]}
-        curves[name] = lr_curve(config, total, lr, metrics=metrics if driven else None)
-    return curves
+    return {
+        name: lr_curve({"type": name, **configs[name]}, total, lr, metrics=metrics)
+        for name in SCHEDULER_TYPES
+    }
 
 
 def _compare(args: argparse.Namespace) -> int:

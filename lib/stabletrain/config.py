@@ -85,6 +85,8 @@ __all__ = [
     "load_config",
     "resolve_config",
     "run",
+    "scheduler_from_config",
+    "seeded_start",
 ]
 
 DEFAULTS: dict[str, Any] = {
@@ -352,29 +354,69 @@ def _steps_per_epoch(cfg: Mapping[str, Any]) -> int:
 
 def build_loaders(config: Mapping[str, Any]):
     """The shapes training and validation loaders of a configuration's ``data`` section."""
-    cfg = resolve_config(config)
-    from .data import make_loaders
-
-    data = dict(cfg["data"])
-    return make_loaders(data.pop("num_train"), data.pop("num_val"), data.pop("batch_size"), **data)
+    return _loaders(resolve_config(config)["data"])
 
 
 def build_model(config: Mapping[str, Any]) -> nn.Module:
     """The :class:`~stabletrain.models.TinyUNet` of a configuration's ``model`` section."""
     cfg = resolve_config(config)
+    return _model(cfg["data"], cfg["model"])
+
+
+def _loaders(data: Mapping[str, Any]):
+    from .data import make_loaders
+
+    data = dict(data)
+    return make_loaders(data.pop("num_train"), data.pop("num_val"), data.pop("batch_size"), **data)
+
+
+def _model(data: Mapping[str, Any], model: Mapping[str, Any]) -> nn.Module:
     from .models import TinyUNet
 
-    return TinyUNet(num_classes=cfg["data"].get("num_classes", 1), **cfg["model"])
+    return TinyUNet(num_classes=data.get("num_classes", 1), **model)
 
 
-def _build_scheduler(optimizer, cfg: Mapping[str, Any], steps_per_epoch: int):
-    section = cfg["scheduler"]
+def seeded_start(data: Mapping[str, Any], model: Mapping[str, Any], seed: int):
+    """The course's one seeding recipe: ``(train_loader, val_loader, model)``, all fresh.
+
+    In this order: the shapes loaders of ``data`` (:func:`stabletrain.data.make_loaders`
+    arguments; the images are seeded by ``data["seed"]``), then
+    ``seed_everything(seed)`` and the training loader's order generator seeded with
+    ``seed``, then the :class:`~stabletrain.models.TinyUNet` of ``model`` (``num_classes``
+    from ``data``). :func:`run` and :func:`stabletrain.experiments.short_run` both start
+    here, so the same seed gives the same weights and the same batches in both.
+    """
+    from .utils import seed_everything
+
+    train, val = _loaders(data)
+    seed_everything(seed)
+    train.generator.manual_seed(seed)
+    return train, val, _model(data, model)
+
+
+def scheduler_from_config(
+    optimizer: torch.optim.Optimizer,
+    section: Mapping[str, Any] | None,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+):
+    """The scheduler of a configuration's ``scheduler`` section, or ``None`` for none.
+
+    ``warmup_epochs`` becomes ``warmup_steps`` (:func:`~stabletrain.schedulers.epochs_to_steps`)
+    and ``total_steps`` defaults to ``epochs * steps_per_epoch``; the rest goes to
+    :func:`stabletrain.schedulers.build_scheduler` as it is.
+
+    Raises:
+        ValueError: ``warmup_epochs`` and ``warmup_steps`` both given, a warmup not
+            shorter than the run, or anything ``build_scheduler`` refuses.
+    """
     if section is None or str(section.get("type", "")).lower() in ("none", "null"):
         return None
     from .schedulers import build_scheduler, epochs_to_steps
 
     params = dict(section)
-    total = cfg["epochs"] * steps_per_epoch
+    total = epochs * steps_per_epoch
     if "warmup_epochs" in params:
         if "warmup_steps" in params:
             raise ValueError("scheduler: give warmup_epochs or warmup_steps, not both")
@@ -382,8 +424,7 @@ def _build_scheduler(optimizer, cfg: Mapping[str, Any], steps_per_epoch: int):
         params["warmup_steps"] = epochs_to_steps(warmup_epochs, steps_per_epoch)
         if params["warmup_steps"] >= total:
             raise ValueError(
-                f"scheduler warmup_epochs={warmup_epochs} must be shorter than "
-                f"epochs={cfg['epochs']}"
+                f"scheduler warmup_epochs={warmup_epochs} must be shorter than epochs={epochs}"
             )
     params.setdefault("total_steps", total)  # adaptive: its base schedule's length
     return build_scheduler(optimizer, params)
@@ -486,7 +527,9 @@ def build_training(
     if steps_per_epoch is None:
         steps_per_epoch = _steps_per_epoch(cfg)
     optimizer = build_optimizer(model, cfg["optimizer"])
-    scheduler = _build_scheduler(optimizer, cfg, steps_per_epoch)
+    scheduler = scheduler_from_config(
+        optimizer, cfg["scheduler"], epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
+    )
 
     from .amp import MixedPrecision
     from .deep_supervision import DeepSupervisionLoss
@@ -586,10 +629,9 @@ def run(
 ) -> tuple[History, nn.Module, Training]:
     """Train on the shapes data from one configuration: data, model, training, ``fit``.
 
-    Seeding follows :func:`stabletrain.experiments.short_run` (loaders, then
-    ``seed_everything(seed)``, the data order's generator, then the model), so a run
-    here and a ``short_run`` with the same seed start from the same weights and
-    see the same batches.
+    Starts from :func:`seeded_start` (as :func:`stabletrain.experiments.short_run`
+    does), so a run here and a ``short_run`` with the same seed start from the same
+    weights and see the same batches.
 
     Args:
         config: the configuration (see :func:`resolve_config`).
@@ -607,30 +649,19 @@ def run(
         ValueError: an invalid configuration, ``resume`` without a checkpoint
             directory, or a checkpoint written with a different configuration.
     """
-    from .utils import get_device, seed_everything
+    from .utils import get_device
 
     cfg = resolve_config(config)
     if resume and not cfg["checkpoints"].get("directory"):
         raise ValueError("resume needs checkpoints.directory (a folder with checkpoints)")
     if resume:
         _check_resumable(cfg)
-    train, val = build_loaders(cfg)
-    seed_everything(cfg["seed"])
-    train.generator.manual_seed(cfg["seed"])
-    model = build_model(cfg).to(get_device(cfg["device"]))
+    train, val, model = seeded_start(cfg["data"], cfg["model"], cfg["seed"])
+    model = model.to(get_device(cfg["device"]))
+    accumulation = cfg["stability"].get("accumulation_steps", 1)
     training = build_training(
-        model,
-        cfg,
-        steps_per_epoch=len(train) // cfg["stability"].get("accumulation_steps", 1),
-        tracker=tracker,
+        model, cfg, steps_per_epoch=len(train) // accumulation, tracker=tracker
     )
     callbacks = [] if stop_after_epochs is None else [_StopAfterEpochs(stop_after_epochs)]
-    try:
-        history = training.fit(
-            model, train, val, resume=resume, progress=progress, callbacks=callbacks
-        )
-    except BaseException:
-        if training.tracker is not None and callable(getattr(training.tracker, "finish", None)):
-            training.tracker.finish(status="FAILED")
-        raise
+    history = training.fit(model, train, val, resume=resume, progress=progress, callbacks=callbacks)
     return history, model, training

@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,33 +20,32 @@ from typing import Any
 
 import torch
 
-from .data import make_loaders
-from .models import TinyUNet
+from .config import scheduler_from_config, seeded_start
+from .optim import build_optimizer
 from .training import History, fit
-from .utils import seed_everything
 
-__all__ = ["SchedulerSpec", "SeedStats", "run_seeds", "seed_stats", "short_run"]
+__all__ = [
+    "SchedulerSpec",
+    "SeedStats",
+    "run_seeds",
+    "seed_stats",
+    "short_run",
+    "short_run_arguments",
+]
 
 SchedulerSpec = Mapping[str, Any] | Callable[[torch.optim.Optimizer, int], Any] | None
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+# fit's arguments that short_run sets itself (the others pass through **fit_kwargs)
+_SET_BY_SHORT_RUN = ("model", "train_loader", "optimizer", "lr", "scheduler", "val_loader", "guard")
 
 
-def _build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer, total_steps: int):
-    if spec is None:
-        return None
-    if callable(spec):
-        return spec(optimizer, total_steps)
-    if isinstance(spec, Mapping):
-        from .schedulers import build_scheduler  # the schedulers module builds configs
-
-        config = dict(spec)
-        config.setdefault("total_steps", total_steps)
-        return build_scheduler(optimizer, config)
-    raise TypeError(
-        "scheduler must be None, a mapping for build_scheduler, or a callable "
-        f"(optimizer, total_steps) -> scheduler; got {type(spec).__name__}"
-    )
+def short_run_arguments() -> tuple[str, ...]:
+    """Every keyword :func:`short_run` accepts: its own and the ``fit`` ones it passes on."""
+    own = [
+        n for n, p in inspect.signature(short_run).parameters.items() if p.kind is p.KEYWORD_ONLY
+    ]
+    passed = [n for n in inspect.signature(fit).parameters if n not in (*_SET_BY_SHORT_RUN, *own)]
+    return (*own, *passed)
 
 
 def short_run(
@@ -74,13 +74,19 @@ def short_run(
 ) -> History | tuple[History, torch.nn.Module]:
     """Train a fresh :class:`TinyUNet` on the shapes data with one seed and budget.
 
+    The recipe of :func:`stabletrain.config.run`: data, seeding and model from
+    :func:`~stabletrain.config.seeded_start`, the optimizer from
+    :func:`~stabletrain.optim.build_optimizer` (given the parameters: one group with
+    torch's defaults), a mapping ``scheduler`` through
+    :func:`~stabletrain.config.scheduler_from_config`, then :func:`~stabletrain.training.fit`.
+
     Args:
         lr: peak learning rate (the optimizer's LR; schedulers scale from it).
         epochs: passes over ``num_train`` images.
         scheduler: ``None``, a mapping given to
             ``stabletrain.schedulers.build_scheduler`` (``total_steps`` is filled
-            in), or a callable ``(optimizer, total_steps) -> scheduler``.
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+            in; ``warmup_epochs`` allowed), or a callable ``(optimizer, total_steps) -> scheduler``.
+        optimizer: a :data:`stabletrain.optim.OPTIMIZER_TYPES` name (``"adam"``, ``"sgd"``…).
         attention, base_channels, depth, deep_supervision: the model.
         num_train, num_val, batch_size, image_size, num_classes, data_seed,
             dataset_kwargs: the data (``ShapesSegmentation`` arguments).
@@ -93,32 +99,47 @@ def short_run(
             ``max_grad_norm``, ``loss_fn``, ``amp``, ``max_steps``, ``progress``).
 
     Raises:
-        ValueError: unknown ``optimizer``.
+        ValueError: unknown ``optimizer`` or optimizer setting.
+        TypeError: a keyword that neither ``short_run`` nor ``fit`` takes, or an
+            argument repeated in ``dataset_kwargs``/``model_kwargs``.
     """
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {optimizer!r}")
-    train, val = make_loaders(
-        num_train,
-        num_val,
-        batch_size,
-        image_size=image_size,
-        num_classes=num_classes,
-        seed=data_seed,
-        **dict(dataset_kwargs or {}),
+    accepted = short_run_arguments()
+    unknown = sorted(set(fit_kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"short_run got unknown argument(s) {unknown}; accepted: {sorted(accepted)}"
+        )
+    data = dict(num_train=num_train, num_val=num_val, batch_size=batch_size)
+    data.update(image_size=image_size, num_classes=num_classes, seed=data_seed)
+    net = dict(base_channels=base_channels, depth=depth, attention=attention)
+    net.update(deep_supervision=deep_supervision)
+    for name, extra, own in (
+        ("dataset_kwargs", dataset_kwargs, data),
+        ("model_kwargs", model_kwargs, (*net, "num_classes")),
+        ("optimizer_kwargs", optimizer_kwargs, ("type", "lr")),
+    ):
+        repeated = sorted(set(extra or {}) & set(own))
+        if repeated:
+            raise TypeError(f"{name} repeats short_run's own argument(s) {repeated}")
+    train, val, model = seeded_start(
+        {**data, **(dataset_kwargs or {})}, {**net, **(model_kwargs or {})}, seed
     )
-    seed_everything(seed)
-    train.generator.manual_seed(seed)
-    model = TinyUNet(
-        num_classes=num_classes,
-        base_channels=base_channels,
-        depth=depth,
-        attention=attention,
-        deep_supervision=deep_supervision,
-        **dict(model_kwargs or {}),
+    # the parameters, not the model: one plain group, as torch builds it (no group names)
+    opt = build_optimizer(
+        model.parameters(), {"type": optimizer, "lr": lr, **(optimizer_kwargs or {})}
     )
-    opt = _OPTIMIZERS[optimizer](model.parameters(), lr=lr, **dict(optimizer_kwargs or {}))
-    total_steps = epochs * len(train) // fit_kwargs.get("accumulation_steps", 1)
-    sched = _build_scheduler(scheduler, opt, total_steps)
+    steps_per_epoch = len(train) // fit_kwargs.get("accumulation_steps", 1)
+    if callable(scheduler):
+        sched = scheduler(opt, epochs * steps_per_epoch)
+    elif scheduler is None or isinstance(scheduler, Mapping):
+        sched = scheduler_from_config(
+            opt, scheduler, epochs=epochs, steps_per_epoch=steps_per_epoch
+        )
+    else:
+        raise TypeError(
+            "scheduler must be None, a mapping for build_scheduler, or a callable "
+            f"(optimizer, total_steps) -> scheduler; got {type(scheduler).__name__}"
+        )
     fit_kwargs.setdefault("progress", False)
     guard = make_guard(model, opt, sched) if make_guard is not None else None
     history = fit(

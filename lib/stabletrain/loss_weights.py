@@ -10,18 +10,19 @@ Schedules, with :math:`w_0` the weights at construction, :math:`w_{end}` the
 target weights and :math:`p \\in [0, 1]` the training progress:
 
 ========================  ==================================================================
-``type``                  weights after ``step(p, metrics)``
+``schedule``              weights after ``step(p, metrics)``
 ========================  ==================================================================
 ``linear``                :math:`w_0 + (w_{end} - w_0)\\,p`
 ``cosine``                :math:`w_{end} + (w_0 - w_{end})\\,(1 + \\cos \\pi p)/2`
 ``step``                  :math:`w_0 + (w_{end} - w_0)\\,\\lfloor p\\,K \\rfloor / K` (``num_steps`` K = 4)
-``adaptive``              from per-term values :math:`L_k` in ``metrics``: exponential moving
+``loss_balanced``         from per-term values :math:`L_k` in ``metrics``: exponential moving
                           averages :math:`\\bar L_k` (``momentum`` 0.9), ratios
                           :math:`r_k = \\bar L_k / L_k^{first}`; weights
                           :math:`W\\,w_{0,k} r_k^{\\,s} / \\sum_j w_{0,j} r_j^{\\,s}` (``strength`` s = 1,
                           :math:`W = \\sum w_0`), each at least ``min_weight``·W — terms that
                           have improved least get more weight (loss balancing by relative
-                          progress)
+                          progress; formerly ``adaptive``, a name still accepted with
+                          a ``DeprecationWarning``)
 ``performance``           when the monitored metric (``monitor`` = ``val_dice``, ``mode`` max)
                           has not improved by ``min_delta`` for ``patience`` (2) calls, move
                           a fraction ``factor`` (0.5) of the way from the current weights
@@ -30,7 +31,7 @@ target weights and :math:`p \\in [0, 1]` the training progress:
 
 ``end`` defaults to 0.8 on the overlap term(s) — keys ``dice``, ``jaccard``,
 ``tversky`` — and 0.2 shared equally by the others (scaled to the total initial
-weight W when that is not 1), so every type works with no further parameters.
+weight W when that is not 1), so every schedule works with no further parameters.
 
 Example:
     >>> from stabletrain.losses import build_loss
@@ -45,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,12 +55,14 @@ from .training import Callback, TrainContext
 
 __all__ = ["SCHEDULE_TYPES", "LossWeightCallback", "LossWeightScheduler"]
 
-SCHEDULE_TYPES = ("linear", "cosine", "step", "adaptive", "performance")
+SCHEDULE_TYPES = ("linear", "cosine", "step", "loss_balanced", "performance")
+_ALIASES = {"adaptive": "loss_balanced"}  # deprecated name -> schedule
+_METRIC_DRIVEN = ("loss_balanced", "performance")  # stepped per epoch, with metrics
 _PARAMS: dict[str, dict[str, Any]] = {
     "linear": {},
     "cosine": {},
     "step": {"num_steps": 4},
-    "adaptive": {"momentum": 0.9, "strength": 1.0, "min_weight": 0.05},
+    "loss_balanced": {"momentum": 0.9, "strength": 1.0, "min_weight": 0.05},
     "performance": {
         "monitor": "val_dice",
         "mode": "max",
@@ -69,12 +73,31 @@ _PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-def _check_progress(progress: Any) -> float:
-    if isinstance(progress, bool) or not isinstance(progress, int | float):
-        raise TypeError(f"progress must be a number in [0, 1], got {type(progress).__name__}")
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be in [0, 1], got {progress}")
-    return float(progress)
+def _require(ok: bool, name: str, accepted: str, value: Any) -> None:
+    """The one argument check of this module: ``ValueError`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _canonical(schedule: Any) -> str:
+    """The schedule name, with the deprecated alias ``adaptive`` replaced (and warned about)."""
+    if schedule in _ALIASES:
+        warnings.warn(
+            f"loss-weight schedule {schedule!r} is deprecated; use {_ALIASES[schedule]!r} "
+            "(the same rule)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return _ALIASES[schedule]
+    return schedule
 
 
 def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
@@ -100,23 +123,26 @@ def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
 class LossWeightScheduler:
     """Moves the weights of a :class:`~stabletrain.losses.CombinedLoss` during training.
 
-    See the module docstring for the rule of each ``type``.
+    See the module docstring for the rule of each schedule.
 
     Args:
         combined: the loss whose ``weights`` are changed in place.
-        type: ``"linear"``, ``"cosine"``, ``"step"``, ``"adaptive"`` or ``"performance"``.
+        schedule: one of :data:`SCHEDULE_TYPES` (``"linear"``, ``"cosine"``, ``"step"``,
+            ``"loss_balanced"``, ``"performance"``). Formerly the keyword ``type``, which
+            still works, with a ``DeprecationWarning``.
         end: target weights ``{key: weight}`` for every term (default: 0.8 on the
             overlap term, the rest shared).
-        **params: type-specific parameters: ``step``: ``num_steps``;
-            ``adaptive``: ``momentum``, ``strength``, ``min_weight``;
+        **params: the schedule's parameters: ``step``: ``num_steps`` (K);
+            ``loss_balanced``: ``momentum``, ``strength``, ``min_weight``;
             ``performance``: ``monitor``, ``mode``, ``patience``, ``factor``, ``min_delta``.
 
     ``step(progress, metrics=None)``: ``progress`` in [0, 1]; ``metrics`` a
     mapping that may hold validation metrics (``val_loss``, ``val_dice``) and
-    per-term values (keys of the loss, as from ``components()``). ``adaptive``
+    per-term values (keys of the loss, as from ``components()``). ``loss_balanced``
     needs the term values and ``performance`` the monitored metric whenever
     ``metrics`` is given (a ``ValueError`` names what is missing); with
-    ``metrics=None`` they leave the weights unchanged.
+    ``metrics=None`` they leave the weights unchanged. ``calls`` counts the
+    ``step`` calls.
 
     ``state_dict()`` / ``load_state_dict()`` save and restore everything,
     including the loss's current weights.
@@ -125,26 +151,34 @@ class LossWeightScheduler:
     def __init__(
         self,
         combined: CombinedLoss,
-        type: str = "linear",
+        schedule: str = "linear",
         *,
         end: Mapping[str, float] | None = None,
         **params: Any,
     ) -> None:
         if not isinstance(combined, CombinedLoss):
             raise TypeError(
-                f"combined must be a stabletrain.losses.CombinedLoss, got {_type_name(combined)}"
+                f"combined must be a stabletrain.losses.CombinedLoss, got {type(combined).__name__}"
             )
-        if type not in SCHEDULE_TYPES:
-            raise ValueError(f"type must be one of {SCHEDULE_TYPES}, got {type!r}")
-        unknown = sorted(set(params) - set(_PARAMS[type]))
+        if "type" in params:  # the former name of `schedule`
+            warnings.warn(
+                "LossWeightScheduler(type=...) is deprecated; use schedule=...",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            schedule = params.pop("type")
+        schedule = _canonical(schedule)
+        if schedule not in SCHEDULE_TYPES:
+            raise ValueError(f"schedule must be one of {SCHEDULE_TYPES}, got {schedule!r}")
+        unknown = sorted(set(params) - set(_PARAMS[schedule]))
         if unknown:
             raise ValueError(
-                f"unknown parameter(s) {unknown} for type {type!r}; accepted: "
-                f"{tuple(_PARAMS[type]) or 'none'}"
+                f"unknown parameter(s) {unknown} for schedule {schedule!r}; accepted: "
+                f"{tuple(_PARAMS[schedule]) or 'none'}"
             )
         self.combined = combined
-        self.type = type
-        self.params = {**_PARAMS[type], **params}
+        self.schedule = schedule
+        self.params = {**_PARAMS[schedule], **params}
         self._check_params()
         self.start = combined.weights
         if end is None:
@@ -155,14 +189,15 @@ class LossWeightScheduler:
                     f"end must give a weight for every term {tuple(self.start)}, got {end!r}"
                 )
             for key, value in end.items():
-                if isinstance(value, bool) or not isinstance(value, int | float):
+                if not _is_number(value):
                     raise TypeError(f"end[{key!r}] must be a number, got {value!r}")
-                if not (math.isfinite(value) and value >= 0):
-                    raise ValueError(f"end[{key!r}] must be finite and >= 0, got {value}")
+                _require(
+                    math.isfinite(value) and value >= 0, f"end[{key!r}]", "finite and >= 0", value
+                )
             self.end = {k: float(end[k]) for k in self.start}
         self.progress = 0.0
-        self.num_steps = 0
-        # adaptive state
+        self.calls = 0  # step() calls so far
+        # loss_balanced state
         self.first_values: dict[str, float] = {}
         self.averages: dict[str, float] = {}
         # performance state
@@ -172,60 +207,75 @@ class LossWeightScheduler:
 
     def _check_params(self) -> None:
         p = self.params
-        if self.type == "step":
+        if self.schedule == "step":
             k = p["num_steps"]
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ValueError(f"num_steps must be an int >= 1, got {k!r}")
-        elif self.type == "adaptive":
-            if not 0.0 <= p["momentum"] < 1.0:
-                raise ValueError(f"momentum must be in [0, 1), got {p['momentum']!r}")
-            if not p["strength"] >= 0:
-                raise ValueError(f"strength must be >= 0, got {p['strength']!r}")
-            if not 0.0 <= p["min_weight"] < 1.0:
-                raise ValueError(f"min_weight must be in [0, 1), got {p['min_weight']!r}")
-        elif self.type == "performance":
-            if p["mode"] not in ("min", "max"):
-                raise ValueError(f"mode must be 'min' or 'max', got {p['mode']!r}")
-            if isinstance(p["patience"], bool) or not isinstance(p["patience"], int):
-                raise ValueError(f"patience must be an int >= 1, got {p['patience']!r}")
-            if p["patience"] < 1:
-                raise ValueError(f"patience must be an int >= 1, got {p['patience']!r}")
-            if not 0.0 < p["factor"] <= 1.0:
-                raise ValueError(f"factor must be in (0, 1], got {p['factor']!r}")
-            if not p["min_delta"] >= 0:
-                raise ValueError(f"min_delta must be >= 0, got {p['min_delta']!r}")
+            _require(_is_int(k) and k >= 1, "num_steps", "an int >= 1", k)
+        elif self.schedule == "loss_balanced":
+            _require(0.0 <= p["momentum"] < 1.0, "momentum", "in [0, 1)", p["momentum"])
+            _require(p["strength"] >= 0, "strength", ">= 0", p["strength"])
+            _require(0.0 <= p["min_weight"] < 1.0, "min_weight", "in [0, 1)", p["min_weight"])
+        elif self.schedule == "performance":
+            _require(p["mode"] in ("min", "max"), "mode", "'min' or 'max'", p["mode"])
+            patience = p["patience"]
+            _require(_is_int(patience) and patience >= 1, "patience", "an int >= 1", patience)
+            _require(0.0 < p["factor"] <= 1.0, "factor", "in (0, 1]", p["factor"])
+            _require(p["min_delta"] >= 0, "min_delta", ">= 0", p["min_delta"])
 
     @property
     def weights(self) -> dict[str, float]:
         """The loss's current weights."""
         return self.combined.weights
 
+    @property
+    def num_steps(self) -> int:
+        """Deprecated: the number of ``step`` calls, now :attr:`calls` (``params["num_steps"]``
+        is the ``step`` schedule's K)."""
+        warnings.warn(
+            "LossWeightScheduler.num_steps is deprecated; use .calls (the number of step calls)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.calls
+
+    @property
+    def type(self) -> str:
+        """Deprecated: the schedule's name, now :attr:`schedule`."""
+        warnings.warn(
+            "LossWeightScheduler.type is deprecated; use .schedule",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.schedule
+
     def _interpolate(self, fraction: float) -> dict[str, float]:
         return {k: self.start[k] + (self.end[k] - self.start[k]) * fraction for k in self.start}
 
     def step(self, progress: float, metrics: Mapping[str, float] | None = None) -> None:
         """Update the loss weights for training progress ``progress`` in [0, 1]."""
-        self.progress = _check_progress(progress)
-        self.num_steps += 1
+        if not _is_number(progress):
+            raise TypeError(f"progress must be a number in [0, 1], got {type(progress).__name__}")
+        _require(0.0 <= progress <= 1.0, "progress", "in [0, 1]", progress)
+        self.progress = float(progress)
+        self.calls += 1
         if metrics is not None and not isinstance(metrics, Mapping):
-            raise TypeError(f"metrics must be a mapping or None, got {_type_name(metrics)}")
-        if self.type == "linear":
+            raise TypeError(f"metrics must be a mapping or None, got {type(metrics).__name__}")
+        if self.schedule == "linear":
             self.combined.weights = self._interpolate(self.progress)
-        elif self.type == "cosine":
+        elif self.schedule == "cosine":
             self.combined.weights = self._interpolate((1 - math.cos(math.pi * self.progress)) / 2)
-        elif self.type == "step":
+        elif self.schedule == "step":
             k = self.params["num_steps"]
             self.combined.weights = self._interpolate(math.floor(self.progress * k) / k)
-        elif self.type == "adaptive" and metrics is not None:
-            self._adapt(metrics)
-        elif self.type == "performance" and metrics is not None:
+        elif self.schedule == "loss_balanced" and metrics is not None:
+            self._balance(metrics)
+        elif self.schedule == "performance" and metrics is not None:
             self._perform(metrics)
 
-    def _adapt(self, metrics: Mapping[str, float]) -> None:
+    def _balance(self, metrics: Mapping[str, float]) -> None:
         missing = [k for k in self.start if k not in metrics]
         if missing:
             raise ValueError(
-                f"adaptive weighting needs the per-term values {tuple(self.start)} in metrics "
+                f"loss_balanced weighting needs the per-term values {tuple(self.start)} in metrics "
                 f"(as from CombinedLoss.components); missing {missing}, got {sorted(metrics)}"
             )
         momentum = self.params["momentum"]
@@ -284,13 +334,13 @@ class LossWeightScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "type": self.type,
+            "type": self.schedule,
             "params": dict(self.params),
             "start": dict(self.start),
             "end": dict(self.end),
             "weights": self.combined.weights,
             "progress": self.progress,
-            "num_steps": self.num_steps,
+            "calls": self.calls,
             "first_values": dict(self.first_values),
             "averages": dict(self.averages),
             "best": self.best,
@@ -299,16 +349,17 @@ class LossWeightScheduler:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("type") != self.type:
+        stored = _ALIASES.get(state.get("type"), state.get("type"))  # states saved as "adaptive"
+        if stored != self.schedule:
             raise ValueError(
-                f"state is for a {state.get('type')!r} schedule, this one is {self.type!r}"
+                f"state is for a {state.get('type')!r} schedule, this one is {self.schedule!r}"
             )
         self.params = dict(state["params"])
         self.start = dict(state["start"])
         self.end = dict(state["end"])
         self.combined.weights = state["weights"]
         self.progress = float(state["progress"])
-        self.num_steps = int(state["num_steps"])
+        self.calls = int(state["calls"] if "calls" in state else state["num_steps"])  # or older
         self.first_values = dict(state["first_values"])
         self.averages = dict(state["averages"])
         self.best = state["best"]
@@ -317,18 +368,14 @@ class LossWeightScheduler:
 
     def __repr__(self) -> str:
         weights = ", ".join(f"{k}={v:.3g}" for k, v in self.weights.items())
-        return f"LossWeightScheduler(type={self.type!r}, weights={{{weights}}})"
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
+        return f"LossWeightScheduler(schedule={self.schedule!r}, weights={{{weights}}})"
 
 
 class LossWeightCallback(Callback):
     """Drives a :class:`LossWeightScheduler` from :func:`stabletrain.training.fit`.
 
     Progress schedules (``linear``, ``cosine``, ``step``) are stepped after every
-    optimizer step with ``ctx.progress``. Metric-driven ones (``adaptive``,
+    optimizer step with ``ctx.progress``. Metric-driven ones (``loss_balanced``,
     ``performance``) are stepped after every epoch with the epoch's metrics
     (``val_loss``, ``val_dice``, …) plus the mean over the epoch of each term's
     training value (read from ``combined.last_values`` after each step).
@@ -345,7 +392,9 @@ class LossWeightCallback(Callback):
 
     def __init__(self, scheduler: LossWeightScheduler) -> None:
         if not isinstance(scheduler, LossWeightScheduler):
-            raise TypeError(f"scheduler must be a LossWeightScheduler, got {_type_name(scheduler)}")
+            raise TypeError(
+                f"scheduler must be a LossWeightScheduler, got {type(scheduler).__name__}"
+            )
         self.scheduler = scheduler
         self.history: dict[str, list[float]] = {k: [] for k in scheduler.weights}
         self._sums: dict[str, float] = {}
@@ -353,7 +402,8 @@ class LossWeightCallback(Callback):
 
     @property
     def metric_driven(self) -> bool:
-        return self.scheduler.type in ("adaptive", "performance")
+        """Whether the schedule is stepped per epoch with metrics (else per optimizer step)."""
+        return self.scheduler.schedule in _METRIC_DRIVEN
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state and the recorded weights (``fit`` checkpoints it)."""

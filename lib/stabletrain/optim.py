@@ -7,7 +7,7 @@ the configuration keys of the course's older Keras-based systems (``beta_1``,
 constructor arguments (``betas``, ``eps``, ``alpha``, ``lr`` ...):
 
 ==============  =========================  ====================================
-type            class                      seed key → torch argument
+type            class                      Keras key → torch argument
 ==============  =========================  ====================================
 ``adam``        ``torch.optim.Adam``       ``beta_1``/``beta_2`` → ``betas``;
 ``adamw``       ``torch.optim.AdamW``      ``epsilon`` → ``eps``; ``amsgrad``
@@ -28,7 +28,7 @@ configuration written for the Keras system would notice:
 - ``weight_decay`` of AdamW: Keras 0.004, torch 0.01;
 - RMSprop's ``lr``: torch 0.01 (Keras 0.001).
 
-Torch optimizers do not clip gradients, so the seed's clipping keys
+Torch optimizers do not clip gradients, so the Keras system's clipping keys
 (``gradient_clipping_by_norm``: global L2 norm, ``gradient_clipping_by_norm_local``:
 each tensor's L2 norm, ``gradient_clipping_by_value``: each element) are accepted
 here, ignored by the optimizer, and translated by :func:`clipping_from_config` into
@@ -43,7 +43,7 @@ Parameter groups (when given an ``nn.Module``):
   RMSNorm). Decay pulls weights towards 0; a norm layer's scale :math:`\gamma`
   pulled towards 0 shrinks the activations it normalised, and a bias has no
   scale-invariance for decay to regularise, so both are conventionally exempt.
-- **Per-part LR multipliers** (``lr_multipliers``, the seed's discriminative
+- **Per-part LR multipliers** (``lr_multipliers``, the Keras system's discriminative
   learning rates): ``{"encoders": 1.0, "decoders": 0.5}`` gives every parameter whose
   qualified name starts with ``encoders.`` (or equals ``encoders``) the learning rate
   :math:`m \cdot \text{lr}`; the longest matching prefix wins; others get 1.0.
@@ -97,10 +97,10 @@ CLIPPING_KEYS: dict[str, str] = {
     "gradient_clipping_by_norm_local": "norm_local",
     "gradient_clipping_by_value": "value",
 }
-"""The seed's clipping keys and the :class:`~stabletrain.stability.StabilityGuard` mode each means."""
+"""The Keras system's clipping keys and the :class:`~stabletrain.stability.StabilityGuard` mode each means."""
 
-# seed key -> torch argument, per type (beta_1/beta_2 are handled together)
-_SEED_KEYS: dict[str, dict[str, str]] = {
+# Keras key -> torch argument, per type (beta_1/beta_2 are handled together)
+_KERAS_KEYS: dict[str, dict[str, str]] = {
     "adam": {"epsilon": "eps", "amsgrad": "amsgrad"},
     "adamw": {"epsilon": "eps", "amsgrad": "amsgrad"},
     "rmsprop": {"epsilon": "eps", "rho": "alpha", "momentum": "momentum", "centered": "centered"},
@@ -122,10 +122,10 @@ def _torch_args(cls: type[torch.optim.Optimizer]) -> list[str]:
 
 
 def _accepted_keys(kind: str) -> list[str]:
-    seed = set(_SEED_KEYS[kind]) | {"learning_rate", "weight_decay"}
+    keras = set(_KERAS_KEYS[kind]) | {"learning_rate", "weight_decay"}
     if kind in ("adam", "adamw"):
-        seed |= {"beta_1", "beta_2"}
-    return sorted(seed | set(_torch_args(OPTIMIZER_TYPES[kind])) | set(CLIPPING_KEYS))
+        keras |= {"beta_1", "beta_2"}
+    return sorted(keras | set(_torch_args(OPTIMIZER_TYPES[kind])) | set(CLIPPING_KEYS))
 
 
 def _optimizer_type(config: Mapping[str, Any]) -> str:
@@ -136,7 +136,7 @@ def _optimizer_type(config: Mapping[str, Any]) -> str:
 
 
 def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Map a configuration (seed or torch keys) to the torch constructor's keywords."""
+    """Map a configuration (Keras or torch keys) to the torch constructor's keywords."""
     cls = OPTIMIZER_TYPES[kind]
     torch_names = set(_torch_args(cls))
     unknown = sorted(k for k in config if k not in _accepted_keys(kind) and k not in _BUILDER_KEYS)
@@ -162,8 +162,8 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if key == "learning_rate":
             put("lr", value, key)
-        elif key in _SEED_KEYS[kind]:
-            put(_SEED_KEYS[kind][key], value, key)
+        elif key in _KERAS_KEYS[kind]:
+            put(_KERAS_KEYS[kind][key], value, key)
         elif key in torch_names:
             put(key, value, key)
     if "beta_1" in config or "beta_2" in config:
@@ -271,7 +271,7 @@ def build_optimizer(
 
     Raises:
         ValueError: an unknown ``type`` or key (the message lists the accepted ones),
-            a key given under both its seed and torch name, or a value torch rejects.
+            a key given under both its Keras and torch name, or a value torch rejects.
         TypeError: ``config`` is not a mapping.
     """
     if not isinstance(config, Mapping):
@@ -317,7 +317,7 @@ def build_optimizer(
 
 
 def clipping_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Translate the seed's clipping keys into ``StabilityGuard`` keywords.
+    """Translate the Keras system's clipping keys into ``StabilityGuard`` keywords.
 
     ``{"gradient_clipping_by_norm": 1.0}`` gives ``{"clip_mode": "norm",
     "max_norm": 1.0}`` (see :data:`CLIPPING_KEYS`); no key, or a ``null``/0 value,

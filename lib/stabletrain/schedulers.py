@@ -77,6 +77,7 @@ __all__ = [
     "WarmupWrapper",
     "build_scheduler",
     "epochs_to_steps",
+    "is_metric_driven",
     "lr_curve",
     "with_warmup",
 ]
@@ -159,6 +160,17 @@ def _base_lrs_of(optimizer: Optimizer) -> list[float]:
                 f"schedule), got {b} in param_groups[{i}]"
             )
     return bases
+
+
+def is_metric_driven(scheduler: Any) -> bool:
+    """Whether ``scheduler`` takes ``step(metric)`` after each validation.
+
+    True for a scheduler with ``metric_driven = True`` (``plateau``, ``adaptive``, a
+    :func:`with_warmup` around one of those) and for torch's ``ReduceLROnPlateau``.
+    """
+    return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
+        scheduler, ReduceLROnPlateau
+    )
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -626,13 +638,14 @@ class OneCycle(_WarmupSchedule):
     def _value(self, s: int, values: Mapping[str, float], lr: bool) -> float:
         start_step = 0.0
         last = len(self._phases) - 1
-        for j, (end_step, lo, hi, mlo, mhi) in enumerate(self._phases):
-            if s <= end_step or j == last:
-                pct = (s - start_step) / (end_step - start_step)
-                a, z = (lo, hi) if lr else (mlo, mhi)
-                return self._anneal(values[a], values[z], pct)
-            start_step = end_step
-        raise AssertionError("unreachable")
+        for j, phase in enumerate(self._phases):  # the phase of step s (the last one past it)
+            if s <= phase[0] or j == last:
+                break
+            start_step = phase[0]
+        end_step, lo, hi, mlo, mhi = phase
+        pct = (s - start_step) / (end_step - start_step)
+        a, z = (lo, hi) if lr else (mlo, mhi)
+        return self._anneal(values[a], values[z], pct)
 
     def _lr(self, s: int, i: int, b: float) -> float:
         initial = b / self.div_factor
@@ -722,10 +735,7 @@ class PlateauWithWarmup(_WarmupSchedule):
         self.current_lrs = [float(b) for b in _base_lrs_of(optimizer)]
         super().__init__(optimizer, **kwargs)
 
-    def _after_warmup(self, t: int, b: float, eta: float) -> float:
-        raise AssertionError("unused")
-
-    def _lr(self, s: int, i: int, b: float) -> float:
+    def _lr(self, s: int, i: int, b: float) -> float:  # after warmup: the plateau rule's LR
         if s < self.warmup_steps:
             return self._warmup_lr(s, i, b)
         return self.current_lrs[i]
@@ -976,9 +986,7 @@ class WarmupWrapper(_CopyingState, LRScheduler):
         self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
         self.warmup_start_factor = _check_float("warmup_start_factor", warmup_start_factor, low=0.0)
         self.targets = _group_lrs(optimizer)
-        self.metric_driven = bool(getattr(scheduler, "metric_driven", False)) or isinstance(
-            scheduler, ReduceLROnPlateau
-        )
+        self.metric_driven = is_metric_driven(scheduler)
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
         super().__init__(optimizer)
 
@@ -1196,8 +1204,9 @@ def lr_curve(
     Builds ``config`` (``total_steps`` filled in when absent) on an SGD optimizer
     with one parameter group at ``base_lr`` and returns the LR used by each of the
     ``total_steps`` optimizer steps (``[lr(0), ..., lr(total_steps − 1)]``). For
-    metric-driven types, ``metrics[k]`` (if given) is reported with
-    ``step(metric)`` right after step ``k``.
+    metric-driven types (:func:`is_metric_driven`), ``metrics[k]`` (if given) is
+    reported with ``step(metric)`` right after step ``k``, as ``fit`` does after a
+    validation; the other types ignore ``metrics``.
 
     Raises:
         ValueError: as :func:`build_scheduler`, or ``total_steps < 1``.
@@ -1215,6 +1224,7 @@ def lr_curve(
     cfg = dict(config)
     cfg.setdefault("total_steps", total_steps)
     scheduler = build_scheduler(optimizer, cfg)
+    driven = is_metric_driven(scheduler)
     group = optimizer.param_groups[0]
     lrs: list[float] = []
     for k in range(total_steps):
@@ -1223,6 +1233,6 @@ def lr_curve(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # onecycle past its end
             scheduler.step()
-        if metrics is not None and k in metrics:
+        if metrics is not None and k in metrics and driven:
             scheduler.step(metrics[k])
     return lrs

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +36,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .experiments import short_run, short_run_arguments
 from .plotting import plot_lr, smooth
-from .schedulers import SCHEDULER_ALIASES, SCHEDULER_TYPES, lr_curve
+from .schedulers import SCHEDULER_TYPES, lr_curve
 from .training import History
 
 __all__ = [
@@ -117,19 +119,12 @@ def _param_specs(kind: str, total_steps: int) -> dict[str, _Spec]:
     return specs.get(kind, {})
 
 
-_METRIC_DRIVEN = ("plateau", "adaptive")
-_CLOSED_FORM = tuple(t for t in SCHEDULER_TYPES if t not in _METRIC_DRIVEN)
-
-
-def _available(wanted: Sequence[str] | None, default: Sequence[str], name: str) -> tuple[str, ...]:
-    known = tuple(SCHEDULER_TYPES)
-    choices = tuple(t for t in default if t in known)
+def _available(wanted: Sequence[str] | None) -> tuple[str, ...]:
     if wanted is None:
-        return choices
+        return SCHEDULER_TYPES
     wanted = tuple(wanted)
-    bad = [t for t in wanted if t not in choices]
-    if bad or not wanted:
-        raise ValueError(f"{name} must be a non-empty subset of {choices}, got {wanted!r}")
+    if not wanted or any(t not in SCHEDULER_TYPES for t in wanted):
+        raise ValueError(f"types must be a non-empty subset of {SCHEDULER_TYPES}, got {wanted!r}")
     return wanted
 
 
@@ -195,21 +190,6 @@ def describe_schedule(config: Mapping[str, Any]) -> str:
     return f"{config['type']}({', '.join(parts)})"
 
 
-def _metric_driven_type(config: Mapping[str, Any]) -> bool:
-    kind = str(config.get("type", "")).strip().lower()
-    return SCHEDULER_ALIASES.get(kind, kind) in _METRIC_DRIVEN
-
-
-def _curve(
-    config: Mapping[str, Any],
-    total_steps: int,
-    base_lr: float,
-    metrics: Mapping[int, float] | None = None,
-) -> list[float]:
-    metrics = dict(metrics) if metrics is not None and _metric_driven_type(config) else None
-    return list(lr_curve(dict(config), total_steps, base_lr=base_lr, metrics=metrics))
-
-
 def _check_metrics(metrics: Any, total_steps: int) -> dict[int, float] | None:
     if metrics is None:
         return None
@@ -257,13 +237,20 @@ def schedule_curves(
         items = list(configs.items())
     else:
         items = [(describe_schedule(c), c) for c in configs]
-    return {label: _curve(config, total_steps, base_lr, metrics) for label, config in items}
+    return {
+        label: lr_curve(config, total_steps, base_lr, metrics=metrics) for label, config in items
+    }
 
 
 def plot_schedules(
     curves: Mapping[str, Sequence[float]], *, ax: Axes | None = None, log: bool = False
 ) -> Figure:
-    """Overlay LR curves (``{label: lrs}``, e.g. from :func:`schedule_curves`)."""
+    """Deprecated: ``plot_lr(curves, ax=ax, log=log)`` (:func:`~stabletrain.plotting.plot_lr`)."""
+    warnings.warn(
+        "stabletrain.widgets.plot_schedules is deprecated; use plot_lr from stabletrain.plotting",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return plot_lr(dict(curves), ax=ax, log=log)
 
 
@@ -298,7 +285,7 @@ class ScheduleExplorer:
         log: bool = False,
         metrics: Mapping[int, float] | None = None,
     ) -> None:
-        self.types = _available(types, _CLOSED_FORM + _METRIC_DRIVEN, "types")
+        self.types = _available(types)
         self.total_steps = _check_steps("total_steps", total_steps)
         self.metrics = _check_metrics(metrics, self.total_steps)
         if not base_lr > 0:
@@ -333,13 +320,14 @@ class ScheduleExplorer:
         self.update()
 
     def config(self) -> dict[str, Any]:
-        """The schedule the controls describe, as a ``build_scheduler`` mapping."""
+        """The schedule the controls describe, as a ``build_scheduler`` mapping (with
+        ``total_steps``, so ``build_scheduler(optimizer, explorer.config())`` works)."""
         kind = self.controls["type"].value
         params = {
             name: self.controls[f"{kind}.{name}"].value
             for name in _param_specs(kind, self.total_steps)
         }
-        return {"type": kind, **params}
+        return {"type": kind, **params, "total_steps": self.total_steps}
 
     def curves(self) -> dict[str, list[float]]:
         """The pinned curves and the current one (under ``"current"``)."""
@@ -456,6 +444,7 @@ def schedule_explorer(
 # ----------------------------------------------------------------------------- LR tuner
 
 _TUNER_RUN = {"epochs": 2, "num_train": 128, "num_val": 32, "batch_size": 16}
+_SET_BY_TUNER = ("lr", "scheduler", "return_model")  # short_run arguments the tuner sets
 
 
 class LRTuner:
@@ -481,7 +470,7 @@ class LRTuner:
         scheduler: str | None = None,
         **run_kwargs: Any,
     ) -> None:
-        self.types = _available(types, _CLOSED_FORM + _METRIC_DRIVEN, "types")
+        self.types = _available(types)
         low, high = lr_range
         if not 0 < low < high:
             raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range}")
@@ -490,6 +479,13 @@ class LRTuner:
         scheduler = scheduler if scheduler is not None else self.types[0]
         if scheduler not in self.types:
             raise ValueError(f"scheduler must be one of {self.types}, got {scheduler!r}")
+        accepted = [n for n in short_run_arguments() if n not in _SET_BY_TUNER]
+        unknown = sorted(set(run_kwargs) - set(accepted))
+        if unknown:
+            raise TypeError(
+                f"lr_tuner got unknown argument(s) {unknown}; besides its own it takes "
+                f"short_run's: {sorted(accepted)}"
+            )
         self.run_kwargs = {**_TUNER_RUN, **run_kwargs}
         accumulation = self.run_kwargs.get("accumulation_steps", 1)
         batches = math.ceil(self.run_kwargs["num_train"] / self.run_kwargs["batch_size"])
@@ -562,8 +558,6 @@ class LRTuner:
 
     def train(self, _button: Any = None) -> History:
         """Train one short run with the current settings, add it to the plot, return its history."""
-        from .experiments import short_run
-
         lr = float(self.controls["lr"].value)
         config = self.scheduler_config()
         self.button.disabled = True
@@ -671,6 +665,8 @@ def lr_tuner(
     Raises:
         ValueError: an unknown type, an LR outside ``lr_range``, or a warmup
             that is not shorter than the run.
+        TypeError: a keyword that ``short_run`` does not take (named, with the
+            accepted ones).
     """
     return LRTuner(
         types,
