@@ -14,16 +14,7 @@ from stabletrain.plotting import (
     plot_loss_scale,
     plot_lr,
     plot_prediction_grid,
-    smooth,
 )
-
-
-def test_smooth_is_bias_corrected_and_skips_nan():
-    out = smooth([2.0, 2.0, math.nan, 2.0], beta=0.9)
-    assert out[0] == pytest.approx(2.0) and out[1] == pytest.approx(2.0)
-    assert math.isnan(out[2]) and out[3] == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="beta"):
-        smooth([1.0], beta=1.0)
 
 
 def history(losses, scales=None):
@@ -43,6 +34,15 @@ def test_plot_history_marks_divergence():
     fig = plot_history({"ok": history([1.0, 0.8, 0.6]), "nan": history([1.0, 2.0, math.nan])})
     markers = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
     assert len(markers) == 1 and markers[0].get_xdata()[0] == 2
+
+
+def test_plot_history_smooths_with_the_one_moving_average():
+    fig = plot_history(history([2.0, 0.0, math.nan, 2.0]), smoothing=0.5)
+    curve = list(fig.axes[0].lines[0].get_ydata())
+    # weight 0.5 of the past: (0.5·2 + 0.5·0)/(1 − 0.25); the NaN passes through
+    assert curve[:2] == pytest.approx([2.0, 2 / 3]) and math.isnan(curve[2])
+    with pytest.raises(ValueError, match="smoothing"):
+        plot_history(history([1.0]), smoothing=1.0)
 
 
 def test_plot_lr_and_loss_scale():

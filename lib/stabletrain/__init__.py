@@ -10,7 +10,7 @@ The library behind the notebook course. One concept per module:
 - :mod:`stabletrain.stability` — finite checks, clipping, ``NanDetector``, ``StabilityGuard``,
   ``EarlyStopping``.
 - :mod:`stabletrain.schedulers` — LR schedulers (real ``LRScheduler``\\ s) and ``build_scheduler``.
-- :mod:`stabletrain.lr_finder` — the LR range test.
+- :mod:`stabletrain.lr_finder` — the LR range test and its moving average ``ema``.
 - :mod:`stabletrain.losses` — Dice, Jaccard, Tversky, focal and combined losses.
 - :mod:`stabletrain.loss_weights` — scheduling the weights of a combined loss.
 - :mod:`stabletrain.deep_supervision` — weight schedules and ``DeepSupervisionLoss``.

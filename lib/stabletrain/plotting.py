@@ -19,6 +19,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from .lr_finder import ema
 from .training import History
 
 __all__ = [
@@ -27,23 +28,7 @@ __all__ = [
     "plot_loss_scale",
     "plot_lr",
     "plot_prediction_grid",
-    "smooth",
 ]
-
-
-def smooth(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
-    """Bias-corrected exponential moving average; non-finite values pass through as NaN."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
-    out = np.full(len(values), np.nan)
-    avg, weight = 0.0, 0.0
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            continue
-        avg = beta * avg + (1 - beta) * v
-        weight = beta * weight + (1 - beta)
-        out[i] = avg / weight
-    return out
 
 
 def _axes(ax: Axes | None, figsize=(6, 3.5)) -> tuple[Figure, Axes]:
@@ -62,9 +47,14 @@ def plot_history(
 ) -> Figure:
     """Training loss per step (smoothed) and validation loss/Dice per epoch.
 
+    ``smoothing`` is the weight of the past in the moving average of the training
+    loss (:func:`stabletrain.lr_finder.ema` with weight ``1 − smoothing``).
+
     Pass one :class:`History` or a mapping ``{label: history}`` to overlay runs.
     A run that hit a non-finite loss is marked with an ✕ where it happened.
     """
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
     if isinstance(histories, History):
         histories = {"": histories}
     if axes is None:
@@ -74,7 +64,7 @@ def plot_history(
     for label, h in histories.items():
         losses = h.steps.get("loss", [])
         steps = np.arange(len(losses))
-        line = axes[0].plot(steps, smooth(losses, smoothing), label=label or None)[0]
+        line = axes[0].plot(steps, ema(losses, 1 - smoothing), label=label or None)[0]
         bad = h.first_nonfinite_step()
         if bad is not None:
             finite = [v for v in losses[:bad] if math.isfinite(v)]

@@ -35,7 +35,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .plotting import plot_lr, smooth
+from .lr_finder import ema
+from .plotting import plot_lr
 from .schedulers import SCHEDULER_ALIASES, SCHEDULER_TYPES, lr_curve
 from .training import History
 
@@ -609,7 +610,7 @@ class LRTuner:
         self.loss_ax.clear()
         for run in self.runs:
             losses = run["history"].steps.get("loss", [])
-            line = self.loss_ax.plot(smooth(losses, 0.6), label=run["label"])[0]
+            line = self.loss_ax.plot(ema(losses, 0.4), label=run["label"])[0]
             bad = run["history"].first_nonfinite_step()
             if bad is not None:
                 finite = [v for v in losses[:bad] if math.isfinite(v)]
