@@ -227,12 +227,3 @@ class MixedPrecision:
         dtype = str(self.dtype).replace("torch.", "")
         scaler = f", scale={self.scale:g}" if self.scaler is not None else ""
         return f"MixedPrecision(dtype={dtype}, device_type={self.device_type!r}{scaler})"
-
-
-# Temporary, until the notebooks import from the new home (removed in the next commits).
-from .course.precision import (  # noqa: E402, F401
-    activation_ranges,
-    dtype_table,
-    layer_gradients,
-    underflow_fraction,
-)

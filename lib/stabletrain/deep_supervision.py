@@ -363,7 +363,7 @@ def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
-    from .course.supervision import plot_supervision_weights  # noqa: F811
+    from .course.supervision import plot_supervision_weights
 
     supervision_weights(schedule, num_outputs, 0.0)  # checks the starting values
     choice = w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
@@ -383,7 +383,3 @@ def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 
     count.observe(redraw, names="value")
     redraw()
     return w.VBox([w.HBox([choice, count]), image])
-
-
-# Temporary, until the notebooks import from the new home (removed in the next commits).
-from .course.supervision import plot_supervision_weights, supervision_curves  # noqa: E402, F401

@@ -42,8 +42,3 @@ def plot_lr(
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
-
-
-# Temporary, until the notebooks import from the new home (removed in the next commits).
-from .course.plots import plot_history, plot_loss_scale, plot_prediction_grid  # noqa: E402, F401
-from .course.precision import plot_float_formats  # noqa: E402, F401

@@ -318,7 +318,3 @@ def _experiment_id(client: Any, name: str, tracking_uri: str, *, create: bool) -
         safe = re.sub(r"[^\w.\-]+", "_", name)
         location = (root / safe).as_uri()
     return client.create_experiment(name, artifact_location=location)
-
-
-# Temporary, until the notebooks import from the new home (removed in the next commits).
-from .course.runs import metric_history, plot_runs, runs_dataframe  # noqa: E402, F401
