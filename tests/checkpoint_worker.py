@@ -19,9 +19,10 @@ import signal
 import torch
 
 from stabletrain import checkpoint
+from stabletrain.callbacks import Callback
 from stabletrain.data import make_loaders
+from stabletrain.loop import fit
 from stabletrain.models import TinyUNet
-from stabletrain.training import Callback, fit
 from stabletrain.utils import seed_everything
 
 EPOCHS = 3

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from stabletrain.callbacks import Callback
 from stabletrain.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -21,8 +22,8 @@ from stabletrain.checkpoint import (
     restore_rng_state,
 )
 from stabletrain.data import make_loaders
+from stabletrain.loop import fit
 from stabletrain.models import TinyUNet
-from stabletrain.training import Callback, fit
 from stabletrain.utils import seed_everything
 
 NAN = math.nan

@@ -79,7 +79,7 @@ def test_layer_mismatch_in_the_training_forward_pass():
 
 def test_batch_stat_scores_record_one_score_per_epoch():
     from stabletrain.course.batchnorm import BatchStatScores
-    from stabletrain.training import fit
+    from stabletrain.loop import fit
 
     net = _net()
     data = _batches()

@@ -51,7 +51,7 @@ def test_stale_running_statistics_show_in_eval_mode_only():
 
 
 def test_eval_score_matches_evaluate():
-    from stabletrain.training import evaluate
+    from stabletrain.loop import evaluate
 
     model, _, val = _setup()
     ours = score_loader(model, val)

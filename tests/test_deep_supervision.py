@@ -14,9 +14,9 @@ from stabletrain.deep_supervision import (
     resize_target,
     supervision_weights,
 )
+from stabletrain.loop import fit
 from stabletrain.losses import DiceLoss, FocalLoss, build_loss
 from stabletrain.models import TinyUNet
-from stabletrain.training import fit
 
 # --- the reference formulas (shared/reference/deep_supervision_schedules.md), written out
 # independently of the library, element by element.

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from stabletrain.history import History
 from stabletrain.schedulers import AdaptiveScheduler
 from stabletrain.stability import (
     NonFiniteError,
@@ -15,7 +16,6 @@ from stabletrain.stability import (
     grad_norm,
     grads_are_finite,
 )
-from stabletrain.training import History
 
 # ------------------------------------------------------------------ huge is not non-finite
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from stabletrain.training import History
+from stabletrain.history import History
 
 
 def _history():

@@ -142,8 +142,8 @@ def test_bad_arguments():
 
 def test_callback_drives_the_schedule_in_fit():
     from stabletrain.data import make_loaders
+    from stabletrain.loop import fit
     from stabletrain.models import TinyUNet
-    from stabletrain.training import fit
 
     train, val = make_loaders(16, 8, batch_size=8, image_size=32)
     loss = CombinedLoss({"dice": (DiceLoss(), 0.5), "focal": (FocalLoss(), 0.5)})

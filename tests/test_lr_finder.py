@@ -17,6 +17,7 @@ from torch import nn
 from stabletrain import TinyUNet, fit, make_loaders
 from stabletrain.lr_finder import (
     LRRangeTestResult,
+    MovingAverage,
     ema,
     lr_range_test,
     suggest_lr,
@@ -271,6 +272,21 @@ def test_suggestion_rule_on_a_known_curve():
     assert suggestion == pytest.approx(10**-2.5, rel=0.05)  # inflection = steepest point
     assert low < suggestion < high
     assert 10**-3.5 < low < 10**-3 and 10**-2 < high < 10**-1.2
+
+
+def test_ema_is_bias_corrected_and_skips_nan():
+    out = ema([2.0, 2.0, math.nan, 2.0], 0.1)
+    assert out[0] == pytest.approx(2.0) and out[1] == pytest.approx(2.0)
+    assert math.isnan(out[2]) and out[3] == pytest.approx(2.0)
+    # the NaN leaves the average alone: the 4th value is the 3rd finite one
+    with_nan, without = ema([1.0, 3.0, math.nan, 5.0], 0.5), ema([1.0, 3.0, 5.0], 0.5)
+    assert with_nan[:2] == without[:2] and with_nan[3] == without[2] != 5.0
+    average = MovingAverage(0.3)
+    assert [average.update(v) for v in (4.0, 1.0, 2.0)] == ema([4.0, 1.0, 2.0], 0.3)
+    assert average.count == 3
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="smooth"):
+            ema([1.0], bad)
 
 
 def test_zero_lag_smoothing_does_not_shift_a_trend():

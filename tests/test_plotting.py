@@ -1,71 +1,12 @@
-import math
+"""stabletrain.plotting: the LR figure."""
 
 import matplotlib
-import numpy as np
-import pytest
-import torch
 
 matplotlib.use("Agg")
 
-from stabletrain import History, TinyUNet
-from stabletrain.plotting import (
-    plot_float_formats,
-    plot_history,
-    plot_loss_scale,
-    plot_lr,
-    plot_prediction_grid,
-    smooth,
-)
+from stabletrain.plotting import plot_lr
 
 
-def test_smooth_is_bias_corrected_and_skips_nan():
-    out = smooth([2.0, 2.0, math.nan, 2.0], beta=0.9)
-    assert out[0] == pytest.approx(2.0) and out[1] == pytest.approx(2.0)
-    assert math.isnan(out[2]) and out[3] == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="beta"):
-        smooth([1.0], beta=1.0)
-
-
-def history(losses, scales=None):
-    h = History()
-    for i, loss in enumerate(losses):
-        extra = (
-            {"loss_scale": scales[i], "applied": scales[i] >= scales[max(i - 1, 0)]}
-            if scales
-            else {}
-        )
-        h.log_step(loss=loss, lr=0.1, **extra)
-    h.log_epoch(epoch=0, val_loss=0.5, val_dice=0.7)
-    return h
-
-
-def test_plot_history_marks_divergence():
-    fig = plot_history({"ok": history([1.0, 0.8, 0.6]), "nan": history([1.0, 2.0, math.nan])})
-    markers = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
-    assert len(markers) == 1 and markers[0].get_xdata()[0] == 2
-
-
-def test_plot_lr_and_loss_scale():
+def test_plot_lr_draws_one_line_per_schedule():
     fig = plot_lr({"a": [0.1, 0.05], "b": [0.2, 0.1]})
     assert len(fig.axes[0].lines) == 2
-    fig = plot_loss_scale(history([1.0, 1.0, 1.0], scales=[4.0, 2.0, 2.0]))
-    skipped = next(ln for ln in fig.axes[0].lines if ln.get_marker() == "x")
-    assert list(skipped.get_xdata()) == [1]
-
-
-def test_float_formats_end_at_each_formats_max():
-    fig = plot_float_formats()
-    ends = sorted(
-        float(np.max(ln.get_xdata()))
-        for ln in fig.axes[0].lines
-        if ln.get_marker() != "x" and len(ln.get_xdata()) > 2
-    )
-    assert ends[0] == pytest.approx(65504, rel=0.01)
-
-
-def test_prediction_grid_shapes():
-    model = TinyUNet(base_channels=4)
-    images, masks = torch.randn(3, 1, 32, 32), torch.zeros(3, 1, 32, 32)
-    fig = plot_prediction_grid(model, images, masks, max_images=2)
-    assert len(fig.axes) == 6
-    assert model.training  # mode restored

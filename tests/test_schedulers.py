@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler as tls
 
+from stabletrain.loop import fit
 from stabletrain.schedulers import (
     SCHEDULER_ALIASES,
     SCHEDULER_TYPES,
@@ -25,7 +26,6 @@ from stabletrain.schedulers import (
     lr_curve,
     with_warmup,
 )
-from stabletrain.training import fit
 
 BASES = (0.1, 0.03, 0.5)  # three parameter groups with different base LRs
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from stabletrain.loop import fit
 from stabletrain.stability import (
     EarlyStopping,
     NanDetector,
@@ -16,7 +17,7 @@ from stabletrain.stability import (
     grad_norm,
     grads_are_finite,
 )
-from stabletrain.training import StepResult, fit
+from stabletrain.update import StepResult
 
 
 def small_model(seed: int = 0) -> nn.Module:

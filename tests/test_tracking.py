@@ -8,20 +8,18 @@ pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
 
+from stabletrain.course.runs import runs_dataframe
 from stabletrain.data import make_loaders
+from stabletrain.loop import fit
 from stabletrain.models import TinyUNet
 from stabletrain.tracking import (
     MLflowTracker,
     default_artifact_root,
     default_tracking_uri,
-    metric_history,
-    plot_runs,
     repository_root,
-    runs_dataframe,
     ui_command,
 )
-from stabletrain.training import StepResult, fit
-from stabletrain.update import Update
+from stabletrain.update import StepResult, Update
 from stabletrain.utils import seed_everything
 
 
@@ -111,26 +109,6 @@ def test_metric_writes_are_batched(run):
     # every 8 values and once per epoch, instead of one round trip per value
     assert tracker.batches_written <= values // 8 + 2
     assert calls["log_batch"] <= tracker.batches_written + 1  # + the params batch
-
-
-def test_read_back_helpers(store, run):
-    tracker, history, _ = run
-    other = MLflowTracker("test", run_name="second", tracking_uri=store, verbose=False)
-    other.log_params({"scheduler": {"name": "cosine", "warmup": 2}})
-    for step in range(1, 4):
-        other.log_metrics({"train_loss": 1.0 / step}, step=step)
-    other.finish()
-    frame = runs_dataframe("test", tracking_uri=store, run_ids=[tracker.run_id, other.run_id])
-    assert list(frame["run_name"]) == ["sgd", "second"]
-    assert frame.loc[1, "params.scheduler.warmup"] == "2"
-    assert frame.loc[0, "metrics.val_loss"] == pytest.approx(history.epochs["val_loss"][-1])
-    curves = metric_history("test", "train_loss", tracking_uri=store, run_ids=[other.run_id])
-    assert list(curves["step"]) == [1, 2, 3]
-    assert list(curves["value"]) == pytest.approx([1.0, 0.5, 1 / 3])
-    fig = plot_runs("test", "train_loss", tracking_uri=store, run_ids=[tracker.run_id])
-    assert len(fig.axes[0].lines) == 1
-    with pytest.raises(ValueError, match="no MLflow experiment named 'nope'"):
-        runs_dataframe("nope", tracking_uri=store)
 
 
 def test_nan_is_logged_and_params_are_immutable(store):

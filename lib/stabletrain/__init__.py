@@ -14,18 +14,24 @@ The library behind the notebook course. One concept per module:
 - :mod:`stabletrain.stability` — finite checks, clipping, ``NanDetector``, and
   ``StabilityGuard`` (an ``Update`` with a NaN policy).
 - :mod:`stabletrain.schedulers` — LR schedulers (real ``LRScheduler``\\ s) and ``build_scheduler``.
-- :mod:`stabletrain.lr_finder` — the LR range test.
+- :mod:`stabletrain.lr_finder` — the LR range test and its moving average ``ema``.
 - :mod:`stabletrain.losses` — Dice, Jaccard, Tversky, focal and combined losses.
 - :mod:`stabletrain.loss_weights` — scheduling the weights of a combined loss.
 - :mod:`stabletrain.deep_supervision` — weight schedules and ``DeepSupervisionLoss``.
-- :mod:`stabletrain.amp` — ``MixedPrecision`` that reports skipped steps, float16 diagnostics.
+- :mod:`stabletrain.amp` — ``MixedPrecision`` that reports skipped steps.
 - :mod:`stabletrain.checkpoint` — crash-safe checkpoints and bit-exact resume.
 - :mod:`stabletrain.tracking` — MLflow tracking (needs the ``tracking`` extra).
 - :mod:`stabletrain.optim` — ``build_optimizer`` with seed and torch keys, parameter groups.
 - :mod:`stabletrain.config` — presets and ``build_training``: one configuration builds everything.
 - :mod:`stabletrain.cli` — ``python -m stabletrain train | compare-schedulers``.
 - :mod:`stabletrain.widgets` — notebook widgets (needs the ``widgets`` extra; import it directly).
-- :mod:`stabletrain.plotting`, :mod:`stabletrain.experiments`, :mod:`stabletrain.utils`.
+- :mod:`stabletrain.plotting` (``plot_lr``), :mod:`stabletrain.experiments`,
+  :mod:`stabletrain.utils`.
+
+:mod:`stabletrain.course` holds what only the notebooks need, one module per topic:
+``plots`` (loss curves, loss scale, prediction grids), ``precision`` (float formats,
+activation ranges, layer gradients, underflow), ``runs`` (MLflow runs read back),
+``supervision`` (deep-supervision weight curves), ``batchnorm``, ``divergence``.
 """
 
 from .amp import MixedPrecision
@@ -53,7 +59,7 @@ from .stability import (
     grad_norm,
     grads_are_finite,
 )
-from .tracking import MLflowTracker, runs_dataframe
+from .tracking import MLflowTracker
 from .update import StepResult, Update
 from .utils import get_device, seed_everything
 
@@ -112,7 +118,6 @@ __all__ = [
     "make_loaders",
     "resolve_config",
     "run",
-    "runs_dataframe",
     "seed_everything",
     "supervision_weights",
     "with_warmup",

@@ -41,16 +41,7 @@ __all__ = [
     "StopOnNonFinite",
     "Tracking",
     "TrainContext",
-    "is_metric_driven",
 ]
-
-
-def is_metric_driven(scheduler: Any) -> bool:
-    """Whether ``scheduler.step(metric)`` must be called with a metric after each epoch
-    (a scheduler with a true ``metric_driven`` attribute, or a ``ReduceLROnPlateau``)."""
-    return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
-        scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-    )
 
 
 @dataclass

@@ -69,9 +69,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .callbacks import Callback
 from .checkpoint import CheckpointManager
+from .history import History
 from .optim import build_optimizer, clipping_from_config
-from .training import Callback, History
 
 __all__ = [
     "DEFAULTS",
@@ -495,7 +496,7 @@ class Training:
 
     def fit(self, model: nn.Module, train_loader, val_loader=None, **kwargs: Any) -> History:
         """``fit(model, train_loader, val_loader=..., **self.fit_kwargs(), **kwargs)``."""
-        from .training import fit
+        from .loop import fit
 
         return fit(model, train_loader, val_loader=val_loader, **{**self.fit_kwargs(), **kwargs})
 

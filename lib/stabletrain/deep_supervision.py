@@ -56,9 +56,7 @@ __all__ = [
     "SCHEDULES",
     "TARGET_RESIZE_MODES",
     "DeepSupervisionLoss",
-    "plot_supervision_weights",
     "resize_target",
-    "supervision_curves",
     "supervision_weights",
     "supervision_widget",
 ]
@@ -353,59 +351,19 @@ class DeepSupervisionLoss(nn.Module):
         )
 
 
-def supervision_curves(
-    schedule: str, num_outputs: int, num_points: int = 101, **params: Any
-) -> tuple[list[float], list[list[float]]]:
-    """Weights of every output along training: ``(progress, weights)``.
-
-    ``progress`` holds ``num_points`` values evenly spaced in [0, 1] and
-    ``weights[j]`` the weights at ``progress[j]`` (what the plot shows).
-    """
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
-        raise ValueError(f"num_points must be an int >= 2, got {num_points!r}")
-    progress = [j / (num_points - 1) for j in range(num_points)]
-    return progress, [supervision_weights(schedule, num_outputs, p, **params) for p in progress]
-
-
-def plot_supervision_weights(
-    schedule: str,
-    num_outputs: int,
-    *,
-    ax: Any = None,
-    num_points: int = 201,
-    **params: Any,
-):
-    """Plot each output's weight against training progress; returns the figure.
-
-    Output 0 (the final, full-resolution one) is drawn thickest.
-    """
-    import matplotlib.pyplot as plt
-
-    progress, weights = supervision_curves(schedule, num_outputs, num_points, **params)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-    else:
-        fig = ax.figure
-    for i in range(num_outputs):
-        label = "output 0 (final, 1/1)" if i == 0 else f"output {i} (1/{2**i})"
-        ax.plot(progress, [w[i] for w in weights], lw=2.5 if i == 0 else 1.2, label=label)
-    ax.set(xlabel="training progress", ylabel="weight", ylim=(-0.02, 1.02), title=schedule)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    return fig
-
-
 def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 4):
     """An ipywidgets control: pick a schedule and a number of outputs, see the weights.
 
-    The figure comes from :func:`plot_supervision_weights` (call it directly for
-    the same plot without a browser) and is shown as a PNG image widget, so the
-    widget needs no interactive matplotlib backend. Requires ``ipywidgets``.
+    The figure comes from :func:`stabletrain.course.supervision.plot_supervision_weights`
+    (call it directly for the same plot without a browser) and is shown as a PNG image
+    widget, so the widget needs no interactive matplotlib backend. Requires ``ipywidgets``.
     """
     import io
 
     import ipywidgets as w
     import matplotlib.pyplot as plt
+
+    from .course.supervision import plot_supervision_weights
 
     supervision_weights(schedule, num_outputs, 0.0)  # checks the starting values
     choice = w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from .config import scheduler_from_config, seeded_start
+from .history import History
+from .loop import fit
 from .optim import build_optimizer
-from .training import History, fit
 
 __all__ = [
     "SchedulerSpec",

@@ -42,10 +42,10 @@ from .callbacks import (
     StopOnNonFinite,
     Tracking,
     TrainContext,
-    is_metric_driven,
 )
 from .history import History
 from .metrics import dice_score
+from .schedulers import is_metric_driven
 from .update import Update
 
 __all__ = [

@@ -50,8 +50,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from .callbacks import Callback, TrainContext
 from .losses import OVERLAP_TERMS, CombinedLoss
-from .training import Callback, TrainContext
 
 __all__ = ["SCHEDULE_TYPES", "LossWeightCallback", "LossWeightScheduler"]
 

@@ -61,6 +61,7 @@ from .utils import capture_rng_state, cpu_copy, restore_rng_state
 __all__ = [
     "LR_RANGE_MODES",
     "LRRangeTestResult",
+    "MovingAverage",
     "ema",
     "lr_range_test",
     "suggest_lr",
@@ -75,14 +76,38 @@ _BAND = 0.1
 _WIDTH = 0.25
 
 
-def ema(values: Sequence[float], smooth: float) -> list[float]:
-    """Bias-corrected exponential moving average ``m_i / (1 − (1−a)^{i+1})``, ``a = smooth``
-    (the causal smoothing of :attr:`LRRangeTestResult.losses`)."""
-    out, avg = [], 0.0
-    for i, value in enumerate(values):
-        avg = (1 - smooth) * avg + smooth * value
-        out.append(avg / (1 - (1 - smooth) ** (i + 1)))
-    return out
+class MovingAverage:
+    """Bias-corrected exponential moving average, fed one value at a time.
+
+    With weight ``a = smooth`` in ``(0, 1]``, :meth:`update` returns
+    ``m_k / (1 − (1−a)^k)`` where ``m_k = (1−a) m_{k−1} + a ℓ_k``, ``m_0 = 0``, over the
+    ``k`` finite values seen so far; a non-finite value returns ``nan`` and leaves the
+    average as it was.
+
+    Raises:
+        ValueError: ``smooth`` outside ``(0, 1]``.
+    """
+
+    def __init__(self, smooth: float) -> None:
+        if not 0 < smooth <= 1:
+            raise ValueError(f"smooth must be in (0, 1], got {smooth}")
+        self.smooth = smooth
+        self.count = 0
+        self._avg = 0.0
+
+    def update(self, value: float) -> float:
+        if not math.isfinite(value):
+            return math.nan
+        self.count += 1
+        self._avg = (1 - self.smooth) * self._avg + self.smooth * value
+        return self._avg / (1 - (1 - self.smooth) ** self.count)
+
+
+def ema(values: Iterable[float], smooth: float) -> list[float]:
+    """:class:`MovingAverage` of ``values`` (the causal smoothing of
+    :attr:`LRRangeTestResult.losses`, and of the loss curves in the figures)."""
+    average = MovingAverage(smooth)
+    return [average.update(value) for value in values]
 
 
 def zero_lag_smooth(
@@ -498,7 +523,7 @@ def lr_range_test(
         model.train()
         optimizer.zero_grad(set_to_none=True)
         batches = iter(_batches(loader))
-        avg, best = 0.0, math.inf
+        average, best = MovingAverage(smooth), math.inf
         # Iteration i measures the loss after step i-1, then makes step i.
         for i in range(num_iters + 1):
             window = []  # the update's accumulation window: its mean loss is the measurement
@@ -511,12 +536,10 @@ def lr_range_test(
             else:
                 lrs.append(float(sweep[i - 1]))
                 raw.append(value)
+                smoothed.append(average.update(value))
                 if not math.isfinite(value):
-                    smoothed.append(math.nan)
                     stop_reason = "non-finite loss"
                     break
-                avg = (1 - smooth) * avg + smooth * value  # ema(), one value at a time
-                smoothed.append(avg / (1 - (1 - smooth) ** (len(smoothed) + 1)))
                 best = min(best, smoothed[-1])
                 if smoothed[-1] > diverge_threshold * best:
                     stop_reason = "diverged"

@@ -1,101 +1,22 @@
-"""Figures the notebooks (and learners) use again and again.
+"""The learning-rate figure: LR per optimizer step, one curve per schedule.
 
-Every function draws on a given matplotlib ``Axes`` (or makes a new figure)
-and returns the figure, so it works the same in a notebook, a script or a test.
+Used by ``python -m stabletrain compare-schedulers`` and the widgets.
 
 Example:
-    >>> from stabletrain.plotting import plot_history
-    >>> fig = plot_history(history)  # doctest: +SKIP
+    >>> from stabletrain.plotting import plot_lr
+    >>> fig = plot_lr({"constant": [0.1] * 10, "halved": [0.1] * 5 + [0.05] * 5})
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .training import History
-
-__all__ = [
-    "plot_float_formats",
-    "plot_history",
-    "plot_loss_scale",
-    "plot_lr",
-    "plot_prediction_grid",
-    "smooth",
-]
-
-
-def smooth(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
-    """Bias-corrected exponential moving average; non-finite values pass through as NaN."""
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"beta must be in [0, 1), got {beta}")
-    out = np.full(len(values), np.nan)
-    avg, weight = 0.0, 0.0
-    for i, v in enumerate(values):
-        if not math.isfinite(v):
-            continue
-        avg = beta * avg + (1 - beta) * v
-        weight = beta * weight + (1 - beta)
-        out[i] = avg / weight
-    return out
-
-
-def _axes(ax: Axes | None, figsize=(6, 3.5)) -> tuple[Figure, Axes]:
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize)
-        return fig, ax
-    return ax.figure, ax
-
-
-def plot_history(
-    histories: History | Mapping[str, History],
-    *,
-    smoothing: float = 0.8,
-    log_loss: bool = True,
-    axes: Sequence[Axes] | None = None,
-) -> Figure:
-    """Training loss per step (smoothed) and validation loss/Dice per epoch.
-
-    Pass one :class:`History` or a mapping ``{label: history}`` to overlay runs.
-    A run that hit a non-finite loss is marked with an ✕ where it happened.
-    """
-    if isinstance(histories, History):
-        histories = {"": histories}
-    if axes is None:
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    else:
-        fig = axes[0].figure
-    for label, h in histories.items():
-        losses = h.steps.get("loss", [])
-        steps = np.arange(len(losses))
-        line = axes[0].plot(steps, smooth(losses, smoothing), label=label or None)[0]
-        bad = h.first_nonfinite_step()
-        if bad is not None:
-            finite = [v for v in losses[:bad] if math.isfinite(v)]
-            y = finite[-1] if finite else 1.0
-            axes[0].plot([bad], [y], "x", color=line.get_color(), markersize=10, mew=2)
-        epochs_per_step = len(losses) / max(1, len(h.epochs.get("epoch", [])))
-        x_epoch = (np.arange(len(h.epochs.get("epoch", []))) + 1) * epochs_per_step
-        if "val_loss" in h.epochs:
-            axes[1].plot(x_epoch, h.epochs["val_loss"], "o-", color=line.get_color())
-        if "val_dice" in h.epochs:
-            axes[2].plot(x_epoch, h.epochs["val_dice"], "o-", color=line.get_color())
-    axes[0].set(title="training loss (smoothed)", xlabel="step")
-    axes[1].set(title="validation loss", xlabel="step")
-    axes[2].set(title="validation Dice", xlabel="step", ylim=(0, 1))
-    if log_loss:
-        axes[0].set_yscale("log")
-        axes[1].set_yscale("log")
-    if any(histories):
-        axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+__all__ = ["plot_lr"]
 
 
 def plot_lr(
@@ -106,7 +27,10 @@ def plot_lr(
     title: str = "learning rate per step",
 ) -> Figure:
     """LR against optimizer step, for one schedule or a mapping ``{label: lrs}``."""
-    fig, ax = _axes(ax)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+    else:
+        fig = ax.figure
     if not isinstance(lrs, Mapping):
         lrs = {"": lrs}
     for label, values in lrs.items():
@@ -115,107 +39,6 @@ def plot_lr(
     if log:
         ax.set_yscale("log")
     if any(lrs):
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-@torch.no_grad()
-def plot_prediction_grid(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    masks: torch.Tensor,
-    *,
-    max_images: int = 4,
-    threshold: float = 0.5,
-) -> Figure:
-    """Rows of image / true mask / predicted mask for the first ``max_images`` images."""
-    model_was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        logits = model(images[:max_images].to(device))
-    finally:
-        model.train(model_was_training)
-    if isinstance(logits, list | tuple):
-        logits = logits[0]
-    logits = logits.float().cpu()
-    if logits.shape[1] == 1:
-        pred = (torch.sigmoid(logits[:, 0]) > threshold).float()
-        true = masks[:max_images].reshape(pred.shape)
-        cmap, vmax = "gray", 1
-    else:
-        pred = logits.argmax(1).float()
-        true = masks[:max_images].float()
-        cmap, vmax = "tab10", 9
-    n = pred.shape[0]
-    fig, axes = plt.subplots(n, 3, figsize=(6.5, 2.2 * n), squeeze=False)
-    for i in range(n):
-        axes[i, 0].imshow(images[i, 0].cpu().numpy(), cmap="gray")
-        axes[i, 1].imshow(true[i].numpy(), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-        axes[i, 2].imshow(pred[i].numpy(), cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    for ax, title in zip(axes[0], ("image", "true mask", "prediction")):
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def plot_float_formats(*, ax: Axes | None = None) -> Figure:
-    """Gap between neighbouring representable numbers against magnitude, per float format.
-
-    For each of float32, bfloat16 and float16 the curve shows ``nextafter(x, ∞) − x``
-    for ``x`` from the smallest subnormal to the largest finite value; where a curve
-    ends, the format overflows (right) or flushes to zero (left).
-    """
-    fig, ax = _axes(ax, figsize=(7, 4))
-    for dtype, color in ((torch.float32, "C0"), (torch.bfloat16, "C1"), (torch.float16, "C2")):
-        info = torch.finfo(dtype)
-        mantissa = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}[dtype]
-        lo = info.smallest_normal * 2.0**-mantissa
-        xs = torch.logspace(math.log10(lo), math.log10(info.max) - 1e-3, 400, dtype=torch.float64)
-        xs = xs.to(dtype)
-        gaps = torch.nextafter(xs, torch.full_like(xs, math.inf)) - xs
-        name = str(dtype).replace("torch.", "")
-        ax.loglog(xs.double().numpy(), gaps.double().numpy(), color=color, label=name)
-        ax.axvline(info.max, color=color, ls=":", lw=1)
-    ax.set(
-        xlabel="magnitude |x|",
-        ylabel="gap to the next representable number",
-        title="range and precision of three float formats",
-    )
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_loss_scale(
-    histories: History | Mapping[str, History], *, ax: Axes | None = None
-) -> Figure:
-    """The gradient scaler's loss scale per step, with skipped steps marked ✕.
-
-    Reads ``history.steps["loss_scale"]`` and ``["applied"]`` as recorded by
-    :func:`stabletrain.training.fit` with a float16 ``amp``.
-    """
-    fig, ax = _axes(ax, figsize=(7, 3.5))
-    if isinstance(histories, History):
-        histories = {"": histories}
-    for label, h in histories.items():
-        scale = np.asarray(h.steps.get("loss_scale", []), dtype=float)
-        applied = np.asarray(h.steps.get("applied", []), dtype=bool)
-        steps = np.arange(len(scale))
-        line = ax.step(steps, scale, where="post", label=label or None)[0]
-        skipped = ~applied[: len(scale)]
-        ax.plot(steps[skipped], scale[skipped], "x", color=line.get_color(), mew=2)
-    ax.set(
-        xlabel="step",
-        ylabel="loss scale after the step",
-        yscale="log",
-        title="loss scale (✕ = skipped step)",
-    )
-    if any(histories):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

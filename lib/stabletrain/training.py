@@ -4,9 +4,10 @@ The loop is :mod:`stabletrain.loop`, the update :mod:`stabletrain.update`, the h
 :mod:`stabletrain.callbacks` and the records :mod:`stabletrain.history`.
 """
 
-from .callbacks import Callback, EarlyStopping, TrainContext, is_metric_driven
+from .callbacks import Callback, EarlyStopping, TrainContext
 from .history import History
 from .loop import evaluate, fit, outputs_to_float32
+from .schedulers import is_metric_driven
 from .update import StepResult, Update, steps_per_update
 
 PlainUpdate = Update  #: the plain update's former name

@@ -37,9 +37,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .experiments import short_run, short_run_arguments
-from .plotting import plot_lr, smooth
+from .history import History
+from .lr_finder import ema
+from .plotting import plot_lr
 from .schedulers import SCHEDULER_TYPES, lr_curve
-from .training import History
 
 __all__ = [
     "LRTuner",
@@ -603,7 +604,7 @@ class LRTuner:
         self.loss_ax.clear()
         for run in self.runs:
             losses = run["history"].steps.get("loss", [])
-            line = self.loss_ax.plot(smooth(losses, 0.6), label=run["label"])[0]
+            line = self.loss_ax.plot(ema(losses, 0.4), label=run["label"])[0]
             bad = run["history"].first_nonfinite_step()
             if bad is not None:
                 finite = [v for v in losses[:bad] if math.isfinite(v)]

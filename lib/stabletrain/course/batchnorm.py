@@ -42,8 +42,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
+from ..callbacks import Callback, TrainContext
 from ..metrics import dice_score
-from ..training import Callback, TrainContext
 
 __all__ = [
     "BNDiagnosis",

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..callbacks import Callback, TrainContext
 from ..experiments import short_run
+from ..history import History
 from ..models import NORM_TYPES, SpatialSelfAttention, _check_positive_int
 from ..stability import StabilityGuard
-from ..training import Callback, History, TrainContext
 
 __all__ = [
     "RECIPE",
