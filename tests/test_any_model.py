@@ -346,3 +346,15 @@ def test_the_range_test_runs_any_model_through_the_training_update(task):
         assert torch.equal(value, before[key]), key
     with pytest.raises(ValueError, match="max_grad_norm"):
         lr_range_test(model, None, None, train, update=guard, max_grad_norm=1.0)
+
+
+def test_default_metrics_follow_the_targets():
+    _, _, val, metrics, _ = digits_task()
+    model = TASKS["digits"]()[0]()
+    scores = evaluate(model, val)
+    assert set(scores) == {"val_loss", "val_accuracy"}
+    assert scores["val_accuracy"] == pytest.approx(
+        evaluate(model, val, metrics=metrics)["val_accuracy"]
+    )
+    lm_model, _, lm_val, _, _ = lm_task()
+    assert "val_accuracy" in evaluate(lm_model(), lm_val)

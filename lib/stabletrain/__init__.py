@@ -5,7 +5,7 @@ The library behind the notebook course. One concept per module:
 - :mod:`stabletrain.models` — ``TinyUNet`` with optional SE/CBAM attention and safeguards,
   a choice of normalisation and activation, and bottleneck self-attention.
 - :mod:`stabletrain.data` — the synthetic ``ShapesSegmentation`` data set and loaders.
-- :mod:`stabletrain.metrics` — Dice and IoU scores.
+- :mod:`stabletrain.metrics` — Dice and IoU scores, accuracy.
 - :mod:`stabletrain.loop` — ``fit`` and ``evaluate``: a short loop of events, for any model.
 - :mod:`stabletrain.update` — ``Update``: the whole optimizer step, reported as a ``StepResult``.
 - :mod:`stabletrain.callbacks` — ``Callback`` and the built-in ones (``EarlyStopping``,
@@ -45,7 +45,7 @@ from .loop import evaluate, fit
 from .loss_weights import LossWeightCallback, LossWeightScheduler
 from .losses import CombinedLoss, DiceLoss, FocalLoss, JaccardLoss, TverskyLoss, build_loss
 from .lr_finder import LRRangeTestResult, lr_range_test
-from .metrics import dice_score, iou_score
+from .metrics import accuracy, dice_score, iou_score
 from .models import SAFE_ATTENTION, CBAMBlock, SEBlock, SpatialSelfAttention, TinyUNet
 from .optim import build_optimizer
 from .schedulers import SCHEDULER_TYPES, build_scheduler, epochs_to_steps, lr_curve, with_warmup
@@ -98,6 +98,7 @@ __all__ = [
     "TverskyLoss",
     "UnsafeCheckpointError",
     "Update",
+    "accuracy",
     "build_loss",
     "build_optimizer",
     "build_scheduler",

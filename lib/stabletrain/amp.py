@@ -46,13 +46,10 @@ from typing import Any
 
 import torch
 
-from .loop import outputs_to_float32
-
 __all__ = [
     "DTYPES",
     "MixedPrecision",
     "cpu_has_native_bfloat16",
-    "outputs_to_float32",
 ]
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")

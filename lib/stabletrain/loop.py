@@ -44,7 +44,7 @@ from .callbacks import (
     TrainContext,
 )
 from .history import History
-from .metrics import dice_score
+from .metrics import accuracy, dice_score
 from .schedulers import is_metric_driven
 from .update import Update
 
@@ -167,9 +167,14 @@ def _is_map(final: torch.Tensor, targets: torch.Tensor) -> bool:
 
 
 def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric]:
-    """Dice for segmentation maps (:func:`~stabletrain.metrics.dice_score`), else none."""
+    """The metrics ``evaluate`` reports without ``metrics=``: Dice
+    (:func:`~stabletrain.metrics.dice_score`) for segmentation maps, accuracy
+    (:func:`~stabletrain.metrics.accuracy`) for other class-index targets, none for
+    float targets (regression)."""
     final = outputs[0] if isinstance(outputs, list | tuple) else outputs
-    return {"dice": dice_score} if _is_map(final, targets) else {}
+    if _is_map(final, targets):
+        return {"dice": dice_score}
+    return {} if targets.dtype.is_floating_point else {"accuracy": accuracy}
 
 
 def compute_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor, progress: float):
