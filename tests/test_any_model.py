@@ -358,3 +358,25 @@ def test_default_metrics_follow_the_targets():
     )
     lm_model, _, lm_val, _, _ = lm_task()
     assert "val_accuracy" in evaluate(lm_model(), lm_val)
+
+
+def test_torchmetrics_style_objects_are_reset_updated_and_computed_per_evaluation():
+    class MeanAbsError:  # the reset/update/compute protocol of torchmetrics
+        def reset(self):
+            self.total, self.count = 0.0, 0
+
+        def update(self, outputs, targets):
+            self.total += float((outputs - targets).abs().sum())
+            self.count += targets.numel()
+
+        def compute(self):
+            return self.total / self.count
+
+    _, _, val, metrics, _ = regression_task()
+    model = nn.Linear(6, 1)
+    metric = MeanAbsError()
+    metric.reset()
+    metric.update(torch.zeros(1), torch.full((1,), 1e6))  # stale state must not leak in
+    first = evaluate(model, val, metrics={"mae": metric})["val_mae"]
+    again = evaluate(model, val, metrics={"mae": metric})["val_mae"]
+    assert first == pytest.approx(evaluate(model, val, metrics=metrics)["val_mae"]) == again

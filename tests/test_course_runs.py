@@ -16,12 +16,6 @@ from stabletrain.utils import seed_everything
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mlflow")
-    return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
-
-
-@pytest.fixture(scope="module")
 def run(store):
     """A 2-epoch fit logged through a tracker."""
     train, val = make_loaders(num_train=24, num_val=8, batch_size=8, image_size=32, seed=1)

@@ -201,6 +201,11 @@ def _eval_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor) -> to
     return loss_fn(outputs, targets, 1.0)
 
 
+def _accumulates(metric: Metric) -> bool:
+    """A torchmetrics-style metric (``reset``/``update``/``compute``), not a function."""
+    return callable(getattr(metric, "compute", None))
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -225,6 +230,9 @@ def evaluate(
     model.eval()
     totals: dict[str, float] = {}
     count = 0
+    for metric in (metrics or {}).values():
+        if _accumulates(metric):
+            metric.reset()
     try:
         for batch in loader:
             inputs, targets = to_device(batch_fn(batch), device)
@@ -236,13 +244,10 @@ def evaluate(
                 loss_fn = default_loss(outputs, targets)
             if metrics is None:
                 metrics = default_metrics(outputs, targets)
-                for m in metrics.values():
-                    if callable(getattr(m, "reset", None)):
-                        m.reset()
             n = int(targets.shape[0])
             values = {"val_loss": float(_eval_loss(loss_fn, outputs, targets))}
             for name, metric in metrics.items():
-                if callable(getattr(metric, "compute", None)):  # torchmetrics
+                if _accumulates(metric):
                     metric.update(final, targets)
                 else:
                     values[f"val_{name}"] = float(metric(final, targets))
@@ -252,10 +257,10 @@ def evaluate(
     finally:
         model.train(was_training)
     if count == 0:
-        return {"val_loss": math.nan, **{f"val_{k}": math.nan for k in (metrics or {"dice": 0})}}
+        return {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
     result = {k: v / count for k, v in totals.items()}
     for name, metric in (metrics or {}).items():
-        if callable(getattr(metric, "compute", None)):
+        if _accumulates(metric):
             result[f"val_{name}"] = float(metric.compute())
             metric.reset()
     return result

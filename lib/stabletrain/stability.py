@@ -2,18 +2,19 @@
 
 The tools, from cheapest to most involved:
 
-- :func:`grads_are_finite`, :func:`grad_norm`: every gradient in one fused (``foreach``)
-  reduction and at most one host synchronisation.
+- :func:`grads_are_finite`, :func:`grad_norm`: torch's ``get_total_norm``, measured again in
+  float64 when float32 overflows, so a huge gradient is not mistaken for a non-finite one.
 - :func:`clip_gradients`: global-norm, per-tensor-norm or value clipping that never spreads
   a non-finite gradient to the others.
 - :func:`check_gradients`, :func:`check_weights`: per-parameter diagnosis (names of the
   offending tensors).
 - :class:`NanDetector`: names the first module whose forward output or backward gradient
   was not finite, at a fraction of :func:`torch.autograd.detect_anomaly`'s cost.
-- :class:`StabilityGuard`: the whole update (backward, unscale, finite check, clipping,
-  optimizer and scheduler step, zero-grad) with a policy for non-finite steps: skip,
-  roll back to a snapshot with a lower learning rate, or raise.
-- :class:`EarlyStopping`: stop on a plateau or at once on a non-finite metric.
+- :class:`StabilityGuard`: an :class:`~stabletrain.update.Update` (backward, unscale, finite
+  check, clipping, optimizer and scheduler step, zero-grad) with a policy for non-finite
+  and exploding steps: skip, roll back to a snapshot with a lower learning rate, or raise.
+
+``EarlyStopping`` lives in :mod:`stabletrain.callbacks`; this module re-exports it.
 
 Example:
     >>> import torch
