@@ -1,37 +1,8 @@
-"""stabletrain: keep PyTorch training stable.
+"""stabletrain: keep PyTorch training stable — the library behind the notebook course.
 
-The library behind the notebook course. One concept per module:
-
-- :mod:`stabletrain.models` — ``TinyUNet`` with optional SE/CBAM attention and safeguards,
-  a choice of normalisation and activation, and bottleneck self-attention.
-- :mod:`stabletrain.data` — the synthetic ``ShapesSegmentation`` data set and loaders.
-- :mod:`stabletrain.metrics` — Dice and IoU scores, accuracy.
-- :mod:`stabletrain.loop` — ``fit`` and ``evaluate``: a short loop of events, for any model.
-- :mod:`stabletrain.update` — ``Update``: the whole optimizer step, reported as a ``StepResult``.
-- :mod:`stabletrain.callbacks` — ``Callback`` and the built-in ones (``EarlyStopping``,
-  checkpointing, tracking, progress, ...).
-- :mod:`stabletrain.history` — ``History``: what a run recorded.
-- :mod:`stabletrain.stability` — finite checks, clipping, ``NanDetector``, and
-  ``StabilityGuard`` (an ``Update`` with a NaN policy).
-- :mod:`stabletrain.schedulers` — LR schedulers (real ``LRScheduler``\\ s) and ``build_scheduler``.
-- :mod:`stabletrain.lr_finder` — the LR range test and its moving average ``ema``.
-- :mod:`stabletrain.losses` — Dice, Jaccard, Tversky, focal and combined losses.
-- :mod:`stabletrain.loss_weights` — scheduling the weights of a combined loss.
-- :mod:`stabletrain.deep_supervision` — weight schedules and ``DeepSupervisionLoss``.
-- :mod:`stabletrain.amp` — ``MixedPrecision`` that reports skipped steps.
-- :mod:`stabletrain.checkpoint` — crash-safe checkpoints and bit-exact resume.
-- :mod:`stabletrain.tracking` — MLflow tracking (needs the ``tracking`` extra).
-- :mod:`stabletrain.optim` — ``build_optimizer`` with seed and torch keys, parameter groups.
-- :mod:`stabletrain.config` — presets and ``build_training``: one configuration builds everything.
-- :mod:`stabletrain.cli` — ``python -m stabletrain train | compare-schedulers``.
-- :mod:`stabletrain.widgets` — notebook widgets (needs the ``widgets`` extra; import it directly).
-- :mod:`stabletrain.plotting` (``plot_lr``), :mod:`stabletrain.experiments`,
-  :mod:`stabletrain.utils`.
-
-:mod:`stabletrain.course` holds what only the notebooks need, one module per topic:
-``plots`` (loss curves, loss scale, prediction grids), ``precision`` (float formats,
-activation ranges, layer gradients, underflow), ``runs`` (MLflow runs read back),
-``supervision`` (deep-supervision weight curves), ``batchnorm``, ``divergence``.
+One concept per module (the README's library table lists them); the core is ``loop``
+(``fit``, ``evaluate``), ``update`` and ``callbacks``. :mod:`stabletrain.widgets` needs the
+``widgets`` extra; :mod:`stabletrain.course` holds what only the notebooks need.
 """
 
 from .amp import MixedPrecision

@@ -1,19 +1,10 @@
 """Callbacks: everything :func:`~stabletrain.loop.fit` does beyond the update is one.
 
-Events, in order: ``on_fit_start``; per epoch ``on_epoch_start``, ``on_step_end`` after
-every optimizer step (``record`` holds that step's values, already in the History),
-``on_validation_end`` after validation (add metrics to ``metrics`` here: they reach the
-History, the tracker and every consumer), ``on_epoch_end``; finally ``on_fit_end``, or
-``on_exception`` when training raised (the error is re-raised after it). Callbacks run by
-ascending ``order`` (yours: 0), so the library's consumers of the monitored metric
-(schedulers 10, early stopping 20), checkpoints (100) and the tracker (110) see what
-yours added. ``ctx.stop(reason)`` ends the run after the current step (or epoch).
-A callback with ``state_dict``/``load_state_dict`` is checkpointed with the run.
-
-:func:`fit`'s keyword arguments build these: ``early_stopping=`` (an :class:`EarlyStopping`),
-a metric-driven ``scheduler`` (:class:`MetricScheduler`), ``stop_on_nonfinite``
-(:class:`StopOnNonFinite`), ``max_steps`` (:class:`MaxSteps`), ``checkpoints``/``resume``
-(:class:`Checkpointing`), ``tracker`` (:class:`Tracking`), ``progress`` (:class:`ProgressBar`).
+Events: ``on_fit_start``; per epoch ``on_epoch_start``, ``on_step_end(record)`` after each
+optimizer step, ``on_validation_end(metrics)`` (add metrics here), ``on_epoch_end(metrics)``;
+then ``on_fit_end``, or ``on_exception(error)`` before the error is re-raised. Callbacks run
+by ascending ``order`` (yours 0; schedulers 10, early stopping 20, checkpoints 100, tracker
+110); ``ctx.stop(reason)`` ends the run. One with ``state_dict`` is checkpointed.
 """
 
 from __future__ import annotations
@@ -27,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_int
+from .checks import check_bool, check_choice, check_float, check_int
 from .history import History
 from .update import Update
 
@@ -86,11 +77,7 @@ class TrainContext:
         self.stop_reason = self.stop_reason or reason
 
     def monitored(self, metrics: Mapping[str, Any]) -> float:
-        """The monitored metric of this epoch.
-
-        Raises:
-            ValueError: it is not among the epoch's metrics (a typo, or no validation).
-        """
+        """The monitored metric of this epoch; ``ValueError`` if it is not among them."""
         if self.monitor not in metrics:
             names = sorted(k for k in metrics if k not in ("epoch", "seconds"))
             raise ValueError(
@@ -101,7 +88,7 @@ class TrainContext:
 
 
 class Callback:
-    """Base class for hooks into :func:`fit` (see the module docs). Override what you need."""
+    """Base class for hooks into ``fit`` (see the module docs). Override what you need."""
 
     order: int = 0
 
@@ -152,12 +139,8 @@ class MaxSteps(Callback):
 
 
 class MetricScheduler(Callback):
-    """Feed a metric-driven scheduler: ``step(monitored)`` after each epoch, the step loss
-    to its ``observe`` (the adaptive scheduler's spike test) after each applied step.
-
-    A non-finite metric makes such a scheduler cut its LR and set ``needs_rollback``;
-    then the update returns model and optimizer to its last good snapshot, keeping the cut.
-    """
+    """``scheduler.step(monitored)`` each epoch, ``observe(loss)`` each applied step; on
+    ``needs_rollback`` the update restores its last good snapshot, keeping the LR cut."""
 
     order = 10
 
@@ -173,24 +156,11 @@ class MetricScheduler(Callback):
 
 
 class EarlyStopping(Callback):
-    r"""Stop when a monitored value stops improving, or at once when it is not finite.
+    """Stop when the monitored value stops improving, or at once when it is not finite.
 
-    With ``mode="min"``, a value :math:`v` improves on the best :math:`b` when
-    :math:`v < b - \delta` (``mode="max"``: :math:`v > b + \delta`), :math:`\delta` =
-    ``min_delta``. ``step(v)`` returns ``True`` once ``patience`` values in a row brought
-    no improvement, or immediately for a NaN/Inf value when ``check_finite``. As a
-    callback it steps on ``fit``'s monitored metric after each epoch.
-
-    Args:
-        patience: values without improvement tolerated (``>= 1``).
-        min_delta: the margin :math:`\delta \ge 0` an improvement must beat.
-        mode: ``"min"`` or ``"max"``.
-        check_finite: stop at once on a non-finite value.
-
-    Example:
-        >>> stopper = EarlyStopping(patience=2)
-        >>> [stopper.step(v) for v in (1.0, 0.5, 0.6, 0.55)]
-        [False, False, False, True]
+    ``v`` improves on the best ``b`` when ``v < b - min_delta`` (``mode="max"``:
+    ``v > b + min_delta``); ``step(v)`` is ``True`` after ``patience`` values in a row
+    without improvement, or at a NaN/Inf when ``check_finite``.
     """
 
     order = 20
@@ -199,18 +169,10 @@ class EarlyStopping(Callback):
     def __init__(
         self, patience: int, min_delta: float = 0.0, mode: str = "min", check_finite: bool = True
     ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int):
-            raise TypeError(f"patience must be an int, got {type(patience).__name__}")
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be one of ('min', 'max'), got {mode!r}")
-        if not min_delta >= 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta}")
-        self.patience = patience
-        self.min_delta = float(min_delta)
-        self.mode = mode
-        self.check_finite = bool(check_finite)
+        self.patience = check_int("patience", patience, min=1)
+        self.min_delta = check_float("min_delta", min_delta, min=0)
+        self.mode = check_choice("mode", mode, ("min", "max"))
+        self.check_finite = check_bool("check_finite", check_finite)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad = 0
         self.count = 0
@@ -250,13 +212,8 @@ class EarlyStopping(Callback):
             ctx.stop(str(self.stopping_reason))
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "best": self.best,
-            "num_bad": self.num_bad,
-            "count": self.count,
-            "stopped": self.stopped,
-            "stopping_reason": self.stopping_reason,
-        }
+        keys = ("best", "num_bad", "count", "stopped", "stopping_reason")
+        return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best = float(state["best"])
@@ -267,15 +224,12 @@ class EarlyStopping(Callback):
 
 
 class Checkpointing(Callback):
-    """Save through a :class:`~stabletrain.checkpoint.CheckpointManager` after every epoch
-    (and every ``manager.every_n_steps`` optimizer steps inside one, as a mid-epoch resume
-    point), and with ``resume=True`` restore its latest checkpoint before training.
+    """Save through a checkpoint manager each epoch (and each ``every_n_steps`` steps
+    inside one, for mid-epoch resume); ``resume=True`` restores the latest first.
 
-    Saved under these names: ``model``, ``optimizer``, ``scheduler``, the update's
-    ``checkpoint_name`` (``guard``), ``amp``, ``loss_fn``, ``history``, ``data_generator``
-    (the train loader's ``generator``), every callback with a state under its
-    ``checkpoint_name`` or ``callback_<i>``; the tracker's run rides in ``extra`` so a
-    resumed run continues the same tracked run.
+    Saved: model, optimizer, scheduler, the update (``guard``), ``amp``, ``loss_fn``,
+    history, the loader's ``data_generator``, callbacks with a state; the tracker's run
+    in ``extra``, so a resumed run continues it.
     """
 
     order = 100
@@ -332,25 +286,17 @@ class Checkpointing(Callback):
         self._epoch_data_state = generator.get_state() if generator is not None else None
 
     def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
-        every = self.every_n_steps
-        if (
-            not every
-            or ctx.stop_training
-            or ctx.history.num_steps % every
-            or ctx.batch_index + 1 >= ctx.batches_per_epoch
-        ):
+        every, done = self.every_n_steps, ctx.batch_index + 1
+        if not every or ctx.stop_training or ctx.history.num_steps % every:
             return
+        if done >= ctx.batches_per_epoch:
+            return  # the epoch's end saves
         extra = {**self._extra(ctx), "losses": list(ctx.epoch_losses)}
         if self._epoch_data_state is not None:
             extra["epoch_data_state"] = self._epoch_data_state
         objects = self._objects(ctx)
         self.manager.save(
-            ctx.epoch,
-            None,
-            step=ctx.step,
-            batch_in_epoch=ctx.batch_index + 1,
-            extra=extra,
-            **objects,
+            ctx.epoch, None, step=ctx.step, batch_in_epoch=done, extra=extra, **objects
         )
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
@@ -366,13 +312,10 @@ class Checkpointing(Callback):
 
 
 class Tracking(Callback):
-    """Log a run to an experiment tracker (``log_params``, ``log_metrics``, ``finish``).
-
-    Per optimizer step ``lr``, ``train_loss``, ``grad_norm`` (and ``loss_scale`` and
-    ``skipped_steps`` with mixed precision or a guard); per epoch the epoch's metrics,
-    ``train_loss``/``lr`` as ``epoch_train_loss``/``epoch_lr``. A run that raises is
-    finished with ``status="FAILED"`` where the tracker takes a status.
-    """
+    """Log to a tracker (``log_params``, ``log_metrics``, ``finish``): per step ``lr``,
+    ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with amp or a guard);
+    per epoch its metrics (``epoch_train_loss``, ``epoch_lr``). A failed run is finished
+    with ``status="FAILED"`` where the tracker takes one."""
 
     order = 110
 
@@ -398,14 +341,9 @@ class Tracking(Callback):
         self.tracker.log_metrics(values, step=ctx.history.num_steps)
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
-        self.tracker.log_metrics(
-            {
-                (f"epoch_{k}" if k in ("train_loss", "lr") else k): v
-                for k, v in metrics.items()
-                if k not in ("epoch", "seconds")
-            },
-            step=ctx.history.num_steps,
-        )
+        names = {"train_loss": "epoch_train_loss", "lr": "epoch_lr"}
+        values = {names.get(k, k): v for k, v in metrics.items() if k not in ("epoch", "seconds")}
+        self.tracker.log_metrics(values, step=ctx.history.num_steps)
 
     def on_fit_end(self, ctx: TrainContext) -> None:
         self.tracker.finish(ctx.history)
@@ -451,11 +389,7 @@ _NOT_SETTINGS = frozenset(
 
 
 def _settings(obj: Any, prefix: str) -> dict[str, Any]:
-    """Constructor arguments that ``obj`` keeps under the same attribute name (scalars only).
-
-    ``StepLR(opt, step_size=2, gamma=0.5)`` gives ``{"scheduler.step_size": 2,
-    "scheduler.gamma": 0.5}``; state that changes while training (``last_epoch``) is left out.
-    """
+    """Scalar constructor arguments that ``obj`` keeps under the same name, prefixed."""
     try:
         names = inspect.signature(type(obj).__init__).parameters
     except (TypeError, ValueError):

@@ -7,21 +7,17 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .checks import check_choice, check_float, check_int
+
 __all__ = ["History"]
 
 
 class History:
-    """Per-step and per-epoch records of a training run.
+    """Per-step and per-epoch columns of a run: ``steps``/``epochs`` map a name to a list.
 
-    ``steps`` and ``epochs`` map a column name to a list of values, so
-    ``plt.plot(history.steps["lr"])`` just works. Standard columns:
-
-    - ``steps``: ``step`` (optimizer steps so far), ``epoch``, ``lr`` (first
-      parameter group, used for that step), ``loss``, ``grad_norm``, ``applied``.
-    - ``epochs``: ``epoch``, ``train_loss`` (mean over the epoch's finite
-      losses), ``val_loss``, ``val_dice``, ``lr``, ``seconds``.
-
-    Other keys may be logged too; a column that starts late is padded with NaN.
+    ``steps``: ``step``, ``epoch``, ``lr`` (first group), ``loss``, ``grad_norm``,
+    ``applied``; ``epochs``: ``epoch``, ``train_loss`` (mean of the finite step losses),
+    ``val_loss``, ``val_<metric>``, ``lr``, ``seconds``. A late column is NaN-padded.
     """
 
     def __init__(self) -> None:
@@ -54,27 +50,15 @@ class History:
 
     @property
     def diverged(self) -> bool:
-        """Whether a training loss was NaN or infinite, or blew up while finite.
-
-        A blow-up is as :meth:`blowup_step` defines it with its defaults (a loss above 10×
-        the median of the earlier ones): a loss that climbs to ``1e7`` and stays finite
-        has diverged as surely as one that prints ``nan``.
-        """
+        """A training loss was not finite, or blew up (:meth:`blowup_step`'s defaults)."""
         return self.first_nonfinite_step() is not None or self.blowup_step() is not None
 
     def blowup_step(self, factor: float = 10.0, warmup: int = 10, window: int = 50) -> int | None:
-        """Index of the first step whose finite loss exceeds ``factor`` × the median of the
-        (up to ``window``) finite losses before it, once ``warmup`` were seen; else ``None``.
-
-        The test only applies while that median is positive.
-
-        Raises:
-            ValueError: ``factor <= 1``, ``warmup < 1`` or ``window < 1``.
-        """
-        if not factor > 1:
-            raise ValueError(f"factor must be > 1, got {factor!r}")
-        if warmup < 1 or window < 1:
-            raise ValueError(f"warmup and window must be >= 1, got {warmup!r} and {window!r}")
+        """First step whose finite loss exceeds ``factor`` × the (positive) median of the
+        up to ``window`` finite losses before it, once ``warmup`` were seen; else ``None``."""
+        check_float("factor", factor, min=1, low_open=True)
+        check_int("warmup", warmup, min=1)
+        check_int("window", window, min=1)
         recent: list[float] = []
         for i, v in enumerate(self.steps.get("loss", [])):
             if not math.isfinite(v):
@@ -89,15 +73,12 @@ class History:
 
     def first_nonfinite_step(self) -> int | None:
         """Index of the first step whose loss was not finite, or ``None``."""
-        for i, v in enumerate(self.steps.get("loss", [])):
-            if not math.isfinite(v):
-                return i
-        return None
+        losses = self.steps.get("loss", [])
+        return next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
 
     def best(self, key: str = "val_loss", mode: str = "min") -> float:
         """Best finite value of an epoch column (``mode`` is ``"min"`` or ``"max"``)."""
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        check_choice("mode", mode, ("min", "max"))
         values = [v for v in self.epochs.get(key, []) if math.isfinite(v)]
         if not values:
             return math.nan
@@ -123,23 +104,14 @@ class History:
         digits: int | None = None,
         keys: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """A short, plain summary of the run (all values JSON-friendly; NaN where unknown).
+        """The run in JSON-friendly values (NaN where unknown), floats rounded to ``digits``,
+        only ``keys`` if given (an unknown one is a ``ValueError``).
 
-        Keys: ``steps``, ``epochs`` (recorded), ``skipped_steps`` (steps whose update
-        was not applied), ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
-        ``best_<monitor>`` and ``best_epoch`` (by ``mode``), ``final_train_loss``,
-        ``final_val_loss``, ``final_val_dice``, ``final_lr``, ``max_loss`` (worst finite
-        step loss), ``max_val_loss``, ``max_grad_norm`` and ``median_grad_norm`` (over
-        the finite per-step gradient norms: a surge shows as a large ratio of the two),
-        ``seconds`` (sum of the epoch times).
-
-        Args:
-            monitor, mode: the epoch column and direction that define "best".
-            digits: round every float to this many digits (for printing and comparing).
-            keys: return only these keys, in this order.
-
-        Raises:
-            ValueError: ``mode`` not ``"min"`` or ``"max"``, or an unknown key in ``keys``.
+        Keys: ``steps``, ``epochs``, ``skipped_steps``, ``diverged``,
+        ``first_nonfinite_step``, ``stop_reason``, ``best_<monitor>``, ``best_epoch`` (by
+        ``mode``), ``final_{train_loss,val_loss,val_dice,lr}``, ``max_loss``,
+        ``max_val_loss``, ``max_grad_norm``, ``median_grad_norm`` (finite values only),
+        ``seconds``.
         """
         best = self.best(monitor, mode)
         values = self.epochs.get(monitor, [])
@@ -190,17 +162,10 @@ class History:
         return summary
 
     def to_csv(self, path: Any, table: str = "epochs") -> None:
-        """Write one table (``"epochs"`` or ``"steps"``) to ``path`` (a str or path) as CSV.
-
-        Columns are the table's keys in recording order; NaN is written as ``nan``.
-
-        Raises:
-            ValueError: an unknown ``table``.
-        """
+        """Write the ``"epochs"`` or ``"steps"`` table to ``path`` as CSV (NaN as ``nan``)."""
         import csv
 
-        if table not in ("epochs", "steps"):
-            raise ValueError(f"table must be 'epochs' or 'steps', got {table!r}")
+        check_choice("table", table, ("epochs", "steps"))
         columns = self.epochs if table == "epochs" else self.steps
         names = list(columns)
         rows = zip(*(columns[n] for n in names), strict=True) if names else []
@@ -210,11 +175,8 @@ class History:
             writer.writerows(rows)
 
     def to_json(self, path: Any) -> None:
-        """Write the full history (both tables, stop reason and :meth:`summary`) as JSON.
-
-        Non-finite numbers become ``null`` (strict JSON); ``load_state_dict`` of
-        the ``"steps"``/``"epochs"``/``"stop_reason"`` entries reads it back.
-        """
+        """Write both tables, the stop reason and :meth:`summary` as strict JSON (NaN as
+        ``null``); ``load_state_dict`` reads it back."""
         import json
 
         def clean(value: Any) -> Any:

@@ -1,24 +1,9 @@
 """The training loop: :func:`fit` is a short loop of events over one update and callbacks.
 
-Per batch: move it to the device, split it into ``(inputs, targets)`` (``batch_fn``),
-forward under the update's autocast, the loss in float32, ``update.step(loss)``; after
-each optimizer step the History records it and the callbacks hear of it. Per epoch:
-validation (:func:`evaluate`), then the callbacks. Everything else — stop on NaN,
-``max_steps``, early stopping, metric-driven schedulers, checkpoints and resume,
-tracking, the progress bar — is a :class:`~stabletrain.callbacks.Callback`, which
-``fit``'s keyword arguments build for you.
-
-Any model trains: batches are ``(inputs, targets)`` tuples or mappings with ``"inputs"``
-and ``"targets"`` (anything else through ``batch_fn``), tensors nested in tuples, lists
-and mappings are moved to the device, and the default loss and metrics follow the
-targets (:func:`default_loss`, :func:`default_metrics`).
-
-Example:
-    >>> from stabletrain import TinyUNet, make_loaders, fit
-    >>> train, val = make_loaders(num_train=32, num_val=16, batch_size=8)
-    >>> history = fit(TinyUNet(), train, val_loader=val, epochs=1, progress=False)
-    >>> len(history.steps["loss"])
-    4
+Per batch: to the device, ``batch_fn`` → ``(inputs, targets)``, forward under the update's
+autocast, the loss in float32, ``update.step(loss)``, then ``on_step_end``. Per epoch:
+:func:`evaluate`, ``on_validation_end``, ``on_epoch_end``. Everything else is a
+:class:`~stabletrain.callbacks.Callback`, which ``fit``'s keyword arguments build.
 """
 
 from __future__ import annotations
@@ -43,6 +28,7 @@ from .callbacks import (
     Tracking,
     TrainContext,
 )
+from .checks import check_int
 from .history import History
 from .metrics import accuracy, dice_score
 from .schedulers import is_metric_driven
@@ -63,12 +49,7 @@ Metric = Callable[[torch.Tensor, torch.Tensor], float] | Any  # or a torchmetric
 
 
 def outputs_to_float32(outputs: Outputs) -> Outputs:
-    """Cast model outputs (a tensor or a list of tensors) to float32 for the loss.
-
-    Under autocast, outputs may be float16/bfloat16; losses such as Dice sums
-    or log-sigmoid lose precision or overflow there, so the loss is computed
-    in float32 outside the autocast region.
-    """
+    """Outputs (a tensor or a list of them) in float32: losses overflow in float16."""
     if isinstance(outputs, list | tuple):
         return [o.float() for o in outputs]
     return outputs.float()
@@ -88,19 +69,15 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    """The default ``batch_fn``: ``(inputs, targets)`` from a pair or from a mapping with
-    ``"inputs"`` and ``"targets"`` keys.
+    """The default ``batch_fn``: a pair, or a mapping with ``"inputs"`` and ``"targets"``.
 
-    Raises:
-        TypeError: any other batch (pass ``batch_fn=`` to say how to split it).
+    Raises ``TypeError`` for any other batch (pass ``batch_fn=`` to split it).
     """
     if isinstance(batch, Mapping) and "inputs" in batch and "targets" in batch:
         return batch["inputs"], batch["targets"]
     if isinstance(batch, list | tuple) and len(batch) == 2:
         return batch[0], batch[1]
-    got = (
-        f"a mapping with keys {sorted(batch)}" if isinstance(batch, Mapping) else repr(type(batch))
-    )
+    got = f"keys {sorted(batch)}" if isinstance(batch, Mapping) else repr(type(batch))
     raise TypeError(
         f"a batch must be an (inputs, targets) pair or a mapping with 'inputs' and 'targets', "
         f"got {got}; pass batch_fn=lambda batch: (inputs, targets) to split it"
@@ -124,17 +101,12 @@ class _ClassesLast(nn.Module):
 
 
 def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
-    """The loss ``fit`` uses without a ``loss_fn``, chosen from the targets (first batch).
+    """The loss ``fit`` uses without ``loss_fn``, chosen from the first batch's targets.
 
-    - integer class indices ``(N, *S)`` with outputs ``(N, C, *S)``, ``C >= 2``:
-      ``CrossEntropyLoss`` (classification, segmentation); with outputs ``(N, *S, C)``
-      (a language model's ``(B, T, V)``): cross-entropy over the last dimension;
-    - float targets of the outputs' shape: ``BCEWithLogitsLoss`` when every value is 0 or
-      1 (binary masks, multi-label), else ``MSELoss`` (regression).
-
-    Raises:
-        ValueError: targets whose dtype and shape fit none of these (the message says
-            what was expected); pass ``loss_fn=`` for anything else.
+    Class indices ``(N, *S)``: cross-entropy over outputs ``(N, C, *S)`` or ``(N, *S, C)``
+    (a language model), ``C >= 2``. Float targets of the outputs' shape:
+    ``BCEWithLogitsLoss`` if all are 0 or 1, else ``MSELoss``. Anything else: ``ValueError``
+    saying what was expected.
     """
     final = outputs[0] if isinstance(outputs, list | tuple) else outputs
     out, tgt = tuple(final.shape), tuple(targets.shape)
@@ -162,15 +134,13 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
 
 
 def _is_map(final: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Segmentation maps: outputs ``(N, C, H, W)`` and targets ``(N, H, W)`` or ``(N, 1, H, W)``."""
+    """Outputs ``(N, C, H, W)`` with targets ``(N, H, W)`` or ``(N, 1, H, W)``."""
     return final.ndim == 4 and targets.ndim in (3, 4) and targets.shape[-2:] == final.shape[-2:]
 
 
 def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric]:
-    """The metrics ``evaluate`` reports without ``metrics=``: Dice
-    (:func:`~stabletrain.metrics.dice_score`) for segmentation maps, accuracy
-    (:func:`~stabletrain.metrics.accuracy`) for other class-index targets, none for
-    float targets (regression)."""
+    """Without ``metrics=``: Dice for segmentation maps, accuracy for class indices, none
+    for float targets."""
     final = outputs[0] if isinstance(outputs, list | tuple) else outputs
     if _is_map(final, targets):
         return {"dice": dice_score}
@@ -178,8 +148,8 @@ def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric
 
 
 def compute_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor, progress: float):
-    """``loss_fn(outputs, targets)``, or with ``progress`` (the fraction of training done)
-    for a loss whose ``uses_progress`` is true (deep supervision, loss-weight schedules)."""
+    """``loss_fn(outputs, targets)``, plus ``progress`` (fraction of training done) for a
+    loss whose ``uses_progress`` is true."""
     if getattr(loss_fn, "uses_progress", False):
         return loss_fn(outputs, targets, progress)
     if isinstance(outputs, list | tuple):
@@ -217,12 +187,11 @@ def evaluate(
     metrics: Mapping[str, Metric] | None = None,
     batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and metrics over a loader, in eval mode: ``{"val_loss", "val_<name>", ...}``.
+    """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``.
 
-    ``metrics`` maps a name to ``fn(outputs, targets) -> float`` (averaged over samples)
-    or to a torchmetrics-style object (``reset``/``update``/``compute``); by default
-    :func:`default_metrics`. With deep supervision only the final output is scored.
-    ``loss_fn`` defaults to :func:`default_loss`; ``amp`` gives the autocast.
+    ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or
+    torchmetrics-style objects; default :func:`default_metrics`. Only the final output
+    of a deeply supervised model is scored.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_fn = batch_fn or split_batch
@@ -277,24 +246,16 @@ def _build_update(
     max_grad_norm: float | None,
     accumulation_steps: int,
 ) -> Update:
-    """``fit``'s sugar: the given update (a guard), or a plain one from the settings.
-
-    Each setting lives in one place: given both to ``fit`` and to the update, it must be
-    the same object or it is refused.
-    """
+    """The given update (a guard), or a plain one from the settings; a setting given to
+    both ``fit`` and the update must be the same object."""
     if guard is not None and update is not None and guard is not update:
         raise ValueError("guard= and update= name the same thing: give one")
     update = update if update is not None else guard
     if update is None:
-        if optimizer is None:
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        settings = {"amp": amp, "max_grad_norm": max_grad_norm}
         return Update(
-            model,
-            optimizer,
-            scheduler,
-            amp=amp,
-            max_grad_norm=max_grad_norm,
-            accumulation_steps=accumulation_steps,
+            model, optimizer, scheduler, accumulation_steps=accumulation_steps, **settings
         )
     if not isinstance(update, Update):
         raise TypeError(
@@ -334,7 +295,7 @@ def _build_callbacks(
     stop_on_nonfinite: bool,
     progress: bool,
 ) -> list[Callback]:
-    """``fit``'s sugar: the callbacks that its keyword arguments stand for, after yours."""
+    """The callbacks that ``fit``'s keyword arguments stand for, after yours."""
     built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
     for cb in built:
         if not isinstance(cb, Callback):
@@ -375,9 +336,8 @@ def _prepare(
     update: Update,
     **callback_settings: Any,
 ) -> TrainContext:
-    """``fit``'s set-up: checks, the device, the callbacks, the context they share."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+    """Checks, the device, the callbacks and the context they share."""
+    check_int("epochs", epochs, min=1)
     try:
         batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
@@ -432,37 +392,22 @@ def fit(
     stop_on_nonfinite: bool = True,
     progress: bool = True,
 ) -> History:
-    """Train ``model`` and return its :class:`~stabletrain.history.History`.
+    """Train ``model`` on the batches of ``train_loader`` and return the ``History``.
 
     Args:
-        model: the network; moved to ``device`` (default: where its parameters are).
-        train_loader: a sized iterable of batches (see the module docs).
-        epochs: passes over ``train_loader``.
-        update, guard (the same thing): the :class:`~stabletrain.update.Update` that does
-            the optimizer step, e.g. a :class:`~stabletrain.stability.StabilityGuard`;
-            without one, a plain update is built from ``optimizer`` (default
-            ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm`` and
-            ``accumulation_steps``. With one, those belong to it (given to both, they
-            must be the same objects).
-        loss_fn: default :func:`default_loss`; computed in float32 outside autocast.
-        val_loader: evaluated after every epoch (``val_loss`` and ``val_<metric>``).
-        metrics: ``{name: fn(outputs, targets) -> float}`` or torchmetrics objects;
-            default :func:`default_metrics` (Dice for segmentation maps).
-        batch_fn: ``batch -> (inputs, targets)``; default :func:`split_batch`.
-        max_steps: stop after this many optimizer steps.
-        early_stopping: an :class:`~stabletrain.callbacks.EarlyStopping`.
-        monitor: the epoch metric early stopping and metric-driven schedulers follow;
-            default ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``. A
-            monitor missing from the epoch's metrics raises at the first epoch.
-        checkpoints, resume: a checkpoint manager; continue from its latest checkpoint.
-        tracker: an experiment tracker (``log_params``, ``log_metrics``, ``finish``).
-        callbacks: your :class:`~stabletrain.callbacks.Callback` objects.
-        stop_on_nonfinite: without a guard, stop at the first NaN/Inf loss.
-        progress: show a progress bar.
+        update, guard (one thing): the :class:`~stabletrain.update.Update` (e.g. a
+            ``StabilityGuard``); without one a plain update is built from ``optimizer``
+            (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm`` and
+            ``accumulation_steps``, which otherwise belong to the update.
+        loss_fn, metrics, batch_fn: default :func:`default_loss`,
+            :func:`default_metrics`, :func:`split_batch`.
+        monitor: what early stopping and metric-driven schedulers follow; default
+            ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``; missing → error.
+        checkpoints, resume, tracker, early_stopping, max_steps, stop_on_nonfinite,
+            progress: build the matching callbacks; ``callbacks`` are yours.
 
-    Raises:
-        ValueError, TypeError: invalid arguments, an empty ``train_loader``, settings that
-            disagree between ``fit`` and the update, a missing monitored metric.
+    Raises ``ValueError``/``TypeError`` for invalid or disagreeing settings, an empty
+    ``train_loader`` or a missing monitored metric.
     """
     ctx = _prepare(
         model, train_loader, val_loader, epochs=epochs, device=device, loss_fn=loss_fn,

@@ -1,21 +1,7 @@
 """The optimizer update: one object does the whole step, so each setting lives in one place.
 
-:class:`Update` runs, for every micro-batch, ``backward`` of ``loss / accumulation_steps``
-(scaled by the ``amp`` helper under float16) and, when an accumulation window closes:
-unscale, measure the global gradient norm, clip, optimizer step, scheduler step (only if
-the optimizer really stepped), zero-grad. It reports a :class:`StepResult`.
-:func:`~stabletrain.loop.fit` calls nothing else to train, and takes the forward pass's
-autocast from the same object (:meth:`Update.autocast`), so mixed precision, accumulation
-and the scheduler cannot disagree between the loop and the update.
-:class:`~stabletrain.stability.StabilityGuard` is an :class:`Update` with a policy for
-non-finite and exploding steps.
-
-Example:
-    >>> import torch
-    >>> model = torch.nn.Linear(4, 1)
-    >>> update = Update(model, torch.optim.SGD(model.parameters(), lr=0.1), max_grad_norm=1.0)
-    >>> update.step(model(torch.ones(2, 4)).sum()).applied
-    True
+``fit`` calls only :meth:`Update.autocast` and :meth:`Update.step`; a
+:class:`~stabletrain.stability.StabilityGuard` is an :class:`Update` with a NaN policy.
 """
 
 from __future__ import annotations
@@ -35,14 +21,9 @@ __all__ = ["StepResult", "Update", "steps_per_update"]
 
 @dataclass
 class StepResult:
-    """What one call of an update's ``step(loss)`` did.
-
-    Attributes:
-        applied: the optimizer really changed the parameters.
-        grad_norm: global L2 norm of the (unscaled) gradients before clipping;
-            NaN when it was not computed (for example mid-accumulation).
-        reason: why the update was not applied (``None`` when it was).
-    """
+    """What ``step(loss)`` did: ``applied`` (the parameters changed), ``grad_norm`` (global
+    L2 norm of the unscaled gradients before clipping; NaN if not computed) and ``reason``
+    (why not applied)."""
 
     applied: bool
     grad_norm: float
@@ -50,34 +31,18 @@ class StepResult:
 
 
 def steps_per_update(scheduler: Any) -> bool:
-    """Whether ``scheduler.step()`` is due after each real optimizer step: for every
-    scheduler except a bare ``ReduceLROnPlateau``, which only takes ``step(metric)``."""
+    """``scheduler.step()`` is due after each optimizer step (not for ``ReduceLROnPlateau``)."""
     return scheduler is not None and not isinstance(
         scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
     )
 
 
 class Update:
-    """The plain update: what most training loops do, in order (nanoGPT's few lines).
-
-    ``step(loss)``: backward; on every ``accumulation_steps``-th call (or when the loop
-    closes the window early with ``sync=True``, at an epoch's end): unscale, global L2
-    gradient norm (:func:`torch.nn.utils.get_total_norm`), clip to ``max_grad_norm``
-    (:func:`torch.nn.utils.clip_grads_with_norm_`), optimizer step (through ``amp``, which
-    reports whether the float16 scaler really stepped), scheduler step if it did, zero-grad.
-    It does nothing about non-finite values: that is the stability guard's job.
-
-    Args:
-        model: the network (the guard snapshots it; the plain update only records it).
-        optimizer: its optimizer.
-        scheduler: stepped after every real optimizer step, unless it only takes
-            ``step(metric)`` (a bare ``ReduceLROnPlateau``).
-        amp: a :class:`~stabletrain.amp.MixedPrecision` (``None``: float32).
-        max_grad_norm: clip the global gradient norm to this (``> 0``) or not at all.
-        accumulation_steps: micro-batches per optimizer step (``>= 1``).
-
-    Raises:
-        ValueError, TypeError: an argument outside its accepted values.
+    """The plain update (nanoGPT's few lines): ``step(loss)`` runs backward of
+    ``loss / accumulation_steps`` (scaled by ``amp``) and, when the window closes (every
+    ``accumulation_steps`` calls, or ``sync=True``): unscale, global L2 norm, clip to
+    ``max_grad_norm``, optimizer step, scheduler step if the optimizer stepped, zero-grad.
+    Non-finite values are the guard's business, not this one's.
     """
 
     #: the name under which checkpoints store this object's state (``None``: it has none)
@@ -101,10 +66,8 @@ class Update:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.amp = amp
-        self.max_grad_norm = (
-            None
-            if max_grad_norm is None
-            else check_float("max_grad_norm", max_grad_norm, min=0, low_open=True)
+        self.max_grad_norm = check_float(
+            "max_grad_norm", max_grad_norm, min=0, low_open=True, optional=True
         )
         self.accumulation_steps = check_int("accumulation_steps", accumulation_steps, min=1)
         self._micro = 0
@@ -158,11 +121,7 @@ class Update:
 
     # -- the update -------------------------------------------------------------------------
     def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
-        """Backward and, when the accumulation window closes, the update.
-
-        ``sync`` closes (``True``) or keeps open (``False``) the window regardless of
-        the count; ``None`` closes it every ``accumulation_steps`` calls.
-        """
+        """Backward and, when the window closes (``sync``: force it open/closed), the update."""
         if self._accumulate(loss, sync) is None:
             return StepResult(False, math.nan, "accumulating")
         params = self.params()
