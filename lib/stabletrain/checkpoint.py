@@ -112,10 +112,9 @@ def _check_plain(value: Any, where: str) -> Any:
     if kind in (list, tuple):
         return kind(_check_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
     raise TypeError(
-        f"{where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only tensors "
-        "and plain Python values (bool, int, float, str, bytes, None, dict, list, tuple) "
-        "so that they load with torch.load(weights_only=True). Convert it in the object's "
-        "state_dict()."
+        f"{where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only tensors and "
+        "plain values (bool, int, float, str, bytes, None, dict, list, tuple) so that they load "
+        "with torch.load(weights_only=True): convert it in the object's state_dict()"
     )
 
 
@@ -174,22 +173,6 @@ def _crc(item: Any, crc: int) -> int:
     return add(f"V{type(item).__name__}:{item!r};")
 
 
-class _CountingWriter:
-    """A write-only file wrapper that counts the bytes ``torch.save`` hands over."""
-
-    def __init__(self, file: Any) -> None:
-        self._file = file
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        written = self._file.write(data)
-        self.size += memoryview(data).nbytes
-        return written
-
-    def flush(self) -> None:
-        self._file.flush()
-
-
 def _atomic_write(
     path: Path, write: Callable[[Any], None], *, fsync_file: bool, fsync_dir: bool
 ) -> int:
@@ -197,9 +180,9 @@ def _atomic_write(
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            writer = _CountingWriter(f)
-            write(writer)
+            write(f)
             f.flush()
+            size = f.tell()
             if fsync_file:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -215,7 +198,7 @@ def _atomic_write(
             os.fsync(fd)
         finally:
             os.close(fd)
-    return writer.size
+    return size
 
 
 def _regular_file(path: Path) -> bool:
@@ -316,9 +299,8 @@ def _finite(x: Any) -> bool:
 def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in (metrics or {}).items():
-        if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(
-            value, np.generic
-        ):
+        scalar = isinstance(value, torch.Tensor) and value.numel() == 1
+        if scalar or isinstance(value, np.generic):
             value = value.item()
         if isinstance(value, bool | int | float | str) or value is None:
             out[str(key)] = value

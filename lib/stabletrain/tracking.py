@@ -82,7 +82,6 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _number(value: Any) -> float | None:
-    """``value`` as a float if it is a number or a 0-d tensor / NumPy scalar, else ``None``."""
     if isinstance(value, int | float):
         return float(value)
     item = getattr(value, "item", None)
@@ -95,11 +94,8 @@ def _number(value: Any) -> float | None:
 
 
 class MLflowTracker:
-    """Log a :func:`~stabletrain.loop.fit` run to MLflow, in batches of ``flush_every`` values.
-
-    The experiment is created if missing (artifacts under :func:`default_artifact_root`);
-    ``log_figures`` logs the figures and history at :meth:`finish`, ``verbose`` prints the
-    ``mlflow ui`` command there.
+    """Log a :func:`~stabletrain.loop.fit` run to MLflow, in batches of ``flush_every`` values
+    (the experiment is created if missing; ``log_figures`` and ``verbose`` act at :meth:`finish`).
 
     Raises:
         ValueError: ``flush_every < 1`` or an empty ``experiment`` name.
@@ -141,12 +137,8 @@ class MLflowTracker:
         )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log run parameters (nested mappings become ``a.b`` keys; values become strings).
-
-        Raises:
-            ValueError: a key already logged in this run with a different value (MLflow
-                parameters are immutable; after a resume this is a warning).
-        """
+        """Log run parameters (nested mappings become ``a.b`` keys, values strings); a key logged
+        before with another value raises ``ValueError`` (a warning after a resume)."""
         new = {}
         for key, value in _flatten(params).items():
             old = self._params.get(key)
