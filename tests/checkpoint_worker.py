@@ -32,26 +32,34 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+class _DyingFile:
+    """The file ``torch.save`` writes to, killing this process once 4 kB of it are written."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+
+    def write(self, data) -> int:
+        written = self.file.write(data)
+        if self.file.tell() > 4096:  # part of the file is on disk, the rest never will be
+            self.file.flush()
+            _kill()
+        return written
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def _kill_during_save(k: int) -> None:
     """Make the k-th checkpoint write die after some bytes reached the disk."""
-    original = checkpoint.CheckpointManager._write
+    original_write, original_save = checkpoint.CheckpointManager._write, torch.save
     calls = 0
 
     def write(self, path, payload, kept, dropped):
         nonlocal calls
         calls += 1
         if calls == k:
-            original_chunk = checkpoint._CountingWriter.write
-
-            def chunk(writer, data):
-                written = original_chunk(writer, data)
-                if writer.size > 4096:  # part of the file is on disk, the rest never will be
-                    writer.flush()
-                    _kill()
-                return written
-
-            checkpoint._CountingWriter.write = chunk
-        return original(self, path, payload, kept, dropped)
+            torch.save = lambda obj, f: original_save(obj, _DyingFile(f))
+        return original_write(self, path, payload, kept, dropped)
 
     checkpoint.CheckpointManager._write = write
 

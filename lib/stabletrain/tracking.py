@@ -1,35 +1,8 @@
-"""Experiment tracking with MLflow: log runs from ``fit`` and read them back in Jupyter.
-
-:class:`MLflowTracker` implements the tracker protocol of
-:func:`stabletrain.training.fit`:
-
-- ``log_params(dict)`` once per run: optimizer, scheduler, loss, guard and
-  mixed-precision settings (nested mappings are flattened to ``a.b`` keys);
-- ``log_metrics(dict, step)`` once per optimizer step (``lr``, ``train_loss``,
-  ``grad_norm``, and ``loss_scale``/``skipped_steps`` when present) and once per
-  epoch (``val_loss``, ``val_dice``, ``epoch_train_loss``, ``epoch_lr``). Values
-  are buffered and written with ``MlflowClient.log_batch`` (at most 1000 per
-  call, every ``flush_every`` values, at each epoch and at the end), so a run
-  of ``S`` steps costs about ``S * k / flush_every`` database round trips
-  instead of ``S * k``;
-- ``finish(history)``: flush, log the LR and loss figures (``figures/lr.png``,
-  ``figures/loss.png``) and the history (``history.json``) as artifacts, mark
-  the run finished and print the ``mlflow ui`` command that opens the store.
-
-The store is a real SQLite database. By default it is
-``sqlite:///<repository>/mlflow.db`` (an absolute path, so every notebook and
-script of the course shares it, whatever its working directory) with artifacts
-in ``<repository>/mlartifacts/`` — the same store ``make mlflow`` opens. The
-``MLFLOW_TRACKING_URI`` environment variable or the ``tracking_uri`` argument
-overrides it; for any ``sqlite:///<folder>/<file>`` URI the artifacts go to
-``<folder>/mlartifacts/``.
-
-:mod:`stabletrain.course.runs` reads runs back into a data frame or a figure.
-
-Example:
-    >>> from stabletrain.tracking import MLflowTracker
-    >>> tracker = MLflowTracker("schedulers", run_name="cosine")  # doctest: +SKIP
-    >>> history = fit(model, train, epochs=3, tracker=tracker)  # doctest: +SKIP
+"""MLflow tracking for :func:`stabletrain.loop.fit`: params once, metrics buffered and written
+with ``log_batch`` (every ``flush_every`` values, at each epoch end and at the end), then the LR
+and loss figures and ``history.json`` as artifacts. The default store is
+``sqlite:///<repository>/mlflow.db`` (``MLFLOW_TRACKING_URI`` overrides it); a SQLite store
+``<folder>/<file>`` keeps its artifacts in ``<folder>/mlartifacts/``.
 """
 
 from __future__ import annotations
@@ -39,9 +12,11 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .checks import check_int
 
 if TYPE_CHECKING:
     from .history import History
@@ -59,7 +34,6 @@ _MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 def _mlflow():
     try:
-        import mlflow  # noqa: F401
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param
     except ImportError:  # pragma: no cover - depends on the environment
@@ -73,57 +47,44 @@ def _mlflow():
 
 
 def repository_root() -> Path:
-    """The course repository when the library is installed from it, else the current folder.
-
-    The package lives in ``<repository>/lib/stabletrain``; the repository is
-    recognised by its ``pyproject.toml`` next to ``lib/``.
-    """
+    """The course repository (``pyproject.toml`` next to ``lib/stabletrain``) when the library
+    is installed from it, else the current folder."""
     package = Path(__file__).resolve().parent
-    root = package.parents[1]
-    if package.parent.name == "lib" and (root / "pyproject.toml").exists():
-        return root
+    if package.parent.name == "lib" and (package.parents[1] / "pyproject.toml").exists():
+        return package.parents[1]
     return Path.cwd().resolve()
 
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repository>/mlflow.db`` (absolute)."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{(repository_root() / 'mlflow.db').as_posix()}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{(repository_root() / 'mlflow.db').as_posix()}"
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :])
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def default_artifact_root(tracking_uri: str | None = None) -> Path | None:
     """Artifact folder beside a SQLite store (``<folder>/mlartifacts``); ``None`` for servers."""
     db = _sqlite_path(tracking_uri or default_tracking_uri())
-    if db is None:
-        return None
-    return db.resolve().parent / "mlartifacts"
+    return None if db is None else db.resolve().parent / "mlartifacts"
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in params.items():
-        name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(_flatten(value, f"{prefix}{key}."))
         else:
-            flat[name] = str(value)
+            flat[f"{prefix}{key}"] = str(value)
     return flat
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
     if isinstance(value, int | float):
         return float(value)
-    item = getattr(value, "item", None)  # tensors and NumPy scalars
+    item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", 0) == 0:
         try:
             return float(item())
@@ -133,17 +94,8 @@ def _number(value: Any) -> float | None:
 
 
 class MLflowTracker:
-    """Log a :func:`~stabletrain.training.fit` run to MLflow, in batches.
-
-    Args:
-        experiment: MLflow experiment name (created if missing, with its
-            artifacts under :func:`default_artifact_root`).
-        run_name: display name of the run (MLflow picks one if ``None``).
-        tracking_uri: the store; default :func:`default_tracking_uri`.
-        tags: extra run tags.
-        flush_every: buffered metric values that trigger a ``log_batch`` write.
-        log_figures: log the LR and loss figures and the history at :meth:`finish`.
-        verbose: print the ``mlflow ui`` command at :meth:`finish`.
+    """Log a :func:`~stabletrain.loop.fit` run to MLflow, in batches of ``flush_every`` values
+    (the experiment is created if missing; ``log_figures`` and ``verbose`` act at :meth:`finish`).
 
     Raises:
         ValueError: ``flush_every < 1`` or an empty ``experiment`` name.
@@ -162,13 +114,10 @@ class MLflowTracker:
     ) -> None:
         if not isinstance(experiment, str) or not experiment:
             raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
-        if isinstance(flush_every, bool) or not isinstance(flush_every, int) or flush_every < 1:
-            raise ValueError(f"flush_every must be an int >= 1, got {flush_every!r}")
+        self.flush_every = check_int("flush_every", flush_every, min=1)
         client_cls, self._Metric, self._Param = _mlflow()
         self.experiment = experiment
-        self.run_name = run_name
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.flush_every = flush_every
         self.log_figures = log_figures
         self.verbose = verbose
         self.client = client_cls(tracking_uri=self.tracking_uri)
@@ -179,8 +128,7 @@ class MLflowTracker:
         self._params: dict[str, str] = {}
         self._buffer: list[Any] = []
         self.batches_written = 0
-        self.finished = False
-        self.resumed = False
+        self.finished = self.resumed = False
 
     def __repr__(self) -> str:
         return (
@@ -188,33 +136,25 @@ class MLflowTracker:
             f"run_id={self.run_id!r})"
         )
 
-    # ---------------------------------------------------------------- protocol
-
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log run parameters (nested mappings become ``a.b`` keys; values become strings).
-
-        Raises:
-            ValueError: a key already logged in this run with a different value
-                (MLflow parameters are immutable).
-        """
+        """Log run parameters (nested mappings become ``a.b`` keys, values strings); a key logged
+        before with another value raises ``ValueError`` (a warning after a resume)."""
         new = {}
         for key, value in _flatten(params).items():
-            if key in self._params:
-                if self._params[key] != value and self.resumed:
-                    warnings.warn(
-                        f"parameter {key!r} was {self._params[key]!r} before the resume and is "
-                        f"{value!r} now; MLflow keeps the first value",
-                        stacklevel=2,
-                    )
-                elif self._params[key] != value:
-                    raise ValueError(
-                        f"parameter {key!r} was logged as {self._params[key]!r}; MLflow "
-                        f"parameters cannot change within a run (got {value!r})"
-                    )
-                continue
-            new[key] = value
-        if not new:
-            return
+            old = self._params.get(key)
+            if old is None:
+                new[key] = value
+            elif old != value and self.resumed:
+                warnings.warn(
+                    f"parameter {key!r} was {old!r} before the resume and is {value!r} now; "
+                    "MLflow keeps the first value",
+                    stacklevel=2,
+                )
+            elif old != value:
+                raise ValueError(
+                    f"parameter {key!r} was logged as {old!r}; MLflow parameters cannot change "
+                    f"within a run (got {value!r})"
+                )
         params_list = [self._Param(k, v[:6000]) for k, v in new.items()]
         for start in range(0, len(params_list), 100):
             self.client.log_batch(self.run_id, params=params_list[start : start + 100])
@@ -224,8 +164,7 @@ class MLflowTracker:
         """Buffer numeric values (NaN/Inf included) at ``step``; non-numbers are skipped."""
         timestamp = int(time.time() * 1000)
         for key, value in metrics.items():
-            number = _number(value)
-            if number is not None:
+            if (number := _number(value)) is not None:
                 self._buffer.append(self._Metric(str(key), number, timestamp, int(step)))
         epoch_end = "val_loss" in metrics or "epoch_train_loss" in metrics
         if len(self._buffer) >= self.flush_every or epoch_end:
@@ -255,17 +194,16 @@ class MLflowTracker:
         return {"run_id": self.run_id, "params": dict(self._params)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the checkpointed run rather than this tracker's new one, which is deleted
-        if nothing was logged to it yet (a resumed training is one run, not two)."""
+        """Continue the checkpointed run (a resumed training is one run); this tracker's new run
+        is deleted if nothing was logged to it yet."""
         run_id = str(state["run_id"])
         if run_id == self.run_id:
             return
         try:
             run = self.client.get_run(run_id)
         except Exception:  # a store without that run (moved, or another store)
-            warnings.warn(
-                f"run {run_id} is not in {self.tracking_uri}: logging to a new run", stacklevel=2
-            )
+            message = f"run {run_id} is not in {self.tracking_uri}: logging to a new run"
+            warnings.warn(message, stacklevel=2)
             return
         if not (self._params or self._buffer or self.batches_written):
             self.client.delete_run(self.run_id)
@@ -280,54 +218,38 @@ class MLflowTracker:
     def __exit__(self, kind, value, traceback) -> None:
         self.finish(status="FAILED" if kind is not None else "FINISHED")
 
-    # ---------------------------------------------------------------- helpers
-
     def _log_history(self, history: History) -> None:
         from matplotlib.figure import Figure
 
-        steps = history.steps
-        fig = Figure(figsize=(6, 3.5))
-        ax = fig.add_subplot()
+        steps, epochs = history.steps, history.epochs
+        ax = Figure(figsize=(6, 3.5)).add_subplot()
         ax.plot(steps.get("lr", []))
         ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"LR — {self.run_name}")
-        self.client.log_figure(self.run_id, fig, "figures/lr.png")
-
-        fig = Figure(figsize=(6, 3.5))
-        ax = fig.add_subplot()
+        self.client.log_figure(self.run_id, ax.figure, "figures/lr.png")
+        ax = Figure(figsize=(6, 3.5)).add_subplot()
         ax.plot(steps.get("loss", []), label="train loss (per step)", alpha=0.7)
-        epochs = history.epochs
-        if "val_loss" in epochs and steps.get("epoch"):
-            ends = [i + 1 for i in range(len(steps["epoch"])) if _is_epoch_end(steps["epoch"], i)]
+        if "val_loss" in epochs and (column := steps.get("epoch")):
+            ends = [i for i in range(1, len(column)) if column[i] != column[i - 1]] + [len(column)]
             ax.plot(ends[: len(epochs["val_loss"])], epochs["val_loss"], "o-", label="val loss")
         ax.set(xlabel="optimizer step", ylabel="loss", title=f"loss — {self.run_name}")
         ax.legend()
-        self.client.log_figure(self.run_id, fig, "figures/loss.png")
+        self.client.log_figure(self.run_id, ax.figure, "figures/loss.png")
         self.client.log_dict(self.run_id, history.state_dict(), "history.json")
 
     def ui_command(self, relative_to: str | os.PathLike | None = None) -> str:
-        """The shell command that opens this store in the MLflow UI.
-
-        With ``relative_to`` (a folder, typically ``Path.cwd()``), a local SQLite
-        store and its artifact folder are written relative to it, for output
-        that should not show machine-specific paths.
-        """
+        """:func:`ui_command` for this tracker's store."""
         return ui_command(self.tracking_uri, relative_to=relative_to)
 
 
-def _is_epoch_end(epochs: Sequence[Any], i: int) -> bool:
-    return i + 1 == len(epochs) or epochs[i + 1] != epochs[i]
-
-
 def ui_command(tracking_uri: str | None = None, *, relative_to: str | os.PathLike | None = None):
-    """``mlflow ui --backend-store-uri ... [--default-artifact-root ...]`` for a store."""
+    """The shell command that opens a store in the MLflow UI; with ``relative_to`` (a folder), a
+    SQLite store and its artifact folder are written relative to it."""
     uri = tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://", "databricks")):
         return f"open {uri} in a browser (the tracking server serves the UI itself)"
-    db = _sqlite_path(uri)
+    db, artifacts = _sqlite_path(uri), default_artifact_root(uri)
     if db is None:
         return f"mlflow ui --backend-store-uri {uri}"
-    artifacts = default_artifact_root(uri)
-    assert artifacts is not None
     if relative_to is not None:
         base = Path(relative_to).resolve()
         db = Path(os.path.relpath(db.resolve(), base))
@@ -345,8 +267,5 @@ def _experiment_id(client: Any, name: str, tracking_uri: str, *, create: bool) -
     if not create:
         return None
     root = default_artifact_root(tracking_uri)
-    location = None
-    if root is not None:
-        safe = re.sub(r"[^\w.\-]+", "_", name)
-        location = (root / safe).as_uri()
+    location = None if root is None else (root / re.sub(r"[^\w.\-]+", "_", name)).as_uri()
     return client.create_experiment(name, artifact_location=location)
