@@ -26,12 +26,13 @@ __all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_keys
 
 
 def _bounds(min: float | None, max: float | None, low_open: bool, high_open: bool) -> str:
-    """The accepted range in words: ``>= 0``, ``< 1`` or ``in (0, 1]``."""
+    """The accepted range in words: ``>= 0``, ``< 1`` or ``in (0, 1]`` (ints in full)."""
+    lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (min, max))
     if min is not None and max is not None:
-        return f"in {'(' if low_open else '['}{min:g}, {max:g}{')' if high_open else ']'}"
+        return f"in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
     if min is not None:
-        return f"{'>' if low_open else '>='} {min:g}"
-    return f"{'<' if high_open else '<='} {max:g}"
+        return f"{'>' if low_open else '>='} {lo}"
+    return f"{'<' if high_open else '<='} {hi}"
 
 
 def _type_error(name: str, expected: str, value: Any) -> TypeError:
