@@ -303,7 +303,7 @@ def bn_modes(
 
 
 class BatchStatScores(Callback):
-    """A :func:`stabletrain.training.fit` callback: after every epoch,
+    """A :func:`stabletrain.loop.fit` callback: after every epoch,
     :func:`score_loader` with batch statistics on ``loader`` (the model is not changed).
 
     ``rows`` holds one ``{"val_loss", "val_dice", "foreground"}`` per epoch, to set

@@ -90,7 +90,7 @@ def divergence_run(
         guards: with ``guard``, the guard built for the run is appended to this list (to
             read its counters: ``skipped``, ``rollbacks``, ``blowups``, ``lr_scale``),
             also when the run raises.
-        **fit_kwargs: more arguments of :func:`stabletrain.training.fit` (``callbacks``).
+        **fit_kwargs: more arguments of :func:`stabletrain.loop.fit` (``callbacks``).
 
     Raises:
         ValueError: ``norm`` not in ``NORM_TYPES``, ``steps < 1`` or ``warmup_steps < 0``.
@@ -174,7 +174,7 @@ def clipped_fraction(history: History, threshold: float) -> float:
 
 
 class WatchModel(Callback):
-    """A :class:`~stabletrain.training.Callback` that enters ``factory(model)`` (a context
+    """A :class:`~stabletrain.callbacks.Callback` that enters ``factory(model)`` (a context
     manager such as :class:`PrecursorProbe` or
     :class:`~stabletrain.stability.NanDetector`) when ``fit`` starts and exits it when
     ``fit`` returns, so it watches a model that ``fit``'s caller builds.

@@ -81,7 +81,7 @@ def plot_loss_scale(
     """The gradient scaler's loss scale per step, with skipped steps marked ✕.
 
     Reads ``history.steps["loss_scale"]`` and ``["applied"]`` as recorded by
-    :func:`stabletrain.training.fit` with a float16 ``amp``.
+    :func:`stabletrain.loop.fit` with a float16 ``amp``.
     """
     if ax is None:
         fig, ax = plt.subplots(figsize=(7, 3.5))
