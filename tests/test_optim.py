@@ -165,19 +165,28 @@ def test_longest_prefix_wins():
     [
         ({"type": "lamb"}, r"optimizer type must be one of \['adadelta', 'adam'"),
         ({}, "optimizer type must be one of"),
-        ({"type": "adam", "beta1": 0.9}, r"unknown optimizer key\(s\) \['beta1'\].*accepted"),
-        ({"type": "sgd", "rho": 0.9}, r"unknown optimizer key\(s\) \['rho'\]"),
+        (
+            {"type": "adam", "beta1": 0.9},
+            r"unknown key\(s\) \['beta1'\] in the 'adam' optimizer config.*accepted",
+        ),
+        ({"type": "sgd", "rho": 0.9}, r"unknown key\(s\) \['rho'\] in the 'sgd' optimizer config"),
         ({"type": "adam", "epsilon": 1e-7, "eps": 1e-8}, "give only one"),
         ({"type": "adam", "lr": -1.0}, "invalid adam optimizer setting"),
         ({"type": "adam", "beta_2": "high"}, "beta_2 must be a number"),
         ({"type": "adam", "beta_2": 1.5}, "invalid adam optimizer setting.*beta"),
         ({"type": "adam", "lr_multipliers": {"encoder": 0.5}}, "matches no parameter"),
-        ({"type": "adam", "lr_multipliers": {"encoders": -1}}, "must be a number >= 0"),
+        (
+            {"type": "adam", "lr_multipliers": {"encoders": -1}},
+            r"lr_multipliers\['encoders'\] must be >= 0",
+        ),
         (
             {"type": "adam", "gradient_clipping_by_norm": 1, "gradient_clipping_by_value": 1},
             "at most one gradient clipping key",
         ),
-        ({"type": "adam", "gradient_clipping_by_norm": "big"}, "must be a number > 0"),
+        (
+            {"type": "adam", "gradient_clipping_by_norm": "big"},
+            "gradient_clipping_by_norm must be a number",
+        ),
     ],
 )
 def test_bad_configs_name_the_problem(config, match):
