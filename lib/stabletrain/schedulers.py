@@ -130,10 +130,43 @@ class _CopyingState:
         self.__dict__.update(copy.deepcopy(dict(state_dict)))
 
 
-class _WarmupSchedule(_CopyingState, LRScheduler):
-    """Closed-form schedules: warmup, then :meth:`_after_warmup`; the LR is a function of ``s``."""
+class _Schedule(_CopyingState, LRScheduler):
+    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics."""
 
     metric_driven: bool = False
+
+    def _extra(self, s: int) -> None:
+        """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
+
+    def lr_at(self, step: int) -> list[float]:
+        """Every group's LR at ``step`` in the current state, without changing any state."""
+        step = _int("step", step, min=0)
+        return [self._lr(step, i, float(b)) for i, b in enumerate(self.base_lrs)]
+
+    def get_lr(self) -> list[float]:
+        self._extra(self.last_epoch)
+        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
+
+    def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step).
+
+        A non-metric-driven schedule takes an int as torch's ``epoch`` (``SequentialLR``)
+        and raises ``ValueError`` for any other metric.
+        """
+        if metric is not None and self.metric_driven:
+            self._report(metric)
+        elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
+            super().step(metric)
+        else:
+            raise ValueError(
+                f"{type(self).__name__} is not metric-driven: call step() without a metric "
+                f"(got {metric!r})"
+            )
+
+
+class _WarmupSchedule(_Schedule):
+    """Closed-form schedules: warmup, then :meth:`_after_warmup`; the LR is a function of ``s``."""
+
     _needs_total: bool = False
 
     def __init__(
@@ -186,27 +219,6 @@ class _WarmupSchedule(_CopyingState, LRScheduler):
         if s < self.warmup_steps:
             return self._warmup_lr(s, i, b)
         return self._after_warmup(s - self.warmup_steps, b, self.min_lrs[i])
-
-    def _extra(self, s: int) -> None:
-        """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
-
-    def lr_at(self, step: int) -> list[float]:
-        """Every group's LR at ``step``, without changing any state."""
-        step = _int("step", step, min=0)
-        return [self._lr(step, i, float(b)) for i, b in enumerate(self.base_lrs)]
-
-    def step(self, epoch: int | None = None) -> None:
-        """Advance one optimizer step; ``epoch`` is torch's int jump (a float metric raises)."""
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-            raise ValueError(
-                f"{type(self).__name__} is not metric-driven: call step() without a metric "
-                f"(got {epoch!r})"
-            )
-        super().step(epoch)
-
-    def get_lr(self) -> list[float]:
-        self._extra(self.last_epoch)
-        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
 
 
 class Constant(_WarmupSchedule):
@@ -490,11 +502,7 @@ class PlateauWithWarmup(_WarmupSchedule):
             return a < best * (1.0 - self.threshold) if rel else a < best - self.threshold
         return a > best * (self.threshold + 1.0) if rel else a > best + self.threshold
 
-    def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step. ``step(metric)``: report a metric (not a step)."""
-        if metric is None:
-            super().step()
-            return
+    def _report(self, metric: float | torch.Tensor) -> None:
         if self.last_epoch < self.warmup_steps:
             return
         current = float(metric)
@@ -530,7 +538,7 @@ _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
 }
 
 
-class AdaptiveScheduler(_CopyingState, LRScheduler):
+class AdaptiveScheduler(_Schedule):
     r"""``adaptive``: a closed-form base schedule times a multiplier cut on trouble.
 
     :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the ``base``
@@ -595,20 +603,10 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
         base_lr = self._base._lr(s, i, b)
         return min(base_lr, max(self._base.min_lrs[i], base_lr * self.multiplier))
 
-    def lr_at(self, step: int) -> list[float]:
-        """The LRs at ``step`` with the current multiplier, without changing any state."""
-        step = _int("step", step, min=0)
-        return [self._lr(step, i, float(b)) for i, b in enumerate(self.base_lrs)]
+    def _extra(self, s: int) -> None:
+        self._base._extra(s)
 
-    def get_lr(self) -> list[float]:
-        self._base._extra(self.last_epoch)
-        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
-
-    def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step. ``step(metric)``: report a loss (not a step)."""
-        if metric is None:
-            super().step()
-            return
+    def _report(self, metric: float | torch.Tensor) -> None:
         value = float(metric)
         finite = math.isfinite(value)
         cut = not finite
@@ -682,15 +680,10 @@ class WarmupWrapper(_CopyingState, LRScheduler):
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        s = self.last_epoch
-        if s >= self.warmup_steps:
+        s, f, w = self.last_epoch, self.warmup_start_factor, self.warmup_steps
+        if s >= w:
             return list(self.targets)
-        out = []
-        for target in self.targets:
-            b = float(target)
-            a = self.warmup_start_factor * b
-            out.append(a + (b - a) * s / self.warmup_steps)
-        return out
+        return [f * b + (b - f * b) * s / w for b in map(float, self.targets)]
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """``step()``: one optimizer step. ``step(metric)``: report a metric (metric-driven only)."""
@@ -734,17 +727,8 @@ def with_warmup(
     return WarmupWrapper(scheduler, warmup_steps, warmup_start_factor)
 
 
-SCHEDULER_TYPES: tuple[str, ...] = (
-    "constant",
-    "warmup_cosine",
-    "cosine_restarts",
-    "onecycle",
-    "polynomial",
-    "exponential",
-    "step",
-    "plateau",
-    "adaptive",
-)
+_CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
+SCHEDULER_TYPES: tuple[str, ...] = tuple(_CLASSES)
 """Canonical names accepted by :func:`build_scheduler` (aliases in :data:`SCHEDULER_ALIASES`)."""
 
 SCHEDULER_ALIASES: dict[str, str] = {
@@ -756,11 +740,6 @@ SCHEDULER_ALIASES: dict[str, str] = {
 """Alternative type names and the canonical type each stands for."""
 
 _PARAM_ALIASES = {"alpha": "min_lr_ratio", "t_mul": "t_mult", "decay_rate": "gamma"}
-_CLASSES: dict[str, type] = {
-    **_CLOSED_FORM,
-    "plateau": PlateauWithWarmup,
-    "adaptive": AdaptiveScheduler,
-}
 _VALID = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))
 
 
@@ -807,11 +786,8 @@ def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LR
     names, required = _accepted(cls)
     if name == "adaptive":
         base = resolved.get("base", "constant")
-        base_cls = _CLASSES[
-            _canonical(
-                base.get("type", "constant") if isinstance(base, Mapping) else base, what="base"
-            )
-        ]
+        base = base.get("type", "constant") if isinstance(base, Mapping) else base
+        base_cls = _CLASSES[_canonical(base, what="base")]
         if base_cls in _CLOSED_FORM.values():
             names += [n for n in _accepted(base_cls)[0] if n not in names]
     else:
