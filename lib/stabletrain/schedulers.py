@@ -59,8 +59,10 @@ def _check(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> A
 _int, _float, _bool = (partial(_check, check) for check in (check_int, check_float, check_bool))
 
 
-def _per_group(name: str, value: Any, groups: int) -> list[float]:
-    """A number >= 0, or a sequence of one per parameter group, as a list of floats."""
+def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
+    """A number >= 0, or a sequence of one per parameter group, as a list of floats (or None)."""
+    if value is None:
+        return None
     if not isinstance(value, Sequence) or isinstance(value, str):
         return [_float(name, value, min=0)] * groups
     if len(value) != groups:
@@ -185,11 +187,7 @@ class _WarmupSchedule(_Schedule):
         if total_steps is not None or self._needs_total:
             total_steps = _int("total_steps", total_steps, min=self.warmup_steps + 1)
         self.total_steps = total_steps
-        self.warmup_start_lrs = (
-            None
-            if warmup_start_lr is None
-            else _per_group("warmup_start_lr", warmup_start_lr, len(bases))
-        )
+        self.warmup_start_lrs = _per_group("warmup_start_lr", warmup_start_lr, len(bases))
         self.warmup_start_factor = _float("warmup_start_factor", warmup_start_factor, min=0)
         ratio = _float("min_lr_ratio", min_lr_ratio, min=0, max=1)
         if min_lr is not None and ratio != 0.0:
@@ -197,11 +195,7 @@ class _WarmupSchedule(_Schedule):
                 "give min_lr (absolute) or min_lr_ratio (alias alpha), not both; "
                 f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
             )
-        self.min_lrs = (
-            [ratio * b for b in bases]
-            if min_lr is None
-            else _per_group("min_lr", min_lr, len(bases))
-        )
+        self.min_lrs = _per_group("min_lr", min_lr, len(bases)) or [ratio * b for b in bases]
         for i, (eta, b) in enumerate(zip(self.min_lrs, bases)):
             check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
         self.min_lr_ratio = ratio
@@ -211,9 +205,6 @@ class _WarmupSchedule(_Schedule):
         starts = self.warmup_start_lrs
         a = starts[i] if starts is not None else self.warmup_start_factor * b
         return a + (b - a) * s / self.warmup_steps
-
-    def _after_warmup(self, t: int, b: float, eta: float) -> float:
-        raise NotImplementedError
 
     def _lr(self, s: int, i: int, b: float) -> float:
         if s < self.warmup_steps:
