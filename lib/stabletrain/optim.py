@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_bool, check_float, check_keys
+from .checks import check_bool, check_float
 from .schedulers import _check  # a check whose TypeError is a ValueError (a config error)
 
 __all__ = [
@@ -70,7 +70,11 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     keras = {*_KERAS_KEYS[kind], "learning_rate", "weight_decay"}
     keras |= {"beta_1", "beta_2"} if kind in ("adam", "adamw") else set()
     accepted = sorted(keras | set(torch_names) | set(CLIPPING_KEYS) | set(_BUILDER_KEYS))
-    check_keys(f"the {kind!r} optimizer config", config, accepted)
+    unknown = sorted(k for k in config if k not in accepted)
+    if unknown:
+        raise ValueError(
+            f"unknown optimizer key(s) {unknown} for type {kind!r}; accepted: {accepted}"
+        )
     kwargs: dict[str, Any] = {}
     source: dict[str, str] = {}  # which config key set each torch argument
     items = list(config.items())
