@@ -126,7 +126,9 @@ def test_bad_arguments():
     loss = build_loss("balanced_segmentation")
     with pytest.raises(ValueError, match="schedule must be one of"):
         LossWeightScheduler(loss, "exponential")
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['patience'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown key\(s\) \['patience'\] in the parameters of schedule"
+    ):
         LossWeightScheduler(loss, "linear", patience=3)
     with pytest.raises(ValueError, match="every term"):
         LossWeightScheduler(loss, "linear", end={"dice": 1.0})

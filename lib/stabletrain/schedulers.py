@@ -1,49 +1,11 @@
-r"""Learning-rate schedulers, stepped once per optimizer step.
+r"""Learning-rate schedulers: real ``LRScheduler`` subclasses, stepped once per optimizer step.
 
-Every scheduler here is a real :class:`torch.optim.lr_scheduler.LRScheduler`:
-construct it on an optimizer, call ``scheduler.step()`` after every optimizer
-step that really happened, and it sets each parameter group's ``lr``. All
-lengths are counted in optimizer steps (:func:`epochs_to_steps` converts
-epochs), every formula uses **each parameter group's own base LR** ``b`` (its
-``lr`` when the scheduler is built, or ``initial_lr`` if an earlier scheduler
-set it), and ``state_dict()`` returns copies, so an in-memory snapshot taken
-mid-run restores the exact same continuation.
-
-Notation used by every docstring below:
-
-- :math:`s`: number of ``step()`` calls so far (0 right after construction);
-- :math:`b`: a group's base LR; :math:`W`: ``warmup_steps`` (default 0);
-  :math:`T`: ``total_steps``; :math:`t = s - W`; :math:`D = T - W > 0`;
-- :math:`\eta`: the floor, ``min_lr`` (absolute; a number or one per group) if
-  given, else ``min_lr_ratio`` :math:`\times b` (``alpha`` is an alias; default 0).
-
-Warmup (every type except ``onecycle``): for :math:`s < W`,
-
-.. math:: \text{lr} = a + (b - a)\,\frac{s}{W},
-
-with :math:`a` = ``warmup_start_lr`` if given, else ``warmup_start_factor``
-:math:`\times b` (default 0.01). After warmup each type applies its rule to
-:math:`t`.
-
-The metric-driven types (``plateau``, ``adaptive`` and :func:`with_warmup`
-around a metric-driven scheduler) have ``metric_driven = True``: they take
-``step()`` once per optimizer step like the others *and* ``step(metric)`` after
-each validation; a metric report does not count as a step. (Torch's other
-schedulers would read a positional argument as an epoch number.)
-
-Build one from a flat configuration (the style of the course's configuration
-files) or from keywords:
-
-Example:
-    >>> import torch
-    >>> from stabletrain.schedulers import build_scheduler, lr_curve
-    >>> model = torch.nn.Linear(2, 1)
-    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> sched = build_scheduler(
-    ...     opt, {"type": "warmup_cosine", "warmup_steps": 2, "total_steps": 10}
-    ... )
-    >>> [round(x, 4) for x in lr_curve({"type": "step", "step_size": 2, "gamma": 0.5}, 5)]
-    [1.0, 1.0, 0.5, 0.5, 0.25]
+Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``initial_lr``
+if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
+:math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (absolute, one or per group)
+or ``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
+lr = a + (b − a)s/W, a = ``warmup_start_lr`` or ``warmup_start_factor`` × b (0.01). Types
+with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
 """
 
 from __future__ import annotations
@@ -51,15 +13,18 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import numbers
 import statistics
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from itertools import pairwise
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from .checks import check_bool, check_choice, check_float, check_int
 
 __all__ = [
     "SCHEDULER_ALIASES",
@@ -83,56 +48,33 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- validation helpers
+def _check(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> Any:
+    """A :mod:`stabletrain.checks` check; this module raises ``ValueError`` for a wrong type too."""
+    try:
+        return check(name, value, **bounds)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+_int, _float, _bool = (partial(_check, check) for check in (check_int, check_float, check_bool))
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """Return ``float(value)`` or raise ``ValueError`` naming ``name`` and the accepted range."""
-    lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
-    hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
-    rng = f"{lo}, {hi}"
-    if not _is_number(value) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
-    v = float(value)
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{name} must be in {rng}, got {value!r}")
-    if high is not None and (v > high or (high_open and v == high)):
-        raise ValueError(f"{name} must be in {rng}, got {value!r}")
-    return v
-
-
-def _per_group(name: str, value: Any, groups: int) -> list[float]:
-    """A number, or a sequence with one number per parameter group, as a list of floats."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != groups:
-            raise ValueError(
-                f"{name} must be a number or have one value per parameter group "
-                f"({groups}), got {len(value)} values"
-            )
-        return [_check_float(f"{name}[{i}]", v, low=0.0) for i, v in enumerate(value)]
-    return [_check_float(name, value, low=0.0)] * groups
+def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
+    """A number >= 0, or a sequence of one per parameter group, as a list of floats (or None)."""
+    if value is None:
+        return None
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        return [_float(name, value, min=0)] * groups
+    if len(value) != groups:
+        raise ValueError(
+            f"{name} must be a number or have one value per parameter group ({groups}), "
+            f"got {len(value)} values"
+        )
+    return [_float(f"{name}[{i}]", v, min=0) for i, v in enumerate(value)]
 
 
 def _set_lr(group: dict[str, Any], value: float) -> None:
-    """Set ``group["lr"]`` without replacing a tensor LR (torch supports tensor LRs)."""
+    """Set ``group["lr"]`` without replacing a tensor LR."""
     if isinstance(group["lr"], torch.Tensor):
         group["lr"].fill_(value)
     else:
@@ -141,85 +83,92 @@ def _set_lr(group: dict[str, Any], value: float) -> None:
 
 def _group_lrs(optimizer: Optimizer) -> list[Any]:
     return [
-        g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
-        for g in optimizer.param_groups
+        g["lr"].clone() if torch.is_tensor(g["lr"]) else g["lr"] for g in optimizer.param_groups
     ]
 
 
 def _base_lrs_of(optimizer: Optimizer) -> list[float]:
-    """The base LRs that ``LRScheduler.__init__`` will adopt (``initial_lr`` if set, else ``lr``)."""
+    """The base LRs ``LRScheduler`` adopts; raises ``TypeError`` / ``ValueError`` (lr < 0)."""
     if not isinstance(optimizer, Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
     bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
-    for i, b in enumerate(bases):
-        if not math.isfinite(b) or b < 0:
-            raise ValueError(
-                f"the optimizer's lr must be a finite number >= 0 (the base LR of every "
-                f"schedule), got {b} in param_groups[{i}]"
-            )
-    return bases
+    return [
+        check_float(f"the optimizer's param_groups[{i}] lr", b, min=0) for i, b in enumerate(bases)
+    ]
 
 
 def is_metric_driven(scheduler: Any) -> bool:
-    """Whether ``scheduler`` takes ``step(metric)`` after each validation.
-
-    True for a scheduler with ``metric_driven = True`` (``plateau``, ``adaptive``, a
-    :func:`with_warmup` around one of those) and for torch's ``ReduceLROnPlateau``.
-    """
+    """Whether ``scheduler`` takes ``step(metric)``: ``metric_driven = True`` or ``ReduceLROnPlateau``."""
     return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
         scheduler, ReduceLROnPlateau
     )
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    r"""Convert a length in epochs to optimizer steps: :math:`\lfloor e \cdot n + 0.5 \rfloor`.
+    r"""A length in epochs (fractional allowed) as optimizer steps: :math:`\lfloor e n + 0.5 \rfloor`.
 
-    Args:
-        epochs: a number of epochs, fractional allowed (``0.5`` is half an epoch).
-        steps_per_epoch: optimizer steps per epoch (``len(loader) // accumulation_steps``).
-
-    Raises:
-        ValueError: ``epochs < 0`` or ``steps_per_epoch < 1``.
-
-    Example:
-        >>> epochs_to_steps(2, 8), epochs_to_steps(0.5, 7)
-        (16, 4)
+    Raises ``ValueError`` if ``epochs < 0`` or ``steps_per_epoch < 1``.
     """
-    e = _check_float("epochs", epochs, low=0.0)
-    n = _check_int("steps_per_epoch", steps_per_epoch, 1)
+    e = _float("epochs", epochs, min=0)
+    n = _int("steps_per_epoch", steps_per_epoch, min=1)
     return math.floor(e * n + 0.5)
 
 
-# --------------------------------------------------------------------------- shared base
-
-
 class _CopyingState:
-    """``state_dict``/``load_state_dict`` that copy, so snapshots never alias live state."""
+    """``state_dict``/``load_state_dict`` that deep-copy, so snapshots never alias live state."""
 
     _state_exclude: tuple[str, ...] = ("optimizer",)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return a deep copy of the scheduler's state (everything but the optimizer)."""
+        """A deep copy of the scheduler's state (everything but the optimizer)."""
         return copy.deepcopy(
             {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a state from :meth:`state_dict` (copied, so the argument stays untouched)."""
+        """Load a copy of a :meth:`state_dict`."""
         self.__dict__.update(copy.deepcopy(dict(state_dict)))
 
 
-class _WarmupSchedule(_CopyingState, LRScheduler):
-    r"""Base of the closed-form schedules: linear warmup, then :meth:`_after_warmup`.
-
-    The LR of step :math:`s` is a pure function of :math:`s` and the group's
-    base LR (:meth:`lr_at`), so there is no accumulated rounding error and a
-    restored ``state_dict`` continues exactly.
-    """
+class _Schedule(_CopyingState, LRScheduler):
+    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics."""
 
     metric_driven: bool = False
+
+    def _extra(self, s: int) -> None:
+        """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
+
+    def lr_at(self, step: int) -> list[float]:
+        """Every group's LR at ``step`` in the current state, without changing any state."""
+        step = _int("step", step, min=0)
+        return [self._lr(step, i, float(b)) for i, b in enumerate(self.base_lrs)]
+
+    def get_lr(self) -> list[float]:
+        self._extra(self.last_epoch)
+        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
+
+    def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step).
+
+        A non-metric-driven schedule takes an int as torch's ``epoch`` (``SequentialLR``)
+        and raises ``ValueError`` for any other metric.
+        """
+        if metric is not None and self.metric_driven:
+            self._report(metric)
+        elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
+            super().step(metric)
+        else:
+            raise ValueError(
+                f"{type(self).__name__} is not metric-driven: call step() without a metric "
+                f"(got {metric!r})"
+            )
+
+
+class _WarmupSchedule(_Schedule):
+    """Closed-form schedules: warmup, then :meth:`_after_warmup`; the LR is a function of ``s``."""
+
     _needs_total: bool = False
 
     def __init__(
@@ -234,135 +183,50 @@ class _WarmupSchedule(_CopyingState, LRScheduler):
         min_lr_ratio: float = 0.0,
     ) -> None:
         bases = _base_lrs_of(optimizer)
-        groups = len(bases)
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-        if total_steps is None:
-            if self._needs_total:
-                raise ValueError(f"total_steps is required for {type(self).__name__}")
-        else:
-            total_steps = _check_int("total_steps", total_steps, 1)
-            if total_steps <= self.warmup_steps:
-                raise ValueError(
-                    f"total_steps must be > warmup_steps, got total_steps={total_steps}, "
-                    f"warmup_steps={self.warmup_steps}"
-                )
+        self.warmup_steps = _int("warmup_steps", warmup_steps, min=0)
+        if total_steps is not None or self._needs_total:
+            total_steps = _int("total_steps", total_steps, min=self.warmup_steps + 1)
         self.total_steps = total_steps
-        self.warmup_start_lrs = (
-            None
-            if warmup_start_lr is None
-            else _per_group("warmup_start_lr", warmup_start_lr, groups)
-        )
-        self.warmup_start_factor = _check_float("warmup_start_factor", warmup_start_factor, low=0.0)
-        ratio = _check_float("min_lr_ratio", min_lr_ratio, low=0.0, high=1.0)
-        if min_lr is not None:
-            if ratio != 0.0:
-                raise ValueError(
-                    "give min_lr (absolute) or min_lr_ratio (alias alpha), not both; "
-                    f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
-                )
-            self.min_lrs = _per_group("min_lr", min_lr, groups)
-        else:
-            self.min_lrs = [ratio * b for b in bases]
+        self.warmup_start_lrs = _per_group("warmup_start_lr", warmup_start_lr, len(bases))
+        self.warmup_start_factor = _float("warmup_start_factor", warmup_start_factor, min=0)
+        ratio = _float("min_lr_ratio", min_lr_ratio, min=0, max=1)
+        if min_lr is not None and ratio != 0.0:
+            raise ValueError(
+                "give min_lr (absolute) or min_lr_ratio (alias alpha), not both; "
+                f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
+            )
+        self.min_lrs = _per_group("min_lr", min_lr, len(bases)) or [ratio * b for b in bases]
         for i, (eta, b) in enumerate(zip(self.min_lrs, bases)):
-            if eta > b:
-                raise ValueError(
-                    f"min_lr must not exceed the base LR, got min_lr={eta} > lr={b} "
-                    f"in param_groups[{i}]"
-                )
+            check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
         self.min_lr_ratio = ratio
         super().__init__(optimizer)
 
-    # -- the rule -------------------------------------------------------------------------------
     def _warmup_lr(self, s: int, i: int, b: float) -> float:
-        a = (
-            self.warmup_start_lrs[i]
-            if self.warmup_start_lrs is not None
-            else self.warmup_start_factor * b
-        )
+        starts = self.warmup_start_lrs
+        a = starts[i] if starts is not None else self.warmup_start_factor * b
         return a + (b - a) * s / self.warmup_steps
-
-    def _after_warmup(self, t: int, b: float, eta: float) -> float:
-        raise NotImplementedError
 
     def _lr(self, s: int, i: int, b: float) -> float:
         if s < self.warmup_steps:
             return self._warmup_lr(s, i, b)
         return self._after_warmup(s - self.warmup_steps, b, self.min_lrs[i])
 
-    def _extra(self, s: int) -> None:
-        """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
-
-    def lr_at(self, step: int) -> list[float]:
-        """The LR of every parameter group at step ``step``, without changing any state."""
-        step = _check_int("step", step, 0)
-        return [self._lr(step, i, float(b)) for i, b in enumerate(self.base_lrs)]
-
-    def step(self, epoch: int | None = None) -> None:
-        """Advance one optimizer step and set every group's LR.
-
-        ``epoch`` is torch's deprecated jump-to-step argument (an int; used by
-        ``SequentialLR``). A float is refused: it is almost surely a metric given to
-        a schedule that is not metric-driven, which torch would read as an epoch.
-        """
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-            raise ValueError(
-                f"{type(self).__name__} is not metric-driven: call step() without a metric "
-                f"(got {epoch!r})"
-            )
-        super().step(epoch)
-
-    def get_lr(self) -> list[float]:
-        """LRs for the current step ``s = last_epoch`` (called by ``step()``)."""
-        self._extra(self.last_epoch)
-        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
-
-
-# --------------------------------------------------------------------------- closed-form types
-
 
 class Constant(_WarmupSchedule):
-    r"""``constant``: linear warmup (none by default), then the base LR, :math:`\text{lr} = b`.
-
-    Named like the other closed-form types, which all take a warmup: the class name is
-    what ``fit`` logs as the run's ``scheduler``. ``ConstantWithWarmup`` is an alias.
-
-    Args:
-        optimizer: the wrapped optimizer; each group's ``lr`` is its base LR :math:`b`.
-        total_steps: optional; only checked to be :math:`> W`.
-        warmup_steps, warmup_start_lr, warmup_start_factor: the warmup (module docs).
-        min_lr, min_lr_ratio: accepted for uniformity; validated, no effect.
-    """
+    """``constant``: warmup (none by default), then ``lr = b``; ``min_lr``/``total_steps`` only checked."""
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
         return b
 
 
-ConstantWithWarmup = Constant  # the former name, kept for existing code
+ConstantWithWarmup = Constant  # the former name
 
 
 class WarmupCosine(_WarmupSchedule):
     r"""``warmup_cosine`` (aliases ``cosine``, ``cosine_decay``): warmup, then half a cosine.
 
-    .. math::
-        \text{lr} = \eta + (b - \eta)\,\tfrac12\Big(1 + \cos\big(\pi\,\tfrac{\min(t, D)}{D}\big)\Big)
-
-    It reaches :math:`\eta` at :math:`s = T` and stays there (no rise after
-    :math:`T`, unlike ``CosineAnnealingLR`` past ``T_max``). With :math:`W = 0`
-    and :math:`\eta` = ``eta_min`` it equals ``CosineAnnealingLR(opt, T_max=T)``
-    for :math:`s \le T`.
-
-    Args:
-        optimizer: the wrapped optimizer.
-        total_steps: :math:`T` (required, :math:`> W`).
-        warmup_steps, warmup_start_lr, warmup_start_factor: the warmup.
-        min_lr, min_lr_ratio: the floor :math:`\eta`.
-
-    Example:
-        >>> import torch
-        >>> opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
-        >>> sched = WarmupCosine(opt, total_steps=4, warmup_steps=2)
-        >>> [round(x, 3) for x in (sched.lr_at(s)[0] for s in range(5))]
-        [0.01, 0.505, 1.0, 0.5, 0.0]
+    :math:`\text{lr} = \eta + (b - \eta)(1 + \cos(\pi \min(t, D)/D))/2`; ``total_steps``
+    required. Stays at :math:`\eta` after :math:`T` (``CosineAnnealingLR`` for W = 0, s ≤ T).
     """
 
     _needs_total = True
@@ -375,26 +239,10 @@ class WarmupCosine(_WarmupSchedule):
 class CosineRestarts(_WarmupSchedule):
     r"""``cosine_restarts`` (alias ``cosine_decay_restarts``): SGDR warm restarts after warmup.
 
-    Cycle :math:`k = 0, 1, \dots` has length :math:`\ell_k = F\,r^k` (:math:`F`
-    = ``first_cycle_steps``, :math:`r` = ``t_mult``) and starts at
-    :math:`S_k = \ell_0 + \dots + \ell_{k-1}` (real numbers). Step :math:`t`
-    lies in the cycle with :math:`S_k \le t < S_{k+1}`, at offset
-    :math:`\tau = t - S_k`; the cycle's peak is
-    :math:`p_k = \max(\eta, b\,m^k)` (:math:`m` = ``m_mul``), and
-
-    .. math::
-        \text{lr} = \eta + (p_k - \eta)\,\tfrac12\big(1 + \cos(\pi\,\tau / \ell_k)\big).
-
-    With integer :math:`F`, integer :math:`r`, ``m_mul=1`` and :math:`W = 0` it
-    equals ``CosineAnnealingWarmRestarts(opt, T_0=F, T_mult=r, eta_min=η)``.
-
-    Args:
-        optimizer: the wrapped optimizer.
-        first_cycle_steps: :math:`F > 0` (a number of steps, may be fractional).
-        t_mult: cycle-length growth :math:`r \ge 1` (alias ``t_mul``; default 1).
-        m_mul: peak decay per cycle, :math:`0 < m \le 1` (default 1).
-        total_steps: optional; only checked to be :math:`> W`.
-        warmup_steps, warmup_start_lr, warmup_start_factor, min_lr, min_lr_ratio: as usual.
+    Cycle :math:`k` has length :math:`\ell_k = F r^k` (``first_cycle_steps`` F > 0, ``t_mult``
+    r ≥ 1, alias ``t_mul``) and starts at :math:`S_k = \sum_{j<k} \ell_j`; with
+    :math:`\tau = t - S_k` and peak :math:`p_k = \max(\eta, b m^k)` (``m_mul`` m in (0, 1]):
+    :math:`\text{lr} = \eta + (p_k - \eta)(1 + \cos(\pi \tau / \ell_k))/2`.
     """
 
     def __init__(
@@ -406,11 +254,11 @@ class CosineRestarts(_WarmupSchedule):
         m_mul: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        self.first_cycle_steps = _check_float(
-            "first_cycle_steps", first_cycle_steps, low=0.0, low_open=True
+        self.first_cycle_steps = _float(
+            "first_cycle_steps", first_cycle_steps, min=0, low_open=True
         )
-        self.t_mult = _check_float("t_mult", t_mult, low=1.0)
-        self.m_mul = _check_float("m_mul", m_mul, low=0.0, high=1.0, low_open=True)
+        self.t_mult = _float("t_mult", t_mult, min=1)
+        self.m_mul = _float("m_mul", m_mul, min=0, max=1, low_open=True)
         super().__init__(optimizer, **kwargs)
 
     def cycle(self, t: float) -> tuple[int, float, float]:
@@ -436,21 +284,12 @@ class CosineRestarts(_WarmupSchedule):
 
 
 class PolynomialDecay(_WarmupSchedule):
-    r"""``polynomial``: warmup, then :math:`\text{lr} = \eta + (b - \eta)(1 - \min(t, D)/D)^{p}`.
-
-    With :math:`W = 0`, :math:`\eta = 0` it equals ``PolynomialLR(opt, total_iters=T, power=p)``.
-
-    Args:
-        optimizer: the wrapped optimizer.
-        total_steps: :math:`T` (required, :math:`> W`).
-        power: :math:`p > 0` (default 1.0, linear decay).
-        warmup_steps, warmup_start_lr, warmup_start_factor, min_lr, min_lr_ratio: as usual.
-    """
+    r"""``polynomial``: :math:`\text{lr} = \eta + (b - \eta)(1 - \min(t, D)/D)^p`, ``power`` p > 0."""
 
     _needs_total = True
 
     def __init__(self, optimizer: Optimizer, *, power: float = 1.0, **kwargs: Any) -> None:
-        self.power = _check_float("power", power, low=0.0, low_open=True)
+        self.power = _float("power", power, min=0, low_open=True)
         super().__init__(optimizer, **kwargs)
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
@@ -459,19 +298,10 @@ class PolynomialDecay(_WarmupSchedule):
 
 
 class ExponentialDecay(_WarmupSchedule):
-    r"""``exponential`` (alias ``exponential_decay``): :math:`\max(\eta,\ b\,\gamma^{t/n})`.
+    r"""``exponential`` (alias ``exponential_decay``): :math:`\max(\eta, b\gamma^{t/n})`.
 
-    :math:`n` = ``decay_steps``; with ``staircase=True`` the exponent is
-    :math:`\lfloor t/n \rfloor`. With :math:`W = 0`, :math:`n = 1`, :math:`\eta = 0`
-    it equals ``ExponentialLR(opt, gamma)``.
-
-    Args:
-        optimizer: the wrapped optimizer.
-        gamma: decay factor per ``decay_steps``, :math:`0 < \gamma \le 1` (alias ``decay_rate``).
-        decay_steps: :math:`n > 0` (default 1).
-        staircase: floor the exponent (default ``False``).
-        total_steps: optional; only checked to be :math:`> W`.
-        warmup_steps, warmup_start_lr, warmup_start_factor, min_lr, min_lr_ratio: as usual.
+    ``gamma`` in (0, 1] (alias ``decay_rate``), n = ``decay_steps`` > 0; ``staircase``
+    floors the exponent.
     """
 
     def __init__(
@@ -483,11 +313,9 @@ class ExponentialDecay(_WarmupSchedule):
         staircase: bool = False,
         **kwargs: Any,
     ) -> None:
-        self.gamma = _check_float("gamma", gamma, low=0.0, high=1.0, low_open=True)
-        self.decay_steps = _check_float("decay_steps", decay_steps, low=0.0, low_open=True)
-        if not isinstance(staircase, bool):
-            raise ValueError(f"staircase must be True or False, got {staircase!r}")
-        self.staircase = staircase
+        self.gamma = _float("gamma", gamma, min=0, max=1, low_open=True)
+        self.decay_steps = _float("decay_steps", decay_steps, min=0, low_open=True)
+        self.staircase = _bool("staircase", staircase)
         super().__init__(optimizer, **kwargs)
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
@@ -498,23 +326,13 @@ class ExponentialDecay(_WarmupSchedule):
 
 
 class StepDecay(_WarmupSchedule):
-    r"""``step``: :math:`\max(\eta,\ b\,\gamma^{\lfloor t / n \rfloor})`, :math:`n` = ``step_size``.
-
-    With :math:`W = 0`, :math:`\eta = 0` it equals ``StepLR(opt, step_size, gamma)``.
-
-    Args:
-        optimizer: the wrapped optimizer.
-        step_size: :math:`n \ge 1` steps between cuts.
-        gamma: factor per cut, :math:`0 < \gamma \le 1` (default 0.1).
-        total_steps: optional; only checked to be :math:`> W`.
-        warmup_steps, warmup_start_lr, warmup_start_factor, min_lr, min_lr_ratio: as usual.
-    """
+    r"""``step``: :math:`\max(\eta, b\gamma^{\lfloor t/n \rfloor})`, n = ``step_size`` ≥ 1, γ in (0, 1]."""
 
     def __init__(
         self, optimizer: Optimizer, step_size: int, *, gamma: float = 0.1, **kwargs: Any
     ) -> None:
-        self.step_size = _check_int("step_size", step_size, 1)
-        self.gamma = _check_float("gamma", gamma, low=0.0, high=1.0, low_open=True)
+        self.step_size = _int("step_size", step_size, min=1)
+        self.gamma = _float("gamma", gamma, min=0, max=1, low_open=True)
         super().__init__(optimizer, **kwargs)
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
@@ -524,36 +342,13 @@ class StepDecay(_WarmupSchedule):
 class OneCycle(_WarmupSchedule):
     r"""``onecycle``: torch's ``OneCycleLR`` with ``max_lr`` = each group's base LR, safe past T.
 
-    For :math:`s = 0 \dots T-1` the LRs (and momenta / Adam :math:`\beta_1`, when
-    ``cycle_momentum``) are those of
-    ``OneCycleLR(opt, max_lr=b, total_steps=T, pct_start, anneal_strategy,
-    div_factor, final_div_factor, three_phase, cycle_momentum, base_momentum,
-    max_momentum)``: from :math:`b/\text{div}` up to :math:`b` over the first
-    ``pct_start`` of the steps, then down to
-    :math:`b/(\text{div}\cdot\text{final\_div})` (two-phase) — or back to
-    :math:`b/\text{div}` and then down (``three_phase``). ``warmup_steps``, if
-    given, sets ``pct_start = W / T``. From step :math:`T` on it holds the final
-    LR and momentum; it warns once when stepped beyond :math:`T` (a run of
-    exactly :math:`T` optimizer steps reaches :math:`s = T` after its last step
-    and never uses that LR, so it does not warn), and it never raises
-    mid-training (torch raises after :math:`T` and extrapolates at :math:`T`, with
-    linear annealing even to a negative LR).
-
-    Args:
-        optimizer: the wrapped optimizer (needs ``momentum`` or ``betas`` if ``cycle_momentum``).
-        total_steps: :math:`T` (required).
-        pct_start: fraction of :math:`T` spent rising (default 0.3).
-        anneal_strategy: ``"cos"`` or ``"linear"``.
-        div_factor, final_div_factor: start LR :math:`b/\text{div}`, end LR
-            :math:`b/(\text{div}\cdot\text{final\_div})` (defaults 25, 1e4).
-        three_phase: use the symmetric three-phase variant.
-        cycle_momentum, base_momentum, max_momentum: momentum cycling (defaults
-            True, 0.85, 0.95; a number or one per group).
-        warmup_steps: if given and not 0, sets ``pct_start = warmup_steps / total_steps``.
+    For s < T, LRs and momenta (or Adam's β1) are exactly ``OneCycleLR``'s with the same
+    arguments; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``. From s = T on it holds the
+    final LR and momentum and warns once when stepped beyond T (torch raises).
 
     Raises:
-        ValueError: a phase would be shorter than one step (``pct_start * T <= 1``, or
-            ``pct_start`` too close to 1), or any invalid argument.
+        ValueError: a phase shorter than one step (``pct_start * T <= 1`` or too close to 1),
+            ``cycle_momentum`` with an optimizer without momentum/betas, any invalid argument.
     """
 
     _needs_total = True
@@ -574,49 +369,29 @@ class OneCycle(_WarmupSchedule):
         warmup_steps: int | None = None,
     ) -> None:
         bases = _base_lrs_of(optimizer)
-        total = _check_int("total_steps", total_steps, 1)
-        if warmup_steps is not None and warmup_steps != 0:
-            w = _check_int("warmup_steps", warmup_steps, 1)
-            if w >= total:
-                raise ValueError(
-                    f"total_steps must be > warmup_steps, got total_steps={total}, warmup_steps={w}"
-                )
-            pct_start = w / total
-        self.pct_start = _check_float("pct_start", pct_start, low=0.0, high=1.0)
-        if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
-        self.anneal_strategy = anneal_strategy
-        self.div_factor = _check_float("div_factor", div_factor, low=0.0, low_open=True)
-        self.final_div_factor = _check_float(
-            "final_div_factor", final_div_factor, low=0.0, low_open=True
-        )
-        for name, flag in (("three_phase", three_phase), ("cycle_momentum", cycle_momentum)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        self.three_phase = three_phase
+        w = 0 if warmup_steps in (None, 0) else _int("warmup_steps", warmup_steps, min=1)
+        total = _int("total_steps", total_steps, min=w + 1)
+        self.pct_start = _float("pct_start", w / total if w else pct_start, min=0, max=1)
+        self.anneal_strategy = check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
+        self.div_factor = _float("div_factor", div_factor, min=0, low_open=True)
+        self.final_div_factor = _float("final_div_factor", final_div_factor, min=0, low_open=True)
+        self.three_phase = _bool("three_phase", three_phase)
+        self.cycle_momentum = _bool("cycle_momentum", cycle_momentum)
         p = self.pct_start * total
+        # (end step, LR from, LR to, momentum from, momentum to) of each phase
+        self._phases = [(p - 1, "initial", "max", "max_m", "base_m")]
         if three_phase:
-            self._phases = [
-                (p - 1, "initial", "max", "max_m", "base_m"),
-                (2 * p - 2, "max", "initial", "base_m", "max_m"),
-                (total - 1, "initial", "min", "max_m", "max_m"),
-            ]
+            self._phases += [(2 * p - 2, "max", "initial", "base_m", "max_m")]
+            self._phases += [(total - 1, "initial", "min", "max_m", "max_m")]
         else:
-            self._phases = [
-                (p - 1, "initial", "max", "max_m", "base_m"),
-                (total - 1, "max", "min", "base_m", "max_m"),
-            ]
-        start = 0.0
-        for end, *_ in self._phases:
-            if not end > start:
-                raise ValueError(
-                    f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total} "
-                    "leaves a phase shorter than one step; choose pct_start so that "
-                    "pct_start * total_steps > 1 and the decay phase keeps at least one step"
-                )
-            start = end
-        self.cycle_momentum = cycle_momentum
-        groups = len(bases)
+            self._phases += [(total - 1, "max", "min", "base_m", "max_m")]
+        ends = [0.0] + [phase[0] for phase in self._phases]
+        if any(not b > a for a, b in pairwise(ends)):
+            raise ValueError(
+                f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total} "
+                "leaves a phase shorter than one step; choose pct_start so that "
+                "pct_start * total_steps > 1 and the decay phase keeps at least one step"
+            )
         self.use_beta1 = "betas" in optimizer.defaults
         if cycle_momentum:
             if "momentum" not in optimizer.defaults and not self.use_beta1:
@@ -624,28 +399,24 @@ class OneCycle(_WarmupSchedule):
                     "cycle_momentum=True needs an optimizer with momentum or betas; "
                     f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
                 )
-            self.base_momentums = _per_group("base_momentum", base_momentum, groups)
-            self.max_momentums = _per_group("max_momentum", max_momentum, groups)
+            self.base_momentums = _per_group("base_momentum", base_momentum, len(bases))
+            self.max_momentums = _per_group("max_momentum", max_momentum, len(bases))
         self._warned_past_end = False
         super().__init__(optimizer, total_steps=total)
 
-    def _anneal(self, start: float, end: float, pct: float) -> float:
-        if self.anneal_strategy == "cos":  # the same float operations as torch's OneCycleLR
-            cos_out = math.cos(math.pi * pct) + 1
-            return end + (start - end) / 2.0 * cos_out
-        return (end - start) * pct + start
-
     def _value(self, s: int, values: Mapping[str, float], lr: bool) -> float:
+        """torch's annealing within the phase of step ``s`` (the last phase past its end)."""
         start_step = 0.0
-        last = len(self._phases) - 1
-        for j, phase in enumerate(self._phases):  # the phase of step s (the last one past it)
-            if s <= phase[0] or j == last:
+        for j, phase in enumerate(self._phases):
+            if s <= phase[0] or j == len(self._phases) - 1:
                 break
             start_step = phase[0]
         end_step, lo, hi, mlo, mhi = phase
         pct = (s - start_step) / (end_step - start_step)
-        a, z = (lo, hi) if lr else (mlo, mhi)
-        return self._anneal(values[a], values[z], pct)
+        start, end = (values[lo], values[hi]) if lr else (values[mlo], values[mhi])
+        if self.anneal_strategy == "cos":  # the same float operations as torch's OneCycleLR
+            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (end - start) * pct + start
 
     def _lr(self, s: int, i: int, b: float) -> float:
         initial = b / self.div_factor
@@ -676,29 +447,13 @@ class OneCycle(_WarmupSchedule):
                 group["momentum"] = m
 
 
-# --------------------------------------------------------------------------- metric-driven types
-
-
 class PlateauWithWarmup(_WarmupSchedule):
     r"""``plateau``: warmup by ``step()``, then ``ReduceLROnPlateau``'s rule by ``step(metric)``.
 
-    After warmup the LR of group :math:`i` is :math:`\ell_i` (starts at
-    :math:`b`); each ``step(metric)`` applies torch's rule: the metric is better
-    if below ``best·(1−threshold)`` (``rel``, ``min`` mode; ``best−threshold`` for
-    ``abs``; mirrored for ``max``); after more than ``patience`` bad metrics
-    :math:`\ell_i \leftarrow \max(\ell_i\cdot\text{factor},\ \eta_i)` (skipped if
-    the change is at most ``eps``) followed by ``cooldown`` metrics in which bad
-    ones are not counted. ``step()`` after warmup leaves the LR alone; metrics
-    reported during warmup are ignored. With :math:`W = 0` it gives exactly
-    ``ReduceLROnPlateau``'s LRs for the same metric sequence.
-
-    Args:
-        optimizer: the wrapped optimizer.
-        mode, factor, patience, threshold, threshold_mode, cooldown, eps: as in
-            ``ReduceLROnPlateau`` (defaults ``"min"``, 0.1, 10, 1e-4, ``"rel"``, 0, 1e-8).
-        min_lr, min_lr_ratio: the floor :math:`\eta` (absolute, or a ratio of :math:`b`).
-        total_steps: optional; only checked to be :math:`> W`.
-        warmup_steps, warmup_start_lr, warmup_start_factor: the warmup.
+    After warmup each ``step(metric)`` applies torch's rule (``mode``, ``factor`` in (0, 1),
+    ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``, ``eps``; the same defaults)
+    with floor :math:`\eta`; ``step()`` then leaves the LR alone, metrics during warmup are
+    ignored. With W = 0 the LRs equal ``ReduceLROnPlateau``'s for the same metrics.
     """
 
     metric_driven = True
@@ -716,44 +471,29 @@ class PlateauWithWarmup(_WarmupSchedule):
         eps: float = 1e-8,
         **kwargs: Any,
     ) -> None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
-            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        self.mode = mode
-        self.threshold_mode = threshold_mode
-        self.factor = _check_float(
-            "factor", factor, low=0.0, high=1.0, low_open=True, high_open=True
-        )
-        self.patience = _check_int("patience", patience, 0)
-        self.threshold = _check_float("threshold", threshold, low=0.0)
-        self.cooldown = _check_int("cooldown", cooldown, 0)
-        self.eps = _check_float("eps", eps, low=0.0)
+        self.mode = check_choice("mode", mode, ("min", "max"))
+        self.threshold_mode = check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+        self.factor = _float("factor", factor, min=0, max=1, low_open=True, high_open=True)
+        self.patience = _int("patience", patience, min=0)
+        self.threshold = _float("threshold", threshold, min=0)
+        self.cooldown = _int("cooldown", cooldown, min=0)
+        self.eps = _float("eps", eps, min=0)
         self.best = math.inf if mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
-        self.current_lrs = [float(b) for b in _base_lrs_of(optimizer)]
+        self.current_lrs = _base_lrs_of(optimizer)
         super().__init__(optimizer, **kwargs)
 
-    def _lr(self, s: int, i: int, b: float) -> float:  # after warmup: the plateau rule's LR
-        if s < self.warmup_steps:
-            return self._warmup_lr(s, i, b)
-        return self.current_lrs[i]
+    def _lr(self, s: int, i: int, b: float) -> float:
+        return self._warmup_lr(s, i, b) if s < self.warmup_steps else self.current_lrs[i]
 
     def _is_better(self, a: float, best: float) -> bool:
-        if self.mode == "min" and self.threshold_mode == "rel":
-            return a < best * (1.0 - self.threshold)
+        rel = self.threshold_mode == "rel"
         if self.mode == "min":
-            return a < best - self.threshold
-        if self.threshold_mode == "rel":
-            return a > best * (self.threshold + 1.0)
-        return a > best + self.threshold
+            return a < best * (1.0 - self.threshold) if rel else a < best - self.threshold
+        return a > best * (self.threshold + 1.0) if rel else a > best + self.threshold
 
-    def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step. ``step(metric)``: report a metric (not a step)."""
-        if metric is None:
-            super().step()
-            return
+    def _report(self, metric: float | torch.Tensor) -> None:
         if self.last_epoch < self.warmup_steps:
             return
         current = float(metric)
@@ -777,7 +517,7 @@ class PlateauWithWarmup(_WarmupSchedule):
             self._last_lr = _group_lrs(self.optimizer)
 
 
-# canonical type -> class; "plateau"/"adaptive" are not valid ``base`` types of ``adaptive``.
+# canonical type -> class of the types that can be the ``base`` of ``adaptive``
 _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
     "constant": Constant,
     "warmup_cosine": WarmupCosine,
@@ -789,46 +529,20 @@ _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
 }
 
 
-class AdaptiveScheduler(_CopyingState, LRScheduler):
+class AdaptiveScheduler(_Schedule):
     r"""``adaptive``: a closed-form base schedule times a multiplier cut on trouble.
 
-    .. math:: \text{lr} = \min\big(\ell(s),\ \max(\eta,\ \ell(s)\cdot m)\big)
-
-    where :math:`\ell(s)` is the base schedule's LR (``base``: any closed-form
-    type, default ``constant``, with its own parameters) and :math:`m` starts at
-    1. ``step(metric)`` takes a training or validation loss (lower is better) and
-    cuts at most once, :math:`m \leftarrow m\cdot\text{factor}`, when:
-
-    - the metric is not finite — and then also sets ``needs_rollback = True``
-      (whoever performs the rollback clears it; :class:`~stabletrain.stability.StabilityGuard`
-      does both);
-    - it is above :math:`(1 + \text{spike\_threshold})` × the mean of the last
-      ``window`` finite metrics (the first metric is never a spike);
-    - or ``patience`` consecutive metrics brought no new best.
-
-    A cut resets the patience count. Non-finite metrics stay out of the mean. The
-    group LRs change immediately on a cut.
-
-    ``observe(loss)`` takes every training step's loss (:func:`~stabletrain.training.fit`
-    calls it after each applied step) and cuts at once, the same way, when a finite loss
-    exceeds ``step_spike_factor`` × the median of the last ``step_window`` observed
-    losses (once ``window`` were observed): a blow-up inside an epoch need not move the
-    epoch's mean, which ``step(metric)`` sees. A spiking loss does not enter the median,
-    and after a step-level cut the next ``window`` observations cannot cut again.
-
-    Args:
-        optimizer: the wrapped optimizer.
-        base: the base type name, or a mapping ``{"type": ..., **params}``.
-        factor: :math:`0 <` factor :math:`< 1` (default 0.5).
-        spike_threshold: relative jump counted as a spike, :math:`> 0` (default 1.0).
-        window: number of recent finite metrics averaged (default 10).
-        patience: metrics without a new best before a cut (default 10).
-        step_spike_factor: step-level blow-up factor, :math:`> 1` (default 10;
-            ``None`` turns ``observe`` off).
-        step_window: step losses the step-level median is taken over (default 50).
-        **base_params: parameters of the base schedule (``total_steps``,
-            ``warmup_steps``, ``min_lr``, ...); ``min_lr``/``min_lr_ratio`` are also
-            the floor :math:`\eta` of the cut LR.
+    :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the ``base``
+    schedule's LR (a closed-form type name or ``{"type": ..., **params}``; its parameters
+    may also be given as keywords), :math:`m` starting at 1. ``step(metric)`` (a loss) cuts
+    at most once, :math:`m \leftarrow m \cdot` ``factor``, when the metric is not finite (and
+    sets ``needs_rollback = True``; whoever rolls back clears it), exceeds
+    ``(1 + spike_threshold)`` × the mean of the last ``window`` finite metrics, or brought no
+    new best for ``patience`` metrics; a cut resets the patience count. ``observe(loss)``
+    takes each training step's loss and cuts when a finite loss exceeds ``step_spike_factor``
+    × the median of the last ``step_window`` losses (once ``window`` were seen; ``None``
+    turns it off); a spike stays out of the median and starts a cooldown of ``window``
+    observations. A cut changes the group LRs at once.
     """
 
     metric_driven = True
@@ -856,20 +570,14 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
                 f"base must be one of {sorted(_CLOSED_FORM)} (plateau and adaptive cannot be "
                 f"the base of adaptive), got {base!r}"
             )
-        self.factor = _check_float(
-            "factor", factor, low=0.0, high=1.0, low_open=True, high_open=True
+        self.factor = _float("factor", factor, min=0, max=1, low_open=True, high_open=True)
+        self.spike_threshold = _float("spike_threshold", spike_threshold, min=0, low_open=True)
+        self.window = _int("window", window, min=1)
+        self.patience = _int("patience", patience, min=1)
+        self.step_spike_factor = _float(
+            "step_spike_factor", step_spike_factor, min=1, low_open=True, optional=True
         )
-        self.spike_threshold = _check_float(
-            "spike_threshold", spike_threshold, low=0.0, low_open=True
-        )
-        self.window = _check_int("window", window, 1)
-        self.patience = _check_int("patience", patience, 1)
-        if step_spike_factor is not None:
-            step_spike_factor = _check_float(
-                "step_spike_factor", step_spike_factor, low=1.0, low_open=True
-            )
-        self.step_spike_factor = step_spike_factor
-        self.step_window = _check_int("step_window", step_window, 1)
+        self.step_window = _int("step_window", step_window, min=1)
         self.step_losses: list[float] = []
         self.step_cooldown = 0
         self.base_type = name
@@ -886,48 +594,30 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
         base_lr = self._base._lr(s, i, b)
         return min(base_lr, max(self._base.min_lrs[i], base_lr * self.multiplier))
 
-    def lr_at(self, step: int) -> list[float]:
-        """The LRs at ``step`` with the current multiplier, without changing any state."""
-        step = _check_int("step", step, 0)
-        return [self._lr(step, i, float(b)) for i, b in enumerate(self.base_lrs)]
+    def _extra(self, s: int) -> None:
+        self._base._extra(s)
 
-    def get_lr(self) -> list[float]:
-        """LRs for the current step with the current multiplier (called by ``step()``)."""
-        self._base._extra(self.last_epoch)
-        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
-
-    def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step. ``step(metric)``: report a loss (not a step)."""
-        if metric is None:
-            super().step()
-            return
+    def _report(self, metric: float | torch.Tensor) -> None:
         value = float(metric)
-        cut = False
-        if not math.isfinite(value):
-            cut = True
-            self.needs_rollback = True
-        else:
-            if self.recent:
-                mean = sum(self.recent) / len(self.recent)
-                if value > (1.0 + self.spike_threshold) * mean:
-                    cut = True
+        finite = math.isfinite(value)
+        cut = not finite
+        self.needs_rollback = self.needs_rollback or not finite
+        if finite:
+            mean = sum(self.recent) / len(self.recent) if self.recent else math.inf
+            cut = cut or value > (1.0 + self.spike_threshold) * mean
             self.recent = [*self.recent, value][-self.window :]
-        if math.isfinite(value) and value < self.best:
+        if finite and value < self.best:
             self.best = value
             self.num_bad = 0
         else:
             self.num_bad += 1
-            if self.num_bad >= self.patience:
-                cut = True
+            cut = cut or self.num_bad >= self.patience
         if cut:
             self.num_bad = 0
             self._cut()
 
     def observe(self, loss: float | torch.Tensor) -> bool:
-        """A training step's loss: cut now if it is a step-level blow-up; ``True`` if it cut.
-
-        Non-finite losses are ignored here (they are ``step(metric)``'s and the guard's).
-        """
+        """A training step's loss; ``True`` if it was a step-level blow-up and cut (non-finite: ignored)."""
         value = float(loss)
         if self.step_spike_factor is None or not math.isfinite(value):
             return False
@@ -946,29 +636,19 @@ class AdaptiveScheduler(_CopyingState, LRScheduler):
     def _cut(self) -> None:
         self.multiplier *= self.factor
         self.num_cuts += 1
-        values = [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
-        for group, lr in zip(self.optimizer.param_groups, values):
-            _set_lr(group, lr)
+        for i, group in enumerate(self.optimizer.param_groups):
+            _set_lr(group, self._lr(self.last_epoch, i, float(self.base_lrs[i])))
         self._last_lr = _group_lrs(self.optimizer)
-
-
-# --------------------------------------------------------------------------- warmup wrapper
 
 
 class WarmupWrapper(_CopyingState, LRScheduler):
     r"""Linear warmup in front of any torch scheduler (see :func:`with_warmup`).
 
-    Let :math:`\ell^{(0)}_i` be group :math:`i`'s LR right after the wrapped
-    scheduler was built (its step-0 LR). For :math:`s < W`:
-    :math:`\text{lr} = f\ell^{(0)} + (1 - f)\ell^{(0)}\,s/W` (:math:`f` =
-    ``warmup_start_factor``); at :math:`s = W` the LRs are :math:`\ell^{(0)}`
-    again and every later ``step()`` steps the wrapped scheduler, so from step
-    :math:`W` on the LRs are exactly the wrapped scheduler's from its step 0.
-
-    A metric-driven wrapped scheduler (``ReduceLROnPlateau``, or one with
-    ``metric_driven = True``) makes the wrapper metric-driven: ``step(metric)``
-    is passed on after warmup (ignored during it), and ``step()`` after warmup
-    leaves a ``ReduceLROnPlateau``'s LR alone.
+    With :math:`\ell^{(0)}` a group's LR right after the wrapped scheduler was built, for
+    s < W: :math:`\text{lr} = f\ell^{(0)} + (1 - f)\ell^{(0)} s/W` (f = ``warmup_start_factor``);
+    from s = W on the LRs are exactly the wrapped scheduler's from its step 0. A metric-driven
+    wrapped scheduler makes the wrapper metric-driven: ``step(metric)`` is passed on after
+    warmup (ignored during it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone.
     """
 
     _state_exclude = ("optimizer", "scheduler")
@@ -983,23 +663,18 @@ class WarmupWrapper(_CopyingState, LRScheduler):
                 f"got {type(scheduler).__name__}"
             )
         self.scheduler = scheduler
-        self.warmup_steps = _check_int("warmup_steps", warmup_steps, 0)
-        self.warmup_start_factor = _check_float("warmup_start_factor", warmup_start_factor, low=0.0)
+        self.warmup_steps = _int("warmup_steps", warmup_steps, min=0)
+        self.warmup_start_factor = _float("warmup_start_factor", warmup_start_factor, min=0)
         self.targets = _group_lrs(optimizer)
         self.metric_driven = is_metric_driven(scheduler)
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        s = self.last_epoch
-        if s >= self.warmup_steps:
+        s, f, w = self.last_epoch, self.warmup_start_factor, self.warmup_steps
+        if s >= w:
             return list(self.targets)
-        out = []
-        for target in self.targets:
-            b = float(target)
-            a = self.warmup_start_factor * b
-            out.append(a + (b - a) * s / self.warmup_steps)
-        return out
+        return [f * b + (b - f * b) * s / w for b in map(float, self.targets)]
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """``step()``: one optimizer step. ``step(metric)``: report a metric (metric-driven only)."""
@@ -1023,9 +698,10 @@ class WarmupWrapper(_CopyingState, LRScheduler):
         self._last_lr = _group_lrs(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["scheduler_state"] = copy.deepcopy(self.scheduler.state_dict())
-        return state
+        return {
+            **super().state_dict(),
+            "scheduler_state": copy.deepcopy(self.scheduler.state_dict()),
+        }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state = dict(state_dict)
@@ -1038,34 +714,12 @@ class WarmupWrapper(_CopyingState, LRScheduler):
 def with_warmup(
     scheduler: Any, warmup_steps: int, warmup_start_factor: float = 0.01
 ) -> WarmupWrapper:
-    """Put a linear warmup of ``warmup_steps`` steps in front of any torch scheduler.
-
-    Build the wrapped scheduler first, then wrap it, and from then on step only
-    the wrapper. See :class:`WarmupWrapper` for the rule.
-
-    Example:
-        >>> import torch
-        >>> opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
-        >>> sched = with_warmup(torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10), 5)
-        >>> round(opt.param_groups[0]["lr"], 3)
-        0.01
-    """
+    """A linear warmup of ``warmup_steps`` in front of a built torch scheduler; step only the result."""
     return WarmupWrapper(scheduler, warmup_steps, warmup_start_factor)
 
 
-# --------------------------------------------------------------------------- factory
-
-SCHEDULER_TYPES: tuple[str, ...] = (
-    "constant",
-    "warmup_cosine",
-    "cosine_restarts",
-    "onecycle",
-    "polynomial",
-    "exponential",
-    "step",
-    "plateau",
-    "adaptive",
-)
+_CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
+SCHEDULER_TYPES: tuple[str, ...] = tuple(_CLASSES)
 """Canonical names accepted by :func:`build_scheduler` (aliases in :data:`SCHEDULER_ALIASES`)."""
 
 SCHEDULER_ALIASES: dict[str, str] = {
@@ -1076,32 +730,21 @@ SCHEDULER_ALIASES: dict[str, str] = {
 }
 """Alternative type names and the canonical type each stands for."""
 
-_PARAM_ALIASES: dict[str, str] = {"alpha": "min_lr_ratio", "t_mul": "t_mult", "decay_rate": "gamma"}
-
-_CLASSES: dict[str, type] = {
-    **_CLOSED_FORM,
-    "plateau": PlateauWithWarmup,
-    "adaptive": AdaptiveScheduler,
-}
+_PARAM_ALIASES = {"alpha": "min_lr_ratio", "t_mul": "t_mult", "decay_rate": "gamma"}
+_VALID = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))
 
 
 def _canonical(name: Any, what: str = "type") -> str:
-    valid = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))
     if not isinstance(name, str):
-        raise ValueError(f"{what} must be a scheduler type name, one of {valid}; got {name!r}")
-    key = name.strip().lower()
-    key = SCHEDULER_ALIASES.get(key, key)
+        raise ValueError(f"{what} must be a scheduler type name, one of {_VALID}; got {name!r}")
+    key = SCHEDULER_ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in SCHEDULER_TYPES:
-        raise ValueError(f"unknown {what} {name!r}; valid types: {valid}")
+        raise ValueError(f"unknown {what} {name!r}; valid types: {_VALID}")
     return key
 
 
 def _accepted(cls: type) -> tuple[list[str], list[str]]:
-    """(keyword names, required names) of a scheduler class beyond ``optimizer``.
-
-    Follows ``**kwargs`` up the class hierarchy (a subclass passing its extra
-    keywords on to its parent accepts the parent's too).
-    """
+    """(keyword names, required names) of ``cls`` beyond ``optimizer``, following ``**kwargs`` up the MRO."""
     names: list[str] = []
     required: list[str] = []
     for klass in cls.__mro__:
@@ -1109,85 +752,62 @@ def _accepted(cls: type) -> tuple[list[str], list[str]]:
             continue
         params = list(inspect.signature(klass.__init__).parameters.values())[2:]
         for p in params:
-            if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.name in names:
-                continue
-            names.append(p.name)
-            if p.default is p.empty:
-                required.append(p.name)
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
+                names.append(p.name)
+                required += [p.name] if p.default is p.empty else []
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
     return names, required
 
 
-def _resolve_aliases(params: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        canonical = _PARAM_ALIASES.get(key, key)
-        if canonical in out:
-            raise ValueError(f"{key} and {canonical} are the same parameter; give only one")
-        out[canonical] = value
-    return out
-
-
 def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LRScheduler:
     cls = _CLASSES[name]
-    params = _resolve_aliases(params)
-    if "learning_rate" in params or "lr" in params:
-        key = "learning_rate" if "learning_rate" in params else "lr"
-        raise ValueError(
-            f"{key} is not a scheduler parameter: the peak/base LR is each parameter "
-            "group's own lr, set on the optimizer"
-        )
+    resolved: dict[str, Any] = {}
+    for key, value in params.items():
+        canonical = _PARAM_ALIASES.get(key, key)
+        if canonical in resolved:
+            raise ValueError(f"{key} and {canonical} are the same parameter; give only one")
+        resolved[canonical] = value
+    for key in ("learning_rate", "lr"):
+        if key in resolved:
+            raise ValueError(
+                f"{key} is not a scheduler parameter: the peak/base LR is each parameter "
+                "group's own lr, set on the optimizer"
+            )
     names, required = _accepted(cls)
     if name == "adaptive":
-        base = params.get("base", "constant")
-        base_name = base.get("type", "constant") if isinstance(base, Mapping) else base
-        base_cls = _CLASSES.get(_canonical(base_name, what="base"))
-        if base_cls is not None and base_cls in _CLOSED_FORM.values():
-            base_names, _ = _accepted(base_cls)
-            names = names + [n for n in base_names if n not in names]
+        base = resolved.get("base", "constant")
+        base = base.get("type", "constant") if isinstance(base, Mapping) else base
+        base_cls = _CLASSES[_canonical(base, what="base")]
+        if base_cls in _CLOSED_FORM.values():
+            names += [n for n in _accepted(base_cls)[0] if n not in names]
     else:
-        for req in required:
-            if req not in params:
+        for req in [*required, *(["total_steps"] if cls._needs_total else [])]:
+            if req not in resolved:
                 raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
-        if cls._needs_total and "total_steps" not in params:
-            raise ValueError(f"missing parameter 'total_steps' for scheduler type {name!r}")
-    for key in params:
+    for key in resolved:
         if key not in names:
             raise ValueError(
                 f"unknown parameter {key!r} for scheduler type {name!r}; accepted: {sorted(names)}"
             )
-    return cls(optimizer, **params)
+    return cls(optimizer, **resolved)
 
 
 def build_scheduler(
     optimizer: Optimizer, config: Mapping[str, Any] | None = None, /, **params: Any
 ) -> LRScheduler:
-    """Build a scheduler of this module from a flat configuration or from keywords.
+    """A scheduler of this module from ``{"type": ..., **params}`` and/or keywords (which override).
 
-    ``build_scheduler(opt, {"type": "warmup_cosine", "warmup_steps": 100,
-    "total_steps": 1000})`` and ``build_scheduler(opt, type="warmup_cosine",
-    warmup_steps=100, total_steps=1000)`` are the same; keywords override
-    entries of ``config``. Parameter aliases: ``alpha`` → ``min_lr_ratio``,
-    ``t_mul`` → ``t_mult``, ``decay_rate`` → ``gamma``.
-
-    Args:
-        optimizer: the optimizer whose groups' LRs the schedule drives.
-        config: a mapping with ``"type"`` (one of :data:`SCHEDULER_TYPES` or an
-            alias in :data:`SCHEDULER_ALIASES`) and that type's parameters.
-        **params: the same as keywords.
-
-    Raises:
-        ValueError: missing or unknown ``type`` (the message lists the valid
-            types), a missing, unknown or invalid parameter (named in the message).
+    ``type`` is one of :data:`SCHEDULER_TYPES` or :data:`SCHEDULER_ALIASES`; parameter
+    aliases: ``alpha`` → ``min_lr_ratio``, ``t_mul`` → ``t_mult``, ``decay_rate`` → ``gamma``.
+    Raises ``ValueError`` for a missing/unknown type (listing the valid ones) or a missing,
+    unknown or invalid parameter (named).
     """
     if config is not None and not isinstance(config, Mapping):
         raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
     merged = {**dict(config or {}), **params}
     if "type" not in merged:
-        raise ValueError(
-            f"missing parameter 'type'; valid types: {sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))}"
-        )
+        raise ValueError(f"missing parameter 'type'; valid types: {_VALID}")
     name = _canonical(merged.pop("type"))
     return _construct(name, optimizer, merged)
 
@@ -1199,36 +819,23 @@ def lr_curve(
     *,
     metrics: Mapping[int, float] | None = None,
 ) -> list[float]:
-    """The LR of every step of a configured schedule, from a throwaway optimizer.
+    """``[lr(0), ..., lr(total_steps - 1)]`` of ``config`` on a throwaway one-group SGD at ``base_lr``.
 
-    Builds ``config`` (``total_steps`` filled in when absent) on an SGD optimizer
-    with one parameter group at ``base_lr`` and returns the LR used by each of the
-    ``total_steps`` optimizer steps (``[lr(0), ..., lr(total_steps − 1)]``). For
-    metric-driven types (:func:`is_metric_driven`), ``metrics[k]`` (if given) is
-    reported with ``step(metric)`` right after step ``k``, as ``fit`` does after a
-    validation; the other types ignore ``metrics``.
-
-    Raises:
-        ValueError: as :func:`build_scheduler`, or ``total_steps < 1``.
-
-    Example:
-        >>> [round(x, 3) for x in lr_curve({"type": "warmup_cosine", "warmup_steps": 2}, 6, 0.1)]
-        [0.001, 0.051, 0.1, 0.085, 0.05, 0.015]
+    ``total_steps`` fills in the config's when absent. For metric-driven types ``metrics[k]``
+    is reported with ``step(metric)`` right after step ``k`` (as ``fit`` does after a
+    validation); other types ignore it. Raises ``ValueError`` as :func:`build_scheduler`.
     """
-    total_steps = _check_int("total_steps", total_steps, 1)
-    base_lr = _check_float("base_lr", base_lr, low=0.0)
+    total_steps = _int("total_steps", total_steps, min=1)
+    base_lr = _float("base_lr", base_lr, min=0)
     if not isinstance(config, Mapping):
         raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
     param = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([param], lr=base_lr, momentum=0.9)
-    cfg = dict(config)
-    cfg.setdefault("total_steps", total_steps)
-    scheduler = build_scheduler(optimizer, cfg)
+    scheduler = build_scheduler(optimizer, {"total_steps": total_steps, **config})
     driven = is_metric_driven(scheduler)
-    group = optimizer.param_groups[0]
     lrs: list[float] = []
     for k in range(total_steps):
-        lrs.append(float(group["lr"]))
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
         optimizer.step()  # no gradient: changes nothing, keeps torch's step-order check quiet
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # onecycle past its end
