@@ -36,7 +36,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .experiments import short_run, short_run_arguments
+from .course.experiments import short_run, short_run_arguments
 from .history import History
 from .lr_finder import ema
 from .plotting import plot_lr
