@@ -182,13 +182,21 @@ def plot_schedules(
     return plot_lr(dict(curves), ax=ax, log=log)
 
 
-def _render(figure: Figure, image: w.Image) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    image.value = buffer.getvalue()
+class _Widget:
+    """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``."""
+
+    def _render(self) -> None:
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=90)
+        self.image.value = buffer.getvalue()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
 
 
-class ScheduleExplorer:
+class ScheduleExplorer(_Widget):
     """The widget behind :func:`schedule_explorer`.
 
     ``controls``: ``{"type": dropdown, "<type>.<param>": slider, "log": checkbox}`` (setting
@@ -215,12 +223,11 @@ class ScheduleExplorer:
         }
         self._boxes: dict[str, w.VBox] = {}
         for kind in self.types:
-            sliders = []
-            for name, spec in _param_specs(kind, self.total_steps).items():
-                control = _make_control(name, spec)
-                self.controls[f"{kind}.{name}"] = control
-                sliders.append(control)
-            self._boxes[kind] = w.VBox(sliders)
+            sliders = {
+                f"{kind}.{n}": _make_control(n, spec) for n, spec in self._specs(kind).items()
+            }
+            self.controls.update(sliders)
+            self._boxes[kind] = w.VBox(list(sliders.values()))
         self.controls["log"] = w.Checkbox(value=log, description="log scale", indent=False)
         self.pin_button = w.Button(description="pin curve", tooltip="keep this curve")
         self.clear_button = w.Button(description="clear pinned")
@@ -237,12 +244,13 @@ class ScheduleExplorer:
         self.widget = w.HBox([w.VBox([self.controls["type"], self._params, buttons]), self.image])
         self.update()
 
+    def _specs(self, kind: str) -> dict[str, _Spec]:
+        return _param_specs(kind, self.total_steps)
+
     def config(self) -> dict[str, Any]:
         """The controls' schedule as a ``build_scheduler`` mapping, with ``total_steps``."""
         kind = self.controls["type"].value
-        params = {
-            n: self.controls[f"{kind}.{n}"].value for n in _param_specs(kind, self.total_steps)
-        }
+        params = {n: self.controls[f"{kind}.{n}"].value for n in self._specs(kind)}
         return {"type": kind, **params, "total_steps": self.total_steps}
 
     def curves(self) -> dict[str, list[float]]:
@@ -283,7 +291,7 @@ class ScheduleExplorer:
         if self.metric_ax is not None:
             self._draw_metrics()
         self.figure.tight_layout()
-        _render(self.figure, self.image)
+        self._render()
         return self.figure
 
     def _draw_metrics(self) -> None:
@@ -301,11 +309,6 @@ class ScheduleExplorer:
             ax.plot(steps[~ok], bad, "x", color="C3", mew=2, ms=9, label="non-finite metric")
         ax.set_ylabel("reported metric", color="C3")
         ax.legend(fontsize=7, loc="lower left")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 def schedule_explorer(
@@ -332,7 +335,7 @@ _TUNER_RUN = {"epochs": 2, "num_train": 128, "num_val": 32, "batch_size": 16}
 _SET_BY_TUNER = ("lr", "scheduler", "return_model")  # short_run arguments the tuner sets
 
 
-class LRTuner:
+class LRTuner(_Widget):
     """The widget behind :func:`lr_tuner`.
 
     ``controls``: ``{"lr", "warmup_steps", "type"}``; ``button.click()`` trains as a click
@@ -374,24 +377,13 @@ class LRTuner:
         check_int("warmup_steps", warmup_steps, min=0, max=self.total_steps - 1)
         self.runs: list[dict[str, Any]] = []
         common = {"continuous_update": False, "style": {"description_width": "initial"}}
+        log_lr = {"base": 10, "min": math.log10(low), "max": math.log10(high), "step": 0.05}
+        warmup = {"min": 0, "max": self.total_steps - 1, "description": "warmup steps"}
         self.controls: dict[str, w.ValueWidget] = {
             "lr": w.FloatLogSlider(
-                value=lr,
-                base=10,
-                min=math.log10(low),
-                max=math.log10(high),
-                step=0.05,
-                description="peak LR",
-                readout_format=".2e",
-                **common,
+                value=lr, description="peak LR", readout_format=".2e", **log_lr, **common
             ),
-            "warmup_steps": w.IntSlider(
-                value=warmup_steps,
-                min=0,
-                max=self.total_steps - 1,
-                description="warmup steps",
-                **common,
-            ),
+            "warmup_steps": w.IntSlider(value=warmup_steps, **warmup, **common),
             "type": w.Dropdown(options=self.types, value=scheduler, description="scheduler"),
         }
         self.button = w.Button(description="train", button_style="primary", icon="play")
@@ -404,10 +396,8 @@ class LRTuner:
         self.clear_button.on_click(self.clear)
         for control in self.controls.values():
             control.observe(lambda _change: self.update(), names="value")
-        controls = w.VBox(
-            [*self.controls.values(), w.HBox([self.button, self.clear_button]), self.status]
-        )
-        self.widget = w.VBox([controls, self.image])
+        buttons = w.HBox([self.button, self.clear_button])
+        self.widget = w.VBox([w.VBox([*self.controls.values(), buttons, self.status]), self.image])
         self.update()
 
     def scheduler_config(self) -> dict[str, Any]:
@@ -481,13 +471,8 @@ class LRTuner:
         if self.runs:
             self.loss_ax.legend(fontsize=7)
         self.figure.tight_layout()
-        _render(self.figure, self.image)
+        self._render()
         return self.figure
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 def lr_tuner(
