@@ -12,6 +12,7 @@ import argparse
 import math
 import sys
 import warnings
+from argparse import ArgumentTypeError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -35,9 +36,9 @@ def _number(cast: type, low: float, *, strict: bool = False) -> Any:
         try:
             value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+            raise ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+            raise ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
         return value
 
     return parse
@@ -53,13 +54,11 @@ def _assignment(text: str) -> tuple[str, Any]:
 
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(
-            f"expected KEY=VALUE (e.g. optimizer.lr=3e-3), got {text!r}"
-        )
+        raise ArgumentTypeError(f"expected KEY=VALUE (e.g. optimizer.lr=3e-3), got {text!r}")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        raise argparse.ArgumentTypeError(f"value of {key} is not valid YAML: {raw!r}") from None
+        raise ArgumentTypeError(f"value of {key} is not valid YAML: {raw!r}") from None
     return key.strip(), value
 
 
@@ -223,10 +222,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and history.epochs.get("epoch"):
         print(f"resumed: epochs {history.epochs['epoch']} (earlier ones from the checkpoint)")
     summary = history.summary(cfg["monitor"]).items()
-    print(
-        "summary: "
-        + ", ".join(f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in summary)
-    )
+    parts = (f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in summary)
+    print("summary: " + ", ".join(parts))
     if history.stop_reason:
         print(f"stopped: {history.stop_reason}")
     if training.checkpoints is not None and training.checkpoints.latest_path is not None:
