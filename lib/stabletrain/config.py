@@ -117,7 +117,6 @@ _SECTION_KEYS: dict[str, list[str] | None] = {
     ).split(),
     "tracking": "enabled experiment run_name tracking_uri flush_every verbose".split(),
 }
-_NULLABLE = ("scheduler", "early_stopping")
 _BOOKKEEPING = ("checkpoints", "tracking", "device")  # may differ when resuming
 
 
@@ -195,7 +194,7 @@ def resolve_config(
     check_int("epochs", cfg["epochs"], min=1)
     for section, keys in _SECTION_KEYS.items():
         value = cfg[section]
-        if value is None and section in _NULLABLE:
+        if value is None and section in ("scheduler", "early_stopping"):
             continue
         if not isinstance(value, Mapping):
             raise ValueError(f"config section {section!r} must be a mapping, got {value!r}")
@@ -257,13 +256,7 @@ def seeded_start(data: Mapping[str, Any], model: Mapping[str, Any], seed: int):
     return train, val, _model(data, model)
 
 
-def scheduler_from_config(
-    optimizer: torch.optim.Optimizer,
-    section: Mapping[str, Any] | None,
-    *,
-    epochs: int,
-    steps_per_epoch: int,
-):
+def scheduler_from_config(optimizer, section: Mapping | None, *, epochs: int, steps_per_epoch: int):
     """The scheduler of a ``scheduler`` section, or ``None`` (``None`` or type none/null).
 
     ``warmup_epochs`` becomes ``warmup_steps`` (``epochs_to_steps``), ``total_steps``
@@ -292,9 +285,7 @@ def scheduler_from_config(
 class ConfigCheckpointManager(CheckpointManager):
     """A ``CheckpointManager`` that stores ``config`` in every checkpoint's ``extra``."""
 
-    def __init__(
-        self, directory: str | os.PathLike, *, config: Mapping[str, Any], **options: Any
-    ) -> None:
+    def __init__(self, directory: str | os.PathLike, *, config: Mapping, **options) -> None:
         super().__init__(directory, **options)
         self.config = copy.deepcopy(dict(config))
 
