@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stabletrain.cli import main, scheduler_curves
+from stabletrain.cli import main
+from stabletrain.course.experiments import scheduler_curves
 from stabletrain.schedulers import SCHEDULER_TYPES
 
 ROOT = Path(__file__).resolve().parents[1]

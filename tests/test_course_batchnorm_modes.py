@@ -62,7 +62,7 @@ def test_eval_score_matches_evaluate():
 
 def test_batch_stat_scores_record_one_row_per_epoch():
     from stabletrain.course.batchnorm import BatchStatScores
-    from stabletrain.experiments import short_run
+    from stabletrain.course.experiments import short_run
 
     _, val = make_loaders(16, 8, 8, image_size=16, seed=0)
     recorder = BatchStatScores(val)

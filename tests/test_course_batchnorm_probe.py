@@ -3,8 +3,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from stabletrain.course.batchnorm import PreciseBNProbe, precise_bn_scores
+from stabletrain.course.experiments import short_run
 from stabletrain.data import make_loaders
-from stabletrain.experiments import short_run
 from stabletrain.models import TinyUNet
 
 KW = dict(epochs=2, num_train=16, num_val=8, batch_size=8, image_size=32, base_channels=4)

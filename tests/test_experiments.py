@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from stabletrain.config import resolve_config, seeded_start
-from stabletrain.experiments import run_seeds, seed_stats, short_run
+from stabletrain.course.experiments import run_seeds, seed_stats, short_run
 from stabletrain.schedulers import lr_curve
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from stabletrain.experiments import short_run
+from stabletrain.course.experiments import short_run
 from stabletrain.schedulers import SCHEDULER_TYPES, StepDecay, build_scheduler, lr_curve
 from stabletrain.widgets import (
     describe_schedule,

@@ -1,22 +1,9 @@
-"""The ``python -m stabletrain`` command line: train from one configuration, compare schedules.
+"""``python -m stabletrain``: ``train --config FILE [flags]`` (flags override the file; prints
+the run's summary, ``--export DIR`` writes the history) and ``compare-schedulers --out FILE``
+(every scheduler type's LR curve on one figure). Flags are documented by ``--help``.
 
-Commands:
-
-- ``train --config FILE [flags]``: resolve the configuration
-  (:func:`stabletrain.config.resolve_config`; flags override the file), train on the
-  shapes data with a progress bar, checkpoints and MLflow tracking, then print the
-  run's summary (:meth:`stabletrain.training.History.summary`) and, with
-  ``--export DIR``, write the full history as CSV and JSON.
-- ``compare-schedulers --out FILE``: draw every scheduler type's LR curve on one
-  figure (:func:`scheduler_curves`).
-
-Every flag is documented by ``--help``. A bad flag, a bad configuration or a failed
-run ends with **one** line on standard error (``stabletrain: error: ...``) and a
-non-zero exit status (2: usage or configuration, 1: the run failed, 130:
-interrupted), never a traceback.
-
-Example:
-    ``python -m stabletrain train --config configs/attention_unet.yaml --epochs 3``
+Errors are one line on stderr (``stabletrain: error: ...``), never a traceback; exit status
+2: usage or configuration, 1: the run failed, 130: interrupted.
 """
 
 from __future__ import annotations
@@ -24,11 +11,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Mapping, Sequence
+import warnings
+from argparse import ArgumentTypeError
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["build_parser", "main", "scheduler_curves"]
+__all__ = ["build_parser", "main"]
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -47,9 +36,9 @@ def _number(cast: type, low: float, *, strict: bool = False) -> Any:
         try:
             value = cast(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+            raise ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+            raise ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
         return value
 
     return parse
@@ -65,13 +54,11 @@ def _assignment(text: str) -> tuple[str, Any]:
 
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(
-            f"expected KEY=VALUE (e.g. optimizer.lr=3e-3), got {text!r}"
-        )
+        raise ArgumentTypeError(f"expected KEY=VALUE (e.g. optimizer.lr=3e-3), got {text!r}")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
-        raise argparse.ArgumentTypeError(f"value of {key} is not valid YAML: {raw!r}") from None
+        raise ArgumentTypeError(f"value of {key} is not valid YAML: {raw!r}") from None
     return key.strip(), value
 
 
@@ -86,170 +73,86 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     commands.required = True
-
     train = commands.add_parser(
         "train",
         help="train on the shapes data from a YAML configuration",
-        description=(
-            "Train on the synthetic shapes data from a YAML configuration (see configs/). "
-            "Flags override the file; the resolved configuration is logged to MLflow and "
-            "stored in every checkpoint."
-        ),
+        description="Train on the synthetic shapes data from a YAML configuration (see "
+        "configs/). Flags override the file; the resolved configuration is logged to MLflow "
+        "and stored in every checkpoint.",
     )
-    train.add_argument(
-        "--config", required=True, metavar="FILE", help="YAML configuration file (required)"
-    )
-    train.add_argument(
-        "--preset", choices=sorted(PRESETS), help="training preset (overrides the file's preset)"
-    )
-    train.add_argument(
+    add = train.add_argument
+    add("--config", required=True, metavar="FILE", help="YAML configuration file (required)")
+    add("--preset", choices=sorted(PRESETS), help="training preset (overrides the file's preset)")
+    types = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES, "none"))
+    add(
         "--scheduler",
-        choices=sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES, "none")),
+        choices=types,
         metavar="TYPE",
-        help=(
-            "LR scheduler type; a new type replaces the scheduler section (only "
-            "warmup_epochs is kept). One of: "
-            + ", ".join(sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES, "none")))
-        ),
+        help="LR scheduler type; a new type replaces the scheduler section (only "
+        "warmup_epochs is kept). One of: " + ", ".join(types),
     )
-    train.add_argument(
-        "--warmup-epochs",
-        type=_non_negative_float,
-        metavar="E",
-        help="linear LR warmup length in epochs (fractions allowed)",
-    )
-    train.add_argument("--lr", type=_positive_float, help="peak learning rate (optimizer.lr)")
-    train.add_argument("--epochs", type=_positive_int, help="number of training epochs")
-    train.add_argument(
-        "--batch-size", type=_positive_int, metavar="N", help="batch size (data.batch_size)"
-    )
-    train.add_argument(
-        "--num-train", type=_positive_int, metavar="N", help="training images (data.num_train)"
-    )
-    train.add_argument(
-        "--num-val", type=_positive_int, metavar="N", help="validation images (data.num_val)"
-    )
-    train.add_argument("--seed", type=int, help="seed of the model initialisation and data order")
-    train.add_argument("--device", help="device, e.g. cpu or cuda (default: the best available)")
-    train.add_argument(
-        "--checkpoint-dir",
-        metavar="DIR",
-        help="checkpoint folder (checkpoints.directory); 'none' turns checkpoints off",
-    )
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the latest checkpoint in the checkpoint folder",
-    )
-    train.add_argument(
+    add("--warmup-epochs", type=_non_negative_float, metavar="E", help="linear LR warmup, epochs")
+    add("--lr", type=_positive_float, help="peak learning rate (optimizer.lr)")
+    add("--epochs", type=_positive_int, help="number of training epochs")
+    add("--batch-size", type=_positive_int, metavar="N", help="batch size (data.batch_size)")
+    add("--num-train", type=_positive_int, metavar="N", help="training images (data.num_train)")
+    add("--num-val", type=_positive_int, metavar="N", help="validation images (data.num_val)")
+    add("--seed", type=int, help="seed of the model initialisation and data order")
+    add("--device", help="device, e.g. cpu or cuda (default: the best available)")
+    add("--checkpoint-dir", metavar="DIR", help="checkpoint folder; 'none' turns checkpoints off")
+    add("--resume", action="store_true", help="continue from the latest checkpoint there")
+    add(
         "--stop-after-epochs",
         type=_positive_int,
         metavar="N",
-        help="stop after N epochs, once their checkpoint is written (an interruption; "
-        "continue the same run later with --resume)",
+        help="stop after N epochs, once their checkpoint is written (continue with --resume)",
     )
-    train.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow store, e.g. sqlite:///mlflow.db (turns tracking on)",
-    )
-    train.add_argument("--experiment", help="MLflow experiment name (turns tracking on)")
-    train.add_argument("--run-name", help="MLflow run name")
-    train.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    train.add_argument(
+    add("--tracking-uri", metavar="URI", help="MLflow store, e.g. sqlite:///mlflow.db (tracks)")
+    add("--experiment", help="MLflow experiment name (turns tracking on)")
+    add("--run-name", help="MLflow run name")
+    add("--no-tracking", action="store_true", help="do not log to MLflow")
+    add(
         "--set",
         dest="assignments",
         action="append",
         type=_assignment,
         default=[],
         metavar="KEY=VALUE",
-        help="override any setting by its dotted key, value in YAML (repeatable), "
-        "e.g. --set optimizer.weight_decay=0.01",
+        help="override a setting by its dotted key, value in YAML (repeatable)",
     )
-    train.add_argument(
-        "--export",
-        metavar="DIR",
-        help="write history_epochs.csv, history_steps.csv and history.json to DIR",
-    )
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add("--export", metavar="DIR", help="write history_epochs/steps.csv and history.json to DIR")
+    add("--no-progress", action="store_true", help="hide the progress bar")
 
     compare = commands.add_parser(
         "compare-schedulers",
         help="draw every scheduler's LR curve on one figure",
-        description=(
-            "Draw the LR of every scheduler type against the optimizer step on one figure "
-            "(example settings of each type; metric-driven types see a validation loss "
-            "that stops improving halfway)."
-        ),
+        description="Draw the LR of every scheduler type against the optimizer step (example "
+        "settings; metric-driven types see a validation loss that stops improving halfway).",
     )
-    compare.add_argument("--out", required=True, metavar="FILE", help="image file to write (.png)")
-    compare.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default 30)")
-    compare.add_argument(
-        "--steps-per-epoch",
-        type=_positive_int,
-        default=20,
-        metavar="N",
-        help="optimizer steps per epoch (default 20)",
-    )
-    compare.add_argument(
-        "--warmup-epochs",
-        type=_non_negative_float,
-        default=3.0,
-        metavar="E",
-        help="warmup of the types that have one (default 3)",
-    )
-    compare.add_argument("--lr", type=_positive_float, default=1e-3, help="peak LR (default 1e-3)")
+    add = compare.add_argument
+    add("--out", required=True, metavar="FILE", help="image file to write (.png)")
+    add("--epochs", type=_positive_int, default=30, help="epochs (default 30)")
+    add("--steps-per-epoch", type=_positive_int, default=20, metavar="N", help="(default 20)")
+    add("--warmup-epochs", type=_non_negative_float, default=3.0, metavar="E", help="(default 3)")
+    add("--lr", type=_positive_float, default=1e-3, help="peak LR (default 1e-3)")
     return parser
 
 
-def scheduler_curves(
-    epochs: int = 30, steps_per_epoch: int = 20, warmup_epochs: float = 3.0, lr: float = 1e-3
-) -> dict[str, list[float]]:
-    """The LR of every step for an example configuration of each scheduler type.
+def __getattr__(name: str) -> Any:
+    """Deprecated: ``scheduler_curves`` lives in :mod:`stabletrain.course.experiments`."""
+    if name != "scheduler_curves":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"import {name} from stabletrain.course.experiments", DeprecationWarning, 2)
+    from .course.experiments import scheduler_curves
 
-    Each type of :data:`stabletrain.schedulers.SCHEDULER_TYPES` with settings that
-    show its shape over ``epochs * steps_per_epoch`` steps (warmup of
-    ``warmup_epochs`` where the type has one). At every epoch end a validation loss
-    that improves for the first half of training and is flat afterwards is reported
-    (:func:`~stabletrain.schedulers.lr_curve`: the metric-driven types react to it).
-
-    Raises:
-        ValueError: the warmup is not shorter than the run, or another invalid setting.
-    """
-    from .schedulers import SCHEDULER_TYPES, epochs_to_steps, lr_curve
-
-    total = epochs * steps_per_epoch
-    warmup = epochs_to_steps(warmup_epochs, steps_per_epoch)
-    if warmup >= total:
-        raise ValueError(f"warmup_epochs={warmup_epochs} must be shorter than epochs={epochs}")
-    decay = max(1, total - warmup)
-    configs: dict[str, dict[str, Any]] = {
-        "constant": {"warmup_steps": warmup},
-        "warmup_cosine": {"warmup_steps": warmup, "min_lr_ratio": 0.01},
-        "cosine_restarts": {"warmup_steps": warmup, "first_cycle_steps": max(1, decay // 3)},
-        "onecycle": {"pct_start": 0.3},
-        "polynomial": {"warmup_steps": warmup, "power": 2.0},
-        "exponential": {"warmup_steps": warmup, "gamma": 0.01 ** (1 / decay)},
-        "step": {"warmup_steps": warmup, "step_size": max(1, decay // 4), "gamma": 0.5},
-        "plateau": {"warmup_steps": warmup, "patience": 2, "factor": 0.5},
-        "adaptive": {"base": "warmup_cosine", "warmup_steps": warmup, "patience": 2},
-    }
-    missing = set(SCHEDULER_TYPES) - set(configs)
-    assert not missing, f"no example for {missing}"
-    metrics = {
-        (e + 1) * steps_per_epoch - 1: 1.0 - 0.5 * min(e, epochs // 2) / max(1, epochs // 2)
-        for e in range(epochs)
-    }
-    return {
-        name: lr_curve({"type": name, **configs[name]}, total, lr, metrics=metrics)
-        for name in SCHEDULER_TYPES
-    }
+    return scheduler_curves
 
 
 def _compare(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    from .course.experiments import scheduler_curves
     from .plotting import plot_lr
 
     out = Path(args.out)
@@ -258,8 +161,7 @@ def _compare(args: argparse.Namespace) -> int:
     curves = scheduler_curves(args.epochs, args.steps_per_epoch, args.warmup_epochs, args.lr)
     fig = plot_lr(curves, title=f"LR schedules over {args.epochs} epochs")
     fig.set_size_inches(9, 5)
-    ax = fig.axes[0]
-    ax.set_xlabel(f"optimizer step ({args.steps_per_epoch} per epoch)")
+    fig.axes[0].set_xlabel(f"optimizer step ({args.steps_per_epoch} per epoch)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -268,19 +170,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {
-        "epochs": args.epochs,
-        "seed": args.seed,
-        "device": args.device,
-        "optimizer.lr": args.lr,
-        "data.batch_size": args.batch_size,
-        "data.num_train": args.num_train,
-        "data.num_val": args.num_val,
-        "tracking.run_name": args.run_name,
-        "tracking.experiment": args.experiment,
-        "tracking.tracking_uri": args.tracking_uri,
-        "scheduler.warmup_epochs": args.warmup_epochs,
-    }
+    keys = "epochs seed device optimizer.lr data.batch_size data.num_train data.num_val"
+    keys += " tracking.run_name tracking.experiment tracking.tracking_uri scheduler.warmup_epochs"
+    flags = {"optimizer.lr": "lr", "scheduler.warmup_epochs": "warmup_epochs"}
+    overrides = {k: getattr(args, flags.get(k, k.split(".")[-1])) for k in keys.split()}
     if args.scheduler not in (None, "none"):
         overrides["scheduler.type"] = args.scheduler
     if args.tracking_uri is not None or args.experiment is not None:
@@ -312,15 +205,6 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def _print_summary(summary: Mapping[str, Any]) -> None:
-    parts = []
-    for key, value in summary.items():
-        if isinstance(value, float):
-            value = f"{value:.4g}"
-        parts.append(f"{key}={value}")
-    print("summary: " + ", ".join(parts))
-
-
 def _train(args: argparse.Namespace) -> int:
     from .config import run
 
@@ -333,15 +217,13 @@ def _train(args: argparse.Namespace) -> int:
         + (", resuming" if args.resume else ""),
         flush=True,
     )
-    history, _, training = run(
-        cfg,
-        resume=args.resume,
-        progress=not args.no_progress,
-        stop_after_epochs=args.stop_after_epochs,
-    )
+    options = {"progress": not args.no_progress, "stop_after_epochs": args.stop_after_epochs}
+    history, _, training = run(cfg, resume=args.resume, **options)
     if args.resume and history.epochs.get("epoch"):
         print(f"resumed: epochs {history.epochs['epoch']} (earlier ones from the checkpoint)")
-    _print_summary(history.summary(cfg["monitor"]))
+    summary = history.summary(cfg["monitor"]).items()
+    parts = (f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in summary)
+    print("summary: " + ", ".join(parts))
     if history.stop_reason:
         print(f"stopped: {history.stop_reason}")
     if training.checkpoints is not None and training.checkpoints.latest_path is not None:
@@ -357,8 +239,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from ..callbacks import Callback, TrainContext
-from ..experiments import short_run
 from ..history import History
 from ..models import NORM_TYPES, SpatialSelfAttention, _check_positive_int
 from ..stability import StabilityGuard
+from .experiments import short_run
 
 __all__ = [
     "RECIPE",
