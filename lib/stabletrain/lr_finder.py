@@ -41,6 +41,10 @@ __all__ = [
 LR_RANGE_MODES = ("exp", "linear")
 _BAND = 0.1  # fraction of the loss drop that bounds the suggestion range
 _WIDTH = 0.25  # width (decades of LR) of the centred smoothing
+_NO_DESCENT = (
+    "the loss never fell during the LR range test, so there is no suggestion "
+    "(try a lower start_lr, more num_iters or check the data/loss)"
+)
 
 
 class MovingAverage:
@@ -276,25 +280,22 @@ def lr_range_test(
     update: Update | None = None,
     batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> LRRangeTestResult:
-    """Run the LR range test and restore everything it touched.
+    """Run the LR range test and restore everything it touched, also if it raises.
 
-    Each of the ``num_iters`` steps sets the LR, trains on the next batch of ``loader``
-    (cycled) as :func:`~stabletrain.loop.fit` would and records the loss of the following
-    one. The group with the largest LR follows the sweep, the others keep their ratio to
-    it. Afterwards parameters, gradients, buffers, train/eval modes, optimizer state and
+    Each of the ``num_iters`` steps sets the LR (the group with the largest LR follows the
+    sweep, the others keep their ratio), trains on the next batch of ``loader`` (cycled)
+    as :func:`~stabletrain.loop.fit` would and records the loss of the following one.
+    Restored: parameters, gradients, buffers, train/eval modes, optimizer state and
     hyper-parameters, the update's, scheduler's and scaler's state, the Python, NumPy and
-    torch random states and the loader's generator are as before, also if it raises.
+    torch random states and the loader's generator.
 
     Args:
         optimizer: ``None`` when ``update`` is given.
         loss_fn: ``loss_fn(outputs, targets)`` on float32 outputs (``progress=0`` if it
             ``uses_progress``); ``None``: :func:`~stabletrain.loop.default_loss`.
         max_grad_norm: clip each step (for the plain update only).
-        device: where batches go; defaults to the model's device.
-        update: the :class:`~stabletrain.update.Update` the training will use, so its mixed
-            precision, accumulation (``accumulation_steps`` batches per step) and clipping
-            apply to the sweep.
-        batch_fn: ``batch -> (inputs, targets)``, as for ``fit``.
+        update: the :class:`~stabletrain.update.Update` the training will use: its mixed
+            precision, accumulation (batches per step) and clipping apply to the sweep.
 
     Raises:
         ValueError: an out-of-range argument, an unknown ``mode``, or an empty loader.
@@ -304,10 +305,8 @@ def lr_range_test(
     end_lr = check_float("end_lr", end_lr, min=start_lr, low_open=True)
     check_int("num_iters", num_iters, min=3)
     check_choice("mode", mode, LR_RANGE_MODES)
-    smooth = check_float("smooth", smooth, min=0, max=1, low_open=True)
-    diverge_threshold = check_float(
-        "diverge_threshold", diverge_threshold, min=1, low_open=True, finite=False
-    )
+    check_float("smooth", smooth, min=0, max=1, low_open=True)
+    check_float("diverge_threshold", diverge_threshold, min=1, low_open=True, finite=False)
     check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
@@ -382,12 +381,7 @@ def lr_range_test(
         zero_lag[i] = v
     suggestion, band = suggest_lr(lrs, zero_lag)
     if not math.isfinite(suggestion):
-        warnings.warn(
-            "the loss never fell during the LR range test, so there is no suggestion "
-            "(try a lower start_lr, more num_iters or check the data/loss)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warnings.warn(_NO_DESCENT, RuntimeWarning, stacklevel=2)
     return LRRangeTestResult(
         lrs, smoothed, raw, suggestion, band, zero_lag, initial, stop_reason, mode
     )

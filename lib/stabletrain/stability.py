@@ -1,11 +1,9 @@
 """Finding and surviving non-finite values in training.
 
-Finite checks and the global gradient norm (:func:`grads_are_finite`, :func:`grad_norm`),
-clipping that never spreads a NaN (:func:`clip_gradients`), per-parameter diagnosis
-(:func:`check_gradients`, :func:`check_weights`), :class:`NanDetector` (the first module
-whose forward output or backward gradient was not finite) and :class:`StabilityGuard`, an
-:class:`~stabletrain.update.Update` that skips, rolls back or raises on unhealthy steps.
-``EarlyStopping`` (from :mod:`stabletrain.callbacks`) is re-exported.
+Finite checks, the global gradient norm and clipping that never spreads a NaN; the
+per-parameter diagnosis; :class:`NanDetector` (the first module whose output or gradient
+was not finite); :class:`StabilityGuard`, an :class:`~stabletrain.update.Update` that skips,
+rolls back or raises on unhealthy steps. ``EarlyStopping`` is re-exported.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -75,13 +74,9 @@ def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tens
 def grad_norm(
     parameters: Iterable[torch.Tensor] | torch.Tensor, norm_type: float = 2.0
 ) -> torch.Tensor:
-    r"""Global ``p``-norm of all gradients, :math:`\lVert(\lVert g_1\rVert_p, …,
-    \lVert g_n\rVert_p)\rVert_p`, as a 0-d float32 tensor (0 without gradients).
-
-    torch's ``get_total_norm``, measured again in float64 when the float32 result is not
-    finite, so a huge finite gradient (entries ≳ 1e19) keeps a finite norm; a non-finite
-    gradient gives a non-finite norm. ``norm_type`` is ``> 0`` or ``inf``.
-    """
+    r"""Global ``p``-norm (``> 0`` or ``inf``) of all gradients as a 0-d float32 tensor (0
+    without gradients): ``get_total_norm``, again in float64 when the float32 one is not
+    finite, so huge finite gradients (≳ 1e19) keep a finite norm and NaN/Inf give NaN/Inf."""
     norm_type = check_float("norm_type", norm_type, min=0, low_open=True, finite=False)
     grads = [p.grad for p in _with_grads(parameters)]
     return _total_norm(grads, norm_type).float() if grads else torch.zeros(())
@@ -109,15 +104,11 @@ def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) 
 def clip_gradients(
     parameters: Iterable[torch.Tensor] | torch.Tensor, mode: str, max_value: float
 ) -> torch.Tensor:
-    r"""Clip gradients in place, but never when one of them is not finite.
-
-    With :math:`c` = ``max_value``, :math:`\epsilon = 10^{-6}`: ``"norm"`` multiplies every
-    gradient by :math:`\min(1, c / (\lVert g\rVert_2 + \epsilon))` (global L2 norm,
-    :func:`grad_norm`'s); ``"norm_local"`` each tensor by the same with its own norm;
-    ``"value"`` clamps every entry to :math:`[-c, c]`. A NaN/Inf gradient leaves all of
-    them untouched. Returns the global L2 norm before clipping (non-finite when a
-    gradient is). Raises ``ValueError`` for an unknown ``mode`` or ``max_value <= 0``.
-    """
+    r"""Clip gradients in place, unless one of them is not finite; returns the global L2
+    norm before clipping (:func:`grad_norm`'s). With :math:`c` = ``max_value > 0``:
+    ``"norm"`` scales all by :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`,
+    ``"norm_local"`` each tensor by the same with its own norm, ``"value"`` clamps to
+    :math:`[-c, c]`."""
     check_choice("mode", mode, CLIP_MODES)
     c = check_float("max_value", max_value, min=0, low_open=True)
     params = _with_grads(parameters)
@@ -130,32 +121,19 @@ def clip_gradients(
 
 
 def _scan(named: Iterable[tuple[str, torch.Tensor | None]], kind: str) -> dict[str, Any]:
-    largest = 0.0
-    nan_names: list[str] = []
-    inf_names: list[str] = []
-    count = 0
-    for name, t in named:
-        if t is None:
-            continue
-        count += 1
-        t = t.detach()
-        if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
-            continue
-        if bool(torch.isnan(t).any()):
-            nan_names.append(name)
-        if bool(torch.isinf(t).any()):
-            inf_names.append(name)
-        finite = t[torch.isfinite(t)]
-        if finite.numel():
-            largest = max(largest, float(finite.abs().max()))
+    given = [(name, t.detach()) for name, t in named if t is not None]
+    checked = [(n, t) for n, t in given if (t.is_floating_point() or t.is_complex()) and t.numel()]
+    nan_names = [n for n, t in checked if bool(torch.isnan(t).any())]
+    inf_names = [n for n, t in checked if bool(torch.isinf(t).any())]
+    finite = [t[torch.isfinite(t)] for _, t in checked]
     return {
-        f"max_{kind}": largest,
+        f"max_{kind}": max([float(f.abs().max()) for f in finite if f.numel()], default=0.0),
         f"nan_{kind}s": len(nan_names),
         f"inf_{kind}s": len(inf_names),
         f"nan_{kind}_names": nan_names,
         f"inf_{kind}_names": inf_names,
         "nonfinite_names": sorted(set(nan_names) | set(inf_names)),
-        "num_checked": count,
+        "num_checked": len(given),
     }
 
 
@@ -183,12 +161,10 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
 
 def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     """Exact NaN/Inf check: one ``sum`` per tensor, confirmed entry-wise when not finite."""
-    for t in tensors:
-        if t is None or not t.is_floating_point() or t.numel() == 0:
-            continue
-        if not bool(torch.isfinite(t.detach().sum())) and not bool(torch.isfinite(t).all()):
-            return False
-    return True
+    floats = (t for t in tensors if t is not None and t.is_floating_point() and t.numel())
+    return all(
+        bool(torch.isfinite(t.detach().sum())) or bool(torch.isfinite(t).all()) for t in floats
+    )
 
 
 #: Modules that cannot turn finite values into NaN/Inf; :class:`NanDetector` skips them.
@@ -220,14 +196,9 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
 
 @dataclass
 class NonFiniteReport:
-    """Where a non-finite value first appeared.
-
-    ``module`` is the name in ``named_modules()`` (``""``: the root); ``phase`` is
-    ``"forward"`` (its output) or ``"backward"`` (the gradient it sent back);
-    ``input_stats``/``output_stats`` are :func:`tensor_stats` of its inputs and outputs
-    (backward: of the incoming and produced gradients); ``call`` counts the hooked
-    forward calls before it.
-    """
+    """Where a non-finite value first appeared: ``module`` (name in ``named_modules()``,
+    ``""`` the root), ``phase`` (``"forward"``: its output, ``"backward"``: the gradient it
+    sent back), :func:`tensor_stats` of the inputs and outputs (or gradients)."""
 
     module: str
     module_type: str
@@ -244,15 +215,12 @@ class NonFiniteReport:
 
 
 class NanDetector:
-    """Context manager that names the first module producing a NaN or Inf.
+    """Context manager that names the first module producing a NaN or Inf (``report``).
 
-    Forward: a hook checks every module's outputs (children run first, so the innermost
-    module is named). Backward: a hook on each output's autograd node compares the
-    gradient reaching the output with what the node sends back; a finite incoming and a
-    non-finite outgoing gradient names the module, a non-finite incoming one names the
-    innermost module that consumed the output. Works with in-place activations. Stops
-    checking after the first finding (``report``); ``raise_on_nonfinite`` raises
-    :class:`NonFiniteError` instead. Raises ``TypeError`` if ``model`` is not a module.
+    Forward hooks check every module's outputs (children first: the innermost is named);
+    a hook on each output's autograd node names the module whose operation turned a finite
+    incoming gradient non-finite, or the innermost consumer of a non-finite one. After the
+    first finding it stops checking, or raises :class:`NonFiniteError` if asked to.
     """
 
     def __init__(self, model: nn.Module, raise_on_nonfinite: bool = False) -> None:
@@ -275,9 +243,11 @@ class NanDetector:
     def __enter__(self) -> NanDetector:
         for name, module in self.model.named_modules():
             self._types[name] = type(module).__name__
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            self._handles.append(module.register_forward_pre_hook(partial(self._pre_hook, name)))
             if not isinstance(module, PASS_THROUGH_MODULES):
-                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+                self._handles.append(
+                    module.register_forward_hook(partial(self._forward_hook, name))
+                )
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -298,66 +268,55 @@ class NanDetector:
         if self.raise_on_nonfinite:
             raise NonFiniteError(str(report), report)
 
-    def _pre_hook(self, name: str):
-        def hook(module: nn.Module, args: Any) -> None:
-            if self.report is not None:
+    def _pre_hook(self, name: str, module: nn.Module, args: Any) -> None:
+        if self.report is not None:
+            return
+        if name == "":  # a new forward pass of the model: forget the last graph
+            self._consumers.clear()
+            self._seen.clear()
+        if torch.is_grad_enabled():
+            for t in _tensors_in(args):
+                if t.grad_fn is not None:
+                    self._consumers.setdefault(t.grad_fn, []).append(name)
+
+    def _forward_hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if self.report is not None:
+            return
+        self._calls += 1
+        # a container returning its last child's output: that tensor was checked already
+        outputs = [
+            t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in self._seen
+        ]
+        if not _all_finite(outputs):
+            stats = [tensor_stats(t) for t in _tensors_in(args)], [tensor_stats(t) for t in outputs]
+            self._found(
+                NonFiniteReport(name, type(module).__name__, "forward", *stats, self._calls)
+            )
+            return
+        if torch.is_grad_enabled():
+            for t in outputs:
+                if t.grad_fn is not None:
+                    self._seen.add(t.grad_fn)
+                    t.grad_fn.register_hook(partial(self._backward_hook, name, t.grad_fn))
+
+    def _backward_hook(self, name: str, node: Any, grad_inputs: tuple, grad_outputs: tuple) -> None:
+        if self.report is not None:
+            return
+        incoming = [g for g in grad_outputs if g is not None]
+        produced = [g for g in grad_inputs if g is not None]
+        if _all_finite(incoming):
+            if _all_finite(produced):
                 return
-            if name == "":  # a new forward pass of the model: forget the last graph
-                self._consumers.clear()
-                self._seen.clear()
-            if torch.is_grad_enabled():
-                for t in _tensors_in(args):
-                    if t.grad_fn is not None:
-                        self._consumers.setdefault(t.grad_fn, []).append(name)
-
-        return hook
-
-    def _forward_hook(self, name: str):
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if self.report is not None:
-                return
-            self._calls += 1
-            # a container returning its last child's output: that tensor was checked already
-            outputs = [
-                t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in self._seen
-            ]
-            if not _all_finite(outputs):
-                inputs = [tensor_stats(t) for t in _tensors_in(args)]
-                outputs_stats = [tensor_stats(t) for t in outputs]
-                report = NonFiniteReport(
-                    name, type(module).__name__, "forward", inputs, outputs_stats, self._calls
-                )
-                self._found(report)
-                return
-            if torch.is_grad_enabled():
-                for t in outputs:
-                    if t.grad_fn is not None:
-                        self._seen.add(t.grad_fn)
-                        t.grad_fn.register_hook(self._backward_hook(name, t.grad_fn))
-
-        return hook
-
-    def _backward_hook(self, name: str, node: Any):
-        def hook(grad_inputs: tuple, grad_outputs: tuple) -> None:
-            if self.report is not None:
-                return
-            incoming = [g for g in grad_outputs if g is not None]
-            produced = [g for g in grad_inputs if g is not None]
-            if _all_finite(incoming):
-                if _all_finite(produced):
-                    return
-                culprit, note = name, ""
-            elif self._consumers.get(node):  # the innermost module that read this output
-                culprit = max(self._consumers[node], key=lambda n: n.count(".") + (n != ""))
-                note = f"the gradient it sent back to the output of {name or '<model>'}"
-            else:
-                culprit = name
-                note = "the gradient reaching its output was already non-finite (the loss?)"
-            stats = [tensor_stats(g) for g in incoming], [tensor_stats(g) for g in produced]
-            kind = self._types.get(culprit, "?")
-            self._found(NonFiniteReport(culprit, kind, "backward", *stats, self._calls, note))
-
-        return hook
+            culprit, note = name, ""
+        elif self._consumers.get(node):  # the innermost module that read this output
+            culprit = max(self._consumers[node], key=lambda n: n.count(".") + (n != ""))
+            note = f"the gradient it sent back to the output of {name or '<model>'}"
+        else:
+            culprit = name
+            note = "the gradient reaching its output was already non-finite (the loss?)"
+        stats = [tensor_stats(g) for g in incoming], [tensor_stats(g) for g in produced]
+        kind = self._types.get(culprit, "?")
+        self._found(NonFiniteReport(culprit, kind, "backward", *stats, self._calls, note))
 
 
 #: state_dict key -> (attribute, value in a fresh guard); the keys in _REQUIRED must be there
@@ -389,35 +348,20 @@ def _typed(fresh: Any, value: Any) -> Any:
 class StabilityGuard(Update):
     r"""The whole optimizer update, with a policy for NaN, Inf and blow-ups.
 
-    ``step(loss)`` backpropagates ``loss / accumulation_steps`` (through ``amp``); when the
-    window closes it unscales, reads the summed loss and the global L2 gradient norm in one
-    host synchronisation (measured again in float64 if it overflows), and judges the step:
-    *non-finite* (NaN/Inf loss or gradient), *blow-up* (loss or norm > ``spike_factor`` ×
-    median of the last ``spike_window`` healthy values, after ``spike_warmup`` healthy
-    steps; the loss test only for a positive median) or *healthy*. A healthy step takes a
-    CPU snapshot (model, optimizer, scheduler) every ``snapshot_every`` applied steps
-    *before* its update, clips (``clip_mode``/``max_norm``, see :func:`clip_gradients`),
-    steps the optimizer, then the scheduler only if the optimizer really stepped.
-
-    ``on_nonfinite`` for an unhealthy step: ``"skip"`` (no update; parameters, optimizer,
-    scheduler and buffers stay bit-for-bit), ``"rollback"`` (restore the snapshot and set
-    :math:`s \leftarrow s \cdot` ``lr_backoff``, every group then runs at
-    :math:`s \cdot \eta_{\text{sched}}`; a scheduler with ``needs_rollback`` makes its own
-    cut through ``step(nan)`` instead) or ``"raise"`` (:class:`NonFiniteError` with a
-    diagnosis). Under float16, finite loss with overflowing gradients is left to the
-    scaler (``scaler_skips``) unless the scale falls below ``min_loss_scale``. After
-    ``max_consecutive_skips`` unhealthy steps in a row it raises :class:`NonFiniteError`.
-
-    Args:
-        clip_mode: ``None`` or one of ``CLIP_MODES``; ``"norm"`` if only ``max_norm`` is given.
-        spike_factor: ``> 1``, or ``None`` to turn the blow-up test off.
-
-    Attributes: ``applied``, ``skipped``, ``rollbacks``, ``scaler_skips``,
-    ``nonfinite_steps``, ``blowups`` (counters), ``lr_scale`` (:math:`s`), ``grad_norms``
-    (pre-clipping norm of every step), ``last_finite_loss``, ``last_diagnosis``.
-
-    Raises:
-        ValueError, TypeError: an argument outside its accepted values.
+    When an accumulation window closes, the summed loss and the global gradient norm are
+    read in one host synchronisation and the step judged *non-finite*, a *blow-up* (loss or
+    norm > ``spike_factor`` × the median of the last ``spike_window`` healthy values, after
+    ``spike_warmup`` of them; the loss test only for a positive median) or *healthy*. A
+    healthy step snapshots model, optimizer and scheduler to the CPU every
+    ``snapshot_every`` applied steps (before the update), clips (``clip_mode``, ``"norm"``
+    if only ``max_norm`` is given), steps the optimizer, and the scheduler if it stepped.
+    Unhealthy steps, by ``on_nonfinite``: ``"skip"`` (everything stays bit-for-bit),
+    ``"rollback"`` (restore the snapshot; :math:`s \leftarrow s \cdot` ``lr_backoff`` and
+    groups run at :math:`s \cdot \eta_{\text{sched}}`, unless the scheduler has
+    ``needs_rollback`` and cuts through ``step(nan)``) or ``"raise"``. Float16 overflows
+    with a finite loss are the scaler's (``scaler_skips``) until the scale falls below
+    ``min_loss_scale``; ``max_consecutive_skips`` unhealthy steps in a row raise
+    :class:`NonFiniteError`. Raises ``ValueError``/``TypeError`` for a bad argument.
     """
 
     checkpoint_name = "guard"
@@ -600,12 +544,9 @@ class StabilityGuard(Update):
             self._blowups_in_a_row += 1
             return self._unhealthy(blowup, loss_value, norm_value)
 
-        for values, value in (
-            (self._healthy_losses, loss_value),
-            (self._healthy_norms, norm_value),
-        ):
-            values.append(value)
-            del values[: -self.spike_window]
+        self._healthy_losses.append(loss_value)
+        self._healthy_norms.append(norm_value)
+        del self._healthy_losses[: -self.spike_window], self._healthy_norms[: -self.spike_window]
         if self.applied and self.applied % self.snapshot_every == 0:
             self.take_snapshot(loss_value)  # measured healthy, before this step's update
         if self.clip_mode is not None and grads:
