@@ -1,40 +1,10 @@
 """Mixed precision that tells you when it skipped a step.
 
-:class:`MixedPrecision` bundles ``torch.autocast`` and, for float16 only, a
-``torch.amp.GradScaler``. Its :meth:`~MixedPrecision.step` returns **whether the
-optimizer really stepped** — ``GradScaler.step`` silently skips the update when
-the scaled gradients overflowed and does not tell you (pytorch issues 55585 and
-67590), which is how learning-rate schedules drift ahead of the optimizer and
-the "``lr_scheduler.step()`` before ``optimizer.step()``" warning appears.
-
-Rule used to detect a skip: ``GradScaler.update`` multiplies the scale by
-``backoff_factor < 1`` exactly when an inf/NaN was found (and the step
-skipped), and otherwise keeps it or multiplies it by ``growth_factor > 1``; so
-the step was applied iff ``scale_after >= scale_before``.
-
-dtype choice for ``dtype="auto"``:
-
-- CUDA: bfloat16 where the device supports it natively, else float16;
-- CPU: bfloat16 when the processor has native bfloat16 instructions
-  (``avx512_bf16``/``amx_bf16`` on x86, ``bf16`` on Arm), else float32
-  (emulated bfloat16 is slower than float32);
-- anything else: float32.
-
-float16 has a 5-bit exponent (max 65504, smallest subnormal ≈ 6e-8), hence
-loss scaling; bfloat16 keeps float32's 8-bit exponent with fewer mantissa
-bits, so it needs no scaler.
-
-Example:
-    >>> import torch
-    >>> from stabletrain.amp import MixedPrecision
-    >>> amp = MixedPrecision("bfloat16", device_type="cpu")
-    >>> model = torch.nn.Linear(4, 1)
-    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> with amp.autocast():
-    ...     out = model(torch.randn(8, 4))
-    >>> amp.backward(out.float().pow(2).mean())
-    >>> amp.step(opt)
-    True
+:class:`MixedPrecision` is ``torch.autocast`` plus, for float16 only, a ``GradScaler``.
+``step`` returns whether the optimizer really stepped: ``GradScaler.update`` lowers the
+scale exactly when it skipped, so the step was applied iff ``scale_after >= scale_before``.
+``dtype="auto"``: CUDA bfloat16 if supported, else float16; CPU bfloat16 with native
+bfloat16 instructions, else float32; anything else float32.
 """
 
 from __future__ import annotations
@@ -46,15 +16,14 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "DTYPES",
-    "MixedPrecision",
-    "cpu_has_native_bfloat16",
-]
+from .checks import check_choice, check_float, check_int, check_keys
+
+__all__ = ["DTYPES", "MixedPrecision", "cpu_has_native_bfloat16"]
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
+_SCALER_BOUNDS = {"init_scale": (0, None), "growth_factor": (1, None), "backoff_factor": (0, 1)}
 
 
 @functools.cache
@@ -65,47 +34,29 @@ def cpu_has_native_bfloat16() -> bool:
             flags = set(f.read().split())
     except OSError:
         flags = set()
-    if flags & {"avx512_bf16", "amx_bf16", "bf16"}:
-        return True
     # Apple silicon from M2 on has BF16; macOS has no /proc/cpuinfo.
-    return platform.system() == "Darwin" and platform.machine() == "arm64" and not flags
+    apple = platform.system() == "Darwin" and platform.machine() == "arm64" and not flags
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) or apple
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device_type: str) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
-        name = {v: k for k, v in _TORCH_DTYPES.items()}.get(dtype)
-        if name is None:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype}")
-        dtype = name
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if dtype != "auto":
+        dtype = {v: k for k, v in _TORCH_DTYPES.items()}.get(dtype, dtype)
+    if check_choice("dtype", dtype, DTYPES) != "auto":
         return _TORCH_DTYPES[dtype]
     if device_type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device_type == "cpu" and cpu_has_native_bfloat16():
-        return torch.bfloat16
-    return torch.float32
+    native = device_type == "cpu" and cpu_has_native_bfloat16()
+    return torch.bfloat16 if native else torch.float32
 
 
 class MixedPrecision:
-    """Autocast plus (for float16) a gradient scaler, with honest step reporting.
+    """Autocast plus (for float16) a ``GradScaler`` given ``scaler_options``.
 
-    Args:
-        dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` (no autocast) or
-            ``"auto"`` (see the module docs). A ``torch.dtype`` is accepted too.
-        device_type: ``"cuda"``, ``"cpu"``, ... (default: CUDA if available, else CPU).
-        enabled: ``False`` turns everything off (plain float32 training).
-        **scaler_options: ``init_scale``, ``growth_factor``, ``backoff_factor``,
-            ``growth_interval`` for the ``GradScaler`` (float16 only).
-
-    Attributes:
-        dtype: the resolved ``torch.dtype`` (float32 when disabled).
-        scaler: the ``torch.amp.GradScaler`` or ``None``.
-        steps: optimizer steps applied; ``skipped_steps``: steps the scaler skipped.
-
-    Raises:
-        ValueError: unknown ``dtype`` or scaler option, or an invalid option value.
+    ``dtype`` (one of ``DTYPES`` or a ``torch.dtype``) is resolved into ``self.dtype``
+    (float32 when ``enabled=False``); ``device_type`` defaults to CUDA if available, else
+    CPU. ``steps``/``skipped_steps`` count applied and scaler-skipped steps. Raises
+    ``ValueError``/``TypeError`` for an unknown dtype or option or an invalid value.
     """
 
     def __init__(
@@ -115,50 +66,34 @@ class MixedPrecision:
         enabled: bool = True,
         **scaler_options: Any,
     ) -> None:
-        unknown = sorted(set(scaler_options) - set(_SCALER_OPTIONS))
-        if unknown:
-            raise ValueError(
-                f"unknown scaler option(s) {unknown}; accepted: {list(_SCALER_OPTIONS)}"
+        opts = check_keys("scaler_options", scaler_options, _SCALER_OPTIONS)
+        for key, (lo, hi) in _SCALER_BOUNDS.items():  # open intervals
+            check_float(
+                key, opts.get(key), min=lo, max=hi, low_open=True, high_open=True, optional=True
             )
-        if "init_scale" in scaler_options and not scaler_options["init_scale"] > 0:
-            raise ValueError(f"init_scale must be > 0, got {scaler_options['init_scale']}")
-        if "growth_factor" in scaler_options and not scaler_options["growth_factor"] > 1:
-            raise ValueError(f"growth_factor must be > 1, got {scaler_options['growth_factor']}")
-        if "backoff_factor" in scaler_options and not 0 < scaler_options["backoff_factor"] < 1:
-            raise ValueError(
-                f"backoff_factor must be in (0, 1), got {scaler_options['backoff_factor']}"
-            )
-        gi = scaler_options.get("growth_interval", 1)
-        if isinstance(gi, bool) or not isinstance(gi, int) or gi < 1:
-            raise ValueError(f"growth_interval must be an int >= 1, got {gi!r}")
+        check_int("growth_interval", opts.get("growth_interval"), min=1, optional=True)
         if device_type is None:
             device_type = "cuda" if torch.cuda.is_available() else "cpu"
         self.device_type = str(device_type)
         self.requested_dtype = dtype
         self.dtype = _resolve_dtype(dtype, self.device_type) if enabled else torch.float32
         self.enabled = bool(enabled) and self.dtype != torch.float32
-        self.scaler: torch.amp.GradScaler | None = None
-        if self.enabled and self.dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(self.device_type, **scaler_options)
+        use_scaler = self.enabled and self.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device_type, **opts) if use_scaler else None
         self.scaler_options = dict(scaler_options)
         self.steps = 0
         self.skipped_steps = 0
         self._unscaled: set[int] = set()
 
-    # -- forward ---------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` for the resolved dtype, or a no-op when disabled/float32."""
         if not self.enabled:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    # -- backward and update ------------------------------------------------------------------
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, on the scaled loss when a scaler is in use."""
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
         """Divide the gradients by the loss scale (before clipping); once per step."""
@@ -184,13 +119,7 @@ class MixedPrecision:
         return applied
 
     def skip(self, optimizer: torch.optim.Optimizer) -> None:
-        """Abandon this step without an optimizer step (for example after a NaN loss).
-
-        If the gradients were already unscaled, the scaler's per-step record is
-        cleared as torch requires before the next ``unscale_``; the loss scale and
-        its growth counter are left as they were (the caller, not the scaler,
-        decided to skip).
-        """
+        """Abandon this step (no optimizer step), keeping the scale and its growth counter."""
         if self.scaler is not None and id(optimizer) in self._unscaled:
             self.scaler.update(new_scale=float(self.scaler.get_scale()))
         self._unscaled.discard(id(optimizer))
@@ -200,10 +129,13 @@ class MixedPrecision:
         """The current loss scale (1.0 without a scaler)."""
         return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
 
-    # -- state ------------------------------------------------------------------------------
+    @property
+    def _dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
     def state_dict(self) -> dict[str, Any]:
         return {
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype": self._dtype_name,
             "enabled": self.enabled,
             "steps": self.steps,
             "skipped_steps": self.skipped_steps,
@@ -211,8 +143,9 @@ class MixedPrecision:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the counters and the scaler; ``ValueError`` if saved with another dtype."""
         saved = state.get("dtype")
-        mine = str(self.dtype).replace("torch.", "")
+        mine = self._dtype_name
         if saved is not None and saved != mine:
             raise ValueError(f"state was saved with dtype {saved}, this MixedPrecision uses {mine}")
         self.steps = int(state.get("steps", 0))
@@ -221,6 +154,5 @@ class MixedPrecision:
             self.scaler.load_state_dict(state["scaler"])
 
     def __repr__(self) -> str:
-        dtype = str(self.dtype).replace("torch.", "")
         scaler = f", scale={self.scale:g}" if self.scaler is not None else ""
-        return f"MixedPrecision(dtype={dtype}, device_type={self.device_type!r}{scaler})"
+        return f"MixedPrecision(dtype={self._dtype_name}, device_type={self.device_type!r}{scaler})"

@@ -1,42 +1,11 @@
-"""The learning-rate range test (Smith, 2017): sweep the LR upwards, watch the loss.
+r"""The learning-rate range test (Smith, 2017): sweep the LR upwards, watch the loss.
 
-:func:`lr_range_test` trains for ``num_iters`` optimizer steps while the learning
-rate grows from ``start_lr`` to ``end_lr``, records the training loss after each
-step, and then puts the model, the optimizer and every random generator back
-exactly as they were, so the test can be run right before a real training
-without changing it.
-
-The LR of step ``i`` (``i = 0 … n−1``, ``n = num_iters``) is
-
-.. math::
-
-    \\text{exp:}\\quad lr_i = lr_0 \\,(lr_1/lr_0)^{i/(n-1)}, \\qquad
-    \\text{linear:}\\quad lr_i = lr_0 + (lr_1 - lr_0)\\, i/(n-1)
-
-with ``lr_0 = start_lr`` and ``lr_1 = end_lr``. ``losses[i]`` is the loss
-measured on the next batch *after* the update made with ``lrs[i]`` (the loss of
-a batch seen before that update says nothing about ``lrs[i]``), smoothed with a
-bias-corrected exponential moving average of weight ``a = smooth``:
-
-.. math::
-
-    m_i = (1-a)\\, m_{i-1} + a\\, \\ell_i,\\quad m_{-1} = 0, \\qquad
-    \\bar\\ell_i = m_i / (1 - (1-a)^{i+1}).
-
-The test stops when :math:`\\bar\\ell_i` exceeds ``diverge_threshold`` × its best
-value, or at the first non-finite loss. The suggestion (:func:`suggest_lr`) is
-the steepest descent of the loss per decade of LR, read off a *centred* smoothing
-(:func:`zero_lag_smooth`) because the causal average above lags the sweep.
-
-Example:
-    >>> import torch
-    >>> from stabletrain import TinyUNet, make_loaders
-    >>> from stabletrain.lr_finder import lr_range_test
-    >>> train, _ = make_loaders(num_train=64, num_val=8, batch_size=8)
-    >>> model = TinyUNet(base_channels=8)
-    >>> opt = torch.optim.Adam(model.parameters())
-    >>> result = lr_range_test(model, opt, torch.nn.BCEWithLogitsLoss(), train)  # doctest: +SKIP
-    >>> result.suggestion, result.suggestion_range  # doctest: +SKIP
+Step ``i`` of ``n`` runs at :math:`lr_i = lr_0 (lr_1/lr_0)^{i/(n-1)}` (``"exp"``) or
+:math:`lr_0 + (lr_1 - lr_0)\, i/(n-1)` (``"linear"``); ``losses[i]`` is the loss of the next
+batch after that update, smoothed by :class:`MovingAverage`. The test stops when the
+smoothed loss exceeds ``diverge_threshold`` × its best or is not finite, then puts model,
+optimizer and random generators back bit for bit. The suggestion (:func:`suggest_lr`) is
+read off a centred smoothing (:func:`zero_lag_smooth`), since the causal average lags.
 """
 
 from __future__ import annotations
@@ -54,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
+from .checks import check_choice, check_float, check_int
 from .loop import _forward, compute_loss, default_loss, outputs_to_float32, split_batch, to_device
 from .update import Update
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
@@ -69,29 +39,24 @@ __all__ = [
 ]
 
 LR_RANGE_MODES = ("exp", "linear")
-
-#: Fraction of the loss drop that bounds :attr:`LRRangeTestResult.suggestion_range`.
-_BAND = 0.1
-#: Width (in decades of LR) of the centred smoothing the suggestion is read from.
-_WIDTH = 0.25
+_BAND = 0.1  # fraction of the loss drop that bounds the suggestion range
+_WIDTH = 0.25  # width (decades of LR) of the centred smoothing
+_NO_DESCENT = (
+    "the loss never fell during the LR range test, so there is no suggestion "
+    "(try a lower start_lr, more num_iters or check the data/loss)"
+)
 
 
 class MovingAverage:
     """Bias-corrected exponential moving average, fed one value at a time.
 
-    With weight ``a = smooth`` in ``(0, 1]``, :meth:`update` returns
-    ``m_k / (1 − (1−a)^k)`` where ``m_k = (1−a) m_{k−1} + a ℓ_k``, ``m_0 = 0``, over the
-    ``k`` finite values seen so far; a non-finite value returns ``nan`` and leaves the
-    average as it was.
-
-    Raises:
-        ValueError: ``smooth`` outside ``(0, 1]``.
+    With ``a = smooth`` in ``(0, 1]``, :meth:`update` returns ``m_k / (1 − (1−a)^k)``,
+    ``m_k = (1−a) m_{k−1} + a ℓ_k``, ``m_0 = 0``, over the ``k`` finite values seen so far;
+    a non-finite value returns ``nan`` and leaves the average as it was.
     """
 
     def __init__(self, smooth: float) -> None:
-        if not 0 < smooth <= 1:
-            raise ValueError(f"smooth must be in (0, 1], got {smooth}")
-        self.smooth = smooth
+        self.smooth = check_float("smooth", smooth, min=0, max=1, low_open=True)
         self.count = 0
         self._avg = 0.0
 
@@ -104,8 +69,7 @@ class MovingAverage:
 
 
 def ema(values: Iterable[float], smooth: float) -> list[float]:
-    """:class:`MovingAverage` of ``values`` (the causal smoothing of
-    :attr:`LRRangeTestResult.losses`, and of the loss curves in the figures)."""
+    """:class:`MovingAverage` of ``values``."""
     average = MovingAverage(smooth)
     return [average.update(value) for value in values]
 
@@ -113,69 +77,32 @@ def ema(values: Iterable[float], smooth: float) -> list[float]:
 def zero_lag_smooth(
     lrs: Sequence[float], values: Sequence[float], decades: float = _WIDTH
 ) -> list[float]:
-    r"""Centred smoothing over the log-LR axis, for the suggestion.
-
-    .. math::
-
-        \tilde\ell_i = \frac{\sum_{j \in J_i} e^{-|x_j - x_i|/w}\,\ell_j}
-                             {\sum_{j \in J_i} e^{-|x_j - x_i|/w}},\qquad
-        x = \log_{10} lr,\quad w = \text{decades},
-
-    where :math:`J_i` holds the points within :math:`\min(x_i - x_0, x_{n-1} - x_i)`
-    of :math:`x_i`, so the window is symmetric everywhere, edges included.
-
-    Why not the moving average of ``losses``: a causal average lags. With weight
-    ``a`` it describes on average the loss ``(1 − a)/a`` steps earlier (19 steps
-    for ``a = 0.05``, 1.5 decades in a 100-step sweep over 8 decades), which moves
-    the descent to larger LRs. A symmetric window does not shift a trend, and a
-    width of a quarter of a decade keeps the descent sharp (LRs within a factor
-    1.8 of each other train alike) instead of mixing it with the blow-up beyond.
+    r"""Centred smoothing over the log-LR axis:
+    :math:`\tilde\ell_i = \sum_j e^{-|x_j - x_i|/w} \ell_j / \sum_j e^{-|x_j - x_i|/w}` with
+    :math:`x = \log_{10} lr`, ``w = decades`` and :math:`j` over the points within
+    :math:`\min(x_i - x_0, x_{n-1} - x_i)` of :math:`x_i` (a symmetric window, edges included).
     """
     x = np.log10(np.asarray(lrs, dtype=float))
     y = np.asarray(values, dtype=float)
     if x.shape != y.shape:
         raise ValueError(f"lrs and values must have the same length, got {x.size} and {y.size}")
-    if not decades > 0:
-        raise ValueError(f"decades must be > 0, got {decades}")
+    decades = check_float("decades", decades, min=0, low_open=True, finite=False)
     out = np.empty_like(y)
     for i in range(y.size):
-        reach = min(x[i] - x[0], x[-1] - x[i]) + 1e-12
-        near = np.abs(x - x[i]) <= reach
+        near = np.abs(x - x[i]) <= min(x[i] - x[0], x[-1] - x[i]) + 1e-12
         weights = np.exp(-np.abs(x[near] - x[i]) / decades)
         out[i] = float(np.sum(weights * y[near]) / np.sum(weights))
     return out.tolist()
 
 
 def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """The suggestion rule of the range test, on smoothed losses.
+    """``(suggestion, (low, high))`` from increasing ``lrs`` and smoothed ``losses``.
 
-    :func:`lr_range_test` applies it to the centred, *zero-lag* smoothing of the
-    raw losses (:func:`zero_lag_smooth`): the causal moving average that decides
-    when to stop lags behind the sweep and would push the suggestion to too
-    large LRs.
-
-    Let ``L`` be the finite smoothed losses, ``k = argmin L`` and ``j`` the index
-    of the largest loss before ``k`` (where the descent starts). With the drop
-    ``Δ = L_j − L_k``:
-
-    - ``suggestion_range = (lrs[lo], lrs[hi])`` where ``lo`` is the first index
-      after ``j`` with ``L ≤ L_j − 0.1·Δ`` (10 % of the drop done) and ``hi`` the
-      first with ``L ≤ L_k + 0.1·Δ`` (90 % done): the LRs over which the loss
-      really falls, like the rise time of a step response. Above ``hi`` the
-      loss has stopped improving and is about to blow up.
-    - ``suggestion = lrs[s]``, ``s = argmin_{lo ≤ i ≤ hi} dL/d log(lr)``: the LR of
-      the steepest descent per decade inside that range (central differences,
-      ``numpy.gradient`` over ``log lr``).
-
-    If the loss never falls (``k = 0`` or ``Δ ≤ 10⁻⁶·|L_j|``) there is nothing to
-    suggest: the result is ``nan`` and ``(nan, nan)``, never a made-up value.
-
-    Args:
-        lrs: the learning rates, increasing, all ``> 0``.
-        losses: the smoothed losses, the same length (non-finite entries are ignored).
-
-    Returns:
-        ``(suggestion, (low, high))``.
+    Over the finite losses ``L``, ``k = argmin L`` and ``j = argmax L[:k+1]`` with the drop
+    ``Δ = L_j − L_k``: ``low``/``high`` are the first LRs after ``j`` with
+    ``L ≤ L_j − 0.1 Δ`` and ``L ≤ L_k + 0.1 Δ``, the suggestion the steepest
+    ``dL/d log lr`` (``numpy.gradient``) between them. No descent (``k = 0`` or
+    ``Δ ≤ 1e-6 |L_j|``) gives ``nan`` and ``(nan, nan)``.
     """
     if len(lrs) != len(losses):
         raise ValueError(
@@ -188,17 +115,14 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tu
     x = np.log(np.array([p[0] for p in pairs], dtype=float))
     y = np.array([p[1] for p in pairs], dtype=float)
     k = int(np.argmin(y))
-    if k == 0:
-        return nothing
     j = int(np.argmax(y[: k + 1]))
     drop = y[j] - y[k]
-    if not drop > 1e-6 * abs(y[j]):
+    if k == 0 or not drop > 1e-6 * abs(y[j]):
         return nothing
     segment = y[j : k + 1]
     lo = j + int(np.argmax(segment <= y[j] - _BAND * drop))
     hi = j + int(np.argmax(segment <= y[k] + _BAND * drop))
-    slopes = np.gradient(y, x)
-    s = lo + int(np.argmin(slopes[lo : hi + 1]))
+    s = lo + int(np.argmin(np.gradient(y, x)[lo : hi + 1]))
     return float(math.exp(x[s])), (float(math.exp(x[lo])), float(math.exp(x[hi])))
 
 
@@ -206,23 +130,11 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tu
 class LRRangeTestResult:
     """What :func:`lr_range_test` measured.
 
-    Attributes:
-        lrs: the LR of each completed step (of the parameter group with the
-            largest LR; the other groups keep their ratio to it).
-        losses: smoothed, bias-corrected loss after each step (``nan`` at a
-            non-finite raw loss).
-        raw_losses: the measured loss after each step.
-        suggestion: the suggested LR (see :func:`suggest_lr`), ``nan`` if the
-            loss never fell.
-        suggestion_range: ``(low, high)`` LRs over which the loss fell.
-        suggestion_losses: the centred, zero-lag smoothing (:func:`zero_lag_smooth`)
-            of the finite raw losses, each first clipped to ``diverge_threshold``
-            × the best smoothed loss (so a blow-up cannot leak into the descent),
-            that the suggestion is computed from; ``nan`` where the raw loss was
-            not finite.
-        initial_loss: the loss before the first update.
-        stop_reason: ``"completed"``, ``"diverged"`` (smoothed loss above
-            ``diverge_threshold`` × best) or ``"non-finite loss"``.
+    ``lrs``: the LR of each completed step (of the group with the largest LR);
+    ``losses``: the causal smoothing of ``raw_losses`` (``nan`` where not finite);
+    ``suggestion_losses``: the zero-lag smoothing of the finite raw losses, each clipped
+    to ``diverge_threshold`` × the best smoothed loss, that :func:`suggest_lr` reads;
+    ``stop_reason``: ``"completed"``, ``"diverged"`` or ``"non-finite loss"``.
     """
 
     lrs: list[float]
@@ -242,16 +154,11 @@ class LRRangeTestResult:
         self.best_loss, self.best_lr = min(finite) if finite else (math.nan, math.nan)
 
     def plot(self, ax: Axes | None = None) -> Figure:
-        """Loss against LR (log axis for ``mode="exp"``): raw points, the causal
-        smoothed curve (``losses``), the centred curve the suggestion comes
-        from (``suggestion_losses``), the suggestion (dot and dashed line) and its range (shaded); a
-        non-finite loss is marked with an ✕ at the top of the axes."""
+        """Loss against LR: raw points, both smoothings, the suggestion and its range; a
+        non-finite loss is an ✕ at the top. The y-axis ends where the loss blows up."""
         import matplotlib.pyplot as plt
 
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-        else:
-            fig = ax.figure
+        fig, ax = plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax)
         lrs = np.asarray(self.lrs, dtype=float)
         raw = np.asarray(self.raw_losses, dtype=float)
         smooth = np.asarray(self.losses, dtype=float)
@@ -262,26 +169,18 @@ class LRRangeTestResult:
         ax.plot(lrs, smooth, "-", color="C0", label="smoothed loss (causal)")
         ax.plot(lrs, zero_lag, "-", color="C1", lw=1.2, label="centred smoothing (suggestion)")
         curves = np.vstack([raw, smooth, zero_lag])
-        if np.isfinite(curves).any():
-            # show everything up to where the loss blows up, not the blow-up itself
+        finite = curves[np.isfinite(curves)]
+        if finite.size:
             reference = zero_lag if np.isfinite(zero_lag).any() else smooth
             end = int(np.argmin(np.where(np.isfinite(reference), reference, np.inf))) + 1
             head = curves[:, :end][np.isfinite(curves[:, :end])]
-            bottom = float(curves[np.isfinite(curves)].min())
-            top = float(head.max()) if head.size else float(curves[np.isfinite(curves)].max())
-            span = max(top - bottom, 1e-12)
-            ax.set_ylim(bottom - 0.05 * span, top + 0.1 * span)
+            top = float(head.max()) if head.size else float(finite.max())
+            span = max(top - float(finite.min()), 1e-12)
+            ax.set_ylim(float(finite.min()) - 0.05 * span, top + 0.1 * span)
         bad = ~np.isfinite(raw)
         if bad.any():
-            ax.plot(
-                lrs[bad],
-                [ax.get_ylim()[1]] * int(bad.sum()),
-                "x",
-                color="C3",
-                mew=2,
-                markersize=9,
-                label="non-finite loss",
-            )
+            tops = [ax.get_ylim()[1]] * int(bad.sum())
+            ax.plot(lrs[bad], tops, "x", color="C3", mew=2, markersize=9, label="non-finite loss")
         low, high = self.suggestion_range
         if math.isfinite(low) and math.isfinite(high):
             ax.axvspan(low, high, color="C2", alpha=0.15, label="suggestion range")
@@ -289,17 +188,13 @@ class LRRangeTestResult:
             ax.axvline(self.suggestion, color="C2", linestyle="--")
             ok = np.isfinite(zero_lag)
             y = np.interp(math.log(self.suggestion), np.log(lrs[ok]), zero_lag[ok])
-            ax.plot(
-                [self.suggestion], [y], "o", color="C2", label=f"suggestion {self.suggestion:.2g}"
-            )
+            label = f"suggestion {self.suggestion:.2g}"
+            ax.plot([self.suggestion], [y], "o", color="C2", label=label)
         ax.set_xscale("log" if self.mode == "exp" else "linear")
         ax.set(xlabel="learning rate", ylabel="training loss", title="LR range test")
         ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
-
-
-# ----------------------------------------------------------------------------- state snapshots
 
 
 def _put_back(live: Any, saved: Any) -> Any:
@@ -312,13 +207,7 @@ def _put_back(live: Any, saved: Any) -> Any:
 class _Snapshot:
     """Everything the range test changes, copied so it can be put back bit for bit."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loader: Any,
-        stateful: Iterable[Any] = (),
-    ) -> None:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader, stateful):
         self.params = [(p, cpu_copy(p)) for p in model.parameters()]
         self.grads = [(p, None if p.grad is None else cpu_copy(p.grad)) for p in model.parameters()]
         self.buffers = [(b, cpu_copy(b)) for b in model.buffers()]
@@ -334,10 +223,8 @@ class _Snapshot:
         self.states = [(obj, cpu_copy(obj.state_dict())) for obj in stateful if obj is not None]
         self.rng = capture_rng_state()
         self.generators = []
-        for gen in (
-            getattr(loader, "generator", None),
-            getattr(getattr(loader, "sampler", None), "generator", None),
-        ):
+        sampler = getattr(loader, "sampler", None)
+        for gen in (getattr(loader, "generator", None), getattr(sampler, "generator", None)):
             if isinstance(gen, torch.Generator) and all(gen is not g for g, _ in self.generators):
                 self.generators.append((gen, gen.get_state()))
 
@@ -365,15 +252,6 @@ class _Snapshot:
             gen.set_state(state)
 
 
-# ----------------------------------------------------------------------------- the test
-
-
-def _check_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    return float(value)
-
-
 def _batches(loader: Iterable) -> Iterable:
     """Cycle through ``loader`` for as many batches as needed."""
     while True:
@@ -383,23 +261,6 @@ def _batches(loader: Iterable) -> Iterable:
             yield batch
         if empty:
             raise ValueError("loader is empty")
-
-
-def _loss(
-    model: nn.Module,
-    loss_fn: Callable | None,
-    batch: Any,
-    update: Update,
-    batch_fn: Callable,
-    device: torch.device,
-) -> tuple[torch.Tensor, Callable]:
-    """One batch's loss (and the loss function, :func:`~stabletrain.loop.default_loss` if none),
-    the forward pass under the update's autocast, the loss in float32, as :func:`fit` does."""
-    inputs, targets = to_device(batch_fn(batch), device)
-    with update.autocast():
-        outputs = outputs_to_float32(_forward(model, inputs))
-    loss_fn = loss_fn or default_loss(outputs, targets)
-    return compute_loss(loss_fn, outputs, targets, 0.0), loss_fn
 
 
 def lr_range_test(
@@ -419,79 +280,34 @@ def lr_range_test(
     update: Update | None = None,
     batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> LRRangeTestResult:
-    """Run the LR range test and restore everything it touched.
+    """Run the LR range test and restore everything it touched, also if it raises.
 
-    Each of the ``num_iters`` steps sets the LR (see the module docs for the
-    sweep), does forward, backward and ``optimizer.step()`` on the next batch
-    of ``loader`` (cycled if it is shorter), and records the loss of the
-    following batch. Parameter groups keep their LR ratios: the group with the
-    largest LR follows the sweep and the others are scaled with it (groups at
-    LR 0 stay frozen; if all are 0, all follow the sweep).
-
-    The test stops early
-
-    - at the first non-finite loss (recorded, no update is made with it), and
-    - when the smoothed loss exceeds ``diverge_threshold`` × the best smoothed
-      loss so far (that step is recorded too).
-
-    Afterwards the parameters, gradients and buffers of ``model`` (BatchNorm
-    statistics included), its train/eval modes, the optimizer's state and
-    hyper-parameters, Python's, NumPy's, torch's (CPU and CUDA) random states
-    and the loader's shuffling generator are exactly what they were before —
-    also if the test raises.
+    Each of the ``num_iters`` steps sets the LR (the group with the largest LR follows the
+    sweep, the others keep their ratio), trains on the next batch of ``loader`` (cycled)
+    as :func:`~stabletrain.loop.fit` would and records the loss of the following one.
+    Restored: parameters, gradients, buffers, train/eval modes, optimizer state and
+    hyper-parameters, the update's, scheduler's and scaler's state, the Python, NumPy and
+    torch random states and the loader's generator.
 
     Args:
-        model: the network (on its device); trained in train mode.
-        optimizer: an optimizer over the model's parameters (``None`` with ``update``).
-        loss_fn: ``loss_fn(outputs, targets)`` (float32 outputs); a loss with
-            ``uses_progress`` gets ``progress=0``; ``None``:
-            :func:`~stabletrain.loop.default_loss`.
-        loader: batches as :func:`~stabletrain.loop.fit` takes them (see ``batch_fn``).
-        start_lr: first LR, ``> 0``.
-        end_lr: last LR, ``> start_lr``.
-        num_iters: number of steps, ``>= 3``.
-        mode: ``"exp"`` (geometric sweep) or ``"linear"``.
-        smooth: weight of a new loss in the moving average, in ``(0, 1]``
-            (1 means no smoothing).
-        diverge_threshold: ``> 1``; stop when the smoothed loss is this many
-            times the best one.
-        max_grad_norm: clip the gradient norm each step (as the real training
-            will, if it clips); ``None`` for no clipping.
-        device: where batches go; defaults to the model's device.
-        update: the :class:`~stabletrain.update.Update` the training will use (a plain
-            one or a guard), so its mixed precision, accumulation (each sweep step takes
-            ``accumulation_steps`` batches) and clipping apply to the sweep too; its
-            state, its scheduler's and its scaler's are restored afterwards.
-        batch_fn: ``batch -> (inputs, targets)``, as for ``fit``.
-
-    Returns:
-        :class:`LRRangeTestResult` with ``lrs``, ``losses``, ``raw_losses``,
-        ``suggestion`` (:func:`suggest_lr`), ``suggestion_range`` and ``plot()``.
+        optimizer: ``None`` when ``update`` is given.
+        loss_fn: ``loss_fn(outputs, targets)`` on float32 outputs (``progress=0`` if it
+            ``uses_progress``); ``None``: :func:`~stabletrain.loop.default_loss`.
+        max_grad_norm: clip each step (for the plain update only).
+        update: the :class:`~stabletrain.update.Update` the training will use: its mixed
+            precision, accumulation (batches per step) and clipping apply to the sweep.
 
     Raises:
         ValueError: an out-of-range argument, an unknown ``mode``, or an empty loader.
         TypeError: a non-numeric argument, or a loader that does not yield pairs.
     """
-    start_lr = _check_number("start_lr", start_lr)
-    end_lr = _check_number("end_lr", end_lr)
-    smooth = _check_number("smooth", smooth)
-    diverge_threshold = _check_number("diverge_threshold", diverge_threshold)
-    if not start_lr > 0 or not math.isfinite(start_lr):
-        raise ValueError(f"start_lr must be a finite number > 0, got {start_lr}")
-    if not end_lr > start_lr or not math.isfinite(end_lr):
-        raise ValueError(f"end_lr must be finite and > start_lr={start_lr}, got {end_lr}")
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int):
-        raise TypeError(f"num_iters must be an int, got {type(num_iters).__name__}")
-    if num_iters < 3:
-        raise ValueError(f"num_iters must be >= 3, got {num_iters}")
-    if mode not in LR_RANGE_MODES:
-        raise ValueError(f"mode must be one of {LR_RANGE_MODES}, got {mode!r}")
-    if not 0 < smooth <= 1:
-        raise ValueError(f"smooth must be in (0, 1], got {smooth}")
-    if not diverge_threshold > 1:
-        raise ValueError(f"diverge_threshold must be > 1, got {diverge_threshold}")
-    if max_grad_norm is not None and not _check_number("max_grad_norm", max_grad_norm) > 0:
-        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm}")
+    start_lr = check_float("start_lr", start_lr, min=0, low_open=True)
+    end_lr = check_float("end_lr", end_lr, min=start_lr, low_open=True)
+    check_int("num_iters", num_iters, min=3)
+    check_choice("mode", mode, LR_RANGE_MODES)
+    check_float("smooth", smooth, min=0, max=1, low_open=True)
+    check_float("diverge_threshold", diverge_threshold, min=1, low_open=True, finite=False)
+    check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if update is None:
@@ -504,10 +320,8 @@ def lr_range_test(
         raise ValueError("max_grad_norm is for the plain update; the given update clips itself")
     optimizer = update.optimizer
 
-    if mode == "exp":
-        sweep = np.geomspace(start_lr, end_lr, num_iters)
-    else:
-        sweep = np.linspace(start_lr, end_lr, num_iters)
+    space = np.geomspace if mode == "exp" else np.linspace
+    sweep = space(start_lr, end_lr, num_iters)
     largest = max(g["lr"] for g in optimizer.param_groups)
     ratios = [g["lr"] / largest if largest > 0 else 1.0 for g in optimizer.param_groups]
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -528,8 +342,11 @@ def lr_range_test(
         for i in range(num_iters + 1):
             window = []  # the update's accumulation window: its mean loss is the measurement
             for _ in range(update.accumulation_steps):
-                loss, loss_fn = _loss(model, loss_fn, next(batches), update, batch_fn, device)
-                window.append(loss)
+                inputs, targets = to_device(batch_fn(next(batches)), device)
+                with update.autocast():  # the forward pass, the loss in float32, as in fit
+                    outputs = outputs_to_float32(_forward(model, inputs))
+                loss_fn = loss_fn or default_loss(outputs, targets)
+                window.append(compute_loss(loss_fn, outputs, targets, 0.0))
             value = sum(float(w.detach()) for w in window) / len(window)
             if i == 0:
                 initial = value
@@ -560,25 +377,11 @@ def lr_range_test(
     # a blow-up must not leak into the descent through the window: clip it to the stop level
     cap = diverge_threshold * best if math.isfinite(best) else math.inf
     clipped = [min(raw[i], cap) for i in finite]
-    smoothed_finite = zero_lag_smooth([lrs[i] for i in finite], clipped)
-    for i, v in zip(finite, smoothed_finite):
+    for i, v in zip(finite, zero_lag_smooth([lrs[i] for i in finite], clipped)):
         zero_lag[i] = v
     suggestion, band = suggest_lr(lrs, zero_lag)
     if not math.isfinite(suggestion):
-        warnings.warn(
-            "the loss never fell during the LR range test, so there is no suggestion "
-            "(try a lower start_lr, more num_iters or check the data/loss)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warnings.warn(_NO_DESCENT, RuntimeWarning, stacklevel=2)
     return LRRangeTestResult(
-        lrs=lrs,
-        losses=smoothed,
-        raw_losses=raw,
-        suggestion=suggestion,
-        suggestion_range=band,
-        suggestion_losses=zero_lag,
-        initial_loss=initial,
-        stop_reason=stop_reason,
-        mode=mode,
+        lrs, smoothed, raw, suggestion, band, zero_lag, initial, stop_reason, mode
     )
