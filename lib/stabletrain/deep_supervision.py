@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_choice
+
 __all__ = [
     "PROGRESS_FREE_SCHEDULES",
     "SCHEDULES",
@@ -101,14 +103,9 @@ def supervision_weights(
 
     if schedule == "constant_equal":
         return [1.0 / n] * n
-    if schedule == "constant_low_to_high":
-        return _mix(n, 1.0)
-    if schedule == "constant_high_to_low":
-        return _mix(n, 0.0)
-    if schedule == "linear_low_to_high":
-        return _mix(n, p)
-    if schedule == "non_linear_low_to_high":
-        return _mix(n, p * p)
+    mixes = {"constant_low_to_high": 1.0, "constant_high_to_low": 0.0, "linear_low_to_high": p}
+    if schedule in mixes or schedule == "non_linear_low_to_high":
+        return _mix(n, mixes.get(schedule, p * p))
     if schedule == "custom_sigmoid_low_to_high":
         k = _real("k", cfg["k"])
         x0 = _real("x0", cfg["x0"])
@@ -129,15 +126,13 @@ def supervision_weights(
         m = [(n - 1 - i) - (n - 1) / 2 for i in range(n)]
         return _normalise([max(1.0 + mi * wave * amp, 0.0) for mi in m])
     if schedule == "curriculum":
-        big_m = cfg["max_active_outputs"]
-        if big_m is None:
-            big_m = n
+        big_m = n if cfg["max_active_outputs"] is None else cfg["max_active_outputs"]
         if isinstance(big_m, bool) or not isinstance(big_m, int):
             raise ValueError(f"max_active_outputs must be an int or None, got {big_m!r}")
         big_m = n if big_m <= 0 else min(big_m, n)
-        strategy = cfg["activation_strategy"]
-        if strategy not in ("linear", "exp"):
-            raise ValueError(f"activation_strategy must be 'linear' or 'exp', got {strategy!r}")
+        strategy = check_choice(
+            "activation_strategy", cfg["activation_strategy"], ("linear", "exp")
+        )
         k = int(big_m * p) if strategy == "linear" else int(big_m * p * p)
         k = big_m if p >= 1.0 else max(1, k)
         return [1.0 / k if i >= n - k else 0.0 for i in range(n)]
@@ -158,8 +153,7 @@ def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "neares
     ``"nearest"`` samples; ``"maxpool"`` max-pools when shrinking (small objects and, for
     class indices, the highest index survive) and samples when enlarging. Raises ``ValueError``.
     """
-    if mode not in TARGET_RESIZE_MODES:
-        raise ValueError(f"target_resize must be one of {TARGET_RESIZE_MODES}, got {mode!r}")
+    check_choice("target_resize", mode, TARGET_RESIZE_MODES)
     size = tuple(int(s) for s in size)
     if len(size) not in (1, 2, 3) or target.dim() not in (len(size) + 1, len(size) + 2):
         raise ValueError(
@@ -204,16 +198,12 @@ class DeepSupervisionLoss(nn.Module):
         super().__init__()
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
-        if target_resize not in TARGET_RESIZE_MODES:
-            raise ValueError(
-                f"target_resize must be one of {TARGET_RESIZE_MODES}, got {target_resize!r}"
-            )
+        self.target_resize = check_choice("target_resize", target_resize, TARGET_RESIZE_MODES)
         _real("min_weight", min_weight, 0.0, 1.0)
         supervision_weights(schedule, num_outputs, 0.0, **schedule_params)  # checks everything
         self.loss = loss
         self.num_outputs = num_outputs
         self.schedule = schedule
-        self.target_resize = target_resize
         self.min_weight = float(min_weight)
         self.schedule_params = dict(schedule_params)
         self.last_weights: list[float] = []
@@ -232,12 +222,7 @@ class DeepSupervisionLoss(nn.Module):
             self.schedule, self.num_outputs, progress, **self.schedule_params
         )
 
-    def forward(
-        self,
-        outputs: Sequence[torch.Tensor],
-        target: torch.Tensor,
-        progress: float | None = None,
-    ) -> torch.Tensor:
+    def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor, progress=None):
         if isinstance(outputs, torch.Tensor) or not isinstance(outputs, Sequence):
             raise ValueError(
                 f"outputs must be a list of {self.num_outputs} tensors (a deeply supervised "
@@ -248,23 +233,16 @@ class DeepSupervisionLoss(nn.Module):
                 f"expected {self.num_outputs} outputs, got {len(outputs)} "
                 f"(shapes {[tuple(o.shape) for o in outputs]})"
             )
-        weights = self.weights(progress)
-        used: list[float] = []
-        components: list[float] = []
-        total: torch.Tensor | None = None
-        for out, w in zip(outputs, weights):
+        self.last_weights = [w or self.min_weight for w in self.weights(progress)]
+        self.last_components = []
+        total = None
+        for out, w in zip(outputs, self.last_weights):
             if w == 0.0:
-                w = self.min_weight
-            used.append(w)
-            if w == 0.0:
-                components.append(math.nan)
+                self.last_components.append(math.nan)
                 continue
-            spatial = out.shape[2:]
-            value = self.loss(out, resize_target(target, spatial, self.target_resize))
-            components.append(float(value.detach()))
+            value = self.loss(out, resize_target(target, out.shape[2:], self.target_resize))
+            self.last_components.append(float(value.detach()))
             total = value * w if total is None else total + value * w
-        self.last_weights = used
-        self.last_components = components
         assert total is not None  # weights sum to 1, so at least one is positive
         return total
 
@@ -287,9 +265,7 @@ def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 
 
     supervision_weights(schedule, num_outputs, 0.0)  # checks the starting values
     choice = w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
-    count = w.IntSlider(
-        value=num_outputs, min=1, max=6, description="outputs", continuous_update=False
-    )
+    count = w.IntSlider(num_outputs, 1, 6, description="outputs", continuous_update=False)
     image = w.Image(format="png")
 
     def redraw(_change: Any = None) -> None:
