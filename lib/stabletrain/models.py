@@ -35,14 +35,11 @@ ACTIVATION_TYPES = ("relu", "leaky_relu")
 _OPTIONS = ("norm", "gate_bound", "residual_scale")  # keyword options of the attention blocks
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    # Kept for course.divergence, which imports it; new code calls check_int directly.
+def _check_positive_int(name: str, value: object) -> int:  # used by course.divergence
     return check_int(name, value, min=1)
 
 
-def _check_options(
-    norm: bool, gate_bound: float | None, residual_scale: float | None
-) -> tuple[bool, float | None, float | None]:
+def _check_options(norm, gate_bound, residual_scale) -> tuple:
     return (
         check_bool("norm", norm),
         check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True),
@@ -155,9 +152,7 @@ SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_sca
 def _attention(kind: str | None, channels: int, options: Mapping[str, Any]) -> nn.Module:
     if kind is None:
         return nn.Identity()
-    if kind == "se":
-        return SEBlock(channels, **options)
-    return CBAMBlock(channels, **options)
+    return (SEBlock if kind == "se" else CBAMBlock)(channels, **options)
 
 
 class SpatialSelfAttention(nn.Module):
@@ -300,9 +295,7 @@ class TinyUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         factor = 2**self.depth
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
