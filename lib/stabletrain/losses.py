@@ -125,10 +125,8 @@ class _SegmentationLoss(nn.Module):
         the index range check to the caller.
         """
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-            raise TypeError(
-                f"pred and target must be tensors, got {type(pred).__name__} and "
-                f"{type(target).__name__}"
-            )
+            kinds = f"{type(pred).__name__} and {type(target).__name__}"
+            raise TypeError(f"pred and target must be tensors, got {kinds}")
         if not pred.is_floating_point():
             raise ValueError(f"pred must be a floating-point tensor, got {pred.dtype}")
         if pred.dtype in (torch.float16, torch.bfloat16):
@@ -141,20 +139,13 @@ class _SegmentationLoss(nn.Module):
         # (N, *spatial): class indices, or a binary target without its channel dim
         indices_shape = (shape[0], *shape[2:])
         if self.mode == "binary" and shape[1] != 1:
-            raise ValueError(
-                f"binary mode needs pred with one channel, got shape {shape} "
-                "(use mode='multilabel' or 'multiclass')"
-            )
+            raise ValueError(f"binary mode needs pred with one channel, got shape {shape}")
         if self.mode == "multiclass" and shape[1] < 2:
-            raise ValueError(
-                f"multiclass mode needs C >= 2 channels, got pred of shape {shape}"
-                " (use mode='binary' for one channel)"
-            )
+            raise ValueError(f"multiclass mode needs C >= 2 channels, got pred of shape {shape}")
         if self.mode == "multiclass" and tuple(target.shape) == indices_shape:
             if target.is_floating_point() or target.dtype == torch.bool:
                 raise ValueError(
-                    "a multiclass target of shape (N, *spatial) must hold integer class "
-                    f"indices, got dtype {target.dtype}"
+                    f"multiclass target must hold integer class indices, got {target.dtype}"
                 )
             target = target.long()
             if self.validate and class_indices and target.numel():
@@ -187,11 +178,7 @@ class _SegmentationLoss(nn.Module):
             )
 
     def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
-        if self.reduction == "mean":
-            return loss.mean()
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss
+        return loss if self.reduction == "none" else getattr(loss, self.reduction)()
 
 
 class DiceLoss(_SegmentationLoss):
@@ -281,16 +268,8 @@ class JaccardLoss(DiceLoss):
         reduction: str = "mean",
         validate: bool = True,
     ) -> None:
-        super().__init__(
-            mode,
-            smooth,
-            squared,
-            True,
-            include_background,
-            from_logits=from_logits,
-            reduction=reduction,
-            validate=validate,
-        )
+        options = {"from_logits": from_logits, "reduction": reduction, "validate": validate}
+        super().__init__(mode, smooth, squared, True, include_background, **options)
 
 
 class TverskyLoss(DiceLoss):
@@ -311,16 +290,8 @@ class TverskyLoss(DiceLoss):
         reduction: str = "mean",
         validate: bool = True,
     ) -> None:
-        super().__init__(
-            mode,
-            smooth,
-            False,
-            False,
-            include_background,
-            from_logits=from_logits,
-            reduction=reduction,
-            validate=validate,
-        )
+        options = {"from_logits": from_logits, "reduction": reduction, "validate": validate}
+        super().__init__(mode, smooth, False, False, include_background, **options)
         self.alpha = check_float("alpha", alpha, min=0)
         self.beta = check_float("beta", beta, min=0)
 
