@@ -31,15 +31,13 @@ def _confusion(
         pred = (torch.sigmoid(logits.float()) > threshold).flatten(2)
         true = (target > 0.5).flatten(2)
     else:
-        if target.dim() != 3 or target.shape != (n, *logits.shape[2:]):
+        shape = (n, *logits.shape[2:])
+        if target.shape != shape:
             raise ValueError(
-                f"multiclass target must be (N, H, W) = {(n, *logits.shape[2:])}, "
-                f"got {tuple(target.shape)}"
+                f"multiclass target must be (N, H, W) = {shape}, got {tuple(target.shape)}"
             )
         if target.is_floating_point():
-            raise ValueError(
-                "multiclass target must hold integer class indices, got a float tensor"
-            )
+            raise ValueError("multiclass target must hold integer class indices, got floats")
         classes = torch.arange(c, device=logits.device).view(1, c, 1)
         pred = logits.argmax(1).flatten(1).unsqueeze(1) == classes
         true = target.flatten(1).unsqueeze(1) == classes
@@ -50,13 +48,7 @@ def _confusion(
 
 
 @torch.no_grad()
-def dice_score(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    threshold: float = 0.5,
-    include_background: bool = False,
-) -> float:
+def dice_score(logits, target, *, threshold: float = 0.5, include_background=False) -> float:
     """Mean Dice score of thresholded (binary) or arg-max (multiclass) predictions."""
     inter, p, t = _confusion(logits, target, threshold, include_background)
     denom = p + t
@@ -65,13 +57,7 @@ def dice_score(
 
 
 @torch.no_grad()
-def iou_score(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    threshold: float = 0.5,
-    include_background: bool = False,
-) -> float:
+def iou_score(logits, target, *, threshold: float = 0.5, include_background=False) -> float:
     """Mean intersection-over-union of thresholded or arg-max predictions."""
     inter, p, t = _confusion(logits, target, threshold, include_background)
     union = p + t - inter
