@@ -107,20 +107,18 @@ class ShapesSegmentation(Dataset):
                 inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
             elif shape == "rectangle":
                 aspect = rng.uniform(0.5, 1.0)
-                h, w = (
-                    (radius, radius * aspect) if rng.random() < 0.5 else (radius * aspect, radius)
-                )
+                h, w = radius, radius * aspect
+                if rng.random() >= 0.5:
+                    h, w = w, h
                 inside = (np.abs(yy - cy) <= h) & (np.abs(xx - cx) <= w)
             else:  # triangle: three vertices on the circle of this radius
                 angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.0, 4.0]) * np.pi / 3
                 vy, vx = cy + radius * np.sin(angles), cx + radius * np.cos(angles)
-                sides = [
-                    (vx[j] - xx) * (vy[(j + 1) % 3] - yy) - (vy[j] - yy) * (vx[(j + 1) % 3] - xx)
-                    for j in range(3)
-                ]
-                inside = ((sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)) | (
-                    (sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0)
+                wx, wy = np.roll(vx, -1), np.roll(vy, -1)
+                sides = np.stack(
+                    [(vx[j] - xx) * (wy[j] - yy) - (vy[j] - yy) * (wx[j] - xx) for j in range(3)]
                 )
+                inside = (sides >= 0).all(0) | (sides <= 0).all(0)
             image[inside] = background + rng.uniform(*self.contrast)
             labels[inside] = kind + 1 if self.num_classes > 2 else 1
         if self.blur_sigma > 0:

@@ -115,9 +115,7 @@ class _SegmentationLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, from_logits={self.from_logits}, reduction={self.reduction!r}"
 
-    def _check(
-        self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check(self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True):
         """Check shapes (always) and values (if ``validate``).
 
         Returns ``pred`` ``(N, C, *spatial)`` (half precision as float32) and the target: int64
@@ -215,9 +213,7 @@ class DiceLoss(_SegmentationLoss):
             f"jaccard={self.jaccard}, include_background={self.include_background}"
         )
 
-    def _statistics(
-        self, pred: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _statistics(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per (sample, channel) sums: intersection, Σp (Σp² if squared), Σt (Σt²)."""
         pred, target = self._check(pred, target, class_indices=False)
         n, c = pred.shape[:2]
@@ -233,10 +229,9 @@ class DiceLoss(_SegmentationLoss):
             t = _one_hot(labels, c, x.new_empty(x.shape))
         else:
             t = target.reshape(n, c, -1)
+        p = x
         if self.from_logits:
             p = torch.softmax(x, 1) if self.mode == "multiclass" else torch.sigmoid(x)
-        else:
-            p = x
         inter = torch.linalg.vecdot(p, t)
         total = torch.linalg.vecdot(p, p) if self.squared else p.sum(-1)
         true = torch.linalg.vecdot(t, t) if self.squared else t.sum(-1)
