@@ -444,10 +444,8 @@ class CombinedLoss(nn.Module):
     @torch.no_grad()
     def components(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """Each term's unweighted value and the weighted ``"total"``, as floats."""
-        total = self.forward(pred, target)
-        out = {key: float(v) for key, v in self.last_values.items()}
-        out["total"] = float(total)
-        return out
+        total = float(self.forward(pred, target))
+        return {**{key: float(v) for key, v in self.last_values.items()}, "total": total}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"weights": dict(self._weights)}
