@@ -1,28 +1,8 @@
 """A deterministic synthetic segmentation dataset: shapes on a noisy background.
 
-Every image holds a few circles, rectangles and triangles with varying
-intensity, blurred and with Gaussian noise added. Sample ``i`` of a dataset is
-drawn from its own random stream ``numpy.random.default_rng([seed, split, i])``,
-so the same arguments always give the same bytes, whatever order samples are
-read in, and a larger dataset extends a smaller one.
-
-Masks:
-- ``num_classes=1`` (binary): float mask ``(1, H, W)`` with values in {0, 1}.
-- ``num_classes=2``: integer mask ``(H, W)``, 0 background, 1 any shape.
-- ``num_classes=len(shapes) + 1``: integer mask ``(H, W)``, 0 background and
-  ``1 + k`` for the k-th entry of ``shapes`` (circle=1, rectangle=2, triangle=3
-  with the default shapes).
-
-``object_size`` sets the radius range as a fraction of the image side; small
-values (for example ``(0.02, 0.05)``) make foreground pixels rare, which is how
-the losses notebook studies class imbalance.
-
-Example:
-    >>> from stabletrain.data import ShapesSegmentation
-    >>> ds = ShapesSegmentation(8, image_size=32)
-    >>> image, mask = ds[0]
-    >>> tuple(image.shape), tuple(mask.shape)
-    ((1, 32, 32), (1, 32, 32))
+Sample ``i`` comes from ``numpy.random.default_rng([seed, split, i])``. Masks:
+``num_classes=1`` float ``(1, H, W)`` in {0, 1}; ``2`` int ``(H, W)`` (1 any shape);
+``len(shapes) + 1`` int ``(H, W)``, ``1 + k`` for the k-th shape kind.
 """
 
 from __future__ import annotations
@@ -53,25 +33,10 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 class ShapesSegmentation(Dataset):
-    """Synthetic shapes segmentation data, generated once at construction.
+    """Synthetic shapes data, generated once; ``images`` ``(N, 1, H, W)``, ``masks`` as above.
 
-    Args:
-        num_samples: number of images (>= 1).
-        image_size: side of the square images in pixels (>= 16).
-        num_classes: 1 (binary float mask), 2 (background/foreground integer
-            mask) or ``len(shapes) + 1`` (one class per shape kind).
-        seed: seed of the data; the same seed gives the same bytes.
-        split: ``"train"``, ``"val"`` or ``"test"``; each split is a separate stream.
-        shapes: which shape kinds to draw, a subset of ``SHAPES``.
-        objects_per_image: inclusive range of objects per image.
-        object_size: range of object radii as a fraction of ``image_size``.
-        noise_std: standard deviation of the additive Gaussian noise.
-        blur_sigma: Gaussian blur in pixels, 0 for none.
-        contrast: range of the object-minus-background intensity difference.
-
-    Attributes:
-        images: ``(num_samples, 1, H, W)`` float32 tensor.
-        masks: ``(num_samples, 1, H, W)`` float32 (binary) or ``(num_samples, H, W)`` int64.
+    ``object_size`` is the radius range as a fraction of ``image_size``; ``contrast`` the
+    range of object-minus-background intensity.
     """
 
     def __init__(
@@ -142,20 +107,18 @@ class ShapesSegmentation(Dataset):
                 inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
             elif shape == "rectangle":
                 aspect = rng.uniform(0.5, 1.0)
-                h, w = (
-                    (radius, radius * aspect) if rng.random() < 0.5 else (radius * aspect, radius)
-                )
+                h, w = radius, radius * aspect
+                if rng.random() >= 0.5:
+                    h, w = w, h
                 inside = (np.abs(yy - cy) <= h) & (np.abs(xx - cx) <= w)
             else:  # triangle: three vertices on the circle of this radius
                 angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.0, 4.0]) * np.pi / 3
                 vy, vx = cy + radius * np.sin(angles), cx + radius * np.cos(angles)
-                sides = [
-                    (vx[j] - xx) * (vy[(j + 1) % 3] - yy) - (vy[j] - yy) * (vx[(j + 1) % 3] - xx)
-                    for j in range(3)
-                ]
-                inside = ((sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)) | (
-                    (sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0)
+                wx, wy = np.roll(vx, -1), np.roll(vy, -1)
+                sides = np.stack(
+                    [(vx[j] - xx) * (wy[j] - yy) - (vy[j] - yy) * (wx[j] - xx) for j in range(3)]
                 )
+                inside = (sides >= 0).all(0) | (sides <= 0).all(0)
             image[inside] = background + rng.uniform(*self.contrast)
             labels[inside] = kind + 1 if self.num_classes > 2 else 1
         if self.blur_sigma > 0:
@@ -186,15 +149,7 @@ def make_loaders(
     num_workers: int = 0,
     **dataset_kwargs,
 ) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders over :class:`ShapesSegmentation`.
-
-    The training loader shuffles with its own ``torch.Generator`` seeded by
-    ``seed`` (``train_loader.generator``), so the data order is reproducible and
-    can be checkpointed with ``generator.get_state()``. The validation split is
-    a different stream of the same seed and is not shuffled.
-
-    Extra keyword arguments go to both datasets.
-    """
+    """Train (shuffled by ``train_loader.generator``, seeded) and val loaders; kwargs go to both."""
     check_int("batch_size", batch_size, min=1)
     train = ShapesSegmentation(
         num_train, image_size, num_classes, seed, split="train", **dataset_kwargs

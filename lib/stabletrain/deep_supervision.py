@@ -1,44 +1,15 @@
 """Deep supervision: weighting the losses of a network's outputs at several scales.
 
-A U-Net with deep supervision (``TinyUNet(deep_supervision=True)``) returns
-``n`` logit maps: **index 0 is the final, full-resolution output and index
-n−1 the deepest, lowest-resolution one**. The auxiliary outputs give the deep
-layers a short gradient path early in training; a schedule decides, as
-training progresses (``p`` in [0, 1]), how much each output counts.
-
-With ``A = [n, n−1, …, 1]`` (favours index 0), ``B = [1, 2, …, n]`` (favours the
-deepest output) and ``N(w) = w / Σw`` (uniform ``1/n`` when ``Σw ≤ 1e-8``):
-
-==============================  =====================================================================
-schedule                        weights
-==============================  =====================================================================
-``constant_equal``              ``1/n`` each
-``constant_low_to_high``        ``N(A)``
-``constant_high_to_low``        ``N(B)``
-``linear_low_to_high``          ``N((1−p)·B + p·A)``
-``non_linear_low_to_high``      ``N((1−p²)·B + p²·A)``
-``custom_sigmoid_low_to_high``  ``s = 0`` if ``p < t`` or ``t ≥ 1``, else ``σ(k((p−t)/(1−t) − x0))``;
-                                ``N((1−s)·B + s·A)`` (``k`` 10, ``x0`` 0.5, ``transition_point`` t 0.25)
-``scale_by_scale_low_to_high``  one-hot at ``n−1−min(⌊p·n⌋, n−1)`` (deepest first, final last)
-``cosine_annealing``            ``m_i = (n−1−i) − (n−1)/2``, ``amp = (1 − (1−r)p)/n``;
-                                ``N(max(1 + m_i cos(2π f p) amp, 0))`` (``frequency`` f 3, ``final_ratio`` r 0.5)
-``curriculum``                  ``k = int(M p)`` (``linear``) or ``int(M p²)`` (``exp``), ``k = max(1, k)``,
-                                ``k = M`` at ``p ≥ 1``; equal weights on the ``k`` deepest outputs
-                                (``max_active_outputs`` M = n; ``activation_strategy``)
-``step_wise``                   ``p ≥ h``: one-hot at 0; else ``linear_low_to_high(p/h)``
-                                (``threshold`` h 0.5; one-hot at 0 when ``h ≤ 1e-8``)
-``nnunet``                      ``w_i = 1/2^i``, the deepest set to 0, ``N(w)`` (nnU-Net)
-==============================  =====================================================================
-
-The first ten are the schedules of the Keras project ``dl_techniques`` (its
-``optimization/deep_supervision.py``) with the same meaning.
-
-Example:
-    >>> from stabletrain.deep_supervision import supervision_weights
-    >>> [round(w, 4) for w in supervision_weights("linear_low_to_high", 5, 0.0)]
-    [0.0667, 0.1333, 0.2, 0.2667, 0.3333]
-    >>> [round(w, 3) for w in supervision_weights("nnunet", 5, 0.0)]
-    [0.533, 0.267, 0.133, 0.067, 0.0]
+Outputs: index 0 the final full-resolution map, ``n−1`` the deepest. With ``A = [n, …, 1]``,
+``B = [1, …, n]``, ``N(w) = w/Σw`` (``1/n`` each when ``Σw ≤ 1e-8``) and progress ``p``:
+constant_equal ``1/n``; constant_low_to_high ``N(A)``; constant_high_to_low ``N(B)``;
+linear_low_to_high ``N((1−p)B + pA)``; non_linear_low_to_high the same with ``p²``;
+custom_sigmoid_low_to_high ``s = σ(k((p−t)/(1−t) − x0))`` (0 if ``p < t`` or ``t ≥ 1``) in place
+of ``p``; scale_by_scale one-hot at ``n−1−min(⌊pn⌋, n−1)``; cosine_annealing
+``N(max(1 + m_i cos(2πfp)(1 − (1−r)p)/n, 0))``, ``m_i = (n−1−i) − (n−1)/2``; curriculum equal
+weights on the ``k = max(1, int(Mp))`` (``exp``: ``p²``; ``M`` at ``p ≥ 1``) deepest outputs;
+step_wise one-hot at 0 if ``p ≥ h``, else linear at ``p/h``; nnunet ``N(1/2^i)``, deepest 0.
+(The first ten are those of the Keras project ``dl_techniques``.)
 """
 
 from __future__ import annotations
@@ -50,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .checks import check_choice
 
 __all__ = [
     "PROGRESS_FREE_SCHEDULES",
@@ -108,14 +81,9 @@ def _mix(n: int, s: float) -> list[float]:
 def supervision_weights(
     schedule: str, num_outputs: int, progress: float, **params: Any
 ) -> list[float]:
-    """Weights of ``num_outputs`` outputs (index 0 the final one) at ``progress``.
+    """Weights (non-negative, summing to 1) of ``num_outputs`` outputs at ``progress`` in [0, 1].
 
-    See the module docstring for every schedule's formula. The weights are
-    non-negative and sum to 1.
-
-    Raises:
-        ValueError: unknown ``schedule`` or parameter, ``num_outputs < 1``,
-            ``progress`` outside [0, 1], or a parameter out of range.
+    Raises ``ValueError`` for an unknown schedule or parameter or a value out of range.
     """
     if schedule not in _DEFAULTS:
         raise ValueError(f"unknown schedule {schedule!r}; schedules are {SCHEDULES}")
@@ -135,14 +103,9 @@ def supervision_weights(
 
     if schedule == "constant_equal":
         return [1.0 / n] * n
-    if schedule == "constant_low_to_high":
-        return _mix(n, 1.0)
-    if schedule == "constant_high_to_low":
-        return _mix(n, 0.0)
-    if schedule == "linear_low_to_high":
-        return _mix(n, p)
-    if schedule == "non_linear_low_to_high":
-        return _mix(n, p * p)
+    mixes = {"constant_low_to_high": 1.0, "constant_high_to_low": 0.0, "linear_low_to_high": p}
+    if schedule in mixes or schedule == "non_linear_low_to_high":
+        return _mix(n, mixes.get(schedule, p * p))
     if schedule == "custom_sigmoid_low_to_high":
         k = _real("k", cfg["k"])
         x0 = _real("x0", cfg["x0"])
@@ -163,15 +126,13 @@ def supervision_weights(
         m = [(n - 1 - i) - (n - 1) / 2 for i in range(n)]
         return _normalise([max(1.0 + mi * wave * amp, 0.0) for mi in m])
     if schedule == "curriculum":
-        big_m = cfg["max_active_outputs"]
-        if big_m is None:
-            big_m = n
+        big_m = n if cfg["max_active_outputs"] is None else cfg["max_active_outputs"]
         if isinstance(big_m, bool) or not isinstance(big_m, int):
             raise ValueError(f"max_active_outputs must be an int or None, got {big_m!r}")
         big_m = n if big_m <= 0 else min(big_m, n)
-        strategy = cfg["activation_strategy"]
-        if strategy not in ("linear", "exp"):
-            raise ValueError(f"activation_strategy must be 'linear' or 'exp', got {strategy!r}")
+        strategy = check_choice(
+            "activation_strategy", cfg["activation_strategy"], ("linear", "exp")
+        )
         k = int(big_m * p) if strategy == "linear" else int(big_m * p * p)
         k = big_m if p >= 1.0 else max(1, k)
         return [1.0 / k if i >= n - k else 0.0 for i in range(n)]
@@ -187,24 +148,12 @@ def supervision_weights(
 
 
 def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "nearest") -> torch.Tensor:
-    """Resize a segmentation target to the spatial ``size`` of an output.
+    """Resize a target ``(N, C, *spatial)`` or int ``(N, *spatial)`` to ``size``, keeping its dtype.
 
-    ``target`` is ``(N, C, *spatial)`` (binary/multilabel masks) or
-    ``(N, *spatial)`` (integer class indices); the result keeps its dtype and layout.
-
-    - ``"nearest"``: nearest-neighbour sampling; every value is one of the input's.
-    - ``"maxpool"``: adaptive max-pooling when shrinking, so an object smaller
-      than the pooling window survives (for class indices, the highest index in
-      the window wins, so any foreground beats background 0); when enlarging it
-      falls back to nearest.
-
-    Neither invents label values (bilinear interpolation would).
-
-    Raises:
-        ValueError: unknown ``mode`` or a ``size`` of the wrong length.
+    ``"nearest"`` samples; ``"maxpool"`` max-pools when shrinking (small objects and, for
+    class indices, the highest index survive) and samples when enlarging. Raises ``ValueError``.
     """
-    if mode not in TARGET_RESIZE_MODES:
-        raise ValueError(f"target_resize must be one of {TARGET_RESIZE_MODES}, got {mode!r}")
+    check_choice("target_resize", mode, TARGET_RESIZE_MODES)
     size = tuple(int(s) for s in size)
     if len(size) not in (1, 2, 3) or target.dim() not in (len(size) + 1, len(size) + 2):
         raise ValueError(
@@ -226,42 +175,12 @@ def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "neares
 
 
 class DeepSupervisionLoss(nn.Module):
-    r"""Weighted sum of one loss over the outputs of a deeply supervised network.
+    r"""``L = Σ_i w_i(p) loss(out_i, resize_target(target, out_i))`` over a model's outputs.
 
-    .. math:: L = \sum_{i=0}^{n-1} w_i(p)\;\ell\big(\text{out}_i,\ \text{resize}(t, \text{out}_i)\big)
-
-    with :math:`w(p)` = :func:`supervision_weights` of ``schedule`` at progress
-    :math:`p`. Outputs whose weight is 0 are skipped (no forward of the loss, no
-    gradient to their head); with ``min_weight > 0`` they get that tiny weight
-    instead, as nnU-Net does under DDP, where a parameter without gradient
-    stalls the all-reduce.
-
-    It follows :func:`stabletrain.training.fit`'s protocol: ``uses_progress`` is
-    true, so ``fit`` calls ``loss_fn(outputs, target, progress)`` with the
-    fraction of optimizer steps done, and validates with ``loss_fn.loss`` (the
-    wrapped loss) on the final output.
-
-    Args:
-        loss: per-output loss ``loss(pred, target) -> scalar``.
-        num_outputs: how many outputs the model returns.
-        schedule: one of :data:`SCHEDULES`.
-        target_resize: ``"nearest"`` or ``"maxpool"`` (see :func:`resize_target`).
-        min_weight: weight given to outputs the schedule sets to 0 (0: skip them).
-        **schedule_params: parameters of the schedule (checked at construction).
-
-    Attributes:
-        last_weights: the weights used by the last call (after ``min_weight``).
-        last_components: each output's unweighted loss in the last call
-            (NaN for a skipped output).
-
-    Example:
-        >>> import torch
-        >>> from stabletrain.losses import DiceLoss
-        >>> ds = DeepSupervisionLoss(DiceLoss(), num_outputs=3, schedule="nnunet")
-        >>> outputs = [torch.zeros(2, 1, 16 // 2**i, 16 // 2**i) for i in range(3)]
-        >>> loss = ds(outputs, torch.ones(2, 1, 16, 16), progress=0.5)
-        >>> [round(w, 3) for w in ds.last_weights]
-        [0.667, 0.333, 0.0]
+    ``w`` is :func:`supervision_weights` of ``schedule`` at progress ``p``. Outputs of weight 0
+    are skipped, or get ``min_weight`` (as nnU-Net under DDP). ``uses_progress`` makes ``fit``
+    call ``loss_fn(outputs, target, progress)``. ``last_weights`` and ``last_components`` (NaN
+    if skipped) describe the last call.
     """
 
     uses_progress = True
@@ -279,16 +198,12 @@ class DeepSupervisionLoss(nn.Module):
         super().__init__()
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
-        if target_resize not in TARGET_RESIZE_MODES:
-            raise ValueError(
-                f"target_resize must be one of {TARGET_RESIZE_MODES}, got {target_resize!r}"
-            )
+        self.target_resize = check_choice("target_resize", target_resize, TARGET_RESIZE_MODES)
         _real("min_weight", min_weight, 0.0, 1.0)
         supervision_weights(schedule, num_outputs, 0.0, **schedule_params)  # checks everything
         self.loss = loss
         self.num_outputs = num_outputs
         self.schedule = schedule
-        self.target_resize = target_resize
         self.min_weight = float(min_weight)
         self.schedule_params = dict(schedule_params)
         self.last_weights: list[float] = []
@@ -307,12 +222,7 @@ class DeepSupervisionLoss(nn.Module):
             self.schedule, self.num_outputs, progress, **self.schedule_params
         )
 
-    def forward(
-        self,
-        outputs: Sequence[torch.Tensor],
-        target: torch.Tensor,
-        progress: float | None = None,
-    ) -> torch.Tensor:
+    def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor, progress=None):
         if isinstance(outputs, torch.Tensor) or not isinstance(outputs, Sequence):
             raise ValueError(
                 f"outputs must be a list of {self.num_outputs} tensors (a deeply supervised "
@@ -323,23 +233,16 @@ class DeepSupervisionLoss(nn.Module):
                 f"expected {self.num_outputs} outputs, got {len(outputs)} "
                 f"(shapes {[tuple(o.shape) for o in outputs]})"
             )
-        weights = self.weights(progress)
-        used: list[float] = []
-        components: list[float] = []
-        total: torch.Tensor | None = None
-        for out, w in zip(outputs, weights):
+        self.last_weights = [w or self.min_weight for w in self.weights(progress)]
+        self.last_components = []
+        total = None
+        for out, w in zip(outputs, self.last_weights):
             if w == 0.0:
-                w = self.min_weight
-            used.append(w)
-            if w == 0.0:
-                components.append(math.nan)
+                self.last_components.append(math.nan)
                 continue
-            spatial = out.shape[2:]
-            value = self.loss(out, resize_target(target, spatial, self.target_resize))
-            components.append(float(value.detach()))
+            value = self.loss(out, resize_target(target, out.shape[2:], self.target_resize))
+            self.last_components.append(float(value.detach()))
             total = value * w if total is None else total + value * w
-        self.last_weights = used
-        self.last_components = components
         assert total is not None  # weights sum to 1, so at least one is positive
         return total
 
@@ -352,12 +255,7 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 4):
-    """An ipywidgets control: pick a schedule and a number of outputs, see the weights.
-
-    The figure comes from :func:`stabletrain.course.supervision.plot_supervision_weights`
-    (call it directly for the same plot without a browser) and is shown as a PNG image
-    widget, so the widget needs no interactive matplotlib backend. Requires ``ipywidgets``.
-    """
+    """An ipywidgets control showing :func:`~stabletrain.course.supervision.plot_supervision_weights`."""
     import io
 
     import ipywidgets as w
@@ -367,9 +265,7 @@ def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 
 
     supervision_weights(schedule, num_outputs, 0.0)  # checks the starting values
     choice = w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
-    count = w.IntSlider(
-        value=num_outputs, min=1, max=6, description="outputs", continuous_update=False
-    )
+    count = w.IntSlider(num_outputs, 1, 6, description="outputs", continuous_update=False)
     image = w.Image(format="png")
 
     def redraw(_change: Any = None) -> None:

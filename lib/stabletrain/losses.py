@@ -1,42 +1,11 @@
-"""Losses for segmentation and classification: Dice, Jaccard, Tversky, focal, combinations.
+"""Dice, Jaccard, Tversky and focal losses and their weighted combinations.
 
-Every loss takes logits ``pred`` of shape ``(N, C, *spatial)`` (``from_logits=True``,
-the default) or probabilities (``from_logits=False``) and a ``mode``:
-
-- ``"binary"``: ``C == 1``, sigmoid; ``target`` has the shape of ``pred``, or that shape
-  without the channel dim, with values in [0, 1] (soft labels allowed). ``pred`` may
-  also be ``(N,)``.
-- ``"multilabel"``: any ``C``, one sigmoid per channel; ``target`` has the shape of
-  ``pred``, values in [0, 1].
-- ``"multiclass"``: ``C >= 2``, softmax over ``C``; ``target`` holds integer class
-  indices of shape ``(N, *spatial)``, or class probabilities (one-hot or soft) of the
-  shape of ``pred``.
-
-``*spatial`` may be empty: classification logits ``(N, C)`` with targets ``(N,)`` or
-``(N, C)`` are maps without pixels. The overlap losses (Dice, Jaccard, Tversky) sum over
-the spatial dims per sample and channel, so on ``(N, C)`` each term is one element, as on
-``(N, C, 1, 1)``.
-
-Losses are computed in float32 when ``pred`` is float16/bfloat16 (those
-formats lose the small per-pixel terms of the sums; float64 stays float64), and from
-log-sigmoid / log-softmax, so they stay finite for logits of ±1e4.
-
-Shape and dtype checks are always done (they are free). Checks of the *values*
-(binary targets in [0, 1], class indices in ``[0, C)``, probabilities in
-[0, 1]) cost one or two passes over the data (a min and a max) and can be
-switched off with ``validate=False``. Bad input raises ``ValueError`` naming the
-shapes or values.
-
-Example:
-    >>> import torch
-    >>> from stabletrain.losses import DiceLoss, build_loss
-    >>> logits = torch.zeros(2, 1, 8, 8)
-    >>> target = torch.ones(2, 1, 8, 8)
-    >>> round(float(DiceLoss()(logits, target)), 4)  # p = 0.5 everywhere: 1 - 1/1.5
-    0.3333
-    >>> loss = build_loss("default_segmentation")  # 0.7 dice + 0.3 bce
-    >>> sorted(loss.components(logits, target))
-    ['bce', 'dice', 'total']
+``pred``: logits (``from_logits=True``) or probabilities ``(N, C, *spatial)``; ``*spatial``
+may be empty. ``mode="binary"`` (``C == 1``, sigmoid; target of ``pred``'s shape with or
+without the channel dim; ``pred`` may be ``(N,)``), ``"multilabel"`` (a sigmoid per channel,
+target of ``pred``'s shape) or ``"multiclass"`` (softmax; int class indices ``(N, *spatial)``
+or probabilities of ``pred``'s shape). float16/bfloat16 are computed in float32. Shapes are
+always checked; values (targets in [0, 1], indices in ``[0, C)``) unless ``validate=False``.
 """
 
 from __future__ import annotations
@@ -71,11 +40,7 @@ OVERLAP_TERMS = ("dice", "jaccard", "tversky")
 
 
 def _value_range(values: torch.Tensor) -> tuple[float, float]:
-    """Smallest and largest value of a float tensor (NaN if it holds one).
-
-    ``amin`` then ``amax``: on CPU the two vectorised reductions take about
-    two thirds of the time of one ``torch.aminmax`` over float data.
-    """
+    """Smallest and largest value of a float tensor (``amin`` then ``amax``: faster than ``aminmax``)."""
     return float(values.amin()), float(values.amax())
 
 
@@ -87,23 +52,13 @@ def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> Non
 
 
 def _class_indices(target: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """Integer class indices ``(N, *spatial)`` as floats ``(N, 1, P)`` for :func:`_one_hot`.
-
-    In ``dtype`` when that holds the integers up to ``classes`` exactly (float32: up
-    to 2**24), else in float64. Casting is monotone, so an index ``>= classes``
-    never lands on a class.
-    """
+    """Class indices ``(N, *spatial)`` as floats ``(N, 1, P)``, in ``dtype`` if exact there, else float64."""
     exact = dtype if classes <= 2 / torch.finfo(dtype).eps else torch.float64
     return target.reshape(target.shape[0], 1, -1).to(exact)
 
 
 def _one_hot(indices: torch.Tensor, classes: int, out: torch.Tensor) -> torch.Tensor:
-    """Write the one-hot ``[indices = c]`` of ``(N, 1, P)`` float indices into ``out``.
-
-    One vectorised comparison straight into the float ``out`` ``(N, classes, P)``
-    (an integer ``==`` then a cast, or a scatter, take several times longer on
-    CPU). An index outside ``[0, classes)`` gives a zero column.
-    """
+    """Write the one-hot ``[indices = c]`` ``(N, classes, P)`` into the float ``out`` (0 if out of range)."""
     index = torch.arange(classes, device=indices.device, dtype=indices.dtype)
     return torch.eq(indices, index.view(1, classes, 1), out=out)
 
@@ -160,21 +115,16 @@ class _SegmentationLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, from_logits={self.from_logits}, reduction={self.reduction!r}"
 
-    def _check(
-        self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _check(self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True):
         """Check shapes (always) and values (if ``validate``).
 
-        Returns ``pred`` as ``(N, C, *spatial)`` (float16/bfloat16 as float32) and the
-        target: int64 class indices ``(N, *spatial)`` (multiclass) or floats of the shape
-        of ``pred``. ``class_indices=False`` leaves the range check of class indices to
-        the caller (:class:`DiceLoss` does it on the float copy it makes anyway).
+        Returns ``pred`` ``(N, C, *spatial)`` (half precision as float32) and the target: int64
+        class indices (multiclass) or floats of ``pred``'s shape. ``class_indices=False`` leaves
+        the index range check to the caller.
         """
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-            raise TypeError(
-                f"pred and target must be tensors, got {type(pred).__name__} and "
-                f"{type(target).__name__}"
-            )
+            kinds = f"{type(pred).__name__} and {type(target).__name__}"
+            raise TypeError(f"pred and target must be tensors, got {kinds}")
         if not pred.is_floating_point():
             raise ValueError(f"pred must be a floating-point tensor, got {pred.dtype}")
         if pred.dtype in (torch.float16, torch.bfloat16):
@@ -187,20 +137,13 @@ class _SegmentationLoss(nn.Module):
         # (N, *spatial): class indices, or a binary target without its channel dim
         indices_shape = (shape[0], *shape[2:])
         if self.mode == "binary" and shape[1] != 1:
-            raise ValueError(
-                f"binary mode needs pred with one channel, got shape {shape} "
-                "(use mode='multilabel' or 'multiclass')"
-            )
+            raise ValueError(f"binary mode needs pred with one channel, got shape {shape}")
         if self.mode == "multiclass" and shape[1] < 2:
-            raise ValueError(
-                f"multiclass mode needs C >= 2 channels, got pred of shape {shape}"
-                " (use mode='binary' for one channel)"
-            )
+            raise ValueError(f"multiclass mode needs C >= 2 channels, got pred of shape {shape}")
         if self.mode == "multiclass" and tuple(target.shape) == indices_shape:
             if target.is_floating_point() or target.dtype == torch.bool:
                 raise ValueError(
-                    "a multiclass target of shape (N, *spatial) must hold integer class "
-                    f"indices, got dtype {target.dtype}"
+                    f"multiclass target must hold integer class indices, got {target.dtype}"
                 )
             target = target.long()
             if self.validate and class_indices and target.numel():
@@ -233,52 +176,17 @@ class _SegmentationLoss(nn.Module):
             )
 
     def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
-        if self.reduction == "mean":
-            return loss.mean()
-        if self.reduction == "sum":
-            return loss.sum()
-        return loss
+        return loss if self.reduction == "none" else getattr(loss, self.reduction)()
 
 
 class DiceLoss(_SegmentationLoss):
-    r"""Soft Dice loss (or its Jaccard/IoU form), per sample and channel, then reduced.
+    r"""Soft Dice loss (or Jaccard), per sample and channel, then reduced.
 
-    With probabilities :math:`p` (sigmoid or softmax of the logits) and target
-    :math:`t` (one-hot in multiclass mode), for each sample :math:`n` and
-    channel :math:`c`, summing over pixels:
-
-    .. math::
-
-        I = \sum p\,t,\qquad
-        \ell_{n,c} = 1 - \frac{2I + s}{\sum p + \sum t + s}
-        \quad\text{or, with jaccard,}\quad
-        \ell_{n,c} = 1 - \frac{I + s}{\sum p + \sum t - I + s}
-
-    where ``squared=True`` uses :math:`\sum p^2` and :math:`\sum t^2` in the
-    denominator. ``reduction="mean"`` averages :math:`\ell` over samples and
-    channels — MONAI's ``DiceLoss(batch=False, smooth_nr=s, smooth_dr=s)``
-    convention, with which the Dice form agrees to 1e-6 (MONAI's Jaccard writes
-    the smoothing as :math:`(2I+s)/(2(\sum p+\sum t-I)+s)`; ours is the closed form above).
-
-    Empty masks: if a channel's target is empty, :math:`\ell = 1 - s/(\sum p + s)`,
-    about 0 only when the prediction is empty *to within the smoothing*
-    (:math:`\sum p \ll s`), and about 1 as soon as the prediction puts any
-    appreciable mass on the channel (e.g. :math:`\sum p \gtrsim 100 s`). With
-    the default ``s = 1e-5``, sigmoid(-20) on 64×64 pixels already sums to about
-    1.7e-5: a larger ``smooth`` (e.g. 1) makes empty images forgiving.
-
-    Args:
-        mode: ``"binary"``, ``"multilabel"`` or ``"multiclass"``.
-        smooth: :math:`s > 0`, added to numerator and denominator.
-        squared: square the terms of the denominator (Milletari et al. V-Net form).
-        jaccard: use the Jaccard (IoU) form.
-        include_background: keep channel 0 (multiclass and multilabel; in binary
-            mode the single channel is the foreground and is always kept).
-        from_logits: ``pred`` holds logits (else probabilities).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (an ``(N, C')`` tensor).
-        validate: check target (and probability) values.
-
-    Shapes: as in the module docstring; ``*spatial`` may be empty.
+    With ``p`` the probabilities, ``t`` the (one-hot) target, sums over pixels, ``I = Σpt``:
+    ``ℓ = 1 − (2I + s)/(Σp + Σt + s)``, or with ``jaccard`` ``1 − (I + s)/(Σp + Σt − I + s)``;
+    ``squared`` uses ``Σp²`` and ``Σt²``. ``reduction="none"`` gives ``(N, C')``; an empty
+    channel scores ``1 − s/(Σp + s)``. ``include_background=False`` drops channel 0 (not in
+    binary mode).
     """
 
     def __init__(
@@ -305,9 +213,7 @@ class DiceLoss(_SegmentationLoss):
             f"jaccard={self.jaccard}, include_background={self.include_background}"
         )
 
-    def _statistics(
-        self, pred: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _statistics(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per (sample, channel) sums: intersection, Σp (Σp² if squared), Σt (Σt²)."""
         pred, target = self._check(pred, target, class_indices=False)
         n, c = pred.shape[:2]
@@ -323,10 +229,9 @@ class DiceLoss(_SegmentationLoss):
             t = _one_hot(labels, c, x.new_empty(x.shape))
         else:
             t = target.reshape(n, c, -1)
+        p = x
         if self.from_logits:
             p = torch.softmax(x, 1) if self.mode == "multiclass" else torch.sigmoid(x)
-        else:
-            p = x
         inter = torch.linalg.vecdot(p, t)
         total = torch.linalg.vecdot(p, p) if self.squared else p.sum(-1)
         true = torch.linalg.vecdot(t, t) if self.squared else t.sum(-1)
@@ -345,10 +250,7 @@ class DiceLoss(_SegmentationLoss):
 
 
 class JaccardLoss(DiceLoss):
-    r"""Soft Jaccard (IoU) loss: :class:`DiceLoss` with ``jaccard=True``.
-
-    .. math:: \ell_{n,c} = 1 - \frac{I + s}{\sum p + \sum t - I + s}
-    """
+    r""":class:`DiceLoss` with ``jaccard=True``: ``ℓ = 1 − (I + s)/(Σp + Σt − I + s)``."""
 
     def __init__(
         self,
@@ -361,29 +263,14 @@ class JaccardLoss(DiceLoss):
         reduction: str = "mean",
         validate: bool = True,
     ) -> None:
-        super().__init__(
-            mode,
-            smooth,
-            squared,
-            True,
-            include_background,
-            from_logits=from_logits,
-            reduction=reduction,
-            validate=validate,
-        )
+        options = {"from_logits": from_logits, "reduction": reduction, "validate": validate}
+        super().__init__(mode, smooth, squared, True, include_background, **options)
 
 
 class TverskyLoss(DiceLoss):
-    r"""Tversky loss: Dice with separate weights on false positives and false negatives.
+    r"""Tversky loss: ``ℓ = 1 − (TP + s)/(TP + α FP + β FN + s)`` per sample and channel.
 
-    Per sample and channel, with :math:`TP = \sum p t`, :math:`FP = \sum p(1-t)`,
-    :math:`FN = \sum (1-p) t`:
-
-    .. math:: \ell_{n,c} = 1 - \frac{TP + s}{TP + \alpha\,FP + \beta\,FN + s}
-
-    ``alpha`` weights false positives, ``beta`` false negatives (MONAI's
-    convention); ``alpha = beta = 0.5`` is Dice. A ``beta > alpha`` favours recall,
-    which helps small structures. Averaged like :class:`DiceLoss`.
+    ``TP = Σpt``, ``FP = Σp(1−t)``, ``FN = Σ(1−p)t``; ``alpha = beta = 0.5`` is Dice.
     """
 
     def __init__(
@@ -398,16 +285,8 @@ class TverskyLoss(DiceLoss):
         reduction: str = "mean",
         validate: bool = True,
     ) -> None:
-        super().__init__(
-            mode,
-            smooth,
-            False,
-            False,
-            include_background,
-            from_logits=from_logits,
-            reduction=reduction,
-            validate=validate,
-        )
+        options = {"from_logits": from_logits, "reduction": reduction, "validate": validate}
+        super().__init__(mode, smooth, False, False, include_background, **options)
         self.alpha = check_float("alpha", alpha, min=0)
         self.beta = check_float("beta", beta, min=0)
 
@@ -423,35 +302,12 @@ class TverskyLoss(DiceLoss):
 
 
 class FocalLoss(_SegmentationLoss):
-    r"""Focal loss (Lin et al., 2017): cross-entropy down-weighted on easy pixels.
+    r"""Focal loss ``ℓ = −α_t (1 − p_t)^γ log p_t`` (Lin et al., 2017), from log-sigmoid/softmax.
 
-    .. math:: \ell = -\alpha_t\,(1 - p_t)^\gamma \log p_t
-
-    Binary/multilabel (sigmoid), per element, with :math:`z = x(2t-1)`:
-    :math:`\log p_t` is taken as minus the binary cross-entropy with logits
-    (exact for soft targets too), :math:`(1 - p_t)^\gamma = \exp(\gamma \log\sigma(-z))`
-    and :math:`\alpha_t = \alpha t + (1-\alpha)(1-t)` (``alpha`` weights positives,
-    :math:`1-\alpha` negatives; ``alpha=None``: :math:`\alpha_t = 1`). This is
-    MONAI's sigmoid focal loss; with ``gamma=0, alpha=None`` it equals
-    ``torch.nn.BCEWithLogitsLoss``. ``"mean"`` averages over all ``N·C·H·W`` elements.
-
-    Multiclass (softmax), per pixel with true class :math:`y`:
-    :math:`p_t = \mathrm{softmax}(x)_y`, :math:`\alpha_t = 1-\alpha` for the
-    background class 0 and :math:`\alpha` for every other class (MONAI's scalar
-    convention); probability targets :math:`t` give :math:`\sum_c t_c \ell_c` with each
-    class's term :math:`\ell_c` as above. ``"mean"`` averages over the ``N·H·W`` pixels, so
-    with ``gamma=0, alpha=None`` it equals ``torch.nn.CrossEntropyLoss``; MONAI's
-    ``FocalLoss(use_softmax=True)`` averages over ``N·C·H·W`` and is ours divided by C.
-    ``reduction="none"`` gives the shape of ``pred`` (sigmoid) or ``(N, *spatial)`` (softmax).
-
-    Every term comes from log-sigmoid or log-softmax, so the loss and its
-    gradient stay finite at logits of ±1e4 and for float16/bfloat16 inputs.
-
-    Args:
-        mode: ``"binary"``, ``"multilabel"`` or ``"multiclass"``.
-        gamma: focusing parameter :math:`\gamma \ge 0` (0: plain cross-entropy).
-        alpha: positive-class weight in [0, 1], or ``None`` for no weighting.
-        from_logits, reduction, validate: as in :class:`DiceLoss`.
+    Sigmoid modes, per element: ``α_t = αt + (1−α)(1−t)`` (``alpha=None``: 1); ``"mean"``
+    averages over all elements. Multiclass, per pixel: ``α_t = 1−α`` for class 0, else ``α``;
+    probability targets give ``Σ_c t_c ℓ_c``; ``"mean"`` averages over pixels (``gamma=0,
+    alpha=None`` is ``CrossEntropyLoss``). ``"none"``: ``pred``'s shape or ``(N, *spatial)``.
     """
 
     def __init__(
@@ -520,30 +376,10 @@ class FocalLoss(_SegmentationLoss):
 
 
 class CombinedLoss(nn.Module):
-    r"""Weighted sum of loss terms: :math:`L = \sum_k w_k L_k(\text{pred}, \text{target})`.
+    r"""Weighted sum of loss terms ``L = Σ_k w_k L_k(pred, target)``.
 
-    Args:
-        terms: mapping ``key -> (loss, weight)``; ``loss`` is any callable
-            ``loss(pred, target) -> scalar tensor``. Keys name the terms in
-            :meth:`components`, in :attr:`weights` and for
-            :class:`~stabletrain.loss_weights.LossWeightScheduler` (which treats
-            ``dice``, ``jaccard`` and ``tversky`` as overlap terms).
-
-    Attributes:
-        weights: ``{key: weight}``, readable and settable at run time (a
-            schedule changes them between steps); a copy is returned.
-        last_values: ``{key: tensor}``, detached per-term values of the last
-            forward pass (no extra cost; a callback may average them).
-
-    Weights are part of ``state_dict()`` (as extra state), so a checkpoint restores them.
-
-    Example:
-        >>> import torch
-        >>> from stabletrain.losses import CombinedLoss, DiceLoss
-        >>> loss = CombinedLoss({"dice": (DiceLoss(), 0.7), "bce": (torch.nn.BCEWithLogitsLoss(), 0.3)})
-        >>> loss.weights = {"dice": 0.5, "bce": 0.5}
-        >>> loss.weights
-        {'dice': 0.5, 'bce': 0.5}
+    ``terms``: ``key -> (loss callable, weight)``. ``weights`` (a copy; settable) is saved
+    in ``state_dict()``; ``last_values`` holds the detached terms of the last forward.
     """
 
     def __init__(self, terms: Mapping[str, tuple[Callable, float]]) -> None:
@@ -608,10 +444,8 @@ class CombinedLoss(nn.Module):
     @torch.no_grad()
     def components(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """Each term's unweighted value and the weighted ``"total"``, as floats."""
-        total = self.forward(pred, target)
-        out = {key: float(v) for key, v in self.last_values.items()}
-        out["total"] = float(total)
-        return out
+        total = float(self.forward(pred, target))
+        return {**{key: float(v) for key, v in self.last_values.items()}, "total": total}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"weights": dict(self._weights)}
@@ -642,23 +476,12 @@ def _cross_entropy(mode: str) -> nn.Module:
 
 
 def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary") -> CombinedLoss:
-    """Build a :class:`CombinedLoss` from a preset name or a configuration mapping.
+    """A :class:`CombinedLoss` from a :data:`LOSS_PRESETS` name or a configuration mapping.
 
-    Presets (overlap term + pixel term): ``default_segmentation`` (0.7 dice +
-    0.3 bce), ``focal_segmentation`` (0.6 dice + 0.4 focal, γ 2, α 0.25),
-    ``balanced_segmentation`` (0.5/0.5), ``dice_focused`` (0.8/0.2),
-    ``jaccard_based`` (0.7 jaccard + 0.3 bce). Term keys: ``dice``, ``jaccard``,
-    ``bce`` (``BCEWithLogitsLoss``, or ``CrossEntropyLoss`` in multiclass mode)
-    and ``focal``.
-
-    A configuration mapping has the keys ``type`` (``"combined"``),
-    ``dice_weight`` (0.7), ``bce_weight`` (0.3), ``dice_config`` (``smooth``,
-    ``jaccard``, ``squared_pred``, ``include_background``) and ``bce_config``
-    (``gamma``, ``alpha``: a focal term ``focal`` replaces ``bce`` when given),
-    and optionally ``mode``.
-
-    Raises:
-        ValueError: an unknown preset, ``type`` or configuration key.
+    Config keys: ``type`` (``"combined"``), ``dice_weight`` (0.7), ``bce_weight`` (0.3),
+    ``dice_config`` (``smooth``, ``jaccard``, ``squared_pred``, ``include_background``),
+    ``bce_config`` (``gamma``, ``alpha``: a ``focal`` term replaces ``bce``) and ``mode``.
+    The ``bce`` term is ``CrossEntropyLoss`` in multiclass mode. Raises ``ValueError``.
     """
     check_choice("mode", mode, MODES)
     if isinstance(name_or_config, str):

@@ -1,28 +1,8 @@
-"""Evaluation metrics: :func:`accuracy` for any classifier, Dice and IoU for segmentation.
+"""Evaluation metrics: :func:`accuracy`, and Dice and IoU for segmentation.
 
-Each takes a batch of model outputs and targets and returns a float (a deep-supervision
-list of outputs is read at index 0, the final output). :func:`accuracy` is described in
-its docstring; the rest of this docstring is about the segmentation scores.
-
-For each sample ``n`` and class ``c`` with predicted mask ``P`` and true mask ``T``:
-
-- Dice ``= 2|P ∩ T| / (|P| + |T|)``
-- IoU ``= |P ∩ T| / |P ∪ T|``
-
-A class that is empty in both prediction and target scores 1 (nothing to find,
-nothing found). Scores are averaged over samples and classes.
-
-Inputs: ``logits`` ``(N, C, H, W)``. Binary (``C == 1``): ``target`` ``(N, 1, H, W)``
-or ``(N, H, W)`` with values in {0, 1}, prediction ``sigmoid(logit) > threshold``.
-Multiclass (``C > 1``): integer ``target`` ``(N, H, W)``, prediction ``argmax``;
-the background class 0 is left out unless ``include_background=True``.
-
-Example:
-    >>> import torch
-    >>> from stabletrain.metrics import dice_score
-    >>> logits = torch.tensor([[[[5.0, -5.0]]]])  # (1, 1, 1, 2)
-    >>> round(dice_score(logits, torch.tensor([[[[1.0, 0.0]]]])), 3)
-    1.0
+Per sample and class: Dice ``2|P∩T|/(|P|+|T|)``, IoU ``|P∩T|/|P∪T|`` (1 if both empty),
+averaged. Binary (``C == 1``): ``sigmoid(logit) > threshold``; multiclass: argmax, int target
+``(N, H, W)``, class 0 left out unless ``include_background``. A list of outputs is read at 0.
 """
 
 from __future__ import annotations
@@ -51,15 +31,13 @@ def _confusion(
         pred = (torch.sigmoid(logits.float()) > threshold).flatten(2)
         true = (target > 0.5).flatten(2)
     else:
-        if target.dim() != 3 or target.shape != (n, *logits.shape[2:]):
+        shape = (n, *logits.shape[2:])
+        if target.shape != shape:
             raise ValueError(
-                f"multiclass target must be (N, H, W) = {(n, *logits.shape[2:])}, "
-                f"got {tuple(target.shape)}"
+                f"multiclass target must be (N, H, W) = {shape}, got {tuple(target.shape)}"
             )
         if target.is_floating_point():
-            raise ValueError(
-                "multiclass target must hold integer class indices, got a float tensor"
-            )
+            raise ValueError("multiclass target must hold integer class indices, got floats")
         classes = torch.arange(c, device=logits.device).view(1, c, 1)
         pred = logits.argmax(1).flatten(1).unsqueeze(1) == classes
         true = target.flatten(1).unsqueeze(1) == classes
@@ -70,13 +48,7 @@ def _confusion(
 
 
 @torch.no_grad()
-def dice_score(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    threshold: float = 0.5,
-    include_background: bool = False,
-) -> float:
+def dice_score(logits, target, *, threshold: float = 0.5, include_background=False) -> float:
     """Mean Dice score of thresholded (binary) or arg-max (multiclass) predictions."""
     inter, p, t = _confusion(logits, target, threshold, include_background)
     denom = p + t
@@ -85,13 +57,7 @@ def dice_score(
 
 
 @torch.no_grad()
-def iou_score(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    threshold: float = 0.5,
-    include_background: bool = False,
-) -> float:
+def iou_score(logits, target, *, threshold: float = 0.5, include_background=False) -> float:
     """Mean intersection-over-union of thresholded or arg-max predictions."""
     inter, p, t = _confusion(logits, target, threshold, include_background)
     union = p + t - inter
@@ -101,16 +67,11 @@ def iou_score(
 
 @torch.no_grad()
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of correct predictions, over all samples and positions (or pixels).
+    """Fraction of correct predictions over all samples and positions.
 
-    - Class indices: scores ``outputs`` ``(N, C, *spatial)``, ``C >= 2``, with integer
-      ``targets`` ``(N, *spatial)``; the prediction is the argmax over dim 1. A 3-D
-      ``outputs`` ``(B, T, V)`` with ``targets`` ``(B, T)`` (a language model, its first two
-      dims being the target's shape) takes the argmax over the last dim instead.
-    - Binary: logits ``outputs`` ``(N,)`` or ``(N, 1, *spatial)``, prediction ``logit > 0``,
-      against 0/1 ``targets`` of the shape of ``outputs`` or ``(N, *spatial)``.
-
-    Raises ``ValueError`` if the shapes fit none of these or class-index targets are floats.
+    Class indices: ``(N, C, *spatial)`` with int ``(N, *spatial)`` (argmax over 1), or ``(B, T, V)``
+    with ``(B, T)`` (argmax over -1). Binary: ``(N,)`` or ``(N, 1, *spatial)``, ``logit > 0``.
+    Raises ``ValueError`` for other shapes or float class indices.
     """
     if isinstance(outputs, list | tuple):
         outputs = outputs[0]  # deep supervision: index 0 is the final output

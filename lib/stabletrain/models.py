@@ -1,28 +1,9 @@
-"""Small segmentation models for the course: a U-Net with optional SE/CBAM attention.
+"""Small U-Net for the course (:class:`TinyUNet`) with optional SE/CBAM attention.
 
-``TinyUNet()`` is BatchNorm after every convolution, ReLU, no attention: the network the
-notebooks train. Options change it into one that can really diverge (notebook 01):
-``norm=None`` (no normalisation, so it is no longer invariant to the scale of its
-weights), ``activation="leaky_relu"`` and ``bottleneck_attention=True`` (a residual
-one-head self-attention block at the bottleneck, :class:`SpatialSelfAttention`, with an
-optional ``qk_norm``); ``norm="group"`` is the cure notebook 01 measures.
-
-By default the SE/CBAM attention blocks are written *plainly*, the way they are usually
-first written: multiplicative sigmoid gating with no normalisation, no bounds and
-no residual scaling. Keyword options add numerical safeguards (normalisation,
-bounded gating, residual scaling; ``TinyUNet(safe_attention=True)`` turns on
-``SAFE_ATTENTION``); notebook 01 measures what they change under an aggressive
-learning rate.
-
-Shapes: images ``(N, in_channels, H, W)`` → logits ``(N, num_classes, H, W)``.
-``H`` and ``W`` must be divisible by ``2**depth``.
-
-Example:
-    >>> import torch
-    >>> from stabletrain.models import TinyUNet
-    >>> model = TinyUNet(attention="cbam")
-    >>> model(torch.zeros(2, 1, 64, 64)).shape
-    torch.Size([2, 1, 64, 64])
+Defaults: BatchNorm, ReLU, plain attention blocks. ``norm=None``, ``activation="leaky_relu"``
+and ``bottleneck_attention=True`` make a network that can diverge (notebook 01); keyword
+safeguards (``SAFE_ATTENTION``) bound the attention. Images ``(N, in_channels, H, W)`` →
+logits ``(N, num_classes, H, W)``, ``H`` and ``W`` divisible by ``2**depth``.
 """
 
 from __future__ import annotations
@@ -54,14 +35,11 @@ ACTIVATION_TYPES = ("relu", "leaky_relu")
 _OPTIONS = ("norm", "gate_bound", "residual_scale")  # keyword options of the attention blocks
 
 
-def _check_positive_int(name: str, value: object) -> int:
-    # Kept for course.divergence, which imports it; new code calls check_int directly.
+def _check_positive_int(name: str, value: object) -> int:  # used by course.divergence
     return check_int(name, value, min=1)
 
 
-def _check_options(
-    norm: bool, gate_bound: float | None, residual_scale: float | None
-) -> tuple[bool, float | None, float | None]:
+def _check_options(norm, gate_bound, residual_scale) -> tuple:
     return (
         check_bool("norm", norm),
         check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True),
@@ -70,13 +48,7 @@ def _check_options(
 
 
 class _Gate(nn.Module):
-    r"""Sigmoid gate, optionally with bounded logits: :math:`\sigma(b \tanh(z / b))`.
-
-    With ``bound=b`` the gate stays in :math:`[\sigma(-b), \sigma(b)]` (for ``b = 4``,
-    about ``[0.018, 0.982]``): no channel or pixel is ever switched fully off or on, so the
-    gate keeps a gradient and cannot silence a feature map. ``bound=None`` is the plain
-    :math:`\sigma(z)`.
-    """
+    r"""``σ(z)``, or with ``bound=b`` ``σ(b tanh(z/b))`` (in ``[σ(−b), σ(b)]``)."""
 
     def __init__(self, bound: float | None = None) -> None:
         super().__init__()
@@ -96,20 +68,10 @@ def _residual(x: torch.Tensor, y: torch.Tensor, scale: float | None) -> torch.Te
 
 
 class SEBlock(nn.Module):
-    r"""Squeeze-and-excitation channel attention (Hu et al., 2018), with optional safeguards.
+    r"""Squeeze-and-excitation: ``y = x ⊙ σ(W₂ ReLU(W₁ GAP(x)))``, ``(N, C, H, W)`` → same.
 
-    Plain (the defaults): ``s = σ(W₂ · ReLU(W₁ · GAP(x)))`` and ``y = x ⊙ s`` (one gate per
-    channel). ``W₁`` maps ``C → max(C // reduction, 1)`` channels, ``W₂`` maps back.
-
-    Safeguards (each off by default):
-
-    - ``norm=True``: a LayerNorm-style ``GroupNorm(1, hidden)`` on the hidden layer, so the
-      gate logits do not grow with the scale of ``x`` or of ``W₁``;
-    - ``gate_bound=b``: bounded gating ``σ(b·tanh(z/b))`` (see :class:`_Gate`);
-    - ``residual_scale=α`` in ``(0, 1]``: ``y = x + α·(x ⊙ s − x)``, the block starts close
-      to the identity and the gate can change a feature by at most a factor ``α``.
-
-    Shapes: ``(N, C, H, W) → (N, C, H, W)``.
+    ``W₁``: ``C → max(C // reduction, 1)``. Safeguards: ``norm`` (``GroupNorm(1, hidden)``),
+    ``gate_bound`` (bounded gate), ``residual_scale=α`` (``y = x + α(x ⊙ s − x)``).
     """
 
     def __init__(
@@ -140,21 +102,10 @@ class SEBlock(nn.Module):
 
 
 class CBAMBlock(nn.Module):
-    r"""Convolutional block attention module (Woo et al., 2018): channel, then spatial.
+    r"""CBAM: channel gate ``σ(MLP(avg(x)) + MLP(max(x)))``, then spatial gate on ``[mean_c, max_c]``.
 
-    Plain (the defaults):
-    channel gate ``M_c = σ(MLP(AvgPool(x)) + MLP(MaxPool(x)))``, ``x' = x ⊙ M_c``;
-    spatial gate ``M_s = σ(conv_k([mean_c(x'), max_c(x')]))``, ``y = x' ⊙ M_s``.
-
-    Safeguards (each off by default), as in :class:`SEBlock`:
-
-    - ``norm=True``: ``GroupNorm(1, hidden)`` on the MLP's hidden layer and a
-      ``BatchNorm2d(2)`` on the pooled spatial descriptor, so neither gate's logits scale
-      with the activations;
-    - ``gate_bound=b``: both gates bounded, ``σ(b·tanh(z/b))``;
-    - ``residual_scale=α``: ``y = x + α·(x' ⊙ M_s − x)``.
-
-    Shapes: ``(N, C, H, W) → (N, C, H, W)``.
+    Safeguards as :class:`SEBlock` (``norm`` also adds ``BatchNorm2d(2)`` on the pooled map).
+    ``kernel_size`` must be odd. ``(N, C, H, W)`` → same.
     """
 
     def __init__(
@@ -201,23 +152,13 @@ SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_sca
 def _attention(kind: str | None, channels: int, options: Mapping[str, Any]) -> nn.Module:
     if kind is None:
         return nn.Identity()
-    if kind == "se":
-        return SEBlock(channels, **options)
-    return CBAMBlock(channels, **options)
+    return (SEBlock if kind == "se" else CBAMBlock)(channels, **options)
 
 
 class SpatialSelfAttention(nn.Module):
-    r"""One-head self-attention over the pixels of a feature map, added residually.
+    r"""``y = x + W_o softmax(q kᵀ/√C) v`` over the ``H·W`` pixels (one head), ``(N, C, H, W)`` → same.
 
-    With ``x`` of shape ``(N, C, H, W)`` read as ``L = H·W`` tokens of width ``C``:
-    ``q, k, v = W_q x, W_k x, W_v x`` (``1×1`` convolutions),
-    ``A = softmax(q kᵀ / √C)`` over the keys, and ``y = x + W_o (A v)``.
-    With ``qk_norm=True`` the queries and keys are LayerNorm-ed over channels
-    first (Dehghani et al., 2023), which bounds the attention logits by the norms'
-    gains. ``last_max_logit`` holds ``max |q kᵀ / √C|`` of the latest forward pass as a
-    0-d tensor (``None`` before the first), a precursor one may want to watch.
-
-    Shapes: ``(N, C, H, W) → (N, C, H, W)``.
+    ``qk_norm`` LayerNorms ``q`` and ``k``; ``last_max_logit`` is ``max |q kᵀ/√C|`` (0-d tensor).
     """
 
     def __init__(self, channels: int, *, qk_norm: bool = False) -> None:
@@ -254,14 +195,7 @@ def _activation(kind: str) -> nn.Module:
 
 
 class ConvBlock(nn.Module):
-    """Two ``3×3 conv → norm → activation`` layers, then optional attention.
-
-    ``norm`` is ``"batch"`` (BatchNorm2d), ``"group"`` (GroupNorm, up to 8 groups)
-    or ``None`` (no normalisation; the convolutions then have a bias);
-    ``activation`` is ``"relu"`` or ``"leaky_relu"`` (slope 0.1).
-    ``attention_options`` go to the attention block (``norm``, ``gate_bound``,
-    ``residual_scale``).
-    """
+    """Two ``3×3 conv → norm → activation`` layers, then optional attention (norm: conv bias only if ``None``)."""
 
     def __init__(
         self,
@@ -292,36 +226,11 @@ class ConvBlock(nn.Module):
 
 
 class TinyUNet(nn.Module):
-    """A small U-Net for the course, optionally with attention and deep supervision.
+    """A small U-Net: ``depth`` levels of ``base_channels · 2^i`` channels, skip connections.
 
-    ``depth`` encoder levels at resolutions ``1, 1/2, …, 1/2^(depth−1)`` with
-    ``base_channels · 2^i`` channels, a bottleneck at ``1/2^depth``, and a mirrored
-    decoder with skip connections. Each encoder and decoder block may end with
-    ``attention="se"`` (:class:`SEBlock`) or ``"cbam"`` (:class:`CBAMBlock`).
-
-    Outputs are logits. With ``deep_supervision=True`` the forward pass returns a
-    list of ``depth`` logit tensors: index 0 the final full-resolution output and
-    index ``i`` the decoder output at ``1/2^i`` resolution. Setting
-    ``model.deep_supervision = False`` returns the single final tensor again
-    (inference); the auxiliary heads are kept.
-
-    Args:
-        in_channels: image channels.
-        num_classes: output channels (1 for binary segmentation).
-        base_channels: channels of the first level.
-        depth: number of down-sampling steps, 1–6. Inputs must be divisible by ``2**depth``.
-        attention: ``None``, ``"se"`` or ``"cbam"``.
-        deep_supervision: return one logit map per decoder level.
-        attention_options: keyword arguments of the attention blocks (``norm``,
-            ``gate_bound``, ``residual_scale``; see :class:`CBAMBlock`). Default: plain blocks.
-        safe_attention: shorthand for ``attention_options=SAFE_ATTENTION`` (the
-            safeguards of notebook 01); explicit ``attention_options`` override its entries.
-        norm: normalisation after every convolution: ``"batch"`` (the default),
-            ``"group"`` or ``None``. Without normalisation the network is no longer
-            invariant to the scale of its weights and can really diverge.
-        activation: ``"relu"`` (the default) or ``"leaky_relu"`` (slope 0.1).
-        bottleneck_attention: add a :class:`SpatialSelfAttention` block after the bottleneck.
-        qk_norm: LayerNorm on that block's queries and keys.
+    Returns logits, or with ``deep_supervision`` a list of ``depth`` maps (index ``i`` at
+    ``1/2^i`` resolution). ``safe_attention`` starts ``attention_options`` from
+    ``SAFE_ATTENTION``; ``qk_norm`` needs ``bottleneck_attention``. ``depth`` is 1–6.
     """
 
     def __init__(
@@ -386,9 +295,7 @@ class TinyUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         factor = 2**self.depth
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ValueError(
