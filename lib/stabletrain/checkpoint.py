@@ -24,6 +24,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +48,7 @@ __all__ = [
 
 STRATEGIES = ("best", "epoch", "interval", "all", "improvement_or_final", "time")
 _STRATEGY_ALIASES = {"adaptive": "improvement_or_final"}  # deprecated name -> strategy
+_STRATEGY_ROLES = {"best": ["best"], "all": ["regular", "best"]}  # the others: ["regular"]
 FORMAT = "stabletrain.checkpoint/2"
 _FORMAT_V1 = "stabletrain.checkpoint/1"  # no embedded checksum; still read
 MANIFEST = "manifest.json"
@@ -58,6 +60,11 @@ _ROLES = ("regular", "best", "resume")
 _PLAIN_LEAVES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 _FIELDS = ("name", "seq", "epoch", "step", "batch_in_epoch", "metrics", "value", "roles")
 _FIELDS += ("checksum", "crc32", "size", "time")  # of a manifest entry, in order
+# The JSON types of a manifest entry's fields (``type(True)`` is not ``int``); "time" is lenient.
+_TYPES = {"name": (str,), "seq": (int,), "epoch": (int,), "metrics": (dict,), "roles": (list,)}
+_TYPES |= dict.fromkeys(("step", "batch_in_epoch", "checksum", "crc32", "size"), (int, type(None)))
+_TYPES["value"] = (int, float)
+_SEQ = itemgetter("seq")
 
 
 class CheckpointError(RuntimeError):
@@ -209,17 +216,17 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists here (unknown counts as alive; on Windows, always)."""
-    if os.name != "posix":
-        return True  # os.kill(pid, 0) would terminate it on Windows; rely on age
+def _writer_gone(pid: int) -> bool:
+    """Process ``pid`` is another one that no longer exists (on Windows: never known)."""
+    if pid == os.getpid() or os.name != "posix":
+        return False  # a superseded manager here may be writing; os.kill would end it on Windows
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return True
     except OSError:  # e.g. PermissionError: it exists, owned by someone else
         pass
-    return True
+    return False
 
 
 class _FolderLock:
@@ -232,8 +239,8 @@ class _FolderLock:
 
     def __init__(self, directory: Path) -> None:
         self.key = os.path.realpath(directory)
-        self.fd: int | None = None
         self.owner: weakref.ref[CheckpointManager] | None = None  # None once released
+        self.close: Callable[[], Any] = lambda: None
         try:
             import fcntl
         except ImportError:  # no flock (Windows): one writer per folder is up to the user
@@ -257,7 +264,7 @@ class _FolderLock:
             ) from error
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        self.close = weakref.finalize(self, os.close, fd)  # closing it drops the flock
 
     @classmethod
     def acquire(cls, directory: Path, manager: CheckpointManager) -> _FolderLock:
@@ -268,28 +275,19 @@ class _FolderLock:
                 lock = cls._held[os.path.realpath(directory)] = cls(directory)
             previous = lock.owner() if lock.owner is not None else None
             lock.owner = weakref.ref(manager)
-        if previous is not None and previous is not manager:
+        if previous is not None:
             try:
                 previous.wait()  # its background save lands before the new owner reads
             except CheckpointError as error:
                 warnings.warn(f"the previous manager's save failed: {error}", stacklevel=4)
         return lock
 
-    def owned_by(self, manager: CheckpointManager) -> bool:
-        return self.owner is not None and self.owner() is manager
-
     def release(self) -> None:
         with self._guard:
             self.owner = None
-            if self.fd is not None:
-                os.close(self.fd)  # closing the descriptor drops the flock
-                self.fd = None
+            self.close()
             if self._held.get(self.key) is self:
                 del self._held[self.key]
-
-    def __del__(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
 
 
 def _finite(x: Any) -> bool:
@@ -305,11 +303,6 @@ def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
         if isinstance(value, bool | int | float | str) or value is None:
             out[str(key)] = value
     return out
-
-
-def _entry(**fields: Any) -> dict[str, Any]:
-    """A manifest entry: ``fields`` in the order of :data:`_FIELDS` (absent ones ``None``)."""
-    return {key: fields.get(key) for key in _FIELDS}
 
 
 class CheckpointManager:
@@ -408,7 +401,8 @@ class CheckpointManager:
 
     def _writing(self) -> bool:
         """This manager may change the folder (not read-only, not closed or superseded)."""
-        return self._lock is not None and self._lock.owned_by(self)
+        owner = self._lock.owner if self._lock is not None else None
+        return owner is not None and owner() is self
 
     def _current(self) -> list[dict[str, Any]]:
         """The kept entries; a reader (or a superseded writer) re-reads the folder."""
@@ -438,11 +432,15 @@ class CheckpointManager:
         if writing:
             self._remove_stale_temporaries()
         entries = [e for e in map(self._valid_entry, self._read_manifest()) if e is not None]
-        present = [e for e in entries if _regular_file(self.directory / e["name"])]
-        missing = [e["name"] for e in entries if e not in present] if writing else []
-        for name in missing:  # (a reader may race the writer's pruning: no news)
-            message = f"checkpoint {name} is in the manifest but missing; forgetting it"
-            warnings.warn(message, stacklevel=3)
+        present = []
+        for entry in entries:
+            if _regular_file(self.directory / entry["name"]):
+                present.append(entry)
+            elif writing:  # (a reader may race the writer's pruning: no news)
+                message = (
+                    f"checkpoint {entry['name']} is in the manifest but missing; forgetting it"
+                )
+                warnings.warn(message, stacklevel=3)
         known = {e["name"] for e in present}
         for path in sorted(self.directory.iterdir()):
             if not _NAME.fullmatch(path.name) or path.name in known:
@@ -455,7 +453,7 @@ class CheckpointManager:
                 )
             elif (adopted := self._adopt(path)) is not None:
                 present.append(adopted)
-        present.sort(key=lambda e: e["seq"])
+        present.sort(key=_SEQ)
         if present != entries and writing:
             self._write_manifest(present)
         return present
@@ -485,64 +483,31 @@ class CheckpointManager:
             )
             return []
 
-    def _valid_entry(self, entry: Any) -> dict[str, Any] | None:
-        """``entry`` if it is a well-formed record of one of this manager's files, else ``None``
-        (its name must be a plain file name of the manager's pattern: never ``../x`` or ``a/b``)."""
-
-        def integer(key: str, optional: bool = True) -> bool:
-            v = entry.get(key)
-            return (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool))
-
-        name = entry.get("name") if isinstance(entry, dict) else None
+    def _valid_entry(self, raw: Any) -> dict[str, Any] | None:
+        """``raw`` (a manifest record, or an adopted file's) as an entry if it is well formed and
+        names a file of this folder (a plain ``epoch-NNNN.pt`` name: never ``../x`` or ``a/b``),
+        else ``None`` with a warning. Absent ``metrics``/``value``/``time``: ``{}``/NaN/0."""
+        entry = {"metrics": {}, "value": math.nan, **raw} if isinstance(raw, dict) else {}
+        name, roles = entry.get("name"), entry.get("roles")
+        wrong = [key for key, types in _TYPES.items() if type(entry.get(key)) not in types]
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             problem = "its name is not a checkpoint file name of this folder (epoch-NNNN.pt)"
-        elif not (integer("seq", False) and integer("epoch", False)):
-            problem = "it has no integer 'seq' and 'epoch'"
-        elif not all(map(integer, ("step", "batch_in_epoch", "size", "checksum", "crc32"))):
-            problem = "its step, batch_in_epoch, size or checksum is not an integer"
-        elif not isinstance(entry.get("metrics", {}), dict) or not isinstance(
-            entry.get("value", math.nan), int | float
-        ):
-            problem = "its metrics or value have the wrong type"
-        elif not isinstance(entry.get("roles"), list) or not set(entry["roles"]) <= set(_ROLES):
-            problem = f"its roles are not a list drawn from {_ROLES}"
+        elif wrong:
+            problem = f"its {', '.join(wrong)} missing or of the wrong type"
+        elif not all(role in _ROLES for role in roles):
+            problem = f"its roles are not drawn from {_ROLES}"
         else:
             when = entry.get("time")
-            return _entry(**entry) | {
-                "metrics": dict(entry.get("metrics", {})),
-                "value": float(entry.get("value", math.nan)),
-                "roles": list(entry["roles"]),
-                "time": float(when) if isinstance(when, int | float) else 0.0,
+            return {key: entry.get(key) for key in _FIELDS} | {
+                "value": float(entry["value"]),
+                "roles": list(roles),
+                "time": float(when) if type(when) in (int, float) else 0.0,
             }
-        shown = repr(name) if isinstance(name, str) else repr(entry)
+        shown = repr(name) if isinstance(name, str) else repr(raw)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         message = f"ignoring manifest entry {shown} in {self.manifest_path}: {problem}"
         warnings.warn(message, stacklevel=5)
         return None
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete ``.tmp-<file>-<pid>`` files of this manager's naming whose writer is gone."""
-        now = time.time()
-        for path in self.directory.iterdir():
-            match = _TMP.fullmatch(path.name)
-            if match is None or not _regular_file(path):
-                continue
-            if match["target"] != MANIFEST and not _NAME.fullmatch(match["target"]):
-                continue
-            pid = int(match["pid"])
-            try:
-                age = now - os.lstat(path).st_mtime
-            except OSError:
-                continue
-            own = pid == os.getpid()  # a superseded manager of this process may be writing it
-            if age > _STALE_AFTER_S or (not own and not _pid_alive(pid)):
-                path.unlink(missing_ok=True)
-
-    def _remove(self, name: str) -> None:
-        """Delete one of this manager's checkpoint files (nothing else, ever)."""
-        path = self.directory / name
-        if _NAME.fullmatch(name) and _regular_file(path):
-            path.unlink(missing_ok=True)
 
     def _adopt(self, path: Path) -> dict[str, Any] | None:
         """The entry of a complete file the manifest does not know (a process died between
@@ -553,20 +518,35 @@ class CheckpointManager:
         except Exception as error:  # any failure means "do not adopt"
             warnings.warn(f"ignoring unreadable checkpoint {path.name}: {error}", stacklevel=4)
             return None
-        roles = {"best": ["best"], "all": ["regular", "best"]}.get(self.strategy, ["regular"])
         metrics = dict(payload.get("metrics") or {})
+        roles = _STRATEGY_ROLES.get(self.strategy, ["regular"])
         legacy = payload["format"] == _FORMAT_V1
-        return _entry(**payload) | {
-            "name": path.name,
-            "seq": int(payload["seq"]),
-            "epoch": int(payload["epoch"]),
-            "metrics": metrics,
-            "value": self._value(metrics, required=False),
-            "roles": ["resume"] if payload.get("batch_in_epoch") is not None else roles,
-            "crc32": zlib.crc32(path.read_bytes()) if legacy else None,
-            "size": size,
-            "time": float(payload.get("time", 0.0)),
-        }
+        return self._valid_entry(
+            payload
+            | {"name": path.name, "metrics": metrics, "value": self._value(metrics, required=False)}
+            | {"roles": ["resume"] if payload.get("batch_in_epoch") is not None else roles}
+            | {"crc32": zlib.crc32(path.read_bytes()) if legacy else None, "size": size}
+        )
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete ``.tmp-<file>-<pid>`` files of this manager's naming whose writer is gone."""
+        for path in self.directory.iterdir():
+            match = _TMP.fullmatch(path.name)
+            if not match or (match["target"] != MANIFEST and not _NAME.fullmatch(match["target"])):
+                continue
+            try:
+                info = os.lstat(path)
+            except OSError:
+                continue
+            stale = time.time() - info.st_mtime > _STALE_AFTER_S or _writer_gone(int(match["pid"]))
+            if stat.S_ISREG(info.st_mode) and stale:
+                path.unlink(missing_ok=True)
+
+    def _remove(self, name: str) -> None:
+        """Delete one of this manager's checkpoint files (nothing else, ever)."""
+        path = self.directory / name
+        if _NAME.fullmatch(name) and _regular_file(path):
+            path.unlink(missing_ok=True)
 
     def _write_manifest(self, entries: list[dict[str, Any]]) -> None:
         doc = {"format": FORMAT, "strategy": self.strategy, "monitor": self.monitor}
@@ -580,12 +560,12 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ ranking
 
-    def _value(self, metrics: Mapping[str, Any] | None, *, required: bool) -> float:
-        if metrics is None or self.monitor not in metrics:
+    def _value(self, metrics: Mapping[str, Any], *, required: bool) -> float:
+        if self.monitor not in metrics:
             if required:
                 raise ValueError(
                     f"strategy={self.strategy!r} ranks checkpoints by monitor={self.monitor!r}, "
-                    f"which is not among the metrics given to save(): {sorted(metrics or {})}"
+                    f"which is not among the metrics given to save(): {sorted(metrics)}"
                 )
             return math.nan
         value = metrics[self.monitor]
@@ -601,12 +581,6 @@ class CheckpointManager:
         candidates = [e for e in entries if "best" in e["roles"] and _finite(e["value"])]
         return sorted(candidates, key=self._rank)[: self.max_keep]
 
-    def _enters_top(self, value: float, seq: int) -> bool:
-        top = self._top(self._entries)
-        if len(top) < self.max_keep:
-            return _finite(value)
-        return _finite(value) and self._rank({"value": value, "seq": seq}) < self._rank(top[-1])
-
     def _improved(self, value: float, reference: float) -> bool:
         """``value`` beats ``reference`` by more than ``min_improvement`` relatively."""
         if not (_finite(value) and _finite(reference)):
@@ -616,11 +590,11 @@ class CheckpointManager:
 
     def _plan_roles(self, epoch: int, value: float, seq: int) -> list[str] | None:
         """Roles of a new end-of-epoch checkpoint, or ``None`` if the strategy skips it."""
-        if self.strategy == "best":
-            return ["best"] if self._enters_top(value, seq) else None
-        if self.strategy == "all":
-            return ["regular", "best"] if self._enters_top(value, seq) else ["regular"]
-        last = self._latest_entry([e for e in self._entries if "resume" not in e["roles"]])
+        if self.strategy in _STRATEGY_ROLES:
+            new = {"value": value, "seq": seq, "roles": ["best"]}
+            regular = ["regular"] if self.strategy == "all" else []
+            return regular + (["best"] if new in self._top([*self._entries, new]) else []) or None
+        last = max((e for e in self._entries if "resume" not in e["roles"]), key=_SEQ, default=None)
         if self.strategy == "improvement_or_final":
             final_stretch = epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
             write = final_stretch or self._improved(value, last["value"] if last else math.nan)
@@ -633,8 +607,8 @@ class CheckpointManager:
 
     def _retain(self, entries: list[dict[str, Any]]) -> tuple[list, list]:
         """Split ``entries`` into (kept, dropped) and trim each kept file's roles."""
-        latest = max(entries, key=lambda e: e["seq"])["name"]
-        regular = sorted((e for e in entries if "regular" in e["roles"]), key=lambda e: e["seq"])
+        latest = max(entries, key=_SEQ)["name"]
+        regular = sorted((e for e in entries if "regular" in e["roles"]), key=_SEQ)
         keep = {"regular": {e["name"] for e in regular[-self.max_keep :]}, "resume": {latest}}
         keep["best"] = {e["name"] for e in self._top(entries)}
         kept, dropped = [], []
@@ -661,10 +635,8 @@ class CheckpointManager:
         """Checkpoint ``objects`` (with ``state_dict()``, or ``torch.Generator``) after ``epoch``
         (from 0) if the strategy says so; with ``batch_in_epoch`` (batches of ``epoch`` done)
         always, as a mid-epoch resume point. ``step`` and ``extra`` (plain values) come back
-        from :meth:`load`.
-
-        Returns:
-            The path (complete after :meth:`wait` with ``async_save``); ``None`` if skipped.
+        from :meth:`load`. Returns the path (complete after :meth:`wait` with ``async_save``), or
+        ``None`` if skipped.
 
         Raises:
             TypeError: an object without ``state_dict()`` or whose state holds something other
@@ -707,7 +679,8 @@ class CheckpointManager:
             "objects": {key: _check_plain(state, key) for key, state in states.items()},
             "rng": capture_rng_state(),
         }
-        entry = _entry(**payload, name=name, value=value, roles=roles)
+        entry = {key: None for key in _FIELDS} | payload | {"name": name, "value": value}
+        entry = {key: entry[key] for key in _FIELDS} | {"roles": roles}
         kept, dropped = self._retain([*(e for e in self._entries if e["name"] != name), entry])
         path = self.directory / name
         if self.async_save:
@@ -757,32 +730,23 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ queries
 
-    def _best_entry(self, entries: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
-        finite = [
-            e for e in (self._current() if entries is None else entries) if _finite(e["value"])
-        ]
-        return min(finite, key=self._rank) if finite else None
-
-    def _latest_entry(self, entries: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
-        entries = self._current() if entries is None else entries
-        return max(entries, key=lambda e: e["seq"]) if entries else None
+    def _best(self, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return min((e for e in entries if _finite(e["value"])), key=self._rank, default=None)
 
     @property
     def best_path(self) -> Path | None:
         """The kept checkpoint with the best finite ``monitor`` value (``None`` if none)."""
-        entry = self._best_entry()
-        return self.directory / entry["name"] if entry else None
+        return next((info.path for info in self.checkpoints() if info.is_best), None)
 
     @property
     def latest_path(self) -> Path | None:
         """The most recently written checkpoint (``None`` before the first write)."""
-        entry = self._latest_entry()
-        return self.directory / entry["name"] if entry else None
+        return next((info.path for info in self.checkpoints() if info.is_latest), None)
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """The kept checkpoints, oldest first."""
-        entries = sorted(self._current(), key=lambda e: e["seq"])
-        best, latest = self._best_entry(entries), self._latest_entry(entries)
+        entries = sorted(self._current(), key=_SEQ)
+        best, latest = self._best(entries), entries[-1] if entries else None
         return [
             CheckpointInfo(
                 *(self.directory / e["name"], e["epoch"], e["step"], e["batch_in_epoch"]),
@@ -796,6 +760,7 @@ class CheckpointManager:
     def _read(
         self, path: Path, entry: Mapping[str, Any] | None, map_location: Any, trusted: bool
     ) -> dict[str, Any]:
+        """The verified payload of ``path`` (``entry``: its manifest record, if any)."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -852,9 +817,7 @@ class CheckpointManager:
         """Restore ``objects`` (by their saved names) and the RNG states from ``which``
         (``"latest"``, ``"best"`` or a path); ``trusted=True`` allows pickled objects
         (``weights_only=False``), which can run arbitrary code: only for files you trust.
-
-        Returns:
-            ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``.
+        Returns ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``.
 
         Raises:
             CheckpointError: no checkpoint, a truncated or corrupt file (named), or an object
@@ -865,15 +828,14 @@ class CheckpointManager:
         """
         self.wait()
         if which in ("latest", "best"):
-            if not self._current():
+            entries = sorted(self._current(), key=_SEQ, reverse=True)
+            if not entries:
                 raise CheckpointError(f"no checkpoint in {self.directory}")
-            chosen = [self._best_entry()] if which == "best" else self._entries
-            if chosen == [None]:
+            if which == "best" and (entries := [self._best(entries)]) == [None]:
                 raise CheckpointError(
                     f"no checkpoint in {self.directory} has a finite {self.monitor!r}"
                 )
-            chosen = sorted(chosen, key=lambda e: -e["seq"])
-            candidates = [(self.directory / e["name"], e) for e in chosen]
+            candidates = [(self.directory / e["name"], e) for e in entries]
         elif isinstance(which, str | os.PathLike):
             path = Path(which)
             if not path.exists() and (self.directory / path).exists():
@@ -898,13 +860,11 @@ class CheckpointManager:
                     f"({'; '.join(failures)}); fell back to {path.name}",
                     stacklevel=2,
                 )
-            return self._restore(path, payload, objects, restore_rng)
-        raise CheckpointError(f"no intact checkpoint in {self.directory}: {'; '.join(failures)}")
-
-    @staticmethod
-    def _restore(
-        path: Path, payload: Mapping[str, Any], objects: Mapping[str, Any], restore_rng: bool
-    ) -> dict[str, Any]:
+            break
+        else:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory}: {'; '.join(failures)}"
+            )
         stored = payload.get("objects", {})
         objects = {name: obj for name, obj in objects.items() if obj is not None}
         missing = [name for name in objects if name not in stored]
@@ -916,9 +876,6 @@ class CheckpointManager:
             _restore_object(name, obj, stored[name])
         if restore_rng and "rng" in payload:
             restore_rng_state(payload["rng"])
-        keys = ("epoch", "step", "batch_in_epoch")
-        return {key: payload.get(key) for key in keys} | {
-            "metrics": dict(payload.get("metrics") or {}),
-            "extra": dict(payload.get("extra") or {}),
-            "path": path,
-        }
+        info = {key: payload.get(key) for key in ("epoch", "step", "batch_in_epoch")}
+        extras = {key: dict(payload.get(key) or {}) for key in ("metrics", "extra")}
+        return info | extras | {"path": path}
