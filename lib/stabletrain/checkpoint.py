@@ -1,11 +1,10 @@
 """Checkpoints that survive crashes, resume bit for bit and load safely.
 
-A checkpoint is one ``torch.save`` file of tensors and plain values (format
-``stabletrain.checkpoint/2``, with a CRC-32 of its payload inside; ``/1`` files still load), so
-``torch.load(weights_only=True)`` reads it. A save writes ``.tmp-<name>-<pid>``, fsyncs and
-``os.replace``s it, rewrites ``manifest.json`` the same way, fsyncs the folder, and only then
-deletes dropped files. The manifest is an index, rebuilt from the files when damaged. One writer
-per folder (``flock`` on ``.lock``); ``read_only`` managers create, rename and delete nothing.
+A checkpoint is one ``torch.save`` file of tensors and plain values (``torch.load(weights_only=
+True)`` reads it; format ``stabletrain.checkpoint/2`` embeds a CRC-32 of its payload, ``/1`` files
+still load). A save writes ``.tmp-<name>-<pid>``, fsyncs and renames it, rewrites ``manifest.json``
+(an index, rebuilt from the files when damaged) the same way, fsyncs the folder, then deletes
+dropped files. One writer per folder (``flock`` on ``.lock``); readers change nothing.
 """
 
 from __future__ import annotations
@@ -81,13 +80,10 @@ class CheckpointLockedError(CheckpointError):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """One kept checkpoint, as recorded in the manifest.
-
-    ``batch_in_epoch`` is ``None`` for an end-of-epoch checkpoint; ``value`` is
-    ``metrics[monitor]`` (NaN when absent); ``roles`` come from ``"regular"`` (newest-k),
-    ``"best"`` (top-k) and ``"resume"`` (mid-epoch); ``is_best`` marks the kept file with the best
-    finite value, ``is_latest`` the most recently written one.
-    """
+    """One kept checkpoint: ``batch_in_epoch`` is ``None`` at an epoch's end; ``value`` is
+    ``metrics[monitor]`` (NaN when absent); ``roles`` are among ``"regular"`` (newest-k), ``"best"``
+    (top-k) and ``"resume"`` (mid-epoch); ``is_best``: the best finite value; ``is_latest``: the
+    most recently written."""
 
     path: Path
     epoch: int
@@ -111,10 +107,9 @@ def _check_plain(value: Any, where: str) -> Any:
     if kind in (dict, OrderedDict):
         for key in value:
             if type(key) not in (str, int, float, bool, type(None)):
-                raise TypeError(
-                    f"{where}: key {key!r} of type {type(key).__name__} cannot be stored; "
-                    "checkpoint keys must be str, int, float, bool or None"
-                )
+                kind = type(key).__name__
+                message = f"{where}: key {key!r} of type {kind} cannot be stored; checkpoint keys"
+                raise TypeError(f"{message} must be str, int, float, bool or None")
         return kind((key, _check_plain(item, f"{where}[{key!r}]")) for key, item in value.items())
     if kind in (list, tuple):
         return kind(_check_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
@@ -158,26 +153,21 @@ def payload_checksum(value: Any) -> int:
 
 
 def _crc(item: Any, crc: int) -> int:
-    def add(text: str) -> int:
-        return zlib.crc32(text.encode(), crc)
-
     if isinstance(item, torch.Tensor):
-        tensor = item.detach().resolve_conj().resolve_neg()
-        crc = add(f"T{tensor.dtype}{tuple(tensor.shape)};")
-        if tensor.numel():
-            crc = zlib.crc32(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
-        return crc
+        tensor = item.detach().resolve_conj().resolve_neg().cpu().contiguous()
+        crc = zlib.crc32(f"T{tensor.dtype}{tuple(tensor.shape)};".encode(), crc)
+        return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
     if isinstance(item, Mapping):
-        crc = add(f"M{len(item)};")
+        crc = zlib.crc32(f"M{len(item)};".encode(), crc)
         for key, child in item.items():
-            crc = _crc(child, add(f"K{key!r};"))
+            crc = _crc(child, zlib.crc32(f"K{key!r};".encode(), crc))
         return crc
     if isinstance(item, list | tuple):
-        crc = add(f"S{len(item)};")
+        crc = zlib.crc32(f"S{len(item)};".encode(), crc)
         for child in item:
             crc = _crc(child, crc)
         return crc
-    return add(f"V{type(item).__name__}:{item!r};")
+    return zlib.crc32(f"V{type(item).__name__}:{item!r};".encode(), crc)
 
 
 def _atomic_write(
@@ -196,11 +186,8 @@ def _atomic_write(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY) if fsync_dir else None
-    except OSError:  # e.g. Windows cannot open folders; os.replace is atomic there
-        fd = None
-    if fd is not None:
+    if fsync_dir and os.name == "posix":  # Windows cannot open folders; os.replace is atomic there
+        fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -222,17 +209,14 @@ def _writer_gone(pid: int) -> bool:
         return False  # a superseded manager here may be writing; os.kill would end it on Windows
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # e.g. PermissionError: it exists, owned by someone else
-        pass
+    except OSError as error:  # PermissionError: it exists, owned by someone else
+        return isinstance(error, ProcessLookupError)
     return False
 
 
 class _FolderLock:
-    """This process's exclusive ``flock`` on ``D/.lock``, shared by its managers of ``D``: only
-    the newest (``owner``) may write. Released by :meth:`release`, when no manager holds it any
-    more, or when the process ends."""
+    """This process's ``flock`` on ``D/.lock``, shared by its managers of ``D``; only the newest
+    (``owner``) may write. Released by :meth:`release`, when no manager holds it, or at exit."""
 
     _held: ClassVar[weakref.WeakValueDictionary[str, _FolderLock]] = weakref.WeakValueDictionary()
     _guard: ClassVar[threading.Lock] = threading.Lock()
@@ -312,23 +296,18 @@ class CheckpointManager:
     ``best`` writes when ``v`` enters the top ``max_keep`` and keeps those; ``epoch`` writes every
     epoch, keeps the newest ``max_keep``; ``interval`` writes when ``(epoch + 1) % every_n_epochs
     == 0``; ``all`` writes every epoch, keeps the newest and the top ``max_keep``;
-    ``improvement_or_final`` (formerly ``adaptive``, deprecated) writes when ``v`` beats the value
-    of the last write by more than ``min_improvement`` relatively, and every epoch with
-    ``epoch >= total_epochs - ceil(total_epochs / 10)``; ``time`` writes when
-    ``every_n_minutes`` passed since the last write. The last three keep the newest files.
-    ``save(..., batch_in_epoch=k)`` writes a mid-epoch resume point (``fit`` does so every
+    ``improvement_or_final`` (deprecated alias ``adaptive``) writes when ``v`` beats the last
+    write's by more than ``min_improvement`` relatively, and when ``epoch >= total_epochs -
+    ceil(total_epochs / 10)``; ``time`` writes ``every_n_minutes``. The last three keep the newest.
+    ``save(..., batch_in_epoch=k)`` writes a mid-epoch resume point (``fit``: every
     ``every_n_steps`` steps), kept only while it is the latest file, outside ``max_keep``.
-
-    Args:
-        async_save: copy the state to CPU and write it in a background thread (:meth:`wait`).
-        durable: ``fsync`` files and folder (turn off only for throwaway runs).
-        read_only: only read the folder (no lock, nothing changed, re-read on every query).
+    ``async_save`` writes from a background thread (:meth:`wait`); ``durable`` fsyncs; a
+    ``read_only`` manager takes no lock, changes nothing and re-reads the folder on every query.
 
     Raises:
         CheckpointLockedError: another process holds the folder's writer lock.
-        ValueError: a bad ``strategy``/``mode``/period/count, ``time`` without
-            ``every_n_minutes``, ``improvement_or_final`` without ``total_epochs``, or a
-            ``directory`` that is a file.
+        ValueError: a bad argument, ``time`` without ``every_n_minutes``,
+            ``improvement_or_final`` without ``total_epochs``, or a ``directory`` that is a file.
     """
 
     def __init__(
@@ -367,16 +346,13 @@ class CheckpointManager:
         if strategy == "improvement_or_final" and total_epochs is None:
             raise ValueError("strategy='improvement_or_final' needs total_epochs=<planned epochs>")
         self.min_improvement = check_float("min_improvement", min_improvement, min=0)
-        self.directory = Path(directory)
-        self.monitor = monitor
-        self.async_save = async_save
-        self.durable = durable
-        self.read_only = bool(read_only)
+        self.directory, self.monitor, self.read_only = Path(directory), monitor, bool(read_only)
+        self.async_save, self.durable = async_save, durable
         self._clock: Callable[[], float] = time.time
         self._created = self._clock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._pool: dict[tuple, torch.Tensor] = {}
+        self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's pinned buffers, reused
         self._lock: _FolderLock | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"directory must be a folder, but {self.directory} is a file")
@@ -416,8 +392,6 @@ class CheckpointManager:
             f"monitor={self.monitor!r}, mode={self.mode!r}, max_keep={self.max_keep}, "
             f"kept={len(self._entries)})"
         )
-
-    # ------------------------------------------------------------------ manifest
 
     @property
     def manifest_path(self) -> Path:
@@ -542,12 +516,6 @@ class CheckpointManager:
             if stat.S_ISREG(info.st_mode) and stale:
                 path.unlink(missing_ok=True)
 
-    def _remove(self, name: str) -> None:
-        """Delete one of this manager's checkpoint files (nothing else, ever)."""
-        path = self.directory / name
-        if _NAME.fullmatch(name) and _regular_file(path):
-            path.unlink(missing_ok=True)
-
     def _write_manifest(self, entries: list[dict[str, Any]]) -> None:
         doc = {"format": FORMAT, "strategy": self.strategy, "monitor": self.monitor}
         doc |= {"mode": self.mode, "max_keep": self.max_keep, "files": entries}
@@ -558,17 +526,13 @@ class CheckpointManager:
             self.manifest_path, lambda f: f.write(text), fsync_file=False, fsync_dir=self.durable
         )
 
-    # ------------------------------------------------------------------ ranking
-
     def _value(self, metrics: Mapping[str, Any], *, required: bool) -> float:
-        if self.monitor not in metrics:
-            if required:
-                raise ValueError(
-                    f"strategy={self.strategy!r} ranks checkpoints by monitor={self.monitor!r}, "
-                    f"which is not among the metrics given to save(): {sorted(metrics)}"
-                )
-            return math.nan
-        value = metrics[self.monitor]
+        if required and self.monitor not in metrics:
+            raise ValueError(
+                f"strategy={self.strategy!r} ranks checkpoints by monitor={self.monitor!r}, "
+                f"which is not among the metrics given to save(): {sorted(metrics)}"
+            )
+        value = metrics.get(self.monitor, math.nan)
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -620,8 +584,6 @@ class CheckpointManager:
                 dropped.append(entry)
         return kept, dropped
 
-    # ------------------------------------------------------------------ save
-
     def save(
         self,
         epoch: int,
@@ -635,12 +597,10 @@ class CheckpointManager:
         """Checkpoint ``objects`` (with ``state_dict()``, or ``torch.Generator``) after ``epoch``
         (from 0) if the strategy says so; with ``batch_in_epoch`` (batches of ``epoch`` done)
         always, as a mid-epoch resume point. ``step`` and ``extra`` (plain values) come back
-        from :meth:`load`. Returns the path (complete after :meth:`wait` with ``async_save``), or
-        ``None`` if skipped.
+        from :meth:`load`. Returns the path (complete after :meth:`wait`), or ``None`` if skipped.
 
         Raises:
-            TypeError: an object without ``state_dict()`` or whose state holds something other
-                than tensors and plain Python values.
+            TypeError: an object without ``state_dict()``, or a state that is not plain values.
             ValueError: a negative ``epoch`` or a missing ``monitor`` metric.
         """
         epoch = check_int("epoch", epoch, min=0)
@@ -666,35 +626,23 @@ class CheckpointManager:
             value, roles = math.nan, ["resume"]
             name = f"epoch-{epoch:04d}-step-{int(step or 0):07d}.pt"
         states = {key: _object_state(key, obj) for key, obj in objects.items() if obj is not None}
-        payload = {
-            "format": FORMAT,
-            "seq": seq,
-            "epoch": epoch,
-            "step": step,
-            "batch_in_epoch": batch_in_epoch,
-            "metrics": metrics,
-            "extra": _check_plain(dict(extra or {}), "extra"),
-            "time": self._clock(),
-            "torch_version": str(torch.__version__),
-            "objects": {key: _check_plain(state, key) for key, state in states.items()},
-            "rng": capture_rng_state(),
-        }
-        entry = {key: None for key in _FIELDS} | payload | {"name": name, "value": value}
-        entry = {key: entry[key] for key in _FIELDS} | {"roles": roles}
+        payload = {"format": FORMAT, "seq": seq, "epoch": epoch, "step": step}
+        payload |= {"batch_in_epoch": batch_in_epoch, "metrics": metrics}
+        payload |= {"extra": _check_plain(dict(extra or {}), "extra"), "time": self._clock()}
+        payload["torch_version"] = str(torch.__version__)
+        payload["objects"] = {key: _check_plain(state, key) for key, state in states.items()}
+        payload["rng"] = capture_rng_state()
+        entry = payload | {"name": name, "value": value, "roles": roles}
+        entry = {key: entry.get(key) for key in _FIELDS}
         kept, dropped = self._retain([*(e for e in self._entries if e["name"] != name), entry])
         path = self.directory / name
         if self.async_save:
-            payload = cpu_copy(payload, self._pool)
-            self._entries = kept
-            self._thread = threading.Thread(
-                target=self._write_in_background,
-                args=(path, payload, kept, dropped),
-                name=f"checkpoint-{name}",
-            )
+            args = (path, cpu_copy(payload, self._pool), kept, dropped)
+            self._thread = threading.Thread(target=self._write_in_background, args=args)
             self._thread.start()
         else:
             self._write(path, payload, kept, dropped)
-            self._entries = kept
+        self._entries = kept
         return path
 
     def _write(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
@@ -707,9 +655,14 @@ class CheckpointManager:
             if entry["name"] == path.name:
                 entry["checksum"], entry["size"] = checksum, size
         self._write_manifest(kept)
-        for entry in dropped:
-            if entry["name"] != path.name:
-                self._remove(entry["name"])
+        for entry in dropped:  # only this manager's regular files, nothing else, ever
+            doomed = self.directory / entry["name"]
+            if (
+                entry["name"] != path.name
+                and _NAME.fullmatch(doomed.name)
+                and _regular_file(doomed)
+            ):
+                doomed.unlink(missing_ok=True)
 
     def _write_in_background(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
         try:
@@ -727,8 +680,6 @@ class CheckpointManager:
         if error is not None:
             self._entries = self._open()
             raise CheckpointError(f"background checkpoint save failed: {error}") from error
-
-    # ------------------------------------------------------------------ queries
 
     def _best(self, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         return min((e for e in entries if _finite(e["value"])), key=self._rank, default=None)
@@ -755,8 +706,6 @@ class CheckpointManager:
             for e in entries
         ]
 
-    # ------------------------------------------------------------------ load
-
     def _read(
         self, path: Path, entry: Mapping[str, Any] | None, map_location: Any, trusted: bool
     ) -> dict[str, Any]:
@@ -765,33 +714,29 @@ class CheckpointManager:
             size = path.stat().st_size
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist") from None
-        entry = entry or {}
-        if entry.get("size") is not None and size != entry["size"]:
+        recorded, crc32 = (entry or {}).get("size"), (entry or {}).get("crc32")  # crc32: format 1
+        if recorded is not None and size != recorded:
+            problem = f"is truncated or corrupt: {size} bytes, the manifest records {recorded}"
+            raise CheckpointError(f"checkpoint {path} {problem}")
+        if crc32 is not None and zlib.crc32(path.read_bytes()) != crc32:
             raise CheckpointError(
-                f"checkpoint {path} is truncated or corrupt: {size} bytes, "
-                f"the manifest records {entry['size']}"
-            )
-        if entry.get("crc32") is not None and zlib.crc32(path.read_bytes()) != entry["crc32"]:
-            raise CheckpointError(  # a format-1 file
                 f"checkpoint {path} is corrupt: its CRC-32 does not match the manifest"
             )
         try:
             payload = torch.load(path, map_location=map_location, weights_only=not trusted)
-        except pickle.UnpicklingError as error:
-            if "weights_only" in str(error) or "Weights only" in str(error):
-                found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        except Exception as error:  # zip/pickle errors of damaged files vary
+            text, unpickling = str(error), isinstance(error, pickle.UnpicklingError)
+            if unpickling and ("weights_only" in text or "Weights only" in text):
+                found = re.search(r"GLOBAL ([\w.]+)", text)
                 detail = f"it references {found.group(1)!r}" if found else "not only tensors"
                 raise UnsafeCheckpointError(
-                    f"refused to load {path}: it contains pickled Python objects "
-                    f"({detail}). Unpickling runs "
-                    "whatever code the file names, so a checkpoint from the internet can take "
-                    "over your machine. Load it with trusted=True only if you trust its source."
+                    f"refused to load {path}: it contains pickled Python objects ({detail}). "
+                    "Unpickling runs whatever code the file names, so a checkpoint from the "
+                    "internet can take over your machine. Load it with trusted=True only if you "
+                    "trust its source."
                 ) from error
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {error}") from error
-        except Exception as error:  # zip/pickle errors of damaged files vary
-            raise CheckpointError(
-                f"checkpoint {path} is truncated or corrupt: {type(error).__name__}: {error}"
-            ) from error
+            text = text if unpickling else f"{type(error).__name__}: {text}"
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {text}") from error
         if not isinstance(payload, Mapping) or payload.get("format") not in (FORMAT, _FORMAT_V1):
             raise CheckpointError(f"{path} is not a stabletrain checkpoint ({FORMAT})")
         payload = dict(payload)
@@ -815,14 +760,12 @@ class CheckpointManager:
         **objects: Any,
     ) -> dict[str, Any]:
         """Restore ``objects`` (by their saved names) and the RNG states from ``which``
-        (``"latest"``, ``"best"`` or a path); ``trusted=True`` allows pickled objects
-        (``weights_only=False``), which can run arbitrary code: only for files you trust.
+        (``"latest"``, ``"best"`` or a path; ``"latest"`` falls back, with a warning, to the newest
+        intact file); ``trusted=True`` allows pickled objects, which can run arbitrary code.
         Returns ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``.
 
         Raises:
-            CheckpointError: no checkpoint, a truncated or corrupt file (named), or an object
-                missing from the file. ``"latest"`` first falls back, with a warning, to the
-                newest intact checkpoint.
+            CheckpointError: no checkpoint, a truncated or corrupt file, or a missing object.
             UnsafeCheckpointError: the file holds pickled objects and ``trusted`` is false.
             TypeError: ``which`` is not a string or path.
         """
