@@ -107,8 +107,8 @@ def _check_plain(value: Any, where: str) -> Any:
     if kind in (dict, OrderedDict):
         for key in value:
             if type(key) not in (str, int, float, bool, type(None)):
-                kind = type(key).__name__
-                message = f"{where}: key {key!r} of type {kind} cannot be stored; checkpoint keys"
+                name = type(key).__name__
+                message = f"{where}: key {key!r} of type {name} cannot be stored; checkpoint keys"
                 raise TypeError(f"{message} must be str, int, float, bool or None")
         return kind((key, _check_plain(item, f"{where}[{key!r}]")) for key, item in value.items())
     if kind in (list, tuple):
@@ -143,12 +143,9 @@ def _restore_object(name: str, obj: Any, state: Any) -> None:
 
 
 def payload_checksum(value: Any) -> int:
-    """CRC-32 of a checkpoint payload: its structure, plain values and tensor bytes.
-
-    Mappings are walked in order (keys by ``repr``), sequences in order, tensors as ``dtype``,
-    ``shape`` and row-major bytes (copied to the CPU), other values as type name and ``repr``.
-    Computed on what ``torch.save`` is given and again on what ``torch.load`` returns.
-    """
+    """CRC-32 of a checkpoint payload (computed at save and again at load): mappings in order
+    (keys by ``repr``), sequences in order, tensors as ``dtype``, ``shape`` and row-major CPU
+    bytes, other values as type name and ``repr``."""
     return _crc(value, 0)
 
 
@@ -792,21 +789,20 @@ class CheckpointManager:
         for path, entry in candidates:
             try:
                 payload = self._read(path, entry, map_location, trusted)
+                break
             except CheckpointError as error:
                 if which != "latest" or isinstance(error, UnsafeCheckpointError):
                     raise
                 failures.append(str(error))
-                continue
-            if failures:
-                warnings.warn(
-                    f"{len(failures)} newer checkpoint(s) could not be read "
-                    f"({'; '.join(failures)}); fell back to {path.name}",
-                    stacklevel=2,
-                )
-            break
         else:
             raise CheckpointError(
                 f"no intact checkpoint in {self.directory}: {'; '.join(failures)}"
+            )
+        if failures:
+            warnings.warn(
+                f"{len(failures)} newer checkpoint(s) could not be read "
+                f"({'; '.join(failures)}); fell back to {path.name}",
+                stacklevel=2,
             )
         stored = payload.get("objects", {})
         objects = {name: obj for name, obj in objects.items() if obj is not None}
