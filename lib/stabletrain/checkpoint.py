@@ -9,6 +9,7 @@ dropped files. One writer per folder (``flock`` on ``.lock``); readers change no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -275,17 +276,6 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in (metrics or {}).items():
-        scalar = isinstance(value, torch.Tensor) and value.numel() == 1
-        if scalar or isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, bool | int | float | str) or value is None:
-            out[str(key)] = value
-    return out
-
-
 class CheckpointManager:
     """Decide when to checkpoint, write durably, keep the right files, load safely.
 
@@ -396,12 +386,11 @@ class CheckpointManager:
 
     def _open(self) -> list[dict[str, Any]]:
         """Read the manifest, keep its valid entries of present files, adopt complete orphans;
-        a writer also removes stale temporaries and rewrites a manifest that changed."""
+        a writer also deletes the temporary files of its naming whose writer is gone (or a day
+        old) and rewrites a manifest that changed."""
         writing = self._writing()
         if not writing and not self.directory.is_dir():
             return []
-        if writing:
-            self._remove_stale_temporaries()
         entries = [e for e in map(self._valid_entry, self._read_manifest()) if e is not None]
         present = []
         for entry in entries:
@@ -414,9 +403,16 @@ class CheckpointManager:
                 warnings.warn(message, stacklevel=3)
         known = {e["name"] for e in present}
         for path in sorted(self.directory.iterdir()):
-            if not _NAME.fullmatch(path.name) or path.name in known:
+            tmp = _TMP.fullmatch(path.name)
+            if tmp and writing and (tmp["target"] == MANIFEST or _NAME.fullmatch(tmp["target"])):
+                with contextlib.suppress(OSError):
+                    info = os.lstat(path)
+                    stale = time.time() - info.st_mtime > _STALE_AFTER_S
+                    if stat.S_ISREG(info.st_mode) and (stale or _writer_gone(int(tmp["pid"]))):
+                        path.unlink()
+            elif not _NAME.fullmatch(path.name) or path.name in known:
                 continue
-            if not _regular_file(path):
+            elif not _regular_file(path):
                 warnings.warn(
                     f"ignoring {path.name} in {self.directory}: not a regular file "
                     "(a symbolic link or a folder is never a checkpoint here)",
@@ -499,20 +495,6 @@ class CheckpointManager:
             | {"crc32": zlib.crc32(path.read_bytes()) if legacy else None, "size": size}
         )
 
-    def _remove_stale_temporaries(self) -> None:
-        """Delete ``.tmp-<file>-<pid>`` files of this manager's naming whose writer is gone."""
-        for path in self.directory.iterdir():
-            match = _TMP.fullmatch(path.name)
-            if not match or (match["target"] != MANIFEST and not _NAME.fullmatch(match["target"])):
-                continue
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
-            stale = time.time() - info.st_mtime > _STALE_AFTER_S or _writer_gone(int(match["pid"]))
-            if stat.S_ISREG(info.st_mode) and stale:
-                path.unlink(missing_ok=True)
-
     def _write_manifest(self, entries: list[dict[str, Any]]) -> None:
         doc = {"format": FORMAT, "strategy": self.strategy, "monitor": self.monitor}
         doc |= {"mode": self.mode, "max_keep": self.max_keep, "files": entries}
@@ -542,13 +524,6 @@ class CheckpointManager:
         candidates = [e for e in entries if "best" in e["roles"] and _finite(e["value"])]
         return sorted(candidates, key=self._rank)[: self.max_keep]
 
-    def _improved(self, value: float, reference: float) -> bool:
-        """``value`` beats ``reference`` by more than ``min_improvement`` relatively."""
-        if not (_finite(value) and _finite(reference)):
-            return _finite(value)
-        gain = reference - value if self.mode == "min" else value - reference
-        return gain > 0 if reference == 0 else gain / abs(reference) > self.min_improvement
-
     def _plan_roles(self, epoch: int, value: float, seq: int) -> list[str] | None:
         """Roles of a new end-of-epoch checkpoint, or ``None`` if the strategy skips it."""
         if self.strategy in _STRATEGY_ROLES:
@@ -556,9 +531,13 @@ class CheckpointManager:
             regular = ["regular"] if self.strategy == "all" else []
             return regular + (["best"] if new in self._top([*self._entries, new]) else []) or None
         last = max((e for e in self._entries if "resume" not in e["roles"]), key=_SEQ, default=None)
-        if self.strategy == "improvement_or_final":
-            final_stretch = epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
-            write = final_stretch or self._improved(value, last["value"] if last else math.nan)
+        if self.strategy == "improvement_or_final":  # relative gain over the last write's value
+            ref = last["value"] if last else math.nan
+            gain = (ref - value if self.mode == "min" else value - ref) / (abs(ref) or 1.0)
+            improved = _finite(value) and (
+                not _finite(ref) or gain > (self.min_improvement if ref else 0)
+            )
+            write = improved or epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
         elif self.strategy == "time":
             since = last["time"] if last is not None else self._created
             write = self._clock() - since >= 60.0 * self.every_n_minutes
@@ -610,7 +589,13 @@ class CheckpointManager:
                 "newer CheckpointManager of the same folder took over (one writer per folder)"
             )
         self.wait()
-        metrics = _plain_metrics(metrics)
+        plain = {}  # the metrics that are (or are scalar tensors of) plain values
+        for key, value in (metrics or {}).items():
+            scalar = isinstance(value, torch.Tensor) and value.numel() == 1
+            value = value.item() if scalar or isinstance(value, np.generic) else value
+            if isinstance(value, bool | int | float | str) or value is None:
+                plain[str(key)] = value
+        metrics = plain
         seq = max((e["seq"] for e in self._entries), default=-1) + 1
         if batch_in_epoch is None:
             required = self.strategy in ("best", "all", "improvement_or_final")
