@@ -314,8 +314,7 @@ class CheckpointManager:
         durable: bool = True,
         read_only: bool = False,
     ) -> None:
-        if strategy in _STRATEGY_ALIASES:
-            new = _STRATEGY_ALIASES[strategy]
+        if (new := _STRATEGY_ALIASES.get(strategy)) is not None:
             message = f"checkpoint strategy {strategy!r} is deprecated; use {new!r} (the same rule)"
             warnings.warn(message, DeprecationWarning, stacklevel=2)
             strategy = new
@@ -339,7 +338,7 @@ class CheckpointManager:
         self._created = self._clock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's pinned buffers, reused
+        self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's buffers, reused by each save
         self._lock: _FolderLock | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"directory must be a folder, but {self.directory} is a file")
