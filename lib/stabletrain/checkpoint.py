@@ -1,15 +1,15 @@
 """Checkpoints that survive crashes, resume bit for bit and load safely.
 
-A checkpoint is one ``torch.save`` file of tensors and plain values (format
-``stabletrain.checkpoint/2``, with a CRC-32 of its payload inside; ``/1`` files still load), so
-``torch.load(weights_only=True)`` reads it. A save writes ``.tmp-<name>-<pid>``, fsyncs and
-``os.replace``s it, rewrites ``manifest.json`` the same way, fsyncs the folder, and only then
-deletes dropped files. The manifest is an index, rebuilt from the files when damaged. One writer
-per folder (``flock`` on ``.lock``); ``read_only`` managers create, rename and delete nothing.
+A checkpoint is one ``torch.save`` file of tensors and plain values (``torch.load(weights_only=
+True)`` reads it; format ``stabletrain.checkpoint/2`` embeds a CRC-32 of its payload, ``/1`` files
+still load). A save writes ``.tmp-<name>-<pid>``, fsyncs and renames it, rewrites ``manifest.json``
+(an index, rebuilt from the files when damaged) the same way, fsyncs the folder, then deletes
+dropped files. One writer per folder (``flock`` on ``.lock``); readers change nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,6 +24,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +48,7 @@ __all__ = [
 
 STRATEGIES = ("best", "epoch", "interval", "all", "improvement_or_final", "time")
 _STRATEGY_ALIASES = {"adaptive": "improvement_or_final"}  # deprecated name -> strategy
+_STRATEGY_ROLES = {"best": ["best"], "all": ["regular", "best"]}  # the others: ["regular"]
 FORMAT = "stabletrain.checkpoint/2"
 _FORMAT_V1 = "stabletrain.checkpoint/1"  # no embedded checksum; still read
 MANIFEST = "manifest.json"
@@ -58,6 +60,11 @@ _ROLES = ("regular", "best", "resume")
 _PLAIN_LEAVES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 _FIELDS = ("name", "seq", "epoch", "step", "batch_in_epoch", "metrics", "value", "roles")
 _FIELDS += ("checksum", "crc32", "size", "time")  # of a manifest entry, in order
+# The JSON types of a manifest entry's fields (``type(True)`` is not ``int``); "time" is lenient.
+_TYPES = {"name": (str,), "seq": (int,), "epoch": (int,), "metrics": (dict,), "roles": (list,)}
+_TYPES |= dict.fromkeys(("step", "batch_in_epoch", "checksum", "crc32", "size"), (int, type(None)))
+_TYPES["value"] = (int, float)
+_SEQ = itemgetter("seq")
 
 
 class CheckpointError(RuntimeError):
@@ -74,13 +81,10 @@ class CheckpointLockedError(CheckpointError):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """One kept checkpoint, as recorded in the manifest.
-
-    ``batch_in_epoch`` is ``None`` for an end-of-epoch checkpoint; ``value`` is
-    ``metrics[monitor]`` (NaN when absent); ``roles`` come from ``"regular"`` (newest-k),
-    ``"best"`` (top-k) and ``"resume"`` (mid-epoch); ``is_best`` marks the kept file with the best
-    finite value, ``is_latest`` the most recently written one.
-    """
+    """One kept checkpoint: ``batch_in_epoch`` is ``None`` at an epoch's end; ``value`` is
+    ``metrics[monitor]`` (NaN when absent); ``roles`` are among ``"regular"`` (newest-k), ``"best"``
+    (top-k) and ``"resume"`` (mid-epoch); ``is_best``: the best finite value; ``is_latest``: the
+    most recently written."""
 
     path: Path
     epoch: int
@@ -104,10 +108,9 @@ def _check_plain(value: Any, where: str) -> Any:
     if kind in (dict, OrderedDict):
         for key in value:
             if type(key) not in (str, int, float, bool, type(None)):
-                raise TypeError(
-                    f"{where}: key {key!r} of type {type(key).__name__} cannot be stored; "
-                    "checkpoint keys must be str, int, float, bool or None"
-                )
+                name = type(key).__name__
+                message = f"{where}: key {key!r} of type {name} cannot be stored; checkpoint keys"
+                raise TypeError(f"{message} must be str, int, float, bool or None")
         return kind((key, _check_plain(item, f"{where}[{key!r}]")) for key, item in value.items())
     if kind in (list, tuple):
         return kind(_check_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
@@ -141,36 +144,28 @@ def _restore_object(name: str, obj: Any, state: Any) -> None:
 
 
 def payload_checksum(value: Any) -> int:
-    """CRC-32 of a checkpoint payload: its structure, plain values and tensor bytes.
-
-    Mappings are walked in order (keys by ``repr``), sequences in order, tensors as ``dtype``,
-    ``shape`` and row-major bytes (copied to the CPU), other values as type name and ``repr``.
-    Computed on what ``torch.save`` is given and again on what ``torch.load`` returns.
-    """
+    """CRC-32 of a checkpoint payload (computed at save and again at load): mappings in order
+    (keys by ``repr``), sequences in order, tensors as ``dtype``, ``shape`` and row-major CPU
+    bytes, other values as type name and ``repr``."""
     return _crc(value, 0)
 
 
 def _crc(item: Any, crc: int) -> int:
-    def add(text: str) -> int:
-        return zlib.crc32(text.encode(), crc)
-
     if isinstance(item, torch.Tensor):
-        tensor = item.detach().resolve_conj().resolve_neg()
-        crc = add(f"T{tensor.dtype}{tuple(tensor.shape)};")
-        if tensor.numel():
-            crc = zlib.crc32(tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
-        return crc
+        tensor = item.detach().resolve_conj().resolve_neg().cpu().contiguous()
+        crc = zlib.crc32(f"T{tensor.dtype}{tuple(tensor.shape)};".encode(), crc)
+        return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
     if isinstance(item, Mapping):
-        crc = add(f"M{len(item)};")
+        crc = zlib.crc32(f"M{len(item)};".encode(), crc)
         for key, child in item.items():
-            crc = _crc(child, add(f"K{key!r};"))
+            crc = _crc(child, zlib.crc32(f"K{key!r};".encode(), crc))
         return crc
     if isinstance(item, list | tuple):
-        crc = add(f"S{len(item)};")
+        crc = zlib.crc32(f"S{len(item)};".encode(), crc)
         for child in item:
             crc = _crc(child, crc)
         return crc
-    return add(f"V{type(item).__name__}:{item!r};")
+    return zlib.crc32(f"V{type(item).__name__}:{item!r};".encode(), crc)
 
 
 def _atomic_write(
@@ -189,11 +184,8 @@ def _atomic_write(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY) if fsync_dir else None
-    except OSError:  # e.g. Windows cannot open folders; os.replace is atomic there
-        fd = None
-    if fd is not None:
+    if fsync_dir and os.name == "posix":  # Windows cannot open folders; os.replace is atomic there
+        fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
@@ -209,31 +201,28 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists here (unknown counts as alive; on Windows, always)."""
-    if os.name != "posix":
-        return True  # os.kill(pid, 0) would terminate it on Windows; rely on age
+def _writer_gone(pid: int) -> bool:
+    """Process ``pid`` is another one that no longer exists (on Windows: never known)."""
+    if pid == os.getpid() or os.name != "posix":
+        return False  # a superseded manager here may be writing; os.kill would end it on Windows
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. PermissionError: it exists, owned by someone else
-        pass
-    return True
+    except OSError as error:  # PermissionError: it exists, owned by someone else
+        return isinstance(error, ProcessLookupError)
+    return False
 
 
 class _FolderLock:
-    """This process's exclusive ``flock`` on ``D/.lock``, shared by its managers of ``D``: only
-    the newest (``owner``) may write. Released by :meth:`release`, when no manager holds it any
-    more, or when the process ends."""
+    """This process's ``flock`` on ``D/.lock``, shared by its managers of ``D``; only the newest
+    (``owner``) may write. Released by :meth:`release`, when no manager holds it, or at exit."""
 
     _held: ClassVar[weakref.WeakValueDictionary[str, _FolderLock]] = weakref.WeakValueDictionary()
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, directory: Path) -> None:
         self.key = os.path.realpath(directory)
-        self.fd: int | None = None
         self.owner: weakref.ref[CheckpointManager] | None = None  # None once released
+        self.close: Callable[[], Any] = lambda: None
         try:
             import fcntl
         except ImportError:  # no flock (Windows): one writer per folder is up to the user
@@ -257,7 +246,7 @@ class _FolderLock:
             ) from error
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
+        self.close = weakref.finalize(self, os.close, fd)  # closing it drops the flock
 
     @classmethod
     def acquire(cls, directory: Path, manager: CheckpointManager) -> _FolderLock:
@@ -268,48 +257,23 @@ class _FolderLock:
                 lock = cls._held[os.path.realpath(directory)] = cls(directory)
             previous = lock.owner() if lock.owner is not None else None
             lock.owner = weakref.ref(manager)
-        if previous is not None and previous is not manager:
+        if previous is not None:
             try:
                 previous.wait()  # its background save lands before the new owner reads
             except CheckpointError as error:
                 warnings.warn(f"the previous manager's save failed: {error}", stacklevel=4)
         return lock
 
-    def owned_by(self, manager: CheckpointManager) -> bool:
-        return self.owner is not None and self.owner() is manager
-
     def release(self) -> None:
         with self._guard:
             self.owner = None
-            if self.fd is not None:
-                os.close(self.fd)  # closing the descriptor drops the flock
-                self.fd = None
+            self.close()
             if self._held.get(self.key) is self:
                 del self._held[self.key]
-
-    def __del__(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _plain_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in (metrics or {}).items():
-        scalar = isinstance(value, torch.Tensor) and value.numel() == 1
-        if scalar or isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, bool | int | float | str) or value is None:
-            out[str(key)] = value
-    return out
-
-
-def _entry(**fields: Any) -> dict[str, Any]:
-    """A manifest entry: ``fields`` in the order of :data:`_FIELDS` (absent ones ``None``)."""
-    return {key: fields.get(key) for key in _FIELDS}
 
 
 class CheckpointManager:
@@ -319,23 +283,18 @@ class CheckpointManager:
     ``best`` writes when ``v`` enters the top ``max_keep`` and keeps those; ``epoch`` writes every
     epoch, keeps the newest ``max_keep``; ``interval`` writes when ``(epoch + 1) % every_n_epochs
     == 0``; ``all`` writes every epoch, keeps the newest and the top ``max_keep``;
-    ``improvement_or_final`` (formerly ``adaptive``, deprecated) writes when ``v`` beats the value
-    of the last write by more than ``min_improvement`` relatively, and every epoch with
-    ``epoch >= total_epochs - ceil(total_epochs / 10)``; ``time`` writes when
-    ``every_n_minutes`` passed since the last write. The last three keep the newest files.
-    ``save(..., batch_in_epoch=k)`` writes a mid-epoch resume point (``fit`` does so every
+    ``improvement_or_final`` (deprecated alias ``adaptive``) writes when ``v`` beats the last
+    write's by more than ``min_improvement`` relatively, and when ``epoch >= total_epochs -
+    ceil(total_epochs / 10)``; ``time`` writes ``every_n_minutes``. The last three keep the newest.
+    ``save(..., batch_in_epoch=k)`` writes a mid-epoch resume point (``fit``: every
     ``every_n_steps`` steps), kept only while it is the latest file, outside ``max_keep``.
-
-    Args:
-        async_save: copy the state to CPU and write it in a background thread (:meth:`wait`).
-        durable: ``fsync`` files and folder (turn off only for throwaway runs).
-        read_only: only read the folder (no lock, nothing changed, re-read on every query).
+    ``async_save`` writes from a background thread (:meth:`wait`); ``durable`` fsyncs; a
+    ``read_only`` manager takes no lock, changes nothing and re-reads the folder on every query.
 
     Raises:
         CheckpointLockedError: another process holds the folder's writer lock.
-        ValueError: a bad ``strategy``/``mode``/period/count, ``time`` without
-            ``every_n_minutes``, ``improvement_or_final`` without ``total_epochs``, or a
-            ``directory`` that is a file.
+        ValueError: a bad argument, ``time`` without ``every_n_minutes``,
+            ``improvement_or_final`` without ``total_epochs``, or a ``directory`` that is a file.
     """
 
     def __init__(
@@ -355,8 +314,7 @@ class CheckpointManager:
         durable: bool = True,
         read_only: bool = False,
     ) -> None:
-        if strategy in _STRATEGY_ALIASES:
-            new = _STRATEGY_ALIASES[strategy]
+        if (new := _STRATEGY_ALIASES.get(strategy)) is not None:
             message = f"checkpoint strategy {strategy!r} is deprecated; use {new!r} (the same rule)"
             warnings.warn(message, DeprecationWarning, stacklevel=2)
             strategy = new
@@ -374,16 +332,13 @@ class CheckpointManager:
         if strategy == "improvement_or_final" and total_epochs is None:
             raise ValueError("strategy='improvement_or_final' needs total_epochs=<planned epochs>")
         self.min_improvement = check_float("min_improvement", min_improvement, min=0)
-        self.directory = Path(directory)
-        self.monitor = monitor
-        self.async_save = async_save
-        self.durable = durable
-        self.read_only = bool(read_only)
+        self.directory, self.monitor, self.read_only = Path(directory), monitor, bool(read_only)
+        self.async_save, self.durable = async_save, durable
         self._clock: Callable[[], float] = time.time
         self._created = self._clock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._pool: dict[tuple, torch.Tensor] = {}
+        self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's buffers, reused by each save
         self._lock: _FolderLock | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"directory must be a folder, but {self.directory} is a file")
@@ -408,7 +363,8 @@ class CheckpointManager:
 
     def _writing(self) -> bool:
         """This manager may change the folder (not read-only, not closed or superseded)."""
-        return self._lock is not None and self._lock.owned_by(self)
+        owner = self._lock.owner if self._lock is not None else None
+        return owner is not None and owner() is self
 
     def _current(self) -> list[dict[str, Any]]:
         """The kept entries; a reader (or a superseded writer) re-reads the folder."""
@@ -423,31 +379,39 @@ class CheckpointManager:
             f"kept={len(self._entries)})"
         )
 
-    # ------------------------------------------------------------------ manifest
-
     @property
     def manifest_path(self) -> Path:
         return self.directory / MANIFEST
 
     def _open(self) -> list[dict[str, Any]]:
         """Read the manifest, keep its valid entries of present files, adopt complete orphans;
-        a writer also removes stale temporaries and rewrites a manifest that changed."""
+        a writer also deletes the temporary files of its naming whose writer is gone (or a day
+        old) and rewrites a manifest that changed."""
         writing = self._writing()
         if not writing and not self.directory.is_dir():
             return []
-        if writing:
-            self._remove_stale_temporaries()
         entries = [e for e in map(self._valid_entry, self._read_manifest()) if e is not None]
-        present = [e for e in entries if _regular_file(self.directory / e["name"])]
-        missing = [e["name"] for e in entries if e not in present] if writing else []
-        for name in missing:  # (a reader may race the writer's pruning: no news)
-            message = f"checkpoint {name} is in the manifest but missing; forgetting it"
-            warnings.warn(message, stacklevel=3)
+        present = []
+        for entry in entries:
+            if _regular_file(self.directory / entry["name"]):
+                present.append(entry)
+            elif writing:  # (a reader may race the writer's pruning: no news)
+                message = (
+                    f"checkpoint {entry['name']} is in the manifest but missing; forgetting it"
+                )
+                warnings.warn(message, stacklevel=3)
         known = {e["name"] for e in present}
         for path in sorted(self.directory.iterdir()):
-            if not _NAME.fullmatch(path.name) or path.name in known:
+            tmp = _TMP.fullmatch(path.name)
+            if tmp and writing and (tmp["target"] == MANIFEST or _NAME.fullmatch(tmp["target"])):
+                with contextlib.suppress(OSError):
+                    info = os.lstat(path)
+                    stale = time.time() - info.st_mtime > _STALE_AFTER_S
+                    if stat.S_ISREG(info.st_mode) and (stale or _writer_gone(int(tmp["pid"]))):
+                        path.unlink()
+            elif not _NAME.fullmatch(path.name) or path.name in known:
                 continue
-            if not _regular_file(path):
+            elif not _regular_file(path):
                 warnings.warn(
                     f"ignoring {path.name} in {self.directory}: not a regular file "
                     "(a symbolic link or a folder is never a checkpoint here)",
@@ -455,7 +419,7 @@ class CheckpointManager:
                 )
             elif (adopted := self._adopt(path)) is not None:
                 present.append(adopted)
-        present.sort(key=lambda e: e["seq"])
+        present.sort(key=_SEQ)
         if present != entries and writing:
             self._write_manifest(present)
         return present
@@ -485,64 +449,31 @@ class CheckpointManager:
             )
             return []
 
-    def _valid_entry(self, entry: Any) -> dict[str, Any] | None:
-        """``entry`` if it is a well-formed record of one of this manager's files, else ``None``
-        (its name must be a plain file name of the manager's pattern: never ``../x`` or ``a/b``)."""
-
-        def integer(key: str, optional: bool = True) -> bool:
-            v = entry.get(key)
-            return (v is None and optional) or (isinstance(v, int) and not isinstance(v, bool))
-
-        name = entry.get("name") if isinstance(entry, dict) else None
+    def _valid_entry(self, raw: Any) -> dict[str, Any] | None:
+        """``raw`` (a manifest record, or an adopted file's) as an entry if it is well formed and
+        names a file of this folder (a plain ``epoch-NNNN.pt`` name: never ``../x`` or ``a/b``),
+        else ``None`` with a warning. Absent ``metrics``/``value``/``time``: ``{}``/NaN/0."""
+        entry = {"metrics": {}, "value": math.nan, **raw} if isinstance(raw, dict) else {}
+        name, roles = entry.get("name"), entry.get("roles")
+        wrong = [key for key, types in _TYPES.items() if type(entry.get(key)) not in types]
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             problem = "its name is not a checkpoint file name of this folder (epoch-NNNN.pt)"
-        elif not (integer("seq", False) and integer("epoch", False)):
-            problem = "it has no integer 'seq' and 'epoch'"
-        elif not all(map(integer, ("step", "batch_in_epoch", "size", "checksum", "crc32"))):
-            problem = "its step, batch_in_epoch, size or checksum is not an integer"
-        elif not isinstance(entry.get("metrics", {}), dict) or not isinstance(
-            entry.get("value", math.nan), int | float
-        ):
-            problem = "its metrics or value have the wrong type"
-        elif not isinstance(entry.get("roles"), list) or not set(entry["roles"]) <= set(_ROLES):
-            problem = f"its roles are not a list drawn from {_ROLES}"
+        elif wrong:
+            problem = f"its {', '.join(wrong)} missing or of the wrong type"
+        elif not all(role in _ROLES for role in roles):
+            problem = f"its roles are not drawn from {_ROLES}"
         else:
             when = entry.get("time")
-            return _entry(**entry) | {
-                "metrics": dict(entry.get("metrics", {})),
-                "value": float(entry.get("value", math.nan)),
-                "roles": list(entry["roles"]),
-                "time": float(when) if isinstance(when, int | float) else 0.0,
+            return {key: entry.get(key) for key in _FIELDS} | {
+                "value": float(entry["value"]),
+                "roles": list(roles),
+                "time": float(when) if type(when) in (int, float) else 0.0,
             }
-        shown = repr(name) if isinstance(name, str) else repr(entry)
+        shown = repr(name) if isinstance(name, str) else repr(raw)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         message = f"ignoring manifest entry {shown} in {self.manifest_path}: {problem}"
         warnings.warn(message, stacklevel=5)
         return None
-
-    def _remove_stale_temporaries(self) -> None:
-        """Delete ``.tmp-<file>-<pid>`` files of this manager's naming whose writer is gone."""
-        now = time.time()
-        for path in self.directory.iterdir():
-            match = _TMP.fullmatch(path.name)
-            if match is None or not _regular_file(path):
-                continue
-            if match["target"] != MANIFEST and not _NAME.fullmatch(match["target"]):
-                continue
-            pid = int(match["pid"])
-            try:
-                age = now - os.lstat(path).st_mtime
-            except OSError:
-                continue
-            own = pid == os.getpid()  # a superseded manager of this process may be writing it
-            if age > _STALE_AFTER_S or (not own and not _pid_alive(pid)):
-                path.unlink(missing_ok=True)
-
-    def _remove(self, name: str) -> None:
-        """Delete one of this manager's checkpoint files (nothing else, ever)."""
-        path = self.directory / name
-        if _NAME.fullmatch(name) and _regular_file(path):
-            path.unlink(missing_ok=True)
 
     def _adopt(self, path: Path) -> dict[str, Any] | None:
         """The entry of a complete file the manifest does not know (a process died between
@@ -553,20 +484,15 @@ class CheckpointManager:
         except Exception as error:  # any failure means "do not adopt"
             warnings.warn(f"ignoring unreadable checkpoint {path.name}: {error}", stacklevel=4)
             return None
-        roles = {"best": ["best"], "all": ["regular", "best"]}.get(self.strategy, ["regular"])
         metrics = dict(payload.get("metrics") or {})
+        roles = _STRATEGY_ROLES.get(self.strategy, ["regular"])
         legacy = payload["format"] == _FORMAT_V1
-        return _entry(**payload) | {
-            "name": path.name,
-            "seq": int(payload["seq"]),
-            "epoch": int(payload["epoch"]),
-            "metrics": metrics,
-            "value": self._value(metrics, required=False),
-            "roles": ["resume"] if payload.get("batch_in_epoch") is not None else roles,
-            "crc32": zlib.crc32(path.read_bytes()) if legacy else None,
-            "size": size,
-            "time": float(payload.get("time", 0.0)),
-        }
+        return self._valid_entry(
+            payload
+            | {"name": path.name, "metrics": metrics, "value": self._value(metrics, required=False)}
+            | {"roles": ["resume"] if payload.get("batch_in_epoch") is not None else roles}
+            | {"crc32": zlib.crc32(path.read_bytes()) if legacy else None, "size": size}
+        )
 
     def _write_manifest(self, entries: list[dict[str, Any]]) -> None:
         doc = {"format": FORMAT, "strategy": self.strategy, "monitor": self.monitor}
@@ -578,17 +504,13 @@ class CheckpointManager:
             self.manifest_path, lambda f: f.write(text), fsync_file=False, fsync_dir=self.durable
         )
 
-    # ------------------------------------------------------------------ ranking
-
-    def _value(self, metrics: Mapping[str, Any] | None, *, required: bool) -> float:
-        if metrics is None or self.monitor not in metrics:
-            if required:
-                raise ValueError(
-                    f"strategy={self.strategy!r} ranks checkpoints by monitor={self.monitor!r}, "
-                    f"which is not among the metrics given to save(): {sorted(metrics or {})}"
-                )
-            return math.nan
-        value = metrics[self.monitor]
+    def _value(self, metrics: Mapping[str, Any], *, required: bool) -> float:
+        if required and self.monitor not in metrics:
+            raise ValueError(
+                f"strategy={self.strategy!r} ranks checkpoints by monitor={self.monitor!r}, "
+                f"which is not among the metrics given to save(): {sorted(metrics)}"
+            )
+        value = metrics.get(self.monitor, math.nan)
         try:
             return float(value)
         except (TypeError, ValueError):
@@ -601,29 +523,20 @@ class CheckpointManager:
         candidates = [e for e in entries if "best" in e["roles"] and _finite(e["value"])]
         return sorted(candidates, key=self._rank)[: self.max_keep]
 
-    def _enters_top(self, value: float, seq: int) -> bool:
-        top = self._top(self._entries)
-        if len(top) < self.max_keep:
-            return _finite(value)
-        return _finite(value) and self._rank({"value": value, "seq": seq}) < self._rank(top[-1])
-
-    def _improved(self, value: float, reference: float) -> bool:
-        """``value`` beats ``reference`` by more than ``min_improvement`` relatively."""
-        if not (_finite(value) and _finite(reference)):
-            return _finite(value)
-        gain = reference - value if self.mode == "min" else value - reference
-        return gain > 0 if reference == 0 else gain / abs(reference) > self.min_improvement
-
     def _plan_roles(self, epoch: int, value: float, seq: int) -> list[str] | None:
         """Roles of a new end-of-epoch checkpoint, or ``None`` if the strategy skips it."""
-        if self.strategy == "best":
-            return ["best"] if self._enters_top(value, seq) else None
-        if self.strategy == "all":
-            return ["regular", "best"] if self._enters_top(value, seq) else ["regular"]
-        last = self._latest_entry([e for e in self._entries if "resume" not in e["roles"]])
-        if self.strategy == "improvement_or_final":
-            final_stretch = epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
-            write = final_stretch or self._improved(value, last["value"] if last else math.nan)
+        if self.strategy in _STRATEGY_ROLES:
+            new = {"value": value, "seq": seq, "roles": ["best"]}
+            regular = ["regular"] if self.strategy == "all" else []
+            return regular + (["best"] if new in self._top([*self._entries, new]) else []) or None
+        last = max((e for e in self._entries if "resume" not in e["roles"]), key=_SEQ, default=None)
+        if self.strategy == "improvement_or_final":  # relative gain over the last write's value
+            ref = last["value"] if last else math.nan
+            gain = (ref - value if self.mode == "min" else value - ref) / (abs(ref) or 1.0)
+            improved = _finite(value) and (
+                not _finite(ref) or gain > (self.min_improvement if ref else 0)
+            )
+            write = improved or epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
         elif self.strategy == "time":
             since = last["time"] if last is not None else self._created
             write = self._clock() - since >= 60.0 * self.every_n_minutes
@@ -633,8 +546,8 @@ class CheckpointManager:
 
     def _retain(self, entries: list[dict[str, Any]]) -> tuple[list, list]:
         """Split ``entries`` into (kept, dropped) and trim each kept file's roles."""
-        latest = max(entries, key=lambda e: e["seq"])["name"]
-        regular = sorted((e for e in entries if "regular" in e["roles"]), key=lambda e: e["seq"])
+        latest = max(entries, key=_SEQ)["name"]
+        regular = sorted((e for e in entries if "regular" in e["roles"]), key=_SEQ)
         keep = {"regular": {e["name"] for e in regular[-self.max_keep :]}, "resume": {latest}}
         keep["best"] = {e["name"] for e in self._top(entries)}
         kept, dropped = [], []
@@ -645,8 +558,6 @@ class CheckpointManager:
             else:
                 dropped.append(entry)
         return kept, dropped
-
-    # ------------------------------------------------------------------ save
 
     def save(
         self,
@@ -661,14 +572,10 @@ class CheckpointManager:
         """Checkpoint ``objects`` (with ``state_dict()``, or ``torch.Generator``) after ``epoch``
         (from 0) if the strategy says so; with ``batch_in_epoch`` (batches of ``epoch`` done)
         always, as a mid-epoch resume point. ``step`` and ``extra`` (plain values) come back
-        from :meth:`load`.
-
-        Returns:
-            The path (complete after :meth:`wait` with ``async_save``); ``None`` if skipped.
+        from :meth:`load`. Returns the path (complete after :meth:`wait`), or ``None`` if skipped.
 
         Raises:
-            TypeError: an object without ``state_dict()`` or whose state holds something other
-                than tensors and plain Python values.
+            TypeError: an object without ``state_dict()``, or a state that is not plain values.
             ValueError: a negative ``epoch`` or a missing ``monitor`` metric.
         """
         epoch = check_int("epoch", epoch, min=0)
@@ -681,7 +588,13 @@ class CheckpointManager:
                 "newer CheckpointManager of the same folder took over (one writer per folder)"
             )
         self.wait()
-        metrics = _plain_metrics(metrics)
+        plain = {}  # the metrics that are (or are scalar tensors of) plain values
+        for key, value in (metrics or {}).items():
+            scalar = isinstance(value, torch.Tensor) and value.numel() == 1
+            value = value.item() if scalar or isinstance(value, np.generic) else value
+            if isinstance(value, bool | int | float | str) or value is None:
+                plain[str(key)] = value
+        metrics = plain
         seq = max((e["seq"] for e in self._entries), default=-1) + 1
         if batch_in_epoch is None:
             required = self.strategy in ("best", "all", "improvement_or_final")
@@ -694,34 +607,23 @@ class CheckpointManager:
             value, roles = math.nan, ["resume"]
             name = f"epoch-{epoch:04d}-step-{int(step or 0):07d}.pt"
         states = {key: _object_state(key, obj) for key, obj in objects.items() if obj is not None}
-        payload = {
-            "format": FORMAT,
-            "seq": seq,
-            "epoch": epoch,
-            "step": step,
-            "batch_in_epoch": batch_in_epoch,
-            "metrics": metrics,
-            "extra": _check_plain(dict(extra or {}), "extra"),
-            "time": self._clock(),
-            "torch_version": str(torch.__version__),
-            "objects": {key: _check_plain(state, key) for key, state in states.items()},
-            "rng": capture_rng_state(),
-        }
-        entry = _entry(**payload, name=name, value=value, roles=roles)
+        payload = {"format": FORMAT, "seq": seq, "epoch": epoch, "step": step}
+        payload |= {"batch_in_epoch": batch_in_epoch, "metrics": metrics}
+        payload |= {"extra": _check_plain(dict(extra or {}), "extra"), "time": self._clock()}
+        payload["torch_version"] = str(torch.__version__)
+        payload["objects"] = {key: _check_plain(state, key) for key, state in states.items()}
+        payload["rng"] = capture_rng_state()
+        entry = payload | {"name": name, "value": value, "roles": roles}
+        entry = {key: entry.get(key) for key in _FIELDS}
         kept, dropped = self._retain([*(e for e in self._entries if e["name"] != name), entry])
         path = self.directory / name
         if self.async_save:
-            payload = cpu_copy(payload, self._pool)
-            self._entries = kept
-            self._thread = threading.Thread(
-                target=self._write_in_background,
-                args=(path, payload, kept, dropped),
-                name=f"checkpoint-{name}",
-            )
+            args = (path, cpu_copy(payload, self._pool), kept, dropped)
+            self._thread = threading.Thread(target=self._write_in_background, args=args)
             self._thread.start()
         else:
             self._write(path, payload, kept, dropped)
-            self._entries = kept
+        self._entries = kept
         return path
 
     def _write(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
@@ -734,9 +636,14 @@ class CheckpointManager:
             if entry["name"] == path.name:
                 entry["checksum"], entry["size"] = checksum, size
         self._write_manifest(kept)
-        for entry in dropped:
-            if entry["name"] != path.name:
-                self._remove(entry["name"])
+        for entry in dropped:  # only this manager's regular files, nothing else, ever
+            doomed = self.directory / entry["name"]
+            if (
+                entry["name"] != path.name
+                and _NAME.fullmatch(doomed.name)
+                and _regular_file(doomed)
+            ):
+                doomed.unlink(missing_ok=True)
 
     def _write_in_background(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
         try:
@@ -755,34 +662,23 @@ class CheckpointManager:
             self._entries = self._open()
             raise CheckpointError(f"background checkpoint save failed: {error}") from error
 
-    # ------------------------------------------------------------------ queries
-
-    def _best_entry(self, entries: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
-        finite = [
-            e for e in (self._current() if entries is None else entries) if _finite(e["value"])
-        ]
-        return min(finite, key=self._rank) if finite else None
-
-    def _latest_entry(self, entries: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
-        entries = self._current() if entries is None else entries
-        return max(entries, key=lambda e: e["seq"]) if entries else None
+    def _best(self, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return min((e for e in entries if _finite(e["value"])), key=self._rank, default=None)
 
     @property
     def best_path(self) -> Path | None:
         """The kept checkpoint with the best finite ``monitor`` value (``None`` if none)."""
-        entry = self._best_entry()
-        return self.directory / entry["name"] if entry else None
+        return next((info.path for info in self.checkpoints() if info.is_best), None)
 
     @property
     def latest_path(self) -> Path | None:
         """The most recently written checkpoint (``None`` before the first write)."""
-        entry = self._latest_entry()
-        return self.directory / entry["name"] if entry else None
+        return next((info.path for info in self.checkpoints() if info.is_latest), None)
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """The kept checkpoints, oldest first."""
-        entries = sorted(self._current(), key=lambda e: e["seq"])
-        best, latest = self._best_entry(entries), self._latest_entry(entries)
+        entries = sorted(self._current(), key=_SEQ)
+        best, latest = self._best(entries), entries[-1] if entries else None
         return [
             CheckpointInfo(
                 *(self.directory / e["name"], e["epoch"], e["step"], e["batch_in_epoch"]),
@@ -791,42 +687,37 @@ class CheckpointManager:
             for e in entries
         ]
 
-    # ------------------------------------------------------------------ load
-
     def _read(
         self, path: Path, entry: Mapping[str, Any] | None, map_location: Any, trusted: bool
     ) -> dict[str, Any]:
+        """The verified payload of ``path`` (``entry``: its manifest record, if any)."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {path} does not exist") from None
-        entry = entry or {}
-        if entry.get("size") is not None and size != entry["size"]:
+        recorded, crc32 = (entry or {}).get("size"), (entry or {}).get("crc32")  # crc32: format 1
+        if recorded is not None and size != recorded:
+            problem = f"is truncated or corrupt: {size} bytes, the manifest records {recorded}"
+            raise CheckpointError(f"checkpoint {path} {problem}")
+        if crc32 is not None and zlib.crc32(path.read_bytes()) != crc32:
             raise CheckpointError(
-                f"checkpoint {path} is truncated or corrupt: {size} bytes, "
-                f"the manifest records {entry['size']}"
-            )
-        if entry.get("crc32") is not None and zlib.crc32(path.read_bytes()) != entry["crc32"]:
-            raise CheckpointError(  # a format-1 file
                 f"checkpoint {path} is corrupt: its CRC-32 does not match the manifest"
             )
         try:
             payload = torch.load(path, map_location=map_location, weights_only=not trusted)
-        except pickle.UnpicklingError as error:
-            if "weights_only" in str(error) or "Weights only" in str(error):
-                found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        except Exception as error:  # zip/pickle errors of damaged files vary
+            text, unpickling = str(error), isinstance(error, pickle.UnpicklingError)
+            if unpickling and ("weights_only" in text or "Weights only" in text):
+                found = re.search(r"GLOBAL ([\w.]+)", text)
                 detail = f"it references {found.group(1)!r}" if found else "not only tensors"
                 raise UnsafeCheckpointError(
-                    f"refused to load {path}: it contains pickled Python objects "
-                    f"({detail}). Unpickling runs "
-                    "whatever code the file names, so a checkpoint from the internet can take "
-                    "over your machine. Load it with trusted=True only if you trust its source."
+                    f"refused to load {path}: it contains pickled Python objects ({detail}). "
+                    "Unpickling runs whatever code the file names, so a checkpoint from the "
+                    "internet can take over your machine. Load it with trusted=True only if you "
+                    "trust its source."
                 ) from error
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {error}") from error
-        except Exception as error:  # zip/pickle errors of damaged files vary
-            raise CheckpointError(
-                f"checkpoint {path} is truncated or corrupt: {type(error).__name__}: {error}"
-            ) from error
+            text = text if unpickling else f"{type(error).__name__}: {text}"
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {text}") from error
         if not isinstance(payload, Mapping) or payload.get("format") not in (FORMAT, _FORMAT_V1):
             raise CheckpointError(f"{path} is not a stabletrain checkpoint ({FORMAT})")
         payload = dict(payload)
@@ -850,30 +741,25 @@ class CheckpointManager:
         **objects: Any,
     ) -> dict[str, Any]:
         """Restore ``objects`` (by their saved names) and the RNG states from ``which``
-        (``"latest"``, ``"best"`` or a path); ``trusted=True`` allows pickled objects
-        (``weights_only=False``), which can run arbitrary code: only for files you trust.
-
-        Returns:
-            ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``.
+        (``"latest"``, ``"best"`` or a path; ``"latest"`` falls back, with a warning, to the newest
+        intact file); ``trusted=True`` allows pickled objects, which can run arbitrary code.
+        Returns ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``.
 
         Raises:
-            CheckpointError: no checkpoint, a truncated or corrupt file (named), or an object
-                missing from the file. ``"latest"`` first falls back, with a warning, to the
-                newest intact checkpoint.
+            CheckpointError: no checkpoint, a truncated or corrupt file, or a missing object.
             UnsafeCheckpointError: the file holds pickled objects and ``trusted`` is false.
             TypeError: ``which`` is not a string or path.
         """
         self.wait()
         if which in ("latest", "best"):
-            if not self._current():
+            entries = sorted(self._current(), key=_SEQ, reverse=True)
+            if not entries:
                 raise CheckpointError(f"no checkpoint in {self.directory}")
-            chosen = [self._best_entry()] if which == "best" else self._entries
-            if chosen == [None]:
+            if which == "best" and (entries := [self._best(entries)]) == [None]:
                 raise CheckpointError(
                     f"no checkpoint in {self.directory} has a finite {self.monitor!r}"
                 )
-            chosen = sorted(chosen, key=lambda e: -e["seq"])
-            candidates = [(self.directory / e["name"], e) for e in chosen]
+            candidates = [(self.directory / e["name"], e) for e in entries]
         elif isinstance(which, str | os.PathLike):
             path = Path(which)
             if not path.exists() and (self.directory / path).exists():
@@ -887,24 +773,21 @@ class CheckpointManager:
         for path, entry in candidates:
             try:
                 payload = self._read(path, entry, map_location, trusted)
+                break
             except CheckpointError as error:
                 if which != "latest" or isinstance(error, UnsafeCheckpointError):
                     raise
                 failures.append(str(error))
-                continue
-            if failures:
-                warnings.warn(
-                    f"{len(failures)} newer checkpoint(s) could not be read "
-                    f"({'; '.join(failures)}); fell back to {path.name}",
-                    stacklevel=2,
-                )
-            return self._restore(path, payload, objects, restore_rng)
-        raise CheckpointError(f"no intact checkpoint in {self.directory}: {'; '.join(failures)}")
-
-    @staticmethod
-    def _restore(
-        path: Path, payload: Mapping[str, Any], objects: Mapping[str, Any], restore_rng: bool
-    ) -> dict[str, Any]:
+        else:
+            raise CheckpointError(
+                f"no intact checkpoint in {self.directory}: {'; '.join(failures)}"
+            )
+        if failures:
+            warnings.warn(
+                f"{len(failures)} newer checkpoint(s) could not be read "
+                f"({'; '.join(failures)}); fell back to {path.name}",
+                stacklevel=2,
+            )
         stored = payload.get("objects", {})
         objects = {name: obj for name, obj in objects.items() if obj is not None}
         missing = [name for name in objects if name not in stored]
@@ -916,9 +799,6 @@ class CheckpointManager:
             _restore_object(name, obj, stored[name])
         if restore_rng and "rng" in payload:
             restore_rng_state(payload["rng"])
-        keys = ("epoch", "step", "batch_in_epoch")
-        return {key: payload.get(key) for key in keys} | {
-            "metrics": dict(payload.get("metrics") or {}),
-            "extra": dict(payload.get("extra") or {}),
-            "path": path,
-        }
+        info = {key: payload.get(key) for key in ("epoch", "step", "batch_in_epoch")}
+        extras = {key: dict(payload.get(key) or {}) for key in ("metrics", "extra")}
+        return info | extras | {"path": path}

@@ -1,9 +1,7 @@
-"""MLflow tracking for :func:`stabletrain.loop.fit`: params once, metrics buffered and written
-with ``log_batch`` (every ``flush_every`` values, at each epoch end and at the end), then the LR
-and loss figures and ``history.json`` as artifacts. The default store is
-``sqlite:///<repository>/mlflow.db`` (``MLFLOW_TRACKING_URI`` overrides it); a SQLite store
-``<folder>/<file>`` keeps its artifacts in ``<folder>/mlartifacts/``.
-"""
+"""MLflow tracking for :func:`stabletrain.loop.fit`: params once, metrics buffered and sent with
+``log_batch``, then the LR and loss figures and ``history.json`` as artifacts. The default store
+is ``sqlite:///<repository>/mlflow.db`` (``MLFLOW_TRACKING_URI`` overrides it); a SQLite store
+``<folder>/<file>`` keeps its artifacts in ``<folder>/mlartifacts/``."""
 
 from __future__ import annotations
 
@@ -29,26 +27,21 @@ __all__ = [
     "ui_command",
 ]
 
-_MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
-
 
 def _mlflow():
     try:
         from mlflow import MlflowClient
         from mlflow.entities import Metric, Param
     except ImportError:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "stabletrain.tracking needs MLflow: pip install 'stabletrain[tracking]' "
-            "(or pip install mlflow)"
-        ) from None
+        message = "pip install 'stabletrain[tracking]' (or pip install mlflow)"
+        raise ImportError(f"stabletrain.tracking needs MLflow: {message}") from None
     for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no migration chatter in notebooks
     return MlflowClient, Metric, Param
 
 
 def repository_root() -> Path:
-    """The course repository (``pyproject.toml`` next to ``lib/stabletrain``) when the library
-    is installed from it, else the current folder."""
+    """The course repository (``pyproject.toml`` beside ``lib/stabletrain``), else the cwd."""
     package = Path(__file__).resolve().parent
     if package.parent.name == "lib" and (package.parents[1] / "pyproject.toml").exists():
         return package.parents[1]
@@ -74,32 +67,22 @@ def default_artifact_root(tracking_uri: str | None = None) -> Path | None:
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     flat: dict[str, str] = {}
     for key, value in params.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value)
+        nested = isinstance(value, Mapping)
+        flat |= _flatten(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": str(value)}
     return flat
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, int | float):
-        return float(value)
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "ndim", 0) == 0:
-        try:
-            return float(item())
-        except (TypeError, ValueError):
-            return None
-    return None
+    """``value`` as a float if it is a Python number or a 0-d tensor/array of one, else ``None``."""
+    if callable(getattr(value, "item", None)) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    return float(value) if isinstance(value, int | float) else None
 
 
 class MLflowTracker:
-    """Log a :func:`~stabletrain.loop.fit` run to MLflow, in batches of ``flush_every`` values
-    (the experiment is created if missing; ``log_figures`` and ``verbose`` act at :meth:`finish`).
-
-    Raises:
-        ValueError: ``flush_every < 1`` or an empty ``experiment`` name.
-    """
+    """Log a :func:`~stabletrain.loop.fit` run to MLflow: metrics every ``flush_every`` values and
+    at each epoch's end (the experiment is created if missing; ``log_figures`` and ``verbose`` act
+    at :meth:`finish`). ``ValueError`` for ``flush_every < 1`` or an empty ``experiment``."""
 
     def __init__(
         self,
@@ -116,15 +99,12 @@ class MLflowTracker:
             raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
         self.flush_every = check_int("flush_every", flush_every, min=1)
         client_cls, self._Metric, self._Param = _mlflow()
-        self.experiment = experiment
-        self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.log_figures = log_figures
-        self.verbose = verbose
+        self.experiment, self.tracking_uri = experiment, tracking_uri or default_tracking_uri()
+        self.log_figures, self.verbose = log_figures, verbose
         self.client = client_cls(tracking_uri=self.tracking_uri)
         self.experiment_id = _experiment_id(self.client, experiment, self.tracking_uri, create=True)
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {}))
-        self.run_id: str = run.info.run_id
-        self.run_name = run.info.run_name
+        self.run_id, self.run_name = run.info.run_id, run.info.run_name
         self._params: dict[str, str] = {}
         self._buffer: list[Any] = []
         self.batches_written = 0
@@ -139,26 +119,22 @@ class MLflowTracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log run parameters (nested mappings become ``a.b`` keys, values strings); a key logged
         before with another value raises ``ValueError`` (a warning after a resume)."""
-        new = {}
-        for key, value in _flatten(params).items():
-            old = self._params.get(key)
-            if old is None:
-                new[key] = value
-            elif old != value and self.resumed:
-                warnings.warn(
-                    f"parameter {key!r} was {old!r} before the resume and is {value!r} now; "
-                    "MLflow keeps the first value",
-                    stacklevel=2,
-                )
-            elif old != value:
+        flat = _flatten(params)
+        for key, value in flat.items():
+            old = self._params.get(key, value)
+            if old != value and not self.resumed:
                 raise ValueError(
                     f"parameter {key!r} was logged as {old!r}; MLflow parameters cannot change "
                     f"within a run (got {value!r})"
                 )
+            if old != value:
+                message = f"parameter {key!r} was {old!r} before the resume and is {value!r} now"
+                warnings.warn(f"{message}; MLflow keeps the first value", stacklevel=2)
+        new = {key: value for key, value in flat.items() if key not in self._params}
         params_list = [self._Param(k, v[:6000]) for k, v in new.items()]
         for start in range(0, len(params_list), 100):
             self.client.log_batch(self.run_id, params=params_list[start : start + 100])
-        self._params.update(new)
+        self._params |= new
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Buffer numeric values (NaN/Inf included) at ``step``; non-numbers are skipped."""
@@ -173,8 +149,8 @@ class MLflowTracker:
     def flush(self) -> None:
         """Write the buffered metric values (``log_batch``, at most 1000 per call)."""
         buffer, self._buffer = self._buffer, []
-        for start in range(0, len(buffer), _MAX_BATCH):
-            self.client.log_batch(self.run_id, metrics=buffer[start : start + _MAX_BATCH])
+        for start in range(0, len(buffer), 1000):  # MLflow's limit per log_batch call
+            self.client.log_batch(self.run_id, metrics=buffer[start : start + 1000])
             self.batches_written += 1
 
     def finish(self, history: History | None = None, *, status: str = "FINISHED") -> None:
@@ -252,8 +228,7 @@ def ui_command(tracking_uri: str | None = None, *, relative_to: str | os.PathLik
         return f"mlflow ui --backend-store-uri {uri}"
     if relative_to is not None:
         base = Path(relative_to).resolve()
-        db = Path(os.path.relpath(db.resolve(), base))
-        artifacts = Path(os.path.relpath(artifacts, base))
+        db, artifacts = (Path(os.path.relpath(p, base)) for p in (db.resolve(), artifacts))
     return (
         f"mlflow ui --backend-store-uri sqlite:///{db.as_posix()} "
         f"--default-artifact-root {artifacts.as_posix()}"
@@ -262,10 +237,8 @@ def ui_command(tracking_uri: str | None = None, *, relative_to: str | os.PathLik
 
 def _experiment_id(client: Any, name: str, tracking_uri: str, *, create: bool) -> str | None:
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    if not create:
-        return None
+    if experiment is not None or not create:
+        return None if experiment is None else experiment.experiment_id
     root = default_artifact_root(tracking_uri)
     location = None if root is None else (root / re.sub(r"[^\w.\-]+", "_", name)).as_uri()
     return client.create_experiment(name, artifact_location=location)
