@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from .checks import check_bool, check_choice, check_float, check_int
 
@@ -136,6 +136,13 @@ class _Schedule(_CopyingState, LRScheduler):
     """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics."""
 
     metric_driven: bool = False
+    warmup_start_lrs: list[float] | None = None
+
+    def _warmup_lr(self, s: int, i: int, b: float) -> float:
+        """Linear warmup: ``a + (b - a) s / W``, a = ``warmup_start_lrs[i]`` or factor × b."""
+        starts = self.warmup_start_lrs
+        a = starts[i] if starts is not None else self.warmup_start_factor * b
+        return a + (b - a) * s / self.warmup_steps
 
     def _extra(self, s: int) -> None:
         """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
@@ -200,11 +207,6 @@ class _WarmupSchedule(_Schedule):
             check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
         self.min_lr_ratio = ratio
         super().__init__(optimizer)
-
-    def _warmup_lr(self, s: int, i: int, b: float) -> float:
-        starts = self.warmup_start_lrs
-        a = starts[i] if starts is not None else self.warmup_start_factor * b
-        return a + (b - a) * s / self.warmup_steps
 
     def _lr(self, s: int, i: int, b: float) -> float:
         if s < self.warmup_steps:
@@ -340,15 +342,13 @@ class StepDecay(_WarmupSchedule):
 
 
 class OneCycle(_WarmupSchedule):
-    r"""``onecycle``: torch's ``OneCycleLR`` with ``max_lr`` = each group's base LR, safe past T.
+    r"""``onecycle``: torch's ``OneCycleLR`` arithmetic with ``max_lr`` = each group's base LR.
 
     For s < T, LRs and momenta (or Adam's β1) are exactly ``OneCycleLR``'s with the same
     arguments; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``. From s = T on it holds the
-    final LR and momentum and warns once when stepped beyond T (torch raises).
-
-    Raises:
-        ValueError: a phase shorter than one step (``pct_start * T <= 1`` or too close to 1),
-            ``cycle_momentum`` with an optimizer without momentum/betas, any invalid argument.
+    final LR and momentum and warns once when stepped beyond T (torch raises). Raises
+    ``ValueError`` for a phase shorter than one step, ``cycle_momentum`` with an optimizer
+    without momentum/betas, or any invalid argument.
     """
 
     _needs_total = True
@@ -378,52 +378,52 @@ class OneCycle(_WarmupSchedule):
         self.three_phase = _bool("three_phase", three_phase)
         self.cycle_momentum = _bool("cycle_momentum", cycle_momentum)
         p = self.pct_start * total
-        # (end step, LR from, LR to, momentum from, momentum to) of each phase
-        self._phases = [(p - 1, "initial", "max", "max_m", "base_m")]
+        # torch's phases: (end step, LR from, LR to, momentum from, momentum to)
+        self._phases = [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
         if three_phase:
-            self._phases += [(2 * p - 2, "max", "initial", "base_m", "max_m")]
-            self._phases += [(total - 1, "initial", "min", "max_m", "max_m")]
+            self._phases += [(2 * p - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum")]
+            self._phases += [(total - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
         else:
-            self._phases += [(total - 1, "max", "min", "base_m", "max_m")]
-        ends = [0.0] + [phase[0] for phase in self._phases]
-        if any(not b > a for a, b in pairwise(ends)):
+            self._phases += [(total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        if any(not b > a for a, b in pairwise([0.0] + [phase[0] for phase in self._phases])):
             raise ValueError(
                 f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total} "
                 "leaves a phase shorter than one step; choose pct_start so that "
                 "pct_start * total_steps > 1 and the decay phase keeps at least one step"
             )
         self.use_beta1 = "betas" in optimizer.defaults
+        if cycle_momentum and "momentum" not in optimizer.defaults and not self.use_beta1:
+            raise ValueError(
+                "cycle_momentum=True needs an optimizer with momentum or betas; "
+                f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
+            )
         if cycle_momentum:
-            if "momentum" not in optimizer.defaults and not self.use_beta1:
-                raise ValueError(
-                    "cycle_momentum=True needs an optimizer with momentum or betas; "
-                    f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
-                )
             self.base_momentums = _per_group("base_momentum", base_momentum, len(bases))
             self.max_momentums = _per_group("max_momentum", max_momentum, len(bases))
         self._warned_past_end = False
         super().__init__(optimizer, total_steps=total)
 
-    def _value(self, s: int, values: Mapping[str, float], lr: bool) -> float:
-        """torch's annealing within the phase of step ``s`` (the last phase past its end)."""
+    def _anneal(self, s: int, values: Mapping[str, float], lr: bool) -> float:
+        """``OneCycleLR``'s value in the phase of step ``s`` (the last phase past its end)."""
         start_step = 0.0
-        for j, phase in enumerate(self._phases):
-            if s <= phase[0] or j == len(self._phases) - 1:
+        for phase in self._phases[:-1]:
+            if s <= phase[0]:
                 break
             start_step = phase[0]
-        end_step, lo, hi, mlo, mhi = phase
-        pct = (s - start_step) / (end_step - start_step)
-        start, end = (values[lo], values[hi]) if lr else (values[mlo], values[mhi])
-        if self.anneal_strategy == "cos":  # the same float operations as torch's OneCycleLR
-            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
-        return (end - start) * pct + start
+        else:
+            phase = self._phases[-1]
+        anneal = (
+            OneCycleLR._annealing_cos
+            if self.anneal_strategy == "cos"
+            else OneCycleLR._annealing_linear
+        )
+        pct = (s - start_step) / (phase[0] - start_step)
+        return anneal(values[phase[1 if lr else 3]], values[phase[2 if lr else 4]], pct)
 
     def _lr(self, s: int, i: int, b: float) -> float:
-        initial = b / self.div_factor
-        minimum = initial / self.final_div_factor
-        if s >= self.total_steps:
-            return minimum
-        return self._value(s, {"initial": initial, "max": b, "min": minimum}, lr=True)
+        values = {"initial_lr": b / self.div_factor, "max_lr": b}
+        values["min_lr"] = values["initial_lr"] / self.final_div_factor
+        return values["min_lr"] if s >= self.total_steps else self._anneal(s, values, lr=True)
 
     def _extra(self, s: int) -> None:
         if s > self.total_steps and not self._warned_past_end:
@@ -433,14 +433,13 @@ class OneCycle(_WarmupSchedule):
                 RuntimeWarning,
                 stacklevel=4,
             )
-        if not self.cycle_momentum:
-            return
-        for i, group in enumerate(self.optimizer.param_groups):
-            values = {"base_m": self.base_momentums[i], "max_m": self.max_momentums[i]}
-            if s >= self.total_steps:
-                m = values[self._phases[-1][4]]
-            else:
-                m = self._value(s, values, lr=False)
+        for i, group in enumerate(self.optimizer.param_groups if self.cycle_momentum else []):
+            values = {
+                "base_momentum": self.base_momentums[i],
+                "max_momentum": self.max_momentums[i],
+            }
+            last = values[self._phases[-1][4]]
+            m = last if s >= self.total_steps else self._anneal(s, values, lr=False)
             if self.use_beta1:
                 group["betas"] = (m, *group["betas"][1:])
             else:
@@ -641,14 +640,14 @@ class AdaptiveScheduler(_Schedule):
         self._last_lr = _group_lrs(self.optimizer)
 
 
-class WarmupWrapper(_CopyingState, LRScheduler):
+class WarmupWrapper(_Schedule):
     r"""Linear warmup in front of any torch scheduler (see :func:`with_warmup`).
 
-    With :math:`\ell^{(0)}` a group's LR right after the wrapped scheduler was built, for
-    s < W: :math:`\text{lr} = f\ell^{(0)} + (1 - f)\ell^{(0)} s/W` (f = ``warmup_start_factor``);
-    from s = W on the LRs are exactly the wrapped scheduler's from its step 0. A metric-driven
-    wrapped scheduler makes the wrapper metric-driven: ``step(metric)`` is passed on after
-    warmup (ignored during it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone.
+    For s < W the LRs warm up (as the other types, a = f × b) towards each group's LR
+    :math:`\ell^{(0)}` right after the wrapped scheduler was built; from s = W on they are
+    exactly the wrapped scheduler's from its step 0. A metric-driven wrapped scheduler makes
+    the wrapper metric-driven: ``step(metric)`` is passed on after warmup (ignored during
+    it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone.
     """
 
     _state_exclude = ("optimizer", "scheduler")
@@ -670,11 +669,9 @@ class WarmupWrapper(_CopyingState, LRScheduler):
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
         super().__init__(optimizer)
 
-    def get_lr(self) -> list[float]:
-        s, f, w = self.last_epoch, self.warmup_start_factor, self.warmup_steps
-        if s >= w:
-            return list(self.targets)
-        return [f * b + (b - f * b) * s / w for b in map(float, self.targets)]
+    def _lr(self, s: int, i: int, b: float) -> float:
+        target = self.targets[i]
+        return self._warmup_lr(s, i, float(target)) if s < self.warmup_steps else target
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """``step()``: one optimizer step. ``step(metric)``: report a metric (metric-driven only)."""
