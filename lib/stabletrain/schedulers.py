@@ -61,10 +61,8 @@ _int, _float, _bool = (partial(_check, check) for check in (check_int, check_flo
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
     """A number >= 0, or a sequence of one per parameter group, as a list of floats (or None)."""
-    if value is None:
-        return None
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        return [_float(name, value, min=0)] * groups
+    if value is None or not isinstance(value, Sequence) or isinstance(value, str):
+        return None if value is None else [_float(name, value, min=0)] * groups
     if len(value) != groups:
         raise ValueError(
             f"{name} must be a number or have one value per parameter group ({groups}), "
@@ -93,17 +91,17 @@ def _base_lrs_of(optimizer: Optimizer) -> list[float]:
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+    bases = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
     return [
-        check_float(f"the optimizer's param_groups[{i}] lr", b, min=0) for i, b in enumerate(bases)
+        check_float(f"the optimizer's param_groups[{i}] lr", float(b), min=0)
+        for i, b in enumerate(bases)
     ]
 
 
 def is_metric_driven(scheduler: Any) -> bool:
     """Whether ``scheduler`` takes ``step(metric)``: ``metric_driven = True`` or ``ReduceLROnPlateau``."""
-    return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
-        scheduler, ReduceLROnPlateau
-    )
+    driven = getattr(scheduler, "metric_driven", False)
+    return bool(driven) or isinstance(scheduler, ReduceLROnPlateau)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -112,13 +110,19 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     Raises ``ValueError`` if ``epochs < 0`` or ``steps_per_epoch < 1``.
     """
     e = _float("epochs", epochs, min=0)
-    n = _int("steps_per_epoch", steps_per_epoch, min=1)
-    return math.floor(e * n + 0.5)
+    return math.floor(e * _int("steps_per_epoch", steps_per_epoch, min=1) + 0.5)
 
 
-class _CopyingState:
-    """``state_dict``/``load_state_dict`` that deep-copy, so snapshots never alias live state."""
+class _Schedule(LRScheduler):
+    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics.
 
+    ``state_dict``/``load_state_dict`` deep-copy (everything but ``_state_exclude``), so
+    snapshots never alias live state.
+    """
+
+    metric_driven: bool = False
+    _needs_total: bool = False
+    warmup_start_lrs: list[float] | None = None
     _state_exclude: tuple[str, ...] = ("optimizer",)
 
     def state_dict(self) -> dict[str, Any]:
@@ -130,13 +134,6 @@ class _CopyingState:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a copy of a :meth:`state_dict`."""
         self.__dict__.update(copy.deepcopy(dict(state_dict)))
-
-
-class _Schedule(_CopyingState, LRScheduler):
-    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics."""
-
-    metric_driven: bool = False
-    warmup_start_lrs: list[float] | None = None
 
     def _warmup_lr(self, s: int, i: int, b: float) -> float:
         """Linear warmup: ``a + (b - a) s / W``, a = ``warmup_start_lrs[i]`` or factor × b."""
@@ -154,7 +151,13 @@ class _Schedule(_CopyingState, LRScheduler):
 
     def get_lr(self) -> list[float]:
         self._extra(self.last_epoch)
-        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
+        return self.lr_at(self.last_epoch)
+
+    def _apply(self) -> None:
+        """Set the group LRs to this step's at once (after a metric changed the schedule)."""
+        for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
+            _set_lr(group, lr)
+        self._last_lr = _group_lrs(self.optimizer)
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step).
@@ -175,8 +178,6 @@ class _Schedule(_CopyingState, LRScheduler):
 
 class _WarmupSchedule(_Schedule):
     """Closed-form schedules: warmup, then :meth:`_after_warmup`; the LR is a function of ``s``."""
-
-    _needs_total: bool = False
 
     def __init__(
         self,
@@ -511,9 +512,7 @@ class PlateauWithWarmup(_WarmupSchedule):
                     self.current_lrs[i] = new
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
-            for group, lr in zip(self.optimizer.param_groups, self.current_lrs):
-                _set_lr(group, lr)
-            self._last_lr = _group_lrs(self.optimizer)
+            self._apply()
 
 
 # canonical type -> class of the types that can be the ``base`` of ``adaptive``
@@ -635,9 +634,7 @@ class AdaptiveScheduler(_Schedule):
     def _cut(self) -> None:
         self.multiplier *= self.factor
         self.num_cuts += 1
-        for i, group in enumerate(self.optimizer.param_groups):
-            _set_lr(group, self._lr(self.last_epoch, i, float(self.base_lrs[i])))
-        self._last_lr = _group_lrs(self.optimizer)
+        self._apply()
 
 
 class WarmupWrapper(_Schedule):
@@ -741,24 +738,14 @@ def _canonical(name: Any, what: str = "type") -> str:
 
 
 def _accepted(cls: type) -> tuple[list[str], list[str]]:
-    """(keyword names, required names) of ``cls`` beyond ``optimizer``, following ``**kwargs`` up the MRO."""
-    names: list[str] = []
-    required: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = list(inspect.signature(klass.__init__).parameters.values())[2:]
-        for p in params:
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                names.append(p.name)
-                required += [p.name] if p.default is p.empty else []
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names, required
+    """(keyword names, required names) of ``cls`` beyond ``optimizer``; ``**kwargs`` adds the warmup ones."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]
+    if params and params[-1].kind is params[-1].VAR_KEYWORD:
+        params[-1:] = list(inspect.signature(_WarmupSchedule.__init__).parameters.values())[2:]
+    return [p.name for p in params], [p.name for p in params if p.default is p.empty]
 
 
 def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LRScheduler:
-    cls = _CLASSES[name]
     resolved: dict[str, Any] = {}
     for key, value in params.items():
         canonical = _PARAM_ALIASES.get(key, key)
@@ -771,23 +758,23 @@ def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LR
                 f"{key} is not a scheduler parameter: the peak/base LR is each parameter "
                 "group's own lr, set on the optimizer"
             )
-    names, required = _accepted(cls)
-    if name == "adaptive":
-        base = resolved.get("base", "constant")
-        base = base.get("type", "constant") if isinstance(base, Mapping) else base
-        base_cls = _CLASSES[_canonical(base, what="base")]
-        if base_cls in _CLOSED_FORM.values():
-            names += [n for n in _accepted(base_cls)[0] if n not in names]
-    else:
-        for req in [*required, *(["total_steps"] if cls._needs_total else [])]:
-            if req not in resolved:
-                raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
+    cls = _CLASSES[name]  # adaptive passes what is not its own on to its base's _construct
+    names, required = (list(resolved), []) if name == "adaptive" else _accepted(cls)
+    for req in [*required, *(["total_steps"] if cls._needs_total else [])]:
+        if req not in resolved:
+            raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
     for key in resolved:
         if key not in names:
             raise ValueError(
                 f"unknown parameter {key!r} for scheduler type {name!r}; accepted: {sorted(names)}"
             )
     return cls(optimizer, **resolved)
+
+
+def _mapping(config: Any) -> dict[str, Any]:
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
+    return dict(config)
 
 
 def build_scheduler(
@@ -800,13 +787,10 @@ def build_scheduler(
     Raises ``ValueError`` for a missing/unknown type (listing the valid ones) or a missing,
     unknown or invalid parameter (named).
     """
-    if config is not None and not isinstance(config, Mapping):
-        raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
-    merged = {**dict(config or {}), **params}
+    merged = {**(_mapping(config) if config is not None else {}), **params}
     if "type" not in merged:
         raise ValueError(f"missing parameter 'type'; valid types: {_VALID}")
-    name = _canonical(merged.pop("type"))
-    return _construct(name, optimizer, merged)
+    return _construct(_canonical(merged.pop("type")), optimizer, merged)
 
 
 def lr_curve(
@@ -824,11 +808,9 @@ def lr_curve(
     """
     total_steps = _int("total_steps", total_steps, min=1)
     base_lr = _float("base_lr", base_lr, min=0)
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
-    param = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.SGD([param], lr=base_lr, momentum=0.9)
-    scheduler = build_scheduler(optimizer, {"total_steps": total_steps, **config})
+    config = {"total_steps": total_steps, **_mapping(config)}
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
+    scheduler = build_scheduler(optimizer, config)
     driven = is_metric_driven(scheduler)
     lrs: list[float] = []
     for k in range(total_steps):
