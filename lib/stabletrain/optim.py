@@ -28,11 +28,8 @@ __all__ = [
 ]
 
 OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adadelta": torch.optim.Adadelta,
-    "sgd": torch.optim.SGD,
+    name.lower(): getattr(torch.optim, name)
+    for name in ("Adam", "AdamW", "RMSprop", "Adadelta", "SGD")
 }
 """Accepted ``type`` values and the torch class each builds."""
 
@@ -43,14 +40,6 @@ CLIPPING_KEYS: dict[str, str] = {
 }
 """The Keras clipping keys and the :class:`~stabletrain.stability.StabilityGuard` mode of each."""
 
-# Keras key -> torch argument, per type (beta_1/beta_2 are handled together)
-_KERAS_KEYS: dict[str, dict[str, str]] = {
-    "adam": {"epsilon": "eps", "amsgrad": "amsgrad"},
-    "adamw": {"epsilon": "eps", "amsgrad": "amsgrad"},
-    "rmsprop": {"epsilon": "eps", "rho": "alpha", "momentum": "momentum", "centered": "centered"},
-    "adadelta": {"epsilon": "eps", "rho": "rho"},
-    "sgd": {"momentum": "momentum", "nesterov": "nesterov", "dampening": "dampening"},
-}
 _BUILDER_KEYS = ("type", "no_decay_norm_bias", "lr_multipliers")
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
@@ -64,7 +53,13 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """The torch constructor's keywords for a configuration; raises ``ValueError``."""
     signature = inspect.signature(OPTIMIZER_TYPES[kind].__init__).parameters
-    renames = {"learning_rate": "lr", "weight_decay": "weight_decay", **_KERAS_KEYS[kind]}
+    # Keras key -> torch argument where the type has it (beta_1/beta_2 are handled together)
+    renames = {
+        "learning_rate": "lr",
+        "epsilon": "eps",
+        "rho": "alpha" if kind == "rmsprop" else "rho",
+    }
+    renames = {k: v for k, v in renames.items() if v in signature}
     pair = ("beta_1", "beta_2") if kind in ("adam", "adamw") else ()
     accepted = sorted(
         {*renames, *pair, *signature, *CLIPPING_KEYS, *_BUILDER_KEYS} - {"self", "params"}
