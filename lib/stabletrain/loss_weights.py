@@ -1,10 +1,8 @@
-r"""Scheduling the term weights of a :class:`~stabletrain.losses.CombinedLoss`.
+"""Scheduling the term weights of a :class:`~stabletrain.losses.CombinedLoss`.
 
-:class:`LossWeightScheduler` moves ``loss.weights`` from :math:`w_0` (at construction) towards
-``end`` (:math:`w_{end}`; default 0.8 of the total weight W on the overlap terms ``dice``,
-``jaccard``, ``tversky`` and 0.2 shared by the others) as training progress
-:math:`p \in [0, 1]` grows; :class:`LossWeightCallback` drives it from ``fit``. The rule of
-each schedule is in :class:`LossWeightScheduler`.
+:class:`LossWeightScheduler` moves ``loss.weights`` from their values at construction towards
+``end`` as training progress grows (the rules are in its docstring); :class:`LossWeightCallback`
+drives it from ``fit``.
 """
 
 from __future__ import annotations
@@ -60,7 +58,8 @@ def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
 class LossWeightScheduler:
     r"""Moves the weights of a :class:`~stabletrain.losses.CombinedLoss` in place.
 
-    ``step(progress, metrics=None)`` sets the weights, with :math:`W = \sum w_0`:
+    ``step(progress, metrics=None)`` sets the weights, with :math:`W = \sum w_0` and ``end``
+    :math:`w_{end}` (default :func:`default_end_weights`):
 
     - ``linear``: :math:`w_0 + (w_{end} - w_0)p`; ``cosine``: the fraction is
       :math:`(1 - \cos \pi p)/2`; ``step``: :math:`\lfloor pK \rfloor / K` (``num_steps`` K = 4).
@@ -71,10 +70,9 @@ class LossWeightScheduler:
     - ``performance``: when ``metrics[monitor]`` (``val_dice``, ``mode`` max) has not improved
       by ``min_delta`` for ``patience`` (2) calls, move ``factor`` (0.5) of the way to ``end``.
 
-    The metric-driven two leave the weights alone when ``metrics`` is None and raise
-    ``ValueError`` naming what is missing from it. ``calls`` counts ``step`` calls. The
-    keyword ``type`` and the attributes ``type``/``num_steps`` are deprecated aliases of
-    ``schedule``/``schedule``/``calls``.
+    The metric-driven two ignore ``metrics=None`` and raise ``ValueError`` naming what is
+    missing from it. ``calls`` counts ``step`` calls; deprecated: the keyword ``type`` and
+    the attributes ``type``/``num_steps`` (for ``schedule``/``calls``).
     """
 
     def __init__(
@@ -207,16 +205,12 @@ class LossWeightScheduler:
                 f"performance weighting monitors {monitor!r}, which is not in metrics "
                 f"{sorted(metrics)} (set monitor=...)"
             )
-        value = float(metrics[monitor])
-        if not math.isfinite(value):
-            improved = False
-        elif self.best is None:
-            improved = True
-        elif self.params["mode"] == "max":
-            improved = value > self.best + min_delta
+        value, best = float(metrics[monitor]), self.best
+        if self.params["mode"] == "max":
+            better = best is None or value > best + min_delta
         else:
-            improved = value < self.best - min_delta
-        if improved:
+            better = best is None or value < best - min_delta
+        if math.isfinite(value) and better:
             self.best = value
             self.bad_calls = 0
             return
@@ -240,17 +234,10 @@ class LossWeightScheduler:
             raise ValueError(
                 f"state is for a {state.get('type')!r} schedule, this one is {self.schedule!r}"
             )
-        self.params = dict(state["params"])
-        self.start = dict(state["start"])
-        self.end = dict(state["end"])
+        state = {**state, "calls": state["calls"] if "calls" in state else state["num_steps"]}
         self.combined.weights = state["weights"]
-        self.progress = float(state["progress"])
-        self.calls = int(state["calls"] if "calls" in state else state["num_steps"])
-        self.first_values = dict(state["first_values"])
-        self.averages = dict(state["averages"])
-        self.best = state["best"]
-        self.bad_calls = int(state["bad_calls"])
-        self.num_moves = int(state["num_moves"])
+        for key in (k for k in _STATE if k != "weights"):  # the weights are the loss's
+            setattr(self, key, copy.copy(state[key]))
 
     def __repr__(self) -> str:
         weights = ", ".join(f"{k}={v:.3g}" for k, v in self.weights.items())
@@ -258,7 +245,7 @@ class LossWeightScheduler:
 
 
 class LossWeightCallback(Callback):
-    """Drives a :class:`LossWeightScheduler` from :func:`stabletrain.training.fit`.
+    """Drives a :class:`LossWeightScheduler` from :func:`stabletrain.loop.fit`.
 
     ``linear``/``cosine``/``step`` are stepped after every optimizer step with
     ``ctx.progress``; ``loss_balanced``/``performance`` after every epoch with the epoch's
