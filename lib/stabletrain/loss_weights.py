@@ -147,8 +147,8 @@ class LossWeightScheduler:
         _deprecated("LossWeightScheduler.type is deprecated; use .schedule")
         return self.schedule
 
-    def _interpolate(self, fraction: float) -> dict[str, float]:
-        return {k: self.start[k] + (self.end[k] - self.start[k]) * fraction for k in self.start}
+    def _towards(self, base: Mapping[str, float], fraction: float) -> dict[str, float]:
+        return {k: base[k] + (self.end[k] - base[k]) * fraction for k in base}
 
     def step(self, progress: float, metrics: Mapping[str, float] | None = None) -> None:
         """Update the loss weights for training progress ``progress`` in [0, 1]."""
@@ -157,12 +157,14 @@ class LossWeightScheduler:
         if metrics is not None and not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping or None, got {type(metrics).__name__}")
         if self.schedule == "linear":
-            self.combined.weights = self._interpolate(self.progress)
+            self.combined.weights = self._towards(self.start, self.progress)
         elif self.schedule == "cosine":
-            self.combined.weights = self._interpolate((1 - math.cos(math.pi * self.progress)) / 2)
+            self.combined.weights = self._towards(
+                self.start, (1 - math.cos(math.pi * self.progress)) / 2
+            )
         elif self.schedule == "step":
             k = self.params["num_steps"]
-            self.combined.weights = self._interpolate(math.floor(self.progress * k) / k)
+            self.combined.weights = self._towards(self.start, math.floor(self.progress * k) / k)
         elif self.schedule == "loss_balanced" and metrics is not None:
             self._balance(metrics)
         elif self.schedule == "performance" and metrics is not None:
@@ -216,11 +218,7 @@ class LossWeightScheduler:
             return
         self.bad_calls += 1
         if self.bad_calls >= self.params["patience"]:
-            factor = self.params["factor"]
-            current = self.combined.weights
-            self.combined.weights = {
-                k: current[k] + (self.end[k] - current[k]) * factor for k in current
-            }
+            self.combined.weights = self._towards(self.combined.weights, self.params["factor"])
             self.bad_calls = 0
             self.num_moves += 1
 
