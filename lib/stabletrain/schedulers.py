@@ -322,24 +322,18 @@ class ExponentialDecay(_WarmupSchedule):
         super().__init__(optimizer, **kwargs)
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
-        exponent = t / self.decay_steps
-        if self.staircase:
-            exponent = math.floor(exponent)
+        exponent = math.floor(t / self.decay_steps) if self.staircase else t / self.decay_steps
         return max(eta, b * self.gamma**exponent)
 
 
-class StepDecay(_WarmupSchedule):
+class StepDecay(ExponentialDecay):
     r"""``step``: :math:`\max(\eta, b\gamma^{\lfloor t/n \rfloor})`, n = ``step_size`` ≥ 1, γ in (0, 1]."""
 
     def __init__(
         self, optimizer: Optimizer, step_size: int, *, gamma: float = 0.1, **kwargs: Any
     ) -> None:
         self.step_size = _int("step_size", step_size, min=1)
-        self.gamma = _float("gamma", gamma, min=0, max=1, low_open=True)
-        super().__init__(optimizer, **kwargs)
-
-    def _after_warmup(self, t: int, b: float, eta: float) -> float:
-        return max(eta, b * self.gamma ** (t // self.step_size))
+        super().__init__(optimizer, gamma, decay_steps=step_size, staircase=True, **kwargs)
 
 
 class OneCycle(_WarmupSchedule):
@@ -531,16 +525,14 @@ class AdaptiveScheduler(_Schedule):
     r"""``adaptive``: a closed-form base schedule times a multiplier cut on trouble.
 
     :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the ``base``
-    schedule's LR (a closed-form type name or ``{"type": ..., **params}``; its parameters
-    may also be given as keywords), :math:`m` starting at 1. ``step(metric)`` (a loss) cuts
-    at most once, :math:`m \leftarrow m \cdot` ``factor``, when the metric is not finite (and
-    sets ``needs_rollback = True``; whoever rolls back clears it), exceeds
-    ``(1 + spike_threshold)`` × the mean of the last ``window`` finite metrics, or brought no
-    new best for ``patience`` metrics; a cut resets the patience count. ``observe(loss)``
-    takes each training step's loss and cuts when a finite loss exceeds ``step_spike_factor``
-    × the median of the last ``step_window`` losses (once ``window`` were seen; ``None``
-    turns it off); a spike stays out of the median and starts a cooldown of ``window``
-    observations. A cut changes the group LRs at once.
+    schedule's LR (a type name or ``{"type": ..., **params}``, or its parameters as keywords),
+    :math:`m` from 1. A cut, :math:`m \leftarrow m \cdot` ``factor``, changes the LRs at once.
+    ``step(metric)`` cuts at most once when the metric is not finite (also setting
+    ``needs_rollback``; whoever rolls back clears it), exceeds ``(1 + spike_threshold)`` × the
+    mean of the last ``window`` finite ones, or brought no new best for ``patience`` metrics
+    (a cut resets that count). ``observe(loss)`` cuts when a step's finite loss exceeds
+    ``step_spike_factor`` × the median of the last ``step_window`` (once ``window`` were seen;
+    ``None``: off); a spike stays out of the median and starts a cooldown of ``window``.
     """
 
     metric_driven = True
@@ -562,12 +554,7 @@ class AdaptiveScheduler(_Schedule):
         if isinstance(base, Mapping):
             base_params = {**{k: v for k, v in base.items() if k != "type"}, **base_params}
             base = base.get("type", "constant")
-        name = _canonical(base, what="base")
-        if name not in _CLOSED_FORM:
-            raise ValueError(
-                f"base must be one of {sorted(_CLOSED_FORM)} (plateau and adaptive cannot be "
-                f"the base of adaptive), got {base!r}"
-            )
+        name = check_choice("base", _canonical(base, what="base"), tuple(_CLOSED_FORM))
         self.factor = _float("factor", factor, min=0, max=1, low_open=True, high_open=True)
         self.spike_threshold = _float("spike_threshold", spike_threshold, min=0, low_open=True)
         self.window = _int("window", window, min=1)
@@ -705,11 +692,7 @@ class WarmupWrapper(_Schedule):
             self.scheduler.load_state_dict(copy.deepcopy(inner))
 
 
-def with_warmup(
-    scheduler: Any, warmup_steps: int, warmup_start_factor: float = 0.01
-) -> WarmupWrapper:
-    """A linear warmup of ``warmup_steps`` in front of a built torch scheduler; step only the result."""
-    return WarmupWrapper(scheduler, warmup_steps, warmup_start_factor)
+with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only the result
 
 
 _CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
