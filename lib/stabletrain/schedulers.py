@@ -392,9 +392,12 @@ class OneCycle(_WarmupSchedule):
                 "cycle_momentum=True needs an optimizer with momentum or betas; "
                 f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
             )
-        if cycle_momentum:
-            self.base_momentums = _per_group("base_momentum", base_momentum, len(bases))
-            self.max_momentums = _per_group("max_momentum", max_momentum, len(bases))
+        if cycle_momentum:  # per group, as OneCycleLR keeps them in the groups
+            base_ms = _per_group("base_momentum", base_momentum, len(bases))
+            max_ms = _per_group("max_momentum", max_momentum, len(bases))
+            self.momenta = [
+                {"base_momentum": b, "max_momentum": m} for b, m in zip(base_ms, max_ms)
+            ]
         self._warned_past_end = False
         super().__init__(optimizer, total_steps=total)
 
@@ -407,11 +410,7 @@ class OneCycle(_WarmupSchedule):
             start_step = phase[0]
         else:
             phase = self._phases[-1]
-        anneal = (
-            OneCycleLR._annealing_cos
-            if self.anneal_strategy == "cos"
-            else OneCycleLR._annealing_linear
-        )
+        anneal = getattr(OneCycleLR, f"_annealing_{self.anneal_strategy}")  # cos or linear
         pct = (s - start_step) / (phase[0] - start_step)
         return anneal(values[phase[1 if lr else 3]], values[phase[2 if lr else 4]], pct)
 
@@ -429,10 +428,7 @@ class OneCycle(_WarmupSchedule):
                 stacklevel=4,
             )
         for i, group in enumerate(self.optimizer.param_groups if self.cycle_momentum else []):
-            values = {
-                "base_momentum": self.base_momentums[i],
-                "max_momentum": self.max_momentums[i],
-            }
+            values = self.momenta[i]
             last = values[self._phases[-1][4]]
             m = last if s >= self.total_steps else self._anneal(s, values, lr=False)
             if self.use_beta1:
