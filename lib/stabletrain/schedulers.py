@@ -477,11 +477,7 @@ class PlateauWithWarmup(_WarmupSchedule):
     def _lr(self, s: int, i: int, b: float) -> float:
         return self._warmup_lr(s, i, b) if s < self.warmup_steps else self.current_lrs[i]
 
-    def _is_better(self, a: float, best: float) -> bool:
-        rel = self.threshold_mode == "rel"
-        if self.mode == "min":
-            return a < best * (1.0 - self.threshold) if rel else a < best - self.threshold
-        return a > best * (self.threshold + 1.0) if rel else a > best + self.threshold
+    _is_better = ReduceLROnPlateau._is_better  # torch's comparison (mode, threshold[_mode])
 
     def _report(self, metric: float | torch.Tensor) -> None:
         if self.last_epoch < self.warmup_steps:
@@ -668,8 +664,7 @@ class WarmupWrapper(_Schedule):
         self._step_count += 1
         self.last_epoch += 1
         if self.last_epoch <= self.warmup_steps:
-            for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
-                _set_lr(group, float(lr))
+            self._apply()
         elif not self._plateau:
             self.scheduler.step()
         self._last_lr = _group_lrs(self.optimizer)
