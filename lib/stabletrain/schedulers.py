@@ -617,13 +617,13 @@ class AdaptiveScheduler(_Schedule):
 
 
 class WarmupWrapper(_Schedule):
-    r"""Linear warmup in front of any torch scheduler (see :func:`with_warmup`).
+    r"""Linear warmup in front of any torch scheduler (alias ``with_warmup``); step only this.
 
     For s < W the LRs warm up (as the other types, a = f × b) towards each group's LR
     :math:`\ell^{(0)}` right after the wrapped scheduler was built; from s = W on they are
     exactly the wrapped scheduler's from its step 0. A metric-driven wrapped scheduler makes
     the wrapper metric-driven: ``step(metric)`` is passed on after warmup (ignored during
-    it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone.
+    it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone. ``lr_at`` covers s ≤ W.
     """
 
     _state_exclude = ("optimizer", "scheduler")
