@@ -267,10 +267,7 @@ class LossWeightCallback(Callback):
         return self.scheduler.schedule in _METRIC_DRIVEN
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "scheduler": self.scheduler.state_dict(),
-            "history": {k: list(v) for k, v in self.history.items()},
-        }
+        return {"scheduler": self.scheduler.state_dict(), "history": copy.deepcopy(self.history)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.scheduler.load_state_dict(state["scheduler"])
