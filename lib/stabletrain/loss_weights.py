@@ -1,10 +1,8 @@
-r"""Scheduling the term weights of a :class:`~stabletrain.losses.CombinedLoss`.
+"""Scheduling the term weights of a :class:`~stabletrain.losses.CombinedLoss`.
 
-:class:`LossWeightScheduler` moves ``loss.weights`` from :math:`w_0` (at construction) towards
-``end`` (:math:`w_{end}`; default 0.8 of the total weight W on the overlap terms ``dice``,
-``jaccard``, ``tversky`` and 0.2 shared by the others) as training progress
-:math:`p \in [0, 1]` grows; :class:`LossWeightCallback` drives it from ``fit``. The rule of
-each schedule is in :class:`LossWeightScheduler`.
+:class:`LossWeightScheduler` moves ``loss.weights`` from their values at construction towards
+``end`` as training progress grows (the rules are in its docstring); :class:`LossWeightCallback`
+drives it from ``fit``.
 """
 
 from __future__ import annotations
@@ -60,7 +58,8 @@ def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
 class LossWeightScheduler:
     r"""Moves the weights of a :class:`~stabletrain.losses.CombinedLoss` in place.
 
-    ``step(progress, metrics=None)`` sets the weights, with :math:`W = \sum w_0`:
+    ``step(progress, metrics=None)`` sets the weights, with :math:`W = \sum w_0` and ``end``
+    :math:`w_{end}` (default :func:`default_end_weights`):
 
     - ``linear``: :math:`w_0 + (w_{end} - w_0)p`; ``cosine``: the fraction is
       :math:`(1 - \cos \pi p)/2`; ``step``: :math:`\lfloor pK \rfloor / K` (``num_steps`` K = 4).
@@ -71,10 +70,9 @@ class LossWeightScheduler:
     - ``performance``: when ``metrics[monitor]`` (``val_dice``, ``mode`` max) has not improved
       by ``min_delta`` for ``patience`` (2) calls, move ``factor`` (0.5) of the way to ``end``.
 
-    The metric-driven two leave the weights alone when ``metrics`` is None and raise
-    ``ValueError`` naming what is missing from it. ``calls`` counts ``step`` calls. The
-    keyword ``type`` and the attributes ``type``/``num_steps`` are deprecated aliases of
-    ``schedule``/``schedule``/``calls``.
+    The metric-driven two ignore ``metrics=None`` and raise ``ValueError`` naming what is
+    missing from it. ``calls`` counts ``step`` calls; deprecated: the keyword ``type`` and
+    the attributes ``type``/``num_steps`` (for ``schedule``/``calls``).
     """
 
     def __init__(
@@ -149,8 +147,8 @@ class LossWeightScheduler:
         _deprecated("LossWeightScheduler.type is deprecated; use .schedule")
         return self.schedule
 
-    def _interpolate(self, fraction: float) -> dict[str, float]:
-        return {k: self.start[k] + (self.end[k] - self.start[k]) * fraction for k in self.start}
+    def _towards(self, base: Mapping[str, float], fraction: float) -> dict[str, float]:
+        return {k: base[k] + (self.end[k] - base[k]) * fraction for k in base}
 
     def step(self, progress: float, metrics: Mapping[str, float] | None = None) -> None:
         """Update the loss weights for training progress ``progress`` in [0, 1]."""
@@ -159,12 +157,14 @@ class LossWeightScheduler:
         if metrics is not None and not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping or None, got {type(metrics).__name__}")
         if self.schedule == "linear":
-            self.combined.weights = self._interpolate(self.progress)
+            self.combined.weights = self._towards(self.start, self.progress)
         elif self.schedule == "cosine":
-            self.combined.weights = self._interpolate((1 - math.cos(math.pi * self.progress)) / 2)
+            self.combined.weights = self._towards(
+                self.start, (1 - math.cos(math.pi * self.progress)) / 2
+            )
         elif self.schedule == "step":
             k = self.params["num_steps"]
-            self.combined.weights = self._interpolate(math.floor(self.progress * k) / k)
+            self.combined.weights = self._towards(self.start, math.floor(self.progress * k) / k)
         elif self.schedule == "loss_balanced" and metrics is not None:
             self._balance(metrics)
         elif self.schedule == "performance" and metrics is not None:
@@ -207,26 +207,18 @@ class LossWeightScheduler:
                 f"performance weighting monitors {monitor!r}, which is not in metrics "
                 f"{sorted(metrics)} (set monitor=...)"
             )
-        value = float(metrics[monitor])
-        if not math.isfinite(value):
-            improved = False
-        elif self.best is None:
-            improved = True
-        elif self.params["mode"] == "max":
-            improved = value > self.best + min_delta
+        value, best = float(metrics[monitor]), self.best
+        if self.params["mode"] == "max":
+            better = best is None or value > best + min_delta
         else:
-            improved = value < self.best - min_delta
-        if improved:
+            better = best is None or value < best - min_delta
+        if math.isfinite(value) and better:
             self.best = value
             self.bad_calls = 0
             return
         self.bad_calls += 1
         if self.bad_calls >= self.params["patience"]:
-            factor = self.params["factor"]
-            current = self.combined.weights
-            self.combined.weights = {
-                k: current[k] + (self.end[k] - current[k]) * factor for k in current
-            }
+            self.combined.weights = self._towards(self.combined.weights, self.params["factor"])
             self.bad_calls = 0
             self.num_moves += 1
 
@@ -240,17 +232,10 @@ class LossWeightScheduler:
             raise ValueError(
                 f"state is for a {state.get('type')!r} schedule, this one is {self.schedule!r}"
             )
-        self.params = dict(state["params"])
-        self.start = dict(state["start"])
-        self.end = dict(state["end"])
+        state = {**state, "calls": state["calls"] if "calls" in state else state["num_steps"]}
         self.combined.weights = state["weights"]
-        self.progress = float(state["progress"])
-        self.calls = int(state["calls"] if "calls" in state else state["num_steps"])
-        self.first_values = dict(state["first_values"])
-        self.averages = dict(state["averages"])
-        self.best = state["best"]
-        self.bad_calls = int(state["bad_calls"])
-        self.num_moves = int(state["num_moves"])
+        for key in (k for k in _STATE if k != "weights"):  # the weights are the loss's
+            setattr(self, key, copy.copy(state[key]))
 
     def __repr__(self) -> str:
         weights = ", ".join(f"{k}={v:.3g}" for k, v in self.weights.items())
@@ -258,7 +243,7 @@ class LossWeightScheduler:
 
 
 class LossWeightCallback(Callback):
-    """Drives a :class:`LossWeightScheduler` from :func:`stabletrain.training.fit`.
+    """Drives a :class:`LossWeightScheduler` from :func:`stabletrain.loop.fit`.
 
     ``linear``/``cosine``/``step`` are stepped after every optimizer step with
     ``ctx.progress``; ``loss_balanced``/``performance`` after every epoch with the epoch's
@@ -282,10 +267,7 @@ class LossWeightCallback(Callback):
         return self.scheduler.schedule in _METRIC_DRIVEN
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "scheduler": self.scheduler.state_dict(),
-            "history": {k: list(v) for k, v in self.history.items()},
-        }
+        return {"scheduler": self.scheduler.state_dict(), "history": copy.deepcopy(self.history)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.scheduler.load_state_dict(state["scheduler"])

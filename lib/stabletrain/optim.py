@@ -1,11 +1,9 @@
 """Build a torch optimizer from a flat configuration (Keras-style or torch keys).
 
-:func:`build_optimizer` maps ``learning_rate`` → ``lr``, ``beta_1``/``beta_2`` → ``betas``,
-``epsilon`` → ``eps`` and ``rho`` → RMSprop's ``alpha`` (Adadelta's ``rho``); a missing key
-takes torch's default. Given a model it builds parameter groups (:func:`param_groups`): no
-weight decay on biases and normalisation weights (``no_decay_norm_bias``, default on for
-``adamw``) and per-prefix LR multipliers (``lr_multipliers``). The Keras clipping keys are
-accepted and translated by :func:`clipping_from_config` into ``StabilityGuard`` settings.
+Keras keys: ``learning_rate`` → ``lr``, ``beta_1``/``beta_2`` → ``betas``, ``epsilon`` →
+``eps``, ``rho`` → RMSprop's ``alpha`` (Adadelta's ``rho``); a missing key takes torch's
+default. A model gets :func:`param_groups`; the Keras clipping keys become ``StabilityGuard``
+settings (:func:`clipping_from_config`).
 """
 
 from __future__ import annotations
@@ -30,11 +28,8 @@ __all__ = [
 ]
 
 OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adadelta": torch.optim.Adadelta,
-    "sgd": torch.optim.SGD,
+    name.lower(): getattr(torch.optim, name)
+    for name in ("Adam", "AdamW", "RMSprop", "Adadelta", "SGD")
 }
 """Accepted ``type`` values and the torch class each builds."""
 
@@ -45,14 +40,6 @@ CLIPPING_KEYS: dict[str, str] = {
 }
 """The Keras clipping keys and the :class:`~stabletrain.stability.StabilityGuard` mode of each."""
 
-# Keras key -> torch argument, per type (beta_1/beta_2 are handled together)
-_KERAS_KEYS: dict[str, dict[str, str]] = {
-    "adam": {"epsilon": "eps", "amsgrad": "amsgrad"},
-    "adamw": {"epsilon": "eps", "amsgrad": "amsgrad"},
-    "rmsprop": {"epsilon": "eps", "rho": "alpha", "momentum": "momentum", "centered": "centered"},
-    "adadelta": {"epsilon": "eps", "rho": "rho"},
-    "sgd": {"momentum": "momentum", "nesterov": "nesterov", "dampening": "dampening"},
-}
 _BUILDER_KEYS = ("type", "no_decay_norm_bias", "lr_multipliers")
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
@@ -66,26 +53,31 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """The torch constructor's keywords for a configuration; raises ``ValueError``."""
     signature = inspect.signature(OPTIMIZER_TYPES[kind].__init__).parameters
-    torch_names = [p for p in signature if p not in ("self", "params")]
-    keras = {*_KERAS_KEYS[kind], "learning_rate", "weight_decay"}
-    keras |= {"beta_1", "beta_2"} if kind in ("adam", "adamw") else set()
-    accepted = sorted(keras | set(torch_names) | set(CLIPPING_KEYS) | set(_BUILDER_KEYS))
+    # Keras key -> torch argument where the type has it (beta_1/beta_2 are handled together)
+    renames = {
+        "learning_rate": "lr",
+        "epsilon": "eps",
+        "rho": "alpha" if kind == "rmsprop" else "rho",
+    }
+    renames = {k: v for k, v in renames.items() if v in signature}
+    pair = ("beta_1", "beta_2") if kind in ("adam", "adamw") else ()
+    accepted = sorted(
+        {*renames, *pair, *signature, *CLIPPING_KEYS, *_BUILDER_KEYS} - {"self", "params"}
+    )
     unknown = sorted(k for k in config if k not in accepted)
     if unknown:
         raise ValueError(
             f"unknown optimizer key(s) {unknown} for type {kind!r}; accepted: {accepted}"
         )
+    items = [(k, v) for k, v in config.items() if k not in (*_BUILDER_KEYS, *CLIPPING_KEYS, *pair)]
+    if any(k in config for k in pair):
+        defaults = zip(pair, signature["betas"].default)
+        betas = [_check(check_float, k, config.get(k, d), finite=False) for k, d in defaults]
+        items.append(("beta_1/beta_2", betas))
     kwargs: dict[str, Any] = {}
     source: dict[str, str] = {}  # which config key set each torch argument
-    items = list(config.items())
-    if "beta_1" in config or "beta_2" in config:
-        pairs = zip(("beta_1", "beta_2"), signature["betas"].default)
-        betas = tuple(_check(check_float, k, config.get(k, d), finite=False) for k, d in pairs)
-        items.append(("beta_1/beta_2", betas))
     for key, value in items:
-        if key in (*_BUILDER_KEYS, *CLIPPING_KEYS, "beta_1", "beta_2"):
-            continue
-        name = {"learning_rate": "lr", "beta_1/beta_2": "betas", **_KERAS_KEYS[kind]}.get(key, key)
+        name = "betas" if key == "beta_1/beta_2" else renames.get(key, key)
         if name in kwargs:
             raise ValueError(
                 f"optimizer keys {key!r} and {source[name]!r} both set {name!r}; give only one"
@@ -119,41 +111,36 @@ def param_groups(
     that matches no parameter.
     """
     multipliers = dict(lr_multipliers or {})
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # shared ones once
 
     def matches(name: str, prefix: str) -> bool:
         return name == prefix or name.startswith(prefix + ".")
 
     for prefix, m in multipliers.items():
         _check(check_float, f"lr_multipliers[{prefix!r}]", m, min=0)
-        if not any(matches(n, prefix) for n in names):
+        if not any(matches(n, prefix) for n, _ in named):
             raise ValueError(
                 f"lr_multipliers prefix {prefix!r} matches no parameter of the model; "
                 f"its top-level modules are {[n for n, _ in model.named_children()]}"
             )
     groups: dict[tuple[str, bool], dict[str, Any]] = {}
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for local, param in module.named_parameters(recurse=False):
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            full = f"{module_name}.{local}" if module_name else local
-            prefix = max((p for p in multipliers if matches(full, p)), key=len, default="")
-            m = float(multipliers[prefix]) if prefix else 1.0
-            prefix = prefix or "default"
-            exempt = no_decay_norm_bias and is_no_decay(module, local)
-            group = groups.setdefault(
-                (prefix, exempt),
-                {
-                    "params": [],
-                    "name": f"{prefix}/{'no_decay' if exempt else 'decay'}",
-                    "lr": lr * m,
-                    "lr_multiplier": m,
-                    "weight_decay": 0.0 if exempt else weight_decay,
-                },
-            )
-            group["params"].append(param)
+    for full, param in named:
+        owner, _, local = full.rpartition(".")
+        prefix = max((p for p in multipliers if matches(full, p)), key=len, default="")
+        m = float(multipliers[prefix]) if prefix else 1.0
+        prefix = prefix or "default"
+        exempt = no_decay_norm_bias and is_no_decay(model.get_submodule(owner), local)
+        group = groups.setdefault(
+            (prefix, exempt),
+            {
+                "params": [],
+                "name": f"{prefix}/{'no_decay' if exempt else 'decay'}",
+                "lr": lr * m,
+                "lr_multiplier": m,
+                "weight_decay": 0.0 if exempt else weight_decay,
+            },
+        )
+        group["params"].append(param)
     return list(groups.values())
 
 
@@ -189,8 +176,8 @@ def build_optimizer(
         )
     if isinstance(model_or_params, nn.Module):
         defaults = inspect.signature(cls.__init__).parameters
-        kwargs["lr"] = float(kwargs.pop("lr", defaults["lr"].default))
-        kwargs["weight_decay"] = float(kwargs.pop("weight_decay", defaults["weight_decay"].default))
+        for key in ("lr", "weight_decay"):
+            kwargs[key] = float(kwargs.get(key, defaults[key].default))
         params: Any = param_groups(
             model_or_params,
             lr=kwargs["lr"],

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from .checks import check_bool, check_choice, check_float, check_int
 
@@ -61,10 +61,8 @@ _int, _float, _bool = (partial(_check, check) for check in (check_int, check_flo
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
     """A number >= 0, or a sequence of one per parameter group, as a list of floats (or None)."""
-    if value is None:
-        return None
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        return [_float(name, value, min=0)] * groups
+    if value is None or not isinstance(value, Sequence) or isinstance(value, str):
+        return None if value is None else [_float(name, value, min=0)] * groups
     if len(value) != groups:
         raise ValueError(
             f"{name} must be a number or have one value per parameter group ({groups}), "
@@ -93,17 +91,17 @@ def _base_lrs_of(optimizer: Optimizer) -> list[float]:
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
         )
-    bases = [float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
+    bases = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
     return [
-        check_float(f"the optimizer's param_groups[{i}] lr", b, min=0) for i, b in enumerate(bases)
+        check_float(f"the optimizer's param_groups[{i}] lr", float(b), min=0)
+        for i, b in enumerate(bases)
     ]
 
 
 def is_metric_driven(scheduler: Any) -> bool:
     """Whether ``scheduler`` takes ``step(metric)``: ``metric_driven = True`` or ``ReduceLROnPlateau``."""
-    return bool(getattr(scheduler, "metric_driven", False)) or isinstance(
-        scheduler, ReduceLROnPlateau
-    )
+    driven = getattr(scheduler, "metric_driven", False)
+    return bool(driven) or isinstance(scheduler, ReduceLROnPlateau)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
@@ -112,13 +110,19 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
     Raises ``ValueError`` if ``epochs < 0`` or ``steps_per_epoch < 1``.
     """
     e = _float("epochs", epochs, min=0)
-    n = _int("steps_per_epoch", steps_per_epoch, min=1)
-    return math.floor(e * n + 0.5)
+    return math.floor(e * _int("steps_per_epoch", steps_per_epoch, min=1) + 0.5)
 
 
-class _CopyingState:
-    """``state_dict``/``load_state_dict`` that deep-copy, so snapshots never alias live state."""
+class _Schedule(LRScheduler):
+    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics.
 
+    ``state_dict``/``load_state_dict`` deep-copy (everything but ``_state_exclude``), so
+    snapshots never alias live state.
+    """
+
+    metric_driven: bool = False
+    _needs_total: bool = False
+    warmup_start_lrs: list[float] | None = None
     _state_exclude: tuple[str, ...] = ("optimizer",)
 
     def state_dict(self) -> dict[str, Any]:
@@ -131,11 +135,11 @@ class _CopyingState:
         """Load a copy of a :meth:`state_dict`."""
         self.__dict__.update(copy.deepcopy(dict(state_dict)))
 
-
-class _Schedule(_CopyingState, LRScheduler):
-    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics."""
-
-    metric_driven: bool = False
+    def _warmup_lr(self, s: int, i: int, b: float) -> float:
+        """Linear warmup: ``a + (b - a) s / W``, a = ``warmup_start_lrs[i]`` or factor × b."""
+        starts = self.warmup_start_lrs
+        a = starts[i] if starts is not None else self.warmup_start_factor * b
+        return a + (b - a) * s / self.warmup_steps
 
     def _extra(self, s: int) -> None:
         """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
@@ -147,7 +151,13 @@ class _Schedule(_CopyingState, LRScheduler):
 
     def get_lr(self) -> list[float]:
         self._extra(self.last_epoch)
-        return [self._lr(self.last_epoch, i, float(b)) for i, b in enumerate(self.base_lrs)]
+        return self.lr_at(self.last_epoch)
+
+    def _apply(self) -> None:
+        """Set the group LRs to this step's at once (after a metric changed the schedule)."""
+        for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
+            _set_lr(group, lr)
+        self._last_lr = _group_lrs(self.optimizer)
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step).
@@ -168,8 +178,6 @@ class _Schedule(_CopyingState, LRScheduler):
 
 class _WarmupSchedule(_Schedule):
     """Closed-form schedules: warmup, then :meth:`_after_warmup`; the LR is a function of ``s``."""
-
-    _needs_total: bool = False
 
     def __init__(
         self,
@@ -200,11 +208,6 @@ class _WarmupSchedule(_Schedule):
             check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
         self.min_lr_ratio = ratio
         super().__init__(optimizer)
-
-    def _warmup_lr(self, s: int, i: int, b: float) -> float:
-        starts = self.warmup_start_lrs
-        a = starts[i] if starts is not None else self.warmup_start_factor * b
-        return a + (b - a) * s / self.warmup_steps
 
     def _lr(self, s: int, i: int, b: float) -> float:
         if s < self.warmup_steps:
@@ -319,36 +322,28 @@ class ExponentialDecay(_WarmupSchedule):
         super().__init__(optimizer, **kwargs)
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
-        exponent = t / self.decay_steps
-        if self.staircase:
-            exponent = math.floor(exponent)
+        exponent = math.floor(t / self.decay_steps) if self.staircase else t / self.decay_steps
         return max(eta, b * self.gamma**exponent)
 
 
-class StepDecay(_WarmupSchedule):
+class StepDecay(ExponentialDecay):
     r"""``step``: :math:`\max(\eta, b\gamma^{\lfloor t/n \rfloor})`, n = ``step_size`` ≥ 1, γ in (0, 1]."""
 
     def __init__(
         self, optimizer: Optimizer, step_size: int, *, gamma: float = 0.1, **kwargs: Any
     ) -> None:
         self.step_size = _int("step_size", step_size, min=1)
-        self.gamma = _float("gamma", gamma, min=0, max=1, low_open=True)
-        super().__init__(optimizer, **kwargs)
-
-    def _after_warmup(self, t: int, b: float, eta: float) -> float:
-        return max(eta, b * self.gamma ** (t // self.step_size))
+        super().__init__(optimizer, gamma, decay_steps=step_size, staircase=True, **kwargs)
 
 
 class OneCycle(_WarmupSchedule):
-    r"""``onecycle``: torch's ``OneCycleLR`` with ``max_lr`` = each group's base LR, safe past T.
+    r"""``onecycle``: torch's ``OneCycleLR`` arithmetic with ``max_lr`` = each group's base LR.
 
     For s < T, LRs and momenta (or Adam's β1) are exactly ``OneCycleLR``'s with the same
     arguments; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``. From s = T on it holds the
-    final LR and momentum and warns once when stepped beyond T (torch raises).
-
-    Raises:
-        ValueError: a phase shorter than one step (``pct_start * T <= 1`` or too close to 1),
-            ``cycle_momentum`` with an optimizer without momentum/betas, any invalid argument.
+    final LR and momentum and warns once when stepped beyond T (torch raises). Raises
+    ``ValueError`` for a phase shorter than one step, ``cycle_momentum`` with an optimizer
+    without momentum/betas, or any invalid argument.
     """
 
     _needs_total = True
@@ -378,52 +373,51 @@ class OneCycle(_WarmupSchedule):
         self.three_phase = _bool("three_phase", three_phase)
         self.cycle_momentum = _bool("cycle_momentum", cycle_momentum)
         p = self.pct_start * total
-        # (end step, LR from, LR to, momentum from, momentum to) of each phase
-        self._phases = [(p - 1, "initial", "max", "max_m", "base_m")]
+        # torch's phases: (end step, LR from, LR to, momentum from, momentum to)
+        self._phases = [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
         if three_phase:
-            self._phases += [(2 * p - 2, "max", "initial", "base_m", "max_m")]
-            self._phases += [(total - 1, "initial", "min", "max_m", "max_m")]
+            self._phases += [(2 * p - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum")]
+            self._phases += [(total - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
         else:
-            self._phases += [(total - 1, "max", "min", "base_m", "max_m")]
-        ends = [0.0] + [phase[0] for phase in self._phases]
-        if any(not b > a for a, b in pairwise(ends)):
+            self._phases += [(total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        if any(not b > a for a, b in pairwise([0.0] + [phase[0] for phase in self._phases])):
             raise ValueError(
                 f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total} "
                 "leaves a phase shorter than one step; choose pct_start so that "
                 "pct_start * total_steps > 1 and the decay phase keeps at least one step"
             )
         self.use_beta1 = "betas" in optimizer.defaults
-        if cycle_momentum:
-            if "momentum" not in optimizer.defaults and not self.use_beta1:
-                raise ValueError(
-                    "cycle_momentum=True needs an optimizer with momentum or betas; "
-                    f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
-                )
-            self.base_momentums = _per_group("base_momentum", base_momentum, len(bases))
-            self.max_momentums = _per_group("max_momentum", max_momentum, len(bases))
+        if cycle_momentum and "momentum" not in optimizer.defaults and not self.use_beta1:
+            raise ValueError(
+                "cycle_momentum=True needs an optimizer with momentum or betas; "
+                f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
+            )
+        if cycle_momentum:  # per group, as OneCycleLR keeps them in the groups
+            base_ms = _per_group("base_momentum", base_momentum, len(bases))
+            max_ms = _per_group("max_momentum", max_momentum, len(bases))
+            self.momenta = [
+                {"base_momentum": b, "max_momentum": m} for b, m in zip(base_ms, max_ms)
+            ]
         self._warned_past_end = False
         super().__init__(optimizer, total_steps=total)
 
-    def _value(self, s: int, values: Mapping[str, float], lr: bool) -> float:
-        """torch's annealing within the phase of step ``s`` (the last phase past its end)."""
+    def _anneal(self, s: int, values: Mapping[str, float], lr: bool) -> float:
+        """``OneCycleLR``'s value in the phase of step ``s`` (the last phase past its end)."""
         start_step = 0.0
-        for j, phase in enumerate(self._phases):
-            if s <= phase[0] or j == len(self._phases) - 1:
+        for phase in self._phases[:-1]:
+            if s <= phase[0]:
                 break
             start_step = phase[0]
-        end_step, lo, hi, mlo, mhi = phase
-        pct = (s - start_step) / (end_step - start_step)
-        start, end = (values[lo], values[hi]) if lr else (values[mlo], values[mhi])
-        if self.anneal_strategy == "cos":  # the same float operations as torch's OneCycleLR
-            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
-        return (end - start) * pct + start
+        else:
+            phase = self._phases[-1]
+        anneal = getattr(OneCycleLR, f"_annealing_{self.anneal_strategy}")  # cos or linear
+        pct = (s - start_step) / (phase[0] - start_step)
+        return anneal(values[phase[1 if lr else 3]], values[phase[2 if lr else 4]], pct)
 
     def _lr(self, s: int, i: int, b: float) -> float:
-        initial = b / self.div_factor
-        minimum = initial / self.final_div_factor
-        if s >= self.total_steps:
-            return minimum
-        return self._value(s, {"initial": initial, "max": b, "min": minimum}, lr=True)
+        values = {"initial_lr": b / self.div_factor, "max_lr": b}
+        values["min_lr"] = values["initial_lr"] / self.final_div_factor
+        return values["min_lr"] if s >= self.total_steps else self._anneal(s, values, lr=True)
 
     def _extra(self, s: int) -> None:
         if s > self.total_steps and not self._warned_past_end:
@@ -433,14 +427,10 @@ class OneCycle(_WarmupSchedule):
                 RuntimeWarning,
                 stacklevel=4,
             )
-        if not self.cycle_momentum:
-            return
-        for i, group in enumerate(self.optimizer.param_groups):
-            values = {"base_m": self.base_momentums[i], "max_m": self.max_momentums[i]}
-            if s >= self.total_steps:
-                m = values[self._phases[-1][4]]
-            else:
-                m = self._value(s, values, lr=False)
+        for i, group in enumerate(self.optimizer.param_groups if self.cycle_momentum else []):
+            values = self.momenta[i]
+            last = values[self._phases[-1][4]]
+            m = last if s >= self.total_steps else self._anneal(s, values, lr=False)
             if self.use_beta1:
                 group["betas"] = (m, *group["betas"][1:])
             else:
@@ -487,11 +477,7 @@ class PlateauWithWarmup(_WarmupSchedule):
     def _lr(self, s: int, i: int, b: float) -> float:
         return self._warmup_lr(s, i, b) if s < self.warmup_steps else self.current_lrs[i]
 
-    def _is_better(self, a: float, best: float) -> bool:
-        rel = self.threshold_mode == "rel"
-        if self.mode == "min":
-            return a < best * (1.0 - self.threshold) if rel else a < best - self.threshold
-        return a > best * (self.threshold + 1.0) if rel else a > best + self.threshold
+    _is_better = ReduceLROnPlateau._is_better  # torch's comparison (mode, threshold[_mode])
 
     def _report(self, metric: float | torch.Tensor) -> None:
         if self.last_epoch < self.warmup_steps:
@@ -512,9 +498,7 @@ class PlateauWithWarmup(_WarmupSchedule):
                     self.current_lrs[i] = new
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
-            for group, lr in zip(self.optimizer.param_groups, self.current_lrs):
-                _set_lr(group, lr)
-            self._last_lr = _group_lrs(self.optimizer)
+            self._apply()
 
 
 # canonical type -> class of the types that can be the ``base`` of ``adaptive``
@@ -533,16 +517,14 @@ class AdaptiveScheduler(_Schedule):
     r"""``adaptive``: a closed-form base schedule times a multiplier cut on trouble.
 
     :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the ``base``
-    schedule's LR (a closed-form type name or ``{"type": ..., **params}``; its parameters
-    may also be given as keywords), :math:`m` starting at 1. ``step(metric)`` (a loss) cuts
-    at most once, :math:`m \leftarrow m \cdot` ``factor``, when the metric is not finite (and
-    sets ``needs_rollback = True``; whoever rolls back clears it), exceeds
-    ``(1 + spike_threshold)`` × the mean of the last ``window`` finite metrics, or brought no
-    new best for ``patience`` metrics; a cut resets the patience count. ``observe(loss)``
-    takes each training step's loss and cuts when a finite loss exceeds ``step_spike_factor``
-    × the median of the last ``step_window`` losses (once ``window`` were seen; ``None``
-    turns it off); a spike stays out of the median and starts a cooldown of ``window``
-    observations. A cut changes the group LRs at once.
+    schedule's LR (a type name or ``{"type": ..., **params}``, or its parameters as keywords),
+    :math:`m` from 1. A cut, :math:`m \leftarrow m \cdot` ``factor``, changes the LRs at once.
+    ``step(metric)`` cuts at most once when the metric is not finite (also setting
+    ``needs_rollback``; whoever rolls back clears it), exceeds ``(1 + spike_threshold)`` × the
+    mean of the last ``window`` finite ones, or brought no new best for ``patience`` metrics
+    (a cut resets that count). ``observe(loss)`` cuts when a step's finite loss exceeds
+    ``step_spike_factor`` × the median of the last ``step_window`` (once ``window`` were seen;
+    ``None``: off); a spike stays out of the median and starts a cooldown of ``window``.
     """
 
     metric_driven = True
@@ -564,12 +546,7 @@ class AdaptiveScheduler(_Schedule):
         if isinstance(base, Mapping):
             base_params = {**{k: v for k, v in base.items() if k != "type"}, **base_params}
             base = base.get("type", "constant")
-        name = _canonical(base, what="base")
-        if name not in _CLOSED_FORM:
-            raise ValueError(
-                f"base must be one of {sorted(_CLOSED_FORM)} (plateau and adaptive cannot be "
-                f"the base of adaptive), got {base!r}"
-            )
+        name = check_choice("base", _canonical(base, what="base"), tuple(_CLOSED_FORM))
         self.factor = _float("factor", factor, min=0, max=1, low_open=True, high_open=True)
         self.spike_threshold = _float("spike_threshold", spike_threshold, min=0, low_open=True)
         self.window = _int("window", window, min=1)
@@ -636,19 +613,17 @@ class AdaptiveScheduler(_Schedule):
     def _cut(self) -> None:
         self.multiplier *= self.factor
         self.num_cuts += 1
-        for i, group in enumerate(self.optimizer.param_groups):
-            _set_lr(group, self._lr(self.last_epoch, i, float(self.base_lrs[i])))
-        self._last_lr = _group_lrs(self.optimizer)
+        self._apply()
 
 
-class WarmupWrapper(_CopyingState, LRScheduler):
-    r"""Linear warmup in front of any torch scheduler (see :func:`with_warmup`).
+class WarmupWrapper(_Schedule):
+    r"""Linear warmup in front of any torch scheduler (alias ``with_warmup``); step only this.
 
-    With :math:`\ell^{(0)}` a group's LR right after the wrapped scheduler was built, for
-    s < W: :math:`\text{lr} = f\ell^{(0)} + (1 - f)\ell^{(0)} s/W` (f = ``warmup_start_factor``);
-    from s = W on the LRs are exactly the wrapped scheduler's from its step 0. A metric-driven
-    wrapped scheduler makes the wrapper metric-driven: ``step(metric)`` is passed on after
-    warmup (ignored during it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone.
+    For s < W the LRs warm up (as the other types, a = f × b) towards each group's LR
+    :math:`\ell^{(0)}` right after the wrapped scheduler was built; from s = W on they are
+    exactly the wrapped scheduler's from its step 0. A metric-driven wrapped scheduler makes
+    the wrapper metric-driven: ``step(metric)`` is passed on after warmup (ignored during
+    it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone. ``lr_at`` covers s ≤ W.
     """
 
     _state_exclude = ("optimizer", "scheduler")
@@ -670,11 +645,9 @@ class WarmupWrapper(_CopyingState, LRScheduler):
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
         super().__init__(optimizer)
 
-    def get_lr(self) -> list[float]:
-        s, f, w = self.last_epoch, self.warmup_start_factor, self.warmup_steps
-        if s >= w:
-            return list(self.targets)
-        return [f * b + (b - f * b) * s / w for b in map(float, self.targets)]
+    def _lr(self, s: int, i: int, b: float) -> float:
+        target = self.targets[i]
+        return self._warmup_lr(s, i, float(target)) if s < self.warmup_steps else target
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """``step()``: one optimizer step. ``step(metric)``: report a metric (metric-driven only)."""
@@ -691,8 +664,7 @@ class WarmupWrapper(_CopyingState, LRScheduler):
         self._step_count += 1
         self.last_epoch += 1
         if self.last_epoch <= self.warmup_steps:
-            for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
-                _set_lr(group, float(lr))
+            self._apply()
         elif not self._plateau:
             self.scheduler.step()
         self._last_lr = _group_lrs(self.optimizer)
@@ -711,11 +683,7 @@ class WarmupWrapper(_CopyingState, LRScheduler):
             self.scheduler.load_state_dict(copy.deepcopy(inner))
 
 
-def with_warmup(
-    scheduler: Any, warmup_steps: int, warmup_start_factor: float = 0.01
-) -> WarmupWrapper:
-    """A linear warmup of ``warmup_steps`` in front of a built torch scheduler; step only the result."""
-    return WarmupWrapper(scheduler, warmup_steps, warmup_start_factor)
+with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only the result
 
 
 _CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
@@ -744,24 +712,14 @@ def _canonical(name: Any, what: str = "type") -> str:
 
 
 def _accepted(cls: type) -> tuple[list[str], list[str]]:
-    """(keyword names, required names) of ``cls`` beyond ``optimizer``, following ``**kwargs`` up the MRO."""
-    names: list[str] = []
-    required: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = list(inspect.signature(klass.__init__).parameters.values())[2:]
-        for p in params:
-            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                names.append(p.name)
-                required += [p.name] if p.default is p.empty else []
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names, required
+    """(keyword names, required names) of ``cls`` beyond ``optimizer``; ``**kwargs`` adds the warmup ones."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[2:]
+    if params and params[-1].kind is params[-1].VAR_KEYWORD:
+        params[-1:] = list(inspect.signature(_WarmupSchedule.__init__).parameters.values())[2:]
+    return [p.name for p in params], [p.name for p in params if p.default is p.empty]
 
 
 def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LRScheduler:
-    cls = _CLASSES[name]
     resolved: dict[str, Any] = {}
     for key, value in params.items():
         canonical = _PARAM_ALIASES.get(key, key)
@@ -774,23 +732,23 @@ def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LR
                 f"{key} is not a scheduler parameter: the peak/base LR is each parameter "
                 "group's own lr, set on the optimizer"
             )
-    names, required = _accepted(cls)
-    if name == "adaptive":
-        base = resolved.get("base", "constant")
-        base = base.get("type", "constant") if isinstance(base, Mapping) else base
-        base_cls = _CLASSES[_canonical(base, what="base")]
-        if base_cls in _CLOSED_FORM.values():
-            names += [n for n in _accepted(base_cls)[0] if n not in names]
-    else:
-        for req in [*required, *(["total_steps"] if cls._needs_total else [])]:
-            if req not in resolved:
-                raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
+    cls = _CLASSES[name]  # adaptive passes what is not its own on to its base's _construct
+    names, required = (list(resolved), []) if name == "adaptive" else _accepted(cls)
+    for req in [*required, *(["total_steps"] if cls._needs_total else [])]:
+        if req not in resolved:
+            raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
     for key in resolved:
         if key not in names:
             raise ValueError(
                 f"unknown parameter {key!r} for scheduler type {name!r}; accepted: {sorted(names)}"
             )
     return cls(optimizer, **resolved)
+
+
+def _mapping(config: Any) -> dict[str, Any]:
+    if not isinstance(config, Mapping):
+        raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
+    return dict(config)
 
 
 def build_scheduler(
@@ -803,13 +761,10 @@ def build_scheduler(
     Raises ``ValueError`` for a missing/unknown type (listing the valid ones) or a missing,
     unknown or invalid parameter (named).
     """
-    if config is not None and not isinstance(config, Mapping):
-        raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
-    merged = {**dict(config or {}), **params}
+    merged = {**(_mapping(config) if config is not None else {}), **params}
     if "type" not in merged:
         raise ValueError(f"missing parameter 'type'; valid types: {_VALID}")
-    name = _canonical(merged.pop("type"))
-    return _construct(name, optimizer, merged)
+    return _construct(_canonical(merged.pop("type")), optimizer, merged)
 
 
 def lr_curve(
@@ -827,11 +782,9 @@ def lr_curve(
     """
     total_steps = _int("total_steps", total_steps, min=1)
     base_lr = _float("base_lr", base_lr, min=0)
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a mapping with a 'type', got {type(config).__name__}")
-    param = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.SGD([param], lr=base_lr, momentum=0.9)
-    scheduler = build_scheduler(optimizer, {"total_steps": total_steps, **config})
+    config = {"total_steps": total_steps, **_mapping(config)}
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
+    scheduler = build_scheduler(optimizer, config)
     driven = is_metric_driven(scheduler)
     lrs: list[float] = []
     for k in range(total_steps):
