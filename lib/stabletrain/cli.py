@@ -1,9 +1,7 @@
 """``python -m stabletrain``: ``train --config FILE [flags]`` (flags override the file; prints
-the run's summary, ``--export DIR`` writes the history) and ``compare-schedulers --out FILE``
-(every scheduler type's LR curve on one figure). Flags are documented by ``--help``.
-
-Errors are one line on stderr (``stabletrain: error: ...``), never a traceback; exit status
-2: usage or configuration, 1: the run failed, 130: interrupted.
+the run's summary) and ``compare-schedulers --out FILE`` (every scheduler type's LR curve on
+one figure); see ``--help``. Errors are one line on stderr (``stabletrain: error: ...``),
+never a traceback; exit status 2: usage or configuration, 1: the run failed, 130: interrupted.
 """
 
 from __future__ import annotations
@@ -29,17 +27,16 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _number(cast: type, low: float, *, strict: bool = False) -> Any:
     """An argparse ``type``: ``cast(text)``, finite and ``>= low`` (``> low`` if ``strict``)."""
-    what = "an integer" if cast is int else "a number"
-    bound = f"{'>' if strict else '>='} {low}"
+    expected = f"{'an integer' if cast is int else 'a number'} {'>' if strict else '>='} {low}"
 
     def parse(text: str) -> Any:
         try:
             value = cast(text)
         except ValueError:
-            raise ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
-        return value
+            value = math.nan
+        if math.isfinite(value) and (value > low if strict else value >= low):
+            return value
+        raise ArgumentTypeError(f"expected {expected}, got {text!r}")
 
     return parse
 
@@ -56,10 +53,9 @@ def _assignment(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ArgumentTypeError(f"expected KEY=VALUE (e.g. optimizer.lr=3e-3), got {text!r}")
     try:
-        value = yaml.safe_load(raw)
+        return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError:
         raise ArgumentTypeError(f"value of {key} is not valid YAML: {raw!r}") from None
-    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,30 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .config import PRESETS
     from .schedulers import SCHEDULER_ALIASES, SCHEDULER_TYPES
 
-    parser = _OneLineParser(
-        prog="python -m stabletrain",
-        description="Train the course's U-Net from one configuration, or compare LR schedules.",
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
-    commands.required = True
-    train = commands.add_parser(
-        "train",
-        help="train on the shapes data from a YAML configuration",
-        description="Train on the synthetic shapes data from a YAML configuration (see "
-        "configs/). Flags override the file; the resolved configuration is logged to MLflow "
-        "and stored in every checkpoint.",
-    )
-    add = train.add_argument
+    about = "Train the course's U-Net from one configuration, or compare LR schedules."
+    parser = _OneLineParser(prog="python -m stabletrain", description=about)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    about = "train on the shapes data from a YAML configuration (flags override the file)"
+    add = commands.add_parser("train", help=about, description=about).add_argument
     add("--config", required=True, metavar="FILE", help="YAML configuration file (required)")
     add("--preset", choices=sorted(PRESETS), help="training preset (overrides the file's preset)")
     types = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES, "none"))
-    add(
-        "--scheduler",
-        choices=types,
-        metavar="TYPE",
-        help="LR scheduler type; a new type replaces the scheduler section (only "
-        "warmup_epochs is kept). One of: " + ", ".join(types),
-    )
+    about = "LR scheduler type (a new type keeps only warmup_epochs of the section), one of: "
+    add("--scheduler", choices=types, metavar="TYPE", help=about + ", ".join(types))
     add("--warmup-epochs", type=_non_negative_float, metavar="E", help="linear LR warmup, epochs")
     add("--lr", type=_positive_float, help="peak learning rate (optimizer.lr)")
     add("--epochs", type=_positive_int, help="number of training epochs")
@@ -101,35 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", help="device, e.g. cpu or cuda (default: the best available)")
     add("--checkpoint-dir", metavar="DIR", help="checkpoint folder; 'none' turns checkpoints off")
     add("--resume", action="store_true", help="continue from the latest checkpoint there")
-    add(
-        "--stop-after-epochs",
-        type=_positive_int,
-        metavar="N",
-        help="stop after N epochs, once their checkpoint is written (continue with --resume)",
-    )
+    about = "stop after N epochs, once their checkpoint is written (continue with --resume)"
+    add("--stop-after-epochs", type=_positive_int, metavar="N", help=about)
     add("--tracking-uri", metavar="URI", help="MLflow store, e.g. sqlite:///mlflow.db (tracks)")
     add("--experiment", help="MLflow experiment name (turns tracking on)")
     add("--run-name", help="MLflow run name")
     add("--no-tracking", action="store_true", help="do not log to MLflow")
-    add(
-        "--set",
-        dest="assignments",
-        action="append",
-        type=_assignment,
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting by its dotted key, value in YAML (repeatable)",
-    )
+    about = "override a setting by its dotted key, value in YAML (repeatable)"
+    add("--set", action="append", type=_assignment, metavar="KEY=VALUE", help=about)
     add("--export", metavar="DIR", help="write history_epochs/steps.csv and history.json to DIR")
     add("--no-progress", action="store_true", help="hide the progress bar")
 
-    compare = commands.add_parser(
-        "compare-schedulers",
-        help="draw every scheduler's LR curve on one figure",
-        description="Draw the LR of every scheduler type against the optimizer step (example "
-        "settings; metric-driven types see a validation loss that stops improving halfway).",
-    )
-    add = compare.add_argument
+    about = "draw every scheduler type's LR against the optimizer step"
+    more = about + " (example settings; metric-driven types see a loss that stops improving)"
+    add = commands.add_parser("compare-schedulers", help=about, description=more).add_argument
     add("--out", required=True, metavar="FILE", help="image file to write (.png)")
     add("--epochs", type=_positive_int, default=30, help="epochs (default 30)")
     add("--steps-per-epoch", type=_positive_int, default=20, metavar="N", help="(default 20)")
@@ -170,21 +137,15 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags as dotted config keys (``None``: not given); ``--set`` comes last."""
     keys = "epochs seed device optimizer.lr data.batch_size data.num_train data.num_val"
     keys += " tracking.run_name tracking.experiment tracking.tracking_uri scheduler.warmup_epochs"
-    flags = {"optimizer.lr": "lr", "scheduler.warmup_epochs": "warmup_epochs"}
-    overrides = {k: getattr(args, flags.get(k, k.split(".")[-1])) for k in keys.split()}
-    if args.scheduler not in (None, "none"):
-        overrides["scheduler.type"] = args.scheduler
-    if args.tracking_uri is not None or args.experiment is not None:
-        overrides["tracking.enabled"] = True
-    if args.no_tracking:
-        overrides["tracking.enabled"] = False
-    if args.checkpoint_dir is not None:
-        none = args.checkpoint_dir.lower() == "none"
-        overrides["checkpoints.directory"] = None if none else args.checkpoint_dir
-    overrides.update(dict(args.assignments))
-    return overrides
+    overrides = {k: getattr(args, k.split(".")[-1]) for k in keys.split()}
+    tracks = True if args.tracking_uri is not None or args.experiment is not None else None
+    overrides["scheduler.type"] = args.scheduler  # "none": dropped by _resolve
+    overrides["tracking.enabled"] = False if args.no_tracking else tracks
+    overrides["checkpoints.directory"] = args.checkpoint_dir  # "none": dropped by _resolve
+    return {**overrides, **dict(args.set or [])}
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,7 +159,7 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         cfg["tracking"]["run_name"] = Path(args.config).stem + ("-resumed" if args.resume else "")
     if args.scheduler == "none":
         cfg["scheduler"] = None
-    if args.checkpoint_dir is not None and args.checkpoint_dir.lower() == "none":
+    if (args.checkpoint_dir or "").lower() == "none":
         cfg["checkpoints"]["directory"] = None
     if cfg["scheduler"] is not None and "type" not in cfg["scheduler"]:
         raise ValueError("--warmup-epochs needs a scheduler type (give --scheduler TYPE)")
@@ -209,14 +170,11 @@ def _train(args: argparse.Namespace) -> int:
     from .config import run
 
     cfg = _resolve(args)
-    ckpt = cfg["checkpoints"].get("directory")
-    print(
-        f"training: preset={cfg['preset']}, epochs={cfg['epochs']}, "
-        f"scheduler={(cfg['scheduler'] or {}).get('type')}, lr={cfg['optimizer'].get('lr')}, "
-        f"checkpoints={ckpt}, tracking={'on' if cfg['tracking'].get('enabled') else 'off'}"
-        + (", resuming" if args.resume else ""),
-        flush=True,
-    )
+    scheduler = (cfg["scheduler"] or {}).get("type")
+    tracking = "on" if cfg["tracking"].get("enabled") else "off"
+    head = f"training: preset={cfg['preset']}, epochs={cfg['epochs']}, scheduler={scheduler}, "
+    head += f"lr={cfg['optimizer'].get('lr')}, checkpoints={cfg['checkpoints'].get('directory')}"
+    print(f"{head}, tracking={tracking}" + (", resuming" if args.resume else ""), flush=True)
     options = {"progress": not args.no_progress, "stop_after_epochs": args.stop_after_epochs}
     history, _, training = run(cfg, resume=args.resume, **options)
     if args.resume and history.epochs.get("epoch"):
@@ -244,22 +202,16 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors: one line on stderr)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .stability import NonFiniteError
-
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "compare-schedulers":
-            return _compare(args)
-        return _train(args)
+        return _compare(args) if args.command == "compare-schedulers" else _train(args)
     except KeyboardInterrupt:
         print("stabletrain: interrupted (continue with --resume)", file=sys.stderr)
         return 130
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"stabletrain: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except (CheckpointError, NonFiniteError, RuntimeError) as error:
+    except RuntimeError as error:  # CheckpointError, NonFiniteError
         print(f"stabletrain: training failed: {_one_line(error)}", file=sys.stderr)
         return 1
 

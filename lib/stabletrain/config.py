@@ -1,9 +1,6 @@
-"""One configuration builds everything: presets, resolution, and the objects ``fit`` takes.
-
-A configuration (the sections of :data:`DEFAULTS`) resolves as ``DEFAULTS ⊕ PRESETS[preset]
-⊕ config ⊕ overrides``: mappings merge key by key, anything else replaces; a new
-``scheduler.type`` starts that section afresh but for ``warmup_epochs`` (not for
-``adaptive``). :func:`build_training` builds what ``fit`` takes; :func:`run` also trains.
+"""One configuration, ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (mappings merge key
+by key, anything else replaces; a new ``scheduler.type`` starts that section afresh but for
+``warmup_epochs``, not for ``adaptive``), builds what ``fit`` takes or trains (:func:`run`).
 """
 
 from __future__ import annotations
@@ -19,11 +16,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from .amp import MixedPrecision
 from .callbacks import Callback
 from .checkpoint import CheckpointManager
 from .checks import check_choice, check_int, check_keys
+from .data import make_loaders
+from .deep_supervision import DeepSupervisionLoss
 from .history import History
+from .loop import fit
+from .losses import build_loss
+from .models import TinyUNet
 from .optim import build_optimizer, clipping_from_config
+from .schedulers import build_scheduler, epochs_to_steps
+from .stability import EarlyStopping, StabilityGuard
+from .tracking import MLflowTracker
+from .utils import get_device, seed_everything
 
 __all__ = [
     "DEFAULTS",
@@ -95,29 +102,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Named training presets: partial configurations laid over :data:`DEFAULTS`."""
 
-# keys accepted in each section (None: checked by the builder the section is given to)
-_SECTION_KEYS: dict[str, list[str] | None] = {
-    "data": "num_train num_val batch_size image_size num_classes seed".split(),
-    "model": (
-        "attention base_channels depth deep_supervision safe_attention attention_options "
-        "in_channels norm activation bottleneck_attention qk_norm"
-    ).split(),
-    "optimizer": None,
-    "scheduler": None,
-    "stability": (
-        "on_nonfinite lr_backoff snapshot_every max_consecutive_skips accumulation_steps "
-        "min_loss_scale spike_factor spike_warmup spike_window"
-    ).split(),
-    "amp": ["dtype"],
-    "deep_supervision": None,
-    "early_stopping": ["patience", "min_delta", "check_finite"],
-    "checkpoints": (
-        "directory strategy max_keep every_n_epochs every_n_minutes min_improvement "
-        "every_n_steps async_save durable"
-    ).split(),
-    "tracking": "enabled experiment run_name tracking_uri flush_every verbose".split(),
+# keys a section accepts besides those in DEFAULTS (the other sections: checked by builders)
+_MORE_KEYS: dict[str, str] = {
+    "data": "num_classes",
+    "model": "attention_options in_channels norm activation bottleneck_attention qk_norm",
+    "stability": "lr_backoff snapshot_every max_consecutive_skips accumulation_steps "
+    "min_loss_scale spike_factor spike_warmup spike_window",
+    "amp": "",
+    "early_stopping": "patience min_delta check_finite",
+    "checkpoints": "every_n_epochs every_n_minutes min_improvement every_n_steps async_save "
+    "durable",
+    "tracking": "tracking_uri flush_every verbose",
 }
-_BOOKKEEPING = ("checkpoints", "tracking", "device")  # may differ when resuming
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -145,8 +141,7 @@ def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
         *parents, last = str(key).split(".")
         node = out
         for part in parents:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
+            node[part] = node[part] if isinstance(node.get(part), dict) else {}
             node = node[part]
         node[last] = value
     return out
@@ -155,13 +150,12 @@ def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
 def _merge(base: Any, layer: Any, path: str = "") -> Any:
     if not isinstance(base, Mapping) or not isinstance(layer, Mapping):
         return copy.deepcopy(layer)
-    if path == "scheduler" and "type" in layer and layer["type"] != base.get("type"):
+    if path == ".scheduler" and "type" in layer and layer["type"] != base.get("type"):
         keep = "warmup_epochs" in base and str(layer["type"]).lower() != "adaptive"
         base = {"warmup_epochs": base["warmup_epochs"]} if keep else {}
     out = copy.deepcopy(dict(base))
     for key, value in layer.items():
-        sub = f"{path}.{key}" if path else key
-        out[key] = _merge(out[key], value, sub) if key in out else copy.deepcopy(value)
+        out[key] = _merge(out.get(key), value, f"{path}.{key}")
     return out
 
 
@@ -171,14 +165,9 @@ def resolve_config(
     preset: str | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Resolve ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` and check every key.
-
-    ``config`` may be a YAML path; ``preset`` wins over ``overrides["preset"]``, which wins
-    over ``config["preset"]``; ``overrides`` may use dotted keys (``{"optimizer.lr": 3e-3}``)
-    and its ``None`` values are skipped. Resolving a resolved configuration changes nothing.
-    Raises ValueError for an unknown preset, section or key or a section that is not a
-    mapping; TypeError/ValueError for ``epochs`` not an int >= 1.
-    """
+    """Resolve ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (``config`` may be a YAML path,
+    ``overrides`` dotted keys, ``None`` values skipped; ``preset`` > ``overrides["preset"]`` >
+    ``config["preset"]``) and check every key: ValueError names a bad preset, section or key."""
     if isinstance(config, str | os.PathLike):
         config = load_config(config)
     if config is not None and not isinstance(config, Mapping):
@@ -192,13 +181,14 @@ def resolve_config(
     cfg["preset"] = chosen
     check_keys("config", cfg, DEFAULTS)
     check_int("epochs", cfg["epochs"], min=1)
-    for section, keys in _SECTION_KEYS.items():
+    for section in ("optimizer", "scheduler", "deep_supervision", *_MORE_KEYS):
         value = cfg[section]
         if value is None and section in ("scheduler", "early_stopping"):
             continue
         if not isinstance(value, Mapping):
             raise ValueError(f"config section {section!r} must be a mapping, got {value!r}")
-        if keys is not None:
+        if section in _MORE_KEYS:
+            keys = [*(DEFAULTS[section] or {}), *_MORE_KEYS[section].split()]
             check_keys(f"config section {section!r}", value, keys)
     if not isinstance(cfg["loss"], str | Mapping):
         raise ValueError(f"loss must be a loss preset name or a mapping, got {cfg['loss']!r}")
@@ -217,67 +207,41 @@ def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") ->
     return out
 
 
-def _loaders(data: Mapping[str, Any]):
-    from .data import make_loaders
-
-    data = dict(data)
-    return make_loaders(data.pop("num_train"), data.pop("num_val"), data.pop("batch_size"), **data)
-
-
-def _model(data: Mapping[str, Any], model: Mapping[str, Any]) -> nn.Module:
-    from .models import TinyUNet
-
-    return TinyUNet(num_classes=data.get("num_classes", 1), **model)
-
-
 def build_loaders(config: Mapping[str, Any]):
     """The shapes ``(train_loader, val_loader)`` of a configuration's ``data`` section."""
-    return _loaders(resolve_config(config)["data"])
+    return make_loaders(**resolve_config(config)["data"])
 
 
 def build_model(config: Mapping[str, Any]) -> nn.Module:
     """The :class:`~stabletrain.models.TinyUNet` of a configuration's ``model`` section."""
     cfg = resolve_config(config)
-    return _model(cfg["data"], cfg["model"])
+    return TinyUNet(num_classes=cfg["data"].get("num_classes", 1), **cfg["model"])
 
 
 def seeded_start(data: Mapping[str, Any], model: Mapping[str, Any], seed: int):
-    """The one seeding recipe: ``(train_loader, val_loader, model)``, all fresh.
-
-    In order: the shapes loaders of ``data`` (images seeded by ``data["seed"]``), then
-    ``seed_everything(seed)`` and the training order generator seeded with ``seed``, then
-    the ``TinyUNet`` of ``model``. :func:`run` and ``short_run`` both start here.
-    """
-    from .utils import seed_everything
-
-    train, val = _loaders(data)
+    """The one seeding recipe, in order: the loaders of ``data`` (images seeded by
+    ``data["seed"]``), ``seed_everything(seed)`` and the train order generator, the model."""
+    train, val = make_loaders(**data)
     seed_everything(seed)
     train.generator.manual_seed(seed)
-    return train, val, _model(data, model)
+    return train, val, TinyUNet(num_classes=data.get("num_classes", 1), **model)
 
 
 def scheduler_from_config(optimizer, section: Mapping | None, *, epochs: int, steps_per_epoch: int):
-    """The scheduler of a ``scheduler`` section, or ``None`` (``None`` or type none/null).
-
-    ``warmup_epochs`` becomes ``warmup_steps`` (``epochs_to_steps``), ``total_steps``
-    defaults to ``epochs * steps_per_epoch``; the rest goes to ``build_scheduler``. Raises
-    ValueError for both warmups, a warmup not shorter than the run, or a bad setting.
-    """
+    """The scheduler of a ``scheduler`` section (``None`` if none/null): ``warmup_epochs`` →
+    ``warmup_steps``, ``total_steps = epochs * steps_per_epoch`` by default. ValueError for
+    both warmups, one not shorter than the run, or a bad setting."""
     if section is None or str(section.get("type", "")).lower() in ("none", "null"):
         return None
-    from .schedulers import build_scheduler, epochs_to_steps
-
     params = dict(section)
     total = epochs * steps_per_epoch
     if "warmup_epochs" in params:
         if "warmup_steps" in params:
             raise ValueError("scheduler: give warmup_epochs or warmup_steps, not both")
-        warmup_epochs = params.pop("warmup_epochs")
-        params["warmup_steps"] = epochs_to_steps(warmup_epochs, steps_per_epoch)
+        given = params.pop("warmup_epochs")
+        params["warmup_steps"] = epochs_to_steps(given, steps_per_epoch)
         if params["warmup_steps"] >= total:
-            raise ValueError(
-                f"scheduler warmup_epochs={warmup_epochs} must be shorter than epochs={epochs}"
-            )
+            raise ValueError(f"scheduler warmup_epochs={given} must be shorter than {epochs=}")
     params.setdefault("total_steps", total)
     return build_scheduler(optimizer, params)
 
@@ -295,13 +259,9 @@ class ConfigCheckpointManager(CheckpointManager):
         return super().save(epoch, metrics, extra=extra, **kwargs)
 
 
-_FIT_KEYS = ("epochs", "optimizer", "scheduler", "loss_fn", "guard", "amp", "early_stopping")
-
-
 @dataclass
 class Training:
-    """What ``fit`` takes (``None`` where turned off), the steps per epoch the schedule was
-    built for, and the resolved configuration."""
+    """What ``fit`` takes (``None``: off), the steps per epoch planned, the resolved config."""
 
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -318,14 +278,11 @@ class Training:
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`stabletrain.loop.fit`."""
-        return {
-            key: getattr(self, key) for key in (*_FIT_KEYS, "monitor", "checkpoints", "tracker")
-        }
+        keys = "epochs optimizer scheduler loss_fn guard amp early_stopping monitor checkpoints"
+        return {key: getattr(self, key) for key in (*keys.split(), "tracker")}
 
     def fit(self, model: nn.Module, train_loader, val_loader=None, **kwargs: Any) -> History:
         """``fit(model, train_loader, val_loader=..., **self.fit_kwargs(), **kwargs)``."""
-        from .loop import fit
-
         return fit(model, train_loader, val_loader=val_loader, **{**self.fit_kwargs(), **kwargs})
 
 
@@ -338,16 +295,8 @@ def build_training(
 ) -> Training:
     """Build the optimizer, scheduler, loss, guard, amp, checkpoints, tracker and early stopping.
 
-    The model must be on its device (mixed precision follows it). ``steps_per_epoch``
-    defaults to ``ceil(num_train / batch_size) // accumulation_steps``; ``tracker`` replaces
-    the configured one. The resolved configuration is logged to the tracker
-    (``config.<section>.<key>``) and stored in every checkpoint. Raises ValueError, named.
-    """
-    from .amp import MixedPrecision
-    from .deep_supervision import DeepSupervisionLoss
-    from .losses import build_loss
-    from .stability import EarlyStopping, StabilityGuard
-
+    The model must be on its device. ``steps_per_epoch`` defaults to ``ceil(num_train /
+    batch_size) // accumulation_steps``. The config goes to the tracker and every checkpoint."""
     cfg = resolve_config(config)
     if steps_per_epoch is None:
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
@@ -356,28 +305,19 @@ def build_training(
     scheduler = scheduler_from_config(
         optimizer, cfg["scheduler"], epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
     )
-    device_type = next(model.parameters()).device.type
-    amp = MixedPrecision(cfg["amp"].get("dtype", "float32"), device_type=device_type)
+    amp = MixedPrecision(**cfg["amp"], device_type=next(model.parameters()).device.type)
     amp = amp if amp.enabled else None
-    clipping = clipping_from_config(cfg["optimizer"])
-    guard = StabilityGuard(
-        model, optimizer, scheduler=scheduler, amp=amp, **clipping, **cfg["stability"]
-    )
+    options = {**clipping_from_config(cfg["optimizer"]), **cfg["stability"]}
+    guard = StabilityGuard(model, optimizer, scheduler=scheduler, amp=amp, **options)
     num_classes = cfg["data"].get("num_classes", 1)
     loss_fn: Any = build_loss(cfg["loss"], mode="binary" if num_classes == 1 else "multiclass")
     if getattr(model, "deep_supervision", False):
-        section = dict(cfg["deep_supervision"])
-        schedule = section.pop("schedule")
-        loss_fn = DeepSupervisionLoss(
-            loss_fn, num_outputs=model.depth, schedule=schedule, **section
-        )
+        loss_fn = DeepSupervisionLoss(loss_fn, num_outputs=model.depth, **cfg["deep_supervision"])
     early = EarlyStopping(**cfg["early_stopping"]) if cfg["early_stopping"] else None
     options = {**cfg["checkpoints"], "config": cfg, "monitor": cfg["monitor"]}
     directory = options.pop("directory", None)
     checkpoints = ConfigCheckpointManager(directory, **options) if directory else None
     if tracker is None and cfg["tracking"].get("enabled"):
-        from .tracking import MLflowTracker
-
         tracker = MLflowTracker(**{k: v for k, v in cfg["tracking"].items() if k != "enabled"})
     if tracker is not None:
         tracker.log_params({"config": cfg})
@@ -387,17 +327,15 @@ def build_training(
 
 def _check_resumable(cfg: Mapping[str, Any]) -> None:
     """Refuse to resume without a checkpoint folder or from one with other training settings."""
-    if not cfg["checkpoints"].get("directory"):
+    options = dict(cfg["checkpoints"])
+    directory = options.pop("directory", None)
+    if not directory:
         raise ValueError("resume needs checkpoints.directory (a folder with checkpoints)")
-    options = {k: v for k, v in cfg["checkpoints"].items() if k != "directory"}
-    directory = cfg["checkpoints"]["directory"]
     manager = CheckpointManager(directory, monitor=cfg["monitor"], read_only=True, **options)
-    if manager.latest_path is None:
-        return
-    stored = manager.load("latest", restore_rng=False).get("extra", {}).get("config")
-    if stored is None:
-        return
-    differ = [k for k in config_diff(stored, cfg) if k.split(".")[0] not in _BOOKKEEPING]
+    latest = manager.load("latest", restore_rng=False) if manager.latest_path else {}
+    stored = latest.get("extra", {}).get("config") or cfg
+    bookkeeping = ("checkpoints", "tracking", "device")  # may differ when resuming
+    differ = [k for k in config_diff(stored, cfg) if k.split(".")[0] not in bookkeeping]
     if differ:
         raise ValueError(
             f"cannot resume: the checkpoint was written with a different configuration "
@@ -427,13 +365,8 @@ def run(
 ) -> tuple[History, nn.Module, Training]:
     """Train on the shapes data from one configuration; returns ``(history, model, training)``.
 
-    Starts from :func:`seeded_start`. ``resume`` continues from the latest checkpoint of
-    ``checkpoints.directory`` (ValueError unless its stored configuration is equal,
-    bookkeeping sections aside); ``stop_after_epochs`` stops cleanly after that many epochs
-    and their checkpoint (``resume`` continues bit for bit).
-    """
-    from .utils import get_device
-
+    ``resume`` continues from the latest checkpoint (ValueError unless its config is equal but
+    for checkpoints/tracking/device); ``stop_after_epochs`` stops after that many epochs."""
     cfg = resolve_config(config)
     if resume:
         _check_resumable(cfg)

@@ -1,9 +1,7 @@
-"""Notebook widgets for tuning LR schedules: :func:`schedule_explorer` (sliders for a scheduler
-type's parameters, the LR per step, pinned curves to compare) and :func:`lr_tuner` (peak LR,
-warmup and type; *train* runs ``short_run`` and overlays its loss on the previous runs).
-
-Both work headless (``.curves()``, ``.train()``, ``.figure``); sliders report on release and
-the one figure is redrawn in place into a PNG image widget (no interactive backend needed).
+"""Notebook widgets for tuning LR schedules: :func:`schedule_explorer` (sliders for a type's
+parameters, its LR per step, pinned curves) and :func:`lr_tuner` (peak LR, warmup and type;
+*train* runs ``short_run`` and overlays its loss). Both work headless (``.curves()``,
+``.train()``, ``.figure``); the one figure is redrawn in place into a PNG image widget.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as w
@@ -38,65 +35,48 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class _Spec:
-    """One control: ``kind`` is ``int``, ``float``, ``log`` (log slider), ``bool`` or ``choice``."""
-
-    kind: str
-    default: Any
-    low: float = 0.0
-    high: float = 1.0
-    step: float = 0.01
-    options: tuple = ()
-
-
-def _param_specs(kind: str, total_steps: int) -> dict[str, _Spec]:
-    """Sliders (with defaults and ranges) for a scheduler type and a run of ``total_steps``."""
+def _param_specs(kind: str, total_steps: int) -> dict[str, tuple]:
+    """Controls for a scheduler type and a run of ``total_steps``: ``(kind, default, low, high,
+    step)``, ``("bool", default)`` or ``("choice", default, options)``; kind ``log`` is a
+    log slider over the exponents ``low..high``."""
     t = total_steps
-    warmup = {"warmup_steps": _Spec("int", 0, 0, t - 1, 1)}
-    floor = {"min_lr_ratio": _Spec("float", 0.0, 0.0, 0.5, 0.01)}
+    warmup = {"warmup_steps": ("int", 0, 0, t - 1, 1)}
+    floor = {"min_lr_ratio": ("float", 0.0, 0.0, 0.5, 0.01)}
+    factor = {"factor": ("float", 0.5, 0.05, 0.95, 0.05)}
+    quarter = ("int", max(1, t // 4), 1, t, 1)
     specs = {
-        "constant": {**warmup},
+        "constant": warmup,
         "warmup_cosine": {**warmup, **floor},
         "cosine_restarts": {
             **warmup,
-            "first_cycle_steps": _Spec("int", max(1, t // 4), 1, t, 1),
-            "t_mult": _Spec("float", 1.0, 1.0, 3.0, 0.1),
-            "m_mul": _Spec("float", 1.0, 0.1, 1.0, 0.05),
+            "first_cycle_steps": quarter,
+            "t_mult": ("float", 1.0, 1.0, 3.0, 0.1),
+            "m_mul": ("float", 1.0, 0.1, 1.0, 0.05),
             **floor,
         },
         "onecycle": {
-            "pct_start": _Spec("float", 0.3, 0.05, 0.95, 0.05),
-            "div_factor": _Spec("log", 25.0, 0.0, 3.0, 0.1),
-            "final_div_factor": _Spec("log", 1e4, 0.0, 5.0, 0.1),
-            "anneal_strategy": _Spec("choice", "cos", options=("cos", "linear")),
-            "three_phase": _Spec("bool", False),
+            "pct_start": ("float", 0.3, 0.05, 0.95, 0.05),
+            "div_factor": ("log", 25.0, 0.0, 3.0, 0.1),
+            "final_div_factor": ("log", 1e4, 0.0, 5.0, 0.1),
+            "anneal_strategy": ("choice", "cos", ("cos", "linear")),
+            "three_phase": ("bool", False),
         },
-        "polynomial": {**warmup, "power": _Spec("float", 1.0, 0.1, 4.0, 0.1), **floor},
+        "polynomial": {**warmup, "power": ("float", 1.0, 0.1, 4.0, 0.1), **floor},
         "exponential": {
             **warmup,
-            "gamma": _Spec("float", 0.9, 0.5, 0.999, 0.001),
-            "decay_steps": _Spec("int", max(1, t // 20), 1, t, 1),
-            "staircase": _Spec("bool", False),
+            "gamma": ("float", 0.9, 0.5, 0.999, 0.001),
+            "decay_steps": ("int", max(1, t // 20), 1, t, 1),
+            "staircase": ("bool", False),
             **floor,
         },
-        "step": {
-            **warmup,
-            "step_size": _Spec("int", max(1, t // 4), 1, t, 1),
-            "gamma": _Spec("float", 0.5, 0.05, 1.0, 0.05),
-            **floor,
-        },
+        "step": {**warmup, "step_size": quarter, "gamma": ("float", 0.5, 0.05, 1.0, 0.05), **floor},
         # metric-driven: the LR after warmup depends on the metrics a run reports
-        "plateau": {
-            **warmup,
-            "factor": _Spec("float", 0.5, 0.05, 0.95, 0.05),
-            "patience": _Spec("int", 1, 0, 10, 1),
-        },
+        "plateau": {**warmup, **factor, "patience": ("int", 1, 0, 10, 1)},
         "adaptive": {
             **warmup,
-            "factor": _Spec("float", 0.5, 0.05, 0.95, 0.05),
-            "patience": _Spec("int", 10, 1, 50, 1),
-            "spike_threshold": _Spec("float", 1.0, 0.1, 5.0, 0.1),
+            **factor,
+            "patience": ("int", 10, 1, 50, 1),
+            "spike_threshold": ("float", 1.0, 0.1, 5.0, 0.1),
         },
     }
     return specs.get(kind, {})
@@ -111,28 +91,27 @@ def _available(wanted: Sequence[str] | None) -> tuple[str, ...]:
     return wanted
 
 
-def _make_control(name: str, spec: _Spec) -> w.ValueWidget:
-    if spec.kind == "bool":
-        return w.Checkbox(value=spec.default, description=name, indent=False)
+def _make_control(name: str, spec: tuple) -> w.ValueWidget:
+    kind, default, *rest = spec
+    if kind == "bool":
+        return w.Checkbox(value=default, description=name, indent=False)
     common = {"description": name, "style": {"description_width": "initial"}}
-    common.update(value=spec.default, layout=w.Layout(width="340px"))
-    if spec.kind == "choice":
-        return w.Dropdown(options=spec.options, **common)
-    common.update(min=spec.low, max=spec.high, step=spec.step, continuous_update=False)
-    if spec.kind == "int":
-        return w.IntSlider(**{**common, "min": int(spec.low), "max": int(spec.high)})
-    if spec.kind == "log":
+    common.update(value=default, layout=w.Layout(width="340px"))
+    if kind == "choice":
+        return w.Dropdown(options=rest[0], **common)
+    low, high, step = rest
+    common.update(min=low, max=high, step=step, continuous_update=False)
+    if kind == "int":
+        return w.IntSlider(**{**common, "min": int(low), "max": int(high)})
+    if kind == "log":
         return w.FloatLogSlider(base=10, readout_format=".3g", **common)
     return w.FloatSlider(readout_format=".3g", **common)
 
 
 def describe_schedule(config: Mapping[str, Any]) -> str:
     """A short label for a schedule config, e.g. ``"step(step_size=25, gamma=0.5)"``."""
-    parts = [
-        f"{k}={f'{v:.3g}' if isinstance(v, float) else v}"
-        for k, v in config.items()
-        if k not in ("type", "total_steps")
-    ]
+    shown = {k: v for k, v in config.items() if k not in ("type", "total_steps")}
+    parts = (f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in shown.items())
     return f"{config['type']}({', '.join(parts)})"
 
 
@@ -164,17 +143,12 @@ def schedule_curves(
     """
     check_int("total_steps", total_steps, min=2)
     metrics = _check_metrics(metrics, total_steps)
-    items = (
-        configs.items()
-        if isinstance(configs, Mapping)
-        else [(describe_schedule(c), c) for c in configs]
-    )
-    return {label: lr_curve(c, total_steps, base_lr, metrics=metrics) for label, c in items}
+    if not isinstance(configs, Mapping):
+        configs = {describe_schedule(c): c for c in configs}
+    return {k: lr_curve(c, total_steps, base_lr, metrics=metrics) for k, c in configs.items()}
 
 
-def plot_schedules(
-    curves: Mapping[str, Sequence[float]], *, ax: Axes | None = None, log: bool = False
-) -> Figure:
+def plot_schedules(curves: Mapping, *, ax: Axes | None = None, log: bool = False) -> Figure:
     """Deprecated: ``plot_lr(curves, ax=ax, log=log)`` (:func:`~stabletrain.plotting.plot_lr`)."""
     warnings.warn(
         "plot_schedules is deprecated; use stabletrain.plotting.plot_lr", DeprecationWarning, 2
@@ -185,10 +159,12 @@ def plot_schedules(
 class _Widget:
     """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``."""
 
-    def _render(self) -> None:
+    def _render(self) -> Figure:
+        self.figure.tight_layout()
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=90)
         self.image.value = buffer.getvalue()
+        return self.figure
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -197,11 +173,14 @@ class _Widget:
 
 
 class ScheduleExplorer(_Widget):
-    """The widget behind :func:`schedule_explorer`.
+    """Sliders for a scheduler type's parameters and a plot of its LR per step.
 
-    ``controls``: ``{"type": dropdown, "<type>.<param>": slider, "log": checkbox}`` (setting
-    a ``value`` redraws); ``pinned``: ``{label: lrs}``; ``figure``: redrawn in place (metrics
-    on a second axis); ``widget``: what a notebook displays.
+    ``types``: the types offered (default all); ``base_lr``: the peak LR (1.0 plots
+    fractions of it); ``metrics``: ``{step: value}`` reported to the metric-driven types and
+    drawn on a second axis. Raises ValueError for an unknown type, ``total_steps < 2`` or a
+    metric outside the run. ``controls``: ``{"type": dropdown, "<type>.<param>": slider,
+    "log": checkbox}`` (setting a ``value`` redraws); ``pinned``: ``{label: lrs}``;
+    ``figure``: redrawn in place; ``widget``: what a notebook displays.
     """
 
     def __init__(
@@ -223,11 +202,10 @@ class ScheduleExplorer(_Widget):
         }
         self._boxes: dict[str, w.VBox] = {}
         for kind in self.types:
-            sliders = {
-                f"{kind}.{n}": _make_control(n, spec) for n, spec in self._specs(kind).items()
-            }
-            self.controls.update(sliders)
-            self._boxes[kind] = w.VBox(list(sliders.values()))
+            specs = _param_specs(kind, self.total_steps)
+            sliders = [_make_control(n, spec) for n, spec in specs.items()]
+            self.controls.update({f"{kind}.{n}": c for n, c in zip(specs, sliders)})
+            self._boxes[kind] = w.VBox(sliders)
         self.controls["log"] = w.Checkbox(value=log, description="log scale", indent=False)
         self.pin_button = w.Button(description="pin curve", tooltip="keep this curve")
         self.clear_button = w.Button(description="clear pinned")
@@ -244,22 +222,17 @@ class ScheduleExplorer(_Widget):
         self.widget = w.HBox([w.VBox([self.controls["type"], self._params, buttons]), self.image])
         self.update()
 
-    def _specs(self, kind: str) -> dict[str, _Spec]:
-        return _param_specs(kind, self.total_steps)
-
     def config(self) -> dict[str, Any]:
         """The controls' schedule as a ``build_scheduler`` mapping, with ``total_steps``."""
         kind = self.controls["type"].value
-        params = {n: self.controls[f"{kind}.{n}"].value for n in self._specs(kind)}
+        specs = _param_specs(kind, self.total_steps)
+        params = {n: self.controls[f"{kind}.{n}"].value for n in specs}
         return {"type": kind, **params, "total_steps": self.total_steps}
 
     def curves(self) -> dict[str, list[float]]:
         """The pinned curves and the current one (under ``"current"``)."""
-        config = {"current": self.config()}
-        current = schedule_curves(
-            config, self.total_steps, base_lr=self.base_lr, metrics=self.metrics
-        )
-        return {**self.pinned, **current}
+        current = lr_curve(self.config(), self.total_steps, self.base_lr, metrics=self.metrics)
+        return {**self.pinned, "current": current}
 
     def pin(self, _button: Any = None) -> None:
         """Keep the current curve on the plot (labelled by its config)."""
@@ -288,59 +261,38 @@ class ScheduleExplorer(_Widget):
         self.ax.set(xlabel="step", ylabel="learning rate", title="learning rate per step")
         self.ax.set_yscale("log" if self.controls["log"].value else "linear")
         self.ax.legend(fontsize=7, loc="upper right")
-        if self.metric_ax is not None:
-            self._draw_metrics()
-        self.figure.tight_layout()
-        self._render()
-        return self.figure
-
-    def _draw_metrics(self) -> None:
         ax = self.metric_ax
-        ax.clear()
-        ax.yaxis.tick_right()  # clear() forgets that this is the right-hand twin
-        ax.yaxis.set_label_position("right")
-        steps = np.array(list(self.metrics), dtype=float)
-        values = np.array(list(self.metrics.values()), dtype=float)
-        ok = np.isfinite(values)
-        ax.plot(steps[ok], values[ok], "o:", color="C3", ms=4, label="metric")
-        if (~ok).any():
-            top = float(values[ok].max()) if ok.any() else 1.0
-            bad = [top] * int((~ok).sum())
-            ax.plot(steps[~ok], bad, "x", color="C3", mew=2, ms=9, label="non-finite metric")
-        ax.set_ylabel("reported metric", color="C3")
-        ax.legend(fontsize=7, loc="lower left")
+        if ax is not None:
+            ax.clear()
+            ax.yaxis.tick_right()  # clear() forgets that this is the right-hand twin
+            ax.yaxis.set_label_position("right")
+            steps, values = np.array(list(self.metrics.items()), dtype=float).T
+            ok = np.isfinite(values)
+            ax.plot(steps[ok], values[ok], "o:", color="C3", ms=4, label="metric")
+            if (~ok).any():
+                top = float(values[ok].max()) if ok.any() else 1.0
+                bad = [top] * int((~ok).sum())
+                ax.plot(steps[~ok], bad, "x", color="C3", mew=2, ms=9, label="non-finite metric")
+            ax.set_ylabel("reported metric", color="C3")
+            ax.legend(fontsize=7, loc="lower left")
+        return self._render()
 
 
-def schedule_explorer(
-    types: Sequence[str] | None = None,
-    *,
-    total_steps: int = 100,
-    base_lr: float = 1.0,
-    log: bool = False,
-    metrics: Mapping[int, float] | None = None,
-) -> ScheduleExplorer:
-    """Sliders for a scheduler type's parameters and a plot of its LR per step.
-
-    ``types``: the types offered (default all); ``base_lr``: the peak LR (1.0 plots
-    fractions of it); ``metrics``: ``{step: value}`` reported to the metric-driven types and
-    drawn on a second axis. Raises ValueError for an unknown type, ``total_steps < 2`` or a
-    metric outside the run.
-    """
-    return ScheduleExplorer(
-        types, total_steps=total_steps, base_lr=base_lr, log=log, metrics=metrics
-    )
-
+schedule_explorer = ScheduleExplorer
 
 _TUNER_RUN = {"epochs": 2, "num_train": 128, "num_val": 32, "batch_size": 16}
-_SET_BY_TUNER = ("lr", "scheduler", "return_model")  # short_run arguments the tuner sets
 
 
 class LRTuner(_Widget):
-    """The widget behind :func:`lr_tuner`.
+    """Tune peak LR, warmup and scheduler type by training short runs.
 
-    ``controls``: ``{"lr", "warmup_steps", "type"}``; ``button.click()`` trains as a click
-    does; ``runs``: per run ``label``, ``lr``, ``scheduler``, ``history``, ``val_loss``,
-    ``val_dice`` (last epoch); ``total_steps``: steps per run; ``figure``, ``widget``.
+    Left: the LR per step of the next run; *train* runs ``short_run(lr=..., scheduler={type,
+    warmup_steps, …}, **run_kwargs)`` (same seed and budget; default ``epochs=2,
+    num_train=128, num_val=32, batch_size=16``) and overlays its smoothed loss. Raises
+    ValueError for an unknown type, an LR outside ``lr_range`` or a warmup not shorter than
+    the run; TypeError for a keyword ``short_run`` does not take. ``controls``: ``{"lr",
+    "warmup_steps", "type"}``; ``button.click()`` trains; ``runs``: per run ``label``, ``lr``,
+    ``scheduler``, ``history``, ``val_loss``, ``val_dice`` (last epoch); ``total_steps``.
     """
 
     def __init__(
@@ -358,15 +310,14 @@ class LRTuner(_Widget):
         if not 0 < low < high:
             raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range}")
         check_float("lr", lr, min=low, max=high)
-        scheduler = check_choice(
-            "scheduler", self.types[0] if scheduler is None else scheduler, self.types
-        )
-        accepted = [n for n in short_run_arguments() if n not in _SET_BY_TUNER]
+        chosen = self.types[0] if scheduler is None else scheduler
+        scheduler = check_choice("scheduler", chosen, self.types)
+        accepted = sorted(set(short_run_arguments()) - {"lr", "scheduler", "return_model"})
         unknown = sorted(set(run_kwargs) - set(accepted))
         if unknown:
             raise TypeError(
                 f"lr_tuner got unknown argument(s) {unknown}; besides its own it takes "
-                f"short_run's: {sorted(accepted)}"
+                f"short_run's: {accepted}"
             )
         self.run_kwargs = {**_TUNER_RUN, **run_kwargs}
         accumulation = self.run_kwargs.get("accumulation_steps", 1)
@@ -405,20 +356,16 @@ class LRTuner(_Widget):
         a warmup replaces ``pct_start``)."""
         kind = self.controls["type"].value
         specs = _param_specs(kind, self.total_steps)
-        config = {"type": kind, **{name: spec.default for name, spec in specs.items()}}
+        config = {"type": kind, **{name: spec[1] for name, spec in specs.items()}}
         warmup = self.controls["warmup_steps"].value
-        if "warmup_steps" in config:
-            config["warmup_steps"] = warmup
-        elif warmup > 0:  # onecycle: its rising phase is the warmup
-            config["warmup_steps"] = warmup
+        if warmup > 0 or "warmup_steps" in config:  # onecycle: a warmup replaces pct_start
             config.pop("pct_start", None)
+            config["warmup_steps"] = warmup
         return config
 
     def planned_lrs(self) -> list[float]:
         """The LR per step that the next run will start with (before any metric)."""
-        lr = self.controls["lr"].value
-        config = {"next": self.scheduler_config()}
-        return schedule_curves(config, self.total_steps, base_lr=lr)["next"]
+        return lr_curve(self.scheduler_config(), self.total_steps, self.controls["lr"].value)
 
     def train(self, _button: Any = None) -> History:
         """Train one short run with the current settings, add it to the plot, return its history."""
@@ -431,10 +378,8 @@ class LRTuner(_Widget):
         finally:
             self.button.disabled = False
         label = f"lr={lr:.2g}, warmup={self.controls['warmup_steps'].value}, {config['type']}"
-        last = {
-            k: history.epochs[k][-1] if history.epochs else math.nan
-            for k in ("val_loss", "val_dice")
-        }
+        keys = ("val_loss", "val_dice")
+        last = {k: history.epochs[k][-1] if history.epochs else math.nan for k in keys}
         run = {"label": label, "lr": lr, "scheduler": config, "history": history, **last}
         self.runs.append(run)
         self.status.value = (
@@ -452,8 +397,7 @@ class LRTuner(_Widget):
     def update(self) -> Figure:
         """Redraw both panels in place and return the figure."""
         self.lr_ax.clear()
-        planned = self.planned_lrs()
-        self.lr_ax.plot(np.arange(len(planned)), planned, "k-")
+        self.lr_ax.plot(self.planned_lrs(), "k-")
         title = f"next run: {describe_schedule(self.scheduler_config())}"
         self.lr_ax.set(xlabel="step", ylabel="learning rate", yscale="log", title=title)
         self.lr_ax.title.set_fontsize(8)
@@ -463,34 +407,13 @@ class LRTuner(_Widget):
             line = self.loss_ax.plot(ema(losses, 0.4), label=run["label"])[0]
             bad = run["history"].first_nonfinite_step()
             if bad is not None:
-                finite = [v for v in losses[:bad] if math.isfinite(v)]
-                y = finite[-1] if finite else 1.0
+                y = next((v for v in reversed(losses[:bad]) if math.isfinite(v)), 1.0)
                 self.loss_ax.plot([bad], [y], "x", mew=2, markersize=9, color=line.get_color())
         labels = {"xlabel": "step", "ylabel": "training loss (smoothed)", "yscale": "log"}
         self.loss_ax.set(**labels, title="runs (same seed and budget)")
         if self.runs:
             self.loss_ax.legend(fontsize=7)
-        self.figure.tight_layout()
-        self._render()
-        return self.figure
+        return self._render()
 
 
-def lr_tuner(
-    types: Sequence[str] | None = None,
-    *,
-    lr: float = 3e-3,
-    lr_range: tuple[float, float] = (1e-5, 1.0),
-    warmup_steps: int = 0,
-    scheduler: str | None = None,
-    **run_kwargs: Any,
-) -> LRTuner:
-    """Tune peak LR, warmup and scheduler type by training short runs.
-
-    Left: the LR per step of the next run; *train* runs ``short_run(lr=..., scheduler={type,
-    warmup_steps, …}, **run_kwargs)`` (same seed and budget; default ``epochs=2,
-    num_train=128, num_val=32, batch_size=16``) and overlays its smoothed loss. Raises
-    ValueError for an unknown type, an LR outside ``lr_range`` or a warmup not shorter than
-    the run; TypeError for a keyword ``short_run`` does not take.
-    """
-    options = {"lr": lr, "lr_range": lr_range, "warmup_steps": warmup_steps}
-    return LRTuner(types, **options, scheduler=scheduler, **run_kwargs)
+lr_tuner = LRTuner
