@@ -216,10 +216,8 @@ class DiceLoss(_SegmentationLoss):
         inter, total, true = self._statistics(pred, target)
         s = self.smooth
         if self.jaccard:
-            loss = 1.0 - (inter + s) / (total + true - inter + s)
-        else:
-            loss = 1.0 - (2.0 * inter + s) / (total + true + s)
-        return self._reduce(loss)
+            return self._reduce(1.0 - (inter + s) / (total + true - inter + s))
+        return self._reduce(1.0 - (2.0 * inter + s) / (total + true + s))
 
 
 class JaccardLoss(DiceLoss):
@@ -246,7 +244,7 @@ class TverskyLoss(DiceLoss):
     ``TP = Σpt``, ``FP = Σp(1−t)``, ``FN = Σ(1−p)t``; ``alpha = beta = 0.5`` is Dice.
     """
 
-    _fields = ("smooth", "include_background", "alpha", "beta")
+    _fields = (*DiceLoss._fields, "alpha", "beta")
 
     def __init__(
         self,
@@ -267,10 +265,8 @@ class TverskyLoss(DiceLoss):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tp, total, true = self._statistics(pred, target)
-        fp, fn = total - tp, true - tp
-        s = self.smooth
-        loss = 1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s)
-        return self._reduce(loss)
+        fp, fn, s = total - tp, true - tp, self.smooth
+        return self._reduce(1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s))
 
 
 class FocalLoss(_SegmentationLoss):
@@ -316,12 +312,10 @@ class FocalLoss(_SegmentationLoss):
                 z = pred * (2.0 * target - 1.0)
                 loss = loss * torch.exp(F.logsigmoid(-z) * self.gamma)
         else:
-            eps = 1e-12
-            loss = -(
-                target * pred.clamp_min(eps).log() + (1 - target) * (1 - pred).clamp_min(eps).log()
-            )
+            log_p, log_q = pred.clamp_min(1e-12).log(), (1 - pred).clamp_min(1e-12).log()
+            loss = -(target * log_p + (1 - target) * log_q)
             if self.gamma:
-                one_minus_pt = (target * (1 - pred) + (1 - target) * pred).clamp_min(eps)
+                one_minus_pt = (target * (1 - pred) + (1 - target) * pred).clamp_min(1e-12)
                 loss = loss * one_minus_pt.pow(self.gamma)
         if self.alpha is not None:
             loss = loss * (target * (2.0 * self.alpha - 1.0) + (1.0 - self.alpha))
@@ -335,8 +329,9 @@ class FocalLoss(_SegmentationLoss):
             loss = -logp.gather(1, classes)
             logp = -loss
         else:
-            classes = torch.arange(pred.shape[1], device=pred.device)
-            classes = classes.view(-1, *[1] * (pred.dim() - 2))
+            classes = torch.arange(pred.shape[1], device=pred.device).view(
+                -1, *[1] * (pred.dim() - 2)
+            )
             loss = -logp * target
         if self.gamma:
             # 1 - p_c, clamped so its power has a finite gradient when p_c rounds to 1.
@@ -364,9 +359,8 @@ class CombinedLoss(nn.Module):
                 raise ValueError(f"terms[{key!r}] must be a pair (loss, weight), got {term!r}")
         self._keys = tuple(terms)
         self._terms = {key: loss for key, (loss, _) in terms.items()}
-        self.losses = nn.ModuleDict(
-            {k: v for k, v in self._terms.items() if isinstance(v, nn.Module)}
-        )
+        modules = {key: loss for key, loss in self._terms.items() if isinstance(loss, nn.Module)}
+        self.losses = nn.ModuleDict(modules)
         self._weights: dict[str, float] = {}
         self.weights = {key: weight for key, (_, weight) in terms.items()}
         self.last_values: dict[str, torch.Tensor] = {}
@@ -443,37 +437,25 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
     The ``bce`` term is ``CrossEntropyLoss`` in multiclass mode. Raises ``ValueError``.
     """
     check_choice("mode", mode, MODES)
-    if isinstance(name_or_config, str):
-        if name_or_config not in LOSS_PRESETS:  # worded for the configuration files
-            raise ValueError(
-                f"unknown loss preset {name_or_config!r}; presets are {tuple(LOSS_PRESETS)}"
-            )
-        overlap, w_overlap, pixel, w_pixel = LOSS_PRESETS[name_or_config]
-        name_or_config = {
-            "dice_weight": w_overlap,
-            "bce_weight": w_pixel,
-            "dice_config": {"jaccard": overlap == "jaccard"},
-            "bce_config": {"gamma": 2.0, "alpha": 0.25} if pixel == "focal" else {},
-        }
-    config = dict(check_keys("the loss config", name_or_config, _CONFIG_KEYS))
+    config = name_or_config
+    if isinstance(config, str):
+        if config not in LOSS_PRESETS:  # worded for the configuration files
+            raise ValueError(f"unknown loss preset {config!r}; presets are {tuple(LOSS_PRESETS)}")
+        overlap, w_overlap, pixel, w_pixel = LOSS_PRESETS[config]
+        focal = {"gamma": 2.0, "alpha": 0.25} if pixel == "focal" else {}
+        dice = {"jaccard": overlap == "jaccard"}
+        config = dict(dice_weight=w_overlap, bce_weight=w_pixel, dice_config=dice, bce_config=focal)
+    config = dict(check_keys("the loss config", config, _CONFIG_KEYS))
     check_choice("loss config type", config.get("type", "combined"), ("combined",))
     mode = check_choice("mode", config.get("mode", mode), MODES)
-    dice = {
-        **_DICE_CONFIG,
-        **check_keys("dice_config", config.get("dice_config") or {}, _DICE_CONFIG),
-    }
+    dice = check_keys("dice_config", config.get("dice_config") or {}, _DICE_CONFIG)
+    dice = {**_DICE_CONFIG, **dice}
     focal = check_keys("bce_config", config.get("bce_config") or {}, ("gamma", "alpha"))
-    overlap = DiceLoss(
-        mode, dice["smooth"], dice["squared_pred"], dice["jaccard"], dice["include_background"]
-    )
+    args = (dice["smooth"], dice["squared_pred"], dice["jaccard"], dice["include_background"])
+    overlap = DiceLoss(mode, *args)
+    pixel = nn.CrossEntropyLoss() if mode == "multiclass" else nn.BCEWithLogitsLoss()
     if focal:
-        pixel_key, pixel = (
-            "focal",
-            FocalLoss(mode, focal.get("gamma", 2.0), focal.get("alpha", 0.25)),
-        )
-    else:
-        pixel_key = "bce"
-        pixel = nn.CrossEntropyLoss() if mode == "multiclass" else nn.BCEWithLogitsLoss()
-    overlap_key = "jaccard" if overlap.jaccard else "dice"
-    terms = {overlap_key: (overlap, config.get("dice_weight", 0.7))}
-    return CombinedLoss({**terms, pixel_key: (pixel, config.get("bce_weight", 0.3))})
+        pixel = FocalLoss(mode, focal.get("gamma", 2.0), focal.get("alpha", 0.25))
+    terms = {"jaccard" if overlap.jaccard else "dice": (overlap, config.get("dice_weight", 0.7))}
+    terms["focal" if focal else "bce"] = (pixel, config.get("bce_weight", 0.3))
+    return CombinedLoss(terms)
