@@ -176,12 +176,11 @@ class DeepSupervisionLoss(nn.Module):
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         self.target_resize = check_choice("target_resize", target_resize, TARGET_RESIZE_MODES)
-        _real("min_weight", min_weight, 0.0, 1.0)
+        self.min_weight = _real("min_weight", min_weight, 0.0, 1.0)
         supervision_weights(schedule, num_outputs, 0.0, **schedule_params)  # checks everything
         self.loss = loss
         self.num_outputs = num_outputs
         self.schedule = schedule
-        self.min_weight = float(min_weight)
         self.schedule_params = dict(schedule_params)
         self.last_weights: list[float] = []
         self.last_components: list[float] = []

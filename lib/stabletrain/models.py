@@ -173,12 +173,9 @@ class SpatialSelfAttention(nn.Module):
 
 
 def _norm_layer(kind: str | None, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
     if kind == "group":  # the largest group count <= 8 that divides the channels
-        groups = max(g for g in range(1, 9) if channels % g == 0)
-        return nn.GroupNorm(groups, channels)
-    return nn.Identity()
+        return nn.GroupNorm(max(g for g in range(1, 9) if channels % g == 0), channels)
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
 
 
 class ConvBlock(nn.Module):
