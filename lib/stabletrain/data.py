@@ -54,42 +54,31 @@ class ShapesSegmentation(Dataset):
         blur_sigma: float = 0.7,
         contrast: tuple[float, float] = (0.3, 1.0),
     ) -> None:
-        num_samples = check_int("num_samples", num_samples, min=1)
-        image_size = check_int("image_size", image_size, min=16)
-        check_choice("split", split, tuple(_SPLITS))
-        shapes = tuple(shapes)
+        self.num_samples = num_samples = check_int("num_samples", num_samples, min=1)
+        self.image_size = image_size = check_int("image_size", image_size, min=16)
+        self.split = check_choice("split", split, tuple(_SPLITS))
+        self.shapes = shapes = tuple(shapes)
         if not shapes or any(s not in SHAPES for s in shapes) or len(set(shapes)) != len(shapes):
             raise ValueError(f"shapes must be distinct names from {SHAPES}, got {shapes!r}")
-        check_choice("num_classes", num_classes, sorted({1, 2, len(shapes) + 1}))
-        lo, hi = check_range("objects_per_image", objects_per_image, min=1, integer=True)
-        object_size = check_range("object_size", object_size, min=0.005, max=0.5)
-        contrast = check_range("contrast", contrast, min=0.0, max=10.0)
-        noise_std = check_float("noise_std", noise_std, min=0)
-        blur_sigma = check_float("blur_sigma", blur_sigma, min=0)
-
-        self.num_samples = num_samples
-        self.image_size = image_size
-        self.num_classes = num_classes
+        self.num_classes = check_choice("num_classes", num_classes, sorted({1, 2, len(shapes) + 1}))
+        self.objects_per_image = check_range(
+            "objects_per_image", objects_per_image, min=1, integer=True
+        )
+        self.object_size = check_range("object_size", object_size, min=0.005, max=0.5)
+        self.contrast = check_range("contrast", contrast, min=0.0, max=10.0)
+        self.noise_std = check_float("noise_std", noise_std, min=0)
+        self.blur_sigma = check_float("blur_sigma", blur_sigma, min=0)
         self.seed = seed
-        self.split = split
-        self.shapes = shapes
-        self.objects_per_image = (lo, hi)
-        self.object_size = object_size
-        self.noise_std = noise_std
-        self.blur_sigma = blur_sigma
-        self.contrast = contrast
 
         images = np.empty((num_samples, 1, image_size, image_size), dtype=np.float32)
         labels = np.empty((num_samples, image_size, image_size), dtype=np.int64)
         for i in range(num_samples):
             images[i, 0], labels[i] = self._draw(i)
         self.images = torch.from_numpy(images)
-        if num_classes == 1:
-            self.masks = torch.from_numpy((labels > 0).astype(np.float32)[:, None])
-        elif num_classes == 2:
-            self.masks = torch.from_numpy((labels > 0).astype(np.int64))
-        else:
-            self.masks = torch.from_numpy(labels)
+        if num_classes <= 2:  # any shape is the foreground
+            labels = labels > 0
+        masks = labels.astype(np.float32)[:, None] if num_classes == 1 else labels.astype(np.int64)
+        self.masks = torch.from_numpy(masks)
 
     def _draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
@@ -106,18 +95,16 @@ class ShapesSegmentation(Dataset):
             if shape == "circle":
                 inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
             elif shape == "rectangle":
-                aspect = rng.uniform(0.5, 1.0)
-                h, w = radius, radius * aspect
-                if rng.random() >= 0.5:
-                    h, w = w, h
+                h, w = radius, radius * rng.uniform(0.5, 1.0)
+                h, w = (w, h) if rng.random() >= 0.5 else (h, w)
                 inside = (np.abs(yy - cy) <= h) & (np.abs(xx - cx) <= w)
             else:  # triangle: three vertices on the circle of this radius
                 angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.0, 4.0]) * np.pi / 3
                 vy, vx = cy + radius * np.sin(angles), cx + radius * np.cos(angles)
-                wx, wy = np.roll(vx, -1), np.roll(vy, -1)
-                sides = np.stack(
-                    [(vx[j] - xx) * (wy[j] - yy) - (vy[j] - yy) * (wx[j] - xx) for j in range(3)]
+                vy, vx, wy, wx = (
+                    v[:, None, None] for v in (vy, vx, np.roll(vy, -1), np.roll(vx, -1))
                 )
+                sides = (vx - xx) * (wy - yy) - (vy - yy) * (wx - xx)  # (3, n, n)
                 inside = (sides >= 0).all(0) | (sides <= 0).all(0)
             image[inside] = background + rng.uniform(*self.contrast)
             labels[inside] = kind + 1 if self.num_classes > 2 else 1
@@ -134,8 +121,7 @@ class ShapesSegmentation(Dataset):
 
     def foreground_fraction(self) -> float:
         """Fraction of pixels that belong to any object (the class balance)."""
-        fg = self.masks > 0 if self.num_classes > 1 else self.masks > 0.5
-        return float(fg.float().mean())
+        return float((self.masks > 0.5).float().mean())
 
 
 def make_loaders(
@@ -150,14 +136,11 @@ def make_loaders(
     **dataset_kwargs,
 ) -> tuple[DataLoader, DataLoader]:
     """Train (shuffled by ``train_loader.generator``, seeded) and val loaders; kwargs go to both."""
-    check_int("batch_size", batch_size, min=1)
-    train = ShapesSegmentation(
-        num_train, image_size, num_classes, seed, split="train", **dataset_kwargs
+    options = {"batch_size": check_int("batch_size", batch_size, min=1), "num_workers": num_workers}
+    train, val = (
+        ShapesSegmentation(n, image_size, num_classes, seed, split=split, **dataset_kwargs)
+        for n, split in ((num_train, "train"), (num_val, "val"))
     )
-    val = ShapesSegmentation(num_val, image_size, num_classes, seed, split="val", **dataset_kwargs)
     generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(
-        train, batch_size=batch_size, shuffle=True, generator=generator, num_workers=num_workers
-    )
-    val_loader = DataLoader(val, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    return train_loader, val_loader
+    train_loader = DataLoader(train, shuffle=True, generator=generator, **options)
+    return train_loader, DataLoader(val, shuffle=False, **options)

@@ -1,20 +1,17 @@
 """Deep supervision: weighting the losses of a network's outputs at several scales.
 
-Outputs: index 0 the final full-resolution map, ``n−1`` the deepest. With ``A = [n, …, 1]``,
-``B = [1, …, n]``, ``N(w) = w/Σw`` (``1/n`` each when ``Σw ≤ 1e-8``) and progress ``p``:
-constant_equal ``1/n``; constant_low_to_high ``N(A)``; constant_high_to_low ``N(B)``;
-linear_low_to_high ``N((1−p)B + pA)``; non_linear_low_to_high the same with ``p²``;
-custom_sigmoid_low_to_high ``s = σ(k((p−t)/(1−t) − x0))`` (0 if ``p < t`` or ``t ≥ 1``) in place
-of ``p``; scale_by_scale one-hot at ``n−1−min(⌊pn⌋, n−1)``; cosine_annealing
-``N(max(1 + m_i cos(2πfp)(1 − (1−r)p)/n, 0))``, ``m_i = (n−1−i) − (n−1)/2``; curriculum equal
-weights on the ``k = max(1, int(Mp))`` (``exp``: ``p²``; ``M`` at ``p ≥ 1``) deepest outputs;
-step_wise one-hot at 0 if ``p ≥ h``, else linear at ``p/h``; nnunet ``N(1/2^i)``, deepest 0.
-(The first ten are those of the Keras project ``dl_techniques``.)
+Output 0 is the final full-resolution map, ``n−1`` the deepest. With ``A = [n, …, 1]``,
+``B = [1, …, n]``, ``N(w) = w/Σw`` (``1/n`` each if ``Σw ≤ 1e-8``), progress ``p`` and
+``mix(s) = N((1−s)B + sA)``: the ``_low_to_high`` schedules are ``mix`` of 1, ``p``, ``p²`` or
+a sigmoid ``σ(k((p−t)/(1−t) − x0))`` after ``t``; the others are in :func:`supervision_weights`
+(from the Keras project ``dl_techniques``, plus ``nnunet``: ``N(1/2^i)``, deepest 0).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_choice
+from .checks import check_choice, check_float
 
 __all__ = [
     "PROGRESS_FREE_SCHEDULES",
@@ -49,33 +46,21 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 }
 SCHEDULES = tuple(_DEFAULTS)
 #: Schedules whose weights do not depend on ``progress``.
-PROGRESS_FREE_SCHEDULES = (
-    "constant_equal",
-    "constant_low_to_high",
-    "constant_high_to_low",
-    "nnunet",
-)
+PROGRESS_FREE_SCHEDULES = (*SCHEDULES[:3], "nnunet")  # the constant_* schedules and nnunet
 TARGET_RESIZE_MODES = ("nearest", "maxpool")
 
 
 def _normalise(w: Sequence[float]) -> list[float]:
     total = sum(w)
-    if total <= 1e-8:
-        return [1.0 / len(w)] * len(w)
-    return [v / total for v in w]
+    return [v / total for v in w] if total > 1e-8 else [1.0 / len(w)] * len(w)
 
 
 def _real(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _mix(n: int, s: float) -> list[float]:
-    """``N((1 − s)·B + s·A)``."""
-    return _normalise([(1 - s) * (i + 1) + s * (n - i) for i in range(n)])
+    """``check_float`` that raises ``ValueError`` for a wrong type too (config values)."""
+    try:
+        return check_float(name, value, min=low, max=high)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def supervision_weights(
@@ -83,49 +68,44 @@ def supervision_weights(
 ) -> list[float]:
     """Weights (non-negative, summing to 1) of ``num_outputs`` outputs at ``progress`` in [0, 1].
 
-    Raises ``ValueError`` for an unknown schedule or parameter or a value out of range.
+    constant_equal ``1/n``; constant_high_to_low ``mix(0)``; scale_by_scale one-hot at
+    ``n−1−min(⌊pn⌋, n−1)``; cosine_annealing ``N(max(1 + m_i cos(2πfp)(1 − (1−r)p)/n, 0))``,
+    ``m_i = (n−1−i) − (n−1)/2``; curriculum equal weights on the ``k = max(1, int(Mp))``
+    (``exp``: ``p²``; ``M`` at ``p ≥ 1``) deepest outputs; step_wise one-hot at 0 if ``p ≥ h``,
+    else ``mix(p/h)``. Raises ``ValueError`` (unknown schedule or parameter, value out of range).
     """
     if schedule not in _DEFAULTS:
         raise ValueError(f"unknown schedule {schedule!r}; schedules are {SCHEDULES}")
     if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
         raise ValueError(f"num_outputs must be an int >= 1, got {num_outputs!r}")
+    n = num_outputs
     unknown = sorted(set(params) - set(_DEFAULTS[schedule]))
     if unknown:
         accepted = tuple(_DEFAULTS[schedule]) or "none"
         raise ValueError(
             f"unknown parameter(s) {unknown} for schedule {schedule!r}; accepted: {accepted}"
         )
-    p = _real("progress", progress)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"progress must be in [0, 1], got {progress!r}")
-    n = num_outputs
+    p = _real("progress", progress, 0.0, 1.0)
     cfg = {**_DEFAULTS[schedule], **params}
-
+    mixes = {"constant_low_to_high": 1.0, "constant_high_to_low": 0.0, "linear_low_to_high": p}
     if schedule == "constant_equal":
         return [1.0 / n] * n
-    mixes = {"constant_low_to_high": 1.0, "constant_high_to_low": 0.0, "linear_low_to_high": p}
     if schedule in mixes or schedule == "non_linear_low_to_high":
-        return _mix(n, mixes.get(schedule, p * p))
-    if schedule == "custom_sigmoid_low_to_high":
-        k = _real("k", cfg["k"])
-        x0 = _real("x0", cfg["x0"])
+        s = mixes.get(schedule, p * p)
+    elif schedule == "custom_sigmoid_low_to_high":
+        k, x0 = _real("k", cfg["k"]), _real("x0", cfg["x0"])
         t = _real("transition_point", cfg["transition_point"], 0.0, 1.0)
-        if p < t or t >= 1.0:
-            s = 0.0
-        else:
-            s = 1.0 / (1.0 + math.exp(-k * ((p - t) / (1.0 - t) - x0)))
-        return _mix(n, s)
-    if schedule == "scale_by_scale_low_to_high":
+        s = 0.0 if p < t or t >= 1.0 else 1.0 / (1.0 + math.exp(-k * ((p - t) / (1.0 - t) - x0)))
+    elif schedule == "scale_by_scale_low_to_high":
         active = n - 1 - min(math.floor(p * n), n - 1)
-        return [1.0 if i == active else 0.0 for i in range(n)]
-    if schedule == "cosine_annealing":
+        return [float(i == active) for i in range(n)]
+    elif schedule == "cosine_annealing":
         f = _real("frequency", cfg["frequency"], 0.0)
         r = _real("final_ratio", cfg["final_ratio"], 0.0)
-        amp = (1.0 - (1.0 - r) * p) / n
-        wave = math.cos(2.0 * math.pi * f * p)
+        amp, wave = (1.0 - (1.0 - r) * p) / n, math.cos(2.0 * math.pi * f * p)
         m = [(n - 1 - i) - (n - 1) / 2 for i in range(n)]
         return _normalise([max(1.0 + mi * wave * amp, 0.0) for mi in m])
-    if schedule == "curriculum":
+    elif schedule == "curriculum":
         big_m = n if cfg["max_active_outputs"] is None else cfg["max_active_outputs"]
         if isinstance(big_m, bool) or not isinstance(big_m, int):
             raise ValueError(f"max_active_outputs must be an int or None, got {big_m!r}")
@@ -136,15 +116,14 @@ def supervision_weights(
         k = int(big_m * p) if strategy == "linear" else int(big_m * p * p)
         k = big_m if p >= 1.0 else max(1, k)
         return [1.0 / k if i >= n - k else 0.0 for i in range(n)]
-    if schedule == "step_wise":
+    elif schedule == "step_wise":
         h = _real("threshold", cfg["threshold"], 0.0, 1.0)
         if h <= 1e-8 or p >= h:
-            return [1.0 if i == 0 else 0.0 for i in range(n)]
-        return _mix(n, p / h)
-    # nnunet
-    if n == 1:
-        return [1.0]
-    return _normalise([0.0 if i == n - 1 else 0.5**i for i in range(n)])
+            return [float(i == 0) for i in range(n)]
+        s = p / h
+    else:  # nnunet
+        return [1.0] if n == 1 else _normalise([0.0 if i == n - 1 else 0.5**i for i in range(n)])
+    return _normalise([(1 - s) * (i + 1) + s * (n - i) for i in range(n)])  # N((1 − s)B + sA)
 
 
 def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "nearest") -> torch.Tensor:
@@ -163,14 +142,12 @@ def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "neares
     if tuple(target.shape[-len(size) :]) == size:
         return target
     x = target if has_channels else target.unsqueeze(1)
-    x = x.float() if not x.is_floating_point() else x
-    shrinking = all(s <= t for s, t in zip(size, x.shape[2:]))
-    if mode == "maxpool" and shrinking:
+    x = x if x.is_floating_point() else x.float()
+    if mode == "maxpool" and all(s <= t for s, t in zip(size, x.shape[2:])):  # shrinking
         pool = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[len(size) - 1]
-        out = pool(x, size)
+        out = pool(x, size).to(target.dtype)
     else:
-        out = F.interpolate(x, size=size, mode="nearest")
-    out = out.to(target.dtype)
+        out = F.interpolate(x, size=size, mode="nearest").to(target.dtype)
     return out if has_channels else out.squeeze(1)
 
 
@@ -199,25 +176,23 @@ class DeepSupervisionLoss(nn.Module):
         if not callable(loss):
             raise TypeError(f"loss must be callable, got {type(loss).__name__}")
         self.target_resize = check_choice("target_resize", target_resize, TARGET_RESIZE_MODES)
-        _real("min_weight", min_weight, 0.0, 1.0)
+        self.min_weight = _real("min_weight", min_weight, 0.0, 1.0)
         supervision_weights(schedule, num_outputs, 0.0, **schedule_params)  # checks everything
         self.loss = loss
         self.num_outputs = num_outputs
         self.schedule = schedule
-        self.min_weight = float(min_weight)
         self.schedule_params = dict(schedule_params)
         self.last_weights: list[float] = []
         self.last_components: list[float] = []
 
     def weights(self, progress: float | None) -> list[float]:
         """The schedule's weights at ``progress`` (before ``min_weight``)."""
-        if progress is None:
-            if self.schedule not in PROGRESS_FREE_SCHEDULES:
-                raise ValueError(
-                    f"schedule {self.schedule!r} depends on progress: call "
-                    "loss_fn(outputs, target, progress) with progress in [0, 1]"
-                )
-            progress = 0.0
+        if progress is None and self.schedule not in PROGRESS_FREE_SCHEDULES:
+            raise ValueError(
+                f"schedule {self.schedule!r} depends on progress: call "
+                "loss_fn(outputs, target, progress) with progress in [0, 1]"
+            )
+        progress = 0.0 if progress is None else progress
         return supervision_weights(
             self.schedule, self.num_outputs, progress, **self.schedule_params
         )
@@ -234,24 +209,18 @@ class DeepSupervisionLoss(nn.Module):
                 f"(shapes {[tuple(o.shape) for o in outputs]})"
             )
         self.last_weights = [w or self.min_weight for w in self.weights(progress)]
-        self.last_components = []
-        total = None
-        for out, w in zip(outputs, self.last_weights):
-            if w == 0.0:
-                self.last_components.append(math.nan)
-                continue
-            value = self.loss(out, resize_target(target, out.shape[2:], self.target_resize))
-            self.last_components.append(float(value.detach()))
-            total = value * w if total is None else total + value * w
-        assert total is not None  # weights sum to 1, so at least one is positive
-        return total
+        values = [
+            self.loss(out, resize_target(target, out.shape[2:], self.target_resize)) if w else None
+            for out, w in zip(outputs, self.last_weights)
+        ]
+        self.last_components = [math.nan if v is None else float(v.detach()) for v in values]
+        terms = [v * w for v, w in zip(values, self.last_weights) if v is not None]
+        return functools.reduce(operator.add, terms)  # weights sum to 1: at least one term
 
     def extra_repr(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.schedule_params.items())
-        return (
-            f"num_outputs={self.num_outputs}, schedule={self.schedule!r}, "
-            f"target_resize={self.target_resize!r}, min_weight={self.min_weight:g}{params}"
-        )
+        options = f"target_resize={self.target_resize!r}, min_weight={self.min_weight:g}{params}"
+        return f"num_outputs={self.num_outputs}, schedule={self.schedule!r}, {options}"
 
 
 def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 4):
@@ -275,7 +244,7 @@ def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 
         plt.close(fig)
         image.value = buffer.getvalue()
 
-    choice.observe(redraw, names="value")
-    count.observe(redraw, names="value")
+    for control in (choice, count):
+        control.observe(redraw, names="value")
     redraw()
     return w.VBox([w.HBox([choice, count]), image])

@@ -1,11 +1,10 @@
 """Dice, Jaccard, Tversky and focal losses and their weighted combinations.
 
-``pred``: logits (``from_logits=True``) or probabilities ``(N, C, *spatial)``; ``*spatial``
-may be empty. ``mode="binary"`` (``C == 1``, sigmoid; target of ``pred``'s shape with or
-without the channel dim; ``pred`` may be ``(N,)``), ``"multilabel"`` (a sigmoid per channel,
-target of ``pred``'s shape) or ``"multiclass"`` (softmax; int class indices ``(N, *spatial)``
-or probabilities of ``pred``'s shape). float16/bfloat16 are computed in float32. Shapes are
-always checked; values (targets in [0, 1], indices in ``[0, C)``) unless ``validate=False``.
+``pred``: logits (``from_logits=True``) or probabilities ``(N, C, *spatial)`` (``*spatial`` may
+be empty; binary ``pred`` may be ``(N,)``). Modes: ``"binary"`` (``C == 1``, sigmoid; target
+with or without the channel dim), ``"multilabel"`` (sigmoid per channel, target of ``pred``'s
+shape), ``"multiclass"`` (softmax; int indices ``(N, *spatial)`` or probabilities). Half
+precision runs in float32. Values (targets in [0, 1], indices in ``[0, C)``) unless ``validate=False``.
 """
 
 from __future__ import annotations
@@ -39,14 +38,9 @@ REDUCTIONS = ("mean", "sum", "none")
 OVERLAP_TERMS = ("dice", "jaccard", "tversky")
 
 
-def _value_range(values: torch.Tensor) -> tuple[float, float]:
-    """Smallest and largest value of a float tensor (``amin`` then ``amax``: faster than ``aminmax``)."""
-    return float(values.amin()), float(values.amax())
-
-
 def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> None:
     """Raise a ``ValueError`` if the float tensor ``values`` holds values outside [0, 1]."""
-    low, high = _value_range(values) if values.numel() else (0.0, 0.0)
+    low, high = (float(values.amin()), float(values.amax())) if values.numel() else (0.0, 0.0)
     if not (0.0 <= low and high <= 1.0):
         raise ValueError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]{hint}")
 
@@ -57,22 +51,10 @@ def _class_indices(target: torch.Tensor, classes: int, dtype: torch.dtype) -> to
     return target.reshape(target.shape[0], 1, -1).to(exact)
 
 
-def _one_hot(indices: torch.Tensor, classes: int, out: torch.Tensor) -> torch.Tensor:
-    """Write the one-hot ``[indices = c]`` ``(N, classes, P)`` into the float ``out`` (0 if out of range)."""
-    index = torch.arange(classes, device=indices.device, dtype=indices.dtype)
-    return torch.eq(indices, index.view(1, classes, 1), out=out)
-
-
 # Kept: 1.5x as fast as plain autograd of FocalLoss._sigmoid_focal (benchmarks/README.md).
 class _SigmoidFocalSum(torch.autograd.Function):
-    r"""``Σ α_t (1 − p_t)^γ BCE(x, t)`` over all elements, with a fused backward.
-
-    With ``q = σ(z')``, ``z' = x(1 − 2t)`` (so ``q = 1 − p_t`` for hard labels),
-    ``m = q^γ = exp(γ log σ(z'))`` and ``ce = softplus(x) − t x``:
-
-    .. math:: \partial\ell/\partial x = \alpha_t\,[\,m(\sigma(x) - t)
-              + \gamma\, m\,(1 - q)(1 - 2t)\,ce\,]
-    """
+    r"""``Σ α_t (1 − p_t)^γ BCE(x, t)``; with ``q = σ(z')``, ``z' = x(1 − 2t)``, ``m = q^γ``,
+    ``ce = softplus(x) − t x``: ``∂ℓ/∂x = α_t [m(σ(x) − t) + γ m (1 − q)(1 − 2t) ce]``."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, t: torch.Tensor, gamma: float, alpha: float | None):
@@ -80,13 +62,9 @@ class _SigmoidFocalSum(torch.autograd.Function):
         zn = x * sign
         m = F.logsigmoid(zn).mul_(gamma).exp_()
         ce = torch.addcmul(F.softplus(x), t, x, value=-1.0)
-        weighted = m * ce
-        if alpha is None:
-            weight = None
-            total = weighted.sum()
-        else:
-            weight = t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)
-            total = weighted.mul_(weight).sum()  # cascade sum: accurate in float32
+        weight = None if alpha is None else t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)
+        weighted = m * ce if weight is None else (m * ce).mul_(weight)
+        total = weighted.sum()  # cascade sum: accurate in float32
         ctx.save_for_backward(x, t, sign, zn, m, ce, weight)
         ctx.gamma = gamma
         return total
@@ -112,30 +90,30 @@ class _SegmentationLoss(nn.Module):
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.validate = check_bool("validate", validate)
 
+    _fields: tuple[str, ...] = ()  # shown by extra_repr after mode, from_logits, reduction
+
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, from_logits={self.from_logits}, reduction={self.reduction!r}"
+        fields = ("mode", "from_logits", "reduction", *self._fields)
+        values = {key: getattr(self, key) for key in fields}
+        return ", ".join(
+            f"{k}={v:g}" if type(v) is float else f"{k}={v!r}" for k, v in values.items()
+        )
 
     def _check(self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True):
-        """Check shapes (always) and values (if ``validate``).
-
-        Returns ``pred`` ``(N, C, *spatial)`` (half precision as float32) and the target: int64
-        class indices (multiclass) or floats of ``pred``'s shape. ``class_indices=False`` leaves
-        the index range check to the caller.
-        """
+        """``pred`` ``(N, C, *spatial)`` (half precision as float32) and the target: int64 class
+        indices (multiclass) or floats of ``pred``'s shape. Shapes always checked, values if
+        ``validate`` (``class_indices=False``: the index range is the caller's)."""
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
             kinds = f"{type(pred).__name__} and {type(target).__name__}"
             raise TypeError(f"pred and target must be tensors, got {kinds}")
         if not pred.is_floating_point():
             raise ValueError(f"pred must be a floating-point tensor, got {pred.dtype}")
-        if pred.dtype in (torch.float16, torch.bfloat16):
-            pred = pred.float()
-        if self.mode == "binary" and pred.dim() == 1:
-            pred = pred.unsqueeze(1)  # (N,) logits: one channel
+        pred = pred.float() if pred.dtype in (torch.float16, torch.bfloat16) else pred
+        pred = pred.unsqueeze(1) if self.mode == "binary" and pred.dim() == 1 else pred
         shape = tuple(pred.shape)
         if pred.dim() < 2:
             raise ValueError(f"pred must have shape (N, C, *spatial) or (N,), got {shape}")
-        # (N, *spatial): class indices, or a binary target without its channel dim
-        indices_shape = (shape[0], *shape[2:])
+        indices_shape = (shape[0], *shape[2:])  # class indices, or binary without channel dim
         if self.mode == "binary" and shape[1] != 1:
             raise ValueError(f"binary mode needs pred with one channel, got shape {shape}")
         if self.mode == "multiclass" and shape[1] < 2:
@@ -189,6 +167,8 @@ class DiceLoss(_SegmentationLoss):
     binary mode).
     """
 
+    _fields = ("smooth", "squared", "jaccard", "include_background")
+
     def __init__(
         self,
         mode: str = "binary",
@@ -207,12 +187,6 @@ class DiceLoss(_SegmentationLoss):
         self.jaccard = check_bool("jaccard", jaccard)
         self.include_background = check_bool("include_background", include_background)
 
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, smooth={self.smooth:g}, squared={self.squared}, "
-            f"jaccard={self.jaccard}, include_background={self.include_background}"
-        )
-
     def _statistics(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per (sample, channel) sums: intersection, Σp (Σp² if squared), Σt (Σt²)."""
         pred, target = self._check(pred, target, class_indices=False)
@@ -222,11 +196,10 @@ class DiceLoss(_SegmentationLoss):
             labels = _class_indices(target, c, x.dtype)
             # Range check on the float copy, still cache-warm (exact: the cast is monotone
             # and c is exact in its dtype); the integer check only to word the error.
-            if self.validate and labels.numel():
-                low, high = _value_range(labels)
-                if low < 0 or high >= c:
-                    self._check_class_indices(target, c)
-            t = _one_hot(labels, c, x.new_empty(x.shape))
+            if self.validate and labels.numel() and not 0 <= labels.amin() <= labels.amax() < c:
+                self._check_class_indices(target, c)
+            index = torch.arange(c, device=labels.device, dtype=labels.dtype).view(1, c, 1)
+            t = torch.eq(labels, index, out=x.new_empty(x.shape))
         else:
             t = target.reshape(n, c, -1)
         p = x
@@ -243,10 +216,8 @@ class DiceLoss(_SegmentationLoss):
         inter, total, true = self._statistics(pred, target)
         s = self.smooth
         if self.jaccard:
-            loss = 1.0 - (inter + s) / (total + true - inter + s)
-        else:
-            loss = 1.0 - (2.0 * inter + s) / (total + true + s)
-        return self._reduce(loss)
+            return self._reduce(1.0 - (inter + s) / (total + true - inter + s))
+        return self._reduce(1.0 - (2.0 * inter + s) / (total + true + s))
 
 
 class JaccardLoss(DiceLoss):
@@ -273,6 +244,8 @@ class TverskyLoss(DiceLoss):
     ``TP = Σpt``, ``FP = Σp(1−t)``, ``FN = Σ(1−p)t``; ``alpha = beta = 0.5`` is Dice.
     """
 
+    _fields = (*DiceLoss._fields, "alpha", "beta")
+
     def __init__(
         self,
         mode: str = "binary",
@@ -290,15 +263,10 @@ class TverskyLoss(DiceLoss):
         self.alpha = check_float("alpha", alpha, min=0)
         self.beta = check_float("beta", beta, min=0)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha:g}, beta={self.beta:g}"
-
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tp, total, true = self._statistics(pred, target)
-        fp, fn = total - tp, true - tp
-        s = self.smooth
-        loss = 1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s)
-        return self._reduce(loss)
+        fp, fn, s = total - tp, true - tp, self.smooth
+        return self._reduce(1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s))
 
 
 class FocalLoss(_SegmentationLoss):
@@ -309,6 +277,8 @@ class FocalLoss(_SegmentationLoss):
     probability targets give ``Σ_c t_c ℓ_c``; ``"mean"`` averages over pixels (``gamma=0,
     alpha=None`` is ``CrossEntropyLoss``). ``"none"``: ``pred``'s shape or ``(N, *spatial)``.
     """
+
+    _fields = ("gamma", "alpha")
 
     def __init__(
         self,
@@ -323,9 +293,6 @@ class FocalLoss(_SegmentationLoss):
         super().__init__(mode, from_logits, reduction, validate)
         self.gamma = check_float("gamma", gamma, min=0)
         self.alpha = check_float("alpha", alpha, min=0, max=1, optional=True)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, gamma={self.gamma:g}, alpha={self.alpha}"
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         shape = pred.shape
@@ -345,12 +312,10 @@ class FocalLoss(_SegmentationLoss):
                 z = pred * (2.0 * target - 1.0)
                 loss = loss * torch.exp(F.logsigmoid(-z) * self.gamma)
         else:
-            eps = 1e-12
-            loss = -(
-                target * pred.clamp_min(eps).log() + (1 - target) * (1 - pred).clamp_min(eps).log()
-            )
+            log_p, log_q = pred.clamp_min(1e-12).log(), (1 - pred).clamp_min(1e-12).log()
+            loss = -(target * log_p + (1 - target) * log_q)
             if self.gamma:
-                one_minus_pt = (target * (1 - pred) + (1 - target) * pred).clamp_min(eps)
+                one_minus_pt = (target * (1 - pred) + (1 - target) * pred).clamp_min(1e-12)
                 loss = loss * one_minus_pt.pow(self.gamma)
         if self.alpha is not None:
             loss = loss * (target * (2.0 * self.alpha - 1.0) + (1.0 - self.alpha))
@@ -364,8 +329,9 @@ class FocalLoss(_SegmentationLoss):
             loss = -logp.gather(1, classes)
             logp = -loss
         else:
-            classes = torch.arange(pred.shape[1], device=pred.device)
-            classes = classes.view(-1, *[1] * (pred.dim() - 2))
+            classes = torch.arange(pred.shape[1], device=pred.device).view(
+                -1, *[1] * (pred.dim() - 2)
+            )
             loss = -logp * target
         if self.gamma:
             # 1 - p_c, clamped so its power has a finite gradient when p_c rounds to 1.
@@ -386,23 +352,17 @@ class CombinedLoss(nn.Module):
         super().__init__()
         if not isinstance(terms, Mapping) or not terms:
             raise ValueError("terms must be a non-empty mapping key -> (loss, weight)")
-        self.losses = nn.ModuleDict()
-        self._functions: dict[str, Callable] = {}
-        weights: dict[str, float] = {}
         for key, term in terms.items():
             if not isinstance(key, str) or not key.isidentifier() or key == "total":
                 raise ValueError(f"term keys must be identifiers other than 'total', got {key!r}")
             if not (isinstance(term, tuple | list) and len(term) == 2 and callable(term[0])):
                 raise ValueError(f"terms[{key!r}] must be a pair (loss, weight), got {term!r}")
-            loss, weight = term
-            if isinstance(loss, nn.Module):
-                self.losses[key] = loss
-            else:
-                self._functions[key] = loss
-            weights[key] = weight
         self._keys = tuple(terms)
+        self._terms = {key: loss for key, (loss, _) in terms.items()}
+        modules = {key: loss for key, loss in self._terms.items() if isinstance(loss, nn.Module)}
+        self.losses = nn.ModuleDict(modules)
         self._weights: dict[str, float] = {}
-        self.weights = weights
+        self.weights = {key: weight for key, (_, weight) in terms.items()}
         self.last_values: dict[str, torch.Tensor] = {}
 
     @property
@@ -414,7 +374,7 @@ class CombinedLoss(nn.Module):
         """The loss callable of term ``key``."""
         if key not in self._keys:
             raise KeyError(f"unknown term {key!r}; terms are {self._keys}")
-        return self.losses[key] if key in self.losses else self._functions[key]
+        return self._terms[key]
 
     @property
     def weights(self) -> dict[str, float]:
@@ -431,14 +391,12 @@ class CombinedLoss(nn.Module):
         self._weights = {key: new[key] for key in self._keys}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total: torch.Tensor | None = None
-        values: dict[str, torch.Tensor] = {}
-        for key in self._keys:
-            value = self.term(key)(pred, target)
-            values[key] = value.detach()
+        values = {key: loss(pred, target) for key, loss in self._terms.items()}
+        self.last_values = {key: value.detach() for key, value in values.items()}
+        total = None
+        for key, value in values.items():
             weighted = value * self._weights[key]
             total = weighted if total is None else total + weighted
-        self.last_values = values
         return total
 
     @torch.no_grad()
@@ -467,12 +425,7 @@ LOSS_PRESETS: dict[str, tuple[str, float, str, float]] = {
 }
 
 _CONFIG_KEYS = ("type", "dice_weight", "bce_weight", "dice_config", "bce_config", "mode")
-_DICE_CONFIG_KEYS = ("smooth", "jaccard", "squared_pred", "include_background")
-_BCE_CONFIG_KEYS = ("gamma", "alpha")
-
-
-def _cross_entropy(mode: str) -> nn.Module:
-    return nn.CrossEntropyLoss() if mode == "multiclass" else nn.BCEWithLogitsLoss()
+_DICE_CONFIG = {"smooth": 1e-5, "jaccard": False, "squared_pred": False, "include_background": True}
 
 
 def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary") -> CombinedLoss:
@@ -484,35 +437,25 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
     The ``bce`` term is ``CrossEntropyLoss`` in multiclass mode. Raises ``ValueError``.
     """
     check_choice("mode", mode, MODES)
-    if isinstance(name_or_config, str):
-        if name_or_config not in LOSS_PRESETS:  # worded for the configuration files
-            raise ValueError(
-                f"unknown loss preset {name_or_config!r}; presets are {tuple(LOSS_PRESETS)}"
-            )
-        overlap, w_overlap, pixel, w_pixel = LOSS_PRESETS[name_or_config]
-        first = DiceLoss(mode, jaccard=overlap == "jaccard")
-        second = FocalLoss(mode, 2.0, 0.25) if pixel == "focal" else _cross_entropy(mode)
-        return CombinedLoss({overlap: (first, w_overlap), pixel: (second, w_pixel)})
-    config = dict(check_keys("the loss config", name_or_config, _CONFIG_KEYS))
+    config = name_or_config
+    if isinstance(config, str):
+        if config not in LOSS_PRESETS:  # worded for the configuration files
+            raise ValueError(f"unknown loss preset {config!r}; presets are {tuple(LOSS_PRESETS)}")
+        overlap, w_overlap, pixel, w_pixel = LOSS_PRESETS[config]
+        focal = {"gamma": 2.0, "alpha": 0.25} if pixel == "focal" else {}
+        dice = {"jaccard": overlap == "jaccard"}
+        config = dict(dice_weight=w_overlap, bce_weight=w_pixel, dice_config=dice, bce_config=focal)
+    config = dict(check_keys("the loss config", config, _CONFIG_KEYS))
     check_choice("loss config type", config.get("type", "combined"), ("combined",))
     mode = check_choice("mode", config.get("mode", mode), MODES)
-    dice_config = check_keys("dice_config", config.get("dice_config") or {}, _DICE_CONFIG_KEYS)
-    bce_config = check_keys("bce_config", config.get("bce_config") or {}, _BCE_CONFIG_KEYS)
-    overlap = DiceLoss(
-        mode,
-        smooth=dice_config.get("smooth", 1e-5),
-        squared=dice_config.get("squared_pred", False),
-        jaccard=dice_config.get("jaccard", False),
-        include_background=dice_config.get("include_background", True),
-    )
-    if bce_config:
-        pixel_key = "focal"
-        pixel = FocalLoss(mode, bce_config.get("gamma", 2.0), bce_config.get("alpha", 0.25))
-    else:
-        pixel_key, pixel = "bce", _cross_entropy(mode)
-    return CombinedLoss(
-        {
-            "jaccard" if overlap.jaccard else "dice": (overlap, config.get("dice_weight", 0.7)),
-            pixel_key: (pixel, config.get("bce_weight", 0.3)),
-        }
-    )
+    dice = check_keys("dice_config", config.get("dice_config") or {}, _DICE_CONFIG)
+    dice = {**_DICE_CONFIG, **dice}
+    focal = check_keys("bce_config", config.get("bce_config") or {}, ("gamma", "alpha"))
+    args = (dice["smooth"], dice["squared_pred"], dice["jaccard"], dice["include_background"])
+    overlap = DiceLoss(mode, *args)
+    pixel = nn.CrossEntropyLoss() if mode == "multiclass" else nn.BCEWithLogitsLoss()
+    if focal:
+        pixel = FocalLoss(mode, focal.get("gamma", 2.0), focal.get("alpha", 0.25))
+    terms = {"jaccard" if overlap.jaccard else "dice": (overlap, config.get("dice_weight", 0.7))}
+    terms["focal" if focal else "bce"] = (pixel, config.get("bce_weight", 0.3))
+    return CombinedLoss(terms)

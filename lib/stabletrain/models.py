@@ -39,12 +39,15 @@ def _check_positive_int(name: str, value: object) -> int:  # used by course.dive
     return check_int(name, value, min=1)
 
 
-def _check_options(norm, gate_bound, residual_scale) -> tuple:
-    return (
-        check_bool("norm", norm),
-        check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True),
-        check_float("residual_scale", residual_scale, min=0, max=1, low_open=True, optional=True),
+def _check_block(channels, reduction, norm, gate_bound, residual_scale) -> tuple:
+    """The checked shared arguments of the attention blocks, with ``hidden`` after ``channels``."""
+    channels = check_int("channels", channels, min=1)
+    hidden = max(channels // check_int("reduction", reduction, min=1), 1)
+    gate_bound = check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True)
+    scale = check_float(
+        "residual_scale", residual_scale, min=0, max=1, low_open=True, optional=True
     )
+    return channels, hidden, check_bool("norm", norm), gate_bound, scale
 
 
 class _Gate(nn.Module):
@@ -84,16 +87,13 @@ class SEBlock(nn.Module):
         residual_scale: float | None = None,
     ) -> None:
         super().__init__()
-        channels = check_int("channels", channels, min=1)
-        reduction = check_int("reduction", reduction, min=1)
-        norm, gate_bound, residual_scale = _check_options(norm, gate_bound, residual_scale)
-        hidden = max(channels // reduction, 1)
+        options = _check_block(channels, reduction, norm, gate_bound, residual_scale)
+        channels, hidden, norm, gate_bound, self.residual_scale = options
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
         self.norm = nn.GroupNorm(1, hidden) if norm else nn.Identity()
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
         self.gate = _Gate(gate_bound)
-        self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = F.adaptive_avg_pool2d(x, 1)
@@ -119,12 +119,10 @@ class CBAMBlock(nn.Module):
         residual_scale: float | None = None,
     ) -> None:
         super().__init__()
-        channels = check_int("channels", channels, min=1)
-        reduction = check_int("reduction", reduction, min=1)
+        options = _check_block(channels, reduction, norm, gate_bound, residual_scale)
+        channels, hidden, norm, gate_bound, self.residual_scale = options
         if check_int("kernel_size", kernel_size, min=1) % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-        norm, gate_bound, residual_scale = _check_options(norm, gate_bound, residual_scale)
-        hidden = max(channels // reduction, 1)
         layers: list[nn.Module] = [nn.Conv2d(channels, hidden, kernel_size=1)]
         if norm:
             layers.append(nn.GroupNorm(1, hidden))
@@ -134,7 +132,6 @@ class CBAMBlock(nn.Module):
         self.spatial = nn.Conv2d(2, 1, kernel_size=kernel_size, padding=kernel_size // 2)
         self.channel_gate = _Gate(gate_bound)
         self.spatial_gate = _Gate(gate_bound)
-        self.residual_scale = residual_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.mlp(F.adaptive_avg_pool2d(x, 1))
@@ -147,12 +144,6 @@ class CBAMBlock(nn.Module):
 
 #: The safeguards notebook 01 turns on with ``TinyUNet(safe_attention=True)``.
 SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_scale": 0.5}
-
-
-def _attention(kind: str | None, channels: int, options: Mapping[str, Any]) -> nn.Module:
-    if kind is None:
-        return nn.Identity()
-    return (SEBlock if kind == "se" else CBAMBlock)(channels, **options)
 
 
 class SpatialSelfAttention(nn.Module):
@@ -182,16 +173,9 @@ class SpatialSelfAttention(nn.Module):
 
 
 def _norm_layer(kind: str | None, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
     if kind == "group":  # the largest group count <= 8 that divides the channels
-        groups = max(g for g in range(1, 9) if channels % g == 0)
-        return nn.GroupNorm(groups, channels)
-    return nn.Identity()
-
-
-def _activation(kind: str) -> nn.Module:
-    return nn.LeakyReLU(0.1, inplace=True) if kind == "leaky_relu" else nn.ReLU(inplace=True)
+        return nn.GroupNorm(max(g for g in range(1, 9) if channels % g == 0), channels)
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.Identity()
 
 
 class ConvBlock(nn.Module):
@@ -211,15 +195,16 @@ class ConvBlock(nn.Module):
         check_choice("norm", norm, NORM_TYPES)
         check_choice("activation", activation, ACTIVATION_TYPES)
         bias = norm is None  # a norm's shift makes a bias redundant
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias),
-            _norm_layer(norm, out_channels),
-            _activation(activation),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias),
-            _norm_layer(norm, out_channels),
-            _activation(activation),
-        )
-        self.attention = _attention(attention, out_channels, attention_options or {})
+        layers: list[nn.Module] = []
+        for channels in (in_channels, out_channels):
+            conv = nn.Conv2d(channels, out_channels, 3, padding=1, bias=bias)
+            act = nn.LeakyReLU(0.1, inplace=True) if activation == "leaky_relu" else nn.ReLU(True)
+            layers += [conv, _norm_layer(norm, out_channels), act]
+        self.conv = nn.Sequential(*layers)
+        self.attention = nn.Identity()
+        if attention is not None:
+            block = SEBlock if attention == "se" else CBAMBlock
+            self.attention = block(out_channels, **(attention_options or {}))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.conv(x))
@@ -250,41 +235,31 @@ class TinyUNet(nn.Module):
         qk_norm: bool = False,
     ) -> None:
         super().__init__()
-        in_channels = check_int("in_channels", in_channels, min=1)
-        num_classes = check_int("num_classes", num_classes, min=1)
+        self.in_channels = check_int("in_channels", in_channels, min=1)
+        self.num_classes = check_int("num_classes", num_classes, min=1)
         base_channels = check_int("base_channels", base_channels, min=1)
-        depth = check_int("depth", depth, min=1, max=6)
-        check_choice("attention", attention, ATTENTION_TYPES)
-        check_choice("norm", norm, NORM_TYPES)
-        check_choice("activation", activation, ACTIVATION_TYPES)
+        self.depth = depth = check_int("depth", depth, min=1, max=6)
+        self.attention = check_choice("attention", attention, ATTENTION_TYPES)
+        self.norm = check_choice("norm", norm, NORM_TYPES)
+        self.activation = check_choice("activation", activation, ACTIVATION_TYPES)
         check_bool("bottleneck_attention", bottleneck_attention)
-        check_bool("qk_norm", qk_norm)
-        if qk_norm and not bottleneck_attention:
+        if check_bool("qk_norm", qk_norm) and not bottleneck_attention:
             raise ValueError("qk_norm=True needs bottleneck_attention=True")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.depth = depth
-        self.attention = attention
         self.deep_supervision = check_bool("deep_supervision", deep_supervision)
         options = dict(SAFE_ATTENTION) if check_bool("safe_attention", safe_attention) else {}
         options.update(check_keys("attention_options", attention_options or {}, _OPTIONS))
         self.attention_options = options
-        self.norm = norm
-        self.activation = activation
         block = {"norm": norm, "activation": activation}
 
         widths = [base_channels * 2**i for i in range(depth + 1)]
-        self.encoders = nn.ModuleList()
-        channels = in_channels
-        for i in range(depth):
-            self.encoders.append(ConvBlock(channels, widths[i], attention, options, **block))
-            channels = widths[i]
-        self.bottleneck = ConvBlock(widths[depth - 1], widths[depth], attention, options, **block)
-        self.self_attention = (
-            SpatialSelfAttention(widths[depth], qk_norm=qk_norm)
-            if bottleneck_attention
-            else nn.Identity()
+        inputs = [in_channels, *widths[: depth - 1]]
+        self.encoders = nn.ModuleList(
+            ConvBlock(c, w, attention, options, **block) for c, w in zip(inputs, widths[:depth])
         )
+        self.bottleneck = ConvBlock(widths[depth - 1], widths[depth], attention, options, **block)
+        self.self_attention = nn.Identity()
+        if bottleneck_attention:
+            self.self_attention = SpatialSelfAttention(widths[depth], qk_norm=qk_norm)
         self.upsamples = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for i in reversed(range(depth)):
