@@ -76,7 +76,7 @@ def short_run(
     :func:`~stabletrain.config.seeded_start`, the optimizer from
     :func:`~stabletrain.optim.build_optimizer` (given the parameters: one group with
     torch's defaults), a mapping ``scheduler`` through
-    :func:`~stabletrain.config.scheduler_from_config`, then :func:`~stabletrain.training.fit`.
+    :func:`~stabletrain.config.scheduler_from_config`, then :func:`~stabletrain.loop.fit`.
 
     Args:
         lr: peak learning rate (the optimizer's LR; schedulers scale from it).
@@ -93,7 +93,7 @@ def short_run(
         make_guard: ``(model, optimizer, scheduler) -> guard`` to train through a
             stability guard instead of the plain update.
         return_model: also return the trained model.
-        **fit_kwargs: passed to :func:`stabletrain.training.fit` (for example
+        **fit_kwargs: passed to :func:`stabletrain.loop.fit` (for example
             ``max_grad_norm``, ``loss_fn``, ``amp``, ``max_steps``, ``progress``).
 
     Raises:
