@@ -39,6 +39,7 @@ __all__ = [
 CLIP_MODES = ("norm", "norm_local", "value")
 NONFINITE_POLICIES = ("skip", "rollback", "raise")
 _EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+_Params = Iterable[torch.Tensor] | torch.Tensor
 
 
 class NonFiniteError(RuntimeError):
@@ -49,7 +50,7 @@ class NonFiniteError(RuntimeError):
         self.report = report
 
 
-def _with_grads(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+def _with_grads(parameters: _Params) -> list[torch.Tensor]:
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     return [p for p in parameters if p.grad is not None]
@@ -67,9 +68,7 @@ def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tens
     return total if torch.isfinite(total) else _wide_norm(grads, norm_type)
 
 
-def grad_norm(
-    parameters: Iterable[torch.Tensor] | torch.Tensor, norm_type: float = 2.0
-) -> torch.Tensor:
+def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
     r"""Global ``p``-norm (``> 0`` or ``inf``) of all gradients as a 0-d float32 tensor (0
     without gradients): ``get_total_norm``, again in float64 when the float32 one is not
     finite, so huge finite gradients (≳ 1e19) keep a finite norm and NaN/Inf give NaN/Inf."""
@@ -78,7 +77,7 @@ def grad_norm(
     return _total_norm(grads, norm_type).float() if grads else torch.zeros(())
 
 
-def grads_are_finite(parameters: Iterable[torch.Tensor] | torch.Tensor) -> bool:
+def grads_are_finite(parameters: _Params) -> bool:
     """Whether every gradient entry is finite: one max-norm (which cannot overflow) and one
     host synchronisation; parameters without a gradient are ignored."""
     grads = [p.grad for p in _with_grads(parameters)]
@@ -97,9 +96,7 @@ def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) 
             p.grad.mul_(torch.clamp(c / (norm + _EPS), max=1.0).to(p.grad.dtype))
 
 
-def clip_gradients(
-    parameters: Iterable[torch.Tensor] | torch.Tensor, mode: str, max_value: float
-) -> torch.Tensor:
+def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Tensor:
     r"""Clip gradients in place, unless one of them is not finite; returns the global L2
     norm before clipping (:func:`grad_norm`'s). With :math:`c` = ``max_value > 0``:
     ``"norm"`` scales all by :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`,
@@ -211,13 +208,11 @@ class NonFiniteReport:
 
 
 class NanDetector:
-    """Context manager that names the first module producing a NaN or Inf (``report``).
-
-    Forward hooks check every module's outputs (children first: the innermost is named);
-    a hook on each output's autograd node names the module whose operation turned a finite
+    """Context manager that names the first module producing a NaN or Inf (``report``):
+    forward hooks check every module's outputs (children first: the innermost is named); a
+    hook on each output's autograd node names the module whose operation turned a finite
     incoming gradient non-finite, or the innermost consumer of a non-finite one. After the
-    first finding it stops checking, or raises :class:`NonFiniteError` if asked to.
-    """
+    first finding it stops checking, or raises :class:`NonFiniteError` if asked to."""
 
     def __init__(self, model: nn.Module, raise_on_nonfinite: bool = False) -> None:
         if not isinstance(model, nn.Module):
@@ -241,9 +236,8 @@ class NanDetector:
             self._types[name] = type(module).__name__
             self._handles.append(module.register_forward_pre_hook(partial(self._pre_hook, name)))
             if not isinstance(module, PASS_THROUGH_MODULES):
-                self._handles.append(
-                    module.register_forward_hook(partial(self._forward_hook, name))
-                )
+                forward = partial(self._forward_hook, name)
+                self._handles.append(module.register_forward_hook(forward))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -284,9 +278,8 @@ class NanDetector:
             return
         self._calls += 1
         # a container returning its last child's output: that tensor was checked already
-        outputs = [
-            t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in self._seen
-        ]
+        seen = self._seen
+        outputs = [t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in seen]
         if not _all_finite(outputs):
             return self._found(name, "forward", _tensors_in(args), outputs)
         for t in outputs if torch.is_grad_enabled() else ():
@@ -311,26 +304,21 @@ class NanDetector:
         self._found(culprit, "backward", incoming, produced, note)
 
 
-#: state_dict key -> (attribute, value in a fresh guard); the keys in _REQUIRED must be there
-_STATE = {
-    "applied": ("applied", 0),
-    "skipped": ("skipped", 0),
-    "rollbacks": ("rollbacks", 0),
-    "scaler_skips": ("scaler_skips", 0),
-    "consecutive_skips": ("consecutive_skips", 0),
-    "lr_scale": ("lr_scale", 1.0),
-    "grad_norms": ("grad_norms", []),
-    "last_finite_loss": ("last_finite_loss", math.nan),
-    "micro": ("_micro", 0),
-    "nonfinite_steps": ("nonfinite_steps", 0),
-    "blowups": ("blowups", 0),
-    "healthy_losses": ("_healthy_losses", []),
-    "healthy_norms": ("_healthy_norms", []),
-    "rollbacks_in_a_row": ("_rollbacks_in_a_row", 0),
-    "blowups_in_a_row": ("_blowups_in_a_row", 0),
-}
-_REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 _COUNTERS = ("applied", "skipped", "rollbacks", "scaler_skips", "consecutive_skips")
+#: state_dict key -> value in a fresh guard; the keys in _REQUIRED must be there
+_STATE = {
+    **dict.fromkeys(_COUNTERS, 0),
+    "lr_scale": 1.0,
+    "grad_norms": [],
+    "last_finite_loss": math.nan,
+    **dict.fromkeys(("micro", "nonfinite_steps", "blowups"), 0),
+    "healthy_losses": [],
+    "healthy_norms": [],
+    **dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0),
+}
+_PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
+_ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
+_REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 
 
 class StabilityGuard(Update):
@@ -391,8 +379,8 @@ class StabilityGuard(Update):
         super().__init__(
             model, optimizer, scheduler, amp=amp, accumulation_steps=accumulation_steps
         )
-        for attr, fresh in _STATE.values():
-            setattr(self, attr, copy.copy(fresh))
+        for key, fresh in _STATE.items():
+            setattr(self, _ATTRS[key], copy.copy(fresh))
         self.last_diagnosis: dict[str, Any] | None = None
         buffers = dict(model.named_buffers())
         self._buffer_names, self._buffers = list(buffers), list(buffers.values())
@@ -448,19 +436,6 @@ class StabilityGuard(Update):
         if hasattr(self.scheduler, "needs_rollback"):
             self.scheduler.needs_rollback = False
         return True
-
-    def _rollback(self) -> None:
-        self._rollbacks_in_a_row += 1
-        self._restore_snapshot()
-        sched = self.scheduler
-        if hasattr(sched, "needs_rollback"):
-            sched.step(float("nan"))  # the scheduler makes its own cut
-            sched.needs_rollback = False
-        else:
-            scale = self.lr_scale * self.lr_backoff  # s <- s * lr_backoff
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] * (scale / self.lr_scale)
-            self.lr_scale = scale
 
     def _step_scheduler(self) -> None:
         if self.lr_scale == 1.0:
@@ -584,19 +559,27 @@ class StabilityGuard(Update):
 
     def _unhealthy(self, reason: str, loss_value: float, norm_value: float) -> StepResult:
         """A non-finite or blown-up step: no update, then skip, roll back or raise."""
-        diagnosis = self._diagnosis(reason, loss_value, norm_value)
-        self.last_diagnosis = diagnosis
+        diagnosis = self.last_diagnosis = self._diagnosis(reason, loss_value, norm_value)
         self._zero_grad()
         self._reset_scaler()
         if self.on_nonfinite == "raise":
             raise NonFiniteError(self._message(diagnosis), diagnosis)
         self.consecutive_skips += 1
-        if self.on_nonfinite == "rollback":
-            self._rollback()
-        else:
+        if self.on_nonfinite == "skip":
             self.skipped += 1
             if self._buffers:  # undo the window's running-statistics updates
                 torch._foreach_copy_(self._buffers, self._buffer_copies)
+        else:  # roll back
+            self._rollbacks_in_a_row += 1
+            self._restore_snapshot()
+            if hasattr(self.scheduler, "needs_rollback"):
+                self.scheduler.step(float("nan"))  # the scheduler makes its own cut
+                self.scheduler.needs_rollback = False
+            else:
+                scale = self.lr_scale * self.lr_backoff  # s <- s * lr_backoff
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["lr"] * (scale / self.lr_scale)
+                self.lr_scale = scale
         if self.consecutive_skips < self.max_consecutive_skips:
             return StepResult(False, norm_value, reason)
         diagnosis = self._diagnosis(reason, loss_value, norm_value)
@@ -632,16 +615,16 @@ class StabilityGuard(Update):
     def state_dict(self) -> dict[str, Any]:
         """Counters, LR scale, step histories and the rollback snapshot (a CPU copy, so a
         resumed run rolls back to the same state: resume stays bit-exact)."""
-        state = {key: copy.copy(getattr(self, attr)) for key, (attr, _) in _STATE.items()}
+        state = {key: copy.copy(getattr(self, attr)) for key, attr in _ATTRS.items()}
         return {**state, "snapshot": self._snapshot}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore counters, LR scale and snapshot; a state without a snapshot snapshots the
         model, optimizer and scheduler as they are now (load them first)."""
-        for key, (attr, fresh) in _STATE.items():
+        for key, fresh in _STATE.items():
             value = state[key] if key in _REQUIRED else state.get(key, fresh)
             value = [float(v) for v in value] if isinstance(fresh, list) else type(fresh)(value)
-            setattr(self, attr, value)
+            setattr(self, _ATTRS[key], value)
         self._loss_sum = None
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)
