@@ -62,8 +62,7 @@ class MovingAverage:
 
 def ema(values: Iterable[float], smooth: float) -> list[float]:
     """:class:`MovingAverage` of ``values``."""
-    average = MovingAverage(smooth)
-    return [average.update(value) for value in values]
+    return list(map(MovingAverage(smooth).update, values))
 
 
 def zero_lag_smooth(
@@ -160,11 +159,10 @@ class LRRangeTestResult:
             ax.set_ylim(float(finite.min()) - 0.05 * span, top + 0.1 * span)
         bad = ~np.isfinite(raw)
         if bad.any():
-            tops = [ax.get_ylim()[1]] * int(bad.sum())
+            tops = np.full(int(bad.sum()), ax.get_ylim()[1])
             ax.plot(lrs[bad], tops, "x", color="C3", mew=2, markersize=9, label="non-finite loss")
-        low, high = self.suggestion_range
-        if math.isfinite(low) and math.isfinite(high):
-            ax.axvspan(low, high, color="C2", alpha=0.15, label="suggestion range")
+        if all(map(math.isfinite, self.suggestion_range)):
+            ax.axvspan(*self.suggestion_range, color="C2", alpha=0.15, label="suggestion range")
         if math.isfinite(self.suggestion):
             ax.axvline(self.suggestion, color="C2", linestyle="--")
             ok = np.isfinite(zero_lag)
@@ -179,10 +177,8 @@ class LRRangeTestResult:
 
 
 def _put_back(live: Any, saved: Any) -> Any:
-    if isinstance(live, torch.Tensor) and live.shape == saved.shape and live.dtype == saved.dtype:
-        live.copy_(saved)
-        return live
-    return saved
+    same = isinstance(live, torch.Tensor) and (live.shape, live.dtype) == (saved.shape, saved.dtype)
+    return live.copy_(saved) if same else saved
 
 
 class _Snapshot:
