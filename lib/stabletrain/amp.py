@@ -1,17 +1,14 @@
-"""Mixed precision that tells you when it skipped a step.
-
-:class:`MixedPrecision` is ``torch.autocast`` plus, for float16 only, a ``GradScaler``.
-``step`` returns whether the optimizer really stepped: ``GradScaler.update`` lowers the
-scale exactly when it skipped, so the step was applied iff ``scale_after >= scale_before``.
-``dtype="auto"``: CUDA bfloat16 if supported, else float16; CPU bfloat16 with native
-bfloat16 instructions, else float32; anything else float32.
-"""
+"""Mixed precision that tells you when it skipped a step: ``torch.autocast`` plus, for
+float16, a ``GradScaler``; a step was applied iff ``scale_after >= scale_before`` (the
+scaler lowers the scale exactly when it skips). ``dtype="auto"``: CUDA bfloat16 if
+supported, else float16; CPU bfloat16 with native instructions, else float32."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import platform
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -24,17 +21,16 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
 _SCALER_BOUNDS = {"init_scale": (0, None), "growth_factor": (1, None), "backoff_factor": (0, 1)}
+_OPEN = {"low_open": True, "high_open": True, "optional": True}
 
 
 @functools.cache
 def cpu_has_native_bfloat16() -> bool:
     """Whether this CPU has bfloat16 instructions (read from ``/proc/cpuinfo`` on Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        flags = set()
-    # Apple silicon from M2 on has BF16; macOS has no /proc/cpuinfo.
+    flags: set[str] = set()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:  # not on macOS
+        flags = set(f.read().split())
+    # Apple silicon from M2 on has BF16
     apple = platform.system() == "Darwin" and platform.machine() == "arm64" and not flags
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) or apple
 
@@ -51,13 +47,10 @@ def _resolve_dtype(dtype: str | torch.dtype, device_type: str) -> torch.dtype:
 
 
 class MixedPrecision:
-    """Autocast plus (for float16) a ``GradScaler`` given ``scaler_options``.
-
-    ``dtype`` (one of ``DTYPES`` or a ``torch.dtype``) is resolved into ``self.dtype``
-    (float32 when ``enabled=False``); ``device_type`` defaults to CUDA if available, else
-    CPU. ``steps``/``skipped_steps`` count applied and scaler-skipped steps. Raises
-    ``ValueError``/``TypeError`` for an unknown dtype or option or an invalid value.
-    """
+    """Autocast plus (for float16) a ``GradScaler(**scaler_options)``; ``dtype`` (in
+    ``DTYPES`` or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``);
+    ``device_type`` defaults to CUDA if available; ``steps``/``skipped_steps`` count applied
+    and skipped steps. ``ValueError``/``TypeError`` for a bad dtype, option or value."""
 
     def __init__(
         self,
@@ -67,29 +60,23 @@ class MixedPrecision:
         **scaler_options: Any,
     ) -> None:
         opts = check_keys("scaler_options", scaler_options, _SCALER_OPTIONS)
-        for key, (lo, hi) in _SCALER_BOUNDS.items():  # open intervals
-            check_float(
-                key, opts.get(key), min=lo, max=hi, low_open=True, high_open=True, optional=True
-            )
+        for key, (lo, hi) in _SCALER_BOUNDS.items():
+            check_float(key, opts.get(key), min=lo, max=hi, **_OPEN)
         check_int("growth_interval", opts.get("growth_interval"), min=1, optional=True)
-        if device_type is None:
-            device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device_type = str(device_type)
+        default = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device_type = str(device_type) if device_type is not None else default
         self.requested_dtype = dtype
         self.dtype = _resolve_dtype(dtype, self.device_type) if enabled else torch.float32
         self.enabled = bool(enabled) and self.dtype != torch.float32
         use_scaler = self.enabled and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device_type, **opts) if use_scaler else None
         self.scaler_options = dict(scaler_options)
-        self.steps = 0
-        self.skipped_steps = 0
+        self.steps = self.skipped_steps = 0
         self._unscaled: set[int] = set()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """``torch.autocast`` for the resolved dtype, or a no-op when disabled/float32."""
-        if not self.enabled:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, self.dtype) if self.enabled else nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``, on the scaled loss when a scaler is in use."""
@@ -104,18 +91,15 @@ class MixedPrecision:
     def step(self, optimizer: torch.optim.Optimizer) -> bool:
         """Optimizer step and scaler update; True only if the optimizer really stepped."""
         self._unscaled.discard(id(optimizer))
+        before = self.scale
         if self.scaler is None:
             optimizer.step()
-            self.steps += 1
-            return True
-        before = self.scaler.get_scale()
-        self.scaler.step(optimizer)
-        self.scaler.update()
-        applied = self.scaler.get_scale() >= before
-        if applied:
-            self.steps += 1
         else:
-            self.skipped_steps += 1
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        applied = self.scale >= before
+        self.steps += int(applied)
+        self.skipped_steps += int(not applied)
         return applied
 
     def skip(self, optimizer: torch.optim.Optimizer) -> None:
@@ -144,12 +128,10 @@ class MixedPrecision:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counters and the scaler; ``ValueError`` if saved with another dtype."""
-        saved = state.get("dtype")
-        mine = self._dtype_name
-        if saved is not None and saved != mine:
+        saved, mine = state.get("dtype"), self._dtype_name
+        if saved not in (None, mine):
             raise ValueError(f"state was saved with dtype {saved}, this MixedPrecision uses {mine}")
-        self.steps = int(state.get("steps", 0))
-        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.steps, self.skipped_steps = (int(state.get(k, 0)) for k in ("steps", "skipped_steps"))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 

@@ -1,12 +1,7 @@
-r"""The learning-rate range test (Smith, 2017): sweep the LR upwards, watch the loss.
-
-Step ``i`` of ``n`` runs at :math:`lr_i = lr_0 (lr_1/lr_0)^{i/(n-1)}` (``"exp"``) or
-:math:`lr_0 + (lr_1 - lr_0)\, i/(n-1)` (``"linear"``); ``losses[i]`` is the loss of the next
-batch after that update, smoothed by :class:`MovingAverage`. The test stops when the
-smoothed loss exceeds ``diverge_threshold`` × its best or is not finite, then puts model,
-optimizer and random generators back bit for bit. The suggestion (:func:`suggest_lr`) is
-read off a centred smoothing (:func:`zero_lag_smooth`), since the causal average lags.
-"""
+r"""The LR range test: step ``i`` of ``n`` at :math:`lr_0 (lr_1/lr_0)^{i/(n-1)}` (``"exp"``)
+or :math:`lr_0 + (lr_1 - lr_0)\, i/(n-1)` (``"linear"``), stopping when the smoothed loss
+(:class:`MovingAverage`) exceeds ``diverge_threshold`` × its best or is not finite; then
+everything is put back bit for bit. :func:`suggest_lr` reads a centred smoothing."""
 
 from __future__ import annotations
 
@@ -48,12 +43,9 @@ _NO_DESCENT = (
 
 
 class MovingAverage:
-    """Bias-corrected exponential moving average, fed one value at a time.
-
-    With ``a = smooth`` in ``(0, 1]``, :meth:`update` returns ``m_k / (1 − (1−a)^k)``,
-    ``m_k = (1−a) m_{k−1} + a ℓ_k``, ``m_0 = 0``, over the ``k`` finite values seen so far;
-    a non-finite value returns ``nan`` and leaves the average as it was.
-    """
+    """Bias-corrected EMA: with ``a = smooth`` in ``(0, 1]``, :meth:`update` returns
+    ``m_k / (1 − (1−a)^k)``, ``m_k = (1−a) m_{k−1} + a ℓ_k``, ``m_0 = 0``, over the ``k``
+    finite values so far; a non-finite value returns ``nan`` and changes nothing."""
 
     def __init__(self, smooth: float) -> None:
         self.smooth = check_float("smooth", smooth, min=0, max=1, low_open=True)
@@ -70,18 +62,15 @@ class MovingAverage:
 
 def ema(values: Iterable[float], smooth: float) -> list[float]:
     """:class:`MovingAverage` of ``values``."""
-    average = MovingAverage(smooth)
-    return [average.update(value) for value in values]
+    return list(map(MovingAverage(smooth).update, values))
 
 
 def zero_lag_smooth(
     lrs: Sequence[float], values: Sequence[float], decades: float = _WIDTH
 ) -> list[float]:
-    r"""Centred smoothing over the log-LR axis:
-    :math:`\tilde\ell_i = \sum_j e^{-|x_j - x_i|/w} \ell_j / \sum_j e^{-|x_j - x_i|/w}` with
-    :math:`x = \log_{10} lr`, ``w = decades`` and :math:`j` over the points within
-    :math:`\min(x_i - x_0, x_{n-1} - x_i)` of :math:`x_i` (a symmetric window, edges included).
-    """
+    r"""Centred smoothing over :math:`x = \log_{10} lr`: :math:`\tilde\ell_i = \sum_j w_j
+    \ell_j / \sum_j w_j`, :math:`w_j = e^{-|x_j - x_i|/\text{decades}}`, over the :math:`j`
+    within :math:`\min(x_i - x_0, x_{n-1} - x_i)` of :math:`x_i` (a symmetric window)."""
     x = np.log10(np.asarray(lrs, dtype=float))
     y = np.asarray(values, dtype=float)
     if x.shape != y.shape:
@@ -96,24 +85,20 @@ def zero_lag_smooth(
 
 
 def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """``(suggestion, (low, high))`` from increasing ``lrs`` and smoothed ``losses``.
-
-    Over the finite losses ``L``, ``k = argmin L`` and ``j = argmax L[:k+1]`` with the drop
-    ``Δ = L_j − L_k``: ``low``/``high`` are the first LRs after ``j`` with
-    ``L ≤ L_j − 0.1 Δ`` and ``L ≤ L_k + 0.1 Δ``, the suggestion the steepest
-    ``dL/d log lr`` (``numpy.gradient``) between them. No descent (``k = 0`` or
-    ``Δ ≤ 1e-6 |L_j|``) gives ``nan`` and ``(nan, nan)``.
-    """
+    """``(suggestion, (low, high))`` from increasing ``lrs`` and smoothed ``losses``: over the
+    finite ``L``, ``k = argmin L``, ``j = argmax L[:k+1]``, ``Δ = L_j − L_k``; ``low``/``high``
+    are the first LRs after ``j`` with ``L ≤ L_j − 0.1 Δ`` / ``L ≤ L_k + 0.1 Δ``, the
+    suggestion the steepest ``dL/d log lr`` between them; ``nan`` if ``k = 0`` or
+    ``Δ ≤ 1e-6 |L_j|``."""
     if len(lrs) != len(losses):
         raise ValueError(
             f"lrs and losses must have the same length, got {len(lrs)} and {len(losses)}"
         )
-    pairs = [(lr, loss) for lr, loss in zip(lrs, losses) if math.isfinite(loss)]
+    y = np.asarray(losses, dtype=float)
+    x, y = np.log(np.asarray(lrs, dtype=float)[np.isfinite(y)]), y[np.isfinite(y)]
     nothing = (math.nan, (math.nan, math.nan))
-    if len(pairs) < 3:
+    if y.size < 3:
         return nothing
-    x = np.log(np.array([p[0] for p in pairs], dtype=float))
-    y = np.array([p[1] for p in pairs], dtype=float)
     k = int(np.argmin(y))
     j = int(np.argmax(y[: k + 1]))
     drop = y[j] - y[k]
@@ -128,14 +113,11 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tu
 
 @dataclass
 class LRRangeTestResult:
-    """What :func:`lr_range_test` measured.
-
-    ``lrs``: the LR of each completed step (of the group with the largest LR);
-    ``losses``: the causal smoothing of ``raw_losses`` (``nan`` where not finite);
-    ``suggestion_losses``: the zero-lag smoothing of the finite raw losses, each clipped
-    to ``diverge_threshold`` × the best smoothed loss, that :func:`suggest_lr` reads;
-    ``stop_reason``: ``"completed"``, ``"diverged"`` or ``"non-finite loss"``.
-    """
+    """What :func:`lr_range_test` measured: ``lrs`` (of the group with the largest LR) per
+    completed step; ``losses``, the causal smoothing of ``raw_losses`` (``nan`` where not
+    finite); ``suggestion_losses``, the zero-lag smoothing (raw losses clipped to
+    ``diverge_threshold`` × the best smoothed one) that :func:`suggest_lr` reads;
+    ``stop_reason``: ``"completed"``, ``"diverged"`` or ``"non-finite loss"``."""
 
     lrs: list[float]
     losses: list[float]
@@ -159,9 +141,7 @@ class LRRangeTestResult:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax)
-        lrs = np.asarray(self.lrs, dtype=float)
-        raw = np.asarray(self.raw_losses, dtype=float)
-        smooth = np.asarray(self.losses, dtype=float)
+        lrs, raw, smooth = (np.asarray(v, float) for v in (self.lrs, self.raw_losses, self.losses))
         zero_lag = np.asarray(self.suggestion_losses, dtype=float)
         if zero_lag.size != lrs.size:
             zero_lag = np.full(lrs.size, np.nan)
@@ -179,68 +159,60 @@ class LRRangeTestResult:
             ax.set_ylim(float(finite.min()) - 0.05 * span, top + 0.1 * span)
         bad = ~np.isfinite(raw)
         if bad.any():
-            tops = [ax.get_ylim()[1]] * int(bad.sum())
+            tops = np.full(int(bad.sum()), ax.get_ylim()[1])
             ax.plot(lrs[bad], tops, "x", color="C3", mew=2, markersize=9, label="non-finite loss")
-        low, high = self.suggestion_range
-        if math.isfinite(low) and math.isfinite(high):
-            ax.axvspan(low, high, color="C2", alpha=0.15, label="suggestion range")
+        if all(map(math.isfinite, self.suggestion_range)):
+            ax.axvspan(*self.suggestion_range, color="C2", alpha=0.15, label="suggestion range")
         if math.isfinite(self.suggestion):
             ax.axvline(self.suggestion, color="C2", linestyle="--")
             ok = np.isfinite(zero_lag)
             y = np.interp(math.log(self.suggestion), np.log(lrs[ok]), zero_lag[ok])
             label = f"suggestion {self.suggestion:.2g}"
             ax.plot([self.suggestion], [y], "o", color="C2", label=label)
-        ax.set_xscale("log" if self.mode == "exp" else "linear")
-        ax.set(xlabel="learning rate", ylabel="training loss", title="LR range test")
+        xscale = "log" if self.mode == "exp" else "linear"
+        ax.set(xscale=xscale, xlabel="learning rate", ylabel="training loss", title="LR range test")
         ax.legend(fontsize=8)
         fig.tight_layout()
         return fig
 
 
 def _put_back(live: Any, saved: Any) -> Any:
-    if isinstance(live, torch.Tensor) and live.shape == saved.shape and live.dtype == saved.dtype:
-        live.copy_(saved)
-        return live
-    return saved
+    same = isinstance(live, torch.Tensor) and (live.shape, live.dtype) == (saved.shape, saved.dtype)
+    return live.copy_(saved) if same else saved
 
 
 class _Snapshot:
-    """Everything the range test changes, copied so it can be put back bit for bit."""
+    """Everything the range test changes, copied to be put back bit for bit and in place."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader, stateful):
-        self.params = [(p, cpu_copy(p)) for p in model.parameters()]
-        self.grads = [(p, None if p.grad is None else cpu_copy(p.grad)) for p in model.parameters()]
-        self.buffers = [(b, cpu_copy(b)) for b in model.buffers()]
+        self.tensors = [*model.parameters(), *model.buffers()]
+        self.saved = cpu_copy(self.tensors)
+        self.grads = [(p, cpu_copy(p.grad)) for p in model.parameters()]
         self.modes = [(m, m.training) for m in model.modules()]
-        # (live tensor, copy) pairs: restoring copies back in place keeps tensor identity
-        self.opt_state = {
-            p: {k: (v, cpu_copy(v)) for k, v in s.items()} for p, s in optimizer.state.items()
-        }
+        # the live state tensors and their copies: restoring in place keeps tensor identity
+        self.opt_state = {p: (dict(s), cpu_copy(s)) for p, s in optimizer.state.items()}
         self.groups = [
             {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
             for g in optimizer.param_groups
         ]
         self.states = [(obj, cpu_copy(obj.state_dict())) for obj in stateful if obj is not None]
         self.rng = capture_rng_state()
-        self.generators = []
         sampler = getattr(loader, "sampler", None)
-        for gen in (getattr(loader, "generator", None), getattr(sampler, "generator", None)):
-            if isinstance(gen, torch.Generator) and all(gen is not g for g, _ in self.generators):
-                self.generators.append((gen, gen.get_state()))
+        gens = (getattr(loader, "generator", None), getattr(sampler, "generator", None))
+        unique = {id(g): g for g in gens if isinstance(g, torch.Generator)}.values()
+        self.generators = [(gen, gen.get_state()) for gen in unique]
 
     @torch.no_grad()
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
-        for p, saved in self.params:
-            p.copy_(saved)
+        for live, saved in zip(self.tensors, self.saved):
+            live.copy_(saved)
         for p, saved in self.grads:
             p.grad = None if saved is None else saved.to(p.device)
-        for b, saved in self.buffers:
-            b.copy_(saved)
         for m, mode in self.modes:
             m.training = mode
         optimizer.state.clear()
-        for p, saved in self.opt_state.items():
-            optimizer.state[p] = {k: _put_back(live, copy) for k, (live, copy) in saved.items()}
+        for p, (live, saved) in self.opt_state.items():
+            optimizer.state[p] = {k: _put_back(live[k], v) for k, v in saved.items()}
         for group, saved in zip(optimizer.param_groups, self.groups):
             for key in [k for k in group if k != "params" and k not in saved]:
                 del group[key]
@@ -280,27 +252,15 @@ def lr_range_test(
     update: Update | None = None,
     batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> LRRangeTestResult:
-    """Run the LR range test and restore everything it touched, also if it raises.
-
-    Each of the ``num_iters`` steps sets the LR (the group with the largest LR follows the
-    sweep, the others keep their ratio), trains on the next batch of ``loader`` (cycled)
-    as :func:`~stabletrain.loop.fit` would and records the loss of the following one.
-    Restored: parameters, gradients, buffers, train/eval modes, optimizer state and
-    hyper-parameters, the update's, scheduler's and scaler's state, the Python, NumPy and
-    torch random states and the loader's generator.
-
-    Args:
-        optimizer: ``None`` when ``update`` is given.
-        loss_fn: ``loss_fn(outputs, targets)`` on float32 outputs (``progress=0`` if it
-            ``uses_progress``); ``None``: :func:`~stabletrain.loop.default_loss`.
-        max_grad_norm: clip each step (for the plain update only).
-        update: the :class:`~stabletrain.update.Update` the training will use: its mixed
-            precision, accumulation (batches per step) and clipping apply to the sweep.
-
-    Raises:
-        ValueError: an out-of-range argument, an unknown ``mode``, or an empty loader.
-        TypeError: a non-numeric argument, or a loader that does not yield pairs.
-    """
+    """Run the LR range test and restore everything it touched (model, gradients, modes,
+    optimizer, update, scheduler, scaler, random states, the loader's generator), also if it
+    raises. Each step sets the LR (the largest group follows the sweep, the others keep
+    their ratio), trains on the next batch of ``loader`` (cycled) as ``fit`` would and
+    records the loss of the following one. ``loss_fn(outputs, targets)`` (``None``:
+    ``default_loss``); ``update``: the training's ``Update`` (its precision, accumulation
+    and clipping apply; then ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain
+    update. ``ValueError``: a bad argument or an empty loader; ``TypeError``: a wrong type
+    or a loader that does not yield pairs."""
     start_lr = check_float("start_lr", start_lr, min=0, low_open=True)
     end_lr = check_float("end_lr", end_lr, min=start_lr, low_open=True)
     check_int("num_iters", num_iters, min=3)
@@ -320,19 +280,14 @@ def lr_range_test(
         raise ValueError("max_grad_norm is for the plain update; the given update clips itself")
     optimizer = update.optimizer
 
-    space = np.geomspace if mode == "exp" else np.linspace
-    sweep = space(start_lr, end_lr, num_iters)
+    sweep = (np.geomspace if mode == "exp" else np.linspace)(start_lr, end_lr, num_iters)
     largest = max(g["lr"] for g in optimizer.param_groups)
     ratios = [g["lr"] / largest if largest > 0 else 1.0 for g in optimizer.param_groups]
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    batch_fn = batch_fn or split_batch
 
     snapshot = _Snapshot(model, optimizer, loader, (update, update.scheduler, update.amp))
-    lrs: list[float] = []
-    raw: list[float] = []
-    smoothed: list[float] = []
-    initial = math.nan
-    stop_reason = "completed"
+    lrs, raw, smoothed = [], [], []
+    initial, stop_reason = math.nan, "completed"
     try:
         model.train()
         optimizer.zero_grad(set_to_none=True)
@@ -342,7 +297,7 @@ def lr_range_test(
         for i in range(num_iters + 1):
             window = []  # the update's accumulation window: its mean loss is the measurement
             for _ in range(update.accumulation_steps):
-                inputs, targets = to_device(batch_fn(next(batches)), device)
+                inputs, targets = to_device((batch_fn or split_batch)(next(batches)), device)
                 with update.autocast():  # the forward pass, the loss in float32, as in fit
                     outputs = outputs_to_float32(_forward(model, inputs))
                 loss_fn = loss_fn or default_loss(outputs, targets)
@@ -354,17 +309,14 @@ def lr_range_test(
                 lrs.append(float(sweep[i - 1]))
                 raw.append(value)
                 smoothed.append(average.update(value))
-                if not math.isfinite(value):
-                    stop_reason = "non-finite loss"
-                    break
-                best = min(best, smoothed[-1])
-                if smoothed[-1] > diverge_threshold * best:
-                    stop_reason = "diverged"
-                    break
-            if i == num_iters:
-                break
-            if not math.isfinite(value):  # the initial loss is already non-finite
+                best = min(best, smoothed[-1])  # unchanged by a nan
+            if not math.isfinite(value):
                 stop_reason = "non-finite loss"
+                break
+            if i and smoothed[-1] > diverge_threshold * best:
+                stop_reason = "diverged"
+                break
+            if i == num_iters:
                 break
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = float(sweep[i]) * ratio
@@ -372,13 +324,12 @@ def lr_range_test(
                 update.step(loss, sync=j + 1 == len(window))
     finally:
         snapshot.restore(optimizer)
-    finite = [i for i, v in enumerate(raw) if math.isfinite(v)]
-    zero_lag = [math.nan] * len(raw)
+    ok = np.isfinite(raw)
     # a blow-up must not leak into the descent through the window: clip it to the stop level
     cap = diverge_threshold * best if math.isfinite(best) else math.inf
-    clipped = [min(raw[i], cap) for i in finite]
-    for i, v in zip(finite, zero_lag_smooth([lrs[i] for i in finite], clipped)):
-        zero_lag[i] = v
+    zero_lag = np.full(len(raw), np.nan)
+    zero_lag[ok] = zero_lag_smooth(np.asarray(lrs)[ok], np.minimum(np.asarray(raw)[ok], cap))
+    zero_lag = zero_lag.tolist()
     suggestion, band = suggest_lr(lrs, zero_lag)
     if not math.isfinite(suggestion):
         warnings.warn(_NO_DESCENT, RuntimeWarning, stacklevel=2)

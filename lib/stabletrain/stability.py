@@ -1,10 +1,7 @@
-"""Finding and surviving non-finite values in training.
-
-Finite checks, the global gradient norm and clipping that never spreads a NaN; the
-per-parameter diagnosis; :class:`NanDetector` (the first module whose output or gradient
-was not finite); :class:`StabilityGuard`, an :class:`~stabletrain.update.Update` that skips,
-rolls back or raises on unhealthy steps. ``EarlyStopping`` is re-exported.
-"""
+"""Finding and surviving non-finite values: finite checks, a global gradient norm and
+clipping that never spread a NaN, per-parameter diagnosis, :class:`NanDetector` (the first
+module whose output or gradient was not finite) and :class:`StabilityGuard`, an update that
+skips, rolls back or raises on unhealthy steps. ``EarlyStopping`` is re-exported."""
 
 from __future__ import annotations
 
@@ -42,6 +39,7 @@ __all__ = [
 CLIP_MODES = ("norm", "norm_local", "value")
 NONFINITE_POLICIES = ("skip", "rollback", "raise")
 _EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+_Params = Iterable[torch.Tensor] | torch.Tensor
 
 
 class NonFiniteError(RuntimeError):
@@ -52,7 +50,7 @@ class NonFiniteError(RuntimeError):
         self.report = report
 
 
-def _with_grads(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+def _with_grads(parameters: _Params) -> list[torch.Tensor]:
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     return [p for p in parameters if p.grad is not None]
@@ -60,9 +58,8 @@ def _with_grads(parameters: Iterable[torch.Tensor] | torch.Tensor) -> list[torch
 
 def _wide_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
     """``get_total_norm`` in float64 (float32 on MPS): non-finite exactly when an entry is."""
-    if any(g.device.type == "mps" for g in grads):
-        return torch.nn.utils.get_total_norm(grads, norm_type)
-    return torch.nn.utils.get_total_norm([g.double() for g in grads], norm_type)
+    mps = any(g.device.type == "mps" for g in grads)
+    return torch.nn.utils.get_total_norm(grads if mps else [g.double() for g in grads], norm_type)
 
 
 def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
@@ -71,9 +68,7 @@ def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tens
     return total if torch.isfinite(total) else _wide_norm(grads, norm_type)
 
 
-def grad_norm(
-    parameters: Iterable[torch.Tensor] | torch.Tensor, norm_type: float = 2.0
-) -> torch.Tensor:
+def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
     r"""Global ``p``-norm (``> 0`` or ``inf``) of all gradients as a 0-d float32 tensor (0
     without gradients): ``get_total_norm``, again in float64 when the float32 one is not
     finite, so huge finite gradients (≳ 1e19) keep a finite norm and NaN/Inf give NaN/Inf."""
@@ -82,7 +77,7 @@ def grad_norm(
     return _total_norm(grads, norm_type).float() if grads else torch.zeros(())
 
 
-def grads_are_finite(parameters: Iterable[torch.Tensor] | torch.Tensor) -> bool:
+def grads_are_finite(parameters: _Params) -> bool:
     """Whether every gradient entry is finite: one max-norm (which cannot overflow) and one
     host synchronisation; parameters without a gradient are ignored."""
     grads = [p.grad for p in _with_grads(parameters)]
@@ -101,9 +96,7 @@ def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) 
             p.grad.mul_(torch.clamp(c / (norm + _EPS), max=1.0).to(p.grad.dtype))
 
 
-def clip_gradients(
-    parameters: Iterable[torch.Tensor] | torch.Tensor, mode: str, max_value: float
-) -> torch.Tensor:
+def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Tensor:
     r"""Clip gradients in place, unless one of them is not finite; returns the global L2
     norm before clipping (:func:`grad_norm`'s). With :math:`c` = ``max_value > 0``:
     ``"norm"`` scales all by :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`,
@@ -215,13 +208,11 @@ class NonFiniteReport:
 
 
 class NanDetector:
-    """Context manager that names the first module producing a NaN or Inf (``report``).
-
-    Forward hooks check every module's outputs (children first: the innermost is named);
-    a hook on each output's autograd node names the module whose operation turned a finite
+    """Context manager that names the first module producing a NaN or Inf (``report``):
+    forward hooks check every module's outputs (children first: the innermost is named); a
+    hook on each output's autograd node names the module whose operation turned a finite
     incoming gradient non-finite, or the innermost consumer of a non-finite one. After the
-    first finding it stops checking, or raises :class:`NonFiniteError` if asked to.
-    """
+    first finding it stops checking, or raises :class:`NonFiniteError` if asked to."""
 
     def __init__(self, model: nn.Module, raise_on_nonfinite: bool = False) -> None:
         if not isinstance(model, nn.Module):
@@ -245,9 +236,8 @@ class NanDetector:
             self._types[name] = type(module).__name__
             self._handles.append(module.register_forward_pre_hook(partial(self._pre_hook, name)))
             if not isinstance(module, PASS_THROUGH_MODULES):
-                self._handles.append(
-                    module.register_forward_hook(partial(self._forward_hook, name))
-                )
+                forward = partial(self._forward_hook, name)
+                self._handles.append(module.register_forward_hook(forward))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -258,22 +248,26 @@ class NanDetector:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._forget()
+
+    def _forget(self) -> None:
         self._consumers.clear()
         self._seen.clear()
 
-    def _found(self, report: NonFiniteReport) -> None:
-        self.report = report
-        self._consumers.clear()
-        self._seen.clear()
+    def _found(self, name: str, phase: str, inputs: list, outputs: list, note: str = "") -> None:
+        """Report ``name`` as the first culprit (and raise if asked to)."""
+        stats = [tensor_stats(t) for t in inputs], [tensor_stats(t) for t in outputs]
+        kind = self._types.get(name, "?")
+        self.report = NonFiniteReport(name, kind, phase, *stats, self._calls, note)
+        self._forget()
         if self.raise_on_nonfinite:
-            raise NonFiniteError(str(report), report)
+            raise NonFiniteError(str(self.report), self.report)
 
     def _pre_hook(self, name: str, module: nn.Module, args: Any) -> None:
         if self.report is not None:
             return
         if name == "":  # a new forward pass of the model: forget the last graph
-            self._consumers.clear()
-            self._seen.clear()
+            self._forget()
         if torch.is_grad_enabled():
             for t in _tensors_in(args):
                 if t.grad_fn is not None:
@@ -284,84 +278,61 @@ class NanDetector:
             return
         self._calls += 1
         # a container returning its last child's output: that tensor was checked already
-        outputs = [
-            t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in self._seen
-        ]
+        seen = self._seen
+        outputs = [t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in seen]
         if not _all_finite(outputs):
-            stats = [tensor_stats(t) for t in _tensors_in(args)], [tensor_stats(t) for t in outputs]
-            self._found(
-                NonFiniteReport(name, type(module).__name__, "forward", *stats, self._calls)
-            )
-            return
-        if torch.is_grad_enabled():
-            for t in outputs:
-                if t.grad_fn is not None:
-                    self._seen.add(t.grad_fn)
-                    t.grad_fn.register_hook(partial(self._backward_hook, name, t.grad_fn))
+            return self._found(name, "forward", _tensors_in(args), outputs)
+        for t in outputs if torch.is_grad_enabled() else ():
+            if t.grad_fn is not None:
+                self._seen.add(t.grad_fn)
+                t.grad_fn.register_hook(partial(self._backward_hook, name, t.grad_fn))
 
     def _backward_hook(self, name: str, node: Any, grad_inputs: tuple, grad_outputs: tuple) -> None:
         if self.report is not None:
             return
         incoming = [g for g in grad_outputs if g is not None]
         produced = [g for g in grad_inputs if g is not None]
+        culprit, note = name, ""
         if _all_finite(incoming):
             if _all_finite(produced):
                 return
-            culprit, note = name, ""
         elif self._consumers.get(node):  # the innermost module that read this output
             culprit = max(self._consumers[node], key=lambda n: n.count(".") + (n != ""))
             note = f"the gradient it sent back to the output of {name or '<model>'}"
         else:
-            culprit = name
             note = "the gradient reaching its output was already non-finite (the loss?)"
-        stats = [tensor_stats(g) for g in incoming], [tensor_stats(g) for g in produced]
-        kind = self._types.get(culprit, "?")
-        self._found(NonFiniteReport(culprit, kind, "backward", *stats, self._calls, note))
+        self._found(culprit, "backward", incoming, produced, note)
 
 
-#: state_dict key -> (attribute, value in a fresh guard); the keys in _REQUIRED must be there
-_STATE = {
-    "applied": ("applied", 0),
-    "skipped": ("skipped", 0),
-    "rollbacks": ("rollbacks", 0),
-    "scaler_skips": ("scaler_skips", 0),
-    "consecutive_skips": ("consecutive_skips", 0),
-    "lr_scale": ("lr_scale", 1.0),
-    "grad_norms": ("grad_norms", []),
-    "last_finite_loss": ("last_finite_loss", math.nan),
-    "micro": ("_micro", 0),
-    "nonfinite_steps": ("nonfinite_steps", 0),
-    "blowups": ("blowups", 0),
-    "healthy_losses": ("_healthy_losses", []),
-    "healthy_norms": ("_healthy_norms", []),
-    "rollbacks_in_a_row": ("_rollbacks_in_a_row", 0),
-    "blowups_in_a_row": ("_blowups_in_a_row", 0),
-}
-_REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 _COUNTERS = ("applied", "skipped", "rollbacks", "scaler_skips", "consecutive_skips")
-
-
-def _typed(fresh: Any, value: Any) -> Any:
-    return [float(v) for v in value] if isinstance(fresh, list) else type(fresh)(value)
+#: state_dict key -> value in a fresh guard; the keys in _REQUIRED must be there
+_STATE = {
+    **dict.fromkeys(_COUNTERS, 0),
+    "lr_scale": 1.0,
+    "grad_norms": [],
+    "last_finite_loss": math.nan,
+    **dict.fromkeys(("micro", "nonfinite_steps", "blowups"), 0),
+    "healthy_losses": [],
+    "healthy_norms": [],
+    **dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0),
+}
+_PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
+_ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
+_REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 
 
 class StabilityGuard(Update):
     r"""The whole optimizer update, with a policy for NaN, Inf and blow-ups.
 
-    When an accumulation window closes, the summed loss and the global gradient norm are
-    read in one host synchronisation and the step judged *non-finite*, a *blow-up* (loss or
-    norm > ``spike_factor`` × the median of the last ``spike_window`` healthy values, after
-    ``spike_warmup`` of them; the loss test only for a positive median) or *healthy*. A
-    healthy step snapshots model, optimizer and scheduler to the CPU every
-    ``snapshot_every`` applied steps (before the update), clips (``clip_mode``, ``"norm"``
-    if only ``max_norm`` is given), steps the optimizer, and the scheduler if it stepped.
-    Unhealthy steps, by ``on_nonfinite``: ``"skip"`` (everything stays bit-for-bit),
-    ``"rollback"`` (restore the snapshot; :math:`s \leftarrow s \cdot` ``lr_backoff`` and
-    groups run at :math:`s \cdot \eta_{\text{sched}}`, unless the scheduler has
-    ``needs_rollback`` and cuts through ``step(nan)``) or ``"raise"``. Float16 overflows
-    with a finite loss are the scaler's (``scaler_skips``) until the scale falls below
-    ``min_loss_scale``; ``max_consecutive_skips`` unhealthy steps in a row raise
-    :class:`NonFiniteError`. Raises ``ValueError``/``TypeError`` for a bad argument.
+    A closed accumulation window is *non-finite*, a *blow-up* (loss or norm >
+    ``spike_factor`` × the median of the last ``spike_window`` healthy values, after
+    ``spike_warmup`` of them; loss only for a positive median) or *healthy*: snapshot to the
+    CPU every ``snapshot_every`` applied steps, clip (``"norm"`` if only ``max_norm``),
+    step. ``on_nonfinite``: ``"skip"`` (bit-for-bit), ``"rollback"`` (restore the snapshot,
+    :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at :math:`s \cdot \eta_{\text{sched}}`;
+    a ``needs_rollback`` scheduler cuts via ``step(nan)``) or ``"raise"``. Float16
+    overflows with a finite loss are the scaler's until the scale < ``min_loss_scale``;
+    ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`.
     """
 
     checkpoint_name = "guard"
@@ -408,33 +379,30 @@ class StabilityGuard(Update):
         super().__init__(
             model, optimizer, scheduler, amp=amp, accumulation_steps=accumulation_steps
         )
-        for attr, fresh in _STATE.values():
-            setattr(self, attr, copy.copy(fresh))
+        for key, fresh in _STATE.items():
+            setattr(self, _ATTRS[key], copy.copy(fresh))
         self.last_diagnosis: dict[str, Any] | None = None
-        named_buffers = list(model.named_buffers())
-        self._buffer_names = [n for n, _ in named_buffers]
-        self._buffers = [b for _, b in named_buffers]
+        buffers = dict(model.named_buffers())
+        self._buffer_names, self._buffers = list(buffers), list(buffers.values())
         self._buffer_copies = [b.detach().clone() for b in self._buffers]
         self._snapshot: dict[str, Any] | None = None
         self.take_snapshot()
 
     @property
     def _scaler(self) -> Any:
-        return getattr(self.amp, "scaler", None) if self.amp is not None else None
+        return getattr(self.amp, "scaler", None)
 
     @property
     def _scale(self) -> float:
-        return float(getattr(self.amp, "scale", 1.0)) if self.amp else 1.0
+        return float(getattr(self.amp, "scale", 1.0))
 
-    # -- snapshots -----------------------------------------------------------------------
     def take_snapshot(self, loss: float = math.nan) -> None:
         """Copy model, optimizer and scheduler state (and the LR scale) to the CPU;
         ``loss`` is the state's measured loss, for messages."""
         # mid-step the forward pass has moved the buffers: save them as after the last step
         model = cpu_copy(self.model.state_dict())
-        for name, saved in zip(self._buffer_names, self._buffer_copies):
-            if name in model:  # persistent buffers only
-                model[name] = saved.detach().to("cpu", copy=True)
+        saved = zip(self._buffer_names, self._buffer_copies)
+        model.update({n: cpu_copy(b) for n, b in saved if n in model})  # persistent ones only
         sched = self.scheduler
         self._snapshot = {
             "applied": self.applied,
@@ -445,55 +413,29 @@ class StabilityGuard(Update):
             "lr_scale": self.lr_scale,
         }
 
-    def _restore_snapshot(self) -> None:
+    def _restore_snapshot(self, keep_lr: bool = False) -> None:
         snap = self._snapshot
         assert snap is not None
+        self.rollbacks += 1
+        lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.model.load_state_dict(snap["model"])  # copies into the live tensors
         # optimizer.load_state_dict may keep CPU tensors as they are: give it a copy
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
-        if snap["scheduler"] is not None:
+        if snap["scheduler"] is not None and not keep_lr:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
         factor = self.lr_scale / snap["lr_scale"]
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["lr"] * factor
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr if keep_lr else group["lr"] * factor
         if self._buffers:  # the restored statistics are the new 'last good' ones
             torch._foreach_copy_(self._buffer_copies, self._buffers)
 
     def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
-        """Restore the last snapshot now, outside a step (counted as a rollback).
-
-        ``keep_lr=True`` (after a metric-driven scheduler set ``needs_rollback``) keeps
-        the current learning rates and scheduler state; ``needs_rollback`` is cleared and
-        no ``lr_backoff`` is applied.
-        """
-        lrs = [group["lr"] for group in self.optimizer.param_groups]
-        sched = self.scheduler
-        keep_sched = keep_lr and hasattr(sched, "state_dict")
-        sched_state = copy.deepcopy(sched.state_dict()) if keep_sched else None
-        self._restore_snapshot()
-        if keep_lr:
-            for group, lr in zip(self.optimizer.param_groups, lrs):
-                group["lr"] = lr
-            if sched_state is not None:
-                sched.load_state_dict(sched_state)
-        if hasattr(sched, "needs_rollback"):
-            sched.needs_rollback = False
-        self.rollbacks += 1
+        """Restore the last snapshot now, outside a step (a rollback without ``lr_backoff``);
+        ``keep_lr`` keeps the current LRs and scheduler state; clears ``needs_rollback``."""
+        self._restore_snapshot(keep_lr)
+        if hasattr(self.scheduler, "needs_rollback"):
+            self.scheduler.needs_rollback = False
         return True
-
-    def _rollback(self) -> None:
-        self.rollbacks += 1
-        self._rollbacks_in_a_row += 1
-        self._restore_snapshot()
-        sched = self.scheduler
-        if hasattr(sched, "needs_rollback"):
-            sched.step(float("nan"))  # the scheduler makes its own cut
-            sched.needs_rollback = False
-        else:
-            scale = self.lr_scale * self.lr_backoff  # s <- s * lr_backoff
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] * (scale / self.lr_scale)
-            self.lr_scale = scale
 
     def _step_scheduler(self) -> None:
         if self.lr_scale == 1.0:
@@ -513,7 +455,6 @@ class StabilityGuard(Update):
             # forget this step's unscale_ without stepping and without changing the scale
             self._scaler.update(new_scale=float(self._scaler.get_scale()))
 
-    # -- the update ----------------------------------------------------------------------
     def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
         """Backward and, when the accumulation window closes, the guarded update."""
         loss_sum = self._accumulate(loss, sync)
@@ -569,12 +510,13 @@ class StabilityGuard(Update):
         if self.spike_factor is None or len(self._healthy_norms) < self.spike_warmup:
             return None
         f = self.spike_factor
-        loss_median = statistics.median(self._healthy_losses)
-        norm_median = statistics.median(self._healthy_norms)
-        if loss_median > 0 and loss_value > f * loss_median:
-            return f"loss blow-up ({loss_value:.4g} > {f:g} x healthy median {loss_median:.4g})"
-        if norm_median > 0 and norm_value > f * norm_median:
-            return f"exploding gradient (norm {norm_value:.4g} > {f:g} x healthy median {norm_median:.4g})"
+        for what, value, healthy in (
+            ("loss blow-up (", loss_value, self._healthy_losses),
+            ("exploding gradient (norm ", norm_value, self._healthy_norms),
+        ):
+            median = statistics.median(healthy)
+            if median > 0 and value > f * median:
+                return f"{what}{value:.4g} > {f:g} x healthy median {median:.4g})"
         return None
 
     def _scaler_skip(self, norm_value: float, loss_value: float) -> StepResult:
@@ -596,8 +538,7 @@ class StabilityGuard(Update):
         weights = check_weights(self.model)
         diagnosis = {"reason": reason, "loss": loss_value, "grad_norm": norm_value}
         diagnosis.update(last_finite_loss=self.last_finite_loss, loss_scale=self._scale)
-        for name in (*_COUNTERS, "nonfinite_steps", "blowups"):
-            diagnosis[name] = getattr(self, name)
+        diagnosis.update({n: getattr(self, n) for n in (*_COUNTERS, "nonfinite_steps", "blowups")})
         diagnosis["nonfinite_weights"] = weights["nonfinite_names"]
         diagnosis["nonfinite_grads"] = check_gradients(self.model)["nonfinite_names"]
         diagnosis["max_weight"] = weights["max_weight"]
@@ -618,19 +559,27 @@ class StabilityGuard(Update):
 
     def _unhealthy(self, reason: str, loss_value: float, norm_value: float) -> StepResult:
         """A non-finite or blown-up step: no update, then skip, roll back or raise."""
-        diagnosis = self._diagnosis(reason, loss_value, norm_value)
-        self.last_diagnosis = diagnosis
+        diagnosis = self.last_diagnosis = self._diagnosis(reason, loss_value, norm_value)
         self._zero_grad()
         self._reset_scaler()
         if self.on_nonfinite == "raise":
             raise NonFiniteError(self._message(diagnosis), diagnosis)
         self.consecutive_skips += 1
-        if self.on_nonfinite == "rollback":
-            self._rollback()
-        else:
+        if self.on_nonfinite == "skip":
             self.skipped += 1
             if self._buffers:  # undo the window's running-statistics updates
                 torch._foreach_copy_(self._buffers, self._buffer_copies)
+        else:  # roll back
+            self._rollbacks_in_a_row += 1
+            self._restore_snapshot()
+            if hasattr(self.scheduler, "needs_rollback"):
+                self.scheduler.step(float("nan"))  # the scheduler makes its own cut
+                self.scheduler.needs_rollback = False
+            else:
+                scale = self.lr_scale * self.lr_backoff  # s <- s * lr_backoff
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["lr"] * (scale / self.lr_scale)
+                self.lr_scale = scale
         if self.consecutive_skips < self.max_consecutive_skips:
             return StepResult(False, norm_value, reason)
         diagnosis = self._diagnosis(reason, loss_value, norm_value)
@@ -655,29 +604,27 @@ class StabilityGuard(Update):
             )
         raise NonFiniteError(text + self._message(diagnosis), diagnosis)
 
-    def _message(self, diagnosis: Mapping[str, Any]) -> str:
-        text = f"{diagnosis['reason']} (loss={diagnosis['loss']}, grad norm={diagnosis['grad_norm']}); "
-        text += self._summary()
-        if diagnosis["nonfinite_grads"]:
-            text += f"; non-finite gradients in {diagnosis['nonfinite_grads'][:5]}"
-        if "advice" in diagnosis:
-            text += f"; non-finite weights in {diagnosis['nonfinite_weights'][:5]}: "
-            text += diagnosis["advice"]
+    def _message(self, d: Mapping[str, Any]) -> str:
+        text = f"{d['reason']} (loss={d['loss']}, grad norm={d['grad_norm']}); {self._summary()}"
+        if d["nonfinite_grads"]:
+            text += f"; non-finite gradients in {d['nonfinite_grads'][:5]}"
+        if "advice" in d:
+            text += f"; non-finite weights in {d['nonfinite_weights'][:5]}: {d['advice']}"
         return text
 
-    # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Counters, LR scale, step histories and the rollback snapshot (a CPU copy, so a
         resumed run rolls back to the same state: resume stays bit-exact)."""
-        state = {key: copy.copy(getattr(self, attr)) for key, (attr, _) in _STATE.items()}
+        state = {key: copy.copy(getattr(self, attr)) for key, attr in _ATTRS.items()}
         return {**state, "snapshot": self._snapshot}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore counters, LR scale and snapshot; a state without a snapshot snapshots the
         model, optimizer and scheduler as they are now (load them first)."""
-        for key, (attr, fresh) in _STATE.items():
+        for key, fresh in _STATE.items():
             value = state[key] if key in _REQUIRED else state.get(key, fresh)
-            setattr(self, attr, _typed(fresh, value))
+            value = [float(v) for v in value] if isinstance(fresh, list) else type(fresh)(value)
+            setattr(self, _ATTRS[key], value)
         self._loss_sum = None
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)
