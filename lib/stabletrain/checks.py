@@ -19,10 +19,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-__all__ = ["check_bool", "check_choice", "check_float", "check_int", "check_keys", "check_range"]
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_config_value",
+    "check_float",
+    "check_int",
+    "check_keys",
+    "check_range",
+]
 
 
 def _bounds(min: float | None, max: float | None, low_open: bool, high_open: bool) -> str:
@@ -122,3 +130,12 @@ def check_range(
         rule += "" if max is None else f" <= {max:g}"
         raise ValueError(f"{name} must satisfy {rule}, got {value!r}")
     return low, high
+
+
+def check_config_value(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> Any:
+    """``check(name, value, **bounds)``, raising ``ValueError`` for a wrong type too: the
+    rule for configuration values, where every bad entry is a ``ValueError``."""
+    try:
+        return check(name, value, **bounds)
+    except TypeError as error:
+        raise ValueError(str(error)) from None

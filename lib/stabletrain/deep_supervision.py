@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_choice, check_float
+from .checks import check_choice, check_config_value, check_float
 
 __all__ = [
     "PROGRESS_FREE_SCHEDULES",
@@ -57,10 +57,7 @@ def _normalise(w: Sequence[float]) -> list[float]:
 
 def _real(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
     """``check_float`` that raises ``ValueError`` for a wrong type too (config values)."""
-    try:
-        return check_float(name, value, min=low, max=high)
-    except TypeError as exc:
-        raise ValueError(str(exc)) from None
+    return check_config_value(check_float, name, value, min=low, max=high)
 
 
 def supervision_weights(

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_bool, check_float
-from .schedulers import _check  # a check whose TypeError is a ValueError (a config error)
+from .checks import check_bool, check_config_value, check_float
 
 __all__ = [
     "CLIPPING_KEYS",
@@ -72,7 +71,9 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     items = [(k, v) for k, v in config.items() if k not in (*_BUILDER_KEYS, *CLIPPING_KEYS, *pair)]
     if any(k in config for k in pair):
         defaults = zip(pair, signature["betas"].default)
-        betas = [_check(check_float, k, config.get(k, d), finite=False) for k, d in defaults]
+        betas = [
+            check_config_value(check_float, k, config.get(k, d), finite=False) for k, d in defaults
+        ]
         items.append(("beta_1/beta_2", betas))
     kwargs: dict[str, Any] = {}
     source: dict[str, str] = {}  # which config key set each torch argument
@@ -117,7 +118,7 @@ def param_groups(
         return name == prefix or name.startswith(prefix + ".")
 
     for prefix, m in multipliers.items():
-        _check(check_float, f"lr_multipliers[{prefix!r}]", m, min=0)
+        check_config_value(check_float, f"lr_multipliers[{prefix!r}]", m, min=0)
         if not any(matches(n, prefix) for n, _ in named):
             raise ValueError(
                 f"lr_multipliers prefix {prefix!r} matches no parameter of the model; "
@@ -165,7 +166,7 @@ def build_optimizer(
     kwargs = _torch_kwargs(kind, config)
     clipping_from_config(config)  # validate the clipping keys early
     cls = OPTIMIZER_TYPES[kind]
-    no_decay = _check(
+    no_decay = check_config_value(
         check_bool, "no_decay_norm_bias", config.get("no_decay_norm_bias"), optional=True
     )
     multipliers = config.get("lr_multipliers")
@@ -211,5 +212,5 @@ def clipping_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if not given:
         return {}
     ((key, value),) = given.items()
-    value = _check(check_float, key, value, min=0, low_open=True, finite=False)
+    value = check_config_value(check_float, key, value, min=0, low_open=True, finite=False)
     return {"clip_mode": CLIPPING_KEYS[key], "max_norm": value}

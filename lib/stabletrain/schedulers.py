@@ -15,7 +15,7 @@ import inspect
 import math
 import statistics
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from itertools import pairwise
 from typing import Any
@@ -24,7 +24,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from .checks import check_bool, check_choice, check_float, check_int
+from .checks import check_bool, check_choice, check_config_value, check_float, check_int
 
 __all__ = [
     "SCHEDULER_ALIASES",
@@ -48,15 +48,10 @@ __all__ = [
 ]
 
 
-def _check(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> Any:
-    """A :mod:`stabletrain.checks` check; this module raises ``ValueError`` for a wrong type too."""
-    try:
-        return check(name, value, **bounds)
-    except TypeError as error:
-        raise ValueError(str(error)) from None
-
-
-_int, _float, _bool = (partial(_check, check) for check in (check_int, check_float, check_bool))
+# this module's values come from configurations: a wrong type is a ValueError too
+_int, _float, _bool = (
+    partial(check_config_value, check) for check in (check_int, check_float, check_bool)
+)
 
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
