@@ -1,11 +1,10 @@
 """Checkpoints that survive crashes, resume bit for bit and load safely.
 
-A checkpoint is one ``torch.save`` file of tensors and plain values (``torch.load(weights_only=
-True)`` reads it; format ``stabletrain.checkpoint/2`` embeds a CRC-32 of its payload, ``/1`` files
-still load). A save writes ``.tmp-<name>-<pid>``, fsyncs and renames it, rewrites ``manifest.json``
-(an index, rebuilt from the files when damaged) the same way, fsyncs the folder, then deletes
-dropped files. One writer per folder (``flock`` on ``.lock``); readers change nothing.
-"""
+One ``torch.save`` file of tensors and plain values per checkpoint (``weights_only=True`` loads
+it; format ``/2`` embeds a CRC-32 of the payload, ``/1`` files still load). A save writes
+``.tmp-<name>-<pid>``, fsyncs and renames it, rewrites ``manifest.json`` (an index, rebuilt from
+the files when damaged) the same way, fsyncs the folder, then deletes dropped files. One writer
+per folder (``flock`` on ``.lock``); readers change nothing."""
 
 from __future__ import annotations
 
@@ -33,18 +32,6 @@ import torch
 
 from .checks import check_choice, check_float, check_int
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
-
-__all__ = [
-    "STRATEGIES",
-    "CheckpointError",
-    "CheckpointInfo",
-    "CheckpointLockedError",
-    "CheckpointManager",
-    "UnsafeCheckpointError",
-    "capture_rng_state",
-    "payload_checksum",
-    "restore_rng_state",
-]
 
 STRATEGIES = ("best", "epoch", "interval", "all", "improvement_or_final", "time")
 _STRATEGY_ALIASES = {"adaptive": "improvement_or_final"}  # deprecated name -> strategy
@@ -82,9 +69,8 @@ class CheckpointLockedError(CheckpointError):
 @dataclass(frozen=True)
 class CheckpointInfo:
     """One kept checkpoint: ``batch_in_epoch`` is ``None`` at an epoch's end; ``value`` is
-    ``metrics[monitor]`` (NaN when absent); ``roles`` are among ``"regular"`` (newest-k), ``"best"``
-    (top-k) and ``"resume"`` (mid-epoch); ``is_best``: the best finite value; ``is_latest``: the
-    most recently written."""
+    ``metrics[monitor]`` (NaN when absent); ``roles`` among ``"regular"`` (newest-k), ``"best"``
+    (top-k), ``"resume"`` (mid-epoch); ``is_best``: best finite value; ``is_latest``: newest."""
 
     path: Path
     epoch: int
@@ -98,8 +84,7 @@ class CheckpointInfo:
 
 
 def _check_plain(value: Any, where: str) -> Any:
-    """``value`` with NumPy scalars made Python ones; ``TypeError`` unless it is tensors and plain
-    values in exactly ``dict``/``OrderedDict``/``list``/``tuple`` all the way down."""
+    """``value`` with NumPy scalars as Python ones; ``TypeError`` unless tensors/plain values."""
     kind = type(value)
     if isinstance(value, torch.Tensor) or kind in _PLAIN_LEAVES or kind is torch.Size:
         return value
@@ -125,10 +110,8 @@ def _object_state(name: str, obj: Any) -> Any:
     if isinstance(obj, torch.Generator):
         return {"generator_state": obj.get_state()}
     if not callable(getattr(obj, "state_dict", None)):
-        raise TypeError(
-            f"object {name!r} ({type(obj).__name__}) has no state_dict(); pass objects with "
-            "state_dict()/load_state_dict() or a torch.Generator"
-        )
+        hint = "pass objects with state_dict()/load_state_dict() or a torch.Generator"
+        raise TypeError(f"object {name!r} ({type(obj).__name__}) has no state_dict(); {hint}")
     return obj.state_dict()
 
 
@@ -155,23 +138,16 @@ def _crc(item: Any, crc: int) -> int:
         tensor = item.detach().resolve_conj().resolve_neg().cpu().contiguous()
         crc = zlib.crc32(f"T{tensor.dtype}{tuple(tensor.shape)};".encode(), crc)
         return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
-    if isinstance(item, Mapping):
-        crc = zlib.crc32(f"M{len(item)};".encode(), crc)
-        for key, child in item.items():
-            crc = _crc(child, zlib.crc32(f"K{key!r};".encode(), crc))
-        return crc
-    if isinstance(item, list | tuple):
-        crc = zlib.crc32(f"S{len(item)};".encode(), crc)
-        for child in item:
-            crc = _crc(child, crc)
+    if isinstance(item, Mapping | list | tuple):  # mappings: "M", keys "K"; sequences: "S"
+        mapping = isinstance(item, Mapping)
+        crc = zlib.crc32(f"{'M' if mapping else 'S'}{len(item)};".encode(), crc)
+        for key, child in item.items() if mapping else enumerate(item):
+            crc = _crc(child, zlib.crc32(f"K{key!r};".encode(), crc) if mapping else crc)
         return crc
     return zlib.crc32(f"V{type(item).__name__}:{item!r};".encode(), crc)
 
 
-def _atomic_write(
-    path: Path, write: Callable[[Any], None], *, fsync_file: bool, fsync_dir: bool
-) -> int:
-    """Write ``path`` through a temporary file in the same folder; return its size."""
+def _atomic_write(path: Path, write: Callable, *, fsync_file=False, fsync_dir=False) -> int:
     tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
@@ -202,7 +178,6 @@ def _regular_file(path: Path) -> bool:
 
 
 def _writer_gone(pid: int) -> bool:
-    """Process ``pid`` is another one that no longer exists (on Windows: never known)."""
     if pid == os.getpid() or os.name != "posix":
         return False  # a superseded manager here may be writing; os.kill would end it on Windows
     try:
@@ -250,11 +225,9 @@ class _FolderLock:
 
     @classmethod
     def acquire(cls, directory: Path, manager: CheckpointManager) -> _FolderLock:
-        """The folder's lock for ``manager``, taken over from an older manager of this process."""
         with cls._guard:
-            lock = cls._held.get(os.path.realpath(directory))
-            if lock is None:
-                lock = cls._held[os.path.realpath(directory)] = cls(directory)
+            lock = cls._held.get(os.path.realpath(directory)) or cls(directory)
+            cls._held[lock.key] = lock
             previous = lock.owner() if lock.owner is not None else None
             lock.owner = weakref.ref(manager)
         if previous is not None:
@@ -281,21 +254,16 @@ class CheckpointManager:
 
     Strategies (epochs from 0; ``v = metrics[monitor]``; a non-finite ``v`` is never best):
     ``best`` writes when ``v`` enters the top ``max_keep`` and keeps those; ``epoch`` writes every
-    epoch, keeps the newest ``max_keep``; ``interval`` writes when ``(epoch + 1) % every_n_epochs
-    == 0``; ``all`` writes every epoch, keeps the newest and the top ``max_keep``;
-    ``improvement_or_final`` (deprecated alias ``adaptive``) writes when ``v`` beats the last
-    write's by more than ``min_improvement`` relatively, and when ``epoch >= total_epochs -
-    ceil(total_epochs / 10)``; ``time`` writes ``every_n_minutes``. The last three keep the newest.
-    ``save(..., batch_in_epoch=k)`` writes a mid-epoch resume point (``fit``: every
-    ``every_n_steps`` steps), kept only while it is the latest file, outside ``max_keep``.
-    ``async_save`` writes from a background thread (:meth:`wait`); ``durable`` fsyncs; a
-    ``read_only`` manager takes no lock, changes nothing and re-reads the folder on every query.
-
-    Raises:
-        CheckpointLockedError: another process holds the folder's writer lock.
-        ValueError: a bad argument, ``time`` without ``every_n_minutes``,
-            ``improvement_or_final`` without ``total_epochs``, or a ``directory`` that is a file.
-    """
+    epoch; ``interval`` when ``(epoch + 1) % every_n_epochs == 0``; ``all`` every epoch, keeping
+    the newest and the top ``max_keep``; ``improvement_or_final`` (deprecated alias ``adaptive``)
+    when ``v`` beats the last write's by more than ``min_improvement`` relatively, and when
+    ``epoch >= total_epochs - ceil(total_epochs / 10)``; ``time`` every ``every_n_minutes``. The
+    others keep the newest ``max_keep``. ``save(..., batch_in_epoch=k)`` writes a mid-epoch resume
+    point (``fit``: every ``every_n_steps`` steps), kept only while latest, outside ``max_keep``.
+    ``async_save`` writes from a thread (:meth:`wait`); ``durable`` fsyncs; a ``read_only``
+    manager takes no lock, changes nothing and re-reads the folder on every query.
+    ``CheckpointLockedError``: another process holds the folder's lock; ``ValueError``: a bad
+    argument (``time`` needs ``every_n_minutes``, ``improvement_or_final`` ``total_epochs``)."""
 
     def __init__(
         self,
@@ -336,10 +304,8 @@ class CheckpointManager:
         self.async_save, self.durable = async_save, durable
         self._clock: Callable[[], float] = time.time
         self._created = self._clock()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._thread = self._error = self._lock = None
         self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's buffers, reused by each save
-        self._lock: _FolderLock | None = None
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"directory must be a folder, but {self.directory} is a file")
         if not self.read_only:
@@ -373,20 +339,16 @@ class CheckpointManager:
         return self._entries
 
     def __repr__(self) -> str:
-        return (
-            f"CheckpointManager({str(self.directory)!r}, strategy={self.strategy!r}, "
-            f"monitor={self.monitor!r}, mode={self.mode!r}, max_keep={self.max_keep}, "
-            f"kept={len(self._entries)})"
-        )
+        rule = f"strategy={self.strategy!r}, monitor={self.monitor!r}, mode={self.mode!r}"
+        kept = f"max_keep={self.max_keep}, kept={len(self._entries)}"
+        return f"CheckpointManager({str(self.directory)!r}, {rule}, {kept})"
 
     @property
     def manifest_path(self) -> Path:
         return self.directory / MANIFEST
 
     def _open(self) -> list[dict[str, Any]]:
-        """Read the manifest, keep its valid entries of present files, adopt complete orphans;
-        a writer also deletes the temporary files of its naming whose writer is gone (or a day
-        old) and rewrites a manifest that changed."""
+        """Valid entries of present files and adopted orphans; a writer also prunes and rewrites."""
         writing = self._writing()
         if not writing and not self.directory.is_dir():
             return []
@@ -396,10 +358,8 @@ class CheckpointManager:
             if _regular_file(self.directory / entry["name"]):
                 present.append(entry)
             elif writing:  # (a reader may race the writer's pruning: no news)
-                message = (
-                    f"checkpoint {entry['name']} is in the manifest but missing; forgetting it"
-                )
-                warnings.warn(message, stacklevel=3)
+                missing = f"{entry['name']} is in the manifest but missing"
+                warnings.warn(f"checkpoint {missing}; forgetting it", stacklevel=3)
         known = {e["name"] for e in present}
         for path in sorted(self.directory.iterdir()):
             tmp = _TMP.fullmatch(path.name)
@@ -412,11 +372,8 @@ class CheckpointManager:
             elif not _NAME.fullmatch(path.name) or path.name in known:
                 continue
             elif not _regular_file(path):
-                warnings.warn(
-                    f"ignoring {path.name} in {self.directory}: not a regular file "
-                    "(a symbolic link or a folder is never a checkpoint here)",
-                    stacklevel=3,
-                )
+                why = "not a regular file (a symbolic link or a folder is never a checkpoint here)"
+                warnings.warn(f"ignoring {path.name} in {self.directory}: {why}", stacklevel=3)
             elif (adopted := self._adopt(path)) is not None:
                 present.append(adopted)
         present.sort(key=_SEQ)
@@ -437,22 +394,16 @@ class CheckpointManager:
                 raise ValueError("it is not a JSON object with a 'files' list")
             return data["files"]
         except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeError are ValueErrors
-            if not self._writing():
-                warnings.warn(f"{path} is unusable ({error}); reading the files", stacklevel=4)
-                return []
-            aside = path.with_name(f"{MANIFEST}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(path, aside)
-            warnings.warn(
-                f"{path} is unusable ({error}); moved it to {aside.name} and rebuilt the "
-                "index from the checkpoint files",
-                stacklevel=4,
-            )
+            action = "reading the files"
+            if self._writing():
+                aside = path.with_name(f"{MANIFEST}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, aside)
+                action = f"moved it to {aside.name} and rebuilt the index from the checkpoint files"
+            warnings.warn(f"{path} is unusable ({error}); {action}", stacklevel=4)
             return []
 
     def _valid_entry(self, raw: Any) -> dict[str, Any] | None:
-        """``raw`` (a manifest record, or an adopted file's) as an entry if it is well formed and
-        names a file of this folder (a plain ``epoch-NNNN.pt`` name: never ``../x`` or ``a/b``),
-        else ``None`` with a warning. Absent ``metrics``/``value``/``time``: ``{}``/NaN/0."""
+        """``raw`` as an entry naming a plain ``epoch-NNNN.pt`` of this folder, else ``None``."""
         entry = {"metrics": {}, "value": math.nan, **raw} if isinstance(raw, dict) else {}
         name, roles = entry.get("name"), entry.get("roles")
         wrong = [key for key, types in _TYPES.items() if type(entry.get(key)) not in types]
@@ -463,12 +414,9 @@ class CheckpointManager:
         elif not all(role in _ROLES for role in roles):
             problem = f"its roles are not drawn from {_ROLES}"
         else:
-            when = entry.get("time")
-            return {key: entry.get(key) for key in _FIELDS} | {
-                "value": float(entry["value"]),
-                "roles": list(roles),
-                "time": float(when) if type(when) in (int, float) else 0.0,
-            }
+            when = float(entry["time"]) if type(entry.get("time")) in (int, float) else 0.0
+            fixed = {"value": float(entry["value"]), "roles": list(roles), "time": when}
+            return {key: entry.get(key) for key in _FIELDS} | fixed
         shown = repr(name) if isinstance(name, str) else repr(raw)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         message = f"ignoring manifest entry {shown} in {self.manifest_path}: {problem}"
@@ -476,8 +424,7 @@ class CheckpointManager:
         return None
 
     def _adopt(self, path: Path) -> dict[str, Any] | None:
-        """The entry of a complete file the manifest does not know (a process died between
-        rename and manifest, or the manifest was lost); a damaged file is not adopted."""
+        """The entry of an intact file the manifest does not know, else ``None``."""
         try:
             payload = self._read(path, None, "cpu", trusted=False)
             size = path.stat().st_size
@@ -498,11 +445,8 @@ class CheckpointManager:
         doc = {"format": FORMAT, "strategy": self.strategy, "monitor": self.monitor}
         doc |= {"mode": self.mode, "max_keep": self.max_keep, "files": entries}
         text = json.dumps(doc, indent=1).encode()
-        # Not fsynced itself: it is atomic, and rebuilt from the files if a power cut loses it.
-        # The folder fsync makes both renames (checkpoint, manifest) durable.
-        _atomic_write(
-            self.manifest_path, lambda f: f.write(text), fsync_file=False, fsync_dir=self.durable
-        )
+        # Not fsynced (rebuilt from the files if lost); the folder fsync makes both renames durable
+        _atomic_write(self.manifest_path, lambda f: f.write(text), fsync_dir=self.durable)
 
     def _value(self, metrics: Mapping[str, Any], *, required: bool) -> float:
         if required and self.monitor not in metrics:
@@ -533,9 +477,8 @@ class CheckpointManager:
         if self.strategy == "improvement_or_final":  # relative gain over the last write's value
             ref = last["value"] if last else math.nan
             gain = (ref - value if self.mode == "min" else value - ref) / (abs(ref) or 1.0)
-            improved = _finite(value) and (
-                not _finite(ref) or gain > (self.min_improvement if ref else 0)
-            )
+            threshold = self.min_improvement if ref else 0
+            improved = _finite(value) and (not _finite(ref) or gain > threshold)
             write = improved or epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
         elif self.strategy == "time":
             since = last["time"] if last is not None else self._created
@@ -545,19 +488,13 @@ class CheckpointManager:
         return ["regular"] if write else None
 
     def _retain(self, entries: list[dict[str, Any]]) -> tuple[list, list]:
-        """Split ``entries`` into (kept, dropped) and trim each kept file's roles."""
         latest = max(entries, key=_SEQ)["name"]
         regular = sorted((e for e in entries if "regular" in e["roles"]), key=_SEQ)
         keep = {"regular": {e["name"] for e in regular[-self.max_keep :]}, "resume": {latest}}
         keep["best"] = {e["name"] for e in self._top(entries)}
-        kept, dropped = [], []
-        for entry in entries:
-            roles = [r for r in entry["roles"] if entry["name"] in keep[r]]
-            if roles or entry["name"] == latest:
-                kept.append({**entry, "roles": roles})
-            else:
-                dropped.append(entry)
-        return kept, dropped
+        trimmed = [{**e, "roles": [r for r in e["roles"] if e["name"] in keep[r]]} for e in entries]
+        kept = [e for e in trimmed if e["roles"] or e["name"] == latest]
+        return kept, [e for e in trimmed if not (e["roles"] or e["name"] == latest)]
 
     def save(
         self,
@@ -573,11 +510,8 @@ class CheckpointManager:
         (from 0) if the strategy says so; with ``batch_in_epoch`` (batches of ``epoch`` done)
         always, as a mid-epoch resume point. ``step`` and ``extra`` (plain values) come back
         from :meth:`load`. Returns the path (complete after :meth:`wait`), or ``None`` if skipped.
-
-        Raises:
-            TypeError: an object without ``state_dict()``, or a state that is not plain values.
-            ValueError: a negative ``epoch`` or a missing ``monitor`` metric.
-        """
+        ``TypeError``: an object without ``state_dict()`` or a state not of plain values;
+        ``ValueError``: a negative ``epoch`` or a missing ``monitor`` metric."""
         epoch = check_int("epoch", epoch, min=0)
         batch_in_epoch = check_int("batch_in_epoch", batch_in_epoch, optional=True)
         if self.read_only:
@@ -629,20 +563,12 @@ class CheckpointManager:
     def _write(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
         checksum = payload_checksum(payload)  # off the loop's thread under async_save
         payload = {**payload, "checksum": checksum}
-        size = _atomic_write(
-            path, lambda f: torch.save(payload, f), fsync_file=self.durable, fsync_dir=False
-        )
-        for entry in kept:
-            if entry["name"] == path.name:
-                entry["checksum"], entry["size"] = checksum, size
+        size = _atomic_write(path, lambda f: torch.save(payload, f), fsync_file=self.durable)
+        next(e for e in kept if e["name"] == path.name).update(checksum=checksum, size=size)
         self._write_manifest(kept)
         for entry in dropped:  # only this manager's regular files, nothing else, ever
             doomed = self.directory / entry["name"]
-            if (
-                entry["name"] != path.name
-                and _NAME.fullmatch(doomed.name)
-                and _regular_file(doomed)
-            ):
+            if doomed.name != path.name and _NAME.fullmatch(doomed.name) and _regular_file(doomed):
                 doomed.unlink(missing_ok=True)
 
     def _write_in_background(self, path: Path, payload: dict, kept: list, dropped: list) -> None:
@@ -690,7 +616,6 @@ class CheckpointManager:
     def _read(
         self, path: Path, entry: Mapping[str, Any] | None, map_location: Any, trusted: bool
     ) -> dict[str, Any]:
-        """The verified payload of ``path`` (``entry``: its manifest record, if any)."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -700,9 +625,8 @@ class CheckpointManager:
             problem = f"is truncated or corrupt: {size} bytes, the manifest records {recorded}"
             raise CheckpointError(f"checkpoint {path} {problem}")
         if crc32 is not None and zlib.crc32(path.read_bytes()) != crc32:
-            raise CheckpointError(
-                f"checkpoint {path} is corrupt: its CRC-32 does not match the manifest"
-            )
+            problem = "is corrupt: its CRC-32 does not match the manifest"
+            raise CheckpointError(f"checkpoint {path} {problem}")
         try:
             payload = torch.load(path, map_location=map_location, weights_only=not trusted)
         except Exception as error:  # zip/pickle errors of damaged files vary
@@ -724,10 +648,8 @@ class CheckpointManager:
         if payload["format"] == FORMAT:
             stored = payload.pop("checksum", None)
             if stored != payload_checksum(payload):
-                raise CheckpointError(
-                    f"checkpoint {path} is corrupt: the checksum stored in the file does not "
-                    "match its contents (a damaged tensor or value)"
-                )
+                problem = "is corrupt: the checksum stored in the file does not match its contents"
+                raise CheckpointError(f"checkpoint {path} {problem} (a damaged tensor or value)")
             payload["checksum"] = stored
         return payload
 
@@ -744,29 +666,25 @@ class CheckpointManager:
         (``"latest"``, ``"best"`` or a path; ``"latest"`` falls back, with a warning, to the newest
         intact file); ``trusted=True`` allows pickled objects, which can run arbitrary code.
         Returns ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``.
-
-        Raises:
-            CheckpointError: no checkpoint, a truncated or corrupt file, or a missing object.
-            UnsafeCheckpointError: the file holds pickled objects and ``trusted`` is false.
-            TypeError: ``which`` is not a string or path.
-        """
+        ``CheckpointError``: no checkpoint, a truncated or corrupt file, or a missing object;
+        ``UnsafeCheckpointError``: pickled objects and not ``trusted``; ``TypeError``: a bad
+        ``which``."""
         self.wait()
         if which in ("latest", "best"):
             entries = sorted(self._current(), key=_SEQ, reverse=True)
             if not entries:
                 raise CheckpointError(f"no checkpoint in {self.directory}")
             if which == "best" and (entries := [self._best(entries)]) == [None]:
-                raise CheckpointError(
-                    f"no checkpoint in {self.directory} has a finite {self.monitor!r}"
-                )
+                finite = f"has a finite {self.monitor!r}"
+                raise CheckpointError(f"no checkpoint in {self.directory} {finite}")
             candidates = [(self.directory / e["name"], e) for e in entries]
         elif isinstance(which, str | os.PathLike):
             path = Path(which)
             if not path.exists() and (self.directory / path).exists():
                 path = self.directory / path
             own = path.resolve().parent == self.directory.resolve()
-            by_name = {e["name"]: e for e in self._current()}
-            candidates = [(path, by_name.get(path.name) if own else None)]
+            entry = {e["name"]: e for e in self._current()}.get(path.name)
+            candidates = [(path, entry if own else None)]
         else:
             raise TypeError(f"which must be 'latest', 'best' or a path, got {type(which).__name__}")
         failures = []
@@ -783,18 +701,13 @@ class CheckpointManager:
                 f"no intact checkpoint in {self.directory}: {'; '.join(failures)}"
             )
         if failures:
-            warnings.warn(
-                f"{len(failures)} newer checkpoint(s) could not be read "
-                f"({'; '.join(failures)}); fell back to {path.name}",
-                stacklevel=2,
-            )
+            fell = f"could not be read ({'; '.join(failures)}); fell back to {path.name}"
+            warnings.warn(f"{len(failures)} newer checkpoint(s) {fell}", stacklevel=2)
         stored = payload.get("objects", {})
         objects = {name: obj for name, obj in objects.items() if obj is not None}
-        missing = [name for name in objects if name not in stored]
-        if missing:
-            raise CheckpointError(
-                f"checkpoint {path} holds no state for {missing}; it holds {sorted(stored)}"
-            )
+        if missing := [name for name in objects if name not in stored]:
+            holds = f"holds no state for {missing}; it holds {sorted(stored)}"
+            raise CheckpointError(f"checkpoint {path} {holds}")
         for name, obj in objects.items():
             _restore_object(name, obj, stored[name])
         if restore_rng and "rng" in payload:

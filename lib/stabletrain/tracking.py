@@ -19,14 +19,6 @@ from .checks import check_int
 if TYPE_CHECKING:
     from .history import History
 
-__all__ = [
-    "MLflowTracker",
-    "default_artifact_root",
-    "default_tracking_uri",
-    "repository_root",
-    "ui_command",
-]
-
 
 def _mlflow():
     try:
@@ -73,7 +65,6 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def _number(value: Any) -> float | None:
-    """``value`` as a float if it is a Python number or a 0-d tensor/array of one, else ``None``."""
     if callable(getattr(value, "item", None)) and getattr(value, "ndim", 0) == 0:
         value = value.item()
     return float(value) if isinstance(value, int | float) else None
@@ -106,34 +97,30 @@ class MLflowTracker:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {}))
         self.run_id, self.run_name = run.info.run_id, run.info.run_name
         self._params: dict[str, str] = {}
-        self._buffer: list[Any] = []
+        self._buffer: list[Any] = []  # Metric entities not yet sent
         self.batches_written = 0
         self.finished = self.resumed = False
 
     def __repr__(self) -> str:
-        return (
-            f"MLflowTracker(experiment={self.experiment!r}, run_name={self.run_name!r}, "
-            f"run_id={self.run_id!r})"
-        )
+        ids = f"run_name={self.run_name!r}, run_id={self.run_id!r}"
+        return f"MLflowTracker(experiment={self.experiment!r}, {ids})"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log run parameters (nested mappings become ``a.b`` keys, values strings); a key logged
         before with another value raises ``ValueError`` (a warning after a resume)."""
         flat = _flatten(params)
         for key, value in flat.items():
-            old = self._params.get(key, value)
-            if old != value and not self.resumed:
-                raise ValueError(
-                    f"parameter {key!r} was logged as {old!r}; MLflow parameters cannot change "
-                    f"within a run (got {value!r})"
-                )
-            if old != value:
-                message = f"parameter {key!r} was {old!r} before the resume and is {value!r} now"
-                warnings.warn(f"{message}; MLflow keeps the first value", stacklevel=2)
+            if (old := self._params.get(key, value)) == value:
+                continue
+            if not self.resumed:
+                message = f"parameter {key!r} was logged as {old!r}; MLflow parameters cannot"
+                raise ValueError(f"{message} change within a run (got {value!r})")
+            message = f"parameter {key!r} was {old!r} before the resume and is {value!r} now"
+            warnings.warn(f"{message}; MLflow keeps the first value", stacklevel=2)
         new = {key: value for key, value in flat.items() if key not in self._params}
-        params_list = [self._Param(k, v[:6000]) for k, v in new.items()]
-        for start in range(0, len(params_list), 100):
-            self.client.log_batch(self.run_id, params=params_list[start : start + 100])
+        params = [self._Param(k, v[:6000]) for k, v in new.items()]
+        for start in range(0, len(params), 100):  # MLflow's limit of params per log_batch call
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
         self._params |= new
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
@@ -229,10 +216,8 @@ def ui_command(tracking_uri: str | None = None, *, relative_to: str | os.PathLik
     if relative_to is not None:
         base = Path(relative_to).resolve()
         db, artifacts = (Path(os.path.relpath(p, base)) for p in (db.resolve(), artifacts))
-    return (
-        f"mlflow ui --backend-store-uri sqlite:///{db.as_posix()} "
-        f"--default-artifact-root {artifacts.as_posix()}"
-    )
+    store = f"sqlite:///{db.as_posix()}"
+    return f"mlflow ui --backend-store-uri {store} --default-artifact-root {artifacts.as_posix()}"
 
 
 def _experiment_id(client: Any, name: str, tracking_uri: str, *, create: bool) -> str | None:
