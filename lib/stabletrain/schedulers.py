@@ -26,28 +26,6 @@ from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from .checks import check_bool, check_choice, check_config_value, check_float, check_int
 
-__all__ = [
-    "SCHEDULER_ALIASES",
-    "SCHEDULER_TYPES",
-    "AdaptiveScheduler",
-    "Constant",
-    "ConstantWithWarmup",
-    "CosineRestarts",
-    "ExponentialDecay",
-    "OneCycle",
-    "PlateauWithWarmup",
-    "PolynomialDecay",
-    "StepDecay",
-    "WarmupCosine",
-    "WarmupWrapper",
-    "build_scheduler",
-    "epochs_to_steps",
-    "is_metric_driven",
-    "lr_curve",
-    "with_warmup",
-]
-
-
 # this module's values come from configurations: a wrong type is a ValueError too
 _int, _float, _bool = (
     partial(check_config_value, check) for check in (check_int, check_float, check_bool)
@@ -64,14 +42,6 @@ def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
             f"got {len(value)} values"
         )
     return [_float(f"{name}[{i}]", v, min=0) for i, v in enumerate(value)]
-
-
-def _set_lr(group: dict[str, Any], value: float) -> None:
-    """Set ``group["lr"]`` without replacing a tensor LR."""
-    if isinstance(group["lr"], torch.Tensor):
-        group["lr"].fill_(value)
-    else:
-        group["lr"] = value
 
 
 def _group_lrs(optimizer: Optimizer) -> list[Any]:
@@ -100,20 +70,14 @@ def is_metric_driven(scheduler: Any) -> bool:
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    r"""A length in epochs (fractional allowed) as optimizer steps: :math:`\lfloor e n + 0.5 \rfloor`.
-
-    Raises ``ValueError`` if ``epochs < 0`` or ``steps_per_epoch < 1``.
-    """
+    r"""Epochs (fractional allowed) as optimizer steps, :math:`\lfloor e n + 0.5 \rfloor`; ``ValueError``."""
     e = _float("epochs", epochs, min=0)
     return math.floor(e * _int("steps_per_epoch", steps_per_epoch, min=1) + 0.5)
 
 
 class _Schedule(LRScheduler):
     """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics.
-
-    ``state_dict``/``load_state_dict`` deep-copy (everything but ``_state_exclude``), so
-    snapshots never alias live state.
-    """
+    ``state_dict``/``load_state_dict`` deep-copy (all but ``_state_exclude``): no aliasing."""
 
     metric_driven: bool = False
     _needs_total: bool = False
@@ -121,13 +85,11 @@ class _Schedule(LRScheduler):
     _state_exclude: tuple[str, ...] = ("optimizer",)
 
     def state_dict(self) -> dict[str, Any]:
-        """A deep copy of the scheduler's state (everything but the optimizer)."""
         return copy.deepcopy(
             {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a copy of a :meth:`state_dict`."""
         self.__dict__.update(copy.deepcopy(dict(state_dict)))
 
     def _warmup_lr(self, s: int, i: int, b: float) -> float:
@@ -137,7 +99,7 @@ class _Schedule(LRScheduler):
         return a + (b - a) * s / self.warmup_steps
 
     def _extra(self, s: int) -> None:
-        """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
+        """Side effects besides the LR at step ``s`` (momentum cycling)."""
 
     def lr_at(self, step: int) -> list[float]:
         """Every group's LR at ``step`` in the current state, without changing any state."""
@@ -151,15 +113,15 @@ class _Schedule(LRScheduler):
     def _apply(self) -> None:
         """Set the group LRs to this step's at once (after a metric changed the schedule)."""
         for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
-            _set_lr(group, lr)
+            if isinstance(group["lr"], torch.Tensor):  # keep a tensor LR
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         self._last_lr = _group_lrs(self.optimizer)
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step).
-
-        A non-metric-driven schedule takes an int as torch's ``epoch`` (``SequentialLR``)
-        and raises ``ValueError`` for any other metric.
-        """
+        """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step). Not
+        metric-driven: an int is torch's ``epoch`` (``SequentialLR``), other metrics raise."""
         if metric is not None and self.metric_driven:
             self._report(metric)
         elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
@@ -172,7 +134,7 @@ class _Schedule(LRScheduler):
 
 
 class _WarmupSchedule(_Schedule):
-    """Closed-form schedules: warmup, then :meth:`_after_warmup`; the LR is a function of ``s``."""
+    """Closed form: warmup, then :meth:`_after_warmup`."""
 
     def __init__(
         self,
@@ -211,7 +173,7 @@ class _WarmupSchedule(_Schedule):
 
 
 class Constant(_WarmupSchedule):
-    """``constant``: warmup (none by default), then ``lr = b``; ``min_lr``/``total_steps`` only checked."""
+    """``constant``: warmup (none by default), then ``lr = b``."""
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
         return b
@@ -221,11 +183,8 @@ ConstantWithWarmup = Constant  # the former name
 
 
 class WarmupCosine(_WarmupSchedule):
-    r"""``warmup_cosine`` (aliases ``cosine``, ``cosine_decay``): warmup, then half a cosine.
-
-    :math:`\text{lr} = \eta + (b - \eta)(1 + \cos(\pi \min(t, D)/D))/2`; ``total_steps``
-    required. Stays at :math:`\eta` after :math:`T` (``CosineAnnealingLR`` for W = 0, s ≤ T).
-    """
+    r"""``warmup_cosine`` (aliases ``cosine``, ``cosine_decay``), ``total_steps`` required:
+    :math:`\text{lr} = \eta + (b - \eta)(1 + \cos(\pi \min(t, D)/D))/2`."""
 
     _needs_total = True
 
@@ -235,13 +194,10 @@ class WarmupCosine(_WarmupSchedule):
 
 
 class CosineRestarts(_WarmupSchedule):
-    r"""``cosine_restarts`` (alias ``cosine_decay_restarts``): SGDR warm restarts after warmup.
-
-    Cycle :math:`k` has length :math:`\ell_k = F r^k` (``first_cycle_steps`` F > 0, ``t_mult``
-    r ≥ 1, alias ``t_mul``) and starts at :math:`S_k = \sum_{j<k} \ell_j`; with
-    :math:`\tau = t - S_k` and peak :math:`p_k = \max(\eta, b m^k)` (``m_mul`` m in (0, 1]):
-    :math:`\text{lr} = \eta + (p_k - \eta)(1 + \cos(\pi \tau / \ell_k))/2`.
-    """
+    r"""``cosine_restarts`` (alias ``cosine_decay_restarts``): SGDR. Cycle :math:`k` has length
+    :math:`\ell_k = F r^k` (``first_cycle_steps`` F > 0, ``t_mult`` r ≥ 1, alias ``t_mul``),
+    starts at :math:`S_k = \sum_{j<k} \ell_j`; with :math:`\tau = t - S_k` and peak :math:`p_k = \max(\eta, b m^k)` (``m_mul`` m in (0, 1]):
+    :math:`\text{lr} = \eta + (p_k - \eta)(1 + \cos(\pi \tau / \ell_k))/2`."""
 
     def __init__(
         self,
@@ -296,11 +252,8 @@ class PolynomialDecay(_WarmupSchedule):
 
 
 class ExponentialDecay(_WarmupSchedule):
-    r"""``exponential`` (alias ``exponential_decay``): :math:`\max(\eta, b\gamma^{t/n})`.
-
-    ``gamma`` in (0, 1] (alias ``decay_rate``), n = ``decay_steps`` > 0; ``staircase``
-    floors the exponent.
-    """
+    r"""``exponential`` (alias ``exponential_decay``): :math:`\max(\eta, b\gamma^{t/n})`, ``gamma``
+    in (0, 1] (alias ``decay_rate``), n = ``decay_steps`` > 0; ``staircase`` floors t/n."""
 
     def __init__(
         self,
@@ -332,13 +285,10 @@ class StepDecay(ExponentialDecay):
 
 
 class OneCycle(_WarmupSchedule):
-    r"""``onecycle``: torch's ``OneCycleLR`` arithmetic with ``max_lr`` = each group's base LR.
-
-    For s < T, LRs and momenta (or Adam's β1) are exactly ``OneCycleLR``'s with the same
-    arguments; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``. From s = T on it holds the
-    final LR and momentum and warns once when stepped beyond T (torch raises). Raises
-    ``ValueError`` for a phase shorter than one step, ``cycle_momentum`` with an optimizer
-    without momentum/betas, or any invalid argument.
+    r"""``onecycle``: for s < T, LRs and momenta (or Adam's β1) exactly ``OneCycleLR``'s with
+    ``max_lr`` = each group's base LR; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``.
+    From s = T it holds the final values, warning once past T. ``ValueError`` also for a phase
+    under one step or ``cycle_momentum`` with an optimizer without momentum/betas.
     """
 
     _needs_total = True
@@ -433,13 +383,8 @@ class OneCycle(_WarmupSchedule):
 
 
 class PlateauWithWarmup(_WarmupSchedule):
-    r"""``plateau``: warmup by ``step()``, then ``ReduceLROnPlateau``'s rule by ``step(metric)``.
-
-    After warmup each ``step(metric)`` applies torch's rule (``mode``, ``factor`` in (0, 1),
-    ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``, ``eps``; the same defaults)
-    with floor :math:`\eta`; ``step()`` then leaves the LR alone, metrics during warmup are
-    ignored. With W = 0 the LRs equal ``ReduceLROnPlateau``'s for the same metrics.
-    """
+    r"""``plateau``: warmup by ``step()``, then ``ReduceLROnPlateau``'s rule (same arguments and
+    defaults, floor :math:`\eta`) by ``step(metric)``; metrics during warmup are ignored."""
 
     metric_driven = True
 
@@ -496,7 +441,7 @@ class PlateauWithWarmup(_WarmupSchedule):
             self._apply()
 
 
-# canonical type -> class of the types that can be the ``base`` of ``adaptive``
+# the types that can be the ``base`` of ``adaptive``
 _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
     "constant": Constant,
     "warmup_cosine": WarmupCosine,
@@ -513,13 +458,13 @@ class AdaptiveScheduler(_Schedule):
 
     :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the ``base``
     schedule's LR (a type name or ``{"type": ..., **params}``, or its parameters as keywords),
-    :math:`m` from 1. A cut, :math:`m \leftarrow m \cdot` ``factor``, changes the LRs at once.
-    ``step(metric)`` cuts at most once when the metric is not finite (also setting
-    ``needs_rollback``; whoever rolls back clears it), exceeds ``(1 + spike_threshold)`` × the
-    mean of the last ``window`` finite ones, or brought no new best for ``patience`` metrics
-    (a cut resets that count). ``observe(loss)`` cuts when a step's finite loss exceeds
-    ``step_spike_factor`` × the median of the last ``step_window`` (once ``window`` were seen;
-    ``None``: off); a spike stays out of the median and starts a cooldown of ``window``.
+    :math:`m` from 1; a cut, :math:`m \leftarrow m \cdot` ``factor``, applies at once.
+    ``step(metric)`` cuts (once) for a non-finite metric (and sets ``needs_rollback``; whoever
+    rolls back clears it), one over ``(1 + spike_threshold)`` × the mean of the last ``window``
+    finite ones, or ``patience`` metrics without a new best (a cut resets that count).
+    ``observe(loss)`` cuts for a finite step loss over ``step_spike_factor`` (``None``: off) ×
+    the median of the last ``step_window`` (after ``window``); a spike is left out of the
+    median and starts a cooldown of ``window`` steps.
     """
 
     metric_driven = True
@@ -572,11 +517,10 @@ class AdaptiveScheduler(_Schedule):
     def _report(self, metric: float | torch.Tensor) -> None:
         value = float(metric)
         finite = math.isfinite(value)
-        cut = not finite
         self.needs_rollback = self.needs_rollback or not finite
+        mean = sum(self.recent) / len(self.recent) if self.recent else math.inf
+        cut = not finite or value > (1.0 + self.spike_threshold) * mean
         if finite:
-            mean = sum(self.recent) / len(self.recent) if self.recent else math.inf
-            cut = cut or value > (1.0 + self.spike_threshold) * mean
             self.recent = [*self.recent, value][-self.window :]
         if finite and value < self.best:
             self.best = value
@@ -589,7 +533,7 @@ class AdaptiveScheduler(_Schedule):
             self._cut()
 
     def observe(self, loss: float | torch.Tensor) -> bool:
-        """A training step's loss; ``True`` if it was a step-level blow-up and cut (non-finite: ignored)."""
+        """``True`` if this step's loss was a blow-up and cut (a non-finite one is ignored)."""
         value = float(loss)
         if self.step_spike_factor is None or not math.isfinite(value):
             return False
@@ -612,13 +556,10 @@ class AdaptiveScheduler(_Schedule):
 
 
 class WarmupWrapper(_Schedule):
-    r"""Linear warmup in front of any torch scheduler (alias ``with_warmup``); step only this.
-
-    For s < W the LRs warm up (as the other types, a = f × b) towards each group's LR
-    :math:`\ell^{(0)}` right after the wrapped scheduler was built; from s = W on they are
-    exactly the wrapped scheduler's from its step 0. A metric-driven wrapped scheduler makes
-    the wrapper metric-driven: ``step(metric)`` is passed on after warmup (ignored during
-    it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone. ``lr_at`` covers s ≤ W.
+    r"""Linear warmup (a = f × b) in front of any torch scheduler (alias ``with_warmup``) towards
+    each group's LR once it was built; from s = W exactly the wrapped one's from its step 0.
+    Metric-driven if the wrapped one is: ``step(metric)`` is passed on after warmup (ignored
+    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this.
     """
 
     _state_exclude = ("optimizer", "scheduler")
@@ -645,7 +586,6 @@ class WarmupWrapper(_Schedule):
         return self._warmup_lr(s, i, float(target)) if s < self.warmup_steps else target
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step. ``step(metric)``: report a metric (metric-driven only)."""
         if metric is not None:
             if not self.metric_driven:
                 raise ValueError(
@@ -665,10 +605,8 @@ class WarmupWrapper(_Schedule):
         self._last_lr = _group_lrs(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "scheduler_state": copy.deepcopy(self.scheduler.state_dict()),
-        }
+        inner = copy.deepcopy(self.scheduler.state_dict())
+        return {**super().state_dict(), "scheduler_state": inner}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state = dict(state_dict)
@@ -683,7 +621,6 @@ with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only t
 
 _CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
 SCHEDULER_TYPES: tuple[str, ...] = tuple(_CLASSES)
-"""Canonical names accepted by :func:`build_scheduler` (aliases in :data:`SCHEDULER_ALIASES`)."""
 
 SCHEDULER_ALIASES: dict[str, str] = {
     "cosine": "warmup_cosine",
@@ -691,7 +628,6 @@ SCHEDULER_ALIASES: dict[str, str] = {
     "cosine_decay_restarts": "cosine_restarts",
     "exponential_decay": "exponential",
 }
-"""Alternative type names and the canonical type each stands for."""
 
 _PARAM_ALIASES = {"alpha": "min_lr_ratio", "t_mul": "t_mult", "decay_rate": "gamma"}
 _VALID = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))
@@ -707,7 +643,7 @@ def _canonical(name: Any, what: str = "type") -> str:
 
 
 def _accepted(cls: type) -> tuple[list[str], list[str]]:
-    """(keyword names, required names) of ``cls`` beyond ``optimizer``; ``**kwargs`` adds the warmup ones."""
+    """(keyword names, required names) of ``cls`` after ``optimizer``; ``**kwargs``: warmup's."""
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]
     if params and params[-1].kind is params[-1].VAR_KEYWORD:
         params[-1:] = list(inspect.signature(_WarmupSchedule.__init__).parameters.values())[2:]
@@ -749,13 +685,9 @@ def _mapping(config: Any) -> dict[str, Any]:
 def build_scheduler(
     optimizer: Optimizer, config: Mapping[str, Any] | None = None, /, **params: Any
 ) -> LRScheduler:
-    """A scheduler of this module from ``{"type": ..., **params}`` and/or keywords (which override).
-
-    ``type`` is one of :data:`SCHEDULER_TYPES` or :data:`SCHEDULER_ALIASES`; parameter
-    aliases: ``alpha`` → ``min_lr_ratio``, ``t_mul`` → ``t_mult``, ``decay_rate`` → ``gamma``.
-    Raises ``ValueError`` for a missing/unknown type (listing the valid ones) or a missing,
-    unknown or invalid parameter (named).
-    """
+    """A scheduler from ``{"type": ..., **params}`` and/or keywords (which override); parameter
+    aliases ``alpha`` → ``min_lr_ratio``, ``t_mul`` → ``t_mult``, ``decay_rate`` → ``gamma``.
+    ``ValueError``: a missing/unknown type or a missing, unknown or invalid parameter."""
     merged = {**(_mapping(config) if config is not None else {}), **params}
     if "type" not in merged:
         raise ValueError(f"missing parameter 'type'; valid types: {_VALID}")
@@ -769,12 +701,8 @@ def lr_curve(
     *,
     metrics: Mapping[int, float] | None = None,
 ) -> list[float]:
-    """``[lr(0), ..., lr(total_steps - 1)]`` of ``config`` on a throwaway one-group SGD at ``base_lr``.
-
-    ``total_steps`` fills in the config's when absent. For metric-driven types ``metrics[k]``
-    is reported with ``step(metric)`` right after step ``k`` (as ``fit`` does after a
-    validation); other types ignore it. Raises ``ValueError`` as :func:`build_scheduler`.
-    """
+    """``[lr(0), ..., lr(total_steps - 1)]`` of ``config`` (``total_steps`` by default) on a
+    one-group SGD at ``base_lr``; metric-driven types get ``step(metrics[k])`` after step k."""
     total_steps = _int("total_steps", total_steps, min=1)
     base_lr = _float("base_lr", base_lr, min=0)
     config = {"total_steps": total_steps, **_mapping(config)}
