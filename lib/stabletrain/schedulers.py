@@ -64,13 +64,13 @@ def _base_lrs_of(optimizer: Optimizer) -> list[float]:
 
 
 def is_metric_driven(scheduler: Any) -> bool:
-    """Whether ``scheduler`` takes ``step(metric)``: ``metric_driven = True`` or ``ReduceLROnPlateau``."""
+    """Whether it takes ``step(metric)``: ``metric_driven = True`` or ``ReduceLROnPlateau``."""
     driven = getattr(scheduler, "metric_driven", False)
     return bool(driven) or isinstance(scheduler, ReduceLROnPlateau)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    r"""Epochs (fractional allowed) as optimizer steps, :math:`\lfloor e n + 0.5 \rfloor`; ``ValueError``."""
+    r"""Epochs (fractional allowed) as optimizer steps: :math:`\lfloor e n + 0.5 \rfloor`."""
     e = _float("epochs", epochs, min=0)
     return math.floor(e * _int("steps_per_epoch", steps_per_epoch, min=1) + 0.5)
 
@@ -196,7 +196,8 @@ class WarmupCosine(_WarmupSchedule):
 class CosineRestarts(_WarmupSchedule):
     r"""``cosine_restarts`` (alias ``cosine_decay_restarts``): SGDR. Cycle :math:`k` has length
     :math:`\ell_k = F r^k` (``first_cycle_steps`` F > 0, ``t_mult`` r ≥ 1, alias ``t_mul``),
-    starts at :math:`S_k = \sum_{j<k} \ell_j`; with :math:`\tau = t - S_k` and peak :math:`p_k = \max(\eta, b m^k)` (``m_mul`` m in (0, 1]):
+    starts at :math:`S_k = \sum_{j<k} \ell_j`; with :math:`\tau = t - S_k`, peak
+    :math:`p_k = \max(\eta, b m^k)` (``m_mul`` m in (0, 1]):
     :math:`\text{lr} = \eta + (p_k - \eta)(1 + \cos(\pi \tau / \ell_k))/2`."""
 
     def __init__(
@@ -238,7 +239,7 @@ class CosineRestarts(_WarmupSchedule):
 
 
 class PolynomialDecay(_WarmupSchedule):
-    r"""``polynomial``: :math:`\text{lr} = \eta + (b - \eta)(1 - \min(t, D)/D)^p`, ``power`` p > 0."""
+    r"""``polynomial``: :math:`\text{lr} = \eta + (b - \eta)(1 - \min(t, D)/D)^p`, ``power`` > 0."""
 
     _needs_total = True
 
@@ -275,7 +276,7 @@ class ExponentialDecay(_WarmupSchedule):
 
 
 class StepDecay(ExponentialDecay):
-    r"""``step``: :math:`\max(\eta, b\gamma^{\lfloor t/n \rfloor})`, n = ``step_size`` ≥ 1, γ in (0, 1]."""
+    r"""``step``: :math:`\max(\eta, b\gamma^{\lfloor t/n \rfloor})`, n = ``step_size`` ≥ 1."""
 
     def __init__(
         self, optimizer: Optimizer, step_size: int, *, gamma: float = 0.1, **kwargs: Any
@@ -367,11 +368,8 @@ class OneCycle(_WarmupSchedule):
     def _extra(self, s: int) -> None:
         if s > self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
-            warnings.warn(
-                f"OneCycle stepped past total_steps={self.total_steps}; holding the final LR",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            msg = f"OneCycle stepped past total_steps={self.total_steps}; holding the final LR"
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
         for i, group in enumerate(self.optimizer.param_groups if self.cycle_momentum else []):
             values = self.momenta[i]
             last = values[self._phases[-1][4]]
@@ -454,17 +452,15 @@ _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
 
 
 class AdaptiveScheduler(_Schedule):
-    r"""``adaptive``: a closed-form base schedule times a multiplier cut on trouble.
-
-    :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the ``base``
-    schedule's LR (a type name or ``{"type": ..., **params}``, or its parameters as keywords),
-    :math:`m` from 1; a cut, :math:`m \leftarrow m \cdot` ``factor``, applies at once.
+    r"""``adaptive``: :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the
+    ``base`` schedule's LR (a type name or ``{"type": ..., **params}``, or its parameters as
+    keywords), :math:`m` from 1; a cut, :math:`m \leftarrow m \cdot` ``factor``, applies at once.
     ``step(metric)`` cuts (once) for a non-finite metric (and sets ``needs_rollback``; whoever
     rolls back clears it), one over ``(1 + spike_threshold)`` × the mean of the last ``window``
     finite ones, or ``patience`` metrics without a new best (a cut resets that count).
     ``observe(loss)`` cuts for a finite step loss over ``step_spike_factor`` (``None``: off) ×
-    the median of the last ``step_window`` (after ``window``); a spike is left out of the
-    median and starts a cooldown of ``window`` steps.
+    the median of the last ``step_window`` (after ``window``); a spike stays out of the median
+    and starts a cooldown of ``window`` steps.
     """
 
     metric_driven = True
