@@ -333,17 +333,15 @@ class OneCycle(_WarmupSchedule):
                 "pct_start * total_steps > 1 and the decay phase keeps at least one step"
             )
         self.use_beta1 = "betas" in optimizer.defaults
-        if cycle_momentum and "momentum" not in optimizer.defaults and not self.use_beta1:
-            raise ValueError(
-                "cycle_momentum=True needs an optimizer with momentum or betas; "
-                f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
-            )
         if cycle_momentum:  # per group, as OneCycleLR keeps them in the groups
-            base_ms = _per_group("base_momentum", base_momentum, len(bases))
-            max_ms = _per_group("max_momentum", max_momentum, len(bases))
-            self.momenta = [
-                {"base_momentum": b, "max_momentum": m} for b, m in zip(base_ms, max_ms)
-            ]
+            if "momentum" not in optimizer.defaults and not self.use_beta1:
+                raise ValueError(
+                    "cycle_momentum=True needs an optimizer with momentum or betas; "
+                    f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
+                )
+            keys = ("base_momentum", "max_momentum")
+            ms = [_per_group(k, v, len(bases)) for k, v in zip(keys, (base_momentum, max_momentum))]
+            self.momenta = [dict(zip(keys, pair)) for pair in zip(*ms)]
         self._warned_past_end = False
         super().__init__(optimizer, total_steps=total)
 
@@ -407,8 +405,7 @@ class PlateauWithWarmup(_WarmupSchedule):
         self.cooldown = _int("cooldown", cooldown, min=0)
         self.eps = _float("eps", eps, min=0)
         self.best = math.inf if mode == "min" else -math.inf
-        self.num_bad_epochs = 0
-        self.cooldown_counter = 0
+        self.num_bad_epochs = self.cooldown_counter = 0
         self.current_lrs = _base_lrs_of(optimizer)
         super().__init__(optimizer, **kwargs)
 
@@ -499,8 +496,7 @@ class AdaptiveScheduler(_Schedule):
         self.needs_rollback = False
         self.recent: list[float] = []
         self.best = math.inf
-        self.num_bad = 0
-        self.num_cuts = 0
+        self.num_bad = self.num_cuts = 0
         super().__init__(optimizer)
 
     def _lr(self, s: int, i: int, b: float) -> float:
