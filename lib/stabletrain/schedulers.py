@@ -586,14 +586,13 @@ class WarmupWrapper(_Schedule):
                 )
             if self.last_epoch >= self.warmup_steps:
                 self.scheduler.step(metric)
-                self._last_lr = _group_lrs(self.optimizer)
-            return
-        self._step_count += 1
-        self.last_epoch += 1
-        if self.last_epoch <= self.warmup_steps:
-            self._apply()
-        elif not self._plateau:
-            self.scheduler.step()
+        else:
+            self._step_count += 1
+            self.last_epoch += 1
+            if self.last_epoch <= self.warmup_steps:
+                self._apply()
+            elif not self._plateau:
+                self.scheduler.step()
         self._last_lr = _group_lrs(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
@@ -700,7 +699,6 @@ def lr_curve(
     config = {"total_steps": total_steps, **_mapping(config)}
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
     scheduler = build_scheduler(optimizer, config)
-    driven = is_metric_driven(scheduler)
     lrs: list[float] = []
     for k in range(total_steps):
         lrs.append(float(optimizer.param_groups[0]["lr"]))
@@ -708,6 +706,6 @@ def lr_curve(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # onecycle past its end
             scheduler.step()
-        if metrics is not None and k in metrics and driven:
+        if metrics is not None and k in metrics and is_metric_driven(scheduler):
             scheduler.step(metrics[k])
     return lrs
