@@ -1,7 +1,5 @@
-"""Finding and surviving non-finite values: finite checks, a global gradient norm and
-clipping that never spread a NaN, per-parameter diagnosis, :class:`NanDetector` (the first
-module whose output or gradient was not finite) and :class:`StabilityGuard`, an update that
-skips, rolls back or raises on unhealthy steps. ``EarlyStopping`` is re-exported."""
+"""Non-finite values: finite checks, NaN-safe gradient norm and clipping, per-parameter
+diagnosis, :class:`NanDetector` and :class:`StabilityGuard`; ``EarlyStopping`` is re-exported."""
 
 from __future__ import annotations
 
@@ -16,25 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .callbacks import EarlyStopping
+from .callbacks import EarlyStopping as EarlyStopping  # re-exported
 from .checks import check_choice, check_float, check_int
 from .update import StepResult, Update, steps_per_update
 from .utils import cpu_copy
-
-__all__ = [
-    "CLIP_MODES",
-    "NONFINITE_POLICIES",
-    "EarlyStopping",
-    "NanDetector",
-    "NonFiniteError",
-    "NonFiniteReport",
-    "StabilityGuard",
-    "check_gradients",
-    "check_weights",
-    "clip_gradients",
-    "grad_norm",
-    "grads_are_finite",
-]
 
 CLIP_MODES = ("norm", "norm_local", "value")
 NONFINITE_POLICIES = ("skip", "rollback", "raise")
@@ -69,23 +52,20 @@ def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tens
 
 
 def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
-    r"""Global ``p``-norm (``> 0`` or ``inf``) of all gradients as a 0-d float32 tensor (0
-    without gradients): ``get_total_norm``, again in float64 when the float32 one is not
-    finite, so huge finite gradients (≳ 1e19) keep a finite norm and NaN/Inf give NaN/Inf."""
+    """Global ``p``-norm (``p > 0`` or ``inf``) of all gradients, a 0-d float32 tensor (0
+    without gradients); in float64 when the float32 one overflows, so NaN/Inf give NaN/Inf."""
     norm_type = check_float("norm_type", norm_type, min=0, low_open=True, finite=False)
     grads = [p.grad for p in _with_grads(parameters)]
     return _total_norm(grads, norm_type).float() if grads else torch.zeros(())
 
 
 def grads_are_finite(parameters: _Params) -> bool:
-    """Whether every gradient entry is finite: one max-norm (which cannot overflow) and one
-    host synchronisation; parameters without a gradient are ignored."""
+    """Whether every gradient entry is finite (parameters without a gradient are ignored)."""
     grads = [p.grad for p in _with_grads(parameters)]
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)))
 
 
 def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) -> None:
-    """Clip finite gradients in place with torch's functions (no host synchronisation)."""
     if mode == "norm":
         torch.nn.utils.clip_grads_with_norm_(params, c, total)
     elif mode == "value":
@@ -97,11 +77,10 @@ def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) 
 
 
 def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Tensor:
-    r"""Clip gradients in place, unless one of them is not finite; returns the global L2
-    norm before clipping (:func:`grad_norm`'s). With :math:`c` = ``max_value > 0``:
-    ``"norm"`` scales all by :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`,
-    ``"norm_local"`` each tensor by the same with its own norm, ``"value"`` clamps to
-    :math:`[-c, c]`."""
+    r"""Clip gradients in place unless one is not finite; returns :func:`grad_norm` (L2) before
+    clipping. With :math:`c` = ``max_value > 0``: ``"norm"`` scales all by
+    :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`, ``"norm_local"`` each tensor by its own
+    norm, ``"value"`` clamps to :math:`[-c, c]`."""
     check_choice("mode", mode, CLIP_MODES)
     c = check_float("max_value", max_value, min=0, low_open=True)
     params = _with_grads(parameters)
@@ -131,9 +110,8 @@ def _scan(named: Iterable[tuple[str, torch.Tensor | None]], kind: str) -> dict[s
 
 
 def check_gradients(model: nn.Module) -> dict[str, Any]:
-    """Per-parameter gradient diagnosis: ``max_grad`` (largest finite ``|g|``),
-    ``nan_grads``/``inf_grads`` (counts), ``nan_grad_names``/``inf_grad_names``,
-    ``nonfinite_names`` and ``num_checked`` (parameters that have a gradient)."""
+    """``max_grad`` (largest finite ``|g|``), ``nan_grads``/``inf_grads`` (counts),
+    ``nan_grad_names``/``inf_grad_names``, ``nonfinite_names``, ``num_checked`` (with a grad)."""
     return _scan(((n, p.grad) for n, p in model.named_parameters()), "grad")
 
 
@@ -153,7 +131,7 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
 
 
 def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """Exact NaN/Inf check: one ``sum`` per tensor, confirmed entry-wise when not finite."""
+    """One ``sum`` per tensor, confirmed entry-wise when not finite."""
     floats = (t for t in tensors if t is not None and t.is_floating_point() and t.numel())
     return all(
         bool(torch.isfinite(t.detach().sum())) or bool(torch.isfinite(t).all()) for t in floats
@@ -161,20 +139,12 @@ def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
 
 
 #: Modules that cannot turn finite values into NaN/Inf; :class:`NanDetector` skips them.
-PASS_THROUGH_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.MaxPool2d,
-    nn.Flatten,
-)
+PASS_THROUGH_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity)
+PASS_THROUGH_MODULES += (nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.Flatten)
 
 
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
-    """Shape, dtype, finite min/max/mean and NaN/Inf counts of a tensor (for reports)."""
+    """Shape, dtype, NaN/Inf counts and finite min/max/mean of a tensor."""
     t = t.detach()
     stats: dict[str, Any] = {"shape": tuple(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
     if not t.is_floating_point() or t.numel() == 0:
@@ -189,9 +159,9 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
 
 @dataclass
 class NonFiniteReport:
-    """Where a non-finite value first appeared: ``module`` (name in ``named_modules()``,
-    ``""`` the root), ``phase`` (``"forward"``: its output, ``"backward"``: the gradient it
-    sent back), :func:`tensor_stats` of the inputs and outputs (or gradients)."""
+    """Where a non-finite value first appeared: ``module`` (``""``: the root), ``phase``
+    (``"forward"``: its output, ``"backward"``: the gradient it sent back), and the
+    :func:`tensor_stats` of its inputs and outputs (or gradients)."""
 
     module: str
     module_type: str
@@ -208,11 +178,10 @@ class NonFiniteReport:
 
 
 class NanDetector:
-    """Context manager that names the first module producing a NaN or Inf (``report``):
-    forward hooks check every module's outputs (children first: the innermost is named); a
-    hook on each output's autograd node names the module whose operation turned a finite
-    incoming gradient non-finite, or the innermost consumer of a non-finite one. After the
-    first finding it stops checking, or raises :class:`NonFiniteError` if asked to."""
+    """Context manager that sets ``report`` to the first module that produced a NaN or Inf:
+    forward, the innermost one whose output is not finite; backward, the one whose operation
+    turned a finite incoming gradient non-finite, or the innermost consumer of a non-finite
+    one. Then it stops checking, or raises :class:`NonFiniteError` if ``raise_on_nonfinite``."""
 
     def __init__(self, model: nn.Module, raise_on_nonfinite: bool = False) -> None:
         if not isinstance(model, nn.Module):
@@ -240,22 +209,20 @@ class NanDetector:
                 self._handles.append(module.register_forward_hook(forward))
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
+    def close(self, *exc: object) -> None:
         """Remove every hook (done on leaving the ``with`` block)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._forget()
 
+    __exit__ = close
+
     def _forget(self) -> None:
         self._consumers.clear()
         self._seen.clear()
 
     def _found(self, name: str, phase: str, inputs: list, outputs: list, note: str = "") -> None:
-        """Report ``name`` as the first culprit (and raise if asked to)."""
         stats = [tensor_stats(t) for t in inputs], [tensor_stats(t) for t in outputs]
         kind = self._types.get(name, "?")
         self.report = NonFiniteReport(name, kind, phase, *stats, self._calls, note)
@@ -277,8 +244,7 @@ class NanDetector:
         if self.report is not None:
             return
         self._calls += 1
-        # a container returning its last child's output: that tensor was checked already
-        seen = self._seen
+        seen = self._seen  # a container's output may be its last child's, checked already
         outputs = [t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in seen]
         if not _all_finite(outputs):
             return self._found(name, "forward", _tensors_in(args), outputs)
@@ -306,16 +272,10 @@ class NanDetector:
 
 _COUNTERS = ("applied", "skipped", "rollbacks", "scaler_skips", "consecutive_skips")
 #: state_dict key -> value in a fresh guard; the keys in _REQUIRED must be there
-_STATE = {
-    **dict.fromkeys(_COUNTERS, 0),
-    "lr_scale": 1.0,
-    "grad_norms": [],
-    "last_finite_loss": math.nan,
-    **dict.fromkeys(("micro", "nonfinite_steps", "blowups"), 0),
-    "healthy_losses": [],
-    "healthy_norms": [],
-    **dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0),
-}
+_STATE = {**dict.fromkeys(_COUNTERS, 0), "lr_scale": 1.0, "grad_norms": []}
+_STATE |= {"last_finite_loss": math.nan, "micro": 0, "nonfinite_steps": 0, "blowups": 0}
+_STATE |= {"healthy_losses": [], "healthy_norms": []}
+_STATE |= dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0)
 _PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
 _ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
 _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
@@ -382,6 +342,7 @@ class StabilityGuard(Update):
         for key, fresh in _STATE.items():
             setattr(self, _ATTRS[key], copy.copy(fresh))
         self.last_diagnosis: dict[str, Any] | None = None
+        self._scaler = getattr(amp, "scaler", None)
         buffers = dict(model.named_buffers())
         self._buffer_names, self._buffers = list(buffers), list(buffers.values())
         self._buffer_copies = [b.detach().clone() for b in self._buffers]
@@ -389,17 +350,12 @@ class StabilityGuard(Update):
         self.take_snapshot()
 
     @property
-    def _scaler(self) -> Any:
-        return getattr(self.amp, "scaler", None)
-
-    @property
     def _scale(self) -> float:
         return float(getattr(self.amp, "scale", 1.0))
 
     def take_snapshot(self, loss: float = math.nan) -> None:
-        """Copy model, optimizer and scheduler state (and the LR scale) to the CPU;
-        ``loss`` is the state's measured loss, for messages."""
-        # mid-step the forward pass has moved the buffers: save them as after the last step
+        """Copy model, optimizer and scheduler state and the LR scale to the CPU (``loss``: for
+        messages); buffers as after the last step (mid-step the forward pass moved them)."""
         model = cpu_copy(self.model.state_dict())
         saved = zip(self._buffer_names, self._buffer_copies)
         model.update({n: cpu_copy(b) for n, b in saved if n in model})  # persistent ones only
@@ -430,8 +386,8 @@ class StabilityGuard(Update):
             torch._foreach_copy_(self._buffer_copies, self._buffers)
 
     def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
-        """Restore the last snapshot now, outside a step (a rollback without ``lr_backoff``);
-        ``keep_lr`` keeps the current LRs and scheduler state; clears ``needs_rollback``."""
+        """A rollback without ``lr_backoff``, outside a step (``keep_lr``: keep the LRs and
+        scheduler state); clears ``needs_rollback``."""
         self._restore_snapshot(keep_lr)
         if hasattr(self.scheduler, "needs_rollback"):
             self.scheduler.needs_rollback = False
@@ -456,22 +412,19 @@ class StabilityGuard(Update):
             self._scaler.update(new_scale=float(self._scaler.get_scale()))
 
     def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
-        """Backward and, when the accumulation window closes, the guarded update."""
         loss_sum = self._accumulate(loss, sync)
         if loss_sum is None:
             return StepResult(False, math.nan, "accumulating")
         params = [p for p in self.params() if p.grad is not None]
         grads = [p.grad for p in params]
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        # the one host synchronisation of the step
-        loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()
+        loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()  # one sync
         loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
         if not grads_ok and grads:  # a float32 overflow, or a real NaN/Inf: measure exactly
             total = _wide_norm(grads)  # in float64 (a rare second synchronisation)
             norm_value = float(total)
             grads_ok = math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
-
         if loss_ok and not grads_ok and self._scaler is not None and self._scaler.is_enabled():
             return self._scaler_skip(norm_value, loss_value)
         if not (loss_ok and grads_ok):
@@ -484,12 +437,11 @@ class StabilityGuard(Update):
             self.blowups += 1
             self._blowups_in_a_row += 1
             return self._unhealthy(blowup, loss_value, norm_value)
-
         self._healthy_losses.append(loss_value)
         self._healthy_norms.append(norm_value)
         del self._healthy_losses[: -self.spike_window], self._healthy_norms[: -self.spike_window]
         if self.applied and self.applied % self.snapshot_every == 0:
-            self.take_snapshot(loss_value)  # measured healthy, before this step's update
+            self.take_snapshot(loss_value)  # healthy, before this step's update
         if self.clip_mode is not None and grads:
             _clip(params, total, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
         applied = self._optimizer_step()
@@ -506,7 +458,6 @@ class StabilityGuard(Update):
         return StepResult(True, norm_value, None)
 
     def _blowup(self, loss_value: float, norm_value: float) -> str | None:
-        """A reason if this finite step is a blow-up against the healthy medians, else None."""
         if self.spike_factor is None or len(self._healthy_norms) < self.spike_warmup:
             return None
         f = self.spike_factor
@@ -584,15 +535,14 @@ class StabilityGuard(Update):
             return StepResult(False, norm_value, reason)
         diagnosis = self._diagnosis(reason, loss_value, norm_value)
         kind = "blown-up or non-finite" if self._blowups_in_a_row else "non-finite"
-        text = (
-            f"{self.consecutive_skips} {kind} steps in a row "
-            f"(max_consecutive_skips={self.max_consecutive_skips}); "
-        )
+        text = f"{self.consecutive_skips} {kind} steps in a row "
+        text += f"(max_consecutive_skips={self.max_consecutive_skips}); "
         if self.on_nonfinite == "rollback" and self._rollbacks_in_a_row > 1:
             snap = self._snapshot or {}
             text += (
                 f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot "
-                f"taken at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
+                f"taken at applied step {snap.get('applied')} "
+                f"(loss {snap.get('loss', math.nan):.4g}) "
                 f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: "
                 "that state is itself unstable or the LR cut is too small (lower the LR, "
                 "lr_backoff or snapshot_every, or add normalisation or clipping); "
@@ -613,14 +563,12 @@ class StabilityGuard(Update):
         return text
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, LR scale, step histories and the rollback snapshot (a CPU copy, so a
-        resumed run rolls back to the same state: resume stays bit-exact)."""
+        """Counters, LR scale, step histories and the (CPU) rollback snapshot."""
         state = {key: copy.copy(getattr(self, attr)) for key, attr in _ATTRS.items()}
         return {**state, "snapshot": self._snapshot}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore counters, LR scale and snapshot; a state without a snapshot snapshots the
-        model, optimizer and scheduler as they are now (load them first)."""
+        """Without a saved snapshot, snapshots the state as it is now (load the rest first)."""
         for key, fresh in _STATE.items():
             value = state[key] if key in _REQUIRED else state.get(key, fresh)
             value = [float(v) for v in value] if isinstance(fresh, list) else type(fresh)(value)
