@@ -21,7 +21,6 @@ from .utils import cpu_copy
 
 CLIP_MODES = ("norm", "norm_local", "value")
 NONFINITE_POLICIES = ("skip", "rollback", "raise")
-_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 _Params = Iterable[torch.Tensor] | torch.Tensor
 
 
@@ -34,9 +33,8 @@ class NonFiniteError(RuntimeError):
 
 
 def _with_grads(parameters: _Params) -> list[torch.Tensor]:
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    return [p for p in parameters if p.grad is not None]
+    params = [parameters] if isinstance(parameters, torch.Tensor) else parameters
+    return [p for p in params if p.grad is not None]
 
 
 def _wide_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
@@ -70,10 +68,10 @@ def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) 
         torch.nn.utils.clip_grads_with_norm_(params, c, total)
     elif mode == "value":
         torch.nn.utils.clip_grad_value_(params, c)
-    else:  # "norm_local", which torch lacks: each tensor by its own (float64) norm
+    else:  # "norm_local", which torch lacks: by each tensor's float64 norm (eps as torch's)
         for p in params:
             norm = torch.linalg.vector_norm(p.grad, dtype=torch.float64)
-            p.grad.mul_(torch.clamp(c / (norm + _EPS), max=1.0).to(p.grad.dtype))
+            p.grad.mul_(torch.clamp(c / (norm + 1e-6), max=1.0).to(p.grad.dtype))
 
 
 def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Tensor:
@@ -133,9 +131,7 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
 def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
     """One ``sum`` per tensor, confirmed entry-wise when not finite."""
     floats = (t for t in tensors if t is not None and t.is_floating_point() and t.numel())
-    return all(
-        bool(torch.isfinite(t.detach().sum())) or bool(torch.isfinite(t).all()) for t in floats
-    )
+    return all(bool(torch.isfinite(t.detach().sum())) or torch.isfinite(t).all() for t in floats)
 
 
 #: Modules that cannot turn finite values into NaN/Inf; :class:`NanDetector` skips them.
@@ -150,8 +146,7 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
     if not t.is_floating_point() or t.numel() == 0:
         return stats
     finite = t[torch.isfinite(t)].float()
-    stats["nan"] = int(torch.isnan(t).sum())
-    stats["inf"] = int(torch.isinf(t).sum())
+    stats.update(nan=int(torch.isnan(t).sum()), inf=int(torch.isinf(t).sum()))
     if finite.numel():
         stats.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()))
     return stats
@@ -282,18 +277,15 @@ _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 
 
 class StabilityGuard(Update):
-    r"""The whole optimizer update, with a policy for NaN, Inf and blow-ups.
-
-    A closed accumulation window is *non-finite*, a *blow-up* (loss or norm >
-    ``spike_factor`` × the median of the last ``spike_window`` healthy values, after
-    ``spike_warmup`` of them; loss only for a positive median) or *healthy*: snapshot to the
-    CPU every ``snapshot_every`` applied steps, clip (``"norm"`` if only ``max_norm``),
-    step. ``on_nonfinite``: ``"skip"`` (bit-for-bit), ``"rollback"`` (restore the snapshot,
-    :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at :math:`s \cdot \eta_{\text{sched}}`;
-    a ``needs_rollback`` scheduler cuts via ``step(nan)``) or ``"raise"``. Float16
-    overflows with a finite loss are the scaler's until the scale < ``min_loss_scale``;
-    ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`.
-    """
+    r"""The optimizer update with a policy for NaN, Inf and blow-ups. A closed accumulation
+    window is *non-finite*, a *blow-up* (loss or norm > ``spike_factor`` × the median of the last
+    ``spike_window`` healthy values, after ``spike_warmup`` of them; loss only for a positive
+    median) or *healthy*: snapshot to the CPU every ``snapshot_every`` applied steps, clip
+    (``"norm"`` if only ``max_norm``), step. ``on_nonfinite``: ``"skip"`` (bit-for-bit),
+    ``"rollback"`` (restore the snapshot, :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at
+    :math:`s \cdot \eta_{\text{sched}}`; a ``needs_rollback`` scheduler cuts via ``step(nan)``) or
+    ``"raise"``. Float16 overflows with a finite loss are the scaler's until the scale <
+    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`."""
 
     checkpoint_name = "guard"
     handles_nonfinite = True
@@ -404,13 +396,6 @@ class StabilityGuard(Update):
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * self.lr_scale
 
-    def _reset_scaler(self) -> None:
-        if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
-            self.amp.skip(self.optimizer)
-        elif self._scaler is not None and self._scaler.is_enabled():
-            # forget this step's unscale_ without stepping and without changing the scale
-            self._scaler.update(new_scale=float(self._scaler.get_scale()))
-
     def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
         loss_sum = self._accumulate(loss, sync)
         if loss_sum is None:
@@ -478,11 +463,9 @@ class StabilityGuard(Update):
         scale = float(self.amp.scale)
         if scale < self.min_loss_scale:
             diagnosis = self._diagnosis("loss scale collapsed", loss_value, norm_value)
-            raise NonFiniteError(
-                f"the float16 loss scale fell to {scale:g} < min_loss_scale="
-                f"{self.min_loss_scale:g}: gradients overflow even unscaled; {self._summary()}",
-                diagnosis,
-            )
+            text = f"the float16 loss scale fell to {scale:g} < min_loss_scale="
+            text += f"{self.min_loss_scale:g}: gradients overflow even unscaled; {self._summary()}"
+            raise NonFiniteError(text, diagnosis)
         return StepResult(False, norm_value, "gradient overflow (loss scale lowered)")
 
     def _diagnosis(self, reason: str, loss_value: float, norm_value: float) -> dict[str, Any]:
@@ -490,13 +473,13 @@ class StabilityGuard(Update):
         diagnosis = {"reason": reason, "loss": loss_value, "grad_norm": norm_value}
         diagnosis.update(last_finite_loss=self.last_finite_loss, loss_scale=self._scale)
         diagnosis.update({n: getattr(self, n) for n in (*_COUNTERS, "nonfinite_steps", "blowups")})
-        diagnosis["nonfinite_weights"] = weights["nonfinite_names"]
-        diagnosis["nonfinite_grads"] = check_gradients(self.model)["nonfinite_names"]
+        grads = check_gradients(self.model)["nonfinite_names"]
+        diagnosis.update(nonfinite_weights=weights["nonfinite_names"], nonfinite_grads=grads)
         diagnosis["max_weight"] = weights["max_weight"]
         if weights["nonfinite_names"]:
             diagnosis["advice"] = (
-                "the weights themselves are not finite: skipping steps cannot cure this; "
-                "use on_nonfinite='rollback' (restores the last good snapshot)"
+                "the weights themselves are not finite: skipping steps cannot cure this; use "
+                "on_nonfinite='rollback' (restores the last good snapshot)"
             )
         return diagnosis
 
@@ -512,7 +495,10 @@ class StabilityGuard(Update):
         """A non-finite or blown-up step: no update, then skip, roll back or raise."""
         diagnosis = self.last_diagnosis = self._diagnosis(reason, loss_value, norm_value)
         self._zero_grad()
-        self._reset_scaler()
+        if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
+            self.amp.skip(self.optimizer)
+        elif self._scaler is not None and self._scaler.is_enabled():  # undo unscale_, same scale
+            self._scaler.update(new_scale=float(self._scaler.get_scale()))
         if self.on_nonfinite == "raise":
             raise NonFiniteError(self._message(diagnosis), diagnosis)
         self.consecutive_skips += 1
@@ -540,18 +526,15 @@ class StabilityGuard(Update):
         if self.on_nonfinite == "rollback" and self._rollbacks_in_a_row > 1:
             snap = self._snapshot or {}
             text += (
-                f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot "
-                f"taken at applied step {snap.get('applied')} "
-                f"(loss {snap.get('loss', math.nan):.4g}) "
-                f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: "
-                "that state is itself unstable or the LR cut is too small (lower the LR, "
-                "lr_backoff or snapshot_every, or add normalisation or clipping); "
+                f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot taken "
+                f"at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
+                f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: that state "
+                "is itself unstable or the LR cut is too small (lower the LR, lr_backoff or "
+                "snapshot_every, or add normalisation or clipping); "
             )
         elif self.on_nonfinite == "skip" and self._blowups_in_a_row:
-            text += (
-                "skipping leaves the weights as they are, and every step from them is "
-                "unhealthy: they have already exploded (use on_nonfinite='rollback'); "
-            )
+            text += "skipping leaves the weights as they are, and every step from them is "
+            text += "unhealthy: they have already exploded (use on_nonfinite='rollback'); "
         raise NonFiniteError(text + self._message(diagnosis), diagnosis)
 
     def _message(self, d: Mapping[str, Any]) -> str:
