@@ -96,15 +96,11 @@ def _scan(named: Iterable[tuple[str, torch.Tensor | None]], kind: str) -> dict[s
     nan_names = [n for n, t in checked if bool(torch.isnan(t).any())]
     inf_names = [n for n, t in checked if bool(torch.isinf(t).any())]
     finite = [t[torch.isfinite(t)] for _, t in checked]
-    return {
-        f"max_{kind}": max([float(f.abs().max()) for f in finite if f.numel()], default=0.0),
-        f"nan_{kind}s": len(nan_names),
-        f"inf_{kind}s": len(inf_names),
-        f"nan_{kind}_names": nan_names,
-        f"inf_{kind}_names": inf_names,
-        "nonfinite_names": sorted(set(nan_names) | set(inf_names)),
-        "num_checked": len(given),
-    }
+    stats = {f"max_{kind}": max([float(f.abs().max()) for f in finite if f.numel()], default=0.0)}
+    stats.update({f"nan_{kind}s": len(nan_names), f"inf_{kind}s": len(inf_names)})
+    stats.update({f"nan_{kind}_names": nan_names, f"inf_{kind}_names": inf_names})
+    stats.update(nonfinite_names=sorted(set(nan_names) | set(inf_names)), num_checked=len(given))
+    return stats
 
 
 def check_gradients(model: nn.Module) -> dict[str, Any]:
@@ -230,10 +226,9 @@ class NanDetector:
             return
         if name == "":  # a new forward pass of the model: forget the last graph
             self._forget()
-        if torch.is_grad_enabled():
-            for t in _tensors_in(args):
-                if t.grad_fn is not None:
-                    self._consumers.setdefault(t.grad_fn, []).append(name)
+        for t in _tensors_in(args) if torch.is_grad_enabled() else ():
+            if t.grad_fn is not None:
+                self._consumers.setdefault(t.grad_fn, []).append(name)
 
     def _forward_hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if self.report is not None:
@@ -274,6 +269,7 @@ _STATE |= dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0)
 _PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
 _ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
 _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
+_GT0 = {"min": 0, "low_open": True}  # a check_float bound: > 0
 
 
 class StabilityGuard(Update):
@@ -311,7 +307,7 @@ class StabilityGuard(Update):
     ) -> None:
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         clip_mode = check_choice("clip_mode", clip_mode, (None, *CLIP_MODES))
-        self.max_norm = check_float("max_norm", max_norm, min=0, low_open=True, optional=True)
+        self.max_norm = check_float("max_norm", max_norm, **_GT0, optional=True)
         if clip_mode is not None and max_norm is None:
             raise ValueError(f"clip_mode={clip_mode!r} needs max_norm > 0")
         self.clip_mode = clip_mode or ("norm" if max_norm is not None else None)
@@ -320,9 +316,7 @@ class StabilityGuard(Update):
         self.max_consecutive_skips = check_int(
             "max_consecutive_skips", max_consecutive_skips, min=1
         )
-        self.min_loss_scale = check_float(
-            "min_loss_scale", min_loss_scale, min=0, low_open=True, finite=False
-        )
+        self.min_loss_scale = check_float("min_loss_scale", min_loss_scale, **_GT0, finite=False)
         self.spike_factor = check_float(
             "spike_factor", spike_factor, min=1, low_open=True, optional=True
         )
@@ -338,12 +332,7 @@ class StabilityGuard(Update):
         buffers = dict(model.named_buffers())
         self._buffer_names, self._buffers = list(buffers), list(buffers.values())
         self._buffer_copies = [b.detach().clone() for b in self._buffers]
-        self._snapshot: dict[str, Any] | None = None
-        self.take_snapshot()
-
-    @property
-    def _scale(self) -> float:
-        return float(getattr(self.amp, "scale", 1.0))
+        self.take_snapshot()  # sets self._snapshot
 
     def take_snapshot(self, loss: float = math.nan) -> None:
         """Copy model, optimizer and scheduler state and the LR scale to the CPU (``loss``: for
@@ -352,7 +341,7 @@ class StabilityGuard(Update):
         saved = zip(self._buffer_names, self._buffer_copies)
         model.update({n: cpu_copy(b) for n, b in saved if n in model})  # persistent ones only
         sched = self.scheduler
-        self._snapshot = {
+        self._snapshot: dict[str, Any] = {
             "applied": self.applied,
             "loss": float(loss),
             "model": model,
@@ -363,12 +352,10 @@ class StabilityGuard(Update):
 
     def _restore_snapshot(self, keep_lr: bool = False) -> None:
         snap = self._snapshot
-        assert snap is not None
         self.rollbacks += 1
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.model.load_state_dict(snap["model"])  # copies into the live tensors
-        # optimizer.load_state_dict may keep CPU tensors as they are: give it a copy
-        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))  # it may keep CPU tensors
         if snap["scheduler"] is not None and not keep_lr:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
         factor = self.lr_scale / snap["lr_scale"]
@@ -388,8 +375,7 @@ class StabilityGuard(Update):
     def _step_scheduler(self) -> None:
         if self.lr_scale == 1.0:
             super()._step_scheduler()
-        elif steps_per_update(self.scheduler):
-            # the scheduler sees its own (un-backed-off) learning rates, then the scale returns
+        elif steps_per_update(self.scheduler):  # it steps from its own (un-backed-off) LRs
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] / self.lr_scale
             self.scheduler.step()
@@ -471,7 +457,8 @@ class StabilityGuard(Update):
     def _diagnosis(self, reason: str, loss_value: float, norm_value: float) -> dict[str, Any]:
         weights = check_weights(self.model)
         diagnosis = {"reason": reason, "loss": loss_value, "grad_norm": norm_value}
-        diagnosis.update(last_finite_loss=self.last_finite_loss, loss_scale=self._scale)
+        scale = float(getattr(self.amp, "scale", 1.0))
+        diagnosis.update(last_finite_loss=self.last_finite_loss, loss_scale=scale)
         diagnosis.update({n: getattr(self, n) for n in (*_COUNTERS, "nonfinite_steps", "blowups")})
         grads = check_gradients(self.model)["nonfinite_names"]
         diagnosis.update(nonfinite_weights=weights["nonfinite_names"], nonfinite_grads=grads)
@@ -488,7 +475,7 @@ class StabilityGuard(Update):
             f"applied={self.applied}, skipped={self.skipped}, rollbacks={self.rollbacks}, "
             f"non-finite steps={self.nonfinite_steps}, blow-ups={self.blowups}, "
             f"scaler_skips={self.scaler_skips}, last finite loss={self.last_finite_loss:.4g}, "
-            f"loss scale={self._scale:g}"
+            f"loss scale={float(getattr(self.amp, 'scale', 1.0)):g}"
         )
 
     def _unhealthy(self, reason: str, loss_value: float, norm_value: float) -> StepResult:
@@ -524,7 +511,7 @@ class StabilityGuard(Update):
         text = f"{self.consecutive_skips} {kind} steps in a row "
         text += f"(max_consecutive_skips={self.max_consecutive_skips}); "
         if self.on_nonfinite == "rollback" and self._rollbacks_in_a_row > 1:
-            snap = self._snapshot or {}
+            snap = self._snapshot
             text += (
                 f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot taken "
                 f"at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
