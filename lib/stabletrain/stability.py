@@ -117,11 +117,9 @@ def check_weights(model: nn.Module) -> dict[str, Any]:
 def _tensors_in(value: Any) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
-    if isinstance(value, list | tuple):
-        return [t for v in value for t in _tensors_in(v)]
     if isinstance(value, Mapping):
-        return [t for v in value.values() for t in _tensors_in(v)]
-    return []
+        value = list(value.values())
+    return [t for v in value for t in _tensors_in(v)] if isinstance(value, list | tuple) else []
 
 
 def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
@@ -269,7 +267,7 @@ _STATE |= dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0)
 _PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
 _ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
 _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
-_GT0 = {"min": 0, "low_open": True}  # a check_float bound: > 0
+_GT0, _GT1 = ({"min": bound, "low_open": True} for bound in (0, 1))  # check_float: > 0, > 1
 
 
 class StabilityGuard(Update):
@@ -317,9 +315,7 @@ class StabilityGuard(Update):
             "max_consecutive_skips", max_consecutive_skips, min=1
         )
         self.min_loss_scale = check_float("min_loss_scale", min_loss_scale, **_GT0, finite=False)
-        self.spike_factor = check_float(
-            "spike_factor", spike_factor, min=1, low_open=True, optional=True
-        )
+        self.spike_factor = check_float("spike_factor", spike_factor, **_GT1, optional=True)
         self.spike_warmup = check_int("spike_warmup", spike_warmup, min=1)
         self.spike_window = check_int("spike_window", spike_window, min=1)
         super().__init__(
@@ -340,15 +336,10 @@ class StabilityGuard(Update):
         model = cpu_copy(self.model.state_dict())
         saved = zip(self._buffer_names, self._buffer_copies)
         model.update({n: cpu_copy(b) for n, b in saved if n in model})  # persistent ones only
-        sched = self.scheduler
-        self._snapshot: dict[str, Any] = {
-            "applied": self.applied,
-            "loss": float(loss),
-            "model": model,
-            "optimizer": cpu_copy(self.optimizer.state_dict()),
-            "scheduler": cpu_copy(sched.state_dict()) if hasattr(sched, "state_dict") else None,
-            "lr_scale": self.lr_scale,
-        }
+        optimizer, sched = cpu_copy(self.optimizer.state_dict()), self.scheduler
+        scheduler = cpu_copy(sched.state_dict()) if hasattr(sched, "state_dict") else None
+        self._snapshot = {"applied": self.applied, "loss": float(loss), "model": model}
+        self._snapshot.update(optimizer=optimizer, scheduler=scheduler, lr_scale=self.lr_scale)
 
     def _restore_snapshot(self, keep_lr: bool = False) -> None:
         snap = self._snapshot
@@ -422,8 +413,7 @@ class StabilityGuard(Update):
             return StepResult(False, norm_value, "optimizer step skipped by the gradient scaler")
         self._step_scheduler()
         self.applied += 1
-        self.consecutive_skips = 0
-        self._rollbacks_in_a_row = self._blowups_in_a_row = 0
+        self.consecutive_skips = self._rollbacks_in_a_row = self._blowups_in_a_row = 0
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)
         return StepResult(True, norm_value, None)
@@ -479,7 +469,7 @@ class StabilityGuard(Update):
         )
 
     def _unhealthy(self, reason: str, loss_value: float, norm_value: float) -> StepResult:
-        """A non-finite or blown-up step: no update, then skip, roll back or raise."""
+        """No update, then skip, roll back or raise."""
         diagnosis = self.last_diagnosis = self._diagnosis(reason, loss_value, norm_value)
         self._zero_grad()
         if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
