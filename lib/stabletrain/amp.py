@@ -45,8 +45,7 @@ def _resolve_dtype(dtype: str | torch.dtype, device_type: str) -> torch.dtype:
 class MixedPrecision:
     """Autocast plus (for float16) a ``GradScaler(**scaler_options)``; ``dtype`` (in ``DTYPES``
     or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``); ``device_type``
-    defaults to CUDA if available; ``steps``/``skipped_steps`` count applied and skipped steps.
-    ``ValueError``/``TypeError`` for a bad dtype, option or value."""
+    defaults to CUDA if available. ``ValueError``/``TypeError`` for a bad dtype, option or value."""
 
     def __init__(
         self,
@@ -64,6 +63,7 @@ class MixedPrecision:
         self.requested_dtype = dtype
         self.dtype = _resolve_dtype(dtype, self.device_type) if enabled else torch.float32
         self.enabled = bool(enabled) and self.dtype != torch.float32
+        self._dtype_name = str(self.dtype).replace("torch.", "")
         use_scaler = self.enabled and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device_type, **opts) if use_scaler else None
         self.scaler_options = dict(scaler_options)
@@ -108,18 +108,10 @@ class MixedPrecision:
         """The current loss scale (1.0 without a scaler)."""
         return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
 
-    @property
-    def _dtype_name(self) -> str:
-        return str(self.dtype).replace("torch.", "")
-
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "dtype": self._dtype_name,
-            "enabled": self.enabled,
-            "steps": self.steps,
-            "skipped_steps": self.skipped_steps,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
+        scaler = self.scaler.state_dict() if self.scaler is not None else None
+        counts = {"steps": self.steps, "skipped_steps": self.skipped_steps}
+        return {"dtype": self._dtype_name, "enabled": self.enabled, **counts, "scaler": scaler}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counters and the scaler; ``ValueError`` if saved with another dtype."""

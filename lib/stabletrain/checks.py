@@ -28,9 +28,8 @@ def _type_error(name: str, expected: str, value: Any) -> TypeError:
 def _number(name, value, kind, expected, min, max, low_open, high_open, finite, optional):
     if value is None and optional:
         return None
-    expected += " or None" if optional else ""
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise _type_error(name, expected, value)
+        raise _type_error(name, expected + (" or None" if optional else ""), value)
     value = int(value) if kind is numbers.Integral else float(value)
     if finite and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
@@ -59,9 +58,8 @@ def check_float(
     finite: bool = True,
     optional: bool = False,
 ) -> float | None:
-    """``value`` (an int or a float) as a ``float`` between ``min`` and ``max``, inclusive
-    unless ``low_open``/``high_open``; ``finite=False`` also accepts ``±inf`` and NaN (which
-    fails any bound)."""
+    """``value`` (an int or a float) as a ``float`` in ``[min, max]``, open at ``low_open``/
+    ``high_open``; ``finite=False`` also accepts ``±inf`` and NaN (which fails any bound)."""
     args = (min, max, low_open, high_open, finite, optional)
     return _number(name, value, numbers.Real, "a number", *args)
 
@@ -109,8 +107,7 @@ def check_range(
 
 
 def check_config_value(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> Any:
-    """``check(name, value, **bounds)``, raising ``ValueError`` for a wrong type too: the
-    rule for configuration values, where every bad entry is a ``ValueError``."""
+    """``check(name, value, **bounds)``, a wrong type raising ``ValueError`` too (config rule)."""
     try:
         return check(name, value, **bounds)
     except TypeError as error:

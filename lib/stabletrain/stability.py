@@ -50,8 +50,8 @@ def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tens
 
 
 def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
-    """Global ``p``-norm (``p > 0`` or ``inf``) of all gradients, a 0-d float32 tensor (0
-    without gradients); in float64 when the float32 one overflows, so NaN/Inf give NaN/Inf."""
+    """Global ``p``-norm (``p > 0`` or ``inf``) of all gradients, 0-d float32 (0 without any);
+    in float64 when the float32 one overflows, so only NaN/Inf give NaN/Inf."""
     norm_type = check_float("norm_type", norm_type, min=0, low_open=True, finite=False)
     grads = [p.grad for p in _with_grads(parameters)]
     return _total_norm(grads, norm_type).float() if grads else torch.zeros(())
@@ -149,8 +149,7 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
 @dataclass
 class NonFiniteReport:
     """Where a non-finite value first appeared: ``module`` (``""``: the root), ``phase``
-    (``"forward"``: its output, ``"backward"``: the gradient it sent back), and the
-    :func:`tensor_stats` of its inputs and outputs (or gradients)."""
+    (``"forward"``: its output, ``"backward"``: the gradient it sent back), tensor stats."""
 
     module: str
     module_type: str
@@ -167,10 +166,9 @@ class NonFiniteReport:
 
 
 class NanDetector:
-    """Context manager that sets ``report`` to the first module that produced a NaN or Inf:
-    forward, the innermost one whose output is not finite; backward, the one whose operation
-    turned a finite incoming gradient non-finite, or the innermost consumer of a non-finite
-    one. Then it stops checking, or raises :class:`NonFiniteError` if ``raise_on_nonfinite``."""
+    """Context manager: ``report`` names the first (innermost) module whose output, or the
+    gradient it sent back, was not finite (or that read a non-finite gradient); then it stops
+    checking, or raises :class:`NonFiniteError` if ``raise_on_nonfinite``."""
 
     def __init__(self, model: nn.Module, raise_on_nonfinite: bool = False) -> None:
         if not isinstance(model, nn.Module):
@@ -331,8 +329,8 @@ class StabilityGuard(Update):
         self.take_snapshot()  # sets self._snapshot
 
     def take_snapshot(self, loss: float = math.nan) -> None:
-        """Copy model, optimizer and scheduler state and the LR scale to the CPU (``loss``: for
-        messages); buffers as after the last step (mid-step the forward pass moved them)."""
+        """Copy model (buffers as after the last step), optimizer, scheduler and LR scale to the
+        CPU; ``loss`` is for messages."""
         model = cpu_copy(self.model.state_dict())
         saved = zip(self._buffer_names, self._buffer_copies)
         model.update({n: cpu_copy(b) for n, b in saved if n in model})  # persistent ones only
@@ -341,7 +339,9 @@ class StabilityGuard(Update):
         self._snapshot = {"applied": self.applied, "loss": float(loss), "model": model}
         self._snapshot.update(optimizer=optimizer, scheduler=scheduler, lr_scale=self.lr_scale)
 
-    def _restore_snapshot(self, keep_lr: bool = False) -> None:
+    def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
+        """A rollback without ``lr_backoff``, also outside a step (``keep_lr``: keep the LRs and
+        scheduler state); clears ``needs_rollback``."""
         snap = self._snapshot
         self.rollbacks += 1
         lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -354,11 +354,6 @@ class StabilityGuard(Update):
             group["lr"] = lr if keep_lr else group["lr"] * factor
         if self._buffers:  # the restored statistics are the new 'last good' ones
             torch._foreach_copy_(self._buffer_copies, self._buffers)
-
-    def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
-        """A rollback without ``lr_backoff``, outside a step (``keep_lr``: keep the LRs and
-        scheduler state); clears ``needs_rollback``."""
-        self._restore_snapshot(keep_lr)
         if hasattr(self.scheduler, "needs_rollback"):
             self.scheduler.needs_rollback = False
         return True
@@ -469,7 +464,6 @@ class StabilityGuard(Update):
         )
 
     def _unhealthy(self, reason: str, loss_value: float, norm_value: float) -> StepResult:
-        """No update, then skip, roll back or raise."""
         diagnosis = self.last_diagnosis = self._diagnosis(reason, loss_value, norm_value)
         self._zero_grad()
         if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
@@ -485,7 +479,7 @@ class StabilityGuard(Update):
                 torch._foreach_copy_(self._buffers, self._buffer_copies)
         else:  # roll back
             self._rollbacks_in_a_row += 1
-            self._restore_snapshot()
+            self.restore_snapshot()
             if hasattr(self.scheduler, "needs_rollback"):
                 self.scheduler.step(float("nan"))  # the scheduler makes its own cut
                 self.scheduler.needs_rollback = False
@@ -542,7 +536,5 @@ class StabilityGuard(Update):
             self.take_snapshot()
 
     def __repr__(self) -> str:
-        return (
-            f"StabilityGuard(on_nonfinite={self.on_nonfinite!r}, clip_mode={self.clip_mode!r}, "
-            f"max_norm={self.max_norm}, {self._summary()})"
-        )
+        settings = f"on_nonfinite={self.on_nonfinite!r}, clip_mode={self.clip_mode!r}"
+        return f"StabilityGuard({settings}, max_norm={self.max_norm}, {self._summary()})"

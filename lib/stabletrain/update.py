@@ -1,5 +1,4 @@
-"""The optimizer update: one object does the whole step (``fit`` calls only ``autocast`` and
-``step``); :class:`~stabletrain.stability.StabilityGuard` is one with a NaN policy."""
+"""The optimizer update, one object (``fit`` calls only ``autocast`` and ``step``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Seeding, RNG state capture and restore, device choice and :func:`cpu_copy` (the one CPU
-snapshot of state: guard rollback, LR range test, background checkpoint saves)."""
+"""Seeding, RNG state capture and restore, device choice and :func:`cpu_copy`."""
 
 from __future__ import annotations
 
