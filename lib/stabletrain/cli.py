@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["build_parser", "main"]
-
 
 class _OneLineParser(argparse.ArgumentParser):
     """``ArgumentParser`` whose usage errors are a single line (exit status 2)."""

@@ -32,22 +32,6 @@ from .stability import EarlyStopping, StabilityGuard
 from .tracking import MLflowTracker
 from .utils import get_device, seed_everything
 
-__all__ = [
-    "DEFAULTS",
-    "PRESETS",
-    "ConfigCheckpointManager",
-    "Training",
-    "build_loaders",
-    "build_model",
-    "build_training",
-    "config_diff",
-    "load_config",
-    "resolve_config",
-    "run",
-    "scheduler_from_config",
-    "seeded_start",
-]
-
 DEFAULTS: dict[str, Any] = {
     "preset": None,
     "seed": 0,

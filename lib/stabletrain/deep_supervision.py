@@ -21,16 +21,6 @@ from torch import nn
 
 from .checks import check_choice, check_config_value, check_float
 
-__all__ = [
-    "PROGRESS_FREE_SCHEDULES",
-    "SCHEDULES",
-    "TARGET_RESIZE_MODES",
-    "DeepSupervisionLoss",
-    "resize_target",
-    "supervision_weights",
-    "supervision_widget",
-]
-
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "constant_equal": {},
     "constant_low_to_high": {},
@@ -56,7 +46,6 @@ def _normalise(w: Sequence[float]) -> list[float]:
 
 
 def _real(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
-    """``check_float`` that raises ``ValueError`` for a wrong type too (config values)."""
     return check_config_value(check_float, name, value, min=low, max=high)
 
 
@@ -73,9 +62,9 @@ def supervision_weights(
     """
     if schedule not in _DEFAULTS:
         raise ValueError(f"unknown schedule {schedule!r}; schedules are {SCHEDULES}")
-    if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
-        raise ValueError(f"num_outputs must be an int >= 1, got {num_outputs!r}")
     n = num_outputs
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_outputs must be an int >= 1, got {n!r}")
     unknown = sorted(set(params) - set(_DEFAULTS[schedule]))
     if unknown:
         accepted = tuple(_DEFAULTS[schedule]) or "none"
