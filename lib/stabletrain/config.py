@@ -238,7 +238,6 @@ class ConfigCheckpointManager(CheckpointManager):
         self.config = copy.deepcopy(dict(config))
 
     def save(self, epoch, metrics=None, *, extra=None, **kwargs):
-        """As :meth:`CheckpointManager.save`, with ``extra["config"]`` added."""
         extra = {**dict(extra or {}), "config": self.config}
         return super().save(epoch, metrics, extra=extra, **kwargs)
 
@@ -261,12 +260,10 @@ class Training:
     config: dict[str, Any] = field(default_factory=dict)
 
     def fit_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`stabletrain.loop.fit`."""
         keys = "epochs optimizer scheduler loss_fn guard amp early_stopping monitor checkpoints"
         return {key: getattr(self, key) for key in (*keys.split(), "tracker")}
 
     def fit(self, model: nn.Module, train_loader, val_loader=None, **kwargs: Any) -> History:
-        """``fit(model, train_loader, val_loader=..., **self.fit_kwargs(), **kwargs)``."""
         return fit(model, train_loader, val_loader=val_loader, **{**self.fit_kwargs(), **kwargs})
 
 

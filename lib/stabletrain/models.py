@@ -28,7 +28,7 @@ def _check_positive_int(name: str, value: object) -> int:  # used by course.dive
 
 
 def _check_block(channels, reduction, norm, gate_bound, residual_scale) -> tuple:
-    """The checked shared arguments of the attention blocks, with ``hidden`` after ``channels``."""
+    """The checked arguments of the attention blocks, ``hidden`` after ``channels``."""
     channels = check_int("channels", channels, min=1)
     hidden = max(channels // check_int("reduction", reduction, min=1), 1)
     gate_bound = check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True)
