@@ -274,10 +274,8 @@ def build_training(
     steps_per_epoch: int | None = None,
     tracker: Any = None,
 ) -> Training:
-    """Build the optimizer, scheduler, loss, guard, amp, checkpoints, tracker and early stopping.
-
-    The model must be on its device. ``steps_per_epoch`` defaults to ``ceil(num_train /
-    batch_size) // accumulation_steps``. The config goes to the tracker and every checkpoint."""
+    """What ``fit`` takes, for a model on its device (``steps_per_epoch``: ``ceil(num_train /
+    batch_size) // accumulation_steps``); the config goes to the tracker and every checkpoint."""
     cfg = resolve_config(config)
     if steps_per_epoch is None:
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])

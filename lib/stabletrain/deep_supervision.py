@@ -138,13 +138,10 @@ def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "neares
 
 
 class DeepSupervisionLoss(nn.Module):
-    r"""``L = Σ_i w_i(p) loss(out_i, resize_target(target, out_i))`` over a model's outputs.
-
-    ``w`` is :func:`supervision_weights` of ``schedule`` at progress ``p``. Outputs of weight 0
-    are skipped, or get ``min_weight`` (as nnU-Net under DDP). ``uses_progress`` makes ``fit``
-    call ``loss_fn(outputs, target, progress)``. ``last_weights`` and ``last_components`` (NaN
-    if skipped) describe the last call.
-    """
+    r"""``L = Σ_i w_i(p) loss(out_i, resize_target(target, out_i))``, ``w`` the ``schedule``'s
+    :func:`supervision_weights`. Outputs of weight 0 are skipped, or get ``min_weight`` (as nnU-Net
+    under DDP). ``uses_progress``: ``fit`` calls ``loss_fn(outputs, target, progress)``.
+    ``last_weights`` and ``last_components`` (NaN if skipped) describe the last call."""
 
     uses_progress = True
 

@@ -84,8 +84,8 @@ class _SegmentationLoss(nn.Module):
         return ", ".join(f"{k}={v:g}" if type(v) is float else f"{k}={v!r}" for k, v in values)
 
     def _check(self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True):
-        """``pred`` ``(N, C, *spatial)`` (half as float32), the target as int64 indices or floats of
-        its shape; values checked if ``validate`` (index range: the caller's if not class_indices)."""
+        """``pred`` ``(N, C, *spatial)`` (half as float32), the target as int64 indices or floats
+        of its shape; values checked if ``validate`` (the index range only if ``class_indices``)."""
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
             kinds = f"{type(pred).__name__} and {type(target).__name__}"
             raise TypeError(f"pred and target must be tensors, got {kinds}")
@@ -406,13 +406,11 @@ _DICE_CONFIG = {"smooth": 1e-5, "jaccard": False, "squared_pred": False, "includ
 
 
 def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary") -> CombinedLoss:
-    """A :class:`CombinedLoss` from a :data:`LOSS_PRESETS` name or a configuration mapping.
-
-    Config keys: ``type`` (``"combined"``), ``dice_weight`` (0.7), ``bce_weight`` (0.3),
-    ``dice_config`` (``smooth``, ``jaccard``, ``squared_pred``, ``include_background``),
-    ``bce_config`` (``gamma``, ``alpha``: a ``focal`` term replaces ``bce``) and ``mode``.
-    The ``bce`` term is ``CrossEntropyLoss`` in multiclass mode. Raises ``ValueError``.
-    """
+    """A :class:`CombinedLoss` from a :data:`LOSS_PRESETS` name or a configuration mapping; keys
+    ``type`` (``"combined"``), ``dice_weight`` (0.7), ``bce_weight`` (0.3), ``dice_config``
+    (``smooth``, ``jaccard``, ``squared_pred``, ``include_background``), ``bce_config``
+    (``gamma``, ``alpha``: a ``focal`` term replaces ``bce``, which is ``CrossEntropyLoss`` in
+    multiclass mode) and ``mode``. Raises ``ValueError``."""
     check_choice("mode", mode, MODES)
     config = name_or_config
     if isinstance(config, str):
