@@ -1,6 +1,5 @@
-"""Mixed precision that tells you when it skipped a step: ``torch.autocast`` plus, for
-float16, a ``GradScaler``; a step was applied iff ``scale_after >= scale_before`` (the
-scaler lowers the scale exactly when it skips). ``dtype="auto"``: CUDA bfloat16 if
+"""``torch.autocast`` plus, for float16, a ``GradScaler``; a step was applied iff the scale did
+not drop (the scaler lowers it exactly when it skips). ``dtype="auto"``: CUDA bfloat16 if
 supported, else float16; CPU bfloat16 with native instructions, else float32."""
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ import torch
 
 from .checks import check_choice, check_float, check_int, check_keys
 
-__all__ = ["DTYPES", "MixedPrecision", "cpu_has_native_bfloat16"]
-
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
@@ -26,11 +23,10 @@ _OPEN = {"low_open": True, "high_open": True, "optional": True}
 
 @functools.cache
 def cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 instructions (read from ``/proc/cpuinfo`` on Linux)."""
+    """Whether this CPU has bfloat16 instructions (``/proc/cpuinfo``; Apple silicon: yes)."""
     flags: set[str] = set()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:  # not on macOS
         flags = set(f.read().split())
-    # Apple silicon from M2 on has BF16
     apple = platform.system() == "Darwin" and platform.machine() == "arm64" and not flags
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"}) or apple
 
@@ -47,10 +43,9 @@ def _resolve_dtype(dtype: str | torch.dtype, device_type: str) -> torch.dtype:
 
 
 class MixedPrecision:
-    """Autocast plus (for float16) a ``GradScaler(**scaler_options)``; ``dtype`` (in
-    ``DTYPES`` or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``);
-    ``device_type`` defaults to CUDA if available; ``steps``/``skipped_steps`` count applied
-    and skipped steps. ``ValueError``/``TypeError`` for a bad dtype, option or value."""
+    """Autocast plus (for float16) a ``GradScaler(**scaler_options)``; ``dtype`` (in ``DTYPES``
+    or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``); ``device_type``
+    defaults to CUDA if available. ``ValueError``/``TypeError`` for a bad dtype, option or value."""
 
     def __init__(
         self,
@@ -68,6 +63,7 @@ class MixedPrecision:
         self.requested_dtype = dtype
         self.dtype = _resolve_dtype(dtype, self.device_type) if enabled else torch.float32
         self.enabled = bool(enabled) and self.dtype != torch.float32
+        self._dtype_name = str(self.dtype).replace("torch.", "")
         use_scaler = self.enabled and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device_type, **opts) if use_scaler else None
         self.scaler_options = dict(scaler_options)
@@ -75,11 +71,10 @@ class MixedPrecision:
         self._unscaled: set[int] = set()
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """``torch.autocast`` for the resolved dtype, or a no-op when disabled/float32."""
         return torch.autocast(self.device_type, self.dtype) if self.enabled else nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        """``loss.backward()``, on the scaled loss when a scaler is in use."""
+        """``loss.backward()``, on the scaled loss with a scaler."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
@@ -113,18 +108,10 @@ class MixedPrecision:
         """The current loss scale (1.0 without a scaler)."""
         return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
 
-    @property
-    def _dtype_name(self) -> str:
-        return str(self.dtype).replace("torch.", "")
-
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "dtype": self._dtype_name,
-            "enabled": self.enabled,
-            "steps": self.steps,
-            "skipped_steps": self.skipped_steps,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
+        scaler = self.scaler.state_dict() if self.scaler is not None else None
+        counts = {"steps": self.steps, "skipped_steps": self.skipped_steps}
+        return {"dtype": self._dtype_name, "enabled": self.enabled, **counts, "scaler": scaler}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counters and the scaler; ``ValueError`` if saved with another dtype."""

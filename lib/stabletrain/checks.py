@@ -1,19 +1,7 @@
-"""Argument checks, one line per parameter at the call site.
-
-Each check returns the value (as ``int``, ``float``, ``bool`` or a tuple) or raises a
-``TypeError`` (wrong type) or ``ValueError`` (out of range, not a choice) whose message
-names the parameter and the accepted values. A ``bool`` is never a number and a string
-is never a number or a bool. ``optional=True`` lets ``None`` through.
-
-Example:
-    >>> from stabletrain.checks import check_float, check_int
-    >>> check_int("depth", 3, min=1, max=6)
-    3
-    >>> check_float("smooth", 0, min=0, low_open=True)
-    Traceback (most recent call last):
-    ...
-    ValueError: smooth must be > 0, got 0.0
-"""
+"""Argument checks, one line per parameter at the call site: each returns the value (as
+``int``, ``float``, ``bool`` or a tuple) or raises ``TypeError`` (wrong type) or ``ValueError`` (out
+of range, not a choice), naming the parameter and the accepted values. A ``bool`` is never a
+number, a string never a number or a bool; ``optional=True`` lets ``None`` through."""
 
 from __future__ import annotations
 
@@ -22,19 +10,9 @@ import numbers
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-__all__ = [
-    "check_bool",
-    "check_choice",
-    "check_config_value",
-    "check_float",
-    "check_int",
-    "check_keys",
-    "check_range",
-]
-
 
 def _bounds(min: float | None, max: float | None, low_open: bool, high_open: bool) -> str:
-    """The accepted range in words: ``>= 0``, ``< 1`` or ``in (0, 1]`` (ints in full)."""
+    """``>= 0``, ``< 1`` or ``in (0, 1]`` (ints in full)."""
     lo, hi = (f"{b:g}" if isinstance(b, float) else str(b) for b in (min, max))
     if min is not None and max is not None:
         return f"in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
@@ -50,9 +28,8 @@ def _type_error(name: str, expected: str, value: Any) -> TypeError:
 def _number(name, value, kind, expected, min, max, low_open, high_open, finite, optional):
     if value is None and optional:
         return None
-    expected += " or None" if optional else ""
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise _type_error(name, expected, value)
+        raise _type_error(name, expected + (" or None" if optional else ""), value)
     value = int(value) if kind is numbers.Integral else float(value)
     if finite and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
@@ -81,11 +58,8 @@ def check_float(
     finite: bool = True,
     optional: bool = False,
 ) -> float | None:
-    """``value`` (an int or a float) as a ``float`` between ``min`` and ``max``.
-
-    The bounds are inclusive unless ``low_open``/``high_open``; ``finite=False`` also
-    accepts ``±inf`` and NaN (a NaN fails any bound).
-    """
+    """``value`` (an int or a float) as a ``float`` in ``[min, max]``, open at ``low_open``/
+    ``high_open``; ``finite=False`` also accepts ``±inf`` and NaN (which fails any bound)."""
     args = (min, max, low_open, high_open, finite, optional)
     return _number(name, value, numbers.Real, "a number", *args)
 
@@ -133,8 +107,7 @@ def check_range(
 
 
 def check_config_value(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> Any:
-    """``check(name, value, **bounds)``, raising ``ValueError`` for a wrong type too: the
-    rule for configuration values, where every bad entry is a ``ValueError``."""
+    """``check(name, value, **bounds)``, a wrong type raising ``ValueError`` too (config rule)."""
     try:
         return check(name, value, **bounds)
     except TypeError as error:

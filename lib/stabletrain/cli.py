@@ -1,8 +1,6 @@
-"""``python -m stabletrain``: ``train --config FILE [flags]`` (flags override the file; prints
-the run's summary) and ``compare-schedulers --out FILE`` (every scheduler type's LR curve on
-one figure); see ``--help``. Errors are one line on stderr (``stabletrain: error: ...``),
-never a traceback; exit status 2: usage or configuration, 1: the run failed, 130: interrupted.
-"""
+"""``python -m stabletrain``: ``train --config FILE [flags]`` and ``compare-schedulers --out
+FILE``; see ``--help``. Errors are one line on stderr (``stabletrain: error: ...``), never a
+traceback; exit status 2: usage or configuration, 1: the run failed, 130: interrupted."""
 
 from __future__ import annotations
 
@@ -14,8 +12,6 @@ from argparse import ArgumentTypeError
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
-
-__all__ = ["build_parser", "main"]
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -59,7 +55,6 @@ def _assignment(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m stabletrain`` (every flag documented)."""
     from .config import PRESETS
     from .schedulers import SCHEDULER_ALIASES, SCHEDULER_TYPES
 

@@ -32,22 +32,6 @@ from .stability import EarlyStopping, StabilityGuard
 from .tracking import MLflowTracker
 from .utils import get_device, seed_everything
 
-__all__ = [
-    "DEFAULTS",
-    "PRESETS",
-    "ConfigCheckpointManager",
-    "Training",
-    "build_loaders",
-    "build_model",
-    "build_training",
-    "config_diff",
-    "load_config",
-    "resolve_config",
-    "run",
-    "scheduler_from_config",
-    "seeded_start",
-]
-
 DEFAULTS: dict[str, Any] = {
     "preset": None,
     "seed": 0,
@@ -254,7 +238,6 @@ class ConfigCheckpointManager(CheckpointManager):
         self.config = copy.deepcopy(dict(config))
 
     def save(self, epoch, metrics=None, *, extra=None, **kwargs):
-        """As :meth:`CheckpointManager.save`, with ``extra["config"]`` added."""
         extra = {**dict(extra or {}), "config": self.config}
         return super().save(epoch, metrics, extra=extra, **kwargs)
 
@@ -277,12 +260,10 @@ class Training:
     config: dict[str, Any] = field(default_factory=dict)
 
     def fit_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`stabletrain.loop.fit`."""
         keys = "epochs optimizer scheduler loss_fn guard amp early_stopping monitor checkpoints"
         return {key: getattr(self, key) for key in (*keys.split(), "tracker")}
 
     def fit(self, model: nn.Module, train_loader, val_loader=None, **kwargs: Any) -> History:
-        """``fit(model, train_loader, val_loader=..., **self.fit_kwargs(), **kwargs)``."""
         return fit(model, train_loader, val_loader=val_loader, **{**self.fit_kwargs(), **kwargs})
 
 
@@ -293,10 +274,8 @@ def build_training(
     steps_per_epoch: int | None = None,
     tracker: Any = None,
 ) -> Training:
-    """Build the optimizer, scheduler, loss, guard, amp, checkpoints, tracker and early stopping.
-
-    The model must be on its device. ``steps_per_epoch`` defaults to ``ceil(num_train /
-    batch_size) // accumulation_steps``. The config goes to the tracker and every checkpoint."""
+    """What ``fit`` takes, for a model on its device (``steps_per_epoch``: ``ceil(num_train /
+    batch_size) // accumulation_steps``); the config goes to the tracker and every checkpoint."""
     cfg = resolve_config(config)
     if steps_per_epoch is None:
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])

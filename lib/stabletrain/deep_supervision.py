@@ -21,16 +21,6 @@ from torch import nn
 
 from .checks import check_choice, check_config_value, check_float
 
-__all__ = [
-    "PROGRESS_FREE_SCHEDULES",
-    "SCHEDULES",
-    "TARGET_RESIZE_MODES",
-    "DeepSupervisionLoss",
-    "resize_target",
-    "supervision_weights",
-    "supervision_widget",
-]
-
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "constant_equal": {},
     "constant_low_to_high": {},
@@ -56,7 +46,6 @@ def _normalise(w: Sequence[float]) -> list[float]:
 
 
 def _real(name: str, value: Any, low: float | None = None, high: float | None = None) -> float:
-    """``check_float`` that raises ``ValueError`` for a wrong type too (config values)."""
     return check_config_value(check_float, name, value, min=low, max=high)
 
 
@@ -73,9 +62,9 @@ def supervision_weights(
     """
     if schedule not in _DEFAULTS:
         raise ValueError(f"unknown schedule {schedule!r}; schedules are {SCHEDULES}")
-    if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
-        raise ValueError(f"num_outputs must be an int >= 1, got {num_outputs!r}")
     n = num_outputs
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"num_outputs must be an int >= 1, got {n!r}")
     unknown = sorted(set(params) - set(_DEFAULTS[schedule]))
     if unknown:
         accepted = tuple(_DEFAULTS[schedule]) or "none"
@@ -149,13 +138,10 @@ def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "neares
 
 
 class DeepSupervisionLoss(nn.Module):
-    r"""``L = Σ_i w_i(p) loss(out_i, resize_target(target, out_i))`` over a model's outputs.
-
-    ``w`` is :func:`supervision_weights` of ``schedule`` at progress ``p``. Outputs of weight 0
-    are skipped, or get ``min_weight`` (as nnU-Net under DDP). ``uses_progress`` makes ``fit``
-    call ``loss_fn(outputs, target, progress)``. ``last_weights`` and ``last_components`` (NaN
-    if skipped) describe the last call.
-    """
+    r"""``L = Σ_i w_i(p) loss(out_i, resize_target(target, out_i))``, ``w`` the ``schedule``'s
+    :func:`supervision_weights`. Outputs of weight 0 are skipped, or get ``min_weight`` (as nnU-Net
+    under DDP). ``uses_progress``: ``fit`` calls ``loss_fn(outputs, target, progress)``.
+    ``last_weights`` and ``last_components`` (NaN if skipped) describe the last call."""
 
     uses_progress = True
 

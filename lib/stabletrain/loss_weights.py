@@ -1,9 +1,5 @@
-"""Scheduling the term weights of a :class:`~stabletrain.losses.CombinedLoss`.
-
-:class:`LossWeightScheduler` moves ``loss.weights`` from their values at construction towards
-``end`` as training progress grows (the rules are in its docstring); :class:`LossWeightCallback`
-drives it from ``fit``.
-"""
+"""Scheduling the term weights of a :class:`~stabletrain.losses.CombinedLoss` (from ``fit``:
+:class:`LossWeightCallback`)."""
 
 from __future__ import annotations
 
@@ -16,8 +12,6 @@ from typing import Any
 from .callbacks import Callback, TrainContext
 from .checks import check_choice, check_float, check_int, check_keys
 from .losses import OVERLAP_TERMS, CombinedLoss
-
-__all__ = ["SCHEDULE_TYPES", "LossWeightCallback", "LossWeightScheduler"]
 
 SCHEDULE_TYPES = ("linear", "cosine", "step", "loss_balanced", "performance")
 _ALIASES = {"adaptive": "loss_balanced"}  # deprecated name -> schedule
@@ -38,10 +32,8 @@ def _deprecated(message: str) -> None:
 
 
 def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """0.8 of the total weight on the overlap term(s), 0.2 shared by the others.
-
-    Raises ``ValueError`` unless there are both an overlap term and another term.
-    """
+    """0.8 of the total weight on the overlap term(s), 0.2 shared by the others (ValueError
+    unless there are both)."""
     overlap = [k for k in weights if k in OVERLAP_TERMS]
     others = [k for k in weights if k not in OVERLAP_TERMS]
     if not overlap or not others:
@@ -130,12 +122,10 @@ class LossWeightScheduler:
 
     @property
     def weights(self) -> dict[str, float]:
-        """The loss's current weights."""
         return self.combined.weights
 
     @property
     def num_steps(self) -> int:
-        """Deprecated alias of :attr:`calls`."""
         _deprecated(
             "LossWeightScheduler.num_steps is deprecated; use .calls (the number of step calls)"
         )
@@ -143,7 +133,6 @@ class LossWeightScheduler:
 
     @property
     def type(self) -> str:
-        """Deprecated alias of :attr:`schedule`."""
         _deprecated("LossWeightScheduler.type is deprecated; use .schedule")
         return self.schedule
 
@@ -156,19 +145,13 @@ class LossWeightScheduler:
         self.calls += 1
         if metrics is not None and not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping or None, got {type(metrics).__name__}")
-        if self.schedule == "linear":
-            self.combined.weights = self._towards(self.start, self.progress)
-        elif self.schedule == "cosine":
-            self.combined.weights = self._towards(
-                self.start, (1 - math.cos(math.pi * self.progress)) / 2
-            )
-        elif self.schedule == "step":
-            k = self.params["num_steps"]
-            self.combined.weights = self._towards(self.start, math.floor(self.progress * k) / k)
-        elif self.schedule == "loss_balanced" and metrics is not None:
-            self._balance(metrics)
-        elif self.schedule == "performance" and metrics is not None:
-            self._perform(metrics)
+        p, k = self.progress, self.params.get("num_steps", 1)
+        if self.schedule not in _METRIC_DRIVEN:
+            fraction = {"linear": p, "cosine": (1 - math.cos(math.pi * p)) / 2}
+            fraction["step"] = math.floor(p * k) / k
+            self.combined.weights = self._towards(self.start, fraction[self.schedule])
+        elif metrics is not None:
+            (self._balance if self.schedule == "loss_balanced" else self._perform)(metrics)
 
     def _balance(self, metrics: Mapping[str, float]) -> None:
         missing = [k for k in self.start if k not in metrics]
@@ -260,11 +243,7 @@ class LossWeightCallback(Callback):
         self.history: dict[str, list[float]] = {k: [] for k in scheduler.weights}
         self._sums: dict[str, float] = {}
         self._count = 0
-
-    @property
-    def metric_driven(self) -> bool:
-        """Whether the schedule is stepped per epoch with metrics (else per optimizer step)."""
-        return self.scheduler.schedule in _METRIC_DRIVEN
+        self.metric_driven = scheduler.schedule in _METRIC_DRIVEN  # else stepped per optimizer step
 
     def state_dict(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler.state_dict(), "history": copy.deepcopy(self.history)}

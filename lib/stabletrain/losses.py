@@ -18,19 +18,6 @@ from torch import nn
 
 from .checks import check_bool, check_choice, check_float, check_keys
 
-__all__ = [
-    "LOSS_PRESETS",
-    "MODES",
-    "OVERLAP_TERMS",
-    "REDUCTIONS",
-    "CombinedLoss",
-    "DiceLoss",
-    "FocalLoss",
-    "JaccardLoss",
-    "TverskyLoss",
-    "build_loss",
-]
-
 MODES = ("binary", "multilabel", "multiclass")
 REDUCTIONS = ("mean", "sum", "none")
 #: Term keys of :class:`CombinedLoss` that measure region overlap (what
@@ -39,7 +26,6 @@ OVERLAP_TERMS = ("dice", "jaccard", "tversky")
 
 
 def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> None:
-    """Raise a ``ValueError`` if the float tensor ``values`` holds values outside [0, 1]."""
     low, high = (float(values.amin()), float(values.amax())) if values.numel() else (0.0, 0.0)
     if not (0.0 <= low and high <= 1.0):
         raise ValueError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]{hint}")
@@ -94,15 +80,12 @@ class _SegmentationLoss(nn.Module):
 
     def extra_repr(self) -> str:
         fields = ("mode", "from_logits", "reduction", *self._fields)
-        values = {key: getattr(self, key) for key in fields}
-        return ", ".join(
-            f"{k}={v:g}" if type(v) is float else f"{k}={v!r}" for k, v in values.items()
-        )
+        values = ((key, getattr(self, key)) for key in fields)
+        return ", ".join(f"{k}={v:g}" if type(v) is float else f"{k}={v!r}" for k, v in values)
 
     def _check(self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True):
-        """``pred`` ``(N, C, *spatial)`` (half precision as float32) and the target: int64 class
-        indices (multiclass) or floats of ``pred``'s shape. Shapes always checked, values if
-        ``validate`` (``class_indices=False``: the index range is the caller's)."""
+        """``pred`` ``(N, C, *spatial)`` (half as float32), the target as int64 indices or floats
+        of its shape; values checked if ``validate`` (the index range only if ``class_indices``)."""
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
             kinds = f"{type(pred).__name__} and {type(target).__name__}"
             raise TypeError(f"pred and target must be tensors, got {kinds}")
@@ -194,8 +177,7 @@ class DiceLoss(_SegmentationLoss):
         x = pred.reshape(n, c, -1)
         if target.dtype == torch.int64:  # multiclass class indices
             labels = _class_indices(target, c, x.dtype)
-            # Range check on the float copy, still cache-warm (exact: the cast is monotone
-            # and c is exact in its dtype); the integer check only to word the error.
+            # range check on the cache-warm float copy (exact); the int one words the error
             if self.validate and labels.numel() and not 0 <= labels.amin() <= labels.amax() < c:
                 self._check_class_indices(target, c)
             index = torch.arange(c, device=labels.device, dtype=labels.dtype).view(1, c, 1)
@@ -329,9 +311,8 @@ class FocalLoss(_SegmentationLoss):
             loss = -logp.gather(1, classes)
             logp = -loss
         else:
-            classes = torch.arange(pred.shape[1], device=pred.device).view(
-                -1, *[1] * (pred.dim() - 2)
-            )
+            classes = torch.arange(pred.shape[1], device=pred.device)
+            classes = classes.view(-1, *[1] * (pred.dim() - 2))
             loss = -logp * target
         if self.gamma:
             # 1 - p_c, clamped so its power has a finite gradient when p_c rounds to 1.
@@ -367,7 +348,6 @@ class CombinedLoss(nn.Module):
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The term keys, in order."""
         return self._keys
 
     def term(self, key: str) -> Callable:
@@ -393,11 +373,8 @@ class CombinedLoss(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         values = {key: loss(pred, target) for key, loss in self._terms.items()}
         self.last_values = {key: value.detach() for key, value in values.items()}
-        total = None
-        for key, value in values.items():
-            weighted = value * self._weights[key]
-            total = weighted if total is None else total + weighted
-        return total
+        terms = [value * self._weights[key] for key, value in values.items()]
+        return sum(terms[1:], terms[0])
 
     @torch.no_grad()
     def components(self, pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -429,13 +406,11 @@ _DICE_CONFIG = {"smooth": 1e-5, "jaccard": False, "squared_pred": False, "includ
 
 
 def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary") -> CombinedLoss:
-    """A :class:`CombinedLoss` from a :data:`LOSS_PRESETS` name or a configuration mapping.
-
-    Config keys: ``type`` (``"combined"``), ``dice_weight`` (0.7), ``bce_weight`` (0.3),
-    ``dice_config`` (``smooth``, ``jaccard``, ``squared_pred``, ``include_background``),
-    ``bce_config`` (``gamma``, ``alpha``: a ``focal`` term replaces ``bce``) and ``mode``.
-    The ``bce`` term is ``CrossEntropyLoss`` in multiclass mode. Raises ``ValueError``.
-    """
+    """A :class:`CombinedLoss` from a :data:`LOSS_PRESETS` name or a configuration mapping; keys
+    ``type`` (``"combined"``), ``dice_weight`` (0.7), ``bce_weight`` (0.3), ``dice_config``
+    (``smooth``, ``jaccard``, ``squared_pred``, ``include_background``), ``bce_config``
+    (``gamma``, ``alpha``: a ``focal`` term replaces ``bce``, which is ``CrossEntropyLoss`` in
+    multiclass mode) and ``mode``. Raises ``ValueError``."""
     check_choice("mode", mode, MODES)
     config = name_or_config
     if isinstance(config, str):

@@ -23,18 +23,7 @@ from .loop import _forward, compute_loss, default_loss, outputs_to_float32, spli
 from .update import Update
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
 
-__all__ = [
-    "LR_RANGE_MODES",
-    "LRRangeTestResult",
-    "MovingAverage",
-    "ema",
-    "lr_range_test",
-    "suggest_lr",
-    "zero_lag_smooth",
-]
-
 LR_RANGE_MODES = ("exp", "linear")
-_BAND = 0.1  # fraction of the loss drop that bounds the suggestion range
 _WIDTH = 0.25  # width (decades of LR) of the centred smoothing
 _NO_DESCENT = (
     "the loss never fell during the LR range test, so there is no suggestion "
@@ -88,8 +77,7 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tu
     """``(suggestion, (low, high))`` from increasing ``lrs`` and smoothed ``losses``: over the
     finite ``L``, ``k = argmin L``, ``j = argmax L[:k+1]``, ``Δ = L_j − L_k``; ``low``/``high``
     are the first LRs after ``j`` with ``L ≤ L_j − 0.1 Δ`` / ``L ≤ L_k + 0.1 Δ``, the
-    suggestion the steepest ``dL/d log lr`` between them; ``nan`` if ``k = 0`` or
-    ``Δ ≤ 1e-6 |L_j|``."""
+    suggestion the steepest ``dL/d log lr`` between them; ``nan`` if k = 0 or Δ ≤ 1e-6 |L_j|."""
     if len(lrs) != len(losses):
         raise ValueError(
             f"lrs and losses must have the same length, got {len(lrs)} and {len(losses)}"
@@ -105,8 +93,8 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tu
     if k == 0 or not drop > 1e-6 * abs(y[j]):
         return nothing
     segment = y[j : k + 1]
-    lo = j + int(np.argmax(segment <= y[j] - _BAND * drop))
-    hi = j + int(np.argmax(segment <= y[k] + _BAND * drop))
+    lo = j + int(np.argmax(segment <= y[j] - 0.1 * drop))
+    hi = j + int(np.argmax(segment <= y[k] + 0.1 * drop))
     s = lo + int(np.argmin(np.gradient(y, x)[lo : hi + 1]))
     return float(math.exp(x[s])), (float(math.exp(x[lo])), float(math.exp(x[hi])))
 
@@ -116,8 +104,8 @@ class LRRangeTestResult:
     """What :func:`lr_range_test` measured: ``lrs`` (of the group with the largest LR) per
     completed step; ``losses``, the causal smoothing of ``raw_losses`` (``nan`` where not
     finite); ``suggestion_losses``, the zero-lag smoothing (raw losses clipped to
-    ``diverge_threshold`` × the best smoothed one) that :func:`suggest_lr` reads;
-    ``stop_reason``: ``"completed"``, ``"diverged"`` or ``"non-finite loss"``."""
+    ``diverge_threshold`` × the best smoothed one) that :func:`suggest_lr` reads; ``stop_reason``
+    ``"completed"``, ``"diverged"`` or ``"non-finite loss"``."""
 
     lrs: list[float]
     losses: list[float]
@@ -136,8 +124,7 @@ class LRRangeTestResult:
         self.best_loss, self.best_lr = min(finite) if finite else (math.nan, math.nan)
 
     def plot(self, ax: Axes | None = None) -> Figure:
-        """Loss against LR: raw points, both smoothings, the suggestion and its range; a
-        non-finite loss is an ✕ at the top. The y-axis ends where the loss blows up."""
+        """Loss against LR: raw, both smoothings, the suggestion and its range; ✕: non-finite."""
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax)
@@ -182,7 +169,7 @@ def _put_back(live: Any, saved: Any) -> Any:
 
 
 class _Snapshot:
-    """Everything the range test changes, copied to be put back bit for bit and in place."""
+    """Everything the range test changes, to be put back bit for bit and in place."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader, stateful):
         self.tensors = [*model.parameters(), *model.buffers()]
@@ -252,15 +239,12 @@ def lr_range_test(
     update: Update | None = None,
     batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> LRRangeTestResult:
-    """Run the LR range test and restore everything it touched (model, gradients, modes,
-    optimizer, update, scheduler, scaler, random states, the loader's generator), also if it
-    raises. Each step sets the LR (the largest group follows the sweep, the others keep
-    their ratio), trains on the next batch of ``loader`` (cycled) as ``fit`` would and
-    records the loss of the following one. ``loss_fn(outputs, targets)`` (``None``:
-    ``default_loss``); ``update``: the training's ``Update`` (its precision, accumulation
-    and clipping apply; then ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain
-    update. ``ValueError``: a bad argument or an empty loader; ``TypeError``: a wrong type
-    or a loader that does not yield pairs."""
+    """Run the LR range test, then restore all it touched (also if it raises). Each step sets
+    the LR (the largest group follows the sweep, the others keep their ratio), trains on the
+    next batch (``loader`` cycled) as ``fit`` would and records the loss of the following one.
+    ``loss_fn`` ``None``: ``default_loss``; ``update``: the training's ``Update`` (then
+    ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain update. ``ValueError``: a bad
+    argument or empty loader; ``TypeError``: a wrong type or a loader not yielding pairs."""
     start_lr = check_float("start_lr", start_lr, min=0, low_open=True)
     end_lr = check_float("end_lr", end_lr, min=start_lr, low_open=True)
     check_int("num_iters", num_iters, min=3)
@@ -279,15 +263,13 @@ def lr_range_test(
     elif max_grad_norm is not None:
         raise ValueError("max_grad_norm is for the plain update; the given update clips itself")
     optimizer = update.optimizer
-
     sweep = (np.geomspace if mode == "exp" else np.linspace)(start_lr, end_lr, num_iters)
     largest = max(g["lr"] for g in optimizer.param_groups)
     ratios = [g["lr"] / largest if largest > 0 else 1.0 for g in optimizer.param_groups]
     device = torch.device(device) if device is not None else next(model.parameters()).device
-
     snapshot = _Snapshot(model, optimizer, loader, (update, update.scheduler, update.amp))
     lrs, raw, smoothed = [], [], []
-    initial, stop_reason = math.nan, "completed"
+    initial, stop = math.nan, "completed"
     try:
         model.train()
         optimizer.zero_grad(set_to_none=True)
@@ -310,11 +292,8 @@ def lr_range_test(
                 raw.append(value)
                 smoothed.append(average.update(value))
                 best = min(best, smoothed[-1])  # unchanged by a nan
-            if not math.isfinite(value):
-                stop_reason = "non-finite loss"
-                break
-            if i and smoothed[-1] > diverge_threshold * best:
-                stop_reason = "diverged"
+            if not math.isfinite(value) or (i and smoothed[-1] > diverge_threshold * best):
+                stop = "diverged" if math.isfinite(value) else "non-finite loss"
                 break
             if i == num_iters:
                 break
@@ -333,6 +312,4 @@ def lr_range_test(
     suggestion, band = suggest_lr(lrs, zero_lag)
     if not math.isfinite(suggestion):
         warnings.warn(_NO_DESCENT, RuntimeWarning, stacklevel=2)
-    return LRRangeTestResult(
-        lrs, smoothed, raw, suggestion, band, zero_lag, initial, stop_reason, mode
-    )
+    return LRRangeTestResult(lrs, smoothed, raw, suggestion, band, zero_lag, initial, stop, mode)

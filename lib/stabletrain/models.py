@@ -17,18 +17,6 @@ from torch import nn
 
 from .checks import check_bool, check_choice, check_float, check_int, check_keys
 
-__all__ = [
-    "ACTIVATION_TYPES",
-    "ATTENTION_TYPES",
-    "NORM_TYPES",
-    "SAFE_ATTENTION",
-    "CBAMBlock",
-    "ConvBlock",
-    "SEBlock",
-    "SpatialSelfAttention",
-    "TinyUNet",
-]
-
 ATTENTION_TYPES = (None, "se", "cbam")
 NORM_TYPES = ("batch", "group", None)
 ACTIVATION_TYPES = ("relu", "leaky_relu")
@@ -40,7 +28,7 @@ def _check_positive_int(name: str, value: object) -> int:  # used by course.dive
 
 
 def _check_block(channels, reduction, norm, gate_bound, residual_scale) -> tuple:
-    """The checked shared arguments of the attention blocks, with ``hidden`` after ``channels``."""
+    """The checked arguments of the attention blocks, ``hidden`` after ``channels``."""
     channels = check_int("channels", channels, min=1)
     hidden = max(channels // check_int("reduction", reduction, min=1), 1)
     gate_bound = check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True)
@@ -123,11 +111,10 @@ class CBAMBlock(nn.Module):
         channels, hidden, norm, gate_bound, self.residual_scale = options
         if check_int("kernel_size", kernel_size, min=1) % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-        layers: list[nn.Module] = [nn.Conv2d(channels, hidden, kernel_size=1)]
-        if norm:
-            layers.append(nn.GroupNorm(1, hidden))
-        layers += [nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, kernel_size=1)]
-        self.mlp = nn.Sequential(*layers)
+        squeeze = nn.Conv2d(channels, hidden, kernel_size=1)
+        hidden_norm = [nn.GroupNorm(1, hidden)] if norm else []
+        excite = nn.Conv2d(hidden, channels, kernel_size=1)
+        self.mlp = nn.Sequential(squeeze, *hidden_norm, nn.ReLU(inplace=True), excite)
         self.pool_norm = nn.BatchNorm2d(2) if norm else nn.Identity()
         self.spatial = nn.Conv2d(2, 1, kernel_size=kernel_size, padding=kernel_size // 2)
         self.channel_gate = _Gate(gate_bound)

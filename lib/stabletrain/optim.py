@@ -1,10 +1,6 @@
-"""Build a torch optimizer from a flat configuration (Keras-style or torch keys).
-
-Keras keys: ``learning_rate`` → ``lr``, ``beta_1``/``beta_2`` → ``betas``, ``epsilon`` →
-``eps``, ``rho`` → RMSprop's ``alpha`` (Adadelta's ``rho``); a missing key takes torch's
-default. A model gets :func:`param_groups`; the Keras clipping keys become ``StabilityGuard``
-settings (:func:`clipping_from_config`).
-"""
+"""A torch optimizer from a flat configuration of torch or Keras keys: ``learning_rate`` →
+``lr``, ``beta_1``/``beta_2`` → ``betas``, ``epsilon`` → ``eps``, ``rho`` → RMSprop's
+``alpha`` (Adadelta's ``rho``); a missing key takes torch's default."""
 
 from __future__ import annotations
 
@@ -17,27 +13,16 @@ from torch import nn
 
 from .checks import check_bool, check_config_value, check_float
 
-__all__ = [
-    "CLIPPING_KEYS",
-    "OPTIMIZER_TYPES",
-    "build_optimizer",
-    "clipping_from_config",
-    "is_no_decay",
-    "param_groups",
-]
-
 OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
     name.lower(): getattr(torch.optim, name)
     for name in ("Adam", "AdamW", "RMSprop", "Adadelta", "SGD")
 }
-"""Accepted ``type`` values and the torch class each builds."""
 
 CLIPPING_KEYS: dict[str, str] = {
     "gradient_clipping_by_norm": "norm",
     "gradient_clipping_by_norm_local": "norm_local",
     "gradient_clipping_by_value": "value",
-}
-"""The Keras clipping keys and the :class:`~stabletrain.stability.StabilityGuard` mode of each."""
+}  # Keras clipping key -> StabilityGuard clip_mode
 
 _BUILDER_KEYS = ("type", "no_decay_norm_bias", "lr_multipliers")
 _NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -50,15 +35,10 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 
 
 def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The torch constructor's keywords for a configuration; raises ``ValueError``."""
     signature = inspect.signature(OPTIMIZER_TYPES[kind].__init__).parameters
-    # Keras key -> torch argument where the type has it (beta_1/beta_2 are handled together)
-    renames = {
-        "learning_rate": "lr",
-        "epsilon": "eps",
-        "rho": "alpha" if kind == "rmsprop" else "rho",
-    }
-    renames = {k: v for k, v in renames.items() if v in signature}
+    rho = "alpha" if kind == "rmsprop" else "rho"
+    keras = {"learning_rate": "lr", "epsilon": "eps", "rho": rho}  # where the type has it
+    renames = {k: v for k, v in keras.items() if v in signature}
     pair = ("beta_1", "beta_2") if kind in ("adam", "adamw") else ()
     accepted = sorted(
         {*renames, *pair, *signature, *CLIPPING_KEYS, *_BUILDER_KEYS} - {"self", "params"}
@@ -90,7 +70,7 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_no_decay(module: nn.Module, param_name: str) -> bool:
-    """Whether parameter ``param_name`` of ``module`` (its direct owner) is a bias or a norm layer's."""
+    """Whether ``param_name`` of ``module`` (its direct owner) is a bias or a norm layer's."""
     return param_name == "bias" or isinstance(module, _NORM_TYPES)
 
 
@@ -102,15 +82,10 @@ def param_groups(
     no_decay_norm_bias: bool = True,
     lr_multipliers: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    r"""A model's trainable parameters as optimizer groups named ``"<prefix>/[no_]decay"``.
-
-    A parameter gets LR :math:`m \cdot \text{lr}`, :math:`m` the multiplier of the longest
-    prefix of its qualified name in ``lr_multipliers`` (prefix ``default``, 1.0, if none),
-    and weight decay 0 if ``no_decay_norm_bias`` and :func:`is_no_decay`. One group per
-    (prefix, decay) in first-met order, each with ``"lr_multiplier"``; shared parameters
-    appear once. Raises ``ValueError`` for a multiplier not a finite number >= 0 or a prefix
-    that matches no parameter.
-    """
+    r"""Trainable parameters as groups ``"<prefix>/[no_]decay"`` (first-met order, shared ones
+    once) with LR :math:`m \cdot \text{lr}`, :math:`m` (``"lr_multiplier"``) that of the longest
+    prefix of the name in ``lr_multipliers`` (none: ``default``, 1.0), weight decay 0 if
+    ``no_decay_norm_bias`` and :func:`is_no_decay`. ``ValueError``: a bad multiplier or prefix."""
     multipliers = dict(lr_multipliers or {})
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # shared ones once
 
@@ -131,17 +106,16 @@ def param_groups(
         m = float(multipliers[prefix]) if prefix else 1.0
         prefix = prefix or "default"
         exempt = no_decay_norm_bias and is_no_decay(model.get_submodule(owner), local)
-        group = groups.setdefault(
-            (prefix, exempt),
-            {
-                "params": [],
-                "name": f"{prefix}/{'no_decay' if exempt else 'decay'}",
-                "lr": lr * m,
-                "lr_multiplier": m,
-                "weight_decay": 0.0 if exempt else weight_decay,
-            },
-        )
-        group["params"].append(param)
+        decay = 0.0 if exempt else weight_decay
+        name = f"{prefix}/{'no_decay' if exempt else 'decay'}"
+        group = {
+            "params": [],
+            "name": name,
+            "lr": lr * m,
+            "lr_multiplier": m,
+            "weight_decay": decay,
+        }
+        groups.setdefault((prefix, exempt), group)["params"].append(param)
     return list(groups.values())
 
 
@@ -149,14 +123,9 @@ def build_optimizer(
     model_or_params: nn.Module | Iterable[torch.Tensor] | Iterable[dict[str, Any]],
     config: Mapping[str, Any],
 ) -> torch.optim.Optimizer:
-    """A torch optimizer from ``{"type": ..., <optimizer, builder and clipping keys>}``.
-
-    A model gets :func:`param_groups`; parameters or group dicts go to torch as they are
-    (then ``lr_multipliers`` and ``no_decay_norm_bias=True`` are refused: they need names).
-    Clipping keys are only validated. Raises ``TypeError`` if ``config`` is not a mapping,
-    ``ValueError`` for an unknown type or key (listing the accepted ones), a key given under
-    both its Keras and torch name, or a value torch rejects.
-    """
+    """A torch optimizer from ``{"type": ..., <optimizer, builder and clipping keys>}``; a model
+    gets :func:`param_groups`, parameters or groups go to torch as they are. Clipping keys are
+    only validated. ``TypeError``: config not a mapping; ``ValueError``: anything else wrong."""
     if not isinstance(config, Mapping):
         raise TypeError(f"optimizer config must be a mapping, got {type(config).__name__}")
     kind = config.get("type")
@@ -176,9 +145,8 @@ def build_optimizer(
             f"got {multipliers!r}"
         )
     if isinstance(model_or_params, nn.Module):
-        defaults = inspect.signature(cls.__init__).parameters
         for key in ("lr", "weight_decay"):
-            kwargs[key] = float(kwargs.get(key, defaults[key].default))
+            kwargs[key] = float(kwargs.get(key, inspect.signature(cls).parameters[key].default))
         params: Any = param_groups(
             model_or_params,
             lr=kwargs["lr"],
@@ -200,12 +168,8 @@ def build_optimizer(
 
 
 def clipping_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``StabilityGuard`` keywords for the Keras clipping keys (:data:`CLIPPING_KEYS`).
-
-    ``{"gradient_clipping_by_norm": 1.0}`` gives ``{"clip_mode": "norm", "max_norm": 1.0}``;
-    no key, or a ``null``/0 value, gives ``{}``. Raises ``ValueError`` for more than one
-    clipping key or a value that is not a number > 0.
-    """
+    """``{"gradient_clipping_by_norm": 1.0}`` → ``{"clip_mode": "norm", "max_norm": 1.0}`` (no key
+    or a null/0 value: ``{}``); ``ValueError`` for two keys or a value not > 0."""
     given = {k: config[k] for k in CLIPPING_KEYS if config.get(k) not in (None, 0, False)}
     if len(given) > 1:
         raise ValueError(f"give at most one gradient clipping key, got {sorted(given)}")

@@ -1,11 +1,5 @@
-"""The learning-rate figure: LR per optimizer step, one curve per schedule.
-
-Used by ``python -m stabletrain compare-schedulers`` and the widgets.
-
-Example:
-    >>> from stabletrain.plotting import plot_lr
-    >>> fig = plot_lr({"constant": [0.1] * 10, "halved": [0.1] * 5 + [0.05] * 5})
-"""
+"""The learning-rate figure: LR per optimizer step, one curve per schedule (used by
+``python -m stabletrain compare-schedulers`` and the widgets)."""
 
 from __future__ import annotations
 
@@ -16,8 +10,6 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["plot_lr"]
-
 
 def plot_lr(
     lrs: Sequence[float] | Mapping[str, Sequence[float]],
@@ -27,12 +19,8 @@ def plot_lr(
     title: str = "learning rate per step",
 ) -> Figure:
     """LR against optimizer step, for one schedule or a mapping ``{label: lrs}``."""
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-    else:
-        fig = ax.figure
-    if not isinstance(lrs, Mapping):
-        lrs = {"": lrs}
+    fig, ax = plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax)
+    lrs = lrs if isinstance(lrs, Mapping) else {"": lrs}
     for label, values in lrs.items():
         ax.plot(np.arange(len(values)), values, label=label or None)
     ax.set(xlabel="step", ylabel="learning rate", title=title)

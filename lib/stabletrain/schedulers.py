@@ -26,28 +26,6 @@ from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
 from .checks import check_bool, check_choice, check_config_value, check_float, check_int
 
-__all__ = [
-    "SCHEDULER_ALIASES",
-    "SCHEDULER_TYPES",
-    "AdaptiveScheduler",
-    "Constant",
-    "ConstantWithWarmup",
-    "CosineRestarts",
-    "ExponentialDecay",
-    "OneCycle",
-    "PlateauWithWarmup",
-    "PolynomialDecay",
-    "StepDecay",
-    "WarmupCosine",
-    "WarmupWrapper",
-    "build_scheduler",
-    "epochs_to_steps",
-    "is_metric_driven",
-    "lr_curve",
-    "with_warmup",
-]
-
-
 # this module's values come from configurations: a wrong type is a ValueError too
 _int, _float, _bool = (
     partial(check_config_value, check) for check in (check_int, check_float, check_bool)
@@ -64,14 +42,6 @@ def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
             f"got {len(value)} values"
         )
     return [_float(f"{name}[{i}]", v, min=0) for i, v in enumerate(value)]
-
-
-def _set_lr(group: dict[str, Any], value: float) -> None:
-    """Set ``group["lr"]`` without replacing a tensor LR."""
-    if isinstance(group["lr"], torch.Tensor):
-        group["lr"].fill_(value)
-    else:
-        group["lr"] = value
 
 
 def _group_lrs(optimizer: Optimizer) -> list[Any]:
@@ -94,26 +64,20 @@ def _base_lrs_of(optimizer: Optimizer) -> list[float]:
 
 
 def is_metric_driven(scheduler: Any) -> bool:
-    """Whether ``scheduler`` takes ``step(metric)``: ``metric_driven = True`` or ``ReduceLROnPlateau``."""
+    """Whether it takes ``step(metric)``: ``metric_driven = True`` or ``ReduceLROnPlateau``."""
     driven = getattr(scheduler, "metric_driven", False)
     return bool(driven) or isinstance(scheduler, ReduceLROnPlateau)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
-    r"""A length in epochs (fractional allowed) as optimizer steps: :math:`\lfloor e n + 0.5 \rfloor`.
-
-    Raises ``ValueError`` if ``epochs < 0`` or ``steps_per_epoch < 1``.
-    """
+    r"""Epochs (fractional allowed) as optimizer steps: :math:`\lfloor e n + 0.5 \rfloor`."""
     e = _float("epochs", epochs, min=0)
     return math.floor(e * _int("steps_per_epoch", steps_per_epoch, min=1) + 0.5)
 
 
 class _Schedule(LRScheduler):
     """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics.
-
-    ``state_dict``/``load_state_dict`` deep-copy (everything but ``_state_exclude``), so
-    snapshots never alias live state.
-    """
+    ``state_dict``/``load_state_dict`` deep-copy (all but ``_state_exclude``): no aliasing."""
 
     metric_driven: bool = False
     _needs_total: bool = False
@@ -121,13 +85,11 @@ class _Schedule(LRScheduler):
     _state_exclude: tuple[str, ...] = ("optimizer",)
 
     def state_dict(self) -> dict[str, Any]:
-        """A deep copy of the scheduler's state (everything but the optimizer)."""
         return copy.deepcopy(
             {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
         )
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a copy of a :meth:`state_dict`."""
         self.__dict__.update(copy.deepcopy(dict(state_dict)))
 
     def _warmup_lr(self, s: int, i: int, b: float) -> float:
@@ -137,7 +99,7 @@ class _Schedule(LRScheduler):
         return a + (b - a) * s / self.warmup_steps
 
     def _extra(self, s: int) -> None:
-        """Side effects besides the LR at step ``s`` (momentum cycling); none by default."""
+        """Side effects besides the LR at step ``s`` (momentum cycling)."""
 
     def lr_at(self, step: int) -> list[float]:
         """Every group's LR at ``step`` in the current state, without changing any state."""
@@ -151,15 +113,15 @@ class _Schedule(LRScheduler):
     def _apply(self) -> None:
         """Set the group LRs to this step's at once (after a metric changed the schedule)."""
         for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
-            _set_lr(group, lr)
+            if isinstance(group["lr"], torch.Tensor):  # keep a tensor LR
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
         self._last_lr = _group_lrs(self.optimizer)
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step).
-
-        A non-metric-driven schedule takes an int as torch's ``epoch`` (``SequentialLR``)
-        and raises ``ValueError`` for any other metric.
-        """
+        """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step). Not
+        metric-driven: an int is torch's ``epoch`` (``SequentialLR``), other metrics raise."""
         if metric is not None and self.metric_driven:
             self._report(metric)
         elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
@@ -172,7 +134,7 @@ class _Schedule(LRScheduler):
 
 
 class _WarmupSchedule(_Schedule):
-    """Closed-form schedules: warmup, then :meth:`_after_warmup`; the LR is a function of ``s``."""
+    """Closed form: warmup, then :meth:`_after_warmup`."""
 
     def __init__(
         self,
@@ -211,7 +173,7 @@ class _WarmupSchedule(_Schedule):
 
 
 class Constant(_WarmupSchedule):
-    """``constant``: warmup (none by default), then ``lr = b``; ``min_lr``/``total_steps`` only checked."""
+    """``constant``: warmup (none by default), then ``lr = b``."""
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
         return b
@@ -221,11 +183,8 @@ ConstantWithWarmup = Constant  # the former name
 
 
 class WarmupCosine(_WarmupSchedule):
-    r"""``warmup_cosine`` (aliases ``cosine``, ``cosine_decay``): warmup, then half a cosine.
-
-    :math:`\text{lr} = \eta + (b - \eta)(1 + \cos(\pi \min(t, D)/D))/2`; ``total_steps``
-    required. Stays at :math:`\eta` after :math:`T` (``CosineAnnealingLR`` for W = 0, s ≤ T).
-    """
+    r"""``warmup_cosine`` (aliases ``cosine``, ``cosine_decay``), ``total_steps`` required:
+    :math:`\text{lr} = \eta + (b - \eta)(1 + \cos(\pi \min(t, D)/D))/2`."""
 
     _needs_total = True
 
@@ -235,13 +194,11 @@ class WarmupCosine(_WarmupSchedule):
 
 
 class CosineRestarts(_WarmupSchedule):
-    r"""``cosine_restarts`` (alias ``cosine_decay_restarts``): SGDR warm restarts after warmup.
-
-    Cycle :math:`k` has length :math:`\ell_k = F r^k` (``first_cycle_steps`` F > 0, ``t_mult``
-    r ≥ 1, alias ``t_mul``) and starts at :math:`S_k = \sum_{j<k} \ell_j`; with
-    :math:`\tau = t - S_k` and peak :math:`p_k = \max(\eta, b m^k)` (``m_mul`` m in (0, 1]):
-    :math:`\text{lr} = \eta + (p_k - \eta)(1 + \cos(\pi \tau / \ell_k))/2`.
-    """
+    r"""``cosine_restarts`` (alias ``cosine_decay_restarts``): SGDR. Cycle :math:`k` has length
+    :math:`\ell_k = F r^k` (``first_cycle_steps`` F > 0, ``t_mult`` r ≥ 1, alias ``t_mul``),
+    starts at :math:`S_k = \sum_{j<k} \ell_j`; with :math:`\tau = t - S_k`, peak
+    :math:`p_k = \max(\eta, b m^k)` (``m_mul`` m in (0, 1]):
+    :math:`\text{lr} = \eta + (p_k - \eta)(1 + \cos(\pi \tau / \ell_k))/2`."""
 
     def __init__(
         self,
@@ -282,7 +239,7 @@ class CosineRestarts(_WarmupSchedule):
 
 
 class PolynomialDecay(_WarmupSchedule):
-    r"""``polynomial``: :math:`\text{lr} = \eta + (b - \eta)(1 - \min(t, D)/D)^p`, ``power`` p > 0."""
+    r"""``polynomial``: :math:`\text{lr} = \eta + (b - \eta)(1 - \min(t, D)/D)^p`, ``power`` > 0."""
 
     _needs_total = True
 
@@ -296,11 +253,8 @@ class PolynomialDecay(_WarmupSchedule):
 
 
 class ExponentialDecay(_WarmupSchedule):
-    r"""``exponential`` (alias ``exponential_decay``): :math:`\max(\eta, b\gamma^{t/n})`.
-
-    ``gamma`` in (0, 1] (alias ``decay_rate``), n = ``decay_steps`` > 0; ``staircase``
-    floors the exponent.
-    """
+    r"""``exponential`` (alias ``exponential_decay``): :math:`\max(\eta, b\gamma^{t/n})`, ``gamma``
+    in (0, 1] (alias ``decay_rate``), n = ``decay_steps`` > 0; ``staircase`` floors t/n."""
 
     def __init__(
         self,
@@ -322,7 +276,7 @@ class ExponentialDecay(_WarmupSchedule):
 
 
 class StepDecay(ExponentialDecay):
-    r"""``step``: :math:`\max(\eta, b\gamma^{\lfloor t/n \rfloor})`, n = ``step_size`` ≥ 1, γ in (0, 1]."""
+    r"""``step``: :math:`\max(\eta, b\gamma^{\lfloor t/n \rfloor})`, n = ``step_size`` ≥ 1."""
 
     def __init__(
         self, optimizer: Optimizer, step_size: int, *, gamma: float = 0.1, **kwargs: Any
@@ -332,13 +286,10 @@ class StepDecay(ExponentialDecay):
 
 
 class OneCycle(_WarmupSchedule):
-    r"""``onecycle``: torch's ``OneCycleLR`` arithmetic with ``max_lr`` = each group's base LR.
-
-    For s < T, LRs and momenta (or Adam's β1) are exactly ``OneCycleLR``'s with the same
-    arguments; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``. From s = T on it holds the
-    final LR and momentum and warns once when stepped beyond T (torch raises). Raises
-    ``ValueError`` for a phase shorter than one step, ``cycle_momentum`` with an optimizer
-    without momentum/betas, or any invalid argument.
+    r"""``onecycle``: for s < T, LRs and momenta (or Adam's β1) exactly ``OneCycleLR``'s with
+    ``max_lr`` = each group's base LR; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``.
+    From s = T it holds the final values, warning once past T. ``ValueError`` also for a phase
+    under one step or ``cycle_momentum`` with an optimizer without momentum/betas.
     """
 
     _needs_total = True
@@ -382,17 +333,15 @@ class OneCycle(_WarmupSchedule):
                 "pct_start * total_steps > 1 and the decay phase keeps at least one step"
             )
         self.use_beta1 = "betas" in optimizer.defaults
-        if cycle_momentum and "momentum" not in optimizer.defaults and not self.use_beta1:
-            raise ValueError(
-                "cycle_momentum=True needs an optimizer with momentum or betas; "
-                f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
-            )
         if cycle_momentum:  # per group, as OneCycleLR keeps them in the groups
-            base_ms = _per_group("base_momentum", base_momentum, len(bases))
-            max_ms = _per_group("max_momentum", max_momentum, len(bases))
-            self.momenta = [
-                {"base_momentum": b, "max_momentum": m} for b, m in zip(base_ms, max_ms)
-            ]
+            if "momentum" not in optimizer.defaults and not self.use_beta1:
+                raise ValueError(
+                    "cycle_momentum=True needs an optimizer with momentum or betas; "
+                    f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
+                )
+            keys = ("base_momentum", "max_momentum")
+            ms = [_per_group(k, v, len(bases)) for k, v in zip(keys, (base_momentum, max_momentum))]
+            self.momenta = [dict(zip(keys, pair)) for pair in zip(*ms)]
         self._warned_past_end = False
         super().__init__(optimizer, total_steps=total)
 
@@ -417,11 +366,8 @@ class OneCycle(_WarmupSchedule):
     def _extra(self, s: int) -> None:
         if s > self.total_steps and not self._warned_past_end:
             self._warned_past_end = True
-            warnings.warn(
-                f"OneCycle stepped past total_steps={self.total_steps}; holding the final LR",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+            msg = f"OneCycle stepped past total_steps={self.total_steps}; holding the final LR"
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
         for i, group in enumerate(self.optimizer.param_groups if self.cycle_momentum else []):
             values = self.momenta[i]
             last = values[self._phases[-1][4]]
@@ -433,13 +379,8 @@ class OneCycle(_WarmupSchedule):
 
 
 class PlateauWithWarmup(_WarmupSchedule):
-    r"""``plateau``: warmup by ``step()``, then ``ReduceLROnPlateau``'s rule by ``step(metric)``.
-
-    After warmup each ``step(metric)`` applies torch's rule (``mode``, ``factor`` in (0, 1),
-    ``patience``, ``threshold``, ``threshold_mode``, ``cooldown``, ``eps``; the same defaults)
-    with floor :math:`\eta`; ``step()`` then leaves the LR alone, metrics during warmup are
-    ignored. With W = 0 the LRs equal ``ReduceLROnPlateau``'s for the same metrics.
-    """
+    r"""``plateau``: warmup by ``step()``, then ``ReduceLROnPlateau``'s rule (same arguments and
+    defaults, floor :math:`\eta`) by ``step(metric)``; metrics during warmup are ignored."""
 
     metric_driven = True
 
@@ -464,8 +405,7 @@ class PlateauWithWarmup(_WarmupSchedule):
         self.cooldown = _int("cooldown", cooldown, min=0)
         self.eps = _float("eps", eps, min=0)
         self.best = math.inf if mode == "min" else -math.inf
-        self.num_bad_epochs = 0
-        self.cooldown_counter = 0
+        self.num_bad_epochs = self.cooldown_counter = 0
         self.current_lrs = _base_lrs_of(optimizer)
         super().__init__(optimizer, **kwargs)
 
@@ -496,7 +436,7 @@ class PlateauWithWarmup(_WarmupSchedule):
             self._apply()
 
 
-# canonical type -> class of the types that can be the ``base`` of ``adaptive``
+# the types that can be the ``base`` of ``adaptive``
 _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
     "constant": Constant,
     "warmup_cosine": WarmupCosine,
@@ -509,17 +449,15 @@ _CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
 
 
 class AdaptiveScheduler(_Schedule):
-    r"""``adaptive``: a closed-form base schedule times a multiplier cut on trouble.
-
-    :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the ``base``
-    schedule's LR (a type name or ``{"type": ..., **params}``, or its parameters as keywords),
-    :math:`m` from 1. A cut, :math:`m \leftarrow m \cdot` ``factor``, changes the LRs at once.
-    ``step(metric)`` cuts at most once when the metric is not finite (also setting
-    ``needs_rollback``; whoever rolls back clears it), exceeds ``(1 + spike_threshold)`` × the
-    mean of the last ``window`` finite ones, or brought no new best for ``patience`` metrics
-    (a cut resets that count). ``observe(loss)`` cuts when a step's finite loss exceeds
-    ``step_spike_factor`` × the median of the last ``step_window`` (once ``window`` were seen;
-    ``None``: off); a spike stays out of the median and starts a cooldown of ``window``.
+    r"""``adaptive``: :math:`\text{lr} = \min(\ell(s), \max(\eta, \ell(s) m))`, :math:`\ell` the
+    ``base`` schedule's LR (a type name or ``{"type": ..., **params}``, or its parameters as
+    keywords), :math:`m` from 1; a cut, :math:`m \leftarrow m \cdot` ``factor``, applies at once.
+    ``step(metric)`` cuts (once) for a non-finite metric (and sets ``needs_rollback``; whoever
+    rolls back clears it), one over ``(1 + spike_threshold)`` × the mean of the last ``window``
+    finite ones, or ``patience`` metrics without a new best (a cut resets that count).
+    ``observe(loss)`` cuts for a finite step loss over ``step_spike_factor`` (``None``: off) ×
+    the median of the last ``step_window`` (after ``window``); a spike stays out of the median
+    and starts a cooldown of ``window`` steps.
     """
 
     metric_driven = True
@@ -558,8 +496,7 @@ class AdaptiveScheduler(_Schedule):
         self.needs_rollback = False
         self.recent: list[float] = []
         self.best = math.inf
-        self.num_bad = 0
-        self.num_cuts = 0
+        self.num_bad = self.num_cuts = 0
         super().__init__(optimizer)
 
     def _lr(self, s: int, i: int, b: float) -> float:
@@ -572,11 +509,10 @@ class AdaptiveScheduler(_Schedule):
     def _report(self, metric: float | torch.Tensor) -> None:
         value = float(metric)
         finite = math.isfinite(value)
-        cut = not finite
         self.needs_rollback = self.needs_rollback or not finite
+        mean = sum(self.recent) / len(self.recent) if self.recent else math.inf
+        cut = not finite or value > (1.0 + self.spike_threshold) * mean
         if finite:
-            mean = sum(self.recent) / len(self.recent) if self.recent else math.inf
-            cut = cut or value > (1.0 + self.spike_threshold) * mean
             self.recent = [*self.recent, value][-self.window :]
         if finite and value < self.best:
             self.best = value
@@ -589,7 +525,7 @@ class AdaptiveScheduler(_Schedule):
             self._cut()
 
     def observe(self, loss: float | torch.Tensor) -> bool:
-        """A training step's loss; ``True`` if it was a step-level blow-up and cut (non-finite: ignored)."""
+        """``True`` if this step's loss was a blow-up and cut (a non-finite one is ignored)."""
         value = float(loss)
         if self.step_spike_factor is None or not math.isfinite(value):
             return False
@@ -612,13 +548,10 @@ class AdaptiveScheduler(_Schedule):
 
 
 class WarmupWrapper(_Schedule):
-    r"""Linear warmup in front of any torch scheduler (alias ``with_warmup``); step only this.
-
-    For s < W the LRs warm up (as the other types, a = f × b) towards each group's LR
-    :math:`\ell^{(0)}` right after the wrapped scheduler was built; from s = W on they are
-    exactly the wrapped scheduler's from its step 0. A metric-driven wrapped scheduler makes
-    the wrapper metric-driven: ``step(metric)`` is passed on after warmup (ignored during
-    it); ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone. ``lr_at`` covers s ≤ W.
+    r"""Linear warmup (a = f × b) in front of any torch scheduler (alias ``with_warmup``) towards
+    each group's LR once it was built; from s = W exactly the wrapped one's from its step 0.
+    Metric-driven if the wrapped one is: ``step(metric)`` is passed on after warmup (ignored
+    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this.
     """
 
     _state_exclude = ("optimizer", "scheduler")
@@ -645,7 +578,6 @@ class WarmupWrapper(_Schedule):
         return self._warmup_lr(s, i, float(target)) if s < self.warmup_steps else target
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """``step()``: one optimizer step. ``step(metric)``: report a metric (metric-driven only)."""
         if metric is not None:
             if not self.metric_driven:
                 raise ValueError(
@@ -654,21 +586,18 @@ class WarmupWrapper(_Schedule):
                 )
             if self.last_epoch >= self.warmup_steps:
                 self.scheduler.step(metric)
-                self._last_lr = _group_lrs(self.optimizer)
-            return
-        self._step_count += 1
-        self.last_epoch += 1
-        if self.last_epoch <= self.warmup_steps:
-            self._apply()
-        elif not self._plateau:
-            self.scheduler.step()
+        else:
+            self._step_count += 1
+            self.last_epoch += 1
+            if self.last_epoch <= self.warmup_steps:
+                self._apply()
+            elif not self._plateau:
+                self.scheduler.step()
         self._last_lr = _group_lrs(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            **super().state_dict(),
-            "scheduler_state": copy.deepcopy(self.scheduler.state_dict()),
-        }
+        inner = copy.deepcopy(self.scheduler.state_dict())
+        return {**super().state_dict(), "scheduler_state": inner}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state = dict(state_dict)
@@ -683,7 +612,6 @@ with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only t
 
 _CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
 SCHEDULER_TYPES: tuple[str, ...] = tuple(_CLASSES)
-"""Canonical names accepted by :func:`build_scheduler` (aliases in :data:`SCHEDULER_ALIASES`)."""
 
 SCHEDULER_ALIASES: dict[str, str] = {
     "cosine": "warmup_cosine",
@@ -691,7 +619,6 @@ SCHEDULER_ALIASES: dict[str, str] = {
     "cosine_decay_restarts": "cosine_restarts",
     "exponential_decay": "exponential",
 }
-"""Alternative type names and the canonical type each stands for."""
 
 _PARAM_ALIASES = {"alpha": "min_lr_ratio", "t_mul": "t_mult", "decay_rate": "gamma"}
 _VALID = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))
@@ -707,7 +634,7 @@ def _canonical(name: Any, what: str = "type") -> str:
 
 
 def _accepted(cls: type) -> tuple[list[str], list[str]]:
-    """(keyword names, required names) of ``cls`` beyond ``optimizer``; ``**kwargs`` adds the warmup ones."""
+    """(keyword names, required names) of ``cls`` after ``optimizer``; ``**kwargs``: warmup's."""
     params = list(inspect.signature(cls.__init__).parameters.values())[2:]
     if params and params[-1].kind is params[-1].VAR_KEYWORD:
         params[-1:] = list(inspect.signature(_WarmupSchedule.__init__).parameters.values())[2:]
@@ -749,13 +676,9 @@ def _mapping(config: Any) -> dict[str, Any]:
 def build_scheduler(
     optimizer: Optimizer, config: Mapping[str, Any] | None = None, /, **params: Any
 ) -> LRScheduler:
-    """A scheduler of this module from ``{"type": ..., **params}`` and/or keywords (which override).
-
-    ``type`` is one of :data:`SCHEDULER_TYPES` or :data:`SCHEDULER_ALIASES`; parameter
-    aliases: ``alpha`` → ``min_lr_ratio``, ``t_mul`` → ``t_mult``, ``decay_rate`` → ``gamma``.
-    Raises ``ValueError`` for a missing/unknown type (listing the valid ones) or a missing,
-    unknown or invalid parameter (named).
-    """
+    """A scheduler from ``{"type": ..., **params}`` and/or keywords (which override); parameter
+    aliases ``alpha`` → ``min_lr_ratio``, ``t_mul`` → ``t_mult``, ``decay_rate`` → ``gamma``.
+    ``ValueError``: a missing/unknown type or a missing, unknown or invalid parameter."""
     merged = {**(_mapping(config) if config is not None else {}), **params}
     if "type" not in merged:
         raise ValueError(f"missing parameter 'type'; valid types: {_VALID}")
@@ -769,18 +692,13 @@ def lr_curve(
     *,
     metrics: Mapping[int, float] | None = None,
 ) -> list[float]:
-    """``[lr(0), ..., lr(total_steps - 1)]`` of ``config`` on a throwaway one-group SGD at ``base_lr``.
-
-    ``total_steps`` fills in the config's when absent. For metric-driven types ``metrics[k]``
-    is reported with ``step(metric)`` right after step ``k`` (as ``fit`` does after a
-    validation); other types ignore it. Raises ``ValueError`` as :func:`build_scheduler`.
-    """
+    """``[lr(0), ..., lr(total_steps - 1)]`` of ``config`` (``total_steps`` by default) on a
+    one-group SGD at ``base_lr``; metric-driven types get ``step(metrics[k])`` after step k."""
     total_steps = _int("total_steps", total_steps, min=1)
     base_lr = _float("base_lr", base_lr, min=0)
     config = {"total_steps": total_steps, **_mapping(config)}
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
     scheduler = build_scheduler(optimizer, config)
-    driven = is_metric_driven(scheduler)
     lrs: list[float] = []
     for k in range(total_steps):
         lrs.append(float(optimizer.param_groups[0]["lr"]))
@@ -788,6 +706,6 @@ def lr_curve(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # onecycle past its end
             scheduler.step()
-        if metrics is not None and k in metrics and driven:
+        if metrics is not None and k in metrics and is_metric_driven(scheduler):
             scheduler.step(metrics[k])
     return lrs

@@ -1,7 +1,5 @@
-"""Finding and surviving non-finite values: finite checks, a global gradient norm and
-clipping that never spread a NaN, per-parameter diagnosis, :class:`NanDetector` (the first
-module whose output or gradient was not finite) and :class:`StabilityGuard`, an update that
-skips, rolls back or raises on unhealthy steps. ``EarlyStopping`` is re-exported."""
+"""Non-finite values: finite checks, NaN-safe gradient norm and clipping, per-parameter
+diagnosis, :class:`NanDetector` and :class:`StabilityGuard`; ``EarlyStopping`` is re-exported."""
 
 from __future__ import annotations
 
@@ -16,29 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .callbacks import EarlyStopping
+from .callbacks import EarlyStopping as EarlyStopping  # re-exported
 from .checks import check_choice, check_float, check_int
 from .update import StepResult, Update, steps_per_update
 from .utils import cpu_copy
 
-__all__ = [
-    "CLIP_MODES",
-    "NONFINITE_POLICIES",
-    "EarlyStopping",
-    "NanDetector",
-    "NonFiniteError",
-    "NonFiniteReport",
-    "StabilityGuard",
-    "check_gradients",
-    "check_weights",
-    "clip_gradients",
-    "grad_norm",
-    "grads_are_finite",
-]
-
 CLIP_MODES = ("norm", "norm_local", "value")
 NONFINITE_POLICIES = ("skip", "rollback", "raise")
-_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 _Params = Iterable[torch.Tensor] | torch.Tensor
 
 
@@ -51,9 +33,8 @@ class NonFiniteError(RuntimeError):
 
 
 def _with_grads(parameters: _Params) -> list[torch.Tensor]:
-    if isinstance(parameters, torch.Tensor):
-        parameters = [parameters]
-    return [p for p in parameters if p.grad is not None]
+    params = [parameters] if isinstance(parameters, torch.Tensor) else parameters
+    return [p for p in params if p.grad is not None]
 
 
 def _wide_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
@@ -69,39 +50,35 @@ def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tens
 
 
 def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
-    r"""Global ``p``-norm (``> 0`` or ``inf``) of all gradients as a 0-d float32 tensor (0
-    without gradients): ``get_total_norm``, again in float64 when the float32 one is not
-    finite, so huge finite gradients (≳ 1e19) keep a finite norm and NaN/Inf give NaN/Inf."""
+    """Global ``p``-norm (``p > 0`` or ``inf``) of all gradients, 0-d float32 (0 without any);
+    in float64 when the float32 one overflows, so only NaN/Inf give NaN/Inf."""
     norm_type = check_float("norm_type", norm_type, min=0, low_open=True, finite=False)
     grads = [p.grad for p in _with_grads(parameters)]
     return _total_norm(grads, norm_type).float() if grads else torch.zeros(())
 
 
 def grads_are_finite(parameters: _Params) -> bool:
-    """Whether every gradient entry is finite: one max-norm (which cannot overflow) and one
-    host synchronisation; parameters without a gradient are ignored."""
+    """Whether every gradient entry is finite (parameters without a gradient are ignored)."""
     grads = [p.grad for p in _with_grads(parameters)]
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)))
 
 
 def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) -> None:
-    """Clip finite gradients in place with torch's functions (no host synchronisation)."""
     if mode == "norm":
         torch.nn.utils.clip_grads_with_norm_(params, c, total)
     elif mode == "value":
         torch.nn.utils.clip_grad_value_(params, c)
-    else:  # "norm_local", which torch lacks: each tensor by its own (float64) norm
+    else:  # "norm_local", which torch lacks: by each tensor's float64 norm (eps as torch's)
         for p in params:
             norm = torch.linalg.vector_norm(p.grad, dtype=torch.float64)
-            p.grad.mul_(torch.clamp(c / (norm + _EPS), max=1.0).to(p.grad.dtype))
+            p.grad.mul_(torch.clamp(c / (norm + 1e-6), max=1.0).to(p.grad.dtype))
 
 
 def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Tensor:
-    r"""Clip gradients in place, unless one of them is not finite; returns the global L2
-    norm before clipping (:func:`grad_norm`'s). With :math:`c` = ``max_value > 0``:
-    ``"norm"`` scales all by :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`,
-    ``"norm_local"`` each tensor by the same with its own norm, ``"value"`` clamps to
-    :math:`[-c, c]`."""
+    r"""Clip gradients in place unless one is not finite; returns :func:`grad_norm` (L2) before
+    clipping. With :math:`c` = ``max_value > 0``: ``"norm"`` scales all by
+    :math:`\min(1, c / (\lVert g\rVert_2 + 10^{-6}))`, ``"norm_local"`` each tensor by its own
+    norm, ``"value"`` clamps to :math:`[-c, c]`."""
     check_choice("mode", mode, CLIP_MODES)
     c = check_float("max_value", max_value, min=0, low_open=True)
     params = _with_grads(parameters)
@@ -119,21 +96,16 @@ def _scan(named: Iterable[tuple[str, torch.Tensor | None]], kind: str) -> dict[s
     nan_names = [n for n, t in checked if bool(torch.isnan(t).any())]
     inf_names = [n for n, t in checked if bool(torch.isinf(t).any())]
     finite = [t[torch.isfinite(t)] for _, t in checked]
-    return {
-        f"max_{kind}": max([float(f.abs().max()) for f in finite if f.numel()], default=0.0),
-        f"nan_{kind}s": len(nan_names),
-        f"inf_{kind}s": len(inf_names),
-        f"nan_{kind}_names": nan_names,
-        f"inf_{kind}_names": inf_names,
-        "nonfinite_names": sorted(set(nan_names) | set(inf_names)),
-        "num_checked": len(given),
-    }
+    stats = {f"max_{kind}": max([float(f.abs().max()) for f in finite if f.numel()], default=0.0)}
+    stats.update({f"nan_{kind}s": len(nan_names), f"inf_{kind}s": len(inf_names)})
+    stats.update({f"nan_{kind}_names": nan_names, f"inf_{kind}_names": inf_names})
+    stats.update(nonfinite_names=sorted(set(nan_names) | set(inf_names)), num_checked=len(given))
+    return stats
 
 
 def check_gradients(model: nn.Module) -> dict[str, Any]:
-    """Per-parameter gradient diagnosis: ``max_grad`` (largest finite ``|g|``),
-    ``nan_grads``/``inf_grads`` (counts), ``nan_grad_names``/``inf_grad_names``,
-    ``nonfinite_names`` and ``num_checked`` (parameters that have a gradient)."""
+    """``max_grad`` (largest finite ``|g|``), ``nan_grads``/``inf_grads`` (counts),
+    ``nan_grad_names``/``inf_grad_names``, ``nonfinite_names``, ``num_checked`` (with a grad)."""
     return _scan(((n, p.grad) for n, p in model.named_parameters()), "grad")
 
 
@@ -145,43 +117,30 @@ def check_weights(model: nn.Module) -> dict[str, Any]:
 def _tensors_in(value: Any) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]
-    if isinstance(value, list | tuple):
-        return [t for v in value for t in _tensors_in(v)]
     if isinstance(value, Mapping):
-        return [t for v in value.values() for t in _tensors_in(v)]
-    return []
+        value = list(value.values())
+    return [t for v in value for t in _tensors_in(v)] if isinstance(value, list | tuple) else []
 
 
 def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """Exact NaN/Inf check: one ``sum`` per tensor, confirmed entry-wise when not finite."""
+    """One ``sum`` per tensor, confirmed entry-wise when not finite."""
     floats = (t for t in tensors if t is not None and t.is_floating_point() and t.numel())
-    return all(
-        bool(torch.isfinite(t.detach().sum())) or bool(torch.isfinite(t).all()) for t in floats
-    )
+    return all(bool(torch.isfinite(t.detach().sum())) or torch.isfinite(t).all() for t in floats)
 
 
 #: Modules that cannot turn finite values into NaN/Inf; :class:`NanDetector` skips them.
-PASS_THROUGH_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.MaxPool2d,
-    nn.Flatten,
-)
+PASS_THROUGH_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Identity)
+PASS_THROUGH_MODULES += (nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.Flatten)
 
 
 def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
-    """Shape, dtype, finite min/max/mean and NaN/Inf counts of a tensor (for reports)."""
+    """Shape, dtype, NaN/Inf counts and finite min/max/mean of a tensor."""
     t = t.detach()
     stats: dict[str, Any] = {"shape": tuple(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
     if not t.is_floating_point() or t.numel() == 0:
         return stats
     finite = t[torch.isfinite(t)].float()
-    stats["nan"] = int(torch.isnan(t).sum())
-    stats["inf"] = int(torch.isinf(t).sum())
+    stats.update(nan=int(torch.isnan(t).sum()), inf=int(torch.isinf(t).sum()))
     if finite.numel():
         stats.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()))
     return stats
@@ -189,9 +148,8 @@ def tensor_stats(t: torch.Tensor) -> dict[str, Any]:
 
 @dataclass
 class NonFiniteReport:
-    """Where a non-finite value first appeared: ``module`` (name in ``named_modules()``,
-    ``""`` the root), ``phase`` (``"forward"``: its output, ``"backward"``: the gradient it
-    sent back), :func:`tensor_stats` of the inputs and outputs (or gradients)."""
+    """Where a non-finite value first appeared: ``module`` (``""``: the root), ``phase``
+    (``"forward"``: its output, ``"backward"``: the gradient it sent back), tensor stats."""
 
     module: str
     module_type: str
@@ -208,11 +166,9 @@ class NonFiniteReport:
 
 
 class NanDetector:
-    """Context manager that names the first module producing a NaN or Inf (``report``):
-    forward hooks check every module's outputs (children first: the innermost is named); a
-    hook on each output's autograd node names the module whose operation turned a finite
-    incoming gradient non-finite, or the innermost consumer of a non-finite one. After the
-    first finding it stops checking, or raises :class:`NonFiniteError` if asked to."""
+    """Context manager: ``report`` names the first (innermost) module whose output, or the
+    gradient it sent back, was not finite (or that read a non-finite gradient); then it stops
+    checking, or raises :class:`NonFiniteError` if ``raise_on_nonfinite``."""
 
     def __init__(self, model: nn.Module, raise_on_nonfinite: bool = False) -> None:
         if not isinstance(model, nn.Module):
@@ -240,22 +196,20 @@ class NanDetector:
                 self._handles.append(module.register_forward_hook(forward))
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
+    def close(self, *exc: object) -> None:
         """Remove every hook (done on leaving the ``with`` block)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._forget()
 
+    __exit__ = close
+
     def _forget(self) -> None:
         self._consumers.clear()
         self._seen.clear()
 
     def _found(self, name: str, phase: str, inputs: list, outputs: list, note: str = "") -> None:
-        """Report ``name`` as the first culprit (and raise if asked to)."""
         stats = [tensor_stats(t) for t in inputs], [tensor_stats(t) for t in outputs]
         kind = self._types.get(name, "?")
         self.report = NonFiniteReport(name, kind, phase, *stats, self._calls, note)
@@ -268,17 +222,15 @@ class NanDetector:
             return
         if name == "":  # a new forward pass of the model: forget the last graph
             self._forget()
-        if torch.is_grad_enabled():
-            for t in _tensors_in(args):
-                if t.grad_fn is not None:
-                    self._consumers.setdefault(t.grad_fn, []).append(name)
+        for t in _tensors_in(args) if torch.is_grad_enabled() else ():
+            if t.grad_fn is not None:
+                self._consumers.setdefault(t.grad_fn, []).append(name)
 
     def _forward_hook(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if self.report is not None:
             return
         self._calls += 1
-        # a container returning its last child's output: that tensor was checked already
-        seen = self._seen
+        seen = self._seen  # a container's output may be its last child's, checked already
         outputs = [t for t in _tensors_in(output) if t.grad_fn is None or t.grad_fn not in seen]
         if not _all_finite(outputs):
             return self._found(name, "forward", _tensors_in(args), outputs)
@@ -306,34 +258,26 @@ class NanDetector:
 
 _COUNTERS = ("applied", "skipped", "rollbacks", "scaler_skips", "consecutive_skips")
 #: state_dict key -> value in a fresh guard; the keys in _REQUIRED must be there
-_STATE = {
-    **dict.fromkeys(_COUNTERS, 0),
-    "lr_scale": 1.0,
-    "grad_norms": [],
-    "last_finite_loss": math.nan,
-    **dict.fromkeys(("micro", "nonfinite_steps", "blowups"), 0),
-    "healthy_losses": [],
-    "healthy_norms": [],
-    **dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0),
-}
+_STATE = {**dict.fromkeys(_COUNTERS, 0), "lr_scale": 1.0, "grad_norms": []}
+_STATE |= {"last_finite_loss": math.nan, "micro": 0, "nonfinite_steps": 0, "blowups": 0}
+_STATE |= {"healthy_losses": [], "healthy_norms": []}
+_STATE |= dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0)
 _PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
 _ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
 _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
+_GT0, _GT1 = ({"min": bound, "low_open": True} for bound in (0, 1))  # check_float: > 0, > 1
 
 
 class StabilityGuard(Update):
-    r"""The whole optimizer update, with a policy for NaN, Inf and blow-ups.
-
-    A closed accumulation window is *non-finite*, a *blow-up* (loss or norm >
-    ``spike_factor`` × the median of the last ``spike_window`` healthy values, after
-    ``spike_warmup`` of them; loss only for a positive median) or *healthy*: snapshot to the
-    CPU every ``snapshot_every`` applied steps, clip (``"norm"`` if only ``max_norm``),
-    step. ``on_nonfinite``: ``"skip"`` (bit-for-bit), ``"rollback"`` (restore the snapshot,
-    :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at :math:`s \cdot \eta_{\text{sched}}`;
-    a ``needs_rollback`` scheduler cuts via ``step(nan)``) or ``"raise"``. Float16
-    overflows with a finite loss are the scaler's until the scale < ``min_loss_scale``;
-    ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`.
-    """
+    r"""The optimizer update with a policy for NaN, Inf and blow-ups. A closed accumulation
+    window is *non-finite*, a *blow-up* (loss or norm > ``spike_factor`` × the median of the last
+    ``spike_window`` healthy values, after ``spike_warmup`` of them; loss only for a positive
+    median) or *healthy*: snapshot to the CPU every ``snapshot_every`` applied steps, clip
+    (``"norm"`` if only ``max_norm``), step. ``on_nonfinite``: ``"skip"`` (bit-for-bit),
+    ``"rollback"`` (restore the snapshot, :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at
+    :math:`s \cdot \eta_{\text{sched}}`; a ``needs_rollback`` scheduler cuts via ``step(nan)``) or
+    ``"raise"``. Float16 overflows with a finite loss are the scaler's until the scale <
+    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`."""
 
     checkpoint_name = "guard"
     handles_nonfinite = True
@@ -359,7 +303,7 @@ class StabilityGuard(Update):
     ) -> None:
         self.on_nonfinite = check_choice("on_nonfinite", on_nonfinite, NONFINITE_POLICIES)
         clip_mode = check_choice("clip_mode", clip_mode, (None, *CLIP_MODES))
-        self.max_norm = check_float("max_norm", max_norm, min=0, low_open=True, optional=True)
+        self.max_norm = check_float("max_norm", max_norm, **_GT0, optional=True)
         if clip_mode is not None and max_norm is None:
             raise ValueError(f"clip_mode={clip_mode!r} needs max_norm > 0")
         self.clip_mode = clip_mode or ("norm" if max_norm is not None else None)
@@ -368,12 +312,8 @@ class StabilityGuard(Update):
         self.max_consecutive_skips = check_int(
             "max_consecutive_skips", max_consecutive_skips, min=1
         )
-        self.min_loss_scale = check_float(
-            "min_loss_scale", min_loss_scale, min=0, low_open=True, finite=False
-        )
-        self.spike_factor = check_float(
-            "spike_factor", spike_factor, min=1, low_open=True, optional=True
-        )
+        self.min_loss_scale = check_float("min_loss_scale", min_loss_scale, **_GT0, finite=False)
+        self.spike_factor = check_float("spike_factor", spike_factor, **_GT1, optional=True)
         self.spike_warmup = check_int("spike_warmup", spike_warmup, min=1)
         self.spike_window = check_int("spike_window", spike_window, min=1)
         super().__init__(
@@ -382,45 +322,31 @@ class StabilityGuard(Update):
         for key, fresh in _STATE.items():
             setattr(self, _ATTRS[key], copy.copy(fresh))
         self.last_diagnosis: dict[str, Any] | None = None
+        self._scaler = getattr(amp, "scaler", None)
         buffers = dict(model.named_buffers())
         self._buffer_names, self._buffers = list(buffers), list(buffers.values())
         self._buffer_copies = [b.detach().clone() for b in self._buffers]
-        self._snapshot: dict[str, Any] | None = None
-        self.take_snapshot()
-
-    @property
-    def _scaler(self) -> Any:
-        return getattr(self.amp, "scaler", None)
-
-    @property
-    def _scale(self) -> float:
-        return float(getattr(self.amp, "scale", 1.0))
+        self.take_snapshot()  # sets self._snapshot
 
     def take_snapshot(self, loss: float = math.nan) -> None:
-        """Copy model, optimizer and scheduler state (and the LR scale) to the CPU;
-        ``loss`` is the state's measured loss, for messages."""
-        # mid-step the forward pass has moved the buffers: save them as after the last step
+        """Copy model (buffers as after the last step), optimizer, scheduler and LR scale to the
+        CPU; ``loss`` is for messages."""
         model = cpu_copy(self.model.state_dict())
         saved = zip(self._buffer_names, self._buffer_copies)
         model.update({n: cpu_copy(b) for n, b in saved if n in model})  # persistent ones only
-        sched = self.scheduler
-        self._snapshot = {
-            "applied": self.applied,
-            "loss": float(loss),
-            "model": model,
-            "optimizer": cpu_copy(self.optimizer.state_dict()),
-            "scheduler": cpu_copy(sched.state_dict()) if hasattr(sched, "state_dict") else None,
-            "lr_scale": self.lr_scale,
-        }
+        optimizer, sched = cpu_copy(self.optimizer.state_dict()), self.scheduler
+        scheduler = cpu_copy(sched.state_dict()) if hasattr(sched, "state_dict") else None
+        self._snapshot = {"applied": self.applied, "loss": float(loss), "model": model}
+        self._snapshot.update(optimizer=optimizer, scheduler=scheduler, lr_scale=self.lr_scale)
 
-    def _restore_snapshot(self, keep_lr: bool = False) -> None:
+    def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
+        """A rollback without ``lr_backoff``, also outside a step (``keep_lr``: keep the LRs and
+        scheduler state); clears ``needs_rollback``."""
         snap = self._snapshot
-        assert snap is not None
         self.rollbacks += 1
         lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.model.load_state_dict(snap["model"])  # copies into the live tensors
-        # optimizer.load_state_dict may keep CPU tensors as they are: give it a copy
-        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))  # it may keep CPU tensors
         if snap["scheduler"] is not None and not keep_lr:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
         factor = self.lr_scale / snap["lr_scale"]
@@ -428,11 +354,6 @@ class StabilityGuard(Update):
             group["lr"] = lr if keep_lr else group["lr"] * factor
         if self._buffers:  # the restored statistics are the new 'last good' ones
             torch._foreach_copy_(self._buffer_copies, self._buffers)
-
-    def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
-        """Restore the last snapshot now, outside a step (a rollback without ``lr_backoff``);
-        ``keep_lr`` keeps the current LRs and scheduler state; clears ``needs_rollback``."""
-        self._restore_snapshot(keep_lr)
         if hasattr(self.scheduler, "needs_rollback"):
             self.scheduler.needs_rollback = False
         return True
@@ -440,38 +361,27 @@ class StabilityGuard(Update):
     def _step_scheduler(self) -> None:
         if self.lr_scale == 1.0:
             super()._step_scheduler()
-        elif steps_per_update(self.scheduler):
-            # the scheduler sees its own (un-backed-off) learning rates, then the scale returns
+        elif steps_per_update(self.scheduler):  # it steps from its own (un-backed-off) LRs
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] / self.lr_scale
             self.scheduler.step()
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * self.lr_scale
 
-    def _reset_scaler(self) -> None:
-        if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
-            self.amp.skip(self.optimizer)
-        elif self._scaler is not None and self._scaler.is_enabled():
-            # forget this step's unscale_ without stepping and without changing the scale
-            self._scaler.update(new_scale=float(self._scaler.get_scale()))
-
     def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
-        """Backward and, when the accumulation window closes, the guarded update."""
         loss_sum = self._accumulate(loss, sync)
         if loss_sum is None:
             return StepResult(False, math.nan, "accumulating")
         params = [p for p in self.params() if p.grad is not None]
         grads = [p.grad for p in params]
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        # the one host synchronisation of the step
-        loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()
+        loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()  # one sync
         loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
         if not grads_ok and grads:  # a float32 overflow, or a real NaN/Inf: measure exactly
             total = _wide_norm(grads)  # in float64 (a rare second synchronisation)
             norm_value = float(total)
             grads_ok = math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
-
         if loss_ok and not grads_ok and self._scaler is not None and self._scaler.is_enabled():
             return self._scaler_skip(norm_value, loss_value)
         if not (loss_ok and grads_ok):
@@ -484,12 +394,11 @@ class StabilityGuard(Update):
             self.blowups += 1
             self._blowups_in_a_row += 1
             return self._unhealthy(blowup, loss_value, norm_value)
-
         self._healthy_losses.append(loss_value)
         self._healthy_norms.append(norm_value)
         del self._healthy_losses[: -self.spike_window], self._healthy_norms[: -self.spike_window]
         if self.applied and self.applied % self.snapshot_every == 0:
-            self.take_snapshot(loss_value)  # measured healthy, before this step's update
+            self.take_snapshot(loss_value)  # healthy, before this step's update
         if self.clip_mode is not None and grads:
             _clip(params, total, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
         applied = self._optimizer_step()
@@ -499,14 +408,12 @@ class StabilityGuard(Update):
             return StepResult(False, norm_value, "optimizer step skipped by the gradient scaler")
         self._step_scheduler()
         self.applied += 1
-        self.consecutive_skips = 0
-        self._rollbacks_in_a_row = self._blowups_in_a_row = 0
+        self.consecutive_skips = self._rollbacks_in_a_row = self._blowups_in_a_row = 0
         if self._buffers:
             torch._foreach_copy_(self._buffer_copies, self._buffers)
         return StepResult(True, norm_value, None)
 
     def _blowup(self, loss_value: float, norm_value: float) -> str | None:
-        """A reason if this finite step is a blow-up against the healthy medians, else None."""
         if self.spike_factor is None or len(self._healthy_norms) < self.spike_warmup:
             return None
         f = self.spike_factor
@@ -527,25 +434,24 @@ class StabilityGuard(Update):
         scale = float(self.amp.scale)
         if scale < self.min_loss_scale:
             diagnosis = self._diagnosis("loss scale collapsed", loss_value, norm_value)
-            raise NonFiniteError(
-                f"the float16 loss scale fell to {scale:g} < min_loss_scale="
-                f"{self.min_loss_scale:g}: gradients overflow even unscaled; {self._summary()}",
-                diagnosis,
-            )
+            text = f"the float16 loss scale fell to {scale:g} < min_loss_scale="
+            text += f"{self.min_loss_scale:g}: gradients overflow even unscaled; {self._summary()}"
+            raise NonFiniteError(text, diagnosis)
         return StepResult(False, norm_value, "gradient overflow (loss scale lowered)")
 
     def _diagnosis(self, reason: str, loss_value: float, norm_value: float) -> dict[str, Any]:
         weights = check_weights(self.model)
         diagnosis = {"reason": reason, "loss": loss_value, "grad_norm": norm_value}
-        diagnosis.update(last_finite_loss=self.last_finite_loss, loss_scale=self._scale)
+        scale = float(getattr(self.amp, "scale", 1.0))
+        diagnosis.update(last_finite_loss=self.last_finite_loss, loss_scale=scale)
         diagnosis.update({n: getattr(self, n) for n in (*_COUNTERS, "nonfinite_steps", "blowups")})
-        diagnosis["nonfinite_weights"] = weights["nonfinite_names"]
-        diagnosis["nonfinite_grads"] = check_gradients(self.model)["nonfinite_names"]
+        grads = check_gradients(self.model)["nonfinite_names"]
+        diagnosis.update(nonfinite_weights=weights["nonfinite_names"], nonfinite_grads=grads)
         diagnosis["max_weight"] = weights["max_weight"]
         if weights["nonfinite_names"]:
             diagnosis["advice"] = (
-                "the weights themselves are not finite: skipping steps cannot cure this; "
-                "use on_nonfinite='rollback' (restores the last good snapshot)"
+                "the weights themselves are not finite: skipping steps cannot cure this; use "
+                "on_nonfinite='rollback' (restores the last good snapshot)"
             )
         return diagnosis
 
@@ -554,14 +460,16 @@ class StabilityGuard(Update):
             f"applied={self.applied}, skipped={self.skipped}, rollbacks={self.rollbacks}, "
             f"non-finite steps={self.nonfinite_steps}, blow-ups={self.blowups}, "
             f"scaler_skips={self.scaler_skips}, last finite loss={self.last_finite_loss:.4g}, "
-            f"loss scale={self._scale:g}"
+            f"loss scale={float(getattr(self.amp, 'scale', 1.0)):g}"
         )
 
     def _unhealthy(self, reason: str, loss_value: float, norm_value: float) -> StepResult:
-        """A non-finite or blown-up step: no update, then skip, roll back or raise."""
         diagnosis = self.last_diagnosis = self._diagnosis(reason, loss_value, norm_value)
         self._zero_grad()
-        self._reset_scaler()
+        if callable(getattr(self.amp, "skip", None)):  # stabletrain.amp.MixedPrecision
+            self.amp.skip(self.optimizer)
+        elif self._scaler is not None and self._scaler.is_enabled():  # undo unscale_, same scale
+            self._scaler.update(new_scale=float(self._scaler.get_scale()))
         if self.on_nonfinite == "raise":
             raise NonFiniteError(self._message(diagnosis), diagnosis)
         self.consecutive_skips += 1
@@ -571,7 +479,7 @@ class StabilityGuard(Update):
                 torch._foreach_copy_(self._buffers, self._buffer_copies)
         else:  # roll back
             self._rollbacks_in_a_row += 1
-            self._restore_snapshot()
+            self.restore_snapshot()
             if hasattr(self.scheduler, "needs_rollback"):
                 self.scheduler.step(float("nan"))  # the scheduler makes its own cut
                 self.scheduler.needs_rollback = False
@@ -584,24 +492,20 @@ class StabilityGuard(Update):
             return StepResult(False, norm_value, reason)
         diagnosis = self._diagnosis(reason, loss_value, norm_value)
         kind = "blown-up or non-finite" if self._blowups_in_a_row else "non-finite"
-        text = (
-            f"{self.consecutive_skips} {kind} steps in a row "
-            f"(max_consecutive_skips={self.max_consecutive_skips}); "
-        )
+        text = f"{self.consecutive_skips} {kind} steps in a row "
+        text += f"(max_consecutive_skips={self.max_consecutive_skips}); "
         if self.on_nonfinite == "rollback" and self._rollbacks_in_a_row > 1:
-            snap = self._snapshot or {}
+            snap = self._snapshot
             text += (
-                f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot "
-                f"taken at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
-                f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: "
-                "that state is itself unstable or the LR cut is too small (lower the LR, "
-                "lr_backoff or snapshot_every, or add normalisation or clipping); "
+                f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot taken "
+                f"at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
+                f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: that state "
+                "is itself unstable or the LR cut is too small (lower the LR, lr_backoff or "
+                "snapshot_every, or add normalisation or clipping); "
             )
         elif self.on_nonfinite == "skip" and self._blowups_in_a_row:
-            text += (
-                "skipping leaves the weights as they are, and every step from them is "
-                "unhealthy: they have already exploded (use on_nonfinite='rollback'); "
-            )
+            text += "skipping leaves the weights as they are, and every step from them is "
+            text += "unhealthy: they have already exploded (use on_nonfinite='rollback'); "
         raise NonFiniteError(text + self._message(diagnosis), diagnosis)
 
     def _message(self, d: Mapping[str, Any]) -> str:
@@ -613,14 +517,12 @@ class StabilityGuard(Update):
         return text
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters, LR scale, step histories and the rollback snapshot (a CPU copy, so a
-        resumed run rolls back to the same state: resume stays bit-exact)."""
+        """Counters, LR scale, step histories and the (CPU) rollback snapshot."""
         state = {key: copy.copy(getattr(self, attr)) for key, attr in _ATTRS.items()}
         return {**state, "snapshot": self._snapshot}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore counters, LR scale and snapshot; a state without a snapshot snapshots the
-        model, optimizer and scheduler as they are now (load them first)."""
+        """Without a saved snapshot, snapshots the state as it is now (load the rest first)."""
         for key, fresh in _STATE.items():
             value = state[key] if key in _REQUIRED else state.get(key, fresh)
             value = [float(v) for v in value] if isinstance(fresh, list) else type(fresh)(value)
@@ -634,7 +536,5 @@ class StabilityGuard(Update):
             self.take_snapshot()
 
     def __repr__(self) -> str:
-        return (
-            f"StabilityGuard(on_nonfinite={self.on_nonfinite!r}, clip_mode={self.clip_mode!r}, "
-            f"max_norm={self.max_norm}, {self._summary()})"
-        )
+        settings = f"on_nonfinite={self.on_nonfinite!r}, clip_mode={self.clip_mode!r}"
+        return f"StabilityGuard({settings}, max_norm={self.max_norm}, {self._summary()})"

@@ -1,8 +1,4 @@
-"""The optimizer update: one object does the whole step, so each setting lives in one place.
-
-``fit`` calls only :meth:`Update.autocast` and :meth:`Update.step`; a
-:class:`~stabletrain.stability.StabilityGuard` is an :class:`Update` with a NaN policy.
-"""
+"""The optimizer update, one object (``fit`` calls only ``autocast`` and ``step``)."""
 
 from __future__ import annotations
 
@@ -16,14 +12,11 @@ from torch import nn
 
 from .checks import check_float, check_int
 
-__all__ = ["StepResult", "Update", "steps_per_update"]
-
 
 @dataclass
 class StepResult:
-    """What ``step(loss)`` did: ``applied`` (the parameters changed), ``grad_norm`` (global
-    L2 norm of the unscaled gradients before clipping; NaN if not computed) and ``reason``
-    (why not applied)."""
+    """What ``step(loss)`` did: ``applied`` (the parameters changed), ``grad_norm`` (global L2
+    norm of the unscaled gradients before clipping; NaN if not computed), ``reason`` (if not)."""
 
     applied: bool
     grad_norm: float
@@ -32,23 +25,18 @@ class StepResult:
 
 def steps_per_update(scheduler: Any) -> bool:
     """``scheduler.step()`` is due after each optimizer step (not for ``ReduceLROnPlateau``)."""
-    return scheduler is not None and not isinstance(
-        scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-    )
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    return scheduler is not None and not isinstance(scheduler, plateau)
 
 
 class Update:
-    """The plain update (nanoGPT's few lines): ``step(loss)`` runs backward of
-    ``loss / accumulation_steps`` (scaled by ``amp``) and, when the window closes (every
-    ``accumulation_steps`` calls, or ``sync=True``): unscale, global L2 norm, clip to
-    ``max_grad_norm``, optimizer step, scheduler step if the optimizer stepped, zero-grad.
-    Non-finite values are the guard's business, not this one's.
-    """
+    """The plain update: ``step(loss)`` runs backward of ``loss / accumulation_steps`` (scaled
+    by ``amp``) and, when the window closes (every ``accumulation_steps`` calls, or
+    ``sync=True``): unscale, global L2 norm, clip to ``max_grad_norm``, optimizer step,
+    scheduler step if the optimizer stepped, zero-grad. Non-finite values are not its business."""
 
-    #: the name under which checkpoints store this object's state (``None``: it has none)
-    checkpoint_name: str | None = None
-    #: whether the update itself deals with non-finite steps (the plain one does not)
-    handles_nonfinite: bool = False
+    checkpoint_name: str | None = None  #: its key in checkpoints (``None``: it has no state)
+    handles_nonfinite: bool = False  #: whether it deals with non-finite steps itself
 
     def __init__(
         self,
@@ -62,10 +50,7 @@ class Update:
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
-        self.model = model
-        self.optimizer = optimizer
-        self.scheduler = scheduler
-        self.amp = amp
+        self.model, self.optimizer, self.scheduler, self.amp = model, optimizer, scheduler, amp
         self.max_grad_norm = check_float(
             "max_grad_norm", max_grad_norm, min=0, low_open=True, optional=True
         )
@@ -73,7 +58,6 @@ class Update:
         self._micro = 0
         self._loss_sum: torch.Tensor | None = None
 
-    # -- the pieces a subclass reuses -----------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward pass's autocast context (a no-op without ``amp``)."""
         return self.amp.autocast() if self.amp is not None else contextlib.nullcontext()
@@ -90,10 +74,9 @@ class Update:
         """Backward of one micro-batch; the window's summed loss when it closes, else None."""
         detached = loss.detach().float()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
-        # divide so that the summed gradient is the mean over the window's micro-batches
-        scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss
+        scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss  # mean
         if self.amp is not None:
-            self.amp.backward(scaled)  # scales the loss under float16 so gradients don't underflow
+            self.amp.backward(scaled)  # scales the loss under float16: no gradient underflow
         else:
             scaled.backward()
         self._micro += 1
@@ -106,7 +89,7 @@ class Update:
         return loss_sum
 
     def _optimizer_step(self) -> bool:
-        """Step the optimizer; False when the float16 scaler skipped it (overflow)."""
+        """False when the float16 scaler skipped the step (overflow)."""
         if self.amp is not None:
             return bool(self.amp.step(self.optimizer))
         self.optimizer.step()
@@ -119,7 +102,6 @@ class Update:
     def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    # -- the update -------------------------------------------------------------------------
     def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
         """Backward and, when the window closes (``sync``: force it open/closed), the update."""
         if self._accumulate(loss, sync) is None:

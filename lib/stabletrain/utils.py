@@ -1,6 +1,4 @@
-"""Reproducibility and device helpers: seeding, RNG state capture and restore, device choice,
-and :func:`cpu_copy`, the one snapshot of state (guard rollback, LR range test, background
-checkpoint saves)."""
+"""Seeding, RNG state capture and restore, device choice and :func:`cpu_copy`."""
 
 from __future__ import annotations
 
@@ -15,14 +13,11 @@ import torch
 
 from .checks import check_int
 
-__all__ = ["capture_rng_state", "cpu_copy", "get_device", "restore_rng_state", "seed_everything"]
-
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
-    """Seed Python's, NumPy's and torch's (CPU and CUDA) generators with ``seed``, an int in
-    ``[0, 2**32)`` (else ``TypeError``/``ValueError``); ``deterministic`` also sets
-    ``torch.use_deterministic_algorithms(True, warn_only=True)``, turns cuDNN autotuning off and
-    sets ``CUBLAS_WORKSPACE_CONFIG``."""
+    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed`` in ``[0, 2**32)`` (else
+    ``TypeError``/``ValueError``); ``deterministic`` also sets ``use_deterministic_algorithms(True,
+    warn_only=True)``, deterministic cuDNN without autotuning and ``CUBLAS_WORKSPACE_CONFIG``."""
     seed = check_int("seed", seed, min=0, max=2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global generator is the point
@@ -48,9 +43,8 @@ def get_device(prefer: str | torch.device | None = None) -> torch.device:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy (legacy global), torch CPU and CUDA generator states, as plain values that
-    load with ``weights_only=True`` (the MT19937 key as an ``int64`` tensor). CUDA states are
-    captured only if CUDA is already initialised."""
+    """Python, NumPy (legacy global), torch CPU and CUDA (if initialised) generator states, as
+    values that load with ``weights_only=True`` (the MT19937 key as an ``int64`` tensor)."""
     np_state = np.random.get_state(legacy=False)  # noqa: NPY002 - the global stream is the point
     cuda_ready = torch.cuda.is_available() and torch.cuda.is_initialized()  # never initialise it
     return {
@@ -68,8 +62,7 @@ def capture_rng_state() -> dict[str, Any]:
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`; CUDA states are skipped unless CUDA has as many
-    devices as were captured."""
+    """Inverse of :func:`capture_rng_state` (CUDA only with as many devices as captured)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     npy = dict(state["numpy"])
@@ -82,9 +75,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def cpu_copy(value: Any, pool: dict[tuple, torch.Tensor] | None = None, _path: tuple = ()) -> Any:
-    """A deep copy of ``value`` (nested dicts, lists, tuples) with every tensor detached and
-    copied to the CPU; with ``pool``, into buffers kept there by an earlier call on the same
-    structure (a background save then blocks only for a memory copy, no page faults)."""
+    """A deep copy of ``value`` (nested dicts, lists, tuples), tensors detached and on the CPU;
+    with ``pool``, into the buffers an earlier call on the same structure left there."""
     if isinstance(value, torch.Tensor):
         if pool is None:
             return value.detach().to("cpu", copy=True)
