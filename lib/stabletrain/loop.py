@@ -1,9 +1,8 @@
-"""The training loop: :func:`fit` is a short loop of events over one update and callbacks.
+"""The training loop: :func:`fit`, a short loop of events over one update and callbacks.
 
-Per batch: to the device, ``batch_fn`` → ``(inputs, targets)``, forward under the update's
-autocast, the loss in float32, ``update.step(loss)``, then ``on_step_end``. Per epoch:
-:func:`evaluate`, ``on_validation_end``, ``on_epoch_end``. Everything else is a
-:class:`~stabletrain.callbacks.Callback`, which ``fit``'s keyword arguments build.
+Per batch: ``batch_fn`` → ``(inputs, targets)`` on the device, forward under the update's
+autocast, the loss in float32, ``update.step(loss)``, ``on_step_end``. Per epoch: :func:`evaluate`,
+``on_validation_end``, ``on_epoch_end``. The rest is callbacks that ``fit``'s keywords build.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,16 +33,6 @@ from .history import History
 from .metrics import accuracy, dice_score
 from .schedulers import is_metric_driven
 from .update import Update
-
-__all__ = [
-    "default_loss",
-    "default_metrics",
-    "evaluate",
-    "fit",
-    "outputs_to_float32",
-    "split_batch",
-    "to_device",
-]
 
 Outputs = torch.Tensor | list[torch.Tensor]
 Metric = Callable[[torch.Tensor, torch.Tensor], float] | Any  # or a torchmetrics Metric
@@ -69,10 +59,7 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    """The default ``batch_fn``: a pair, or a mapping with ``"inputs"`` and ``"targets"``.
-
-    Raises ``TypeError`` for any other batch (pass ``batch_fn=`` to split it).
-    """
+    """The default ``batch_fn``: a pair or a mapping with "inputs" and "targets"; else TypeError."""
     if isinstance(batch, Mapping) and "inputs" in batch and "targets" in batch:
         return batch["inputs"], batch["targets"]
     if isinstance(batch, list | tuple) and len(batch) == 2:
@@ -101,13 +88,9 @@ class _ClassesLast(nn.Module):
 
 
 def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
-    """The loss ``fit`` uses without ``loss_fn``, chosen from the first batch's targets.
-
-    Class indices ``(N, *S)``: cross-entropy over outputs ``(N, C, *S)`` or ``(N, *S, C)``
-    (a language model), ``C >= 2``. Float targets of the outputs' shape:
-    ``BCEWithLogitsLoss`` if all are 0 or 1, else ``MSELoss``. Anything else: ``ValueError``
-    saying what was expected.
-    """
+    """The loss ``fit`` uses without ``loss_fn``, from the first batch. Class indices ``(N, *S)``:
+    cross-entropy over outputs ``(N, C, *S)`` or ``(N, *S, C)``, ``C >= 2``. Float targets of the
+    outputs' shape: ``BCEWithLogitsLoss`` if all are 0 or 1, else ``MSELoss``. Else ValueError."""
     final = outputs[0] if isinstance(outputs, list | tuple) else outputs
     out, tgt = tuple(final.shape), tuple(targets.shape)
     if targets.dtype.is_floating_point:
@@ -133,23 +116,17 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
     )
 
 
-def _is_map(final: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Outputs ``(N, C, H, W)`` with targets ``(N, H, W)`` or ``(N, 1, H, W)``."""
-    return final.ndim == 4 and targets.ndim in (3, 4) and targets.shape[-2:] == final.shape[-2:]
-
-
 def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric]:
-    """Without ``metrics=``: Dice for segmentation maps, accuracy for class indices, none
-    for float targets."""
+    """Without ``metrics=``: Dice for maps (outputs ``(N, C, H, W)``, targets ``(N, [1,] H, W)``),
+    accuracy for class indices, none for float targets."""
     final = outputs[0] if isinstance(outputs, list | tuple) else outputs
-    if _is_map(final, targets):
+    if final.ndim == 4 and targets.ndim in (3, 4) and targets.shape[-2:] == final.shape[-2:]:
         return {"dice": dice_score}
     return {} if targets.dtype.is_floating_point else {"accuracy": accuracy}
 
 
 def compute_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor, progress: float):
-    """``loss_fn(outputs, targets)``, plus ``progress`` (fraction of training done) for a
-    loss whose ``uses_progress`` is true."""
+    """``loss_fn(outputs, targets)``, plus ``progress`` (fraction done) if ``uses_progress``."""
     if getattr(loss_fn, "uses_progress", False):
         return loss_fn(outputs, targets, progress)
     if isinstance(outputs, list | tuple):
@@ -189,9 +166,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``.
 
-    ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or
-    torchmetrics-style objects; default :func:`default_metrics`. Only the final output
-    of a deeply supervised model is scored.
+    ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
+    objects; default :func:`default_metrics`. Only a deeply supervised model's final output counts.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_fn = batch_fn or split_batch
@@ -206,13 +182,10 @@ def evaluate(
         for batch in loader:
             inputs, targets = to_device(batch_fn(batch), device)
             with amp.autocast() if amp is not None else contextlib.nullcontext():
-                outputs = _forward(model, inputs)
-            outputs = outputs_to_float32(outputs)
+                outputs = outputs_to_float32(_forward(model, inputs))
             final = outputs[0] if isinstance(outputs, list | tuple) else outputs
-            if loss_fn is None:
-                loss_fn = default_loss(outputs, targets)
-            if metrics is None:
-                metrics = default_metrics(outputs, targets)
+            loss_fn = loss_fn if loss_fn is not None else default_loss(outputs, targets)
+            metrics = metrics if metrics is not None else default_metrics(outputs, targets)
             n = int(targets.shape[0])
             values = {"val_loss": float(_eval_loss(loss_fn, outputs, targets))}
             for name, metric in metrics.items():
@@ -236,18 +209,9 @@ def evaluate(
 
 
 def _build_update(
-    model: nn.Module,
-    update: Update | None,
-    guard: Update | None,
-    optimizer: torch.optim.Optimizer | None,
-    lr: float,
-    scheduler: Any,
-    amp: Any,
-    max_grad_norm: float | None,
-    accumulation_steps: int,
+    model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps
 ) -> Update:
-    """The given update (a guard), or a plain one from the settings; a setting given to
-    both ``fit`` and the update must be the same object."""
+    """The given update, or a plain one from the settings; a setting given to both is one object."""
     if guard is not None and update is not None and guard is not update:
         raise ValueError("guard= and update= name the same thing: give one")
     update = update if update is not None else guard
@@ -283,40 +247,6 @@ def _build_update(
     return update
 
 
-def _build_callbacks(
-    update: Update,
-    *,
-    callbacks: Sequence[Callback],
-    early_stopping: Callback | None,
-    max_steps: int | None,
-    checkpoints: Any,
-    resume: bool,
-    tracker: Any,
-    stop_on_nonfinite: bool,
-    progress: bool,
-) -> list[Callback]:
-    """The callbacks that ``fit``'s keyword arguments stand for, after yours."""
-    built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
-    for cb in built:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
-    if resume and checkpoints is None:
-        raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
-    if is_metric_driven(update.scheduler):
-        built.append(MetricScheduler())
-    if stop_on_nonfinite and not update.handles_nonfinite:
-        built.append(StopOnNonFinite())
-    if max_steps is not None:
-        built.append(MaxSteps(max_steps))
-    if checkpoints is not None:
-        built.append(Checkpointing(checkpoints, resume=resume))
-    if tracker is not None:
-        built.append(Tracking(tracker))
-    if progress:
-        built.append(ProgressBar())
-    return built
-
-
 def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
     """Call hook ``event`` of every callback, by ascending ``order`` (fastai's dispatch)."""
     for callback in sorted(ctx.callbacks, key=lambda c: c.order):
@@ -324,28 +254,36 @@ def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
 
 
 def _prepare(
-    model: nn.Module,
-    train_loader: Iterable,
-    val_loader: Iterable | None,
-    *,
-    epochs: int,
-    device: torch.device | str | None,
-    loss_fn: Callable | None,
-    monitor: str | None,
-    tracker: Any,
-    update: Update,
-    **callback_settings: Any,
-) -> TrainContext:
-    """Checks, the device, the callbacks and the context they share."""
+    model, train_loader, val_loader, update, *, epochs, device, loss_fn, monitor, tracker,
+    callbacks, early_stopping, max_steps, checkpoints, resume, stop_on_nonfinite, progress
+) -> TrainContext:  # fmt: skip
+    """Checks, the device, the callbacks (yours, then those ``fit``'s keywords stand for)
+    and the context they share."""
     check_int("epochs", epochs, min=1)
     try:
-        batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        batches_per_epoch = len(train_loader)
     except TypeError:
         raise TypeError("train_loader must have a length (a DataLoader or a sequence)") from None
     if batches_per_epoch == 0:
         raise ValueError("train_loader is empty")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
+    for cb in built:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    if resume and checkpoints is None:
+        raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
+    for wanted, make in (
+        (is_metric_driven(update.scheduler), MetricScheduler),
+        (stop_on_nonfinite and not update.handles_nonfinite, StopOnNonFinite),
+        (max_steps is not None, lambda: MaxSteps(max_steps)),
+        (checkpoints is not None, lambda: Checkpointing(checkpoints, resume=resume)),
+        (tracker is not None, lambda: Tracking(tracker)),
+        (progress, ProgressBar),
+    ):
+        if wanted:
+            built.append(make())
     return TrainContext(
         model,
         update.optimizer,
@@ -357,7 +295,7 @@ def _prepare(
         monitor=monitor or ("val_loss" if val_loader is not None else "train_loss"),
         train_loader=train_loader,
         batches_per_epoch=batches_per_epoch,
-        callbacks=_build_callbacks(update, tracker=tracker, **callback_settings),
+        callbacks=built,
         tracker=tracker,
         loss_fn=loss_fn,
         device=device,
@@ -394,36 +332,27 @@ def fit(
 ) -> History:
     """Train ``model`` on the batches of ``train_loader`` and return the ``History``.
 
-    Args:
-        update, guard (one thing): the :class:`~stabletrain.update.Update` (e.g. a
-            ``StabilityGuard``); without one a plain update is built from ``optimizer``
-            (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm`` and
-            ``accumulation_steps``, which otherwise belong to the update.
-        loss_fn, metrics, batch_fn: default :func:`default_loss`,
-            :func:`default_metrics`, :func:`split_batch`.
-        monitor: what early stopping and metric-driven schedulers follow; default
-            ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``; missing → error.
-        checkpoints, resume, tracker, early_stopping, max_steps, stop_on_nonfinite,
-            progress: build the matching callbacks; ``callbacks`` are yours.
-
-    Raises ``ValueError``/``TypeError`` for invalid or disagreeing settings, an empty
-    ``train_loader`` or a missing monitored metric.
+    ``update``/``guard`` (one thing) is the :class:`~stabletrain.update.Update`; without one a
+    plain update is built from ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``,
+    ``max_grad_norm``, ``accumulation_steps``, which otherwise belong to the update.
+    ``loss_fn``/``metrics``/``batch_fn`` default to :func:`default_loss`/:func:`default_metrics`/
+    :func:`split_batch`. ``monitor`` (for early stopping, metric-driven schedulers) defaults to
+    ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``. ``checkpoints``, ``resume``,
+    ``tracker``, ``early_stopping``, ``max_steps``, ``stop_on_nonfinite``, ``progress`` build
+    callbacks; ``callbacks`` are yours. ``ValueError``/``TypeError`` for invalid or disagreeing
+    settings, an empty ``train_loader`` or a missing monitored metric.
     """
+    update = _build_update(
+        model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps
+    )
     ctx = _prepare(
-        model, train_loader, val_loader, epochs=epochs, device=device, loss_fn=loss_fn,
-        monitor=monitor, tracker=tracker, update=_build_update(
-            model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps
-        ), callbacks=callbacks, early_stopping=early_stopping, max_steps=max_steps,
-        checkpoints=checkpoints, resume=resume, stop_on_nonfinite=stop_on_nonfinite,
-        progress=progress,
+        model, train_loader, val_loader, update, epochs=epochs, device=device, loss_fn=loss_fn,
+        monitor=monitor, tracker=tracker, callbacks=callbacks, early_stopping=early_stopping,
+        max_steps=max_steps, checkpoints=checkpoints, resume=resume,
+        stop_on_nonfinite=stop_on_nonfinite, progress=progress,
     )  # fmt: skip
-    update, history, device = ctx.update, ctx.history, ctx.device
-    batches_per_epoch, accumulation = ctx.batches_per_epoch, ctx.update.accumulation_steps
-    batch_fn, metric_fns = batch_fn or split_batch, metrics
-
-    def event(name: str, *args: Any) -> None:
-        _dispatch(ctx, name, *args)
-
+    history, device, batches_per_epoch = ctx.history, ctx.device, ctx.batches_per_epoch
+    batch_fn, event = batch_fn or split_batch, partial(_dispatch, ctx)
     model.train()
     try:
         event("on_fit_start")
@@ -444,9 +373,9 @@ def fit(
                 loss = compute_loss(ctx.loss_fn, outputs, targets, ctx.progress)
                 window_loss, window = window_loss + float(loss.detach()), window + 1
                 last = ctx.batch_index + 1 == batches_per_epoch
-                # an accumulation window closes every `accumulation` batches and at the
-                # epoch's end, so no micro-batch's gradient leaks into the next epoch
-                result = update.step(loss, sync=last or (ctx.batch_index + 1) % accumulation == 0)
+                # a window closes each accumulation_steps batches and at the epoch's end
+                closes = last or (ctx.batch_index + 1) % update.accumulation_steps == 0
+                result = update.step(loss, sync=closes)
                 if result.reason == "accumulating":
                     continue
                 ctx.step += result.applied
@@ -467,13 +396,11 @@ def fit(
                             pass
                     break
             losses = ctx.epoch_losses
-            values = {
-                "epoch": epoch,
-                "train_loss": sum(losses) / len(losses) if losses else math.nan,
-            }
+            train_loss = sum(losses) / len(losses) if losses else math.nan
+            values = {"epoch": epoch, "train_loss": train_loss}
             if val_loader is not None:
-                values.update(evaluate(model, val_loader, ctx.loss_fn, device=device,
-                                       amp=update.amp, metrics=metric_fns, batch_fn=batch_fn))  # fmt: skip
+                kwargs = {"amp": update.amp, "metrics": metrics, "batch_fn": batch_fn}
+                values.update(evaluate(model, val_loader, ctx.loss_fn, device=device, **kwargs))
             values["lr"] = ctx.optimizer.param_groups[0]["lr"]
             values["seconds"] = time.perf_counter() - started
             event("on_validation_end", values)  # callbacks may add metrics here
