@@ -15,8 +15,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checks import check_choice, check_float, check_int, check_range
 
-__all__ = ["SHAPES", "ShapesSegmentation", "make_loaders"]
-
 SHAPES = ("circle", "rectangle", "triangle")
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 

@@ -9,8 +9,6 @@ from typing import Any
 
 from .checks import check_choice, check_float, check_int
 
-__all__ = ["History"]
-
 
 class History:
     """Per-step and per-epoch columns of a run: ``steps``/``epochs`` map a name to a list.
@@ -37,11 +35,9 @@ class History:
                 column.append(math.nan)
 
     def log_step(self, **values: Any) -> None:
-        """Append one optimizer step's values."""
         self._append(self.steps, values)
 
     def log_epoch(self, **values: Any) -> None:
-        """Append one epoch's values."""
         self._append(self.epochs, values)
 
     @property
@@ -105,14 +101,11 @@ class History:
         keys: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The run in JSON-friendly values (NaN where unknown), floats rounded to ``digits``,
-        only ``keys`` if given (an unknown one is a ``ValueError``).
-
-        Keys: ``steps``, ``epochs``, ``skipped_steps``, ``diverged``,
-        ``first_nonfinite_step``, ``stop_reason``, ``best_<monitor>``, ``best_epoch`` (by
-        ``mode``), ``final_{train_loss,val_loss,val_dice,lr}``, ``max_loss``,
-        ``max_val_loss``, ``max_grad_norm``, ``median_grad_norm`` (finite values only),
-        ``seconds``.
-        """
+        only ``keys`` if given (an unknown one is a ``ValueError``). Keys: ``steps``, ``epochs``,
+        ``skipped_steps``, ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
+        ``best_<monitor>``, ``best_epoch`` (by ``mode``), ``final_`` + ``train_loss``,
+        ``val_loss``, ``val_dice``, ``lr``; ``max_loss``, ``max_val_loss``, ``max_grad_norm``,
+        ``median_grad_norm`` (finite values only), ``seconds``."""
         best = self.best(monitor, mode)
         values = self.epochs.get(monitor, [])
         epoch_numbers = self.epochs.get("epoch", list(range(len(values))))
@@ -193,7 +186,5 @@ class History:
             json.dump(clean(payload), f, indent=1, allow_nan=False)
 
     def __repr__(self) -> str:
-        return (
-            f"History(steps={self.num_steps}, epochs={len(self.epochs.get('epoch', []))}, "
-            f"stop_reason={self.stop_reason!r})"
-        )
+        epochs = len(self.epochs.get("epoch", []))
+        return f"History(steps={self.num_steps}, epochs={epochs}, stop_reason={self.stop_reason!r})"

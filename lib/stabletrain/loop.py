@@ -285,21 +285,12 @@ def _prepare(
         if wanted:
             built.append(make())
     return TrainContext(
-        model,
-        update.optimizer,
-        update.scheduler,
-        History(),
-        epochs,
-        steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps),
-        update=update,
+        model, update.optimizer, update.scheduler, History(), epochs,
+        steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps), update=update,
         monitor=monitor or ("val_loss" if val_loader is not None else "train_loss"),
-        train_loader=train_loader,
-        batches_per_epoch=batches_per_epoch,
-        callbacks=built,
-        tracker=tracker,
-        loss_fn=loss_fn,
-        device=device,
-    )
+        train_loader=train_loader, batches_per_epoch=batches_per_epoch, callbacks=built,
+        tracker=tracker, loss_fn=loss_fn, device=device,
+    )  # fmt: skip
 
 
 def fit(
@@ -332,15 +323,13 @@ def fit(
 ) -> History:
     """Train ``model`` on the batches of ``train_loader`` and return the ``History``.
 
-    ``update``/``guard`` (one thing) is the :class:`~stabletrain.update.Update`; without one a
-    plain update is built from ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``,
-    ``max_grad_norm``, ``accumulation_steps``, which otherwise belong to the update.
-    ``loss_fn``/``metrics``/``batch_fn`` default to :func:`default_loss`/:func:`default_metrics`/
-    :func:`split_batch`. ``monitor`` (for early stopping, metric-driven schedulers) defaults to
-    ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``. ``checkpoints``, ``resume``,
-    ``tracker``, ``early_stopping``, ``max_steps``, ``stop_on_nonfinite``, ``progress`` build
-    callbacks; ``callbacks`` are yours. ``ValueError``/``TypeError`` for invalid or disagreeing
-    settings, an empty ``train_loader`` or a missing monitored metric.
+    ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one
+    from ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm``,
+    ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``: default :func:`default_loss`,
+    :func:`default_metrics`, :func:`split_batch`. ``monitor``: ``"val_loss"`` with a
+    ``val_loader``, else ``"train_loss"``. The other keywords build callbacks. Raises
+    ``ValueError``/``TypeError`` for invalid or disagreeing settings, an empty ``train_loader``
+    or a missing monitored metric.
     """
     update = _build_update(
         model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accuracy", "dice_score", "iou_score"]
-
 
 def _confusion(
     logits: torch.Tensor, target: torch.Tensor, threshold: float, include_background: bool
