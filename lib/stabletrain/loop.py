@@ -148,11 +148,6 @@ def _eval_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor) -> to
     return loss_fn(outputs, targets, 1.0)
 
 
-def _accumulates(metric: Metric) -> bool:
-    """A torchmetrics-style metric (``reset``/``update``/``compute``), not a function."""
-    return callable(getattr(metric, "compute", None))
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -175,8 +170,8 @@ def evaluate(
     model.eval()
     totals: dict[str, float] = {}
     count = 0
-    for metric in (metrics or {}).values():
-        if _accumulates(metric):
+    for metric in (metrics or {}).values():  # torchmetrics-style: reset/update/compute
+        if callable(getattr(metric, "compute", None)):
             metric.reset()
     try:
         for batch in loader:
@@ -189,7 +184,7 @@ def evaluate(
             n = int(targets.shape[0])
             values = {"val_loss": float(_eval_loss(loss_fn, outputs, targets))}
             for name, metric in metrics.items():
-                if _accumulates(metric):
+                if callable(getattr(metric, "compute", None)):
                     metric.update(final, targets)
                 else:
                     values[f"val_{name}"] = float(metric(final, targets))
@@ -202,49 +197,10 @@ def evaluate(
         return {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
     result = {k: v / count for k, v in totals.items()}
     for name, metric in (metrics or {}).items():
-        if _accumulates(metric):
+        if callable(getattr(metric, "compute", None)):
             result[f"val_{name}"] = float(metric.compute())
             metric.reset()
     return result
-
-
-def _build_update(
-    model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps
-) -> Update:
-    """The given update, or a plain one from the settings; a setting given to both is one object."""
-    if guard is not None and update is not None and guard is not update:
-        raise ValueError("guard= and update= name the same thing: give one")
-    update = update if update is not None else guard
-    if update is None:
-        optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-        settings = {"amp": amp, "max_grad_norm": max_grad_norm}
-        return Update(
-            model, optimizer, scheduler, accumulation_steps=accumulation_steps, **settings
-        )
-    if not isinstance(update, Update):
-        raise TypeError(
-            f"guard/update must be a stabletrain Update (e.g. a StabilityGuard), got "
-            f"{type(update).__name__}"
-        )
-    name = type(update).__name__
-    for what, given, own in (
-        ("optimizer", optimizer, update.optimizer),
-        ("scheduler", scheduler, update.scheduler),
-        ("amp", amp, update.amp),
-    ):
-        if given is not None and given is not own:
-            raise ValueError(
-                f"fit(..., {what}=...) is not the {what} of the {name} ({own!r}); a setting "
-                f"lives in one place: give it to the {name} only"
-            )
-    if max_grad_norm is not None:
-        raise ValueError(f"max_grad_norm is for the plain update; give the {name} its clipping")
-    if accumulation_steps not in (1, update.accumulation_steps):
-        raise ValueError(
-            f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s "
-            f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
-        )
-    return update
 
 
 def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
@@ -254,11 +210,45 @@ def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
 
 
 def _prepare(
-    model, train_loader, val_loader, update, *, epochs, device, loss_fn, monitor, tracker,
-    callbacks, early_stopping, max_steps, checkpoints, resume, stop_on_nonfinite, progress
+    model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp, max_grad_norm,
+    accumulation_steps, *, epochs, device, loss_fn, monitor, tracker, callbacks, early_stopping,
+    max_steps, checkpoints, resume, stop_on_nonfinite, progress
 ) -> TrainContext:  # fmt: skip
-    """Checks, the device, the callbacks (yours, then those ``fit``'s keywords stand for)
-    and the context they share."""
+    """Checks; the update (the given one, or a plain one from the settings; a setting given to
+    both is one object), the device, the callbacks (yours, then those of ``fit``'s keywords)."""
+    if guard is not None and update is not None and guard is not update:
+        raise ValueError("guard= and update= name the same thing: give one")
+    update = update if update is not None else guard
+    if update is None:
+        optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        settings = {"amp": amp, "max_grad_norm": max_grad_norm}
+        update = Update(
+            model, optimizer, scheduler, **settings, accumulation_steps=accumulation_steps
+        )
+    elif not isinstance(update, Update):
+        raise TypeError(
+            f"guard/update must be a stabletrain Update (e.g. a StabilityGuard), got "
+            f"{type(update).__name__}"
+        )
+    else:
+        name = type(update).__name__
+        for what, given, own in (
+            ("optimizer", optimizer, update.optimizer),
+            ("scheduler", scheduler, update.scheduler),
+            ("amp", amp, update.amp),
+        ):
+            if given is not None and given is not own:
+                raise ValueError(
+                    f"fit(..., {what}=...) is not the {what} of the {name} ({own!r}); a setting "
+                    f"lives in one place: give it to the {name} only"
+                )
+        if max_grad_norm is not None:
+            raise ValueError(f"max_grad_norm is for the plain update; give the {name} its clipping")
+        if accumulation_steps not in (1, update.accumulation_steps):
+            raise ValueError(
+                f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s "
+                f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
+            )
     check_int("epochs", epochs, min=1)
     try:
         batches_per_epoch = len(train_loader)
@@ -331,16 +321,14 @@ def fit(
     ``ValueError``/``TypeError`` for invalid or disagreeing settings, an empty ``train_loader``
     or a missing monitored metric.
     """
-    update = _build_update(
-        model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps
-    )
     ctx = _prepare(
-        model, train_loader, val_loader, update, epochs=epochs, device=device, loss_fn=loss_fn,
+        model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp,
+        max_grad_norm, accumulation_steps, epochs=epochs, device=device, loss_fn=loss_fn,
         monitor=monitor, tracker=tracker, callbacks=callbacks, early_stopping=early_stopping,
         max_steps=max_steps, checkpoints=checkpoints, resume=resume,
         stop_on_nonfinite=stop_on_nonfinite, progress=progress,
     )  # fmt: skip
-    history, device, batches_per_epoch = ctx.history, ctx.device, ctx.batches_per_epoch
+    update, history, device = ctx.update, ctx.history, ctx.device
     batch_fn, event = batch_fn or split_batch, partial(_dispatch, ctx)
     model.train()
     try:
@@ -361,7 +349,7 @@ def fit(
                 ctx.loss_fn = ctx.loss_fn or default_loss(outputs, targets)
                 loss = compute_loss(ctx.loss_fn, outputs, targets, ctx.progress)
                 window_loss, window = window_loss + float(loss.detach()), window + 1
-                last = ctx.batch_index + 1 == batches_per_epoch
+                last = ctx.batch_index + 1 == ctx.batches_per_epoch
                 # a window closes each accumulation_steps batches and at the epoch's end
                 closes = last or (ctx.batch_index + 1) % update.accumulation_steps == 0
                 result = update.step(loss, sync=closes)
