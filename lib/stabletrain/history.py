@@ -27,9 +27,7 @@ class History:
     def _append(table: dict[str, list[Any]], values: Mapping[str, Any]) -> None:
         length = len(next(iter(table.values()))) if table else 0
         for key, value in values.items():
-            if key not in table:
-                table[key] = [math.nan] * length
-            table[key].append(value)
+            table.setdefault(key, [math.nan] * length).append(value)
         for key, column in table.items():
             if key not in values:
                 column.append(math.nan)
@@ -160,30 +158,20 @@ class History:
 
         check_choice("table", table, ("epochs", "steps"))
         columns = self.epochs if table == "epochs" else self.steps
-        names = list(columns)
-        rows = zip(*(columns[n] for n in names), strict=True) if names else []
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(names)
-            writer.writerows(rows)
+            writer.writerow(columns)
+            writer.writerows(zip(*columns.values(), strict=True))
 
     def to_json(self, path: Any) -> None:
         """Write both tables, the stop reason and :meth:`summary` as strict JSON (NaN as
         ``null``); ``load_state_dict`` reads it back."""
         import json
 
-        def clean(value: Any) -> Any:
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, list | tuple):
-                return [clean(v) for v in value]
-            return value
-
-        payload = {**self.state_dict(), "summary": self.summary()}
+        text = json.dumps({**self.state_dict(), "summary": self.summary()})
+        payload = json.loads(text, parse_constant=lambda _: None)  # NaN, ±Infinity → null
         with open(path, "w") as f:
-            json.dump(clean(payload), f, indent=1, allow_nan=False)
+            json.dump(payload, f, indent=1, allow_nan=False)
 
     def __repr__(self) -> str:
         epochs = len(self.epochs.get("epoch", []))

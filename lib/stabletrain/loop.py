@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -166,10 +167,8 @@ def evaluate(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_fn = batch_fn or split_batch
-    was_training = model.training
+    was_training, count, totals = model.training, 0, {}
     model.eval()
-    totals: dict[str, float] = {}
-    count = 0
     for metric in (metrics or {}).values():  # torchmetrics-style: reset/update/compute
         if callable(getattr(metric, "compute", None)):
             metric.reset()
@@ -221,10 +220,8 @@ def _prepare(
     update = update if update is not None else guard
     if update is None:
         optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-        settings = {"amp": amp, "max_grad_norm": max_grad_norm}
-        update = Update(
-            model, optimizer, scheduler, **settings, accumulation_steps=accumulation_steps
-        )
+        settings = dict(amp=amp, max_grad_norm=max_grad_norm, accumulation_steps=accumulation_steps)
+        update = Update(model, optimizer, scheduler, **settings)
     elif not isinstance(update, Update):
         raise TypeError(
             f"guard/update must be a stabletrain Update (e.g. a StabilityGuard), got "
@@ -369,8 +366,7 @@ def fit(
                 event("on_step_end", record)
                 if ctx.stop_training:
                     if last:  # let the sampler finish as a full epoch would (resume matches)
-                        for _ in batches:
-                            pass
+                        deque(batches, maxlen=0)
                     break
             losses = ctx.epoch_losses
             train_loss = sum(losses) / len(losses) if losses else math.nan
