@@ -1,14 +1,13 @@
-"""Callbacks: everything :func:`~stabletrain.loop.fit` does beyond the update is one.
-
-Events: ``on_fit_start``; per epoch ``on_epoch_start``, ``on_step_end(record)`` after each
-optimizer step, ``on_validation_end(metrics)`` (add metrics here), ``on_epoch_end(metrics)``;
-then ``on_fit_end``, or ``on_exception(error)`` before the error is re-raised. Callbacks run
-by ascending ``order`` (yours 0; schedulers 10, early stopping 20, checkpoints 100, tracker
-110); ``ctx.stop(reason)`` ends the run. One with ``state_dict`` is checkpointed.
+"""Callbacks: all that :func:`~stabletrain.loop.fit` does beyond the update. Events:
+``on_fit_start``; per epoch ``on_epoch_start``, ``on_step_end(record)`` per optimizer step,
+``on_validation_end(metrics)`` (add metrics here), ``on_epoch_end(metrics)``; then ``on_fit_end``,
+or ``on_exception(error)`` before it is re-raised. By ascending ``order`` (yours 0, schedulers 10,
+early stopping 20, checkpoints 100, tracker 110). One with ``state_dict`` is checkpointed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Mapping
@@ -21,18 +20,6 @@ from torch import nn
 from .checks import check_bool, check_choice, check_float, check_int
 from .history import History
 from .update import Update
-
-__all__ = [
-    "Callback",
-    "Checkpointing",
-    "EarlyStopping",
-    "MaxSteps",
-    "MetricScheduler",
-    "ProgressBar",
-    "StopOnNonFinite",
-    "Tracking",
-    "TrainContext",
-]
 
 
 @dataclass
@@ -92,26 +79,11 @@ class Callback:
 
     order: int = 0
 
-    def on_fit_start(self, ctx: TrainContext) -> None:
-        pass
+    def _nothing(self, ctx: TrainContext, *args: Any) -> None:
+        """A hook's default: args ``ctx``, then ``record``, ``metrics`` or ``error``."""
 
-    def on_epoch_start(self, ctx: TrainContext) -> None:
-        pass
-
-    def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
-        pass
-
-    def on_validation_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
-        pass
-
-    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
-        pass
-
-    def on_fit_end(self, ctx: TrainContext) -> None:
-        pass
-
-    def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
-        pass
+    on_fit_start = on_epoch_start = on_step_end = on_validation_end = _nothing
+    on_epoch_end = on_fit_end = on_exception = _nothing
 
 
 class StopOnNonFinite(Callback):
@@ -158,9 +130,9 @@ class MetricScheduler(Callback):
 class EarlyStopping(Callback):
     """Stop when the monitored value stops improving, or at once when it is not finite.
 
-    ``v`` improves on the best ``b`` when ``v < b - min_delta`` (``mode="max"``:
-    ``v > b + min_delta``); ``step(v)`` is ``True`` after ``patience`` values in a row
-    without improvement, or at a NaN/Inf when ``check_finite``.
+    ``v`` improves on the best ``b`` when ``v < b - min_delta`` (``mode="max"``: ``v > b +
+    min_delta``); ``step(v)`` is ``True`` after ``patience`` values in a row without
+    improvement, or at a NaN/Inf when ``check_finite``.
     """
 
     order = 20
@@ -174,29 +146,21 @@ class EarlyStopping(Callback):
         self.mode = check_choice("mode", mode, ("min", "max"))
         self.check_finite = check_bool("check_finite", check_finite)
         self.best = math.inf if mode == "min" else -math.inf
-        self.num_bad = 0
-        self.count = 0
+        self.num_bad = self.count = 0
         self.stopped = False
         self.stopping_reason: str | None = None
-
-    def _improves(self, value: float) -> bool:
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
 
     def step(self, value: float | torch.Tensor) -> bool:
         """Record one value; ``True`` means stop."""
         value = float(value)
         self.count += 1
-        if not math.isfinite(value):
-            if self.check_finite:
-                self.stopped = True
-                self.stopping_reason = f"non-finite monitored value ({value}) at check {self.count}"
-                return True
-            self.num_bad += 1
-        elif self._improves(value):
-            self.best = value
-            self.num_bad = 0
+        if self.check_finite and not math.isfinite(value):
+            self.stopped = True
+            self.stopping_reason = f"non-finite monitored value ({value}) at check {self.count}"
+            return True
+        low, high = self.best - self.min_delta, self.best + self.min_delta
+        if math.isfinite(value) and (value < low if self.mode == "min" else value > high):
+            self.best, self.num_bad = value, 0
         else:
             self.num_bad += 1
         if self.num_bad >= self.patience:
@@ -216,44 +180,38 @@ class EarlyStopping(Callback):
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best = float(state["best"])
-        self.num_bad = int(state["num_bad"])
+        self.best, self.num_bad = float(state["best"]), int(state["num_bad"])
         self.count = int(state.get("count", 0))
         self.stopped = bool(state.get("stopped", False))
         self.stopping_reason = state.get("stopping_reason")
 
 
 class Checkpointing(Callback):
-    """Save through a checkpoint manager each epoch (and each ``every_n_steps`` steps
-    inside one, for mid-epoch resume); ``resume=True`` restores the latest first.
-
-    Saved: model, optimizer, scheduler, the update (``guard``), ``amp``, ``loss_fn``,
-    history, the loader's ``data_generator``, callbacks with a state; the tracker's run
-    in ``extra``, so a resumed run continues it.
+    """Save through a checkpoint manager each epoch (and each ``every_n_steps`` steps, for
+    mid-epoch resume); ``resume=True`` restores the latest first. Saved: model, optimizer,
+    scheduler, update (``guard``), ``amp``, ``loss_fn``, history, the loader's ``data_generator``,
+    callbacks with a state; the tracker's run in ``extra`` (a resumed run continues it).
     """
 
     order = 100
+    _epoch_data_state: Any = None
 
     def __init__(self, manager: Any, *, resume: bool = False) -> None:
         self.manager = manager
         self.resume = bool(resume)
-        # optional parts of the manager protocol (save, load, latest_path are required)
-        self.every_n_steps = getattr(manager, "every_n_steps", None)
+        self.every_n_steps = getattr(manager, "every_n_steps", None)  # optional, as is wait
         self.wait = getattr(manager, "wait", lambda: None)
-        self._epoch_data_state: Any = None
 
     @staticmethod
     def _objects(ctx: TrainContext) -> dict[str, Any]:
-        update = ctx.update
-        named: dict[str, Any] = {"model": ctx.model, "optimizer": ctx.optimizer}
-        named["scheduler"] = ctx.scheduler
+        update, loss_fn = ctx.update, ctx.loss_fn
+        named = {"model": ctx.model, "optimizer": ctx.optimizer, "scheduler": ctx.scheduler}
         if update is not None and update.checkpoint_name is not None:
             named[update.checkpoint_name] = update
         named["amp"] = update.amp if update is not None else None
         for i, cb in enumerate(ctx.callbacks):
             if callable(getattr(cb, "state_dict", None)):
                 named[getattr(cb, "checkpoint_name", None) or f"callback_{i}"] = cb
-        loss_fn = ctx.loss_fn
         named["loss_fn"] = loss_fn if callable(getattr(loss_fn, "state_dict", None)) else None
         named["history"] = ctx.history
         named["data_generator"] = getattr(ctx.train_loader, "generator", None)
@@ -287,35 +245,30 @@ class Checkpointing(Callback):
 
     def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
         every, done = self.every_n_steps, ctx.batch_index + 1
-        if not every or ctx.stop_training or ctx.history.num_steps % every:
+        due = every and not ctx.stop_training and ctx.history.num_steps % every == 0
+        if not due or done >= ctx.batches_per_epoch:  # the epoch's end saves
             return
-        if done >= ctx.batches_per_epoch:
-            return  # the epoch's end saves
         extra = {**self._extra(ctx), "losses": list(ctx.epoch_losses)}
         if self._epoch_data_state is not None:
             extra["epoch_data_state"] = self._epoch_data_state
-        objects = self._objects(ctx)
-        self.manager.save(
-            ctx.epoch, None, step=ctx.step, batch_in_epoch=done, extra=extra, **objects
-        )
+        settings = {"step": ctx.step, "batch_in_epoch": done, "extra": extra}
+        self.manager.save(ctx.epoch, None, **settings, **self._objects(ctx))
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
         self.manager.save(
             ctx.epoch, metrics, step=ctx.step, extra=self._extra(ctx), **self._objects(ctx)
         )
 
-    def on_fit_end(self, ctx: TrainContext) -> None:
-        self.wait()  # a background save finishes before fit returns
+    def on_fit_end(self, ctx: TrainContext, *error: BaseException) -> None:
+        self.wait()  # a background save lands before fit returns or re-raises
 
-    def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
-        self.wait()  # a background save in flight still lands
+    on_exception = on_fit_end  # type: ignore[assignment]
 
 
 class Tracking(Callback):
     """Log to a tracker (``log_params``, ``log_metrics``, ``finish``): per step ``lr``,
-    ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with amp or a guard);
-    per epoch its metrics (``epoch_train_loss``, ``epoch_lr``). A failed run is finished
-    with ``status="FAILED"`` where the tracker takes one."""
+    ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with amp or a guard); per epoch
+    its metrics (``epoch_train_loss``, ``epoch_lr``). A failed run ends ``status="FAILED"``."""
 
     order = 110
 
@@ -329,13 +282,8 @@ class Tracking(Callback):
 
     def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
         self._skipped += not record["applied"]
-        values = {
-            "lr": record["lr"],
-            "train_loss": record["loss"],
-            "grad_norm": record["grad_norm"],
-        }
-        if "loss_scale" in record:
-            values["loss_scale"] = record["loss_scale"]
+        logged = ("lr", "loss", "grad_norm", "loss_scale")
+        values = {"train_loss" if k == "loss" else k: v for k, v in record.items() if k in logged}
         if ctx.update is not None and (ctx.update.amp is not None or ctx.update.handles_nonfinite):
             values["skipped_steps"] = self._skipped
         self.tracker.log_metrics(values, step=ctx.history.num_steps)
@@ -349,22 +297,16 @@ class Tracking(Callback):
         self.tracker.finish(ctx.history)
 
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
-        try:  # errors while closing a failed run must not hide the original one
-            if "status" in inspect.signature(self.tracker.finish).parameters:
-                self.tracker.finish(ctx.history, status="FAILED")
-            else:
-                self.tracker.finish(ctx.history)
-        except Exception:
-            pass
+        with contextlib.suppress(Exception):  # closing a failed run must not hide its error
+            failed = "status" in inspect.signature(self.tracker.finish).parameters
+            self.tracker.finish(ctx.history, **({"status": "FAILED"} if failed else {}))
 
 
 class ProgressBar(Callback):
     """A tqdm progress bar over the planned optimizer steps (notebook-aware)."""
 
     order = 120
-
-    def __init__(self) -> None:
-        self.bar: Any = None
+    bar: Any = None
 
     def on_fit_start(self, ctx: TrainContext) -> None:
         from tqdm.auto import tqdm
@@ -383,9 +325,7 @@ class ProgressBar(Callback):
     on_exception = on_fit_end  # type: ignore[assignment]
 
 
-_NOT_SETTINGS = frozenset(
-    {"self", "model", "optimizer", "params", "scheduler", "amp", "last_epoch", "verbose"}
-)
+_NOT_SETTINGS = frozenset("self model optimizer params scheduler amp last_epoch verbose".split())
 
 
 def _settings(obj: Any, prefix: str) -> dict[str, Any]:
@@ -414,11 +354,10 @@ def describe_run(ctx: TrainContext) -> dict[str, Any]:
     for key, value in ctx.optimizer.defaults.items():
         if isinstance(value, int | float | str | bool) or value is None:
             params[f"optimizer.{key}"] = value
-    loss_fn = ctx.loss_fn
     update = ctx.update
     for prefix, obj in (
         ("scheduler", ctx.scheduler),
-        ("loss", loss_fn),
+        ("loss", ctx.loss_fn),
         ("guard", update if update is not None and update.handles_nonfinite else None),
     ):
         if obj is not None:

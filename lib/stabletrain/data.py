@@ -15,8 +15,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checks import check_choice, check_float, check_int, check_range
 
-__all__ = ["SHAPES", "ShapesSegmentation", "make_loaders"]
-
 SHAPES = ("circle", "rectangle", "triangle")
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -34,10 +32,8 @@ def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 class ShapesSegmentation(Dataset):
     """Synthetic shapes data, generated once; ``images`` ``(N, 1, H, W)``, ``masks`` as above.
-
-    ``object_size`` is the radius range as a fraction of ``image_size``; ``contrast`` the
-    range of object-minus-background intensity.
-    """
+    ``object_size``: radius range (fraction of ``image_size``); ``contrast``: range of
+    object-minus-background intensity."""
 
     def __init__(
         self,

@@ -9,8 +9,6 @@ from typing import Any
 
 from .checks import check_choice, check_float, check_int
 
-__all__ = ["History"]
-
 
 class History:
     """Per-step and per-epoch columns of a run: ``steps``/``epochs`` map a name to a list.
@@ -29,19 +27,15 @@ class History:
     def _append(table: dict[str, list[Any]], values: Mapping[str, Any]) -> None:
         length = len(next(iter(table.values()))) if table else 0
         for key, value in values.items():
-            if key not in table:
-                table[key] = [math.nan] * length
-            table[key].append(value)
+            table.setdefault(key, [math.nan] * length).append(value)
         for key, column in table.items():
             if key not in values:
                 column.append(math.nan)
 
     def log_step(self, **values: Any) -> None:
-        """Append one optimizer step's values."""
         self._append(self.steps, values)
 
     def log_epoch(self, **values: Any) -> None:
-        """Append one epoch's values."""
         self._append(self.epochs, values)
 
     @property
@@ -105,14 +99,11 @@ class History:
         keys: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The run in JSON-friendly values (NaN where unknown), floats rounded to ``digits``,
-        only ``keys`` if given (an unknown one is a ``ValueError``).
-
-        Keys: ``steps``, ``epochs``, ``skipped_steps``, ``diverged``,
-        ``first_nonfinite_step``, ``stop_reason``, ``best_<monitor>``, ``best_epoch`` (by
-        ``mode``), ``final_{train_loss,val_loss,val_dice,lr}``, ``max_loss``,
-        ``max_val_loss``, ``max_grad_norm``, ``median_grad_norm`` (finite values only),
-        ``seconds``.
-        """
+        only ``keys`` if given (an unknown one is a ``ValueError``). Keys: ``steps``, ``epochs``,
+        ``skipped_steps``, ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
+        ``best_<monitor>``, ``best_epoch`` (by ``mode``), ``final_`` + ``train_loss``,
+        ``val_loss``, ``val_dice``, ``lr``; ``max_loss``, ``max_val_loss``, ``max_grad_norm``,
+        ``median_grad_norm`` (finite values only), ``seconds``."""
         best = self.best(monitor, mode)
         values = self.epochs.get(monitor, [])
         epoch_numbers = self.epochs.get("epoch", list(range(len(values))))
@@ -167,33 +158,21 @@ class History:
 
         check_choice("table", table, ("epochs", "steps"))
         columns = self.epochs if table == "epochs" else self.steps
-        names = list(columns)
-        rows = zip(*(columns[n] for n in names), strict=True) if names else []
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(names)
-            writer.writerows(rows)
+            writer.writerow(columns)
+            writer.writerows(zip(*columns.values(), strict=True))
 
     def to_json(self, path: Any) -> None:
         """Write both tables, the stop reason and :meth:`summary` as strict JSON (NaN as
         ``null``); ``load_state_dict`` reads it back."""
         import json
 
-        def clean(value: Any) -> Any:
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, list | tuple):
-                return [clean(v) for v in value]
-            return value
-
-        payload = {**self.state_dict(), "summary": self.summary()}
+        text = json.dumps({**self.state_dict(), "summary": self.summary()})
+        payload = json.loads(text, parse_constant=lambda _: None)  # NaN, ±Infinity → null
         with open(path, "w") as f:
-            json.dump(clean(payload), f, indent=1, allow_nan=False)
+            json.dump(payload, f, indent=1, allow_nan=False)
 
     def __repr__(self) -> str:
-        return (
-            f"History(steps={self.num_steps}, epochs={len(self.epochs.get('epoch', []))}, "
-            f"stop_reason={self.stop_reason!r})"
-        )
+        epochs = len(self.epochs.get("epoch", []))
+        return f"History(steps={self.num_steps}, epochs={epochs}, stop_reason={self.stop_reason!r})"

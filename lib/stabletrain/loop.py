@@ -1,9 +1,8 @@
-"""The training loop: :func:`fit` is a short loop of events over one update and callbacks.
+"""The training loop: :func:`fit`, a short loop of events over one update and callbacks.
 
-Per batch: to the device, ``batch_fn`` → ``(inputs, targets)``, forward under the update's
-autocast, the loss in float32, ``update.step(loss)``, then ``on_step_end``. Per epoch:
-:func:`evaluate`, ``on_validation_end``, ``on_epoch_end``. Everything else is a
-:class:`~stabletrain.callbacks.Callback`, which ``fit``'s keyword arguments build.
+Per batch: ``batch_fn`` → ``(inputs, targets)`` on the device, forward under the update's
+autocast, the loss in float32, ``update.step(loss)``, ``on_step_end``. Per epoch: :func:`evaluate`,
+``on_validation_end``, ``on_epoch_end``. The rest is callbacks that ``fit``'s keywords build.
 """
 
 from __future__ import annotations
@@ -11,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,16 +34,6 @@ from .history import History
 from .metrics import accuracy, dice_score
 from .schedulers import is_metric_driven
 from .update import Update
-
-__all__ = [
-    "default_loss",
-    "default_metrics",
-    "evaluate",
-    "fit",
-    "outputs_to_float32",
-    "split_batch",
-    "to_device",
-]
 
 Outputs = torch.Tensor | list[torch.Tensor]
 Metric = Callable[[torch.Tensor, torch.Tensor], float] | Any  # or a torchmetrics Metric
@@ -69,10 +60,7 @@ def to_device(value: Any, device: torch.device) -> Any:
 
 
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
-    """The default ``batch_fn``: a pair, or a mapping with ``"inputs"`` and ``"targets"``.
-
-    Raises ``TypeError`` for any other batch (pass ``batch_fn=`` to split it).
-    """
+    """The default ``batch_fn``: a pair or a mapping with "inputs" and "targets"; else TypeError."""
     if isinstance(batch, Mapping) and "inputs" in batch and "targets" in batch:
         return batch["inputs"], batch["targets"]
     if isinstance(batch, list | tuple) and len(batch) == 2:
@@ -101,13 +89,9 @@ class _ClassesLast(nn.Module):
 
 
 def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
-    """The loss ``fit`` uses without ``loss_fn``, chosen from the first batch's targets.
-
-    Class indices ``(N, *S)``: cross-entropy over outputs ``(N, C, *S)`` or ``(N, *S, C)``
-    (a language model), ``C >= 2``. Float targets of the outputs' shape:
-    ``BCEWithLogitsLoss`` if all are 0 or 1, else ``MSELoss``. Anything else: ``ValueError``
-    saying what was expected.
-    """
+    """The loss ``fit`` uses without ``loss_fn``, from the first batch. Class indices ``(N, *S)``:
+    cross-entropy over outputs ``(N, C, *S)`` or ``(N, *S, C)``, ``C >= 2``. Float targets of the
+    outputs' shape: ``BCEWithLogitsLoss`` if all are 0 or 1, else ``MSELoss``. Else ValueError."""
     final = outputs[0] if isinstance(outputs, list | tuple) else outputs
     out, tgt = tuple(final.shape), tuple(targets.shape)
     if targets.dtype.is_floating_point:
@@ -133,23 +117,17 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
     )
 
 
-def _is_map(final: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Outputs ``(N, C, H, W)`` with targets ``(N, H, W)`` or ``(N, 1, H, W)``."""
-    return final.ndim == 4 and targets.ndim in (3, 4) and targets.shape[-2:] == final.shape[-2:]
-
-
 def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric]:
-    """Without ``metrics=``: Dice for segmentation maps, accuracy for class indices, none
-    for float targets."""
+    """Without ``metrics=``: Dice for maps (outputs ``(N, C, H, W)``, targets ``(N, [1,] H, W)``),
+    accuracy for class indices, none for float targets."""
     final = outputs[0] if isinstance(outputs, list | tuple) else outputs
-    if _is_map(final, targets):
+    if final.ndim == 4 and targets.ndim in (3, 4) and targets.shape[-2:] == final.shape[-2:]:
         return {"dice": dice_score}
     return {} if targets.dtype.is_floating_point else {"accuracy": accuracy}
 
 
 def compute_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor, progress: float):
-    """``loss_fn(outputs, targets)``, plus ``progress`` (fraction of training done) for a
-    loss whose ``uses_progress`` is true."""
+    """``loss_fn(outputs, targets)``, plus ``progress`` (fraction done) if ``uses_progress``."""
     if getattr(loss_fn, "uses_progress", False):
         return loss_fn(outputs, targets, progress)
     if isinstance(outputs, list | tuple):
@@ -171,11 +149,6 @@ def _eval_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor) -> to
     return loss_fn(outputs, targets, 1.0)
 
 
-def _accumulates(metric: Metric) -> bool:
-    """A torchmetrics-style metric (``reset``/``update``/``compute``), not a function."""
-    return callable(getattr(metric, "compute", None))
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -189,34 +162,28 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``.
 
-    ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or
-    torchmetrics-style objects; default :func:`default_metrics`. Only the final output
-    of a deeply supervised model is scored.
+    ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
+    objects; default :func:`default_metrics`. Only a deeply supervised model's final output counts.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_fn = batch_fn or split_batch
-    was_training = model.training
+    was_training, count, totals = model.training, 0, {}
     model.eval()
-    totals: dict[str, float] = {}
-    count = 0
-    for metric in (metrics or {}).values():
-        if _accumulates(metric):
+    for metric in (metrics or {}).values():  # torchmetrics-style: reset/update/compute
+        if callable(getattr(metric, "compute", None)):
             metric.reset()
     try:
         for batch in loader:
             inputs, targets = to_device(batch_fn(batch), device)
             with amp.autocast() if amp is not None else contextlib.nullcontext():
-                outputs = _forward(model, inputs)
-            outputs = outputs_to_float32(outputs)
+                outputs = outputs_to_float32(_forward(model, inputs))
             final = outputs[0] if isinstance(outputs, list | tuple) else outputs
-            if loss_fn is None:
-                loss_fn = default_loss(outputs, targets)
-            if metrics is None:
-                metrics = default_metrics(outputs, targets)
+            loss_fn = loss_fn if loss_fn is not None else default_loss(outputs, targets)
+            metrics = metrics if metrics is not None else default_metrics(outputs, targets)
             n = int(targets.shape[0])
             values = {"val_loss": float(_eval_loss(loss_fn, outputs, targets))}
             for name, metric in metrics.items():
-                if _accumulates(metric):
+                if callable(getattr(metric, "compute", None)):
                     metric.update(final, targets)
                 else:
                     values[f"val_{name}"] = float(metric(final, targets))
@@ -229,92 +196,10 @@ def evaluate(
         return {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
     result = {k: v / count for k, v in totals.items()}
     for name, metric in (metrics or {}).items():
-        if _accumulates(metric):
+        if callable(getattr(metric, "compute", None)):
             result[f"val_{name}"] = float(metric.compute())
             metric.reset()
     return result
-
-
-def _build_update(
-    model: nn.Module,
-    update: Update | None,
-    guard: Update | None,
-    optimizer: torch.optim.Optimizer | None,
-    lr: float,
-    scheduler: Any,
-    amp: Any,
-    max_grad_norm: float | None,
-    accumulation_steps: int,
-) -> Update:
-    """The given update (a guard), or a plain one from the settings; a setting given to
-    both ``fit`` and the update must be the same object."""
-    if guard is not None and update is not None and guard is not update:
-        raise ValueError("guard= and update= name the same thing: give one")
-    update = update if update is not None else guard
-    if update is None:
-        optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-        settings = {"amp": amp, "max_grad_norm": max_grad_norm}
-        return Update(
-            model, optimizer, scheduler, accumulation_steps=accumulation_steps, **settings
-        )
-    if not isinstance(update, Update):
-        raise TypeError(
-            f"guard/update must be a stabletrain Update (e.g. a StabilityGuard), got "
-            f"{type(update).__name__}"
-        )
-    name = type(update).__name__
-    for what, given, own in (
-        ("optimizer", optimizer, update.optimizer),
-        ("scheduler", scheduler, update.scheduler),
-        ("amp", amp, update.amp),
-    ):
-        if given is not None and given is not own:
-            raise ValueError(
-                f"fit(..., {what}=...) is not the {what} of the {name} ({own!r}); a setting "
-                f"lives in one place: give it to the {name} only"
-            )
-    if max_grad_norm is not None:
-        raise ValueError(f"max_grad_norm is for the plain update; give the {name} its clipping")
-    if accumulation_steps not in (1, update.accumulation_steps):
-        raise ValueError(
-            f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s "
-            f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
-        )
-    return update
-
-
-def _build_callbacks(
-    update: Update,
-    *,
-    callbacks: Sequence[Callback],
-    early_stopping: Callback | None,
-    max_steps: int | None,
-    checkpoints: Any,
-    resume: bool,
-    tracker: Any,
-    stop_on_nonfinite: bool,
-    progress: bool,
-) -> list[Callback]:
-    """The callbacks that ``fit``'s keyword arguments stand for, after yours."""
-    built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
-    for cb in built:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
-    if resume and checkpoints is None:
-        raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
-    if is_metric_driven(update.scheduler):
-        built.append(MetricScheduler())
-    if stop_on_nonfinite and not update.handles_nonfinite:
-        built.append(StopOnNonFinite())
-    if max_steps is not None:
-        built.append(MaxSteps(max_steps))
-    if checkpoints is not None:
-        built.append(Checkpointing(checkpoints, resume=resume))
-    if tracker is not None:
-        built.append(Tracking(tracker))
-    if progress:
-        built.append(ProgressBar())
-    return built
 
 
 def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
@@ -324,44 +209,75 @@ def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
 
 
 def _prepare(
-    model: nn.Module,
-    train_loader: Iterable,
-    val_loader: Iterable | None,
-    *,
-    epochs: int,
-    device: torch.device | str | None,
-    loss_fn: Callable | None,
-    monitor: str | None,
-    tracker: Any,
-    update: Update,
-    **callback_settings: Any,
-) -> TrainContext:
-    """Checks, the device, the callbacks and the context they share."""
+    model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp, max_grad_norm,
+    accumulation_steps, *, epochs, device, loss_fn, monitor, tracker, callbacks, early_stopping,
+    max_steps, checkpoints, resume, stop_on_nonfinite, progress
+) -> TrainContext:  # fmt: skip
+    """Checks; the update (the given one, or a plain one from the settings; a setting given to
+    both is one object), the device, the callbacks (yours, then those of ``fit``'s keywords)."""
+    if guard is not None and update is not None and guard is not update:
+        raise ValueError("guard= and update= name the same thing: give one")
+    update = update if update is not None else guard
+    if update is None:
+        optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        settings = dict(amp=amp, max_grad_norm=max_grad_norm, accumulation_steps=accumulation_steps)
+        update = Update(model, optimizer, scheduler, **settings)
+    elif not isinstance(update, Update):
+        raise TypeError(
+            f"guard/update must be a stabletrain Update (e.g. a StabilityGuard), got "
+            f"{type(update).__name__}"
+        )
+    else:
+        name = type(update).__name__
+        for what, given, own in (
+            ("optimizer", optimizer, update.optimizer),
+            ("scheduler", scheduler, update.scheduler),
+            ("amp", amp, update.amp),
+        ):
+            if given is not None and given is not own:
+                raise ValueError(
+                    f"fit(..., {what}=...) is not the {what} of the {name} ({own!r}); a setting "
+                    f"lives in one place: give it to the {name} only"
+                )
+        if max_grad_norm is not None:
+            raise ValueError(f"max_grad_norm is for the plain update; give the {name} its clipping")
+        if accumulation_steps not in (1, update.accumulation_steps):
+            raise ValueError(
+                f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s "
+                f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
+            )
     check_int("epochs", epochs, min=1)
     try:
-        batches_per_epoch = len(train_loader)  # type: ignore[arg-type]
+        batches_per_epoch = len(train_loader)
     except TypeError:
         raise TypeError("train_loader must have a length (a DataLoader or a sequence)") from None
     if batches_per_epoch == 0:
         raise ValueError("train_loader is empty")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
+    for cb in built:
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    if resume and checkpoints is None:
+        raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
+    for wanted, make in (
+        (is_metric_driven(update.scheduler), MetricScheduler),
+        (stop_on_nonfinite and not update.handles_nonfinite, StopOnNonFinite),
+        (max_steps is not None, lambda: MaxSteps(max_steps)),
+        (checkpoints is not None, lambda: Checkpointing(checkpoints, resume=resume)),
+        (tracker is not None, lambda: Tracking(tracker)),
+        (progress, ProgressBar),
+    ):
+        if wanted:
+            built.append(make())
     return TrainContext(
-        model,
-        update.optimizer,
-        update.scheduler,
-        History(),
-        epochs,
-        steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps),
-        update=update,
+        model, update.optimizer, update.scheduler, History(), epochs,
+        steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps), update=update,
         monitor=monitor or ("val_loss" if val_loader is not None else "train_loss"),
-        train_loader=train_loader,
-        batches_per_epoch=batches_per_epoch,
-        callbacks=_build_callbacks(update, tracker=tracker, **callback_settings),
-        tracker=tracker,
-        loss_fn=loss_fn,
-        device=device,
-    )
+        train_loader=train_loader, batches_per_epoch=batches_per_epoch, callbacks=built,
+        tracker=tracker, loss_fn=loss_fn, device=device,
+    )  # fmt: skip
 
 
 def fit(
@@ -394,36 +310,23 @@ def fit(
 ) -> History:
     """Train ``model`` on the batches of ``train_loader`` and return the ``History``.
 
-    Args:
-        update, guard (one thing): the :class:`~stabletrain.update.Update` (e.g. a
-            ``StabilityGuard``); without one a plain update is built from ``optimizer``
-            (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm`` and
-            ``accumulation_steps``, which otherwise belong to the update.
-        loss_fn, metrics, batch_fn: default :func:`default_loss`,
-            :func:`default_metrics`, :func:`split_batch`.
-        monitor: what early stopping and metric-driven schedulers follow; default
-            ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``; missing → error.
-        checkpoints, resume, tracker, early_stopping, max_steps, stop_on_nonfinite,
-            progress: build the matching callbacks; ``callbacks`` are yours.
-
-    Raises ``ValueError``/``TypeError`` for invalid or disagreeing settings, an empty
-    ``train_loader`` or a missing monitored metric.
+    ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one
+    from ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm``,
+    ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``: default :func:`default_loss`,
+    :func:`default_metrics`, :func:`split_batch`. ``monitor``: ``"val_loss"`` with a
+    ``val_loader``, else ``"train_loss"``. The other keywords build callbacks. Raises
+    ``ValueError``/``TypeError`` for invalid or disagreeing settings, an empty ``train_loader``
+    or a missing monitored metric.
     """
     ctx = _prepare(
-        model, train_loader, val_loader, epochs=epochs, device=device, loss_fn=loss_fn,
-        monitor=monitor, tracker=tracker, update=_build_update(
-            model, update, guard, optimizer, lr, scheduler, amp, max_grad_norm, accumulation_steps
-        ), callbacks=callbacks, early_stopping=early_stopping, max_steps=max_steps,
-        checkpoints=checkpoints, resume=resume, stop_on_nonfinite=stop_on_nonfinite,
-        progress=progress,
+        model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp,
+        max_grad_norm, accumulation_steps, epochs=epochs, device=device, loss_fn=loss_fn,
+        monitor=monitor, tracker=tracker, callbacks=callbacks, early_stopping=early_stopping,
+        max_steps=max_steps, checkpoints=checkpoints, resume=resume,
+        stop_on_nonfinite=stop_on_nonfinite, progress=progress,
     )  # fmt: skip
     update, history, device = ctx.update, ctx.history, ctx.device
-    batches_per_epoch, accumulation = ctx.batches_per_epoch, ctx.update.accumulation_steps
-    batch_fn, metric_fns = batch_fn or split_batch, metrics
-
-    def event(name: str, *args: Any) -> None:
-        _dispatch(ctx, name, *args)
-
+    batch_fn, event = batch_fn or split_batch, partial(_dispatch, ctx)
     model.train()
     try:
         event("on_fit_start")
@@ -443,10 +346,10 @@ def fit(
                 ctx.loss_fn = ctx.loss_fn or default_loss(outputs, targets)
                 loss = compute_loss(ctx.loss_fn, outputs, targets, ctx.progress)
                 window_loss, window = window_loss + float(loss.detach()), window + 1
-                last = ctx.batch_index + 1 == batches_per_epoch
-                # an accumulation window closes every `accumulation` batches and at the
-                # epoch's end, so no micro-batch's gradient leaks into the next epoch
-                result = update.step(loss, sync=last or (ctx.batch_index + 1) % accumulation == 0)
+                last = ctx.batch_index + 1 == ctx.batches_per_epoch
+                # a window closes each accumulation_steps batches and at the epoch's end
+                closes = last or (ctx.batch_index + 1) % update.accumulation_steps == 0
+                result = update.step(loss, sync=closes)
                 if result.reason == "accumulating":
                     continue
                 ctx.step += result.applied
@@ -463,17 +366,14 @@ def fit(
                 event("on_step_end", record)
                 if ctx.stop_training:
                     if last:  # let the sampler finish as a full epoch would (resume matches)
-                        for _ in batches:
-                            pass
+                        deque(batches, maxlen=0)
                     break
             losses = ctx.epoch_losses
-            values = {
-                "epoch": epoch,
-                "train_loss": sum(losses) / len(losses) if losses else math.nan,
-            }
+            train_loss = sum(losses) / len(losses) if losses else math.nan
+            values = {"epoch": epoch, "train_loss": train_loss}
             if val_loader is not None:
-                values.update(evaluate(model, val_loader, ctx.loss_fn, device=device,
-                                       amp=update.amp, metrics=metric_fns, batch_fn=batch_fn))  # fmt: skip
+                kwargs = {"amp": update.amp, "metrics": metrics, "batch_fn": batch_fn}
+                values.update(evaluate(model, val_loader, ctx.loss_fn, device=device, **kwargs))
             values["lr"] = ctx.optimizer.param_groups[0]["lr"]
             values["seconds"] = time.perf_counter() - started
             event("on_validation_end", values)  # callbacks may add metrics here

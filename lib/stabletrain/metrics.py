@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["accuracy", "dice_score", "iou_score"]
-
 
 def _confusion(
     logits: torch.Tensor, target: torch.Tensor, threshold: float, include_background: bool
@@ -67,12 +65,10 @@ def iou_score(logits, target, *, threshold: float = 0.5, include_background=Fals
 
 @torch.no_grad()
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of correct predictions over all samples and positions.
-
-    Class indices: ``(N, C, *spatial)`` with int ``(N, *spatial)`` (argmax over 1), or ``(B, T, V)``
-    with ``(B, T)`` (argmax over -1). Binary: ``(N,)`` or ``(N, 1, *spatial)``, ``logit > 0``.
-    Raises ``ValueError`` for other shapes or float class indices.
-    """
+    """Fraction of correct predictions over all samples and positions. Class indices:
+    ``(N, C, *spatial)`` with int ``(N, *spatial)`` (argmax over 1), or ``(B, T, V)`` with
+    ``(B, T)`` (argmax over -1). Binary: ``(N,)`` or ``(N, 1, *spatial)``, ``logit > 0``.
+    Raises ``ValueError`` for other shapes or float class indices."""
     if isinstance(outputs, list | tuple):
         outputs = outputs[0]  # deep supervision: index 0 is the final output
     shape, target_shape = tuple(outputs.shape), tuple(targets.shape)
