@@ -2,7 +2,8 @@
 
 One concept per module (the README's library table lists them); the core is ``loop``
 (``fit``, ``evaluate``), ``update`` and ``callbacks``. :mod:`stabletrain.widgets` needs the
-``widgets`` extra; :mod:`stabletrain.course` holds what only the notebooks need.
+``widgets`` extra; :mod:`stabletrain.course` holds what only the notebooks need. The names
+imported here are the public API.
 """
 
 from .amp import MixedPrecision
@@ -35,62 +36,3 @@ from .update import StepResult, Update
 from .utils import get_device, seed_everything
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "PRESETS",
-    "SAFE_ATTENTION",
-    "SCHEDULER_TYPES",
-    "CBAMBlock",
-    "Callback",
-    "CheckpointError",
-    "CheckpointManager",
-    "CombinedLoss",
-    "DeepSupervisionLoss",
-    "DiceLoss",
-    "EarlyStopping",
-    "FocalLoss",
-    "History",
-    "JaccardLoss",
-    "LRRangeTestResult",
-    "LossWeightCallback",
-    "LossWeightScheduler",
-    "MLflowTracker",
-    "MixedPrecision",
-    "NanDetector",
-    "NonFiniteError",
-    "SEBlock",
-    "ShapesSegmentation",
-    "SpatialSelfAttention",
-    "StabilityGuard",
-    "StepResult",
-    "TinyUNet",
-    "TrainContext",
-    "Training",
-    "TverskyLoss",
-    "UnsafeCheckpointError",
-    "Update",
-    "accuracy",
-    "build_loss",
-    "build_optimizer",
-    "build_scheduler",
-    "build_training",
-    "check_gradients",
-    "check_weights",
-    "clip_gradients",
-    "dice_score",
-    "epochs_to_steps",
-    "evaluate",
-    "fit",
-    "get_device",
-    "grad_norm",
-    "grads_are_finite",
-    "iou_score",
-    "lr_curve",
-    "lr_range_test",
-    "make_loaders",
-    "resolve_config",
-    "run",
-    "seed_everything",
-    "supervision_weights",
-    "with_warmup",
-]
