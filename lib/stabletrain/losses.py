@@ -32,7 +32,7 @@ def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> Non
 
 
 def _class_indices(target: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """Indices ``(N, *spatial)`` as floats ``(N, 1, P)``, in ``dtype`` if exact there, else float64."""
+    """Indices ``(N, *spatial)`` as floats ``(N, 1, P)``: ``dtype`` if exact there, else float64."""
     exact = dtype if classes <= 2 / torch.finfo(dtype).eps else torch.float64
     return target.reshape(target.shape[0], 1, -1).to(exact)
 
