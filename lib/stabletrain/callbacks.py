@@ -2,8 +2,7 @@
 ``on_fit_start``; per epoch ``on_epoch_start``, ``on_step_end(record)`` per optimizer step,
 ``on_validation_end(metrics)`` (add metrics here), ``on_epoch_end(metrics)``; then ``on_fit_end``,
 or ``on_exception(error)`` before it is re-raised. By ascending ``order`` (yours 0, schedulers 10,
-early stopping 20, checkpoints 100, tracker 110). One with ``state_dict`` is checkpointed.
-"""
+early stopping 20, checkpoints 100, tracker 110). One with ``state_dict`` is checkpointed."""
 
 from __future__ import annotations
 
@@ -67,10 +66,8 @@ class TrainContext:
         """The monitored metric of this epoch; ``ValueError`` if it is not among them."""
         if self.monitor not in metrics:
             names = sorted(k for k in metrics if k not in ("epoch", "seconds"))
-            raise ValueError(
-                f"monitor={self.monitor!r} is not among this epoch's metrics {names}; "
-                "pick one of them (val_* metrics need a val_loader)"
-            )
+            message = f"monitor={self.monitor!r} is not among this epoch's metrics {names}"
+            raise ValueError(f"{message}; pick one of them (val_* metrics need a val_loader)")
         return float(metrics[self.monitor])
 
 
@@ -128,12 +125,9 @@ class MetricScheduler(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when the monitored value stops improving, or at once when it is not finite.
-
-    ``v`` improves on the best ``b`` when ``v < b - min_delta`` (``mode="max"``: ``v > b +
-    min_delta``); ``step(v)`` is ``True`` after ``patience`` values in a row without
-    improvement, or at a NaN/Inf when ``check_finite``.
-    """
+    """Stop when the monitored value stops improving: ``v`` improves on the best ``b`` when ``v <
+    b - min_delta`` (``mode="max"``: ``v > b + min_delta``); ``step(v)`` is ``True`` after
+    ``patience`` values in a row without improvement, or at a NaN/Inf when ``check_finite``."""
 
     order = 20
     checkpoint_name = "early_stopping"
@@ -165,10 +159,8 @@ class EarlyStopping(Callback):
             self.num_bad += 1
         if self.num_bad >= self.patience:
             self.stopped = True
-            self.stopping_reason = (
-                f"no improvement of more than {self.min_delta:g} for {self.patience} checks "
-                f"(best {self.best:.4g})"
-            )
+            rule = f"no improvement of more than {self.min_delta:g} for {self.patience} checks"
+            self.stopping_reason = f"{rule} (best {self.best:.4g})"
         return self.stopped
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
@@ -181,8 +173,7 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best, self.num_bad = float(state["best"]), int(state["num_bad"])
-        self.count = int(state.get("count", 0))
-        self.stopped = bool(state.get("stopped", False))
+        self.count, self.stopped = int(state.get("count", 0)), bool(state.get("stopped", False))
         self.stopping_reason = state.get("stopping_reason")
 
 
@@ -190,8 +181,7 @@ class Checkpointing(Callback):
     """Save through a checkpoint manager each epoch (and each ``every_n_steps`` steps, for
     mid-epoch resume); ``resume=True`` restores the latest first. Saved: model, optimizer,
     scheduler, update (``guard``), ``amp``, ``loss_fn``, history, the loader's ``data_generator``,
-    callbacks with a state; the tracker's run in ``extra`` (a resumed run continues it).
-    """
+    callbacks with a state; the tracker's run in ``extra`` (a resumed run continues it)."""
 
     order = 100
     _epoch_data_state: Any = None
@@ -335,15 +325,10 @@ def _settings(obj: Any, prefix: str) -> dict[str, Any]:
     except (TypeError, ValueError):
         return {}
     settings = {}
-    for name in names:
-        if name in _NOT_SETTINGS or name.startswith("_"):
-            continue
-        try:
-            value = getattr(obj, name, None)
-        except Exception:  # a property that cannot be read is simply not a setting
-            continue
-        if isinstance(value, bool | int | float | str):
-            settings[f"{prefix}.{name}"] = value
+    for name in (n for n in names if n not in _NOT_SETTINGS and not n.startswith("_")):
+        with contextlib.suppress(Exception):  # a property that cannot be read is not a setting
+            if isinstance(value := getattr(obj, name, None), bool | int | float | str):
+                settings[f"{prefix}.{name}"] = value
     return settings
 
 
@@ -355,11 +340,8 @@ def describe_run(ctx: TrainContext) -> dict[str, Any]:
         if isinstance(value, int | float | str | bool) or value is None:
             params[f"optimizer.{key}"] = value
     update = ctx.update
-    for prefix, obj in (
-        ("scheduler", ctx.scheduler),
-        ("loss", ctx.loss_fn),
-        ("guard", update if update is not None and update.handles_nonfinite else None),
-    ):
+    guard = update if update is not None and update.handles_nonfinite else None
+    for prefix, obj in (("scheduler", ctx.scheduler), ("loss", ctx.loss_fn), ("guard", guard)):
         if obj is not None:
             params[prefix] = type(obj).__name__
             params.update(_settings(obj, prefix))

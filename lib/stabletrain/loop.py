@@ -41,9 +41,7 @@ Metric = Callable[[torch.Tensor, torch.Tensor], float] | Any  # or a torchmetric
 
 def outputs_to_float32(outputs: Outputs) -> Outputs:
     """Outputs (a tensor or a list of them) in float32: losses overflow in float16."""
-    if isinstance(outputs, list | tuple):
-        return [o.float() for o in outputs]
-    return outputs.float()
+    return [o.float() for o in outputs] if isinstance(outputs, list | tuple) else outputs.float()
 
 
 def to_device(value: Any, device: torch.device) -> Any:
@@ -66,10 +64,9 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     if isinstance(batch, list | tuple) and len(batch) == 2:
         return batch[0], batch[1]
     got = f"keys {sorted(batch)}" if isinstance(batch, Mapping) else repr(type(batch))
-    raise TypeError(
-        f"a batch must be an (inputs, targets) pair or a mapping with 'inputs' and 'targets', "
-        f"got {got}; pass batch_fn=lambda batch: (inputs, targets) to split it"
-    )
+    message = "a batch must be an (inputs, targets) pair or a mapping with 'inputs' and 'targets'"
+    hint = "pass batch_fn=lambda batch: (inputs, targets) to split it"
+    raise TypeError(f"{message}, got {got}; {hint}")
 
 
 def _forward(model: nn.Module, inputs: Any) -> Outputs:
@@ -96,16 +93,14 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
     out, tgt = tuple(final.shape), tuple(targets.shape)
     if targets.dtype.is_floating_point:
         if out != tgt:
-            raise ValueError(
-                f"float targets {tgt} must have the outputs' shape {out} (regression, or a "
-                "binary/multi-label mask); reshape them, or pass loss_fn="
-            )
+            message = f"float targets {tgt} must have the outputs' shape {out} (regression, or a"
+            raise ValueError(f"{message} binary/multi-label mask); reshape them, or pass loss_fn=")
         binary = bool(((targets == 0) | (targets == 1)).all())
         return nn.BCEWithLogitsLoss() if binary else nn.MSELoss()
     if targets.dtype == torch.bool or targets.dtype.is_complex:
-        raise ValueError(
-            f"targets of dtype {targets.dtype}: give float 0/1 or integer class indices"
-        )
+        hint = "give float 0/1 or integer class indices"
+        raise ValueError(f"targets of dtype {targets.dtype}: {hint}")
+
     if len(out) >= 2 and out[1] >= 2 and (out[0], *out[2:]) == tgt:
         return nn.CrossEntropyLoss()
     if len(out) >= 2 and out[-1] >= 2 and out[:-1] == tgt:
@@ -131,11 +126,9 @@ def compute_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor, pro
     if getattr(loss_fn, "uses_progress", False):
         return loss_fn(outputs, targets, progress)
     if isinstance(outputs, list | tuple):
-        raise ValueError(
-            f"the model returned {len(outputs)} outputs (deep supervision) but loss_fn takes one; "
-            "wrap the loss in stabletrain.deep_supervision.DeepSupervisionLoss or set "
-            "model.deep_supervision = False"
-        )
+        message = f"the model returned {len(outputs)} outputs (deep supervision) but loss_fn takes"
+        wrap = "wrap the loss in stabletrain.deep_supervision.DeepSupervisionLoss or set"
+        raise ValueError(f"{message} one; {wrap} model.deep_supervision = False")
     return loss_fn(outputs, targets)
 
 
@@ -223,10 +216,8 @@ def _prepare(
         settings = dict(amp=amp, max_grad_norm=max_grad_norm, accumulation_steps=accumulation_steps)
         update = Update(model, optimizer, scheduler, **settings)
     elif not isinstance(update, Update):
-        raise TypeError(
-            f"guard/update must be a stabletrain Update (e.g. a StabilityGuard), got "
-            f"{type(update).__name__}"
-        )
+        what = "guard/update must be a stabletrain Update (e.g. a StabilityGuard)"
+        raise TypeError(f"{what}, got {type(update).__name__}")
     else:
         name = type(update).__name__
         for what, given, own in (
@@ -242,10 +233,9 @@ def _prepare(
         if max_grad_norm is not None:
             raise ValueError(f"max_grad_norm is for the plain update; give the {name} its clipping")
         if accumulation_steps not in (1, update.accumulation_steps):
-            raise ValueError(
-                f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s "
-                f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
-            )
+            given = f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s"
+            own = f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
+            raise ValueError(f"{given} {own}")
     check_int("epochs", epochs, min=1)
     try:
         batches_per_epoch = len(train_loader)
@@ -308,16 +298,15 @@ def fit(
     stop_on_nonfinite: bool = True,
     progress: bool = True,
 ) -> History:
-    """Train ``model`` on the batches of ``train_loader`` and return the ``History``.
+    """Train ``model`` on the batches of ``train_loader``; returns the ``History``.
 
-    ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one
-    from ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm``,
+    ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one from
+    ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm``,
     ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``: default :func:`default_loss`,
-    :func:`default_metrics`, :func:`split_batch`. ``monitor``: ``"val_loss"`` with a
-    ``val_loader``, else ``"train_loss"``. The other keywords build callbacks. Raises
-    ``ValueError``/``TypeError`` for invalid or disagreeing settings, an empty ``train_loader``
-    or a missing monitored metric.
-    """
+    :func:`default_metrics`, :func:`split_batch`. ``monitor``: ``"val_loss"`` with a ``val_loader``,
+    else ``"train_loss"``. The other keywords build callbacks. ``ValueError``/``TypeError``: invalid
+    or disagreeing settings, an empty ``train_loader``, a missing monitored metric."""
+
     ctx = _prepare(
         model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp,
         max_grad_norm, accumulation_steps, epochs=epochs, device=device, loss_fn=loss_fn,

@@ -1,10 +1,10 @@
 """Dice, Jaccard, Tversky and focal losses and their weighted combinations.
 
-``pred``: logits (``from_logits=True``) or probabilities ``(N, C, *spatial)`` (``*spatial`` may
-be empty; binary ``pred`` may be ``(N,)``). Modes: ``"binary"`` (``C == 1``, sigmoid; target
-with or without the channel dim), ``"multilabel"`` (sigmoid per channel, target of ``pred``'s
-shape), ``"multiclass"`` (softmax; int indices ``(N, *spatial)`` or probabilities). Half
-precision runs in float32. Values (targets in [0, 1], indices in ``[0, C)``) unless ``validate=False``.
+``pred``: logits (``from_logits=True``) or probabilities ``(N, C, *spatial)`` (binary: or ``(N,)``).
+Modes: ``"binary"`` (``C == 1``, sigmoid; target with or without the channel dim), ``"multilabel"``
+(sigmoid per channel, target of ``pred``'s shape), ``"multiclass"`` (softmax; int indices ``(N,
+*spatial)`` or probabilities). Half precision runs in float32. Unless ``validate=False``, targets
+and probabilities must be in [0, 1], indices in ``[0, C)``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> Non
 
 
 def _class_indices(target: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
-    """Class indices ``(N, *spatial)`` as floats ``(N, 1, P)``, in ``dtype`` if exact there, else float64."""
+    """Indices ``(N, *spatial)`` as floats ``(N, 1, P)``: ``dtype`` if exact there, else float64."""
     exact = dtype if classes <= 2 / torch.finfo(dtype).eps else torch.float64
     return target.reshape(target.shape[0], 1, -1).to(exact)
 
@@ -50,10 +50,9 @@ class _SigmoidFocalSum(torch.autograd.Function):
         ce = torch.addcmul(F.softplus(x), t, x, value=-1.0)
         weight = None if alpha is None else t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)
         weighted = m * ce if weight is None else (m * ce).mul_(weight)
-        total = weighted.sum()  # cascade sum: accurate in float32
         ctx.save_for_backward(x, t, sign, zn, m, ce, weight)
         ctx.gamma = gamma
-        return total
+        return weighted.sum()  # cascade sum: accurate in float32
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
@@ -103,9 +102,8 @@ class _SegmentationLoss(nn.Module):
             raise ValueError(f"multiclass mode needs C >= 2 channels, got pred of shape {shape}")
         if self.mode == "multiclass" and tuple(target.shape) == indices_shape:
             if target.is_floating_point() or target.dtype == torch.bool:
-                raise ValueError(
-                    f"multiclass target must hold integer class indices, got {target.dtype}"
-                )
+                message = f"multiclass target must hold integer class indices, got {target.dtype}"
+                raise ValueError(message)
             target = target.long()
             if self.validate and class_indices and target.numel():
                 self._check_class_indices(target, shape[1])
@@ -116,9 +114,8 @@ class _SegmentationLoss(nn.Module):
                 expected = f"the shape of pred {shape}"
                 if self.mode == "multiclass":
                     expected = f"(N, *spatial) = {indices_shape} (class indices) or {expected}"
-                raise ValueError(
-                    f"{self.mode} target must have {expected}, got {tuple(target.shape)}"
-                )
+                got = tuple(target.shape)
+                raise ValueError(f"{self.mode} target must have {expected}, got {got}")
             target = target.to(pred.dtype)
             if self.validate:
                 _check_unit_interval(f"{self.mode} target values", target)
@@ -128,27 +125,21 @@ class _SegmentationLoss(nn.Module):
         return pred, target
 
     @staticmethod
-    def _check_class_indices(target: torch.Tensor, channels: int) -> None:
+    def _check_class_indices(target: torch.Tensor, c: int) -> None:
         low, high = (int(v) for v in torch.aminmax(target))
-        if low < 0 or high >= channels:
-            raise ValueError(
-                f"multiclass target holds class indices in [{low}, {high}], but pred has "
-                f"C = {channels} channels (indices must be in [0, {channels - 1}])"
-            )
+        if low < 0 or high >= c:
+            message = f"multiclass target holds class indices in [{low}, {high}], but pred has C ="
+            raise ValueError(f"{message} {c} channels (indices must be in [0, {c - 1}])")
 
     def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
         return loss if self.reduction == "none" else getattr(loss, self.reduction)()
 
 
 class DiceLoss(_SegmentationLoss):
-    r"""Soft Dice loss (or Jaccard), per sample and channel, then reduced.
-
-    With ``p`` the probabilities, ``t`` the (one-hot) target, sums over pixels, ``I = Σpt``:
-    ``ℓ = 1 − (2I + s)/(Σp + Σt + s)``, or with ``jaccard`` ``1 − (I + s)/(Σp + Σt − I + s)``;
-    ``squared`` uses ``Σp²`` and ``Σt²``. ``reduction="none"`` gives ``(N, C')``; an empty
-    channel scores ``1 − s/(Σp + s)``. ``include_background=False`` drops channel 0 (not in
-    binary mode).
-    """
+    r"""Soft Dice loss per sample and channel, ``p`` the probabilities, ``t`` the (one-hot) target,
+    ``I = Σpt``: ``ℓ = 1 − (2I + s)/(Σp + Σt + s)``, with ``jaccard`` ``1 − (I + s)/(Σp + Σt − I +
+    s)``; ``squared``: ``Σp²``, ``Σt²``. ``reduction="none"``: ``(N, C')``; an empty channel scores
+    ``1 − s/(Σp + s)``. ``include_background=False`` drops channel 0 (not in binary mode)."""
 
     _fields = ("smooth", "squared", "jaccard", "include_background")
 
@@ -221,10 +212,8 @@ class JaccardLoss(DiceLoss):
 
 
 class TverskyLoss(DiceLoss):
-    r"""Tversky loss: ``ℓ = 1 − (TP + s)/(TP + α FP + β FN + s)`` per sample and channel.
-
-    ``TP = Σpt``, ``FP = Σp(1−t)``, ``FN = Σ(1−p)t``; ``alpha = beta = 0.5`` is Dice.
-    """
+    r"""Tversky loss per sample and channel: ``ℓ = 1 − (TP + s)/(TP + α FP + β FN + s)``,
+    ``TP = Σpt``, ``FP = Σp(1−t)``, ``FN = Σ(1−p)t``; ``alpha = beta = 0.5`` is Dice."""
 
     _fields = (*DiceLoss._fields, "alpha", "beta")
 
@@ -253,7 +242,6 @@ class TverskyLoss(DiceLoss):
 
 class FocalLoss(_SegmentationLoss):
     r"""Focal loss ``ℓ = −α_t (1 − p_t)^γ log p_t`` (Lin et al., 2017), from log-sigmoid/softmax.
-
     Sigmoid modes, per element: ``α_t = αt + (1−α)(1−t)`` (``alpha=None``: 1); ``"mean"``
     averages over all elements. Multiclass, per pixel: ``α_t = 1−α`` for class 0, else ``α``;
     probability targets give ``Σ_c t_c ℓ_c``; ``"mean"`` averages over pixels (``gamma=0,
@@ -323,11 +311,9 @@ class FocalLoss(_SegmentationLoss):
 
 
 class CombinedLoss(nn.Module):
-    r"""Weighted sum of loss terms ``L = Σ_k w_k L_k(pred, target)``.
-
-    ``terms``: ``key -> (loss callable, weight)``. ``weights`` (a copy; settable) is saved
-    in ``state_dict()``; ``last_values`` holds the detached terms of the last forward.
-    """
+    r"""``L = Σ_k w_k L_k(pred, target)``, ``terms``: ``key -> (loss callable, weight)``.
+    ``weights`` (a copy; settable) is saved in ``state_dict()``; ``last_values`` holds the
+    detached terms of the last forward."""
 
     def __init__(self, terms: Mapping[str, tuple[Callable, float]]) -> None:
         super().__init__()
@@ -338,7 +324,7 @@ class CombinedLoss(nn.Module):
                 raise ValueError(f"term keys must be identifiers other than 'total', got {key!r}")
             if not (isinstance(term, tuple | list) and len(term) == 2 and callable(term[0])):
                 raise ValueError(f"terms[{key!r}] must be a pair (loss, weight), got {term!r}")
-        self._keys = tuple(terms)
+        self.keys: tuple[str, ...] = tuple(terms)
         self._terms = {key: loss for key, (loss, _) in terms.items()}
         modules = {key: loss for key, loss in self._terms.items() if isinstance(loss, nn.Module)}
         self.losses = nn.ModuleDict(modules)
@@ -346,14 +332,10 @@ class CombinedLoss(nn.Module):
         self.weights = {key: weight for key, (_, weight) in terms.items()}
         self.last_values: dict[str, torch.Tensor] = {}
 
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return self._keys
-
     def term(self, key: str) -> Callable:
         """The loss callable of term ``key``."""
-        if key not in self._keys:
-            raise KeyError(f"unknown term {key!r}; terms are {self._keys}")
+        if key not in self.keys:
+            raise KeyError(f"unknown term {key!r}; terms are {self.keys}")
         return self._terms[key]
 
     @property
@@ -363,12 +345,12 @@ class CombinedLoss(nn.Module):
     @weights.setter
     def weights(self, values: Mapping[str, float]) -> None:
         new = dict(self._weights)
-        for key, value in check_keys("weights", values, self._keys).items():
+        for key, value in check_keys("weights", values, self.keys).items():
             new[key] = check_float(f"weights[{key!r}]", value, min=0)
-        missing = set(self._keys) - set(new)
+        missing = set(self.keys) - set(new)
         if missing:
-            raise ValueError(f"missing weight(s) for {sorted(missing)}; terms are {self._keys}")
-        self._weights = {key: new[key] for key in self._keys}
+            raise ValueError(f"missing weight(s) for {sorted(missing)}; terms are {self.keys}")
+        self._weights = {key: new[key] for key in self.keys}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         values = {key: loss(pred, target) for key, loss in self._terms.items()}
@@ -429,8 +411,8 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
     args = (dice["smooth"], dice["squared_pred"], dice["jaccard"], dice["include_background"])
     overlap = DiceLoss(mode, *args)
     pixel = nn.CrossEntropyLoss() if mode == "multiclass" else nn.BCEWithLogitsLoss()
-    if focal:
-        pixel = FocalLoss(mode, focal.get("gamma", 2.0), focal.get("alpha", 0.25))
+    pixel = FocalLoss(mode, focal.get("gamma", 2.0), focal.get("alpha", 0.25)) if focal else pixel
+
     terms = {"jaccard" if overlap.jaccard else "dice": (overlap, config.get("dice_weight", 0.7))}
     terms["focal" if focal else "bce"] = (pixel, config.get("bce_weight", 0.3))
     return CombinedLoss(terms)
