@@ -15,7 +15,7 @@ WORKERS     ?= 2
 NBVAL_OPTS  := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=300
 LINT_PATHS  := lib tests notebooks benchmarks tools
 
-.PHONY: lab test test-portable install lint format unit notebooks execute-notebooks mlflow clean
+.PHONY: lab test test-browser test-portable install lint format unit notebooks execute-notebooks mlflow clean
 
 # Extra JupyterLab flags, e.g. make lab LAB_ARGS="--no-browser --port 8899"
 LAB_ARGS ?=
@@ -23,10 +23,18 @@ LAB_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 lab: $(STAMP)
+	@# trusted notebooks render their stored widgets (untrusted ones show text)
+	$(VENV)/bin/jupyter trust notebooks/*.ipynb >/dev/null
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $(LAB_ARGS)
 
 test: $(STAMP) lint
-	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL_OPTS) tests notebooks
+	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL_OPTS) tests notebooks --ignore=tests/browser
+
+# The course in a real browser: JupyterLab on 127.0.0.1 and Debian's Chromium driven by
+# Playwright (never `playwright install`: it downloads a browser). apt-get install chromium first.
+test-browser: $(STAMP)
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet "playwright>=1.40"
+	$(THREADS_ENV) $(PY) -m pytest -p no:cacheprovider tests/browser
 
 install: $(STAMP)
 
@@ -50,7 +58,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 unit: $(STAMP)
-	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) tests
+	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) tests --ignore=tests/browser
 
 notebooks: $(STAMP)
 	$(THREADS_ENV) $(PY) -m pytest -n $(WORKERS) --dist loadfile $(NBVAL_OPTS) notebooks

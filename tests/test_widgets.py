@@ -9,7 +9,6 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from stabletrain.course.experiments import short_run
 from stabletrain.schedulers import SCHEDULER_TYPES, StepDecay, build_scheduler, lr_curve
 from stabletrain.widgets import (
     describe_schedule,
@@ -150,62 +149,94 @@ def test_headless_schedule_curves_and_plot():
     plt.close("all")
 
 
-def test_lr_tuner_trains_what_its_sliders_say():
-    tuner = lr_tuner(["constant", "warmup_cosine", "onecycle"], **TINY)
-    assert tuner.total_steps == 4
-    assert tuner.controls["warmup_steps"].max == 3
+def _blobs(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 2, generator=g) + 2.0 * y[:, None]
+    return x, y
+
+
+def _task():
+    x, y = _blobs()
+    data = torch.utils.data.TensorDataset(x, y)
+    train = torch.utils.data.DataLoader(
+        data, batch_size=16, shuffle=True, generator=torch.Generator()
+    )
+    val = torch.utils.data.DataLoader(data, batch_size=64)
+    return {"model_fn": lambda: torch.nn.Linear(2, 2), "train_loader": train, "val_loader": val}
+
+
+def test_lr_tuner_trains_what_its_sliders_say_on_any_model():
+    tuner = lr_tuner(
+        **_task(),
+        steps=8,
+        lr=0.01,
+        monitor="val_accuracy",
+        types=["constant", "warmup_cosine", "onecycle"],
+    )
     assert tuner.controls["lr"].continuous_update is False
-    assert tuner.controls["warmup_steps"].continuous_update is False
-    tuner.controls["lr"].value = 0.01
+    assert tuner.controls["warmup_steps"].max == 7
     tuner.controls["type"].value = "warmup_cosine"
     tuner.controls["warmup_steps"].value = 2
-    planned = tuner.planned_lrs()
-    np.testing.assert_allclose(tuner.lr_ax.lines[0].get_ydata(), planned)
-    tuner.button.click()
-    assert len(tuner.runs) == 1
-    history = tuner.runs[0]["history"]
-    assert history.steps["lr"] == pytest.approx(planned)  # the run used the planned LRs
-    # the same seed and budget as a direct short_run with that schedule
-    direct = short_run(lr=0.01, scheduler=tuner.runs[0]["scheduler"], **TINY)
-    assert history.steps["loss"] == direct.steps["loss"]
-    assert tuner.runs[0]["val_dice"] == direct.epochs["val_dice"][-1]
-
-    tuner.controls["lr"].value = 1e-4
-    second = tuner.train()  # the function behind the button, headless
-    assert len(tuner.runs) == 2 and tuner.runs[1]["history"] is second
-    assert len(tuner.loss_ax.lines) == 2  # the new loss curve overlays the previous one
-    assert "lr=0.0001," in tuner.runs[1]["label"] and "val Dice" in tuner.status.value
-    tuner.clear_button.click()
-    assert tuner.runs == [] and len(tuner.loss_ax.lines) == 0
-
-
-def test_lr_tuner_onecycle_warmup_sets_the_rising_phase():
-    tuner = lr_tuner(["onecycle"], **{**TINY, "epochs": 5})
-    tuner.controls["warmup_steps"].value = 4
-    config = tuner.scheduler_config()
-    assert config["warmup_steps"] == 4 and "pct_start" not in config
-    lrs = tuner.planned_lrs()
-    # torch's OneCycleLR convention: the rise ends at step pct_start * T - 1 = W - 1
-    assert int(np.argmax(lrs)) == 3
-    assert lrs == pytest.approx(lr_curve({"type": "onecycle", "pct_start": 0.4}, 10, 3e-3))
+    planned = lr_curve({**tuner.schedule(), "total_steps": 8}, 8, 0.01)
+    np.testing.assert_allclose(tuner.axes[0].lines[0].get_ydata(), planned)
+    before = tuner.image.value
+    tuner.buttons["run"].click()  # the button runs run() in a thread
+    tuner.wait()
+    assert tuner.error is None and tuner.image.value != before
+    (run,) = tuner.runs[0]
+    assert run.history.steps["lr"] == pytest.approx(planned)  # it trained the planned LRs
+    again = tuner.run()  # the method behind the button, headless: the same seed, the same run
+    assert again[0].history.steps["loss"] == run.history.steps["loss"]
+    assert 0.0 <= run.final_metric <= 1.0 and run.monitor == "val_accuracy"
+    tuner.controls["seeds"].value = 2
+    assert len(tuner.run()) == 2
+    config = tuner.config()
+    assert config["optimizer"] == {"lr": pytest.approx(0.01)}
+    opt = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=config["optimizer"]["lr"])
+    assert build_scheduler(opt, config["scheduler"]).warmup_steps == 2
+    assert "warmup_steps: 2" in tuner.yaml()
+    tuner.clear()
+    assert tuner.runs == [] and len(tuner.axes[1].lines) == 0
 
 
-def test_lr_tuner_rejects_bad_arguments():
+def test_lr_tuner_sweep_range_test_and_suggestion_rules():
+    tuner = lr_tuner(**_task(), steps=6, lr=0.1, monitor="val_accuracy")
+    result = tuner.sweep(lrs=[0.01, 0.1, 1.0], warmups=[0, 2])
+    assert len(result.runs) == 6 and result.mode == "max"
+    assert {(r["lr"], r["warmup_steps"]) for r in result.rows} == {
+        (lr, w) for lr in (0.01, 0.1, 1.0) for w in (0, 2)
+    }
+    tuner.range_test(num_iters=20)
+    rules = {rule: tuner.suggestion(rule) for rule in ("descent", "valley", "steep", "minimum")}
+    assert all(0 < v < 10 for v in rules.values() if not np.isnan(v)), rules
+    before = tuner.image.value
+    tuner.controls["rule"].value = "minimum"
+    assert tuner.image.value != before  # the chosen rule is marked
+    tuner.use_suggestion("minimum")
+    assert tuner.controls["lr"].value == pytest.approx(rules["minimum"], rel=0.2)
+
+
+def test_lr_tuner_cancel_stops_a_run_between_steps():
+    tuner = lr_tuner(**_task(), steps=50)
+    tuner.controls["seeds"].value = 3
+    tuner._tick = lambda *_: tuner.cancel()  # cancel pressed during the first step
+    runs = tuner.run()
+    assert len(runs) == 1 and runs[0].cancelled  # the first seed stopped, no other started
+    assert runs[0].history.num_steps == 1 and "cancel" in tuner.status.value
+
+
+def test_lr_tuner_rejects_bad_arguments_at_construction():
+    task = _task()
     with pytest.raises(ValueError, match="lr"):
-        lr_tuner(lr=10.0, **TINY)
+        lr_tuner(**task, lr=10.0)
     with pytest.raises(ValueError, match="warmup_steps"):
-        lr_tuner(warmup_steps=4, **TINY)
-    with pytest.raises(ValueError, match="scheduler"):
-        lr_tuner(["constant"], scheduler="onecycle", **TINY)
+        lr_tuner(**task, steps=4, warmup_steps=4)
+    with pytest.raises(ValueError, match="schedule"):
+        lr_tuner(**task, types=["constant"], schedule="onecycle")
     with pytest.raises(ValueError, match="types"):
-        lr_tuner(["nope"], **TINY)
-
-
-def test_lr_tuner_rejects_unknown_arguments_at_construction():
-    model = torch.nn.Linear(1, 1)
-    with pytest.raises(TypeError, match=r"\['model', 'train_loader'\].*'max_grad_norm'"):
-        lr_tuner(model=model, train_loader=[], **TINY)
-    with pytest.raises(TypeError, match="return_model"):  # the tuner needs the history
-        lr_tuner(return_model=True, **TINY)
-    tuner = lr_tuner(max_grad_norm=1.0, optimizer="sgd", **TINY)  # short_run's and fit's
-    assert tuner.run_kwargs["max_grad_norm"] == 1.0
+        lr_tuner(**task, types=["nope"])
+    with pytest.raises(TypeError, match="model_fn"):
+        lr_tuner(torch.nn.Linear(1, 1), task["train_loader"])
+    with pytest.raises(TypeError):
+        lr_tuner(**task, model=torch.nn.Linear(1, 1))

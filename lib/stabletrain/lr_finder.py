@@ -73,11 +73,19 @@ def zero_lag_smooth(
     return out.tolist()
 
 
-def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    """``(suggestion, (low, high))`` from increasing ``lrs`` and smoothed ``losses``: over the
-    finite ``L``, ``k = argmin L``, ``j = argmax L[:k+1]``, ``Δ = L_j − L_k``; ``low``/``high``
-    are the first LRs after ``j`` with ``L ≤ L_j − 0.1 Δ`` / ``L ≤ L_k + 0.1 Δ``, the
-    suggestion the steepest ``dL/d log lr`` between them; ``nan`` if k = 0 or Δ ≤ 1e-6 |L_j|."""
+SUGGESTION_RULES = ("descent", "valley", "steep", "minimum")
+
+
+def suggest_lr(
+    lrs: Sequence[float], losses: Sequence[float], rule: str = "descent"
+) -> tuple[float, tuple[float, float]]:
+    """``(suggestion, (low, high))`` from increasing ``lrs`` and smoothed ``losses`` (the finite
+    ones; ``nan`` where a rule finds nothing). ``"descent"``: ``k = argmin L``, ``j = argmax
+    L[:k+1]``, ``Δ = L_j − L_k``; ``low``/``high`` the first LRs after ``j`` with ``L ≤ L_j − 0.1Δ``
+    / ``L ≤ L_k + 0.1Δ``, the suggestion the steepest ``dL/d log lr`` between them (``nan`` if k = 0
+    or Δ ≤ 1e-6 |L_j|). fastai's: ``"valley"``, 2/3 down the longest decreasing run (the band);
+    ``"steep"``, the steepest point anywhere; ``"minimum"``, the LR of the lowest loss / 10."""
+    rule = check_choice("rule", rule, SUGGESTION_RULES)
     if len(lrs) != len(losses):
         raise ValueError(
             f"lrs and losses must have the same length, got {len(lrs)} and {len(losses)}"
@@ -88,6 +96,19 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tu
     if y.size < 3:
         return nothing
     k = int(np.argmin(y))
+    if rule == "minimum":
+        return float(math.exp(x[k])) / 10, (math.nan, math.nan)
+    if rule == "steep":
+        return float(math.exp(x[int(np.argmin(np.diff(y) / np.diff(x)))])), (math.nan, math.nan)
+    if rule == "valley":  # the longest strictly decreasing subsequence ending at each point
+        run = [1] * y.size
+        for i in range(1, y.size):
+            run[i] = 1 + max((run[j] for j in range(i) if y[j] > y[i]), default=0)
+        end = int(np.argmax(run))
+        start = max(0, end - run[end])  # as fastai counts it
+        third = (end - start) / 3
+        pick = start + int(third) + int(third / 2)
+        return float(math.exp(x[pick])), (float(math.exp(x[start])), float(math.exp(x[end])))
     j = int(np.argmax(y[: k + 1]))
     drop = y[j] - y[k]
     if k == 0 or not drop > 1e-6 * abs(y[j]):
@@ -123,11 +144,16 @@ class LRRangeTestResult:
         finite = [(loss, lr) for lr, loss in zip(self.lrs, self.losses) if math.isfinite(loss)]
         self.best_loss, self.best_lr = min(finite) if finite else (math.nan, math.nan)
 
+    def suggest(self, rule: str = "descent") -> float:
+        """:func:`suggest_lr` of the centred smoothing by ``rule`` (one of ``SUGGESTION_RULES``)."""
+        return suggest_lr(self.lrs, self.suggestion_losses, rule)[0]
+
     def plot(self, ax: Axes | None = None) -> Figure:
         """Loss against LR: raw, both smoothings, the suggestion and its range; ✕: non-finite."""
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3.5)) if ax is None else (ax.figure, ax)
+        own = ax is None
+        fig, ax = plt.subplots(figsize=(6, 3.5)) if own else (ax.figure, ax)
         lrs, raw, smooth = (np.asarray(v, float) for v in (self.lrs, self.raw_losses, self.losses))
         zero_lag = np.asarray(self.suggestion_losses, dtype=float)
         if zero_lag.size != lrs.size:
@@ -159,7 +185,8 @@ class LRRangeTestResult:
         xscale = "log" if self.mode == "exp" else "linear"
         ax.set(xscale=xscale, xlabel="learning rate", ylabel="training loss", title="LR range test")
         ax.legend(fontsize=8)
-        fig.tight_layout()
+        if own:
+            fig.tight_layout()
         return fig
 
 

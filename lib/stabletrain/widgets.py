@@ -1,28 +1,30 @@
-"""Notebook widgets for tuning LR schedules: :func:`schedule_explorer` (sliders for a type's
-parameters, its LR per step, pinned curves) and :func:`lr_tuner` (peak LR, warmup and type;
-*train* runs ``short_run`` and overlays its loss). Both work headless (``.curves()``,
-``.train()``, ``.figure``); the one figure is redrawn in place into a PNG image widget.
+"""Notebook widgets for learning rates: :func:`schedule_explorer` (sliders for a type's
+parameters, its LR per step, pinned curves) and :func:`lr_tuner` (short runs, sweeps and the
+range test on any model, :mod:`stabletrain.tuning` underneath). Both work headless (their
+methods do the work); the one figure is redrawn in place into a PNG image widget.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import math
+import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as w
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from torch import nn
 
 from .checks import check_choice, check_float, check_int
-from .course.experiments import short_run, short_run_arguments
-from .history import History
-from .lr_finder import ema
+from .lr_finder import SUGGESTION_RULES, LRRangeTestResult, ema
 from .plotting import plot_lr
 from .schedulers import SCHEDULER_TYPES, lr_curve
+from .tuning import SweepResult, TuningRun, lr_sweep, range_test, tuning_run
 
 __all__ = [
     "LRTuner",
@@ -160,7 +162,9 @@ class _Widget:
     """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``."""
 
     def _render(self) -> Figure:
-        self.figure.tight_layout()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a crowded panel keeps its layout
+            self.figure.tight_layout()
         buffer = io.BytesIO()
         self.figure.savefig(buffer, format="png", dpi=90)
         self.image.value = buffer.getvalue()
@@ -280,139 +284,358 @@ class ScheduleExplorer(_Widget):
 
 schedule_explorer = ScheduleExplorer
 
-_TUNER_RUN = {"epochs": 2, "num_train": 128, "num_val": 32, "batch_size": 16}
-
 
 class LRTuner(_Widget):
-    """Tune peak LR, warmup and scheduler type by training short runs.
+    """Tune peak LR, warmup, schedule and clipping on *your* model with short seeded runs.
 
-    Left: the LR per step of the next run; *train* runs ``short_run(lr=..., scheduler={type,
-    warmup_steps, …}, **run_kwargs)`` (same seed and budget; default ``epochs=2,
-    num_train=128, num_val=32, batch_size=16``) and overlays its smoothed loss. Raises
-    ValueError for an unknown type, an LR outside ``lr_range`` or a warmup not shorter than
-    the run; TypeError for a keyword ``short_run`` does not take. ``controls``: ``{"lr",
-    "warmup_steps", "type"}``; ``button.click()`` trains; ``runs``: per run ``label``, ``lr``,
-    ``scheduler``, ``history``, ``val_loss``, ``val_dice`` (last epoch); ``total_steps``.
-    """
+    ``model_fn()`` builds a fresh model per run; ``train_loader``/``val_loader``, ``loss_fn``,
+    ``optimizer_fn(model, lr)``, ``metrics``, ``monitor``, ``batch_fn``, ``device`` go to
+    :func:`~stabletrain.tuning.tuning_run` (``steps`` per run, default two epochs). Methods do
+    the work and return data (the buttons call them in a thread, so the kernel stays
+    responsive): :meth:`run` (one run per seed), :meth:`sweep` (peak LRs × warmups × seeds),
+    :meth:`range_test`, :meth:`suggestion`, :meth:`config` / :meth:`yaml` / :meth:`apply`,
+    :meth:`cancel`, :meth:`clear`, :meth:`wait`. ``controls``: ``{"lr", "warmup_steps", "type",
+    "<type>.<param>", "max_grad_norm" (0 = off), "seeds", "rule"}``; ``buttons``: ``{"run",
+    "sweep", "range test", "use suggestion", "apply", "cancel", "clear"}``."""
 
     def __init__(
         self,
-        types: Sequence[str] | None = None,
+        model_fn: Callable[[], Any],
+        train_loader: Any,
+        val_loader: Any = None,
         *,
-        lr: float = 3e-3,
+        loss_fn: Callable | None = None,
+        optimizer_fn: Callable | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        monitor: str | None = None,
+        batch_fn: Callable | None = None,
+        device: Any = None,
+        steps: int | None = None,
+        seeds: Sequence[int] = (0,),
+        lr: float = 1e-3,
         lr_range: tuple[float, float] = (1e-5, 1.0),
         warmup_steps: int = 0,
-        scheduler: str | None = None,
-        **run_kwargs: Any,
+        types: Sequence[str] | None = None,
+        schedule: str | None = None,
+        max_grad_norm: float | None = None,
     ) -> None:
-        self.types = _available(types)
+        if not callable(model_fn) or isinstance(model_fn, nn.Module):  # a model is callable too
+            what = f"got {type(model_fn).__name__}"
+            raise TypeError(f"model_fn must build a fresh model, e.g. lambda: MyNet(); {what}")
+        self.steps = check_int(
+            "steps", steps if steps is not None else 2 * len(train_loader), min=2
+        )
         low, high = lr_range
         if not 0 < low < high:
             raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range}")
         check_float("lr", lr, min=low, max=high)
-        chosen = self.types[0] if scheduler is None else scheduler
-        scheduler = check_choice("scheduler", chosen, self.types)
-        accepted = sorted(set(short_run_arguments()) - {"lr", "scheduler", "return_model"})
-        unknown = sorted(set(run_kwargs) - set(accepted))
-        if unknown:
-            raise TypeError(
-                f"lr_tuner got unknown argument(s) {unknown}; besides its own it takes "
-                f"short_run's: {accepted}"
-            )
-        self.run_kwargs = {**_TUNER_RUN, **run_kwargs}
-        accumulation = self.run_kwargs.get("accumulation_steps", 1)
-        batches = math.ceil(self.run_kwargs["num_train"] / self.run_kwargs["batch_size"])
-        self.total_steps = self.run_kwargs["epochs"] * batches // accumulation
-        if self.total_steps < 2:
-            raise ValueError(f"a run must have at least 2 optimizer steps, got {self.total_steps}")
-        check_int("warmup_steps", warmup_steps, min=0, max=self.total_steps - 1)
-        self.runs: list[dict[str, Any]] = []
-        common = {"continuous_update": False, "style": {"description_width": "initial"}}
+        check_int("warmup_steps", warmup_steps, min=0, max=self.steps - 1)
+        self.types = _available(types)
+        schedule = check_choice(
+            "schedule", self.types[0] if schedule is None else schedule, self.types
+        )
+        if not seeds or any(check_int("seeds", s, min=0) < 0 for s in seeds):
+            raise ValueError(f"seeds must be a non-empty sequence of ints >= 0, got {seeds!r}")
+        self.seed_pool = [*seeds, *range(max(seeds) + 1, max(seeds) + 6)]
+        self.lr_range = (float(low), float(high))
+        self.task = {"model_fn": model_fn, "train_loader": train_loader, "val_loader": val_loader}
+        self.options = dict(loss_fn=loss_fn, optimizer_fn=optimizer_fn, metrics=metrics)
+        self.options |= dict(monitor=monitor, batch_fn=batch_fn, device=device)
+        self.runs: list[list[TuningRun]] = []  # one list (its seeds) per run() call
+        self.sweep_result: SweepResult | None = None
+        self.range_result: LRRangeTestResult | None = None
+        self._panel, self._thread, self.error = None, None, None
+        self._stop = threading.Event()
+        style = {"continuous_update": False, "style": {"description_width": "initial"}}
+        style |= {"layout": w.Layout(width="340px")}
         log_lr = {"base": 10, "min": math.log10(low), "max": math.log10(high), "step": 0.05}
-        warmup = {"min": 0, "max": self.total_steps - 1, "description": "warmup steps"}
         self.controls: dict[str, w.ValueWidget] = {
             "lr": w.FloatLogSlider(
-                value=lr, description="peak LR", readout_format=".2e", **log_lr, **common
+                lr, description="peak LR", readout_format=".2e", **log_lr, **style
             ),
-            "warmup_steps": w.IntSlider(value=warmup_steps, **warmup, **common),
-            "type": w.Dropdown(options=self.types, value=scheduler, description="scheduler"),
+            "warmup_steps": w.IntSlider(
+                warmup_steps, 0, self.steps - 1, description="warmup steps", **style
+            ),
+            "type": w.Dropdown(options=self.types, value=schedule, description="schedule"),
         }
-        self.button = w.Button(description="train", button_style="primary", icon="play")
-        self.clear_button = w.Button(description="clear runs")
-        self.status = w.Label(value=f"{self.total_steps} steps per run")
+        self._boxes = {}
+        for kind in self.types:
+            specs = {n: s for n, s in _param_specs(kind, self.steps).items() if n != "warmup_steps"}
+            sliders = [_make_control(n, spec) for n, spec in specs.items()]
+            self.controls.update({f"{kind}.{n}": c for n, c in zip(specs, sliders)})
+            self._boxes[kind] = w.VBox(sliders)
+        clip = {"min": 0.0, "max": 5.0, "step": 0.05, "description": "clip norm (0 = off)"}
+        self.controls["max_grad_norm"] = w.FloatSlider(max_grad_norm or 0.0, **clip, **style)
+        n = len(seeds)
+        seeds_slider = w.IntSlider(n, 1, max(5, n), description="seeds", **style)
+        self.controls["seeds"] = seeds_slider
+        self.controls["rule"] = w.Dropdown(options=SUGGESTION_RULES, description="suggestion rule")
+        names = ("run", "sweep", "range test", "use suggestion", "apply", "cancel", "clear")
+        self.buttons = {name: w.Button(description=name) for name in names}
+        self.buttons["run"].button_style = "primary"
+        actions = {"run": self.run, "sweep": self.sweep, "range test": self.range_test}
+        actions |= {"use suggestion": self.use_suggestion, "apply": self.apply}
+        for name, action in actions.items():
+            self.buttons[name].on_click(lambda _b, action=action: self._in_background(action))
+        self.buttons["cancel"].on_click(lambda _b: self.cancel())
+        self.buttons["clear"].on_click(lambda _b: self.clear())
+        self.buttons["cancel"].disabled = True
+        self.progress = w.IntProgress(0, 0, 1, description="progress", style=style["style"])
+        self.status = w.Label(f"{self.steps} steps per run")
+        self.yaml_box = w.HTML()
         self.image = w.Image(format="png")
-        self.figure = Figure(figsize=(10, 3.4))
-        self.lr_ax, self.loss_ax = self.figure.subplots(1, 2)
-        self.button.on_click(self.train)
-        self.clear_button.on_click(self.clear)
+        self.figure = Figure(figsize=(12, 6.4))
+        self.axes = self.figure.subplots(2, 3).ravel()
+        self._params = w.Box([self._boxes[schedule]])
         for control in self.controls.values():
-            control.observe(lambda _change: self.update(), names="value")
-        buttons = w.HBox([self.button, self.clear_button])
-        self.widget = w.VBox([w.VBox([*self.controls.values(), buttons, self.status]), self.image])
+            control.observe(self._on_change, names="value")
+        left = [*(self.controls[k] for k in ("lr", "warmup_steps", "type")), self._params]
+        left += [self.controls[k] for k in ("max_grad_norm", "seeds", "rule")]
+        rows = [w.HBox(list(self.buttons.values())[i : i + 4]) for i in (0, 4)]
+        right = [*rows, self.progress, self.status, self.yaml_box]
+        self.widget = w.VBox([w.HBox([w.VBox(left), w.VBox(right)]), self.image])
         self.update()
 
-    def scheduler_config(self) -> dict[str, Any]:
-        """The next run's schedule: the type's defaults and the warmup slider (for ``onecycle``
-        a warmup replaces ``pct_start``)."""
+    def _on_change(self, change: Mapping[str, Any]) -> None:
+        if change["owner"] is self.controls["type"]:
+            self._params.children = [self._boxes[change["new"]]]
+        self.update()
+
+    def schedule(self) -> dict[str, Any]:
+        """The next run's ``build_scheduler`` mapping (without ``total_steps``); for ``onecycle``
+        a warmup replaces ``pct_start``."""
         kind = self.controls["type"].value
-        specs = _param_specs(kind, self.total_steps)
-        config = {"type": kind, **{name: spec[1] for name, spec in specs.items()}}
+        specs = _param_specs(kind, self.steps)
+        config = {
+            "type": kind,
+            **{n: self.controls[f"{kind}.{n}"].value for n in specs if n != "warmup_steps"},
+        }
         warmup = self.controls["warmup_steps"].value
-        if warmup > 0 or "warmup_steps" in config:  # onecycle: a warmup replaces pct_start
+        if warmup > 0 or "warmup_steps" in specs:
             config.pop("pct_start", None)
             config["warmup_steps"] = warmup
         return config
 
-    def planned_lrs(self) -> list[float]:
-        """The LR per step that the next run will start with (before any metric)."""
-        return lr_curve(self.scheduler_config(), self.total_steps, self.controls["lr"].value)
+    def _settings(self) -> dict[str, Any]:
+        clip = float(self.controls["max_grad_norm"].value)
+        return {"steps": self.steps, "max_grad_norm": clip or None, **self.options}
 
-    def train(self, _button: Any = None) -> History:
-        """Train one short run with the current settings, add it to the plot, return its history."""
-        lr = float(self.controls["lr"].value)
-        config = self.scheduler_config()
-        self.button.disabled = True
-        self.status.value = "training…"
-        try:
-            history = short_run(lr=lr, scheduler=config, **self.run_kwargs)
-        finally:
-            self.button.disabled = False
-        label = f"lr={lr:.2g}, warmup={self.controls['warmup_steps'].value}, {config['type']}"
-        keys = ("val_loss", "val_dice")
-        last = {k: history.epochs[k][-1] if history.epochs else math.nan for k in keys}
-        run = {"label": label, "lr": lr, "scheduler": config, "history": history, **last}
-        self.runs.append(run)
-        self.status.value = (
-            f"{label}: final val loss {run['val_loss']:.3g}, val Dice {run['val_dice']:.3f}"
-            + (" — diverged" if history.diverged else "")
+    def _seeds(self, seeds: Sequence[int] | None) -> list[int]:
+        return list(seeds) if seeds is not None else self.seed_pool[: self.controls["seeds"].value]
+
+    def _tick(self, _step: int = 0, _record: Any = None) -> None:
+        self.progress.value = min(self.progress.max, self.progress.value + 1)
+
+    def _begin(self, total: int, what: str) -> None:
+        self._stop.clear()
+        self.progress.max, self.progress.value = max(1, total), 0
+        self.status.value = f"{what}…"
+
+    def run(self, seeds: Sequence[int] | None = None) -> list[TuningRun]:
+        """One run per seed at the controls' settings; kept in ``runs`` and drawn."""
+        seeds = self._seeds(seeds)
+        self._begin(len(seeds) * self.steps, f"training {len(seeds)} seed(s)")
+        lr, schedule = float(self.controls["lr"].value), self.schedule()
+        runs = []
+        for seed in seeds:
+            if self._stop.is_set():
+                break
+            runs.append(tuning_run(**self.task, lr=lr, schedule=schedule, seed=seed,
+                                   should_stop=self._stop.is_set, on_step=self._tick, **self._settings()))  # fmt: skip
+        self.runs.append(runs)
+        finals = [r.final_metric for r in runs]
+        diverged = sum(r.diverged_step is not None for r in runs)
+        ok = [v for v in finals if math.isfinite(v)]
+        mean = f"mean final {runs[0].monitor} {sum(ok) / len(ok):.4g}" if ok else "no finite result"
+        cancelled = " (cancelled)" if self._stop.is_set() else ""
+        self.status.value = f"lr={lr:.3g}: {mean}; {diverged}/{len(runs)} diverged{cancelled}"
+        self._panel = self._panel or "runs"
+        self.update()
+        return runs
+
+    def sweep(
+        self,
+        lrs: Sequence[float] | None = None,
+        warmups: Sequence[int] | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> SweepResult:
+        """:func:`~stabletrain.tuning.lr_sweep` at the controls' schedule and clipping; default
+        LRs: the peak LR × 10^(−1 … 1) in half decades (within ``lr_range``), warmups: 0 and the
+        slider's (or a quarter of the run)."""
+        lr, low, high = self.controls["lr"].value, *self.lr_range
+        lrs = lrs or [x for x in lr * np.logspace(-1, 1, 5) if low <= x <= high]
+        quarter = self.controls["warmup_steps"].value or self.steps // 4
+        warmups = warmups if warmups is not None else sorted({0, quarter})
+        seeds = self._seeds(seeds)
+        self._begin(len(lrs) * len(warmups) * len(seeds) * self.steps, "sweeping")
+        schedule = {k: v for k, v in self.schedule().items() if k != "warmup_steps"}
+        self.sweep_result = lr_sweep(
+            **self.task, lrs=[float(x) for x in lrs], warmups=warmups, seeds=seeds,
+            schedule=schedule, should_stop=self._stop.is_set, on_step=self._tick,
+            **self._settings(),
+        )  # fmt: skip
+        best = self.sweep_result.best
+        found = (
+            f"best lr={best['lr']:.3g}, warmup {best['warmup_steps']}"
+            if best
+            else "no stable point"
         )
+        self.status.value = f"sweep of {len(self.sweep_result.runs)} runs: {found}"
+        self._panel = "sweep"
         self.update()
-        return history
+        return self.sweep_result
 
-    def clear(self, _button: Any = None) -> None:
-        """Forget the previous runs."""
-        self.runs.clear()
+    def range_test(self, **kwargs: Any) -> LRRangeTestResult:
+        """:func:`~stabletrain.tuning.range_test` on a fresh model over ``lr_range`` (``kwargs``
+        override, e.g. ``num_iters``; default 50 steps)."""
+        self._begin(1, "running the range test")
+        options = {
+            k: v for k, v in self._settings().items() if k not in ("steps", "metrics", "monitor")
+        }
+        options |= {"start_lr": self.lr_range[0], "end_lr": self.lr_range[1], "num_iters": 50}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no descent: shown as no suggestion
+            self.range_result = range_test(
+                self.task["model_fn"], self.task["train_loader"], **options | kwargs
+            )
+        self.progress.value = 1
+        self.status.value = (
+            f"range test: {self.controls['rule'].value} suggests {self.suggestion():.3g}"
+        )
+        self._panel = "range"
         self.update()
+        return self.range_result
+
+    def suggestion(self, rule: str | None = None) -> float:
+        """The range test's suggestion by ``rule`` (default: the rule control's); ``nan``
+        before a range test."""
+        if self.range_result is None:
+            return math.nan
+        return self.range_result.suggest(rule or self.controls["rule"].value)
+
+    def use_suggestion(self, rule: str | None = None) -> float:
+        """Set the peak LR control to :meth:`suggestion` (running the range test if needed)."""
+        if self.range_result is None:
+            self.range_test()
+        lr = self.suggestion(rule)
+        if not math.isfinite(lr):
+            raise ValueError("the range test found no descent, so there is no suggestion")
+        self.controls["lr"].value = min(max(lr, self.lr_range[0]), self.lr_range[1])
+        return lr
+
+    def config(self) -> dict[str, Any]:
+        """The chosen settings as the mapping ``build_training`` takes (``optimizer``: ``lr`` and
+        clipping; ``scheduler``: for ``build_scheduler``, ``total_steps`` the tuned budget)."""
+        clip = self._settings()["max_grad_norm"]
+        optimizer = {"lr": float(self.controls["lr"].value)}
+        optimizer |= {"gradient_clipping_by_norm": clip} if clip else {}
+        return {"optimizer": optimizer, "scheduler": {**self.schedule(), "total_steps": self.steps}}
+
+    def yaml(self) -> str:
+        """:meth:`config` as YAML, for a file in ``configs/``."""
+        import yaml
+
+        return yaml.safe_dump(self.config(), sort_keys=False)
+
+    def apply(self) -> dict[str, Any]:
+        """:meth:`config`, also shown as YAML under the buttons."""
+        text = self.yaml()
+        self.yaml_box.value = f"<pre>{html.escape(text)}</pre>"
+        self.status.value = "configuration below: build_training(model, tuner.config())"
+        return self.config()
+
+    def cancel(self) -> None:
+        """Stop the run or sweep in progress after its current step."""
+        self._stop.set()
+        self.status.value = "cancelling…"
+
+    def clear(self) -> None:
+        """Forget the runs, the sweep and the range test."""
+        self.runs.clear()
+        self.sweep_result = self.range_result = self._panel = None
+        self.update()
+
+    def wait(self) -> None:
+        """Block until a button's work has finished."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def _in_background(self, work: Callable[[], Any]) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self.error = None
+        for name, button in self.buttons.items():
+            button.disabled = name != "cancel"
+
+        def target() -> None:
+            try:
+                work()
+            except Exception as error:  # shown, and kept for whoever drives it headless
+                self.error = error
+                self.status.value = f"{type(error).__name__}: {error}"
+            finally:
+                for name, button in self.buttons.items():
+                    button.disabled = name == "cancel"
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
 
     def update(self) -> Figure:
-        """Redraw both panels in place and return the figure."""
-        self.lr_ax.clear()
-        self.lr_ax.plot(self.planned_lrs(), "k-")
-        title = f"next run: {describe_schedule(self.scheduler_config())}"
-        self.lr_ax.set(xlabel="step", ylabel="learning rate", yscale="log", title=title)
-        self.lr_ax.title.set_fontsize(8)
-        self.loss_ax.clear()
-        for run in self.runs:
-            losses = run["history"].steps.get("loss", [])
-            line = self.loss_ax.plot(ema(losses, 0.4), label=run["label"])[0]
-            bad = run["history"].first_nonfinite_step()
-            if bad is not None:
-                y = next((v for v in reversed(losses[:bad]) if math.isfinite(v)), 1.0)
-                self.loss_ax.plot([bad], [y], "x", mew=2, markersize=9, color=line.get_color())
-        labels = {"xlabel": "step", "ylabel": "training loss (smoothed)", "yscale": "log"}
-        self.loss_ax.set(**labels, title="runs (same seed and budget)")
-        if self.runs:
-            self.loss_ax.legend(fontsize=7)
+        """Redraw every panel in place and return the figure."""
+        lr_ax, loss_ax, metric_ax, norm_ax, clip_ax, last_ax = self.axes
+        for ax in self.axes:
+            ax.clear()
+        lr = self.controls["lr"].value
+        schedule = {**self.schedule(), "total_steps": self.steps}
+        lr_ax.plot(lr_curve(schedule, self.steps, lr), "k-")
+        lr_ax.set(xlabel="step", ylabel="learning rate", yscale="log")
+        lr_ax.set_title(f"next run: {describe_schedule(schedule)}", fontsize=8)
+        clip = self._settings()["max_grad_norm"]
+        bars = []
+        for i, runs in enumerate(self.runs):
+            color = f"C{i % 10}"
+            for k, run in enumerate(runs):
+                label = f"lr={run.lr:.3g}, warmup {run.warmup_steps}" if k == 0 else None
+                losses = run.history.steps.get("loss", [])
+                loss_ax.plot(ema(losses, 0.3), color=color, alpha=0.7, label=label)
+                if run.diverged_step is not None:
+                    y = next((v for v in reversed(losses) if math.isfinite(v)), 1.0)
+                    loss_ax.plot([run.diverged_step], [y], "x", color=color, mew=2, ms=9)
+                column = run.history.epochs.get(run.monitor, [])
+                per_epoch = max(1, math.ceil(run.history.num_steps / max(1, len(column))))
+                x = [min((e + 1) * per_epoch, run.history.num_steps) for e in range(len(column))]
+                metric_ax.plot(x, column, "o-", color=color, alpha=0.7)
+                norm_ax.plot(run.history.steps.get("grad_norm", []), color=color, alpha=0.6)
+            bars.append((i, sum(r.clipped_fraction for r in runs) / len(runs), color))
+        monitor = self.runs[0][0].monitor if self.runs and self.runs[0] else "monitored metric"
+        loss_ax.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log")
+        loss_ax.set_title("runs (✕: diverged)", fontsize=9)
+        metric_ax.set(xlabel="step", ylabel=monitor)
+        metric_ax.set_title(f"{monitor} at each epoch's end", fontsize=9)
+        norm_ax.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log")
+        if clip:
+            norm_ax.axhline(clip, color="k", ls="--", lw=1, label=f"clip at {clip:g}")
+        norm_ax.set_title("gradient norm", fontsize=9)
+        if bars:
+            clip_ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+            loss_ax.legend(fontsize=7)
+        clip_ax.set(xlabel="run", ylabel="fraction of steps clipped", ylim=(0, 1))
+        clip_ax.set_title("clipping (mean over seeds)", fontsize=9)
+        if self._panel == "sweep" and self.sweep_result is not None:
+            self.sweep_result.plot(ax=last_ax, suggestion=self.suggestion())
+        elif self._panel == "range" and self.range_result is not None:
+            self.range_result.plot(ax=last_ax)
+            rule, chosen = self.controls["rule"].value, self.suggestion()
+            if math.isfinite(chosen):
+                last_ax.axvline(chosen, color="C4", ls=":", lw=2, label=f"{rule}: {chosen:.2g}")
+                last_ax.legend(fontsize=7)
+        else:
+            last_ax.text(
+                0.5, 0.5, "press sweep or range test", ha="center", transform=last_ax.transAxes
+            )
+            last_ax.set_axis_off()
+        if self._panel in ("sweep", "range"):
+            last_ax.set_axis_on()
         return self._render()
 
 

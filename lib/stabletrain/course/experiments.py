@@ -17,13 +17,16 @@ from typing import Any
 import torch
 
 from ..config import scheduler_from_config, seeded_start
+from ..data import make_loaders
 from ..history import History
 from ..loop import fit
+from ..models import TinyUNet
 from ..optim import build_optimizer
 
 __all__ = [
     "SchedulerSpec",
     "SeedStats",
+    "course_task",
     "run_seeds",
     "scheduler_curves",
     "seed_stats",
@@ -260,4 +263,33 @@ def scheduler_curves(
     return {
         name: lr_curve({"type": name, **configs[name]}, total, lr, metrics=metrics)
         for name in SCHEDULER_TYPES
+    }
+
+
+def course_task(
+    *,
+    epochs: int = 2,
+    num_train: int = 128,
+    num_val: int = 32,
+    batch_size: int = 16,
+    image_size: int = 64,
+    data_seed: int = 0,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+    """The shapes task as ``lr_tuner``/``lr_sweep`` take it: ``model_fn`` (a fresh
+    :class:`TinyUNet`, ``model_kwargs`` over cbam attention, 16 channels, depth 3), the loaders,
+    ``optimizer_fn`` (Adam, as :func:`short_run`) and ``steps`` (``epochs`` passes)."""
+    train, val = make_loaders(num_train, num_val, batch_size, image_size=image_size, seed=data_seed)
+    net = {"attention": "cbam", "base_channels": 16, "depth": 3, **model_kwargs}
+    TinyUNet(**net)  # checks the model's arguments now, not at the first run
+
+    def optimizer_fn(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        return build_optimizer(model.parameters(), {"type": "adam", "lr": lr})
+
+    return {
+        "model_fn": lambda: TinyUNet(**net),
+        "train_loader": train,
+        "val_loader": val,
+        "optimizer_fn": optimizer_fn,
+        "steps": epochs * len(train),
     }
