@@ -113,7 +113,25 @@ def test_lab_runs_headless_and_its_verdict_fires():
     with pytest.raises(ValueError, match="max_grad_norm"):
         lab.run(max_grad_norm=-1.0)
     assert lab.plot() is not None
-    assert lab.widget() is not None
+
+
+def test_lab_widget_trains_on_click_only_with_its_button_disabled():
+    lab = DivergenceLab(steps=3)
+    box = lab.widget()
+    *controls, button, label, image = box.children
+    assert all(c.style.description_width == "initial" for c in controls)
+    seen, run = [], lab.run
+    lab.run = lambda **kw: seen.append((button.disabled, label.value)) or run(**kw)
+    button.click()
+    assert seen == [(True, "training…")] and not button.disabled
+    first = image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n" and label.value == lab.last["verdict"]
+    controls[0].value = 0.1  # lr: nothing trains until the button is pressed
+    assert len(seen) == 1 and image.value == first
+    button.click()
+    assert len(seen) == 2 and image.value != first
+    assert lab.last["settings"] == "lr=0.1, warmup=0, clip=off, norm=None, seed=0"
+    assert lab.plot()._suptitle.get_text().startswith(lab.last["settings"] + " — stable")
 
 
 def test_clipped_fraction_counts_applied_steps_above_the_threshold():

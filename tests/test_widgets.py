@@ -67,6 +67,7 @@ def test_explorer_follows_its_sliders():
     assert explorer.figure is figure
     np.testing.assert_allclose(_current_line(explorer).get_ydata(), expected)
     assert explorer.image.value != image
+    assert explorer.ax.get_title() == describe_schedule(config)
     assert explorer._params.children[0] is explorer._boxes["step"]  # the step sliders show
 
 
@@ -88,7 +89,10 @@ def test_explorer_config_builds_the_scheduler_it_draws():
 
 def test_explorer_pins_and_clears_overlays():
     explorer = schedule_explorer(["warmup_cosine", "polynomial"], total_steps=40)
-    explorer.pin()
+    assert explorer.clear_button.disabled  # nothing pinned yet
+    image = explorer.image.value
+    explorer.pin_button.click()
+    assert explorer.image.value != image and not explorer.clear_button.disabled
     explorer.controls["type"].value = "polynomial"
     explorer.controls["polynomial.power"].value = 2.0
     explorer.pin_button.click()
@@ -96,7 +100,9 @@ def test_explorer_pins_and_clears_overlays():
     assert len(curves) == 3
     assert curves[describe_schedule(explorer.config())] == curves["current"]
     assert len(explorer.ax.lines) == 3
+    image = explorer.image.value
     explorer.clear_button.click()
+    assert explorer.image.value != image and explorer.clear_button.disabled
     assert list(explorer.curves()) == ["current"]
     assert len(explorer.ax.lines) == 1
 

@@ -207,27 +207,7 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def supervision_widget(schedule: str = "linear_low_to_high", num_outputs: int = 4):
-    """An ipywidgets control showing :func:`~stabletrain.course.supervision.plot_supervision_weights`."""
-    import io
+    """A :class:`~stabletrain.course.supervision.SupervisionExplorer` (needs ipywidgets)."""
+    from .course.supervision import SupervisionExplorer
 
-    import ipywidgets as w
-    import matplotlib.pyplot as plt
-
-    from .course.supervision import plot_supervision_weights
-
-    supervision_weights(schedule, num_outputs, 0.0)  # checks the starting values
-    choice = w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
-    count = w.IntSlider(num_outputs, 1, 6, description="outputs", continuous_update=False)
-    image = w.Image(format="png")
-
-    def redraw(_change: Any = None) -> None:
-        fig = plot_supervision_weights(choice.value, count.value)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90)
-        plt.close(fig)
-        image.value = buffer.getvalue()
-
-    for control in (choice, count):
-        control.observe(redraw, names="value")
-    redraw()
-    return w.VBox([w.HBox([choice, count]), image])
+    return SupervisionExplorer(schedule, num_outputs)

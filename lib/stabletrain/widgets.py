@@ -202,7 +202,7 @@ class ScheduleExplorer(_Widget):
         self.base_lr = check_float("base_lr", base_lr, min=0, low_open=True)
         self.pinned: dict[str, list[float]] = {}
         self.controls: dict[str, w.ValueWidget] = {
-            "type": w.Dropdown(options=self.types, value=self.types[0], description="type")
+            "type": _make_control("type", ("choice", self.types[0], self.types))
         }
         self._boxes: dict[str, w.VBox] = {}
         for kind in self.types:
@@ -223,7 +223,8 @@ class ScheduleExplorer(_Widget):
         for control in self.controls.values():
             control.observe(self._on_change, names="value")
         buttons = w.HBox([self.controls["log"], self.pin_button, self.clear_button])
-        self.widget = w.HBox([w.VBox([self.controls["type"], self._params, buttons]), self.image])
+        controls = w.VBox([self.controls["type"], self._params, buttons])
+        self.widget = w.HBox([controls, self.image], layout=w.Layout(flex_flow="row wrap"))
         self.update()
 
     def config(self) -> dict[str, Any]:
@@ -260,11 +261,14 @@ class ScheduleExplorer(_Widget):
         self.ax.clear()
         for label, lrs in curves.items():
             self.ax.plot(np.arange(len(lrs)), lrs, alpha=0.6, label=label)
-        label = f"current: {describe_schedule(self.config())}"
-        self.ax.plot(np.arange(len(current)), current, "k-", lw=2, label=label)
-        self.ax.set(xlabel="step", ylabel="learning rate", title="learning rate per step")
+        self.ax.plot(np.arange(len(current)), current, "k-", lw=2, label="current")
+        self.ax.set(xlabel="step", ylabel="learning rate")
+        self.ax.set_title(describe_schedule(self.config()), fontsize=9)
         self.ax.set_yscale("log" if self.controls["log"].value else "linear")
-        self.ax.legend(fontsize=7, loc="upper right")
+        if curves:  # the pinned ones: below the plot, where they hide no curve
+            self.ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        self.figure.set_size_inches(7, 3.4 + 0.14 * len(curves))
+        self.clear_button.disabled = not self.pinned
         ax = self.metric_ax
         if ax is not None:
             ax.clear()
@@ -278,7 +282,7 @@ class ScheduleExplorer(_Widget):
                 bad = [top] * int((~ok).sum())
                 ax.plot(steps[~ok], bad, "x", color="C3", mew=2, ms=9, label="non-finite metric")
             ax.set_ylabel("reported metric", color="C3")
-            ax.legend(fontsize=7, loc="lower left")
+            ax.legend(fontsize=7, loc="lower left", framealpha=0.5)
         return self._render()
 
 

@@ -320,11 +320,13 @@ class DivergenceLab:
             max_grad_norm=float(max_grad_norm) or None,
             steps=self.steps,
         )
-        self.last = {"history": history, "verdict": verdict(history)}
+        clip = f"{max_grad_norm:g}" if max_grad_norm else "off"
+        settings = f"lr={lr:.3g}, warmup={warmup_steps}, clip={clip}, norm={norm}, seed={seed}"
+        self.last = {"history": history, "verdict": verdict(history), "settings": settings}
         return self.last
 
     def plot(self, result: Mapping[str, Any] | None = None) -> Any:
-        """A figure of the run's loss and gradient norm (log scale), verdict as title."""
+        """A figure of the run's loss and gradient norm (log scale); title: settings, verdict."""
         import matplotlib.pyplot as plt
 
         result = result if result is not None else self.last
@@ -336,7 +338,8 @@ class DivergenceLab:
         ax2.semilogy(history.steps["grad_norm"])
         ax1.set(xlabel="step", ylabel="loss")
         ax2.set(xlabel="step", ylabel="‖g‖₂ (before clipping)")
-        fig.suptitle(result["verdict"])
+        title = " — ".join(filter(None, (result.get("settings"), result["verdict"])))
+        fig.suptitle(title, fontsize=10)
         fig.tight_layout()
         return fig
 
@@ -345,21 +348,28 @@ class DivergenceLab:
         import ipywidgets as w
         import matplotlib.pyplot as plt
 
+        kw = {"style": {"description_width": "initial"}, "layout": w.Layout(width="340px")}
         controls = {
-            "lr": w.FloatLogSlider(value=2.0, base=10, min=-2, max=1, description="lr"),
-            "warmup_steps": w.IntSlider(value=0, min=0, max=self.steps, description="warmup"),
+            "lr": w.FloatLogSlider(value=2.0, base=10, min=-2, max=1, description="lr", **kw),
+            "warmup_steps": w.IntSlider(0, 0, self.steps, description="warmup steps", **kw),
             "max_grad_norm": w.FloatSlider(
-                value=0.0, min=0.0, max=2.0, step=0.05, description="clip (0=off)"
+                value=0.0, min=0.0, max=2.0, step=0.05, description="clip (0 = off)", **kw
             ),
-            "norm": w.Dropdown(options=[("none", None), ("group", "group")], description="norm"),
-            "seed": w.IntSlider(value=0, min=0, max=4, description="seed"),
+            "norm": w.Dropdown(
+                options=[("none", None), ("group", "group")], description="norm", **kw
+            ),
+            "seed": w.IntSlider(value=0, min=0, max=4, description="seed", **kw),
         }
-        button = w.Button(description="run")
+        button = w.Button(description="run", button_style="primary", icon="play")
         text = w.Label()
         image = w.Image(format="png")
 
         def on_click(_: Any) -> None:
-            result = self.run(**{k: c.value for k, c in controls.items()})
+            button.disabled, text.value = True, "training…"
+            try:
+                result = self.run(**{k: c.value for k, c in controls.items()})
+            finally:
+                button.disabled = False
             text.value = result["verdict"]
             fig = self.plot(result)
             buffer = io.BytesIO()
