@@ -32,7 +32,7 @@ def _deprecated(message: str) -> None:
 
 
 def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """0.8 of the total weight on the overlap term(s), 0.2 on the others (ValueError unless both)."""
+    """0.8 of the total weight on the overlap term(s), 0.2 on the rest (ValueError unless both)."""
     overlap = [k for k in weights if k in OVERLAP_TERMS]
     others = [k for k in weights if k not in OVERLAP_TERMS]
     if not overlap or not others:
