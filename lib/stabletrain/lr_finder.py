@@ -79,9 +79,8 @@ def suggest_lr(lrs: Sequence[float], losses: Sequence[float]) -> tuple[float, tu
     are the first LRs after ``j`` with ``L ≤ L_j − 0.1 Δ`` / ``L ≤ L_k + 0.1 Δ``, the
     suggestion the steepest ``dL/d log lr`` between them; ``nan`` if k = 0 or Δ ≤ 1e-6 |L_j|."""
     if len(lrs) != len(losses):
-        raise ValueError(
-            f"lrs and losses must have the same length, got {len(lrs)} and {len(losses)}"
-        )
+        got = f"got {len(lrs)} and {len(losses)}"
+        raise ValueError(f"lrs and losses must have the same length, {got}")
     y = np.asarray(losses, dtype=float)
     x, y = np.log(np.asarray(lrs, dtype=float)[np.isfinite(y)]), y[np.isfinite(y)]
     nothing = (math.nan, (math.nan, math.nan))
