@@ -99,11 +99,9 @@ def _check_plain(value: Any, where: str) -> Any:
         return kind((key, _check_plain(item, f"{where}[{key!r}]")) for key, item in value.items())
     if kind in (list, tuple):
         return kind(_check_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
-    raise TypeError(
-        f"{where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only tensors and "
-        "plain values (bool, int, float, str, bytes, None, dict, list, tuple) so that they load "
-        "with torch.load(weights_only=True): convert it in the object's state_dict()"
-    )
+    plain = "tensors and bool, int, float, str, bytes, None, dict, list, tuple"
+    message = f"{where} is a {kind.__module__}.{kind.__qualname__}; checkpoints hold only {plain}"
+    raise TypeError(f"{message} (to load with weights_only=True): convert it in its state_dict()")
 
 
 def _object_state(name: str, obj: Any) -> Any:
@@ -213,12 +211,10 @@ class _FolderLock:
         except OSError as error:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise CheckpointLockedError(
-                f"checkpoint folder {directory} is being written by another process "
-                f"(PID {holder}); one writer per folder. To read it while it trains, open "
-                f"CheckpointManager({str(directory)!r}, read_only=True); to write, use "
-                "another folder or stop the other run."
-            ) from error
+            busy = f"{directory} is being written by another process (PID {holder})"
+            hint = f"read it with CheckpointManager({str(directory)!r}, read_only=True)"
+            message = f"checkpoint folder {busy}; one writer per folder: {hint}"
+            raise CheckpointLockedError(f"{message}, or write to another folder") from error
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.close = weakref.finalize(self, os.close, fd)  # closing it drops the flock
@@ -450,10 +446,8 @@ class CheckpointManager:
 
     def _value(self, metrics: Mapping[str, Any], *, required: bool) -> float:
         if required and self.monitor not in metrics:
-            raise ValueError(
-                f"strategy={self.strategy!r} ranks checkpoints by monitor={self.monitor!r}, "
-                f"which is not among the metrics given to save(): {sorted(metrics)}"
-            )
+            ranks = f"strategy={self.strategy!r} ranks checkpoints by monitor={self.monitor!r}"
+            raise ValueError(f"{ranks}, not among the metrics given to save(): {sorted(metrics)}")
         value = metrics.get(self.monitor, math.nan)
         try:
             return float(value)
@@ -517,10 +511,8 @@ class CheckpointManager:
         if self.read_only:
             raise CheckpointError(f"this manager of {self.directory} was opened read_only")
         if not self._writing():
-            raise CheckpointError(
-                f"this manager of {self.directory} can no longer save: it was closed, or a "
-                "newer CheckpointManager of the same folder took over (one writer per folder)"
-            )
+            why = "it was closed, or a newer CheckpointManager of the folder took over"
+            raise CheckpointError(f"this manager of {self.directory} can no longer save: {why}")
         self.wait()
         plain = {}  # the metrics that are (or are scalar tensors of) plain values
         for key, value in (metrics or {}).items():
@@ -697,9 +689,8 @@ class CheckpointManager:
                     raise
                 failures.append(str(error))
         else:
-            raise CheckpointError(
-                f"no intact checkpoint in {self.directory}: {'; '.join(failures)}"
-            )
+            failed = "; ".join(failures)
+            raise CheckpointError(f"no intact checkpoint in {self.directory}: {failed}")
         if failures:
             fell = f"could not be read ({'; '.join(failures)}); fell back to {path.name}"
             warnings.warn(f"{len(failures)} newer checkpoint(s) {fell}", stacklevel=2)

@@ -82,8 +82,7 @@ def check_keys(name: str, mapping: Any, allowed: Collection[str]) -> Mapping:
     """``mapping`` if it is a mapping whose keys are all in ``allowed``."""
     if not isinstance(mapping, Mapping):
         raise _type_error(name, "a mapping", mapping)
-    unknown = sorted(map(str, set(mapping) - set(allowed)))
-    if unknown:
+    if unknown := sorted(map(str, set(mapping) - set(allowed))):
         raise ValueError(f"unknown key(s) {unknown} in {name}; accepted keys are {tuple(allowed)}")
     return mapping
 

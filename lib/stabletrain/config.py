@@ -1,7 +1,6 @@
 """One configuration, ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (mappings merge key
 by key, anything else replaces; a new ``scheduler.type`` starts that section afresh but for
-``warmup_epochs``, not for ``adaptive``), builds what ``fit`` takes or trains (:func:`run`).
-"""
+``warmup_epochs``, not for ``adaptive``), builds what ``fit`` takes or trains (:func:`run`)."""
 
 from __future__ import annotations
 
@@ -314,12 +313,10 @@ def _check_resumable(cfg: Mapping[str, Any]) -> None:
     latest = manager.load("latest", restore_rng=False) if manager.latest_path else {}
     stored = latest.get("extra", {}).get("config") or cfg
     bookkeeping = ("checkpoints", "tracking", "device")  # may differ when resuming
-    differ = [k for k in config_diff(stored, cfg) if k.split(".")[0] not in bookkeeping]
+    differ = ", ".join(k for k in config_diff(stored, cfg) if k.split(".")[0] not in bookkeeping)
     if differ:
-        raise ValueError(
-            f"cannot resume: the checkpoint was written with a different configuration "
-            f"({', '.join(differ)}); resume with the same settings"
-        )
+        written = f"the checkpoint was written with a different configuration ({differ})"
+        raise ValueError(f"cannot resume: {written}; resume with the same settings")
 
 
 class _StopAfterEpochs(Callback):

@@ -2,8 +2,7 @@
 
 Sample ``i`` comes from ``numpy.random.default_rng([seed, split, i])``. Masks:
 ``num_classes=1`` float ``(1, H, W)`` in {0, 1}; ``2`` int ``(H, W)`` (1 any shape);
-``len(shapes) + 1`` int ``(H, W)``, ``1 + k`` for the k-th shape kind.
-"""
+``len(shapes) + 1`` int ``(H, W)``, ``1 + k`` for the k-th shape kind."""
 
 from __future__ import annotations
 
@@ -57,9 +56,8 @@ class ShapesSegmentation(Dataset):
         if not shapes or any(s not in SHAPES for s in shapes) or len(set(shapes)) != len(shapes):
             raise ValueError(f"shapes must be distinct names from {SHAPES}, got {shapes!r}")
         self.num_classes = check_choice("num_classes", num_classes, sorted({1, 2, len(shapes) + 1}))
-        self.objects_per_image = check_range(
-            "objects_per_image", objects_per_image, min=1, integer=True
-        )
+        per_image = check_range("objects_per_image", objects_per_image, min=1, integer=True)
+        self.objects_per_image = per_image
         self.object_size = check_range("object_size", object_size, min=0.005, max=0.5)
         self.contrast = check_range("contrast", contrast, min=0.0, max=10.0)
         self.noise_std = check_float("noise_std", noise_std, min=0)

@@ -4,8 +4,7 @@ Output 0 is the final full-resolution map, ``n−1`` the deepest. With ``A = [n,
 ``B = [1, …, n]``, ``N(w) = w/Σw`` (``1/n`` each if ``Σw ≤ 1e-8``), progress ``p`` and
 ``mix(s) = N((1−s)B + sA)``: the ``_low_to_high`` schedules are ``mix`` of 1, ``p``, ``p²`` or
 a sigmoid ``σ(k((p−t)/(1−t) − x0))`` after ``t``; the others are in :func:`supervision_weights`
-(from the Keras project ``dl_techniques``, plus ``nnunet``: ``N(1/2^i)``, deepest 0).
-"""
+(from the Keras project ``dl_techniques``, plus ``nnunet``: ``N(1/2^i)``, deepest 0)."""
 
 from __future__ import annotations
 
@@ -58,19 +57,15 @@ def supervision_weights(
     ``n−1−min(⌊pn⌋, n−1)``; cosine_annealing ``N(max(1 + m_i cos(2πfp)(1 − (1−r)p)/n, 0))``,
     ``m_i = (n−1−i) − (n−1)/2``; curriculum equal weights on the ``k = max(1, int(Mp))``
     (``exp``: ``p²``; ``M`` at ``p ≥ 1``) deepest outputs; step_wise one-hot at 0 if ``p ≥ h``,
-    else ``mix(p/h)``. Raises ``ValueError`` (unknown schedule or parameter, value out of range).
-    """
+    else ``mix(p/h)``. Raises ``ValueError`` (unknown schedule or parameter, bad value)."""
     if schedule not in _DEFAULTS:
         raise ValueError(f"unknown schedule {schedule!r}; schedules are {SCHEDULES}")
     n = num_outputs
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_outputs must be an int >= 1, got {n!r}")
-    unknown = sorted(set(params) - set(_DEFAULTS[schedule]))
-    if unknown:
-        accepted = tuple(_DEFAULTS[schedule]) or "none"
-        raise ValueError(
-            f"unknown parameter(s) {unknown} for schedule {schedule!r}; accepted: {accepted}"
-        )
+    if unknown := sorted(set(params) - set(_DEFAULTS[schedule])):
+        accepted = f"accepted: {tuple(_DEFAULTS[schedule]) or 'none'}"
+        raise ValueError(f"unknown parameter(s) {unknown} for schedule {schedule!r}; {accepted}")
     p = _real("progress", progress, 0.0, 1.0)
     cfg = {**_DEFAULTS[schedule], **params}
     mixes = {"constant_low_to_high": 1.0, "constant_high_to_low": 0.0, "linear_low_to_high": p}
@@ -96,10 +91,8 @@ def supervision_weights(
         if isinstance(big_m, bool) or not isinstance(big_m, int):
             raise ValueError(f"max_active_outputs must be an int or None, got {big_m!r}")
         big_m = n if big_m <= 0 else min(big_m, n)
-        strategy = check_choice(
-            "activation_strategy", cfg["activation_strategy"], ("linear", "exp")
-        )
-        k = int(big_m * p) if strategy == "linear" else int(big_m * p * p)
+        kind = check_choice("activation_strategy", cfg["activation_strategy"], ("linear", "exp"))
+        k = int(big_m * p) if kind == "linear" else int(big_m * p * p)
         k = big_m if p >= 1.0 else max(1, k)
         return [1.0 / k if i >= n - k else 0.0 for i in range(n)]
     elif schedule == "step_wise":
@@ -115,15 +108,13 @@ def supervision_weights(
 def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "nearest") -> torch.Tensor:
     """Resize a target ``(N, C, *spatial)`` or int ``(N, *spatial)`` to ``size``, keeping its dtype.
 
-    ``"nearest"`` samples; ``"maxpool"`` max-pools when shrinking (small objects and, for
-    class indices, the highest index survive) and samples when enlarging. Raises ``ValueError``.
-    """
+    ``"nearest"`` samples; ``"maxpool"`` max-pools when shrinking (small objects and, for class
+    indices, the highest index survive) and samples when enlarging. Raises ``ValueError``."""
     check_choice("target_resize", mode, TARGET_RESIZE_MODES)
     size = tuple(int(s) for s in size)
     if len(size) not in (1, 2, 3) or target.dim() not in (len(size) + 1, len(size) + 2):
-        raise ValueError(
-            f"cannot resize a target of shape {tuple(target.shape)} to spatial size {size}"
-        )
+        shape = tuple(target.shape)
+        raise ValueError(f"cannot resize a target of shape {shape} to spatial size {size}")
     has_channels = target.dim() == len(size) + 2
     if tuple(target.shape[-len(size) :]) == size:
         return target
@@ -161,9 +152,7 @@ class DeepSupervisionLoss(nn.Module):
         self.target_resize = check_choice("target_resize", target_resize, TARGET_RESIZE_MODES)
         self.min_weight = _real("min_weight", min_weight, 0.0, 1.0)
         supervision_weights(schedule, num_outputs, 0.0, **schedule_params)  # checks everything
-        self.loss = loss
-        self.num_outputs = num_outputs
-        self.schedule = schedule
+        self.loss, self.num_outputs, self.schedule = loss, num_outputs, schedule
         self.schedule_params = dict(schedule_params)
         self.last_weights: list[float] = []
         self.last_components: list[float] = []
@@ -171,26 +160,18 @@ class DeepSupervisionLoss(nn.Module):
     def weights(self, progress: float | None) -> list[float]:
         """The schedule's weights at ``progress`` (before ``min_weight``)."""
         if progress is None and self.schedule not in PROGRESS_FREE_SCHEDULES:
-            raise ValueError(
-                f"schedule {self.schedule!r} depends on progress: call "
-                "loss_fn(outputs, target, progress) with progress in [0, 1]"
-            )
-        progress = 0.0 if progress is None else progress
-        return supervision_weights(
-            self.schedule, self.num_outputs, progress, **self.schedule_params
-        )
+            call = "call loss_fn(outputs, target, progress) with progress in [0, 1]"
+            raise ValueError(f"schedule {self.schedule!r} depends on progress: {call}")
+        p = 0.0 if progress is None else progress
+        return supervision_weights(self.schedule, self.num_outputs, p, **self.schedule_params)
 
     def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor, progress=None):
         if isinstance(outputs, torch.Tensor) or not isinstance(outputs, Sequence):
-            raise ValueError(
-                f"outputs must be a list of {self.num_outputs} tensors (a deeply supervised "
-                f"model's outputs), got {type(outputs).__name__}"
-            )
+            what = f"a list of {self.num_outputs} tensors (a deeply supervised model's outputs)"
+            raise ValueError(f"outputs must be {what}, got {type(outputs).__name__}")
         if len(outputs) != self.num_outputs:
-            raise ValueError(
-                f"expected {self.num_outputs} outputs, got {len(outputs)} "
-                f"(shapes {[tuple(o.shape) for o in outputs]})"
-            )
+            got = f"{len(outputs)} (shapes {[tuple(o.shape) for o in outputs]})"
+            raise ValueError(f"expected {self.num_outputs} outputs, got {got}")
         self.last_weights = [w or self.min_weight for w in self.weights(progress)]
         values = [
             self.loss(out, resize_target(target, out.shape[2:], self.target_resize)) if w else None

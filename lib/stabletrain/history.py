@@ -15,8 +15,7 @@ class History:
 
     ``steps``: ``step``, ``epoch``, ``lr`` (first group), ``loss``, ``grad_norm``,
     ``applied``; ``epochs``: ``epoch``, ``train_loss`` (mean of the finite step losses),
-    ``val_loss``, ``val_<metric>``, ``lr``, ``seconds``. A late column is NaN-padded.
-    """
+    ``val_loss``, ``val_<metric>``, ``lr``, ``seconds``. A late column is NaN-padded."""
 
     def __init__(self) -> None:
         self.steps: dict[str, list[Any]] = {}
@@ -107,9 +106,7 @@ class History:
         best = self.best(monitor, mode)
         values = self.epochs.get(monitor, [])
         epoch_numbers = self.epochs.get("epoch", list(range(len(values))))
-        best_epoch = next(
-            (e for e, v in zip(epoch_numbers, values, strict=False) if v == best), None
-        )
+        best_epoch = next((e for e, v in zip(epoch_numbers, values) if v == best), None)
 
         def last(column: str) -> float:
             data = self.epochs.get(column, [])
@@ -141,8 +138,7 @@ class History:
             "seconds": float(sum(v for v in self.epochs.get("seconds", []) if math.isfinite(v))),
         }
         if keys is not None:
-            unknown = [k for k in keys if k not in summary]
-            if unknown:
+            if unknown := [k for k in keys if k not in summary]:
                 raise ValueError(f"unknown summary key(s) {unknown}; accepted: {list(summary)}")
             summary = {k: summary[k] for k in keys}
         if digits is not None:

@@ -32,15 +32,12 @@ def _deprecated(message: str) -> None:
 
 
 def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """0.8 of the total weight on the overlap term(s), 0.2 shared by the others (ValueError
-    unless there are both)."""
+    """0.8 of the total weight on the overlap term(s), 0.2 on the rest (ValueError unless both)."""
     overlap = [k for k in weights if k in OVERLAP_TERMS]
     others = [k for k in weights if k not in OVERLAP_TERMS]
     if not overlap or not others:
-        raise ValueError(
-            f"the default end weights need an overlap term {OVERLAP_TERMS} and another term; "
-            f"the loss has {tuple(weights)}: pass end={{key: weight, ...}}"
-        )
+        need = f"the default end weights need an overlap term {OVERLAP_TERMS} and another term"
+        raise ValueError(f"{need}; the loss has {tuple(weights)}: pass end={{key: weight, ...}}")
     scale = sum(weights.values()) or 1.0
     end = {k: scale * 0.8 / len(overlap) for k in overlap}
     end.update({k: scale * 0.2 / len(others) for k in others})
@@ -64,8 +61,7 @@ class LossWeightScheduler:
 
     The metric-driven two ignore ``metrics=None`` and raise ``ValueError`` naming what is
     missing from it. ``calls`` counts ``step`` calls; deprecated: the keyword ``type`` and
-    the attributes ``type``/``num_steps`` (for ``schedule``/``calls``).
-    """
+    the attributes ``type``/``num_steps`` (for ``schedule``/``calls``)."""
 
     def __init__(
         self,
@@ -76,18 +72,14 @@ class LossWeightScheduler:
         **params: Any,
     ) -> None:
         if not isinstance(combined, CombinedLoss):
-            raise TypeError(
-                f"combined must be a stabletrain.losses.CombinedLoss, got {type(combined).__name__}"
-            )
+            got = type(combined).__name__
+            raise TypeError(f"combined must be a stabletrain.losses.CombinedLoss, got {got}")
         if "type" in params:
             _deprecated("LossWeightScheduler(type=...) is deprecated; use schedule=...")
             schedule = params.pop("type")
-        if schedule in _ALIASES:
-            _deprecated(
-                f"loss-weight schedule {schedule!r} is deprecated; use {_ALIASES[schedule]!r} "
-                "(the same rule)"
-            )
-            schedule = _ALIASES[schedule]
+        if (new := _ALIASES.get(schedule)) is not None:
+            _deprecated(f"loss-weight schedule {schedule!r} is deprecated; use {new!r} (same rule)")
+            schedule = new
         self.schedule = check_choice("schedule", schedule, SCHEDULE_TYPES)
         check_keys(f"the parameters of schedule {schedule!r}", params, _PARAMS[schedule])
         self.combined = combined
@@ -107,9 +99,7 @@ class LossWeightScheduler:
         if end is None:
             self.end = default_end_weights(self.start)
         elif not isinstance(end, Mapping) or set(end) != set(self.start):
-            raise ValueError(
-                f"end must give a weight for every term {tuple(self.start)}, got {end!r}"
-            )
+            raise ValueError(f"end needs a weight for every term {tuple(self.start)}, got {end!r}")
         else:
             self.end = {k: check_float(f"end[{k!r}]", end[k], min=0) for k in self.start}
         self.progress = 0.0
@@ -117,8 +107,7 @@ class LossWeightScheduler:
         self.first_values: dict[str, float] = {}  # loss_balanced state
         self.averages: dict[str, float] = {}
         self.best: float | None = None  # performance state
-        self.bad_calls = 0
-        self.num_moves = 0
+        self.bad_calls = self.num_moves = 0
 
     @property
     def weights(self) -> dict[str, float]:
@@ -126,9 +115,7 @@ class LossWeightScheduler:
 
     @property
     def num_steps(self) -> int:
-        _deprecated(
-            "LossWeightScheduler.num_steps is deprecated; use .calls (the number of step calls)"
-        )
+        _deprecated("LossWeightScheduler.num_steps is deprecated; use .calls (the step calls)")
         return self.calls
 
     @property
@@ -154,12 +141,10 @@ class LossWeightScheduler:
             (self._balance if self.schedule == "loss_balanced" else self._perform)(metrics)
 
     def _balance(self, metrics: Mapping[str, float]) -> None:
-        missing = [k for k in self.start if k not in metrics]
-        if missing:
-            raise ValueError(
-                f"loss_balanced weighting needs the per-term values {tuple(self.start)} in metrics "
-                f"(as from CombinedLoss.components); missing {missing}, got {sorted(metrics)}"
-            )
+        if missing := [k for k in self.start if k not in metrics]:
+            need = f"the per-term values {tuple(self.start)} (from CombinedLoss.components)"
+            got = f"missing {missing}, got {sorted(metrics)}"
+            raise ValueError(f"loss_balanced weighting needs {need} in metrics; {got}")
         momentum, strength = self.params["momentum"], self.params["strength"]
         for key in self.start:
             value = float(metrics[key])
@@ -170,10 +155,8 @@ class LossWeightScheduler:
                 self.averages[key] = value
             else:
                 self.averages[key] = momentum * self.averages[key] + (1 - momentum) * value
-        scores = {
-            k: self.start[k] * (max(self.averages[k], 0.0) / self.first_values[k]) ** strength
-            for k in self.start
-        }
+        ratio = {k: max(self.averages[k], 0.0) / self.first_values[k] for k in self.start}
+        scores = {k: self.start[k] * ratio[k] ** strength for k in self.start}
         total_start = sum(self.start.values())
         norm = sum(scores.values())
         if norm <= 0:
@@ -186,10 +169,8 @@ class LossWeightScheduler:
     def _perform(self, metrics: Mapping[str, float]) -> None:
         monitor, min_delta = self.params["monitor"], self.params["min_delta"]
         if monitor not in metrics:
-            raise ValueError(
-                f"performance weighting monitors {monitor!r}, which is not in metrics "
-                f"{sorted(metrics)} (set monitor=...)"
-            )
+            missing = f"which is not in metrics {sorted(metrics)} (set monitor=...)"
+            raise ValueError(f"performance weighting monitors {monitor!r}, {missing}")
         value, best = float(metrics[monitor]), self.best
         if self.params["mode"] == "max":
             better = best is None or value > best + min_delta
@@ -212,9 +193,8 @@ class LossWeightScheduler:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (also one saved under the former names)."""
         if _ALIASES.get(state.get("type"), state.get("type")) != self.schedule:
-            raise ValueError(
-                f"state is for a {state.get('type')!r} schedule, this one is {self.schedule!r}"
-            )
+            other = state.get("type")
+            raise ValueError(f"state is for a {other!r} schedule, this one is {self.schedule!r}")
         state = {**state, "calls": state["calls"] if "calls" in state else state["num_steps"]}
         self.combined.weights = state["weights"]
         for key in (k for k in _STATE if k != "weights"):  # the weights are the loss's
@@ -231,14 +211,12 @@ class LossWeightCallback(Callback):
     ``linear``/``cosine``/``step`` are stepped after every optimizer step with
     ``ctx.progress``; ``loss_balanced``/``performance`` after every epoch with the epoch's
     metrics plus each term's training mean over the epoch (from ``combined.last_values``).
-    ``history`` holds the weights after each update, ``{key: [...]}``.
-    """
+    ``history`` holds the weights after each update, ``{key: [...]}``."""
 
     def __init__(self, scheduler: LossWeightScheduler) -> None:
         if not isinstance(scheduler, LossWeightScheduler):
-            raise TypeError(
-                f"scheduler must be a LossWeightScheduler, got {type(scheduler).__name__}"
-            )
+            got = type(scheduler).__name__
+            raise TypeError(f"scheduler must be a LossWeightScheduler, got {got}")
         self.scheduler = scheduler
         self.history: dict[str, list[float]] = {k: [] for k in scheduler.weights}
         self._sums: dict[str, float] = {}

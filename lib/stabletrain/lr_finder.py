@@ -87,9 +87,8 @@ def suggest_lr(
     ``"steep"``, the steepest point anywhere; ``"minimum"``, the LR of the lowest loss / 10."""
     rule = check_choice("rule", rule, SUGGESTION_RULES)
     if len(lrs) != len(losses):
-        raise ValueError(
-            f"lrs and losses must have the same length, got {len(lrs)} and {len(losses)}"
-        )
+        got = f"got {len(lrs)} and {len(losses)}"
+        raise ValueError(f"lrs and losses must have the same length, {got}")
     y = np.asarray(losses, dtype=float)
     x, y = np.log(np.asarray(lrs, dtype=float)[np.isfinite(y)]), y[np.isfinite(y)]
     nothing = (math.nan, (math.nan, math.nan))

@@ -2,8 +2,7 @@
 
 Per sample and class: Dice ``2|P∩T|/(|P|+|T|)``, IoU ``|P∩T|/|P∪T|`` (1 if both empty),
 averaged. Binary (``C == 1``): ``sigmoid(logit) > threshold``; multiclass: argmax, int target
-``(N, H, W)``, class 0 left out unless ``include_background``. A list of outputs is read at 0.
-"""
+``(N, H, W)``, class 0 left out unless ``include_background``. A list of outputs is read at 0."""
 
 from __future__ import annotations
 
@@ -23,17 +22,15 @@ def _confusion(
         if target.dim() == 3:
             target = target.unsqueeze(1)
         if target.shape != logits.shape:
-            raise ValueError(
-                f"binary target must have shape {tuple(logits.shape)}, got {tuple(target.shape)}"
-            )
+            want, got = tuple(logits.shape), tuple(target.shape)
+            raise ValueError(f"binary target must have shape {want}, got {got}")
         pred = (torch.sigmoid(logits.float()) > threshold).flatten(2)
         true = (target > 0.5).flatten(2)
     else:
         shape = (n, *logits.shape[2:])
         if target.shape != shape:
-            raise ValueError(
-                f"multiclass target must be (N, H, W) = {shape}, got {tuple(target.shape)}"
-            )
+            got = tuple(target.shape)
+            raise ValueError(f"multiclass target must be (N, H, W) = {shape}, got {got}")
         if target.is_floating_point():
             raise ValueError("multiclass target must hold integer class indices, got floats")
         classes = torch.arange(c, device=logits.device).view(1, c, 1)
@@ -78,21 +75,16 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
         if outputs.dim() > 1 and target_shape == (shape[0], *shape[2:]):
             targets = targets.unsqueeze(1)
         if tuple(targets.shape) != shape:
-            raise ValueError(
-                f"binary targets must have the shape of outputs {shape} or lack its channel "
-                f"dim, got {target_shape}"
-            )
+            allowed = f"the shape of outputs {shape} or lack its channel dim"
+            raise ValueError(f"binary targets must have {allowed}, got {target_shape}")
         return float(((outputs > 0) == (targets > 0.5)).float().mean())
     elif target_shape == (shape[0], *shape[2:]):
         dim = 1
     else:
-        raise ValueError(
-            f"targets must have shape (N, *spatial) = {(shape[0], *shape[2:])} for outputs "
-            f"(N, C, *spatial) = {shape}, or (B, T) for outputs (B, T, V); got {target_shape}"
-        )
+        want = f"(N, *spatial) = {(shape[0], *shape[2:])} for outputs (N, C, *spatial) = {shape}"
+        language = "or (B, T) for outputs (B, T, V)"
+        raise ValueError(f"targets must have shape {want}, {language}; got {target_shape}")
     if targets.is_floating_point() or targets.dtype == torch.bool:
-        raise ValueError(
-            f"targets must hold integer class indices, got dtype {targets.dtype} "
-            "(for one-hot targets pass targets.argmax(1))"
-        )
+        hint = "(for one-hot targets pass targets.argmax(1))"
+        raise ValueError(f"targets must hold integer class indices, got {targets.dtype} {hint}")
     return float((outputs.argmax(dim) == targets).float().mean())

@@ -3,8 +3,7 @@
 Defaults: BatchNorm, ReLU, plain attention blocks. ``norm=None``, ``activation="leaky_relu"``
 and ``bottleneck_attention=True`` make a network that can diverge (notebook 01); keyword
 safeguards (``SAFE_ATTENTION``) bound the attention. Images ``(N, in_channels, H, W)`` →
-logits ``(N, num_classes, H, W)``, ``H`` and ``W`` divisible by ``2**depth``.
-"""
+logits ``(N, num_classes, H, W)``, ``H`` and ``W`` divisible by ``2**depth``."""
 
 from __future__ import annotations
 
@@ -62,8 +61,7 @@ class SEBlock(nn.Module):
     r"""Squeeze-and-excitation: ``y = x ⊙ σ(W₂ ReLU(W₁ GAP(x)))``, ``(N, C, H, W)`` → same.
 
     ``W₁``: ``C → max(C // reduction, 1)``. Safeguards: ``norm`` (``GroupNorm(1, hidden)``),
-    ``gate_bound`` (bounded gate), ``residual_scale=α`` (``y = x + α(x ⊙ s − x)``).
-    """
+    ``gate_bound`` (bounded gate), ``residual_scale=α`` (``y = x + α(x ⊙ s − x)``)."""
 
     def __init__(
         self,
@@ -93,8 +91,7 @@ class CBAMBlock(nn.Module):
     r"""CBAM: channel gate ``σ(MLP(avg(x)) + MLP(max(x)))``, then spatial gate on ``[mean_c, max_c]``.
 
     Safeguards as :class:`SEBlock` (``norm`` also adds ``BatchNorm2d(2)`` on the pooled map).
-    ``kernel_size`` must be odd. ``(N, C, H, W)`` → same.
-    """
+    ``kernel_size`` must be odd. ``(N, C, H, W)`` → same."""
 
     def __init__(
         self,
@@ -136,8 +133,7 @@ SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_sca
 class SpatialSelfAttention(nn.Module):
     r"""``y = x + W_o softmax(q kᵀ/√C) v`` over the ``H·W`` pixels (one head), ``(N, C, H, W)`` → same.
 
-    ``qk_norm`` LayerNorms ``q`` and ``k``; ``last_max_logit`` is ``max |q kᵀ/√C|`` (0-d tensor).
-    """
+    ``qk_norm`` LayerNorms ``q`` and ``k``; ``last_max_logit`` is ``max |q kᵀ/√C|`` (0-d tensor)."""
 
     def __init__(self, channels: int, *, qk_norm: bool = False) -> None:
         super().__init__()
@@ -202,8 +198,7 @@ class TinyUNet(nn.Module):
 
     Returns logits, or with ``deep_supervision`` a list of ``depth`` maps (index ``i`` at
     ``1/2^i`` resolution). ``safe_attention`` starts ``attention_options`` from
-    ``SAFE_ATTENTION``; ``qk_norm`` needs ``bottleneck_attention``. ``depth`` is 1–6.
-    """
+    ``SAFE_ATTENTION``; ``qk_norm`` needs ``bottleneck_attention``. ``depth`` is 1–6."""
 
     def __init__(
         self,
@@ -260,10 +255,8 @@ class TinyUNet(nn.Module):
             raise ValueError(f"expected shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         factor = 2**self.depth
         if x.shape[-2] % factor or x.shape[-1] % factor:
-            raise ValueError(
-                f"depth={self.depth} needs H and W divisible by 2**depth={factor}; "
-                f"got an input of {x.shape[-2]}x{x.shape[-1]} (lower depth or resize the input)"
-            )
+            got = f"got an input of {x.shape[-2]}x{x.shape[-1]} (lower depth or resize the input)"
+            raise ValueError(f"depth={self.depth} needs H, W divisible by 2**depth={factor}; {got}")
         skips = []
         for encoder in self.encoders:
             x = encoder(x)

@@ -40,14 +40,10 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     keras = {"learning_rate": "lr", "epsilon": "eps", "rho": rho}  # where the type has it
     renames = {k: v for k, v in keras.items() if v in signature}
     pair = ("beta_1", "beta_2") if kind in ("adam", "adamw") else ()
-    accepted = sorted(
-        {*renames, *pair, *signature, *CLIPPING_KEYS, *_BUILDER_KEYS} - {"self", "params"}
-    )
-    unknown = sorted(k for k in config if k not in accepted)
-    if unknown:
-        raise ValueError(
-            f"unknown optimizer key(s) {unknown} for type {kind!r}; accepted: {accepted}"
-        )
+    keys = {*renames, *pair, *signature, *CLIPPING_KEYS, *_BUILDER_KEYS}
+    accepted = sorted(keys - {"self", "params"})
+    if unknown := sorted(k for k in config if k not in accepted):
+        raise ValueError(f"unknown optimizer key(s) {unknown} for {kind!r}; accepted: {accepted}")
     items = [(k, v) for k, v in config.items() if k not in (*_BUILDER_KEYS, *CLIPPING_KEYS, *pair)]
     if any(k in config for k in pair):
         defaults = zip(pair, signature["betas"].default)
@@ -60,9 +56,8 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in items:
         name = "betas" if key == "beta_1/beta_2" else renames.get(key, key)
         if name in kwargs:
-            raise ValueError(
-                f"optimizer keys {key!r} and {source[name]!r} both set {name!r}; give only one"
-            )
+            both = f"optimizer keys {key!r} and {source[name]!r} both set {name!r}"
+            raise ValueError(f"{both}; give only one")
         kwargs[name], source[name] = value, key
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # YAML gives lists
@@ -95,10 +90,8 @@ def param_groups(
     for prefix, m in multipliers.items():
         check_config_value(check_float, f"lr_multipliers[{prefix!r}]", m, min=0)
         if not any(matches(n, prefix) for n, _ in named):
-            raise ValueError(
-                f"lr_multipliers prefix {prefix!r} matches no parameter of the model; "
-                f"its top-level modules are {[n for n, _ in model.named_children()]}"
-            )
+            top = f"its top-level modules are {[n for n, _ in model.named_children()]}"
+            raise ValueError(f"lr_multipliers prefix {prefix!r} matches no parameter; {top}")
     groups: dict[tuple[str, bool], dict[str, Any]] = {}
     for full, param in named:
         owner, _, local = full.rpartition(".")
@@ -106,15 +99,9 @@ def param_groups(
         m = float(multipliers[prefix]) if prefix else 1.0
         prefix = prefix or "default"
         exempt = no_decay_norm_bias and is_no_decay(model.get_submodule(owner), local)
-        decay = 0.0 if exempt else weight_decay
         name = f"{prefix}/{'no_decay' if exempt else 'decay'}"
-        group = {
-            "params": [],
-            "name": name,
-            "lr": lr * m,
-            "lr_multiplier": m,
-            "weight_decay": decay,
-        }
+        group = {"params": [], "name": name, "lr": lr * m, "lr_multiplier": m}
+        group["weight_decay"] = 0.0 if exempt else weight_decay
         groups.setdefault((prefix, exempt), group)["params"].append(param)
     return list(groups.values())
 
@@ -135,15 +122,12 @@ def build_optimizer(
     kwargs = _torch_kwargs(kind, config)
     clipping_from_config(config)  # validate the clipping keys early
     cls = OPTIMIZER_TYPES[kind]
-    no_decay = check_config_value(
-        check_bool, "no_decay_norm_bias", config.get("no_decay_norm_bias"), optional=True
-    )
+    no_decay = config.get("no_decay_norm_bias")
+    no_decay = check_config_value(check_bool, "no_decay_norm_bias", no_decay, optional=True)
     multipliers = config.get("lr_multipliers")
     if multipliers is not None and not isinstance(multipliers, Mapping):
-        raise ValueError(
-            f"lr_multipliers must be a mapping of module-name prefix to multiplier, "
-            f"got {multipliers!r}"
-        )
+        what = "a mapping of module-name prefix to multiplier"
+        raise ValueError(f"lr_multipliers must be {what}, got {multipliers!r}")
     if isinstance(model_or_params, nn.Module):
         for key in ("lr", "weight_decay"):
             kwargs[key] = float(kwargs.get(key, inspect.signature(cls).parameters[key].default))
@@ -155,10 +139,8 @@ def build_optimizer(
             lr_multipliers=multipliers,
         )
     elif multipliers or no_decay:
-        raise ValueError(
-            "lr_multipliers and no_decay_norm_bias need parameter names: pass the model, "
-            "not its parameters"
-        )
+        need = "lr_multipliers and no_decay_norm_bias need parameter names"
+        raise ValueError(f"{need}: pass the model, not its parameters")
     else:
         params = list(model_or_params)
     try:

@@ -5,8 +5,7 @@ if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
 :math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (absolute, one or per group)
 or ``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
 lr = a + (b − a)s/W, a = ``warmup_start_lr`` or ``warmup_start_factor`` × b (0.01). Types
-with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
-"""
+with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step)."""
 
 from __future__ import annotations
 
@@ -27,9 +26,7 @@ from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 from .checks import check_bool, check_choice, check_config_value, check_float, check_int
 
 # this module's values come from configurations: a wrong type is a ValueError too
-_int, _float, _bool = (
-    partial(check_config_value, check) for check in (check_int, check_float, check_bool)
-)
+_int, _float, _bool = (partial(check_config_value, c) for c in (check_int, check_float, check_bool))
 
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
@@ -37,30 +34,23 @@ def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
     if value is None or not isinstance(value, Sequence) or isinstance(value, str):
         return None if value is None else [_float(name, value, min=0)] * groups
     if len(value) != groups:
-        raise ValueError(
-            f"{name} must be a number or have one value per parameter group ({groups}), "
-            f"got {len(value)} values"
-        )
+        one_each = f"one value per parameter group ({groups})"
+        raise ValueError(f"{name} must be a number or have {one_each}, got {len(value)} values")
     return [_float(f"{name}[{i}]", v, min=0) for i, v in enumerate(value)]
 
 
 def _group_lrs(optimizer: Optimizer) -> list[Any]:
-    return [
-        g["lr"].clone() if torch.is_tensor(g["lr"]) else g["lr"] for g in optimizer.param_groups
-    ]
+    lrs = (group["lr"] for group in optimizer.param_groups)
+    return [lr.clone() if torch.is_tensor(lr) else lr for lr in lrs]
 
 
 def _base_lrs_of(optimizer: Optimizer) -> list[float]:
     """The base LRs ``LRScheduler`` adopts; raises ``TypeError`` / ``ValueError`` (lr < 0)."""
     if not isinstance(optimizer, Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
-        )
+        raise TypeError(f"optimizer must be a torch Optimizer, got {type(optimizer).__name__}")
     bases = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
-    return [
-        check_float(f"the optimizer's param_groups[{i}] lr", float(b), min=0)
-        for i, b in enumerate(bases)
-    ]
+    name = "the optimizer's param_groups[{}] lr"
+    return [check_float(name.format(i), float(b), min=0) for i, b in enumerate(bases)]
 
 
 def is_metric_driven(scheduler: Any) -> bool:
@@ -85,9 +75,8 @@ class _Schedule(LRScheduler):
     _state_exclude: tuple[str, ...] = ("optimizer",)
 
     def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(
-            {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
-        )
+        state = {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
+        return copy.deepcopy(state)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.__dict__.update(copy.deepcopy(dict(state_dict)))
@@ -127,10 +116,8 @@ class _Schedule(LRScheduler):
         elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
             super().step(metric)
         else:
-            raise ValueError(
-                f"{type(self).__name__} is not metric-driven: call step() without a metric "
-                f"(got {metric!r})"
-            )
+            message = f"{type(self).__name__} is not metric-driven: call step() without a metric"
+            raise ValueError(f"{message} (got {metric!r})")
 
 
 class _WarmupSchedule(_Schedule):
@@ -156,10 +143,8 @@ class _WarmupSchedule(_Schedule):
         self.warmup_start_factor = _float("warmup_start_factor", warmup_start_factor, min=0)
         ratio = _float("min_lr_ratio", min_lr_ratio, min=0, max=1)
         if min_lr is not None and ratio != 0.0:
-            raise ValueError(
-                "give min_lr (absolute) or min_lr_ratio (alias alpha), not both; "
-                f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
-            )
+            both = f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
+            raise ValueError(f"give min_lr or min_lr_ratio (alias alpha), not both; {both}")
         self.min_lrs = _per_group("min_lr", min_lr, len(bases)) or [ratio * b for b in bases]
         for i, (eta, b) in enumerate(zip(self.min_lrs, bases)):
             check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
@@ -289,8 +274,7 @@ class OneCycle(_WarmupSchedule):
     r"""``onecycle``: for s < T, LRs and momenta (or Adam's β1) exactly ``OneCycleLR``'s with
     ``max_lr`` = each group's base LR; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``.
     From s = T it holds the final values, warning once past T. ``ValueError`` also for a phase
-    under one step or ``cycle_momentum`` with an optimizer without momentum/betas.
-    """
+    under one step or ``cycle_momentum`` with an optimizer without momentum/betas."""
 
     _needs_total = True
 
@@ -327,18 +311,14 @@ class OneCycle(_WarmupSchedule):
         else:
             self._phases += [(total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
         if any(not b > a for a, b in pairwise([0.0] + [phase[0] for phase in self._phases])):
-            raise ValueError(
-                f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total} "
-                "leaves a phase shorter than one step; choose pct_start so that "
-                "pct_start * total_steps > 1 and the decay phase keeps at least one step"
-            )
+            short = f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total}"
+            need = "choose pct_start * total_steps > 1, leaving the decay at least one step"
+            raise ValueError(f"{short} leaves a phase shorter than one step; {need}")
         self.use_beta1 = "betas" in optimizer.defaults
         if cycle_momentum:  # per group, as OneCycleLR keeps them in the groups
             if "momentum" not in optimizer.defaults and not self.use_beta1:
-                raise ValueError(
-                    "cycle_momentum=True needs an optimizer with momentum or betas; "
-                    f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
-                )
+                neither = f"{type(optimizer).__name__} has neither (pass cycle_momentum=False)"
+                raise ValueError(f"cycle_momentum=True needs momentum or betas; {neither}")
             keys = ("base_momentum", "max_momentum")
             ms = [_per_group(k, v, len(bases)) for k, v in zip(keys, (base_momentum, max_momentum))]
             self.momenta = [dict(zip(keys, pair)) for pair in zip(*ms)]
@@ -457,8 +437,7 @@ class AdaptiveScheduler(_Schedule):
     finite ones, or ``patience`` metrics without a new best (a cut resets that count).
     ``observe(loss)`` cuts for a finite step loss over ``step_spike_factor`` (``None``: off) ×
     the median of the last ``step_window`` (after ``window``); a spike stays out of the median
-    and starts a cooldown of ``window`` steps.
-    """
+    and starts a cooldown of ``window`` steps."""
 
     metric_driven = True
     _state_exclude = ("optimizer", "_base")
@@ -484,9 +463,8 @@ class AdaptiveScheduler(_Schedule):
         self.spike_threshold = _float("spike_threshold", spike_threshold, min=0, low_open=True)
         self.window = _int("window", window, min=1)
         self.patience = _int("patience", patience, min=1)
-        self.step_spike_factor = _float(
-            "step_spike_factor", step_spike_factor, min=1, low_open=True, optional=True
-        )
+        spike = _float("step_spike_factor", step_spike_factor, min=1, low_open=True, optional=True)
+        self.step_spike_factor = spike
         self.step_window = _int("step_window", step_window, min=1)
         self.step_losses: list[float] = []
         self.step_cooldown = 0
@@ -551,8 +529,7 @@ class WarmupWrapper(_Schedule):
     r"""Linear warmup (a = f × b) in front of any torch scheduler (alias ``with_warmup``) towards
     each group's LR once it was built; from s = W exactly the wrapped one's from its step 0.
     Metric-driven if the wrapped one is: ``step(metric)`` is passed on after warmup (ignored
-    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this.
-    """
+    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this."""
 
     _state_exclude = ("optimizer", "scheduler")
 
@@ -561,10 +538,8 @@ class WarmupWrapper(_Schedule):
     ) -> None:
         optimizer = getattr(scheduler, "optimizer", None)
         if not isinstance(optimizer, Optimizer):
-            raise ValueError(
-                "scheduler must be a torch LR scheduler with an .optimizer, "
-                f"got {type(scheduler).__name__}"
-            )
+            got = type(scheduler).__name__
+            raise ValueError(f"scheduler must be a torch LR scheduler (with .optimizer), got {got}")
         self.scheduler = scheduler
         self.warmup_steps = _int("warmup_steps", warmup_steps, min=0)
         self.warmup_start_factor = _float("warmup_start_factor", warmup_start_factor, min=0)
@@ -580,10 +555,8 @@ class WarmupWrapper(_Schedule):
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         if metric is not None:
             if not self.metric_driven:
-                raise ValueError(
-                    f"step(metric) is for metric-driven schedulers; the wrapped "
-                    f"{type(self.scheduler).__name__} takes step() only"
-                )
+                wrapped = type(self.scheduler).__name__
+                raise ValueError(f"step(metric) is for metric-driven schedulers; {wrapped} is not")
             if self.last_epoch >= self.warmup_steps:
                 self.scheduler.step(metric)
         else:
@@ -648,12 +621,10 @@ def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LR
         if canonical in resolved:
             raise ValueError(f"{key} and {canonical} are the same parameter; give only one")
         resolved[canonical] = value
+    own = "the peak/base LR is each parameter group's own lr, set on the optimizer"
     for key in ("learning_rate", "lr"):
         if key in resolved:
-            raise ValueError(
-                f"{key} is not a scheduler parameter: the peak/base LR is each parameter "
-                "group's own lr, set on the optimizer"
-            )
+            raise ValueError(f"{key} is not a scheduler parameter: {own}")
     cls = _CLASSES[name]  # adaptive passes what is not its own on to its base's _construct
     names, required = (list(resolved), []) if name == "adaptive" else _accepted(cls)
     for req in [*required, *(["total_steps"] if cls._needs_total else [])]:

@@ -51,9 +51,8 @@ class Update:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
         self.model, self.optimizer, self.scheduler, self.amp = model, optimizer, scheduler, amp
-        self.max_grad_norm = check_float(
-            "max_grad_norm", max_grad_norm, min=0, low_open=True, optional=True
-        )
+        norm = check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, optional=True)
+        self.max_grad_norm = norm
         self.accumulation_steps = check_int("accumulation_steps", accumulation_steps, min=1)
         self._micro = 0
         self._loss_sum: torch.Tensor | None = None
