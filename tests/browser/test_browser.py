@@ -157,10 +157,19 @@ def _outputs_text(panel) -> str:
     return "\n".join(panel.locator(".jp-OutputArea-output").all_inner_texts())
 
 
-def _check_widgets(panel, name: str, when: str) -> None:
-    """Every widget output is a rendered view: no text repr, no "Loading widget"."""
-    text = _outputs_text(panel)
-    shown = [r for r in RAW_REPR if r in text]
+def _check_widgets(panel, name: str, when: str, timeout_s: float = 90) -> None:
+    """Every widget output is a rendered view: no text repr, no "Loading widget".
+
+    Views render asynchronously (the first notebook also loads the widget manager on a cold
+    server), so "Loading widget" is given ``timeout_s`` to go away before it counts as a failure.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = _outputs_text(panel)
+        shown = [r for r in RAW_REPR if r in text]
+        if (not shown and panel.locator(WIDGET_OUTPUT).count()) or time.monotonic() > deadline:
+            break
+        panel.page.wait_for_timeout(500)
     assert not shown, f"{name} {when} shows widget text {shown} instead of widgets"
     outputs = panel.locator(WIDGET_OUTPUT).all()
     assert outputs, f"{name} {when} shows no widget"
@@ -207,7 +216,6 @@ def test_notebook_widgets_render_and_respond(lab, name):
         page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}&reset")
         panel = page.locator(".jp-NotebookPanel:visible")
         panel.locator(".jp-Cell").first.wait_for(timeout=60_000)
-        page.wait_for_timeout(3000)  # the stored widget state is restored asynchronously
         _check_widgets(panel, name, "opened before running")
 
         page.get_by_role("menuitem", name="Run", exact=True).click()
