@@ -72,8 +72,7 @@ class LossWeightScheduler:
         **params: Any,
     ) -> None:
         if not isinstance(combined, CombinedLoss):
-            got = type(combined).__name__
-            raise TypeError(f"combined must be a stabletrain.losses.CombinedLoss, got {got}")
+            raise TypeError(f"combined must be a CombinedLoss, got {type(combined).__name__}")
         if "type" in params:
             _deprecated("LossWeightScheduler(type=...) is deprecated; use schedule=...")
             schedule = params.pop("type")
@@ -142,9 +141,8 @@ class LossWeightScheduler:
 
     def _balance(self, metrics: Mapping[str, float]) -> None:
         if missing := [k for k in self.start if k not in metrics]:
-            need = f"the per-term values {tuple(self.start)} (from CombinedLoss.components)"
-            got = f"missing {missing}, got {sorted(metrics)}"
-            raise ValueError(f"loss_balanced weighting needs {need} in metrics; {got}")
+            need = f"the per-term values {tuple(self.start)} in metrics; missing {missing}"
+            raise ValueError(f"loss_balanced weighting needs {need}, got {sorted(metrics)}")
         momentum, strength = self.params["momentum"], self.params["strength"]
         for key in self.start:
             value = float(metrics[key])
@@ -157,8 +155,7 @@ class LossWeightScheduler:
                 self.averages[key] = momentum * self.averages[key] + (1 - momentum) * value
         ratio = {k: max(self.averages[k], 0.0) / self.first_values[k] for k in self.start}
         scores = {k: self.start[k] * ratio[k] ** strength for k in self.start}
-        total_start = sum(self.start.values())
-        norm = sum(scores.values())
+        total_start, norm = sum(self.start.values()), sum(scores.values())
         if norm <= 0:
             return
         floor = self.params["min_weight"] * total_start
@@ -169,14 +166,12 @@ class LossWeightScheduler:
     def _perform(self, metrics: Mapping[str, float]) -> None:
         monitor, min_delta = self.params["monitor"], self.params["min_delta"]
         if monitor not in metrics:
-            missing = f"which is not in metrics {sorted(metrics)} (set monitor=...)"
+            missing = f"not in metrics {sorted(metrics)} (set monitor=...)"
             raise ValueError(f"performance weighting monitors {monitor!r}, {missing}")
         value, best = float(metrics[monitor]), self.best
-        if self.params["mode"] == "max":
-            better = best is None or value > best + min_delta
-        else:
-            better = best is None or value < best - min_delta
-        if math.isfinite(value) and better:
+        sign = 1.0 if self.params["mode"] == "max" else -1.0
+        gain = math.inf if best is None else sign * (value - best)
+        if math.isfinite(value) and gain > min_delta:
             self.best = value
             self.bad_calls = 0
             return
@@ -192,8 +187,7 @@ class LossWeightScheduler:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (also one saved under the former names)."""
-        if _ALIASES.get(state.get("type"), state.get("type")) != self.schedule:
-            other = state.get("type")
+        if _ALIASES.get(other := state.get("type"), other) != self.schedule:
             raise ValueError(f"state is for a {other!r} schedule, this one is {self.schedule!r}")
         state = {**state, "calls": state["calls"] if "calls" in state else state["num_steps"]}
         self.combined.weights = state["weights"]
@@ -215,8 +209,9 @@ class LossWeightCallback(Callback):
 
     def __init__(self, scheduler: LossWeightScheduler) -> None:
         if not isinstance(scheduler, LossWeightScheduler):
-            got = type(scheduler).__name__
-            raise TypeError(f"scheduler must be a LossWeightScheduler, got {got}")
+            raise TypeError(
+                f"scheduler must be a LossWeightScheduler, got {type(scheduler).__name__}"
+            )
         self.scheduler = scheduler
         self.history: dict[str, list[float]] = {k: [] for k in scheduler.weights}
         self._sums: dict[str, float] = {}
