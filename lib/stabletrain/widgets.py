@@ -307,11 +307,9 @@ class LRTuner(_Widget):
 
     ``model_fn()`` builds a fresh model per run; ``train_loader``/``val_loader``, ``loss_fn``,
     ``optimizer_fn(model, lr)``, ``metrics``, ``monitor``, ``batch_fn``, ``device`` go to
-    :func:`~stabletrain.tuning.tuning_run` (``steps`` per run, default two epochs). Methods do
-    the work and return data (the buttons call them in a thread, so the kernel stays
-    responsive): :meth:`run` (one run per seed), :meth:`sweep` (peak LRs × warmups × seeds),
-    :meth:`range_test`, :meth:`suggestion`, :meth:`config` / :meth:`yaml` / :meth:`apply`,
-    :meth:`cancel`, :meth:`clear`, :meth:`wait`. ``controls``: ``{"lr", "warmup_steps", "type",
+    :func:`~stabletrain.tuning.tuning_run` (``steps`` per run, default two epochs). Each button
+    calls its method in a thread (the kernel stays responsive); headless, call the methods: they
+    do the work and return data. ``controls``: ``{"lr", "warmup_steps", "type",
     "<type>.<param>", "max_grad_norm" (0 = off), "seeds", "rule"}``; ``buttons``: ``{"run",
     "sweep", "range test", "use suggestion", "apply", "cancel", "clear"}``."""
 
@@ -408,14 +406,12 @@ class LRTuner(_Widget):
             config["warmup_steps"] = warmup
         return config
 
-    def _settings(self) -> dict[str, Any]:
-        clip = float(self.controls["max_grad_norm"].value)
-        return {"steps": self.steps, "max_grad_norm": clip or None, **self.options}
-
-    def _training(self) -> dict[str, Any]:
-        """What a run or sweep passes on: the task, the settings and this tuner's hooks."""
+    def _settings(self, *skip: str) -> dict[str, Any]:
+        """What a run is given (the task, ``steps``, clipping, options and hooks) but ``skip``."""
+        clip = float(self.controls["max_grad_norm"].value) or None
         hooks = {"should_stop": self._stop.is_set, "on_step": self._tick}
-        return {**self.task, **hooks, **self._settings()}
+        given = {**self.task, "steps": self.steps, "max_grad_norm": clip, **self.options, **hooks}
+        return {k: v for k, v in given.items() if k not in skip}
 
     def _seeds(self, seeds: Sequence[int] | None) -> list[int]:
         return list(seeds) if seeds is not None else self.seed_pool[: self.controls["seeds"].value]
@@ -438,7 +434,7 @@ class LRTuner(_Widget):
         self._begin(len(seeds) * self.steps, f"training {len(seeds)} seed(s)")
         lr, schedule = float(self.controls["lr"].value), self.schedule()
         runs = [
-            tuning_run(lr=lr, schedule=schedule, seed=seed, **self._training())
+            tuning_run(lr=lr, schedule=schedule, seed=seed, **self._settings())
             for seed in seeds
             if not self._stop.is_set()
         ]
@@ -467,7 +463,7 @@ class LRTuner(_Widget):
         self._begin(len(lrs) * len(warmups) * len(seeds) * self.steps, "sweeping")
         schedule = {k: v for k, v in self.schedule().items() if k != "warmup_steps"}
         options = dict(lrs=[float(x) for x in lrs], warmups=warmups, seeds=seeds, schedule=schedule)
-        self.sweep_result = result = lr_sweep(**options, **self._training())
+        self.sweep_result = result = lr_sweep(**options, **self._settings())
         best = result.best
         found = f"best lr={best['lr']:.3g}, warmup {best['warmup_steps']}" if best else ""
         self._done(f"sweep of {len(result.runs)} runs: {found or 'no stable point'}", "sweep")
@@ -477,13 +473,11 @@ class LRTuner(_Widget):
         """:func:`~stabletrain.tuning.range_test` on a fresh model over ``lr_range`` (``kwargs``
         override, e.g. ``num_iters``; default 50 steps)."""
         self._begin(1, "running the range test")
-        skip = ("steps", "metrics", "monitor")
-        options = {k: v for k, v in self._settings().items() if k not in skip}
-        options |= {"start_lr": self.lr_range[0], "end_lr": self.lr_range[1], "num_iters": 50}
+        skip = ("val_loader", "steps", "metrics", "monitor", "should_stop", "on_step")
+        options = self._settings(*skip) | {"start_lr": self.lr_range[0], "end_lr": self.lr_range[1]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no descent: shown as no suggestion
-            task = self.task["model_fn"], self.task["train_loader"]
-            self.range_result = range_test(*task, **options | kwargs)
+            self.range_result = range_test(**options | {"num_iters": 50} | kwargs)
         self.progress.value = 1
         rule = self.controls["rule"].value
         self._done(f"range test: {rule} suggests {self.suggestion():.3g}", "range")
