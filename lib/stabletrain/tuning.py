@@ -4,8 +4,7 @@ the Playbook's plot of the final validation metric against the peak LR), and the
 a fresh model (:func:`range_test`). ``stabletrain.widgets.lr_tuner`` wires controls to these.
 
 A run *diverges* at its first step whose training loss is not finite or exceeds
-``diverge_factor`` × its first loss; it stops there and its final metric is ``nan``.
-"""
+``diverge_factor`` × its first loss; it stops there and its final metric is ``nan``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Notebook widgets for learning rates: :func:`schedule_explorer` (sliders for a type's
 parameters, its LR per step, pinned curves) and :func:`lr_tuner` (short runs, sweeps and the
 range test on any model, :mod:`stabletrain.tuning` underneath). Both work headless (their
-methods do the work); the one figure is redrawn in place into a PNG image widget.
-"""
+methods do the work); the one figure is redrawn in place into a PNG image widget."""
 
 from __future__ import annotations
 
@@ -142,8 +141,7 @@ def schedule_curves(
     ``configs`` is ``{label: config}`` or a list (labelled by :func:`describe_schedule`);
     ``total_steps`` is given to each config without its own; ``metrics`` (``{step: value}``)
     is reported right after those steps to the metric-driven types (as ``fit`` does).
-    Raises ValueError for a bad config, ``total_steps < 2`` or a metric outside the run.
-    """
+    Raises ValueError for a bad config, ``total_steps < 2`` or a metric outside the run."""
     check_int("total_steps", total_steps, min=2)
     metrics = _check_metrics(metrics, total_steps)
     if not isinstance(configs, Mapping):
@@ -160,9 +158,8 @@ def plot_schedules(curves: Mapping, *, ax: Axes | None = None, log: bool = False
 
 
 class _Widget:
-    """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``. Its
-    ``controls`` hold a ``"type"`` dropdown and, per type, ``"<type>.<param>"`` controls in
-    ``_boxes[type]``; ``_params`` shows the chosen type's box."""
+    """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``;
+    ``_params`` shows the box of ``"<type>.<param>"`` controls of the ``"type"`` control's type."""
 
     def _add_type_controls(self, total_steps: int, skip: str = "") -> None:
         """The ``"<type>.<param>"`` controls (all but ``skip``), then one observer on all."""
@@ -215,8 +212,7 @@ class ScheduleExplorer(_Widget):
     drawn on a second axis. Raises ValueError for an unknown type, ``total_steps < 2`` or a
     metric outside the run. ``controls``: ``{"type": dropdown, "<type>.<param>": slider,
     "log": checkbox}`` (setting a ``value`` redraws); ``pinned``: ``{label: lrs}``;
-    ``figure``: redrawn in place; ``widget``: what a notebook displays.
-    """
+    ``figure``: redrawn in place; ``widget``: what a notebook displays."""
 
     def __init__(
         self,
@@ -432,12 +428,9 @@ class LRTuner(_Widget):
         """One run per seed at the controls' settings; kept in ``runs`` and drawn."""
         seeds = self._seeds(seeds)
         self._begin(len(seeds) * self.steps, f"training {len(seeds)} seed(s)")
-        lr, schedule = float(self.controls["lr"].value), self.schedule()
-        runs = [
-            tuning_run(lr=lr, schedule=schedule, seed=seed, **self._settings())
-            for seed in seeds
-            if not self._stop.is_set()
-        ]
+        lr = float(self.controls["lr"].value)
+        options = dict(lr=lr, schedule=self.schedule(), **self._settings())
+        runs = [tuning_run(seed=seed, **options) for seed in seeds if not self._stop.is_set()]
         self.runs.append(runs)
         ok = [r.final_metric for r in runs if math.isfinite(r.final_metric)]
         mean = f"mean final {runs[0].monitor} {sum(ok) / len(ok):.4g}" if ok else "no finite result"
@@ -484,8 +477,7 @@ class LRTuner(_Widget):
         return self.range_result
 
     def suggestion(self, rule: str | None = None) -> float:
-        """The range test's suggestion by ``rule`` (default: the rule control's); ``nan``
-        before a range test."""
+        """The range test's suggestion by ``rule`` (default: the rule control's); ``nan`` before."""
         if self.range_result is None:
             return math.nan
         return self.range_result.suggest(rule or self.controls["rule"].value)
@@ -516,8 +508,7 @@ class LRTuner(_Widget):
 
     def apply(self) -> dict[str, Any]:
         """:meth:`config`, also shown as YAML under the buttons."""
-        text = self.yaml()
-        self.yaml_box.value = f"<pre>{html.escape(text)}</pre>"
+        self.yaml_box.value = f"<pre>{html.escape(self.yaml())}</pre>"
         self.status.value = "configuration below: build_training(model, tuner.config())"
         return self.config()
 
