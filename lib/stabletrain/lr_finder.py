@@ -38,8 +38,7 @@ class MovingAverage:
 
     def __init__(self, smooth: float) -> None:
         self.smooth = check_float("smooth", smooth, min=0, max=1, low_open=True)
-        self.count = 0
-        self._avg = 0.0
+        self.count, self._avg = 0, 0.0
 
     def update(self, value: float) -> float:
         if not math.isfinite(value):
@@ -86,11 +85,10 @@ def suggest_lr(
     or Δ ≤ 1e-6 |L_j|). fastai's: ``"valley"``, 2/3 down the longest decreasing run (the band);
     ``"steep"``, the steepest point anywhere; ``"minimum"``, the LR of the lowest loss / 10."""
     rule = check_choice("rule", rule, SUGGESTION_RULES)
-    if len(lrs) != len(losses):
-        got = f"got {len(lrs)} and {len(losses)}"
-        raise ValueError(f"lrs and losses must have the same length, {got}")
-    y = np.asarray(losses, dtype=float)
-    x, y = np.log(np.asarray(lrs, dtype=float)[np.isfinite(y)]), y[np.isfinite(y)]
+    x, y = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"lrs and losses must have the same length, got {x.size} and {y.size}")
+    x, y = np.log(x[np.isfinite(y)]), y[np.isfinite(y)]
     nothing = (math.nan, (math.nan, math.nan))
     if y.size < 3:
         return nothing
@@ -204,10 +202,8 @@ class _Snapshot:
         self.modes = [(m, m.training) for m in model.modules()]
         # the live state tensors and their copies: restoring in place keeps tensor identity
         self.opt_state = {p: (dict(s), cpu_copy(s)) for p, s in optimizer.state.items()}
-        self.groups = [
-            {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
-            for g in optimizer.param_groups
-        ]
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        self.groups = [copy.deepcopy(g) for g in groups]
         self.states = [(obj, cpu_copy(obj.state_dict())) for obj in stateful if obj is not None]
         self.rng = capture_rng_state()
         sampler = getattr(loader, "sampler", None)

@@ -4,11 +4,11 @@ the Playbook's plot of the final validation metric against the peak LR), and the
 a fresh model (:func:`range_test`). ``stabletrain.widgets.lr_tuner`` wires controls to these.
 
 A run *diverges* at its first step whose training loss is not finite or exceeds
-``diverge_factor`` × its first loss; it stops there and its final metric is ``nan``.
-"""
+``diverge_factor`` × its first loss; it stops there and its final metric is ``nan``."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -129,20 +129,17 @@ def tuning_run(
     watch = _Watch(diverge_factor, should_stop, on_step)
     monitor = monitor or ("val_loss" if val_loader is not None else "train_loss")
     epochs = math.ceil(steps / max(1, len(train_loader)))  # type: ignore[arg-type]
-    history = fit(
-        model, train_loader, val_loader=val_loader, epochs=epochs, optimizer=optimizer,
-        scheduler=scheduler, loss_fn=loss_fn, metrics=metrics, monitor=monitor,
-        max_grad_norm=max_grad_norm, max_steps=steps, batch_fn=batch_fn, device=device,
-        callbacks=[watch], progress=False,
-    )  # fmt: skip
+    data = dict(val_loader=val_loader, batch_fn=batch_fn, device=device, max_steps=steps)
+    train = dict(optimizer=optimizer, scheduler=scheduler, max_grad_norm=max_grad_norm)
+    report = dict(loss_fn=loss_fn, metrics=metrics, monitor=monitor, progress=False)
+    history = fit(model, train_loader, epochs=epochs, callbacks=[watch], **data, **train, **report)
     if monitor not in history.epochs:
         raise ValueError(f"monitor={monitor!r} is not recorded; the run has {list(history.epochs)}")
-    final = history.epochs[monitor][-1] if watch.diverged_step is None else math.nan
-    warmup = int(config.get("warmup_steps") or 0)
+    diverged, warmup = watch.diverged_step, int(config.get("warmup_steps") or 0)
+    final = float(history.epochs[monitor][-1]) if diverged is None else math.nan
     return TuningRun(
-        lr, warmup, seed, config, max_grad_norm, history, monitor, float(final),
-        watch.diverged_step, watch.cancelled,
-    )  # fmt: skip
+        lr, warmup, seed, config, max_grad_norm, history, monitor, final, diverged, watch.cancelled
+    )
 
 
 @dataclass
@@ -185,7 +182,7 @@ class SweepResult:
 
         own = ax is None
         fig, ax = plt.subplots(figsize=(6, 3.6)) if own else (ax.figure, ax)
-        rows = self.rows
+        rows, on_x_axis = self.rows, ax.get_xaxis_transform()  # y in axes coordinates
         for i, warmup in enumerate(sorted({r["warmup_steps"] for r in rows})):
             mine = [r for r in rows if r["warmup_steps"] == warmup]
             lrs = np.array([r["lr"] for r in mine])
@@ -195,9 +192,9 @@ class SweepResult:
             line = ax.errorbar(lrs, mean, yerr=err, fmt="o-", capsize=3, color=f"C{i}")
             line.set_label(f"warmup {warmup} steps")
             bad = lrs[[r["diverged"] > 0 for r in mine]]
-            bottom = np.full(bad.size, 0.02 + 0.04 * i)  # axes coordinates: always in view
-            ax.plot(bad, bottom, "x", color=f"C{i}", mew=2, ms=9, clip_on=False,
-                    transform=ax.get_xaxis_transform())  # fmt: skip
+            bottom = np.full(bad.size, 0.02 + 0.04 * i)  # at the bottom edge: always in view
+            style = dict(color=f"C{i}", mew=2, ms=9, clip_on=False, transform=on_x_axis)
+            ax.plot(bad, bottom, "x", **style)
         if any(r["diverged"] for r in rows):
             ax.plot([], [], "x", color="0.3", mew=2, ms=9, label="a seed diverged")
         if (best := self.best) is not None:
@@ -233,21 +230,17 @@ def lr_sweep(
     (returning the runs so far) once ``should_stop()``."""
     if not lrs or not warmups or not seeds:
         raise ValueError("lrs, warmups and seeds must each hold at least one value")
-    runs: list[TuningRun] = []
     for warmup in warmups:
         check_int("warmups", warmup, min=0, max=steps - 1)
-        for lr in sorted(lrs):
-            for seed in seeds:
-                if should_stop is not None and should_stop():
-                    break
-                config = {**dict(schedule or {}), "warmup_steps": warmup}
-                run = tuning_run(
-                    model_fn, train_loader, val_loader, lr=lr, steps=steps, schedule=config,
-                    seed=seed, should_stop=should_stop, **run_kwargs,
-                )  # fmt: skip
-                runs.append(run)
-                if on_run is not None:
-                    on_run(run)
+    runs: list[TuningRun] = []
+    for warmup, lr, seed in itertools.product(warmups, sorted(lrs), seeds):
+        if should_stop is not None and should_stop():
+            break
+        config = {**dict(schedule or {}), "warmup_steps": warmup}
+        options = dict(lr=lr, steps=steps, schedule=config, seed=seed, should_stop=should_stop)
+        runs.append(tuning_run(model_fn, train_loader, val_loader, **options, **run_kwargs))
+        if on_run is not None:
+            on_run(runs[-1])
     monitor = runs[0].monitor if runs else str(run_kwargs.get("monitor") or "val_loss")
     mode = mode or ("min" if "loss" in monitor else "max")
     return SweepResult(runs, monitor, check_choice("mode", mode, ("min", "max")))
@@ -272,7 +265,5 @@ def range_test(
     if device is not None:
         model.to(device)
     optimizer = (optimizer_fn or adam)(model, kwargs.get("start_lr", 1e-7))
-    return lr_range_test(
-        model, optimizer, loss_fn, train_loader, max_grad_norm=max_grad_norm,
-        batch_fn=batch_fn, device=device, **kwargs,
-    )  # fmt: skip
+    options = dict(max_grad_norm=max_grad_norm, batch_fn=batch_fn, device=device, **kwargs)
+    return lr_range_test(model, optimizer, loss_fn, train_loader, **options)

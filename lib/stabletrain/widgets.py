@@ -1,8 +1,7 @@
 """Notebook widgets for learning rates: :func:`schedule_explorer` (sliders for a type's
 parameters, its LR per step, pinned curves) and :func:`lr_tuner` (short runs, sweeps and the
 range test on any model, :mod:`stabletrain.tuning` underneath). Both work headless (their
-methods do the work); the one figure is redrawn in place into a PNG image widget.
-"""
+methods do the work); the one figure is redrawn in place into a PNG image widget."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import math
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import ipywidgets as w
@@ -141,8 +141,7 @@ def schedule_curves(
     ``configs`` is ``{label: config}`` or a list (labelled by :func:`describe_schedule`);
     ``total_steps`` is given to each config without its own; ``metrics`` (``{step: value}``)
     is reported right after those steps to the metric-driven types (as ``fit`` does).
-    Raises ValueError for a bad config, ``total_steps < 2`` or a metric outside the run.
-    """
+    Raises ValueError for a bad config, ``total_steps < 2`` or a metric outside the run."""
     check_int("total_steps", total_steps, min=2)
     metrics = _check_metrics(metrics, total_steps)
     if not isinstance(configs, Mapping):
@@ -159,7 +158,30 @@ def plot_schedules(curves: Mapping, *, ax: Axes | None = None, log: bool = False
 
 
 class _Widget:
-    """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``."""
+    """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``;
+    ``_params`` shows the box of ``"<type>.<param>"`` controls of the ``"type"`` control's type."""
+
+    def _add_type_controls(self, total_steps: int, skip: str = "") -> None:
+        """The ``"<type>.<param>"`` controls (all but ``skip``), then one observer on all."""
+        self._boxes: dict[str, w.VBox] = {}
+        for kind in self.types:
+            specs = {n: s for n, s in _param_specs(kind, total_steps).items() if n != skip}
+            sliders = [_make_control(n, spec) for n, spec in specs.items()]
+            self.controls.update({f"{kind}.{n}": c for n, c in zip(specs, sliders)})
+            self._boxes[kind] = w.VBox(sliders)
+        self._params = w.Box([self._boxes[self.controls["type"].value]])
+        for control in self.controls.values():
+            control.observe(self._on_change, names="value")
+
+    def _values(self, kind: str) -> dict[str, Any]:
+        """The ``kind`` controls' values by parameter name."""
+        p = f"{kind}."
+        return {k.removeprefix(p): c.value for k, c in self.controls.items() if k.startswith(p)}
+
+    def _on_change(self, change: Mapping[str, Any]) -> None:
+        if change["owner"] is self.controls["type"]:
+            self._params.children = [self._boxes[change["new"]]]
+        self.update()
 
     def _render(self) -> Figure:
         with warnings.catch_warnings():
@@ -176,6 +198,12 @@ class _Widget:
         display(self.widget)
 
 
+def _button(label: str, action: Callable[[], Any], **options: Any) -> w.Button:
+    button = w.Button(description=label, **options)
+    button.on_click(lambda _button: action())
+    return button
+
+
 class ScheduleExplorer(_Widget):
     """Sliders for a scheduler type's parameters and a plot of its LR per step.
 
@@ -184,8 +212,7 @@ class ScheduleExplorer(_Widget):
     drawn on a second axis. Raises ValueError for an unknown type, ``total_steps < 2`` or a
     metric outside the run. ``controls``: ``{"type": dropdown, "<type>.<param>": slider,
     "log": checkbox}`` (setting a ``value`` redraws); ``pinned``: ``{label: lrs}``;
-    ``figure``: redrawn in place; ``widget``: what a notebook displays.
-    """
+    ``figure``: redrawn in place; ``widget``: what a notebook displays."""
 
     def __init__(
         self,
@@ -201,27 +228,17 @@ class ScheduleExplorer(_Widget):
         self.metrics = _check_metrics(metrics, self.total_steps)
         self.base_lr = check_float("base_lr", base_lr, min=0, low_open=True)
         self.pinned: dict[str, list[float]] = {}
-        self.controls: dict[str, w.ValueWidget] = {
-            "type": _make_control("type", ("choice", self.types[0], self.types))
+        self.controls = {
+            "type": _make_control("type", ("choice", self.types[0], self.types)),
+            "log": w.Checkbox(value=log, description="log scale", indent=False),
         }
-        self._boxes: dict[str, w.VBox] = {}
-        for kind in self.types:
-            specs = _param_specs(kind, self.total_steps)
-            sliders = [_make_control(n, spec) for n, spec in specs.items()]
-            self.controls.update({f"{kind}.{n}": c for n, c in zip(specs, sliders)})
-            self._boxes[kind] = w.VBox(sliders)
-        self.controls["log"] = w.Checkbox(value=log, description="log scale", indent=False)
-        self.pin_button = w.Button(description="pin curve", tooltip="keep this curve")
-        self.clear_button = w.Button(description="clear pinned")
-        self.pin_button.on_click(self.pin)
-        self.clear_button.on_click(self.clear)
+        self.pin_button = _button("pin curve", self.pin, tooltip="keep this curve")
+        self.clear_button = _button("clear pinned", self.clear)
         self.image = w.Image(format="png")
         self.figure = Figure(figsize=(7, 3.4))
         self.ax = self.figure.add_subplot()
         self.metric_ax = self.ax.twinx() if self.metrics else None
-        self._params = w.Box([self._boxes[self.types[0]]])
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
+        self._add_type_controls(self.total_steps)
         buttons = w.HBox([self.controls["log"], self.pin_button, self.clear_button])
         controls = w.VBox([self.controls["type"], self._params, buttons])
         self.widget = w.HBox([controls, self.image], layout=w.Layout(flex_flow="row wrap"))
@@ -230,9 +247,7 @@ class ScheduleExplorer(_Widget):
     def config(self) -> dict[str, Any]:
         """The controls' schedule as a ``build_scheduler`` mapping, with ``total_steps``."""
         kind = self.controls["type"].value
-        specs = _param_specs(kind, self.total_steps)
-        params = {n: self.controls[f"{kind}.{n}"].value for n in specs}
-        return {"type": kind, **params, "total_steps": self.total_steps}
+        return {"type": kind, **self._values(kind), "total_steps": self.total_steps}
 
     def curves(self) -> dict[str, list[float]]:
         """The pinned curves and the current one (under ``"current"``)."""
@@ -247,11 +262,6 @@ class ScheduleExplorer(_Widget):
     def clear(self, _button: Any = None) -> None:
         """Forget the pinned curves."""
         self.pinned.clear()
-        self.update()
-
-    def _on_change(self, change: Mapping[str, Any]) -> None:
-        if change["owner"] is self.controls["type"]:
-            self._params.children = [self._boxes[change["new"]]]
         self.update()
 
     def update(self) -> Figure:
@@ -278,9 +288,8 @@ class ScheduleExplorer(_Widget):
             ok = np.isfinite(values)
             ax.plot(steps[ok], values[ok], "o:", color="C3", ms=4, label="metric")
             if (~ok).any():
-                top = float(values[ok].max()) if ok.any() else 1.0
-                bad = [top] * int((~ok).sum())
-                ax.plot(steps[~ok], bad, "x", color="C3", mew=2, ms=9, label="non-finite metric")
+                top = np.full((~ok).sum(), values[ok].max() if ok.any() else 1.0)
+                ax.plot(steps[~ok], top, "x", color="C3", mew=2, ms=9, label="non-finite metric")
             ax.set_ylabel("reported metric", color="C3")
             ax.legend(fontsize=7, loc="lower left", framealpha=0.5)
         return self._render()
@@ -294,11 +303,9 @@ class LRTuner(_Widget):
 
     ``model_fn()`` builds a fresh model per run; ``train_loader``/``val_loader``, ``loss_fn``,
     ``optimizer_fn(model, lr)``, ``metrics``, ``monitor``, ``batch_fn``, ``device`` go to
-    :func:`~stabletrain.tuning.tuning_run` (``steps`` per run, default two epochs). Methods do
-    the work and return data (the buttons call them in a thread, so the kernel stays
-    responsive): :meth:`run` (one run per seed), :meth:`sweep` (peak LRs × warmups × seeds),
-    :meth:`range_test`, :meth:`suggestion`, :meth:`config` / :meth:`yaml` / :meth:`apply`,
-    :meth:`cancel`, :meth:`clear`, :meth:`wait`. ``controls``: ``{"lr", "warmup_steps", "type",
+    :func:`~stabletrain.tuning.tuning_run` (``steps`` per run, default two epochs). Each button
+    calls its method in a thread (the kernel stays responsive); headless, call the methods: they
+    do the work and return data. ``controls``: ``{"lr", "warmup_steps", "type",
     "<type>.<param>", "max_grad_norm" (0 = off), "seeds", "rule"}``; ``buttons``: ``{"run",
     "sweep", "range test", "use suggestion", "apply", "cancel", "clear"}``."""
 
@@ -326,18 +333,15 @@ class LRTuner(_Widget):
         if not callable(model_fn) or isinstance(model_fn, nn.Module):  # a model is callable too
             what = f"got {type(model_fn).__name__}"
             raise TypeError(f"model_fn must build a fresh model, e.g. lambda: MyNet(); {what}")
-        self.steps = check_int(
-            "steps", steps if steps is not None else 2 * len(train_loader), min=2
-        )
+        self.steps = check_int("steps", 2 * len(train_loader) if steps is None else steps, min=2)
         low, high = lr_range
         if not 0 < low < high:
             raise ValueError(f"lr_range must be (low, high) with 0 < low < high, got {lr_range}")
         check_float("lr", lr, min=low, max=high)
         check_int("warmup_steps", warmup_steps, min=0, max=self.steps - 1)
         self.types = _available(types)
-        schedule = check_choice(
-            "schedule", self.types[0] if schedule is None else schedule, self.types
-        )
+        schedule = self.types[0] if schedule is None else schedule
+        schedule = check_choice("schedule", schedule, self.types)
         if not seeds or any(check_int("seeds", s, min=0) < 0 for s in seeds):
             raise ValueError(f"seeds must be a non-empty sequence of ints >= 0, got {seeds!r}")
         self.seed_pool = [*seeds, *range(max(seeds) + 1, max(seeds) + 6)]
@@ -352,47 +356,35 @@ class LRTuner(_Widget):
         self._stop = threading.Event()
         style = {"continuous_update": False, "style": {"description_width": "initial"}}
         style |= {"layout": w.Layout(width="340px")}
-        log_lr = {"base": 10, "min": math.log10(low), "max": math.log10(high), "step": 0.05}
-        self.controls: dict[str, w.ValueWidget] = {
-            "lr": w.FloatLogSlider(
-                lr, description="peak LR", readout_format=".2e", **log_lr, **style
-            ),
-            "warmup_steps": w.IntSlider(
-                warmup_steps, 0, self.steps - 1, description="warmup steps", **style
-            ),
-            "type": w.Dropdown(options=self.types, value=schedule, description="schedule"),
+        clip, n = max_grad_norm or 0.0, len(seeds)
+        sliders = {  # key: (widget, label, value, min, max, step)
+            "lr": (w.FloatLogSlider, "peak LR", lr, math.log10(low), math.log10(high), 0.05),
+            "warmup_steps": (w.IntSlider, "warmup steps", warmup_steps, 0, self.steps - 1, 1),
+            "max_grad_norm": (w.FloatSlider, "clip norm (0 = off)", clip, 0.0, 5.0, 0.05),
+            "seeds": (w.IntSlider, "seeds", n, 1, max(5, n), 1),
         }
-        self._boxes = {}
-        for kind in self.types:
-            specs = {n: s for n, s in _param_specs(kind, self.steps).items() if n != "warmup_steps"}
-            sliders = [_make_control(n, spec) for n, spec in specs.items()]
-            self.controls.update({f"{kind}.{n}": c for n, c in zip(specs, sliders)})
-            self._boxes[kind] = w.VBox(sliders)
-        clip = {"min": 0.0, "max": 5.0, "step": 0.05, "description": "clip norm (0 = off)"}
-        self.controls["max_grad_norm"] = w.FloatSlider(max_grad_norm or 0.0, **clip, **style)
-        n = len(seeds)
-        seeds_slider = w.IntSlider(n, 1, max(5, n), description="seeds", **style)
-        self.controls["seeds"] = seeds_slider
-        self.controls["rule"] = w.Dropdown(options=SUGGESTION_RULES, description="suggestion rule")
-        names = ("run", "sweep", "range test", "use suggestion", "apply", "cancel", "clear")
-        self.buttons = {name: w.Button(description=name) for name in names}
+        self.controls: dict[str, w.ValueWidget] = {
+            "type": w.Dropdown(options=self.types, value=schedule, description="schedule"),
+            "rule": w.Dropdown(options=SUGGESTION_RULES, description="suggestion rule"),
+        }
+        for key, (widget, label, *values) in sliders.items():
+            value_range = dict(zip(("value", "min", "max", "step"), values))
+            self.controls[key] = widget(description=label, **value_range, **style)
+        self.controls["lr"].readout_format = ".2e"
+        work = {"run": self.run, "sweep": self.sweep, "range test": self.range_test}
+        work |= {"use suggestion": self.use_suggestion, "apply": self.apply}
+        actions = {name: partial(self._in_background, f) for name, f in work.items()}
+        actions |= {"cancel": self.cancel, "clear": self.clear}
+        self.buttons = {name: _button(name, action) for name, action in actions.items()}
         self.buttons["run"].button_style = "primary"
-        actions = {"run": self.run, "sweep": self.sweep, "range test": self.range_test}
-        actions |= {"use suggestion": self.use_suggestion, "apply": self.apply}
-        for name, action in actions.items():
-            self.buttons[name].on_click(lambda _b, action=action: self._in_background(action))
-        self.buttons["cancel"].on_click(lambda _b: self.cancel())
-        self.buttons["clear"].on_click(lambda _b: self.clear())
-        self.buttons["cancel"].disabled = True
+        self._busy(False)
         self.progress = w.IntProgress(0, 0, 1, description="progress", style=style["style"])
         self.status = w.Label(f"{self.steps} steps per run")
         self.yaml_box = w.HTML()
         self.image = w.Image(format="png")
         self.figure = Figure(figsize=(12, 6.4))
         self.axes = self.figure.subplots(2, 3).ravel()
-        self._params = w.Box([self._boxes[schedule]])
-        for control in self.controls.values():
-            control.observe(self._on_change, names="value")
+        self._add_type_controls(self.steps, skip="warmup_steps")
         left = [*(self.controls[k] for k in ("lr", "warmup_steps", "type")), self._params]
         left += [self.controls[k] for k in ("max_grad_norm", "seeds", "rule")]
         rows = [w.HBox(list(self.buttons.values())[i : i + 4]) for i in (0, 4)]
@@ -400,29 +392,22 @@ class LRTuner(_Widget):
         self.widget = w.VBox([w.HBox([w.VBox(left), w.VBox(right)]), self.image])
         self.update()
 
-    def _on_change(self, change: Mapping[str, Any]) -> None:
-        if change["owner"] is self.controls["type"]:
-            self._params.children = [self._boxes[change["new"]]]
-        self.update()
-
     def schedule(self) -> dict[str, Any]:
         """The next run's ``build_scheduler`` mapping (without ``total_steps``); for ``onecycle``
         a warmup replaces ``pct_start``."""
-        kind = self.controls["type"].value
-        specs = _param_specs(kind, self.steps)
-        config = {
-            "type": kind,
-            **{n: self.controls[f"{kind}.{n}"].value for n in specs if n != "warmup_steps"},
-        }
-        warmup = self.controls["warmup_steps"].value
-        if warmup > 0 or "warmup_steps" in specs:
+        kind, warmup = self.controls["type"].value, self.controls["warmup_steps"].value
+        config = {"type": kind, **self._values(kind)}
+        if warmup > 0 or "warmup_steps" in _param_specs(kind, self.steps):
             config.pop("pct_start", None)
             config["warmup_steps"] = warmup
         return config
 
-    def _settings(self) -> dict[str, Any]:
-        clip = float(self.controls["max_grad_norm"].value)
-        return {"steps": self.steps, "max_grad_norm": clip or None, **self.options}
+    def _settings(self, *skip: str) -> dict[str, Any]:
+        """What a run is given (the task, ``steps``, clipping, options and hooks) but ``skip``."""
+        clip = float(self.controls["max_grad_norm"].value) or None
+        hooks = {"should_stop": self._stop.is_set, "on_step": self._tick}
+        given = {**self.task, "steps": self.steps, "max_grad_norm": clip, **self.options, **hooks}
+        return {k: v for k, v in given.items() if k not in skip}
 
     def _seeds(self, seeds: Sequence[int] | None) -> list[int]:
         return list(seeds) if seeds is not None else self.seed_pool[: self.controls["seeds"].value]
@@ -435,26 +420,23 @@ class LRTuner(_Widget):
         self.progress.max, self.progress.value = max(1, total), 0
         self.status.value = f"{what}…"
 
+    def _done(self, status: str, panel: str) -> None:
+        self.status.value, self._panel = status, panel
+        self.update()
+
     def run(self, seeds: Sequence[int] | None = None) -> list[TuningRun]:
         """One run per seed at the controls' settings; kept in ``runs`` and drawn."""
         seeds = self._seeds(seeds)
         self._begin(len(seeds) * self.steps, f"training {len(seeds)} seed(s)")
-        lr, schedule = float(self.controls["lr"].value), self.schedule()
-        runs = []
-        for seed in seeds:
-            if self._stop.is_set():
-                break
-            runs.append(tuning_run(**self.task, lr=lr, schedule=schedule, seed=seed,
-                                   should_stop=self._stop.is_set, on_step=self._tick, **self._settings()))  # fmt: skip
+        lr = float(self.controls["lr"].value)
+        options = dict(lr=lr, schedule=self.schedule(), **self._settings())
+        runs = [tuning_run(seed=seed, **options) for seed in seeds if not self._stop.is_set()]
         self.runs.append(runs)
-        finals = [r.final_metric for r in runs]
-        diverged = sum(r.diverged_step is not None for r in runs)
-        ok = [v for v in finals if math.isfinite(v)]
+        ok = [r.final_metric for r in runs if math.isfinite(r.final_metric)]
         mean = f"mean final {runs[0].monitor} {sum(ok) / len(ok):.4g}" if ok else "no finite result"
+        diverged = f"{sum(r.diverged_step is not None for r in runs)}/{len(runs)} diverged"
         cancelled = " (cancelled)" if self._stop.is_set() else ""
-        self.status.value = f"lr={lr:.3g}: {mean}; {diverged}/{len(runs)} diverged{cancelled}"
-        self._panel = self._panel or "runs"
-        self.update()
+        self._done(f"lr={lr:.3g}: {mean}; {diverged}{cancelled}", self._panel or "runs")
         return runs
 
     def sweep(
@@ -473,46 +455,29 @@ class LRTuner(_Widget):
         seeds = self._seeds(seeds)
         self._begin(len(lrs) * len(warmups) * len(seeds) * self.steps, "sweeping")
         schedule = {k: v for k, v in self.schedule().items() if k != "warmup_steps"}
-        self.sweep_result = lr_sweep(
-            **self.task, lrs=[float(x) for x in lrs], warmups=warmups, seeds=seeds,
-            schedule=schedule, should_stop=self._stop.is_set, on_step=self._tick,
-            **self._settings(),
-        )  # fmt: skip
-        best = self.sweep_result.best
-        found = (
-            f"best lr={best['lr']:.3g}, warmup {best['warmup_steps']}"
-            if best
-            else "no stable point"
-        )
-        self.status.value = f"sweep of {len(self.sweep_result.runs)} runs: {found}"
-        self._panel = "sweep"
-        self.update()
-        return self.sweep_result
+        options = dict(lrs=[float(x) for x in lrs], warmups=warmups, seeds=seeds, schedule=schedule)
+        self.sweep_result = result = lr_sweep(**options, **self._settings())
+        best = result.best
+        found = f"best lr={best['lr']:.3g}, warmup {best['warmup_steps']}" if best else ""
+        self._done(f"sweep of {len(result.runs)} runs: {found or 'no stable point'}", "sweep")
+        return result
 
     def range_test(self, **kwargs: Any) -> LRRangeTestResult:
         """:func:`~stabletrain.tuning.range_test` on a fresh model over ``lr_range`` (``kwargs``
         override, e.g. ``num_iters``; default 50 steps)."""
         self._begin(1, "running the range test")
-        options = {
-            k: v for k, v in self._settings().items() if k not in ("steps", "metrics", "monitor")
-        }
-        options |= {"start_lr": self.lr_range[0], "end_lr": self.lr_range[1], "num_iters": 50}
+        skip = ("val_loader", "steps", "metrics", "monitor", "should_stop", "on_step")
+        options = self._settings(*skip) | {"start_lr": self.lr_range[0], "end_lr": self.lr_range[1]}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # no descent: shown as no suggestion
-            self.range_result = range_test(
-                self.task["model_fn"], self.task["train_loader"], **options | kwargs
-            )
+            self.range_result = range_test(**options | {"num_iters": 50} | kwargs)
         self.progress.value = 1
-        self.status.value = (
-            f"range test: {self.controls['rule'].value} suggests {self.suggestion():.3g}"
-        )
-        self._panel = "range"
-        self.update()
+        rule = self.controls["rule"].value
+        self._done(f"range test: {rule} suggests {self.suggestion():.3g}", "range")
         return self.range_result
 
     def suggestion(self, rule: str | None = None) -> float:
-        """The range test's suggestion by ``rule`` (default: the rule control's); ``nan``
-        before a range test."""
+        """The range test's suggestion by ``rule`` (default: the rule control's); ``nan`` before."""
         if self.range_result is None:
             return math.nan
         return self.range_result.suggest(rule or self.controls["rule"].value)
@@ -543,8 +508,7 @@ class LRTuner(_Widget):
 
     def apply(self) -> dict[str, Any]:
         """:meth:`config`, also shown as YAML under the buttons."""
-        text = self.yaml()
-        self.yaml_box.value = f"<pre>{html.escape(text)}</pre>"
+        self.yaml_box.value = f"<pre>{html.escape(self.yaml())}</pre>"
         self.status.value = "configuration below: build_training(model, tuner.config())"
         return self.config()
 
@@ -564,12 +528,16 @@ class LRTuner(_Widget):
         if self._thread is not None:
             self._thread.join()
 
+    def _busy(self, busy: bool) -> None:
+        """While busy only cancel is enabled; otherwise all but cancel."""
+        for name, button in self.buttons.items():
+            button.disabled = busy != (name == "cancel")
+
     def _in_background(self, work: Callable[[], Any]) -> None:
         if self._thread is not None and self._thread.is_alive():
             return
         self.error = None
-        for name, button in self.buttons.items():
-            button.disabled = name != "cancel"
+        self._busy(True)
 
         def target() -> None:
             try:
@@ -578,8 +546,7 @@ class LRTuner(_Widget):
                 self.error = error
                 self.status.value = f"{type(error).__name__}: {error}"
             finally:
-                for name, button in self.buttons.items():
-                    button.disabled = name == "cancel"
+                self._busy(False)
 
         self._thread = threading.Thread(target=target, daemon=True)
         self._thread.start()
@@ -589,42 +556,39 @@ class LRTuner(_Widget):
         lr_ax, loss_ax, metric_ax, norm_ax, clip_ax, last_ax = self.axes
         for ax in self.axes:
             ax.clear()
-        lr = self.controls["lr"].value
         schedule = {**self.schedule(), "total_steps": self.steps}
-        lr_ax.plot(lr_curve(schedule, self.steps, lr), "k-")
-        lr_ax.set(xlabel="step", ylabel="learning rate", yscale="log")
-        lr_ax.set_title(f"next run: {describe_schedule(schedule)}", fontsize=8)
-        clip = self._settings()["max_grad_norm"]
-        bars = []
+        lr_ax.plot(lr_curve(schedule, self.steps, self.controls["lr"].value), "k-")
         for i, runs in enumerate(self.runs):
             color = f"C{i % 10}"
             for k, run in enumerate(runs):
                 label = f"lr={run.lr:.3g}, warmup {run.warmup_steps}" if k == 0 else None
-                losses = run.history.steps.get("loss", [])
+                losses, n = run.history.steps.get("loss", []), run.history.num_steps
                 loss_ax.plot(ema(losses, 0.3), color=color, alpha=0.7, label=label)
                 if run.diverged_step is not None:
                     y = next((v for v in reversed(losses) if math.isfinite(v)), 1.0)
                     loss_ax.plot([run.diverged_step], [y], "x", color=color, mew=2, ms=9)
                 column = run.history.epochs.get(run.monitor, [])
-                per_epoch = max(1, math.ceil(run.history.num_steps / max(1, len(column))))
-                x = [min((e + 1) * per_epoch, run.history.num_steps) for e in range(len(column))]
+                per_epoch = max(1, math.ceil(n / max(1, len(column))))
+                x = [min((e + 1) * per_epoch, n) for e in range(len(column))]
                 metric_ax.plot(x, column, "o-", color=color, alpha=0.7)
                 norm_ax.plot(run.history.steps.get("grad_norm", []), color=color, alpha=0.6)
-            bars.append((i, sum(r.clipped_fraction for r in runs) / len(runs), color))
+            clip_ax.bar(i, sum(r.clipped_fraction for r in runs) / len(runs), color=color)
         monitor = self.runs[0][0].monitor if self.runs and self.runs[0] else "monitored metric"
-        loss_ax.set(xlabel="step", ylabel="training loss (smoothed)", yscale="log")
-        loss_ax.set_title("runs (✕: diverged)", fontsize=9)
-        metric_ax.set(xlabel="step", ylabel=monitor)
-        metric_ax.set_title(f"{monitor} at each epoch's end", fontsize=9)
-        norm_ax.set(xlabel="step", ylabel="gradient norm (before clipping)", yscale="log")
-        if clip:
+        panels = (  # title, y label and y scale over the steps
+            (f"next run: {describe_schedule(schedule)}", "learning rate", "log"),
+            ("runs (✕: diverged)", "training loss (smoothed)", "log"),
+            (f"{monitor} at each epoch's end", monitor, "linear"),
+            ("gradient norm", "gradient norm (before clipping)", "log"),
+            ("clipping (mean over seeds)", "fraction of steps clipped", "linear"),
+        )
+        for ax, (title, ylabel, yscale) in zip(self.axes, panels):
+            ax.set(xlabel="step", ylabel=ylabel, yscale=yscale)
+            ax.set_title(title, fontsize=8 if ax is lr_ax else 9)
+        clip_ax.set(xlabel="run", ylim=(0, 1))
+        if clip := self._settings()["max_grad_norm"]:
             norm_ax.axhline(clip, color="k", ls="--", lw=1, label=f"clip at {clip:g}")
-        norm_ax.set_title("gradient norm", fontsize=9)
-        if bars:
-            clip_ax.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+        if self.runs:
             loss_ax.legend(fontsize=7)
-        clip_ax.set(xlabel="run", ylabel="fraction of steps clipped", ylim=(0, 1))
-        clip_ax.set_title("clipping (mean over seeds)", fontsize=9)
         if self._panel == "sweep" and self.sweep_result is not None:
             self.sweep_result.plot(ax=last_ax, suggestion=self.suggestion())
         elif self._panel == "range" and self.range_result is not None:
@@ -633,13 +597,11 @@ class LRTuner(_Widget):
             if math.isfinite(chosen):
                 last_ax.axvline(chosen, color="C4", ls=":", lw=2, label=f"{rule}: {chosen:.2g}")
                 last_ax.legend(fontsize=7)
-        else:
+        else:  # (clear() above turned the axis back on)
             last_ax.text(
                 0.5, 0.5, "press sweep or range test", ha="center", transform=last_ax.transAxes
             )
             last_ax.set_axis_off()
-        if self._panel in ("sweep", "range"):
-            last_ax.set_axis_on()
         return self._render()
 
 
