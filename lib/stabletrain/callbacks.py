@@ -196,9 +196,9 @@ class Checkpointing(Callback):
     def _objects(ctx: TrainContext) -> dict[str, Any]:
         update, loss_fn = ctx.update, ctx.loss_fn
         named = {"model": ctx.model, "optimizer": ctx.optimizer, "scheduler": ctx.scheduler}
-        if update is not None and update.checkpoint_name is not None:
+        if getattr(update, "checkpoint_name", None) is not None:
             named[update.checkpoint_name] = update
-        named["amp"] = update.amp if update is not None else None
+        named["amp"] = getattr(update, "amp", None)
         for i, cb in enumerate(ctx.callbacks):
             if callable(getattr(cb, "state_dict", None)):
                 named[getattr(cb, "checkpoint_name", None) or f"callback_{i}"] = cb
@@ -245,9 +245,8 @@ class Checkpointing(Callback):
         self.manager.save(ctx.epoch, None, **settings, **self._objects(ctx))
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
-        self.manager.save(
-            ctx.epoch, metrics, step=ctx.step, extra=self._extra(ctx), **self._objects(ctx)
-        )
+        extra, objects = self._extra(ctx), self._objects(ctx)
+        self.manager.save(ctx.epoch, metrics, step=ctx.step, extra=extra, **objects)
 
     def on_fit_end(self, ctx: TrainContext, *error: BaseException) -> None:
         self.wait()  # a background save lands before fit returns or re-raises
@@ -336,17 +335,15 @@ def describe_run(ctx: TrainContext) -> dict[str, Any]:
     """Flat, loggable parameters of a run (model, optimizer, scheduler, loss, guard, amp)."""
     params: dict[str, Any] = {"model": type(ctx.model).__name__, "epochs": ctx.epochs}
     params["optimizer"] = type(ctx.optimizer).__name__
-    for key, value in ctx.optimizer.defaults.items():
-        if isinstance(value, int | float | str | bool) or value is None:
-            params[f"optimizer.{key}"] = value
+    defaults = ctx.optimizer.defaults.items()  # bool is an int
+    params |= {f"optimizer.{k}": v for k, v in defaults if isinstance(v, int | float | str | None)}
     update = ctx.update
-    guard = update if update is not None and update.handles_nonfinite else None
+    guard = update if getattr(update, "handles_nonfinite", False) else None
     for prefix, obj in (("scheduler", ctx.scheduler), ("loss", ctx.loss_fn), ("guard", guard)):
         if obj is not None:
             params[prefix] = type(obj).__name__
             params.update(_settings(obj, prefix))
-    amp = update.amp if update is not None else None
-    if amp is not None:
+    if (amp := getattr(update, "amp", None)) is not None:
         params["amp.dtype"] = str(getattr(amp, "dtype", type(amp).__name__))
         params.update({k: v for k, v in _settings(amp, "amp").items() if k != "amp.dtype"})
     return params

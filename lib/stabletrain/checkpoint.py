@@ -1,10 +1,9 @@
-"""Checkpoints that survive crashes, resume bit for bit and load safely.
-
-One ``torch.save`` file of tensors and plain values per checkpoint (``weights_only=True`` loads
-it; format ``/2`` embeds a CRC-32 of the payload, ``/1`` files still load). A save writes
-``.tmp-<name>-<pid>``, fsyncs and renames it, rewrites ``manifest.json`` (an index, rebuilt from
-the files when damaged) the same way, fsyncs the folder, then deletes dropped files. One writer
-per folder (``flock`` on ``.lock``); readers change nothing."""
+"""Checkpoints that survive crashes, resume bit for bit and load safely: one ``torch.save`` file of
+tensors and plain values per checkpoint (``weights_only=True`` loads it; format ``/2`` embeds a
+CRC-32 of the payload, ``/1`` files still load). A save writes ``.tmp-<name>-<pid>``, fsyncs and
+renames it, rewrites ``manifest.json`` (an index, rebuilt from the files when damaged) the same way,
+fsyncs the folder, then deletes dropped files. One writer per folder (``flock`` on ``.lock``);
+readers change nothing."""
 
 from __future__ import annotations
 
@@ -91,11 +90,9 @@ def _check_plain(value: Any, where: str) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if kind in (dict, OrderedDict):
-        for key in value:
-            if type(key) not in (str, int, float, bool, type(None)):
-                name = type(key).__name__
-                message = f"{where}: key {key!r} of type {name} cannot be stored; checkpoint keys"
-                raise TypeError(f"{message} must be str, int, float, bool or None")
+        if bad := [key for key in value if type(key) not in (str, int, float, bool, type(None))]:
+            message = f"{where}: key {bad[0]!r} of type {type(bad[0]).__name__} cannot be stored"
+            raise TypeError(f"{message}; checkpoint keys must be str, int, float, bool or None")
         return kind((key, _check_plain(item, f"{where}[{key!r}]")) for key, item in value.items())
     if kind in (list, tuple):
         return kind(_check_plain(item, f"{where}[{i}]") for i, item in enumerate(value))
@@ -124,14 +121,10 @@ def _restore_object(name: str, obj: Any, state: Any) -> None:
         raise TypeError(f"object {name!r} ({type(obj).__name__}) has no load_state_dict()")
 
 
-def payload_checksum(value: Any) -> int:
-    """CRC-32 of a checkpoint payload (computed at save and again at load): mappings in order
-    (keys by ``repr``), sequences in order, tensors as ``dtype``, ``shape`` and row-major CPU
-    bytes, other values as type name and ``repr``."""
-    return _crc(value, 0)
-
-
-def _crc(item: Any, crc: int) -> int:
+def payload_checksum(item: Any, crc: int = 0) -> int:
+    """CRC-32 of a checkpoint payload (computed at save and again at load), continuing ``crc``:
+    mappings in order (keys by ``repr``), sequences in order, tensors as ``dtype``, ``shape`` and
+    row-major CPU bytes, other values as type name and ``repr``."""
     if isinstance(item, torch.Tensor):
         tensor = item.detach().resolve_conj().resolve_neg().cpu().contiguous()
         crc = zlib.crc32(f"T{tensor.dtype}{tuple(tensor.shape)};".encode(), crc)
@@ -140,7 +133,8 @@ def _crc(item: Any, crc: int) -> int:
         mapping = isinstance(item, Mapping)
         crc = zlib.crc32(f"{'M' if mapping else 'S'}{len(item)};".encode(), crc)
         for key, child in item.items() if mapping else enumerate(item):
-            crc = _crc(child, zlib.crc32(f"K{key!r};".encode(), crc) if mapping else crc)
+            crc = zlib.crc32(f"K{key!r};".encode(), crc) if mapping else crc
+            crc = payload_checksum(child, crc)
         return crc
     return zlib.crc32(f"V{type(item).__name__}:{item!r};".encode(), crc)
 
@@ -211,10 +205,9 @@ class _FolderLock:
         except OSError as error:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            busy = f"{directory} is being written by another process (PID {holder})"
-            hint = f"read it with CheckpointManager({str(directory)!r}, read_only=True)"
-            message = f"checkpoint folder {busy}; one writer per folder: {hint}"
-            raise CheckpointLockedError(f"{message}, or write to another folder") from error
+            busy = f"checkpoint folder {directory} is being written by PID {holder}; one writer"
+            hint = f"per folder: read it with CheckpointManager({str(directory)!r}, read_only=True)"
+            raise CheckpointLockedError(f"{busy} {hint}, or write to another folder") from error
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.close = weakref.finalize(self, os.close, fd)  # closing it drops the flock
@@ -246,20 +239,19 @@ def _finite(x: Any) -> bool:
 
 
 class CheckpointManager:
-    """Decide when to checkpoint, write durably, keep the right files, load safely.
-
-    Strategies (epochs from 0; ``v = metrics[monitor]``; a non-finite ``v`` is never best):
-    ``best`` writes when ``v`` enters the top ``max_keep`` and keeps those; ``epoch`` writes every
-    epoch; ``interval`` when ``(epoch + 1) % every_n_epochs == 0``; ``all`` every epoch, keeping
-    the newest and the top ``max_keep``; ``improvement_or_final`` (deprecated alias ``adaptive``)
-    when ``v`` beats the last write's by more than ``min_improvement`` relatively, and when
-    ``epoch >= total_epochs - ceil(total_epochs / 10)``; ``time`` every ``every_n_minutes``. The
-    others keep the newest ``max_keep``. ``save(..., batch_in_epoch=k)`` writes a mid-epoch resume
-    point (``fit``: every ``every_n_steps`` steps), kept only while latest, outside ``max_keep``.
-    ``async_save`` writes from a thread (:meth:`wait`); ``durable`` fsyncs; a ``read_only``
-    manager takes no lock, changes nothing and re-reads the folder on every query.
-    ``CheckpointLockedError``: another process holds the folder's lock; ``ValueError``: a bad
-    argument (``time`` needs ``every_n_minutes``, ``improvement_or_final`` ``total_epochs``)."""
+    """Decide when to checkpoint, write durably, keep the right files, load safely. Strategies
+    (epochs from 0; ``v = metrics[monitor]``; a non-finite ``v`` is never best): ``best`` writes
+    when ``v`` enters the top ``max_keep`` and keeps those; ``epoch`` every epoch; ``interval`` when
+    ``(epoch + 1) % every_n_epochs == 0``; ``all`` every epoch, keeping the newest and the top
+    ``max_keep``; ``improvement_or_final`` (alias ``adaptive``) when ``v`` beats the last write's by
+    more than ``min_improvement`` relatively, and when ``epoch >= total_epochs - ceil(total_epochs /
+    10)``; ``time`` every ``every_n_minutes``. The others keep the newest ``max_keep``. ``save(...,
+    batch_in_epoch=k)`` writes a mid-epoch resume point (``fit``: every ``every_n_steps`` steps),
+    kept only while latest, outside ``max_keep``. ``async_save`` writes from a thread
+    (:meth:`wait`); ``durable`` fsyncs; a ``read_only`` manager takes no lock, changes nothing and
+    re-reads the folder on every query. ``CheckpointLockedError``: another process holds the
+    folder's lock; ``ValueError``: a bad argument (``time`` needs ``every_n_minutes``,
+    ``improvement_or_final`` ``total_epochs``)."""
 
     def __init__(
         self,
@@ -500,33 +492,29 @@ class CheckpointManager:
         extra: Mapping[str, Any] | None = None,
         **objects: Any,
     ) -> Path | None:
-        """Checkpoint ``objects`` (with ``state_dict()``, or ``torch.Generator``) after ``epoch``
-        (from 0) if the strategy says so; with ``batch_in_epoch`` (batches of ``epoch`` done)
-        always, as a mid-epoch resume point. ``step`` and ``extra`` (plain values) come back
-        from :meth:`load`. Returns the path (complete after :meth:`wait`), or ``None`` if skipped.
-        ``TypeError``: an object without ``state_dict()`` or a state not of plain values;
-        ``ValueError``: a negative ``epoch`` or a missing ``monitor`` metric."""
+        """Checkpoint ``objects`` (with ``state_dict()``, or ``torch.Generator``) after ``epoch`` if
+        the strategy says so, or, with ``batch_in_epoch`` (batches of ``epoch`` done), as a
+        mid-epoch resume point. ``step`` and ``extra`` (plain values) come back from :meth:`load`.
+        Returns the path (complete after :meth:`wait`) or ``None`` if skipped. ``TypeError``: an
+        object without ``state_dict()`` or a non-plain state; ``ValueError``: a negative ``epoch``
+        or a missing ``monitor`` metric."""
         epoch = check_int("epoch", epoch, min=0)
         batch_in_epoch = check_int("batch_in_epoch", batch_in_epoch, optional=True)
-        if self.read_only:
-            raise CheckpointError(f"this manager of {self.directory} was opened read_only")
-        if not self._writing():
-            why = "it was closed, or a newer CheckpointManager of the folder took over"
-            raise CheckpointError(f"this manager of {self.directory} can no longer save: {why}")
+        if not self._writing():  # a read_only manager never writes
+            why = "opened read_only" if self.read_only else "closed, or a newer manager took over"
+            raise CheckpointError(f"this manager of {self.directory} cannot save: it was {why}")
         self.wait()
         plain = {}  # the metrics that are (or are scalar tensors of) plain values
         for key, value in (metrics or {}).items():
-            scalar = isinstance(value, torch.Tensor) and value.numel() == 1
-            value = value.item() if scalar or isinstance(value, np.generic) else value
-            if isinstance(value, bool | int | float | str) or value is None:
+            if isinstance(value, np.generic) or (torch.is_tensor(value) and value.numel() == 1):
+                value = value.item()
+            if isinstance(value, bool | int | float | str | None):
                 plain[str(key)] = value
-        metrics = plain
         seq = max((e["seq"] for e in self._entries), default=-1) + 1
         if batch_in_epoch is None:
             required = self.strategy in ("best", "all", "improvement_or_final")
-            value = self._value(metrics, required=required)
-            roles = self._plan_roles(epoch, value, seq)
-            if roles is None:
+            value = self._value(plain, required=required)
+            if (roles := self._plan_roles(epoch, value, seq)) is None:
                 return None
             name = f"epoch-{epoch:04d}.pt"
         else:
@@ -534,7 +522,7 @@ class CheckpointManager:
             name = f"epoch-{epoch:04d}-step-{int(step or 0):07d}.pt"
         states = {key: _object_state(key, obj) for key, obj in objects.items() if obj is not None}
         payload = {"format": FORMAT, "seq": seq, "epoch": epoch, "step": step}
-        payload |= {"batch_in_epoch": batch_in_epoch, "metrics": metrics}
+        payload |= {"batch_in_epoch": batch_in_epoch, "metrics": plain}
         payload |= {"extra": _check_plain(dict(extra or {}), "extra"), "time": self._clock()}
         payload["torch_version"] = str(torch.__version__)
         payload["objects"] = {key: _check_plain(state, key) for key, state in states.items()}
@@ -570,8 +558,7 @@ class CheckpointManager:
             self._error = error
 
     def wait(self) -> None:
-        """Block until a background save has finished; ``CheckpointError`` if it failed (the
-        manifest is then re-read)."""
+        """Block until a background save is done; ``CheckpointError`` if it failed (manifest re-read)."""
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join()
@@ -626,12 +613,10 @@ class CheckpointManager:
             if unpickling and ("weights_only" in text or "Weights only" in text):
                 found = re.search(r"GLOBAL ([\w.]+)", text)
                 detail = f"it references {found.group(1)!r}" if found else "not only tensors"
-                raise UnsafeCheckpointError(
-                    f"refused to load {path}: it contains pickled Python objects ({detail}). "
-                    "Unpickling runs whatever code the file names, so a checkpoint from the "
-                    "internet can take over your machine. Load it with trusted=True only if you "
-                    "trust its source."
-                ) from error
+                refused = f"refused to load {path}: it contains pickled Python objects ({detail})"
+                risk = "unpickling runs any code the file names (a file from the internet can take"
+                trust = "over your machine); load it with trusted=True only if you trust its source"
+                raise UnsafeCheckpointError(f"{refused}. {risk} {trust}") from error
             text = text if unpickling else f"{type(error).__name__}: {text}"
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {text}") from error
         if not isinstance(payload, Mapping) or payload.get("format") not in (FORMAT, _FORMAT_V1):
@@ -656,11 +641,10 @@ class CheckpointManager:
     ) -> dict[str, Any]:
         """Restore ``objects`` (by their saved names) and the RNG states from ``which``
         (``"latest"``, ``"best"`` or a path; ``"latest"`` falls back, with a warning, to the newest
-        intact file); ``trusted=True`` allows pickled objects, which can run arbitrary code.
-        Returns ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``.
-        ``CheckpointError``: no checkpoint, a truncated or corrupt file, or a missing object;
-        ``UnsafeCheckpointError``: pickled objects and not ``trusted``; ``TypeError``: a bad
-        ``which``."""
+        intact file); ``trusted=True`` allows pickled objects, which can run any code. Returns
+        ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``. ``CheckpointError``: no
+        checkpoint, a damaged file, or a missing object; ``UnsafeCheckpointError``: pickled objects
+        and not ``trusted``; ``TypeError``: a bad ``which``."""
         self.wait()
         if which in ("latest", "best"):
             entries = sorted(self._current(), key=_SEQ, reverse=True)
