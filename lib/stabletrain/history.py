@@ -73,16 +73,11 @@ class History:
         """Best finite value of an epoch column (``mode`` is ``"min"`` or ``"max"``)."""
         check_choice("mode", mode, ("min", "max"))
         values = [v for v in self.epochs.get(key, []) if math.isfinite(v)]
-        if not values:
-            return math.nan
-        return min(values) if mode == "min" else max(values)
+        return (min if mode == "min" else max)(values, default=math.nan)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "steps": {k: list(v) for k, v in self.steps.items()},
-            "epochs": {k: list(v) for k, v in self.epochs.items()},
-            "stop_reason": self.stop_reason,
-        }
+        steps, epochs = ({k: list(v) for k, v in t.items()} for t in (self.steps, self.epochs))
+        return {"steps": steps, "epochs": epochs, "stop_reason": self.stop_reason}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.steps = {k: list(v) for k, v in state["steps"].items()}
@@ -127,10 +122,7 @@ class History:
             "stop_reason": self.stop_reason,
             f"best_{monitor}": best,
             "best_epoch": best_epoch,
-            "final_train_loss": last("train_loss"),
-            "final_val_loss": last("val_loss"),
-            "final_val_dice": last("val_dice"),
-            "final_lr": last("lr"),
+            **{f"final_{c}": last(c) for c in ("train_loss", "val_loss", "val_dice", "lr")},
             "max_loss": step_losses[-1] if step_losses else math.nan,
             "max_val_loss": val_losses[-1] if val_losses else math.nan,
             "max_grad_norm": norms[-1] if norms else math.nan,
@@ -142,10 +134,8 @@ class History:
                 raise ValueError(f"unknown summary key(s) {unknown}; accepted: {list(summary)}")
             summary = {k: summary[k] for k in keys}
         if digits is not None:
-            summary = {
-                k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
-                for k, v in summary.items()
-            }
+            floats = [k for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)]
+            summary.update({k: round(summary[k], digits) for k in floats})
         return summary
 
     def to_csv(self, path: Any, table: str = "epochs") -> None:
