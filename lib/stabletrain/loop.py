@@ -2,8 +2,7 @@
 
 Per batch: ``batch_fn`` → ``(inputs, targets)`` on the device, forward under the update's
 autocast, the loss in float32, ``update.step(loss)``, ``on_step_end``. Per epoch: :func:`evaluate`,
-``on_validation_end``, ``on_epoch_end``. The rest is callbacks that ``fit``'s keywords build.
-"""
+``on_validation_end``, ``on_epoch_end``. The rest is callbacks that ``fit``'s keywords build."""
 
 from __future__ import annotations
 
@@ -72,9 +71,7 @@ def _forward(model: nn.Module, inputs: Any) -> Outputs:
     """``model(x)``, ``model(*inputs)`` for a tuple or list, ``model(**inputs)`` for a mapping."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
-    if isinstance(inputs, list | tuple):
-        return model(*inputs)
-    return model(inputs)
+    return model(*inputs) if isinstance(inputs, list | tuple) else model(inputs)
 
 
 class _ClassesLast(nn.Module):
@@ -152,8 +149,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``;
     ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
-    objects; default :func:`default_metrics`. Only a deeply supervised model's final output counts.
-    """
+    objects; default :func:`default_metrics`. Deep supervision: only the final output counts."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_fn = batch_fn or split_batch
     was_training, count, totals = model.training, 0, {}

@@ -320,14 +320,12 @@ class StabilityGuard(Update):
         super().__init__(
             model, optimizer, scheduler, amp=amp, accumulation_steps=accumulation_steps
         )
-        for key, fresh in _STATE.items():
-            setattr(self, _ATTRS[key], copy.copy(fresh))
         self.last_diagnosis: dict[str, Any] | None = None
         self._scaler = getattr(amp, "scaler", None)
         buffers = dict(model.named_buffers())
         self._buffer_names, self._buffers = list(buffers), list(buffers.values())
         self._buffer_copies = [b.detach().clone() for b in self._buffers]
-        self.take_snapshot()  # sets self._snapshot
+        self.load_state_dict(_STATE)  # fresh counters, then the first snapshot
 
     def take_snapshot(self, loss: float = math.nan) -> None:
         """Copy model (buffers as after the last step), optimizer, scheduler and LR scale to the
@@ -486,14 +484,12 @@ class StabilityGuard(Update):
         text = f"{self.consecutive_skips} {kind} steps in a row "
         text += f"(max_consecutive_skips={self.max_consecutive_skips}); "
         if self.on_nonfinite == "rollback" and self._rollbacks_in_a_row > 1:
-            snap = self._snapshot
-            text += (
-                f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot taken "
-                f"at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
-                f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: that state "
-                "is itself unstable or the LR cut is too small (lower the LR, lr_backoff or "
-                "snapshot_every, or add normalisation or clipping); "
-            )
+            snap, n = self._snapshot, self._rollbacks_in_a_row
+            text += f"the last {n} rollbacks each restored the snapshot taken at applied step "
+            text += f"{snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) and the next "
+            text += f"step blew up again, even at lr_scale={self.lr_scale:g}: that state is itself"
+            text += " unstable or the LR cut is too small (lower the LR, lr_backoff or "
+            text += "snapshot_every, or add normalisation or clipping); "
         elif self.on_nonfinite == "skip" and self._blowups_in_a_row:
             text += "skipping leaves the weights as they are, and every step from them is "
             text += "unhealthy: they have already exploded (use on_nonfinite='rollback'); "

@@ -92,7 +92,7 @@ class Update:
             torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm, foreach=True)
 
     def _apply(self, params: list[torch.Tensor], norm: torch.Tensor) -> bool:
-        """Clip, step, zero-grad (``params``: those with a gradient); False if the scaler skipped."""
+        """Clip, step, zero-grad (``params``: those with a gradient); False: the scaler skipped."""
         if params:
             self._clip(params, norm)
         if self.amp is None:
