@@ -111,8 +111,6 @@ class History:
             return sorted(float(v) for v in data if isinstance(v, int | float) and math.isfinite(v))
 
         norms = finite(self.steps.get("grad_norm", []))
-        step_losses = finite(self.steps.get("loss", []))
-        val_losses = finite(self.epochs.get("val_loss", []))
         summary: dict[str, Any] = {
             "steps": self.num_steps,
             "epochs": len(self.epochs.get("epoch", [])),
@@ -123,9 +121,9 @@ class History:
             f"best_{monitor}": best,
             "best_epoch": best_epoch,
             **{f"final_{c}": last(c) for c in ("train_loss", "val_loss", "val_dice", "lr")},
-            "max_loss": step_losses[-1] if step_losses else math.nan,
-            "max_val_loss": val_losses[-1] if val_losses else math.nan,
-            "max_grad_norm": norms[-1] if norms else math.nan,
+            "max_loss": max(finite(self.steps.get("loss", [])), default=math.nan),
+            "max_val_loss": max(finite(self.epochs.get("val_loss", [])), default=math.nan),
+            "max_grad_norm": max(norms, default=math.nan),
             "median_grad_norm": norms[len(norms) // 2] if norms else math.nan,
             "seconds": float(sum(v for v in self.epochs.get("seconds", []) if math.isfinite(v))),
         }

@@ -330,8 +330,8 @@ def fit(
                     "step": ctx.step, "epoch": epoch, "lr": lr_now, "loss": window_loss / window,
                     "grad_norm": result.grad_norm, "applied": result.applied,
                 }  # fmt: skip
-                if update.loss_scale is not None:
-                    record["loss_scale"] = update.loss_scale
+                if (scale := update.loss_scale) is not None:  # read once: a device sync
+                    record["loss_scale"] = scale
                 history.log_step(**record)
                 if math.isfinite(record["loss"]):
                     ctx.epoch_losses.append(record["loss"])

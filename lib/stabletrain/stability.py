@@ -348,9 +348,8 @@ class StabilityGuard(Update):
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))  # it may keep CPU tensors
         if snap["scheduler"] is not None and not keep_lr:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
-        factor = self.lr_scale / snap["lr_scale"]
         for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr if keep_lr else group["lr"] * factor
+            group["lr"] = lr if keep_lr else group["lr"] * (self.lr_scale / snap["lr_scale"])
         if self._buffers:  # the restored statistics are the new 'last good' ones
             torch._foreach_copy_(self._buffer_copies, self._buffers)
         if hasattr(self.scheduler, "needs_rollback"):
