@@ -73,16 +73,11 @@ class History:
         """Best finite value of an epoch column (``mode`` is ``"min"`` or ``"max"``)."""
         check_choice("mode", mode, ("min", "max"))
         values = [v for v in self.epochs.get(key, []) if math.isfinite(v)]
-        if not values:
-            return math.nan
-        return min(values) if mode == "min" else max(values)
+        return (min if mode == "min" else max)(values, default=math.nan)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "steps": {k: list(v) for k, v in self.steps.items()},
-            "epochs": {k: list(v) for k, v in self.epochs.items()},
-            "stop_reason": self.stop_reason,
-        }
+        steps, epochs = ({k: list(v) for k, v in t.items()} for t in (self.steps, self.epochs))
+        return {"steps": steps, "epochs": epochs, "stop_reason": self.stop_reason}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.steps = {k: list(v) for k, v in state["steps"].items()}
@@ -116,8 +111,6 @@ class History:
             return sorted(float(v) for v in data if isinstance(v, int | float) and math.isfinite(v))
 
         norms = finite(self.steps.get("grad_norm", []))
-        step_losses = finite(self.steps.get("loss", []))
-        val_losses = finite(self.epochs.get("val_loss", []))
         summary: dict[str, Any] = {
             "steps": self.num_steps,
             "epochs": len(self.epochs.get("epoch", [])),
@@ -127,13 +120,10 @@ class History:
             "stop_reason": self.stop_reason,
             f"best_{monitor}": best,
             "best_epoch": best_epoch,
-            "final_train_loss": last("train_loss"),
-            "final_val_loss": last("val_loss"),
-            "final_val_dice": last("val_dice"),
-            "final_lr": last("lr"),
-            "max_loss": step_losses[-1] if step_losses else math.nan,
-            "max_val_loss": val_losses[-1] if val_losses else math.nan,
-            "max_grad_norm": norms[-1] if norms else math.nan,
+            **{f"final_{c}": last(c) for c in ("train_loss", "val_loss", "val_dice", "lr")},
+            "max_loss": max(finite(self.steps.get("loss", [])), default=math.nan),
+            "max_val_loss": max(finite(self.epochs.get("val_loss", [])), default=math.nan),
+            "max_grad_norm": max(norms, default=math.nan),
             "median_grad_norm": norms[len(norms) // 2] if norms else math.nan,
             "seconds": float(sum(v for v in self.epochs.get("seconds", []) if math.isfinite(v))),
         }
@@ -142,10 +132,8 @@ class History:
                 raise ValueError(f"unknown summary key(s) {unknown}; accepted: {list(summary)}")
             summary = {k: summary[k] for k in keys}
         if digits is not None:
-            summary = {
-                k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
-                for k, v in summary.items()
-            }
+            floats = [k for k, v in summary.items() if isinstance(v, float) and math.isfinite(v)]
+            summary.update({k: round(summary[k], digits) for k in floats})
         return summary
 
     def to_csv(self, path: Any, table: str = "epochs") -> None:

@@ -2,8 +2,7 @@
 
 Per batch: ``batch_fn`` → ``(inputs, targets)`` on the device, forward under the update's
 autocast, the loss in float32, ``update.step(loss)``, ``on_step_end``. Per epoch: :func:`evaluate`,
-``on_validation_end``, ``on_epoch_end``. The rest is callbacks that ``fit``'s keywords build.
-"""
+``on_validation_end``, ``on_epoch_end``. The rest is callbacks that ``fit``'s keywords build."""
 
 from __future__ import annotations
 
@@ -63,19 +62,16 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
         return batch["inputs"], batch["targets"]
     if isinstance(batch, list | tuple) and len(batch) == 2:
         return batch[0], batch[1]
-    got = f"keys {sorted(batch)}" if isinstance(batch, Mapping) else repr(type(batch))
+    got = f"got keys {sorted(batch)}" if isinstance(batch, Mapping) else f"got {type(batch)!r}"
     message = "a batch must be an (inputs, targets) pair or a mapping with 'inputs' and 'targets'"
-    hint = "pass batch_fn=lambda batch: (inputs, targets) to split it"
-    raise TypeError(f"{message}, got {got}; {hint}")
+    raise TypeError(f"{message}, {got}; pass batch_fn=lambda batch: (inputs, targets) to split it")
 
 
 def _forward(model: nn.Module, inputs: Any) -> Outputs:
     """``model(x)``, ``model(*inputs)`` for a tuple or list, ``model(**inputs)`` for a mapping."""
     if isinstance(inputs, Mapping):
         return model(**inputs)
-    if isinstance(inputs, list | tuple):
-        return model(*inputs)
-    return model(inputs)
+    return model(*inputs) if isinstance(inputs, list | tuple) else model(inputs)
 
 
 class _ClassesLast(nn.Module):
@@ -105,11 +101,9 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
         return nn.CrossEntropyLoss()
     if len(out) >= 2 and out[-1] >= 2 and out[:-1] == tgt:
         return _ClassesLast()
-    raise ValueError(
-        f"integer targets {tgt} are read as class indices: the outputs must be (N, C, *S) or "
-        f"(N, *S, C) with C >= 2 classes for targets (N, *S), got outputs {out}; for a binary "
-        "task give float 0/1 targets of the outputs' shape, or pass loss_fn="
-    )
+    text = f"integer targets {tgt} are read as class indices: the outputs must be (N, C, *S) or "
+    text += f"(N, *S, C) with C >= 2 classes for targets (N, *S), got outputs {out}; for a binary "
+    raise ValueError(f"{text}task give float 0/1 targets of the outputs' shape, or pass loss_fn=")
 
 
 def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric]:
@@ -153,18 +147,16 @@ def evaluate(
     metrics: Mapping[str, Metric] | None = None,
     batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``.
-
+    """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``;
     ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
-    objects; default :func:`default_metrics`. Only a deeply supervised model's final output counts.
-    """
+    objects; default :func:`default_metrics`. Deep supervision: only the final output counts."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_fn = batch_fn or split_batch
     was_training, count, totals = model.training, 0, {}
+    stateful = {k: m for k, m in (metrics or {}).items() if callable(getattr(m, "compute", None))}
     model.eval()
-    for metric in (metrics or {}).values():  # torchmetrics-style: reset/update/compute
-        if callable(getattr(metric, "compute", None)):
-            metric.reset()
+    for metric in stateful.values():  # torchmetrics-style: reset/update/compute
+        metric.reset()
     try:
         for batch in loader:
             inputs, targets = to_device(batch_fn(batch), device)
@@ -176,7 +168,7 @@ def evaluate(
             n = int(targets.shape[0])
             values = {"val_loss": float(_eval_loss(loss_fn, outputs, targets))}
             for name, metric in metrics.items():
-                if callable(getattr(metric, "compute", None)):
+                if name in stateful:
                     metric.update(final, targets)
                 else:
                     values[f"val_{name}"] = float(metric(final, targets))
@@ -188,10 +180,9 @@ def evaluate(
     if count == 0:
         return {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
     result = {k: v / count for k, v in totals.items()}
-    for name, metric in (metrics or {}).items():
-        if callable(getattr(metric, "compute", None)):
-            result[f"val_{name}"] = float(metric.compute())
-            metric.reset()
+    for name, metric in stateful.items():
+        result[f"val_{name}"] = float(metric.compute())
+        metric.reset()
     return result
 
 
@@ -220,16 +211,10 @@ def _prepare(
         raise TypeError(f"{what}, got {type(update).__name__}")
     else:
         name = type(update).__name__
-        for what, given, own in (
-            ("optimizer", optimizer, update.optimizer),
-            ("scheduler", scheduler, update.scheduler),
-            ("amp", amp, update.amp),
-        ):
-            if given is not None and given is not own:
-                raise ValueError(
-                    f"fit(..., {what}=...) is not the {what} of the {name} ({own!r}); a setting "
-                    f"lives in one place: give it to the {name} only"
-                )
+        for what, given in {"optimizer": optimizer, "scheduler": scheduler, "amp": amp}.items():
+            if given is not None and given is not (own := getattr(update, what)):
+                text = f"fit(..., {what}=...) is not the {what} of the {name} ({own!r}); a setting"
+                raise ValueError(f"{text} lives in one place: give it to the {name} only")
         if max_grad_norm is not None:
             raise ValueError(f"max_grad_norm is for the plain update; give the {name} its clipping")
         if accumulation_steps not in (1, update.accumulation_steps):
@@ -329,9 +314,8 @@ def fit(
                     continue  # trained before the interruption (mid-epoch resume)
                 inputs, targets = to_device(batch_fn(batch), device)
                 lr_now = ctx.optimizer.param_groups[0]["lr"]
-                with update.autocast():
-                    outputs = _forward(model, inputs)
-                outputs = outputs_to_float32(outputs)  # the loss in float32, outside autocast
+                with update.autocast():  # the loss in float32, outside autocast
+                    outputs = outputs_to_float32(_forward(model, inputs))
                 ctx.loss_fn = ctx.loss_fn or default_loss(outputs, targets)
                 loss = compute_loss(ctx.loss_fn, outputs, targets, ctx.progress)
                 window_loss, window = window_loss + float(loss.detach()), window + 1
@@ -346,8 +330,8 @@ def fit(
                     "step": ctx.step, "epoch": epoch, "lr": lr_now, "loss": window_loss / window,
                     "grad_norm": result.grad_norm, "applied": result.applied,
                 }  # fmt: skip
-                if update.loss_scale is not None:
-                    record["loss_scale"] = update.loss_scale
+                if (scale := update.loss_scale) is not None:  # read once: a device sync
+                    record["loss_scale"] = scale
                 history.log_step(**record)
                 if math.isfinite(record["loss"]):
                     ctx.epoch_losses.append(record["loss"])

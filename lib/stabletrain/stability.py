@@ -63,7 +63,7 @@ def grads_are_finite(parameters: _Params) -> bool:
     return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)))
 
 
-def _clip(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) -> None:
+def _clip_grads(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) -> None:
     if mode == "norm":
         torch.nn.utils.clip_grads_with_norm_(params, c, total)
     elif mode == "value":
@@ -86,7 +86,7 @@ def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Te
         return torch.zeros(())
     total = _total_norm([p.grad for p in params])
     if torch.isfinite(total):
-        _clip(params, total, mode, c)
+        _clip_grads(params, total, mode, c)
     return total.float()
 
 
@@ -266,6 +266,8 @@ _PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "b
 _ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
 _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 _GT0, _GT1 = ({"min": bound, "low_open": True} for bound in (0, 1))  # check_float: > 0, > 1
+_WEIGHTS_ADVICE = "the weights themselves are not finite: skipping steps cannot cure this; use "
+_WEIGHTS_ADVICE += "on_nonfinite='rollback' (restores the last good snapshot)"
 
 
 class StabilityGuard(Update):
@@ -309,9 +311,8 @@ class StabilityGuard(Update):
         self.clip_mode = clip_mode or ("norm" if max_norm is not None else None)
         self.lr_backoff = check_float("lr_backoff", lr_backoff, min=0, max=1, low_open=True)
         self.snapshot_every = check_int("snapshot_every", snapshot_every, min=1)
-        self.max_consecutive_skips = check_int(
-            "max_consecutive_skips", max_consecutive_skips, min=1
-        )
+        skips = check_int("max_consecutive_skips", max_consecutive_skips, min=1)
+        self.max_consecutive_skips = skips
         self.min_loss_scale = check_float("min_loss_scale", min_loss_scale, **_GT0, finite=False)
         self.spike_factor = check_float("spike_factor", spike_factor, **_GT1, optional=True)
         self.spike_warmup = check_int("spike_warmup", spike_warmup, min=1)
@@ -319,14 +320,12 @@ class StabilityGuard(Update):
         super().__init__(
             model, optimizer, scheduler, amp=amp, accumulation_steps=accumulation_steps
         )
-        for key, fresh in _STATE.items():
-            setattr(self, _ATTRS[key], copy.copy(fresh))
         self.last_diagnosis: dict[str, Any] | None = None
         self._scaler = getattr(amp, "scaler", None)
         buffers = dict(model.named_buffers())
         self._buffer_names, self._buffers = list(buffers), list(buffers.values())
         self._buffer_copies = [b.detach().clone() for b in self._buffers]
-        self.take_snapshot()  # sets self._snapshot
+        self.load_state_dict(_STATE)  # fresh counters, then the first snapshot
 
     def take_snapshot(self, loss: float = math.nan) -> None:
         """Copy model (buffers as after the last step), optimizer, scheduler and LR scale to the
@@ -349,9 +348,8 @@ class StabilityGuard(Update):
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))  # it may keep CPU tensors
         if snap["scheduler"] is not None and not keep_lr:
             self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
-        factor = self.lr_scale / snap["lr_scale"]
         for group, lr in zip(self.optimizer.param_groups, lrs):
-            group["lr"] = lr if keep_lr else group["lr"] * factor
+            group["lr"] = lr if keep_lr else group["lr"] * (self.lr_scale / snap["lr_scale"])
         if self._buffers:  # the restored statistics are the new 'last good' ones
             torch._foreach_copy_(self._buffer_copies, self._buffers)
         if hasattr(self.scheduler, "needs_rollback"):
@@ -368,6 +366,10 @@ class StabilityGuard(Update):
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * self.lr_scale
 
+    def _clip(self, params: list[torch.Tensor], norm: torch.Tensor) -> None:
+        if self.clip_mode is not None:
+            _clip_grads(params, norm, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
+
     def step(self, loss: torch.Tensor, *, sync: bool | None = None) -> StepResult:
         loss_sum = self._accumulate(loss, sync)
         if loss_sum is None:
@@ -376,11 +378,10 @@ class StabilityGuard(Update):
         grads = [p.grad for p in params]
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()  # one sync
-        loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
-        if not grads_ok and grads:  # a float32 overflow, or a real NaN/Inf: measure exactly
+        if not math.isfinite(norm_value):  # a float32 overflow, or a real NaN/Inf: measure exactly
             total = _wide_norm(grads)  # in float64 (a rare second synchronisation)
             norm_value = float(total)
-            grads_ok = math.isfinite(norm_value)
+        loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
         if loss_ok and not grads_ok and self._scaler is not None and self._scaler.is_enabled():
             return self._scaler_skip(norm_value, loss_value)
@@ -389,8 +390,7 @@ class StabilityGuard(Update):
             reason = "non-finite loss" if not loss_ok else "non-finite gradient"
             return self._unhealthy(reason, loss_value, norm_value)
         self.last_finite_loss = loss_value
-        blowup = self._blowup(loss_value, norm_value)
-        if blowup is not None:
+        if (blowup := self._blowup(loss_value, norm_value)) is not None:
             self.blowups += 1
             self._blowups_in_a_row += 1
             return self._unhealthy(blowup, loss_value, norm_value)
@@ -399,14 +399,9 @@ class StabilityGuard(Update):
         del self._healthy_losses[: -self.spike_window], self._healthy_norms[: -self.spike_window]
         if self.applied and self.applied % self.snapshot_every == 0:
             self.take_snapshot(loss_value)  # healthy, before this step's update
-        if self.clip_mode is not None and grads:
-            _clip(params, total, self.clip_mode, self.max_norm)  # type: ignore[arg-type]
-        applied = self._optimizer_step()
-        self._zero_grad()
-        if not applied:  # the scaler found an overflow we did not (should not happen)
+        if not self._apply(params, total):  # the scaler found an overflow we did not (unexpected)
             self.scaler_skips += 1
             return StepResult(False, norm_value, "optimizer step skipped by the gradient scaler")
-        self._step_scheduler()
         self.applied += 1
         self.consecutive_skips = self._rollbacks_in_a_row = self._blowups_in_a_row = 0
         if self._buffers:
@@ -433,26 +428,22 @@ class StabilityGuard(Update):
         self.scaler_skips += 1
         scale = float(self.amp.scale)
         if scale < self.min_loss_scale:
-            diagnosis = self._diagnosis("loss scale collapsed", loss_value, norm_value)
             text = f"the float16 loss scale fell to {scale:g} < min_loss_scale="
             text += f"{self.min_loss_scale:g}: gradients overflow even unscaled; {self._summary()}"
+            diagnosis = self._diagnosis("loss scale collapsed", loss_value, norm_value)
             raise NonFiniteError(text, diagnosis)
         return StepResult(False, norm_value, "gradient overflow (loss scale lowered)")
 
     def _diagnosis(self, reason: str, loss_value: float, norm_value: float) -> dict[str, Any]:
-        weights = check_weights(self.model)
+        weights, grads = check_weights(self.model), check_gradients(self.model)["nonfinite_names"]
         diagnosis = {"reason": reason, "loss": loss_value, "grad_norm": norm_value}
         scale = float(getattr(self.amp, "scale", 1.0))
         diagnosis.update(last_finite_loss=self.last_finite_loss, loss_scale=scale)
         diagnosis.update({n: getattr(self, n) for n in (*_COUNTERS, "nonfinite_steps", "blowups")})
-        grads = check_gradients(self.model)["nonfinite_names"]
         diagnosis.update(nonfinite_weights=weights["nonfinite_names"], nonfinite_grads=grads)
         diagnosis["max_weight"] = weights["max_weight"]
         if weights["nonfinite_names"]:
-            diagnosis["advice"] = (
-                "the weights themselves are not finite: skipping steps cannot cure this; use "
-                "on_nonfinite='rollback' (restores the last good snapshot)"
-            )
+            diagnosis["advice"] = _WEIGHTS_ADVICE
         return diagnosis
 
     def _summary(self) -> str:
@@ -477,17 +468,14 @@ class StabilityGuard(Update):
             self.skipped += 1
             if self._buffers:  # undo the window's running-statistics updates
                 torch._foreach_copy_(self._buffers, self._buffer_copies)
-        else:  # roll back
+        else:  # roll back: s <- s * lr_backoff, unless the scheduler makes its own cut
             self._rollbacks_in_a_row += 1
-            self.restore_snapshot()
-            if hasattr(self.scheduler, "needs_rollback"):
-                self.scheduler.step(float("nan"))  # the scheduler makes its own cut
+            cuts = hasattr(self.scheduler, "needs_rollback")
+            self.lr_scale *= 1.0 if cuts else self.lr_backoff
+            self.restore_snapshot()  # the LRs at the snapshot, times the new lr_scale
+            if cuts:
+                self.scheduler.step(float("nan"))
                 self.scheduler.needs_rollback = False
-            else:
-                scale = self.lr_scale * self.lr_backoff  # s <- s * lr_backoff
-                for group in self.optimizer.param_groups:
-                    group["lr"] = group["lr"] * (scale / self.lr_scale)
-                self.lr_scale = scale
         if self.consecutive_skips < self.max_consecutive_skips:
             return StepResult(False, norm_value, reason)
         diagnosis = self._diagnosis(reason, loss_value, norm_value)
@@ -495,14 +483,12 @@ class StabilityGuard(Update):
         text = f"{self.consecutive_skips} {kind} steps in a row "
         text += f"(max_consecutive_skips={self.max_consecutive_skips}); "
         if self.on_nonfinite == "rollback" and self._rollbacks_in_a_row > 1:
-            snap = self._snapshot
-            text += (
-                f"the last {self._rollbacks_in_a_row} rollbacks each restored the snapshot taken "
-                f"at applied step {snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) "
-                f"and the next step blew up again, even at lr_scale={self.lr_scale:g}: that state "
-                "is itself unstable or the LR cut is too small (lower the LR, lr_backoff or "
-                "snapshot_every, or add normalisation or clipping); "
-            )
+            snap, n = self._snapshot, self._rollbacks_in_a_row
+            text += f"the last {n} rollbacks each restored the snapshot taken at applied step "
+            text += f"{snap.get('applied')} (loss {snap.get('loss', math.nan):.4g}) and the next "
+            text += f"step blew up again, even at lr_scale={self.lr_scale:g}: that state is itself"
+            text += " unstable or the LR cut is too small (lower the LR, lr_backoff or "
+            text += "snapshot_every, or add normalisation or clipping); "
         elif self.on_nonfinite == "skip" and self._blowups_in_a_row:
             text += "skipping leaves the weights as they are, and every step from them is "
             text += "unhealthy: they have already exploded (use on_nonfinite='rollback'); "

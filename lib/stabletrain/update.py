@@ -87,12 +87,21 @@ class Update:
             self.amp.unscale_(self.optimizer)  # clip and measure true, not scaled, gradients
         return loss_sum
 
-    def _optimizer_step(self) -> bool:
-        """False when the float16 scaler skipped the step (overflow)."""
-        if self.amp is not None:
-            return bool(self.amp.step(self.optimizer))
-        self.optimizer.step()
-        return True
+    def _clip(self, params: list[torch.Tensor], norm: torch.Tensor) -> None:
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm, foreach=True)
+
+    def _apply(self, params: list[torch.Tensor], norm: torch.Tensor) -> bool:
+        """Clip, step, zero-grad (``params``: those with a gradient); False: the scaler skipped."""
+        if params:
+            self._clip(params, norm)
+        if self.amp is None:
+            self.optimizer.step()
+        applied = self.amp is None or bool(self.amp.step(self.optimizer))
+        if applied:  # a skipped step must not advance the schedule (pytorch#67590)
+            self._step_scheduler()
+        self._zero_grad()
+        return applied
 
     def _step_scheduler(self) -> None:
         if steps_per_update(self.scheduler):
@@ -105,15 +114,10 @@ class Update:
         """Backward and, when the window closes (``sync``: force it open/closed), the update."""
         if self._accumulate(loss, sync) is None:
             return StepResult(False, math.nan, "accumulating")
-        params = self.params()
-        grads = [p.grad for p in params if p.grad is not None]
+        params = [p for p in self.params() if p.grad is not None]
+        grads = [p.grad for p in params]
         norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
-        if self.max_grad_norm is not None and grads:
-            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm, foreach=True)
-        applied = self._optimizer_step()
-        if applied:  # a skipped step must not advance the schedule (pytorch#67590)
-            self._step_scheduler()
-        self._zero_grad()
+        applied = self._apply(params, norm)
         return StepResult(applied, float(norm), None if applied else "optimizer step skipped")
 
     def restore_snapshot(self, *, keep_lr: bool = False) -> bool:
