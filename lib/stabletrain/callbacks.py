@@ -291,6 +291,16 @@ class Tracking(Callback):
             self.tracker.finish(ctx.history, **({"status": "FAILED"} if failed else {}))
 
 
+class SamplerEpoch(Callback):
+    """``set_epoch(epoch)`` on the train loader's ``DistributedSampler`` before each epoch, so every
+    epoch has its own order (without it each epoch repeats the first one's, pytorch#31771)."""
+
+    order = -100
+
+    def on_epoch_start(self, ctx: TrainContext) -> None:
+        ctx.train_loader.sampler.set_epoch(ctx.epoch)
+
+
 class ProgressBar(Callback):
     """A tqdm progress bar over the planned optimizer steps (notebook-aware)."""
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .checks import check_choice, check_float, check_int
+from .distributed import broadcast, gather, is_distributed, is_main, rank
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
 
 STRATEGIES = ("best", "epoch", "interval", "all", "improvement_or_final", "time")
@@ -51,6 +52,8 @@ _TYPES = {"name": (str,), "seq": (int,), "epoch": (int,), "metrics": (dict,), "r
 _TYPES |= dict.fromkeys(("step", "batch_in_epoch", "checksum", "crc32", "size"), (int, type(None)))
 _TYPES["value"] = (int, float)
 _SEQ = itemgetter("seq")
+#: Saved objects whose state differs between ranks, kept per rank in a process group.
+PER_RANK = ("guard", "history")
 
 
 class CheckpointError(RuntimeError):
@@ -251,7 +254,13 @@ class CheckpointManager:
     (:meth:`wait`); ``durable`` fsyncs; a ``read_only`` manager takes no lock, changes nothing and
     re-reads the folder on every query. ``CheckpointLockedError``: another process holds the
     folder's lock; ``ValueError``: a bad argument (``time`` needs ``every_n_minutes``,
-    ``improvement_or_final`` ``total_epochs``)."""
+    ``improvement_or_final`` ``total_epochs``).
+
+    In a process group (made before the manager) :meth:`save`, :meth:`load` and
+    :meth:`checkpoints` are collectives, called on every rank: rank 0 decides (from the metrics,
+    which ``fit`` reduces across ranks), writes and chooses the file to load; ``save`` returns on
+    every rank once the file is durable (a save in the background is waited for); each rank's RNG
+    and :data:`PER_RANK` states are stored, and restored, per rank."""
 
     def __init__(
         self,
@@ -296,7 +305,8 @@ class CheckpointManager:
         self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's buffers, reused by each save
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"directory must be a folder, but {self.directory} is a file")
-        if not self.read_only:
+        self._group = is_distributed()  # rank 0 writes and decides; the other ranks follow it
+        if not self.read_only and is_main():
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock = _FolderLock.acquire(self.directory, self)
         self._entries: list[dict[str, Any]] = self._open()
@@ -500,6 +510,36 @@ class CheckpointManager:
         or a missing ``monitor`` metric."""
         epoch = check_int("epoch", epoch, min=0)
         batch_in_epoch = check_int("batch_in_epoch", batch_in_epoch, optional=True)
+        options = {"step": step, "batch_in_epoch": batch_in_epoch, "extra": extra}
+        if self._group:
+            return self._save_in_group(epoch, metrics, options, objects)
+        return self._save(epoch, metrics, options, objects)
+
+    def _save_in_group(self, epoch: int, metrics: Any, options: dict, objects: dict) -> Path | None:
+        """Every rank's RNG and :data:`PER_RANK` states to rank 0, which saves; its outcome to all."""
+        mine = {
+            k: _object_state(k, v) for k, v in objects.items() if k in PER_RANK and v is not None
+        }
+        ranks = gather({"rng": capture_rng_state(), "objects": mine})
+        path, error = None, None
+        if is_main():
+            try:
+                path = self._save(epoch, metrics, options, objects, per_rank=ranks)
+                self.wait()  # durable before any rank goes on
+            except Exception as failure:
+                error = failure
+        failed = None if error is None else f"{type(error).__name__}: {error}"
+        path, failed = broadcast((path, failed))
+        if error is not None:
+            raise error
+        if failed is not None:
+            raise CheckpointError(f"rank 0 could not save the checkpoint: {failed}")
+        return path
+
+    def _save(
+        self, epoch: int, metrics: Any, options: dict, objects: dict, per_rank: list | None = None
+    ) -> Path | None:
+        step, batch_in_epoch, extra = options["step"], options["batch_in_epoch"], options["extra"]
         if not self._writing():  # a read_only manager never writes
             why = "opened read_only" if self.read_only else "closed, or a newer manager took over"
             raise CheckpointError(f"this manager of {self.directory} cannot save: it was {why}")
@@ -527,6 +567,8 @@ class CheckpointManager:
         payload["torch_version"] = str(torch.__version__)
         payload["objects"] = {key: _check_plain(state, key) for key, state in states.items()}
         payload["rng"] = capture_rng_state()
+        if per_rank is not None:
+            payload["per_rank"] = [_check_plain(s, f"rank {r}") for r, s in enumerate(per_rank)]
         entry = payload | {"name": name, "value": value, "roles": roles}
         entry = {key: entry.get(key) for key in _FIELDS}
         kept, dropped = self._retain([*(e for e in self._entries if e["name"] != name), entry])
@@ -581,8 +623,9 @@ class CheckpointManager:
         return next((info.path for info in self.checkpoints() if info.is_latest), None)
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        """The kept checkpoints, oldest first."""
-        entries = sorted(self._current(), key=_SEQ)
+        """The kept checkpoints, oldest first (in a process group: rank 0's list)."""
+        entries = sorted(self._current() if is_main() else [], key=_SEQ)
+        entries = broadcast(entries) if self._group else entries
         best, latest = self._best(entries), entries[-1] if entries else None
         return [
             CheckpointInfo(
@@ -646,6 +689,41 @@ class CheckpointManager:
         checkpoint, a damaged file, or a missing object; ``UnsafeCheckpointError``: pickled objects
         and not ``trusted``; ``TypeError``: a bad ``which``."""
         self.wait()
+        if not self._group:
+            path, payload = self._select(which, map_location, trusted)
+        else:  # rank 0 chooses the file (or fails) for every rank
+            choice = error = None
+            if is_main():
+                try:
+                    path, payload = self._select(which, map_location, trusted)
+                    choice = str(path)
+                except (CheckpointError, TypeError) as failure:
+                    error = failure
+            choice, error = broadcast((choice, error))
+            if error is not None:
+                raise error
+            if not is_main():
+                path = Path(choice)
+                payload = self._read(path, None, map_location, trusted)
+        stored = payload.get("objects", {})
+        if payload.get("per_rank") is not None:  # this rank's own states
+            own = payload["per_rank"][rank()] if rank() < len(payload["per_rank"]) else {}
+            stored = {**stored, **own.get("objects", {})}
+            payload = {**payload, "rng": own.get("rng", payload.get("rng"))}
+        objects = {name: obj for name, obj in objects.items() if obj is not None}
+        if missing := [name for name in objects if name not in stored]:
+            holds = f"holds no state for {missing}; it holds {sorted(stored)}"
+            raise CheckpointError(f"checkpoint {path} {holds}")
+        for name, obj in objects.items():
+            _restore_object(name, obj, stored[name])
+        if restore_rng and payload.get("rng") is not None:
+            restore_rng_state(payload["rng"])
+        info = {key: payload.get(key) for key in ("epoch", "step", "batch_in_epoch")}
+        extras = {key: dict(payload.get(key) or {}) for key in ("metrics", "extra")}
+        return info | extras | {"path": path}
+
+    def _select(self, which: Any, map_location: Any, trusted: bool) -> tuple[Path, dict]:
+        """The file ``which`` names (``"latest"``: the newest intact one) and its payload."""
         if which in ("latest", "best"):
             entries = sorted(self._current(), key=_SEQ, reverse=True)
             if not entries:
@@ -677,16 +755,5 @@ class CheckpointManager:
             raise CheckpointError(f"no intact checkpoint in {self.directory}: {failed}")
         if failures:
             fell = f"could not be read ({'; '.join(failures)}); fell back to {path.name}"
-            warnings.warn(f"{len(failures)} newer checkpoint(s) {fell}", stacklevel=2)
-        stored = payload.get("objects", {})
-        objects = {name: obj for name, obj in objects.items() if obj is not None}
-        if missing := [name for name in objects if name not in stored]:
-            holds = f"holds no state for {missing}; it holds {sorted(stored)}"
-            raise CheckpointError(f"checkpoint {path} {holds}")
-        for name, obj in objects.items():
-            _restore_object(name, obj, stored[name])
-        if restore_rng and "rng" in payload:
-            restore_rng_state(payload["rng"])
-        info = {key: payload.get(key) for key in ("epoch", "step", "batch_in_epoch")}
-        extras = {key: dict(payload.get(key) or {}) for key in ("metrics", "extra")}
-        return info | extras | {"path": path}
+            warnings.warn(f"{len(failures)} newer checkpoint(s) {fell}", stacklevel=3)
+        return path, payload

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .amp import MixedPrecision
 from .callbacks import Callback
@@ -21,6 +22,7 @@ from .checkpoint import CheckpointManager
 from .checks import check_choice, check_int, check_keys
 from .data import make_loaders
 from .deep_supervision import DeepSupervisionLoss
+from .distributed import init_from_env, is_distributed, is_main
 from .history import History
 from .loop import fit
 from .losses import build_loss
@@ -204,9 +206,10 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
 def seeded_start(data: Mapping[str, Any], model: Mapping[str, Any], seed: int):
     """The one seeding recipe, in order: the loaders of ``data`` (images seeded by
     ``data["seed"]``), ``seed_everything(seed)`` and the train order generator, the model."""
-    train, val = make_loaders(**data)
+    train, val = make_loaders(**data, distributed=is_distributed())
     seed_everything(seed)
-    train.generator.manual_seed(seed)
+    if train.generator is not None:  # a DistributedSampler shuffles by its own seed and epoch
+        train.generator.manual_seed(seed)
     return train, val, TinyUNet(num_classes=data.get("num_classes", 1), **model)
 
 
@@ -289,13 +292,13 @@ def build_training(
     guard = StabilityGuard(model, optimizer, scheduler=scheduler, amp=amp, **options)
     num_classes = cfg["data"].get("num_classes", 1)
     loss_fn: Any = build_loss(cfg["loss"], mode="binary" if num_classes == 1 else "multiclass")
-    if getattr(model, "deep_supervision", False):
+    if getattr(model.module if isinstance(model, DDP) else model, "deep_supervision", False):
         loss_fn = DeepSupervisionLoss(loss_fn, num_outputs=model.depth, **cfg["deep_supervision"])
     early = EarlyStopping(**cfg["early_stopping"]) if cfg["early_stopping"] else None
     options = {**cfg["checkpoints"], "config": cfg, "monitor": cfg["monitor"]}
     directory = options.pop("directory", None)
     checkpoints = ConfigCheckpointManager(directory, **options) if directory else None
-    if tracker is None and cfg["tracking"].get("enabled"):
+    if tracker is None and cfg["tracking"].get("enabled") and is_main():  # rank 0 logs
         tracker = MLflowTracker(**{k: v for k, v in cfg["tracking"].items() if k != "enabled"})
     if tracker is not None:
         tracker.log_params({"config": cfg})
@@ -342,12 +345,20 @@ def run(
     """Train on the shapes data from one configuration; returns ``(history, model, training)``.
 
     ``resume`` continues from the latest checkpoint (ValueError unless its config is equal but
-    for checkpoints/tracking/device); ``stop_after_epochs`` stops after that many epochs."""
+    for checkpoints/tracking/device); ``stop_after_epochs`` stops after that many epochs. Under
+    ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group and trains a
+    ``DistributedDataParallel`` model, ``data.batch_size`` per rank."""
     cfg = resolve_config(config)
     if resume:
         _check_resumable(cfg)
+    ddp = init_from_env()
     train, val, model = seeded_start(cfg["data"], cfg["model"], cfg["seed"])
-    model = model.to(get_device(cfg["device"]))
+    if ddp:  # the heads deep supervision would read get no gradient without it: unused
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else None
+        model = model.cuda() if cuda else model
+        model = DDP(model, device_ids=cuda, find_unused_parameters=not model.deep_supervision)
+    else:
+        model = model.to(get_device(cfg["device"]))
     steps = len(train) // cfg["stability"].get("accumulation_steps", 1)
     training = build_training(model, cfg, steps_per_epoch=steps, tracker=tracker)
     callbacks = [] if stop_after_epochs is None else [_StopAfterEpochs(stop_after_epochs)]

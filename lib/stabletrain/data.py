@@ -10,9 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from .checks import check_choice, check_float, check_int, check_range
+from .checks import check_bool, check_choice, check_float, check_int, check_range
+from .distributed import is_distributed, rank, world_size
 
 SHAPES = ("circle", "rectangle", "triangle")
 _SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -127,14 +128,23 @@ def make_loaders(
     num_classes: int = 1,
     seed: int = 0,
     num_workers: int = 0,
+    distributed: bool = False,
     **dataset_kwargs,
 ) -> tuple[DataLoader, DataLoader]:
-    """Train (shuffled by ``train_loader.generator``, seeded) and val loaders; kwargs go to both."""
+    """Train (shuffled by ``train_loader.generator``, seeded) and val loaders; kwargs go to both.
+
+    ``distributed`` (in a process group of more than one rank): ``batch_size`` is per rank; the
+    train loader's ``DistributedSampler`` shuffles by ``seed`` and the epoch (``fit`` calls its
+    ``set_epoch``), each rank validates on every ``world``-th sample, unpadded."""
     options = {"batch_size": check_int("batch_size", batch_size, min=1), "num_workers": num_workers}
     train, val = (
         ShapesSegmentation(n, image_size, num_classes, seed, split=split, **dataset_kwargs)
         for n, split in ((num_train, "train"), (num_val, "val"))
     )
+    if check_bool("distributed", distributed) and is_distributed():
+        sampler = DistributedSampler(train, shuffle=True, seed=seed)
+        shard = Subset(val, range(rank(), len(val), world_size()))
+        return DataLoader(train, sampler=sampler, **options), DataLoader(shard, **options)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train, shuffle=True, generator=generator, **options)
     return train_loader, DataLoader(val, shuffle=False, **options)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from .callbacks import (
     Callback,
@@ -24,11 +25,13 @@ from .callbacks import (
     MaxSteps,
     MetricScheduler,
     ProgressBar,
+    SamplerEpoch,
     StopOnNonFinite,
     Tracking,
     TrainContext,
 )
 from .checks import check_int
+from .distributed import is_main, mean_across_ranks, reduce_metrics
 from .history import History
 from .metrics import accuracy, dice_score
 from .schedulers import is_metric_driven
@@ -149,7 +152,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``;
     ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
-    objects; default :func:`default_metrics`. Deep supervision: only the final output counts."""
+    objects; default :func:`default_metrics`. Deep supervision: only the final output counts.
+    In a process group: the sample-weighted mean over the ranks' shards, the same on every rank."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     batch_fn = batch_fn or split_batch
     was_training, count, totals = model.training, 0, {}
@@ -178,12 +182,13 @@ def evaluate(
     finally:
         model.train(was_training)
     if count == 0:
-        return {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
-    result = {k: v / count for k, v in totals.items()}
-    for name, metric in stateful.items():
+        result = {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
+    else:
+        result = {k: v / count for k, v in totals.items()}
+    for name, metric in stateful.items() if count else ():
         result[f"val_{name}"] = float(metric.compute())
         metric.reset()
-    return result
+    return reduce_metrics(result, weight=count)  # in a process group: over every rank's samples
 
 
 def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
@@ -240,9 +245,10 @@ def _prepare(
         (is_metric_driven(update.scheduler), MetricScheduler),
         (stop_on_nonfinite and not update.handles_nonfinite, StopOnNonFinite),
         (max_steps is not None, lambda: MaxSteps(max_steps)),
+        (isinstance(getattr(train_loader, "sampler", None), DistributedSampler), SamplerEpoch),
         (checkpoints is not None, lambda: Checkpointing(checkpoints, resume=resume)),
-        (tracker is not None, lambda: Tracking(tracker)),
-        (progress, ProgressBar),
+        (tracker is not None and is_main(), lambda: Tracking(tracker)),  # rank 0 logs and draws
+        (progress and is_main(), ProgressBar),
     ):
         if wanted:
             built.append(make())
@@ -343,7 +349,7 @@ def fit(
                     break
             losses = ctx.epoch_losses
             train_loss = sum(losses) / len(losses) if losses else math.nan
-            values = {"epoch": epoch, "train_loss": train_loss}
+            values = {"epoch": epoch, "train_loss": mean_across_ranks(train_loss)}  # over ranks
             if val_loader is not None:
                 kwargs = {"amp": update.amp, "metrics": metrics, "batch_fn": batch_fn}
                 values.update(evaluate(model, val_loader, ctx.loss_fn, device=device, **kwargs))

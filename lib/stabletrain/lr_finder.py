@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .checks import check_choice, check_float, check_int
+from .distributed import mean_across_ranks
 from .loop import _forward, compute_loss, default_loss, outputs_to_float32, split_batch, to_device
 from .update import Update
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
@@ -266,7 +267,9 @@ def lr_range_test(
     next batch (``loader`` cycled) as ``fit`` would and records the loss of the following one.
     ``loss_fn`` ``None``: ``default_loss``; ``update``: the training's ``Update`` (then
     ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain update. ``ValueError``: a bad
-    argument or empty loader; ``TypeError``: a wrong type or a loader not yielding pairs."""
+    argument or empty loader; ``TypeError``: a wrong type or a loader not yielding pairs. In a
+    process group (DDP): every rank sweeps on its own batches with the loss averaged over the
+    ranks, and returns the same result."""
     start_lr = check_float("start_lr", start_lr, min=0, low_open=True)
     end_lr = check_float("end_lr", end_lr, min=start_lr, low_open=True)
     check_int("num_iters", num_iters, min=3)
@@ -306,7 +309,8 @@ def lr_range_test(
                     outputs = outputs_to_float32(_forward(model, inputs))
                 loss_fn = loss_fn or default_loss(outputs, targets)
                 window.append(compute_loss(loss_fn, outputs, targets, 0.0))
-            value = sum(float(w.detach()) for w in window) / len(window)
+            # in a process group the mean over every rank: all stop together, with one result
+            value = mean_across_ranks(sum(float(w.detach()) for w in window) / len(window))
             if i == 0:
                 initial = value
             else:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .callbacks import EarlyStopping as EarlyStopping  # re-exported
 from .checks import check_choice, check_float, check_int
+from .distributed import is_distributed, max_across_ranks
 from .update import StepResult, Update, steps_per_update
 from .utils import cpu_copy
 
@@ -279,7 +280,12 @@ class StabilityGuard(Update):
     ``"rollback"`` (restore the snapshot, :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at
     :math:`s \cdot \eta_{\text{sched}}`; a ``needs_rollback`` scheduler cuts via ``step(nan)``) or
     ``"raise"``. Float16 overflows with a finite loss are the scaler's until the scale <
-    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`."""
+    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`.
+
+    In a process group every rank takes the worst verdict of any rank (one all-reduce MAX a
+    step), so all skip, roll back (to the same snapshot) or step together and the counts agree.
+    Under DDP the gradients are already averaged, so one rank's non-finite gradient is every
+    rank's; the agreement matters for a non-finite or blown-up *loss* on one rank."""
 
     checkpoint_name = "guard"
     handles_nonfinite = True
@@ -383,17 +389,31 @@ class StabilityGuard(Update):
             norm_value = float(total)
         loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
-        if loss_ok and not grads_ok and self._scaler is not None and self._scaler.is_enabled():
+        scaler = self._scaler is not None and self._scaler.is_enabled()
+        blowup = self._blowup(loss_value, norm_value) if loss_ok and grads_ok else None
+        # 3 non-finite, 2 a float16 overflow (the scaler's), 1 blow-up, 0 healthy; in a process
+        # group every rank acts on the worst verdict of any rank, so all skip or roll back together
+        verdict = (
+            3
+            if not (loss_ok and (grads_ok or scaler))
+            else 2
+            if not grads_ok
+            else int(bool(blowup))
+        )
+        if is_distributed():
+            verdict = int(max_across_ranks(verdict, total.device))
+        if verdict == 2:
             return self._scaler_skip(norm_value, loss_value)
-        if not (loss_ok and grads_ok):
+        if verdict == 3:
             self.nonfinite_steps += 1
             reason = "non-finite loss" if not loss_ok else "non-finite gradient"
+            reason = reason if not (loss_ok and grads_ok) else "non-finite value on another rank"
             return self._unhealthy(reason, loss_value, norm_value)
         self.last_finite_loss = loss_value
-        if (blowup := self._blowup(loss_value, norm_value)) is not None:
+        if verdict == 1:
             self.blowups += 1
             self._blowups_in_a_row += 1
-            return self._unhealthy(blowup, loss_value, norm_value)
+            return self._unhealthy(blowup or "blow-up on another rank", loss_value, norm_value)
         self._healthy_losses.append(loss_value)
         self._healthy_norms.append(norm_value)
         del self._healthy_losses[: -self.spike_window], self._healthy_norms[: -self.spike_window]
