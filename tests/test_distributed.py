@@ -141,3 +141,21 @@ def test_fit_sets_the_epoch_of_a_distributed_sampler():
     fit(model, DataLoader(data, batch_size=4, sampler=sampler), epochs=3, callbacks=[Orders()],
         loss_fn=torch.nn.functional.mse_loss, progress=False)  # fmt: skip
     assert len({tuple(order) for order in seen}) == 3  # without set_epoch: one order, 3 times
+
+
+def test_the_cli_trains_under_torchrun_and_only_rank_0_reports(tmp_path):
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "stabletrain", "train", "--config", str(root / "configs" / "stable.yaml")]
+    command += ["--epochs", "2", "--num-train", "32", "--num-val", "16", "--no-tracking"]
+    command += ["--no-progress", "--checkpoint-dir", str(tmp_path / "ck")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "lib")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("summary: steps=2, epochs=2") == 1  # 32 / (16 per rank x 2 ranks)
+    assert (tmp_path / "ck" / "manifest.json").exists() and any(
+        (tmp_path / "ck").glob("epoch-*.pt")
+    )

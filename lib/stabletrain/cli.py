@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 from argparse import ArgumentTypeError
@@ -165,29 +166,32 @@ def _train(args: argparse.Namespace) -> int:
     from .config import run
 
     cfg = _resolve(args)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports and exports
+    say = print if main else lambda *args, **kwargs: None
     scheduler = (cfg["scheduler"] or {}).get("type")
     tracking = "on" if cfg["tracking"].get("enabled") else "off"
     head = f"training: preset={cfg['preset']}, epochs={cfg['epochs']}, scheduler={scheduler}, "
     head += f"lr={cfg['optimizer'].get('lr')}, checkpoints={cfg['checkpoints'].get('directory')}"
-    print(f"{head}, tracking={tracking}" + (", resuming" if args.resume else ""), flush=True)
+    say(f"{head}, tracking={tracking}" + (", resuming" if args.resume else ""), flush=True)
     options = {"progress": not args.no_progress, "stop_after_epochs": args.stop_after_epochs}
     history, _, training = run(cfg, resume=args.resume, **options)
     if args.resume and history.epochs.get("epoch"):
-        print(f"resumed: epochs {history.epochs['epoch']} (earlier ones from the checkpoint)")
+        say(f"resumed: epochs {history.epochs['epoch']} (earlier ones from the checkpoint)")
     summary = history.summary(cfg["monitor"]).items()
     parts = (f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in summary)
-    print("summary: " + ", ".join(parts))
+    say("summary: " + ", ".join(parts))
     if history.stop_reason:
-        print(f"stopped: {history.stop_reason}")
-    if training.checkpoints is not None and training.checkpoints.latest_path is not None:
-        print(f"latest checkpoint: {training.checkpoints.latest_path}")
-    if args.export:
+        say(f"stopped: {history.stop_reason}")
+    latest = training.checkpoints.latest_path if training.checkpoints is not None else None
+    if latest is not None:  # (asked on every rank: in a process group it is a collective)
+        say(f"latest checkpoint: {latest}")
+    if args.export and main:
         folder = Path(args.export)
         folder.mkdir(parents=True, exist_ok=True)
         history.to_csv(folder / "history_epochs.csv")
         history.to_csv(folder / "history_steps.csv", table="steps")
         history.to_json(folder / "history.json")
-        print(f"exported the history to {folder}")
+        say(f"exported the history to {folder}")
     return 0
 
 

@@ -292,8 +292,9 @@ def build_training(
     guard = StabilityGuard(model, optimizer, scheduler=scheduler, amp=amp, **options)
     num_classes = cfg["data"].get("num_classes", 1)
     loss_fn: Any = build_loss(cfg["loss"], mode="binary" if num_classes == 1 else "multiclass")
-    if getattr(model.module if isinstance(model, DDP) else model, "deep_supervision", False):
-        loss_fn = DeepSupervisionLoss(loss_fn, num_outputs=model.depth, **cfg["deep_supervision"])
+    inner = model.module if isinstance(model, DDP) else model
+    if getattr(inner, "deep_supervision", False):
+        loss_fn = DeepSupervisionLoss(loss_fn, num_outputs=inner.depth, **cfg["deep_supervision"])
     early = EarlyStopping(**cfg["early_stopping"]) if cfg["early_stopping"] else None
     options = {**cfg["checkpoints"], "config": cfg, "monitor": cfg["monitor"]}
     directory = options.pop("directory", None)
