@@ -12,6 +12,7 @@ from .checkpoint import CheckpointError, CheckpointManager, UnsafeCheckpointErro
 from .config import PRESETS, Training, build_training, resolve_config, run
 from .data import ShapesSegmentation, make_loaders
 from .deep_supervision import DeepSupervisionLoss, supervision_weights
+from .distributed import scale_lr
 from .history import History
 from .loop import evaluate, fit
 from .loss_weights import LossWeightCallback, LossWeightScheduler

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from .. import distributed
 from ..loop import fit
 from ..models import TinyUNet
-from ..schedulers import build_scheduler
+from ..schedulers import build_scheduler, lr_curve
 from ..stability import StabilityGuard
 
 STEPS, GLOBAL_BATCH = 20, 8
@@ -78,6 +78,23 @@ def experiments() -> dict[str, dict[str, Any]]:
     out = {"group": train("group"), "batch": train("batch")}
     out["nan"] = train("group", loss_fn=NaNOnRank(rank=distributed.world_size() - 1, step=7))
     return out
+
+
+def scaled_schedule(
+    base_lr: float,
+    reference_batch: int,
+    global_batch: int,
+    *,
+    rule: str = "linear",
+    warmup_steps: int = 0,
+    total_steps: int = 100,
+) -> list[float]:
+    """Per-step LRs of a cosine schedule whose peak is :func:`~stabletrain.distributed.scale_lr`
+    of ``base_lr``, after a linear warmup from ``base_lr`` (Goyal et al.'s gradual warmup)."""
+    peak = distributed.scale_lr(base_lr, global_batch, reference_batch, rule=rule)
+    config = {"type": "warmup_cosine", "warmup_steps": warmup_steps}
+    config |= {"warmup_start_lr": base_lr} if warmup_steps else {}
+    return lr_curve(config, total_steps, peak)
 
 
 def launch(out: str | os.PathLike, nproc: int = 2, timeout: float = 120) -> list[dict]:
