@@ -657,8 +657,9 @@ class CheckpointManager:
                 found = re.search(r"GLOBAL ([\w.]+)", text)
                 detail = f"it references {found.group(1)!r}" if found else "not only tensors"
                 refused = f"refused to load {path}: it contains pickled Python objects ({detail})"
-                risk = "unpickling runs any code the file names (a file from the internet can take"
-                trust = "over your machine); load it with trusted=True only if you trust its source"
+                risk = "Unpickling runs whatever code the file names, so a checkpoint from the "
+                risk += "internet can take over your machine."
+                trust = "Load it with trusted=True only if you trust its source."
                 raise UnsafeCheckpointError(f"{refused}. {risk} {trust}") from error
             text = text if unpickling else f"{type(error).__name__}: {text}"
             raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {text}") from error
