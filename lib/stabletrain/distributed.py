@@ -110,12 +110,6 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
-def barrier() -> None:
-    """Wait for every rank (nothing in one process)."""
-    if is_distributed():
-        dist.barrier()
-
-
 def init_from_env(backend: str | None = None) -> bool:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1 in the environment) with
     ``backend`` (default NCCL with CUDA, else gloo) and, with CUDA, select ``LOCAL_RANK``'s GPU.
