@@ -6,7 +6,33 @@ averaged. Binary (``C == 1``): ``sigmoid(logit) > threshold``; multiclass: argma
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "nll", "perplexity")
+HIGHER_IS_BETTER = ("dice", "iou", "jaccard", "accuracy", "acc", "f1", "auc")
+
+
+def metric_mode(monitor: str, mode: str | None = None) -> str:
+    """``mode`` (``"min"`` or ``"max"``) if given, else the direction of ``monitor``'s name: a word
+    of :data:`LOWER_IS_BETTER` (``val_loss``) → ``"min"``, of :data:`HIGHER_IS_BETTER`
+    (``val_dice``) → ``"max"``; any other name raises ``ValueError`` asking for ``mode``."""
+    if mode is not None:
+        if mode not in ("min", "max") or isinstance(mode, bool):
+            raise ValueError(f"mode must be one of ('min', 'max') or None, got {mode!r}")
+        return mode
+    if not isinstance(monitor, str):
+        raise TypeError(f"monitor must be a metric name (str), got {type(monitor).__name__}")
+    words = set(re.split(r"[^a-z0-9]+", monitor.lower()))
+    low, high = words & set(LOWER_IS_BETTER), words & set(HIGHER_IS_BETTER)
+    if bool(low) != bool(high):
+        return "min" if low else "max"
+    raise ValueError(
+        f"cannot tell whether monitor={monitor!r} should go down or up: give mode='min' or "
+        f"mode='max' (known: {', '.join(LOWER_IS_BETTER)} go down; "
+        f"{', '.join(HIGHER_IS_BETTER)} go up)"
+    )
 
 
 def _confusion(
