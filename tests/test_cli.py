@@ -122,3 +122,30 @@ def test_compare_schedulers(tmp_path, capsys):
     assert curves["warmup_cosine"][0] < 0.01 and curves["warmup_cosine"][10] == pytest.approx(0.1)
     # the plateau schedule cuts the LR once the metric stops improving
     assert curves["plateau"][-1] < 0.1
+
+
+def test_resume_without_a_checkpoint_fails_unless_told(tmp_path, capsys):
+    args = ["train", "--config", CONFIG, *TINY, "--epochs", "1", "--no-tracking"]
+    args += ["--checkpoint-dir", str(tmp_path / "typo")]
+    assert main([*args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no checkpoint in" in err, err
+    assert main([*args, "--resume-if-exists"]) == 0
+    out = capsys.readouterr().out
+    assert "to resume from: starting fresh (--resume-if-exists)" in out
+    assert "resuming" not in out and (tmp_path / "typo" / "epoch-0000.pt").is_file()
+
+
+@pytest.mark.parametrize("module", ["sqlalchemy.exc", "mlflow.exceptions"])
+def test_tracking_store_errors_are_one_line(module, tmp_path, capsys, monkeypatch):
+    locked = type("OperationalError", (Exception,), {"__module__": module})
+
+    def run(*args, **kwargs):
+        raise locked("(sqlite3.OperationalError) database is locked\n[SQL: INSERT ...]")
+
+    monkeypatch.setattr("stabletrain.config.run", run)
+    args = ["train", "--config", CONFIG, "--checkpoint-dir", "none"]
+    assert main([*args, "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stabletrain: error: tracking: (sqlite3.OperationalError) database is")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -1,11 +1,16 @@
 import math
+import time
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from stabletrain.config import (
     DEFAULTS,
+    MONITORS,
     PRESETS,
+    _yaml_loader,
     build_model,
     build_training,
     config_diff,
@@ -211,3 +216,56 @@ def test_model_follows_the_config():
     model = build_model({**TINY, "preset": "attention"})
     assert model.attention == "cbam" and model.attention_options["norm"] is True
     assert isinstance(model, torch.nn.Module)
+
+
+def test_yaml_reader_refuses_an_alias_bomb_fast(tmp_path):
+    lines = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]
+    lines += [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi")]
+    (path := tmp_path / "bomb.yaml").write_text("\n".join(lines).replace("i:", "monitor:"))
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="nested aliases"):
+        resolve_config(path)
+    assert time.perf_counter() - started < 1.0
+    big = tmp_path / "big.yaml"
+    big.write_text("epochs: 3\n" + "# padding\n" * 300_000)  # 3 MB
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="1 MB"):
+        resolve_config(big)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_yaml_reader_keeps_valid_yaml(tmp_path):
+    if yaml.__with_libyaml__:
+        assert issubclass(_yaml_loader(), yaml.CSafeLoader)
+    path = tmp_path / "c.yaml"
+    path.write_text("x: &lr {lr: 0.002}\noptimizer:\n  <<: *lr\n  weight_decay: 0.0\n")
+    assert load_config(path)["optimizer"] == {"lr": 0.002, "weight_decay": 0.0}
+    path.write_text("data: {batch_size: 8}\nmodel:\n  deep_supervision: no\n")  # YAML 1.1 bool
+    assert load_config(path) == {"data": {"batch_size": 8}, "model": {"deep_supervision": False}}
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_every_config_file_resolves(path):
+    cfg = resolve_config(path)
+    assert cfg["preset"] in PRESETS and cfg["monitor"] in MONITORS
+
+
+def test_the_monitored_metric_sets_the_direction(tmp_path):
+    model = build_model(TINY)
+    config = {**TINY, "early_stopping": {"patience": 2}, "monitor": "val_dice"}
+    config["checkpoints"] = {"directory": str(tmp_path / "a")}
+    training = build_training(model, config)
+    assert training.early_stopping.mode == "max" and training.checkpoints.mode == "max"
+    training.checkpoints.close()
+    config["checkpoints"] = {"directory": str(tmp_path / "b"), "mode": "min"}
+    config["early_stopping"] = {"patience": 2, "mode": "min"}  # an explicit mode wins
+    training = build_training(model, config)
+    assert training.early_stopping.mode == "min" and training.checkpoints.mode == "min"
+    training.checkpoints.close()
+    default = build_training(model, {**TINY, "early_stopping": {"patience": 2}})
+    assert default.early_stopping.mode == "min"  # val_loss
+
+
+def test_every_valid_device_spelling_is_accepted():
+    for device in (None, "auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert resolve_config({"device": device})["device"] == device

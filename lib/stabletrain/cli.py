@@ -44,15 +44,15 @@ _positive_float = _number(float, 0, strict=True)
 
 
 def _assignment(text: str) -> tuple[str, Any]:
-    import yaml
+    from .config import parse_yaml
 
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ArgumentTypeError(f"expected KEY=VALUE (e.g. optimizer.lr=3e-3), got {text!r}")
     try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ArgumentTypeError(f"value of {key} is not valid YAML: {raw!r}") from None
+        return key.strip(), parse_yaml(raw)  # the config files' loader
+    except ValueError as error:
+        raise ArgumentTypeError(f"value of {key} {error}: {raw!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--device", help="device, e.g. cpu or cuda (default: the best available)")
     add("--checkpoint-dir", metavar="DIR", help="checkpoint folder; 'none' turns checkpoints off")
     add("--resume", action="store_true", help="continue from the latest checkpoint there")
+    about = "--resume if there is a checkpoint, else start fresh (--resume alone: exit 2)"
+    add("--resume-if-exists", action="store_true", help=about)
     about = "stop after N epochs, once their checkpoint is written (continue with --resume)"
     add("--stop-after-epochs", type=_positive_int, metavar="N", help=about)
     add("--tracking-uri", metavar="URI", help="MLflow store, e.g. sqlite:///mlflow.db (tracks)")
@@ -151,15 +153,31 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     if args.scheduler == "none" and args.warmup_epochs is not None:
         raise ValueError("--warmup-epochs needs a scheduler, but --scheduler is none")
     cfg = resolve_config(load_config(args.config), preset=args.preset, overrides=_overrides(args))
-    if cfg["tracking"].get("run_name") is None:  # MLflow's random names repeat under a seed
-        cfg["tracking"]["run_name"] = Path(args.config).stem + ("-resumed" if args.resume else "")
     if args.scheduler == "none":
         cfg["scheduler"] = None
     if (args.checkpoint_dir or "").lower() == "none":
         cfg["checkpoints"]["directory"] = None
     if cfg["scheduler"] is not None and "type" not in cfg["scheduler"]:
         raise ValueError("--warmup-epochs needs a scheduler type (give --scheduler TYPE)")
+    args.resume = (args.resume or args.resume_if_exists) and _resumable(cfg, args)
+    if cfg["tracking"].get("run_name") is None:  # MLflow's random names repeat under a seed
+        cfg["tracking"]["run_name"] = Path(args.config).stem + ("-resumed" if args.resume else "")
     return cfg
+
+
+def _resumable(cfg: dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether there is a checkpoint to resume from: ValueError without one, unless
+    ``--resume-if-exists`` (then ``False``, with a notice)."""
+    from .config import resumable
+
+    if resumable(cfg):
+        return True
+    nothing = f"no checkpoint in {cfg['checkpoints']['directory']} to resume from"
+    if not args.resume_if_exists:
+        raise ValueError(f"--resume: {nothing} (--resume-if-exists starts fresh then)")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{nothing}: starting fresh (--resume-if-exists)", flush=True)
+    return False
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -199,6 +217,11 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _is_store_error(error: BaseException) -> bool:
+    """An MLflow or SQLAlchemy exception (by its module: neither need be imported)."""
+    return any(c.__module__.split(".")[0] in ("mlflow", "sqlalchemy") for c in type(error).__mro__)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors: one line on stderr)."""
     args = build_parser().parse_args(argv)
@@ -207,12 +230,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stabletrain: interrupted (continue with --resume)", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, ImportError, OSError) as error:
-        print(f"stabletrain: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except RuntimeError as error:  # CheckpointError, NonFiniteError
-        print(f"stabletrain: training failed: {_one_line(error)}", file=sys.stderr)
-        return 1
+    except Exception as error:
+        if _is_store_error(error):  # e.g. a locked or unreachable MLflow store
+            print(f"stabletrain: error: tracking: {_one_line(error)}", file=sys.stderr)
+            return 2
+        if isinstance(error, ValueError | TypeError | ImportError | OSError):
+            print(f"stabletrain: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        if isinstance(error, RuntimeError):  # CheckpointError, NonFiniteError
+            print(f"stabletrain: training failed: {_one_line(error)}", file=sys.stderr)
+            return 1
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

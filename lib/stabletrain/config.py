@@ -1,35 +1,52 @@
 """One configuration, ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (mappings merge key
 by key, anything else replaces; a new ``scheduler.type`` starts that section afresh but for
-``warmup_epochs``, not for ``adaptive``), builds what ``fit`` takes or trains (:func:`run`)."""
+``warmup_epochs``, not for ``adaptive``), builds what ``fit`` takes or trains (:func:`run`).
+
+Every key is checked by :data:`SCHEMA` before anything is built (the ``optimizer``, ``scheduler``,
+``loss`` and ``deep_supervision`` sections by their builders), a bad value raising ``ValueError``
+that names the dotted key and what is accepted. A table over :mod:`.checks`, not pydantic: its
+messages are the library's own, with "did you mean", in fewer lines than pydantic's models and
+the message rewriting they would need (pydantic accepts ``'false'`` for a bool unless strict)."""
 
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .amp import MixedPrecision
+from .amp import DTYPES, MixedPrecision
 from .callbacks import Callback
-from .checkpoint import CheckpointManager
-from .checks import check_choice, check_int, check_keys
+from .checkpoint import _STRATEGY_ALIASES, STRATEGIES, CheckpointManager
+from .checks import check_choice, check_config_value, check_float, check_int, check_keys
 from .data import make_loaders
 from .deep_supervision import DeepSupervisionLoss
 from .distributed import init_from_env, is_distributed, is_main
 from .history import History
 from .loop import fit
 from .losses import build_loss
-from .models import TinyUNet
-from .optim import build_optimizer, clipping_from_config
+from .metrics import metric_mode
+from .models import ACTIVATION_TYPES, ATTENTION_TYPES, NORM_TYPES, TinyUNet
+from .optim import (
+    OPTIMIZER_TYPES,
+    build_optimizer,
+    check_optimizer_config,
+    clipping_from_config,
+    optimizer_keys,
+)
 from .schedulers import build_scheduler, epochs_to_steps
-from .stability import EarlyStopping, StabilityGuard
+from .stability import NONFINITE_POLICIES, EarlyStopping, StabilityGuard
 from .tracking import MLflowTracker
 from .utils import get_device, seed_everything
 
@@ -87,36 +104,261 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Named training presets: partial configurations laid over :data:`DEFAULTS`."""
 
-# keys a section accepts besides those in DEFAULTS (the other sections: checked by builders)
-_MORE_KEYS: dict[str, str] = {
-    "data": "num_classes",
-    "model": "attention_options in_channels norm activation bottleneck_attention qk_norm",
-    "stability": "lr_backoff snapshot_every max_consecutive_skips accumulation_steps "
-    "min_loss_scale spike_factor spike_warmup spike_window",
-    "amp": "",
-    "early_stopping": "patience min_delta check_finite",
-    "checkpoints": "every_n_epochs every_n_minutes min_improvement every_n_steps async_save "
-    "durable",
-    "tracking": "tracking_uri flush_every verbose",
+MONITORS = ("train_loss", "val_loss", "val_dice")
+"""The metrics :func:`run` logs each epoch that ``monitor`` may watch (its validation: loss, Dice)."""
+
+_URI_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+_MAX_BYTES, _MAX_NODES = 2**20, 100_000  # a config file's size; YAML nodes, aliases expanded
+
+
+def _hint(word: Any, choices: Collection) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices if c is not None], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _keys(name: str, mapping: Any, allowed: Collection[str]) -> None:
+    """:func:`check_keys` as a ``ValueError`` with the nearest accepted key."""
+    try:
+        check_keys(name, mapping, allowed)
+    except TypeError as error:
+        raise ValueError(str(error)) from None
+    except ValueError as error:
+        unknown = sorted(map(str, set(mapping) - set(allowed)))
+        raise ValueError(f"{error}{_hint(unknown[0], allowed)}") from None
+
+
+def _spec(check, **bounds):
+    return lambda name, value: check_config_value(check, name, value, **bounds)
+
+
+def _bool(name: str, value: Any) -> None:  # YAML spells them true and false
+    if not isinstance(value, bool):
+        got = f"{type(value).__name__} {value!r}"
+        raise ValueError(f"{name} must be a bool (true or false), got {got}")
+
+
+def _one_of(*choices):
+    def check(name: str, value: Any) -> None:
+        try:
+            check_choice(name, value, choices)
+        except ValueError as error:
+            raise ValueError(f"{error}{_hint(value, choices)}") from None
+
+    return check
+
+
+def _text(name: str, value: Any, *, optional=False, what="a non-empty string") -> None:
+    if not ((value is None and optional) or (isinstance(value, str) and value)):
+        got = f"{type(value).__name__} {value!r}"
+        raise ValueError(f"{name} must be {what}{' or null' if optional else ''}, got {got}")
+
+
+def _device(name: str, value: Any) -> None:
+    if not (value is None or re.fullmatch(r"cpu|mps|auto|cuda(:\d+)?", str(value))):
+        accepted = "cpu, cuda, cuda:N, mps, or auto or null (the best available)"
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _monitor(name: str, value: Any) -> None:
+    if value not in MONITORS:
+        logged = f"a metric the run logs each epoch, one of {MONITORS}"
+        raise ValueError(f"{name} must be {logged}, got {value!r}{_hint(value, MONITORS)}")
+
+
+def _tracking_uri(name: str, value: Any) -> None:
+    _text(name, value, optional=True, what="a file path or a URI")
+    scheme = urlparse(value or "").scheme.split("+")[0].lower()
+    if len(scheme) > 1 and scheme not in (*_URI_SCHEMES, "databricks-uc", "uc"):  # C: a drive
+        accepted = f"a file path or a URI of scheme {', '.join(_URI_SCHEMES)}"
+        raise ValueError(f"{name} must be {accepted}, got {value!r}{_hint(scheme, _URI_SCHEMES)}")
+
+
+def _optimizer(name: str, value: Any) -> None:
+    try:
+        check_optimizer_config(value)
+    except (ValueError, TypeError) as error:
+        kind = str(value.get("type")).strip().lower() if isinstance(value, Mapping) else None
+        keys = optimizer_keys(kind) if kind in OPTIMIZER_TYPES else []
+        hint = next((_hint(k, keys) for k in value if keys and k not in keys), "")
+        raise ValueError(f"config section {name!r}: {error}{hint}") from None
+
+
+def _in_section(name: str, build, *args, **kwargs) -> Any:
+    """``build(*args, **kwargs)``, its ``ValueError``/``TypeError`` naming the section."""
+    try:
+        return build(*args, **kwargs)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"config section {name!r}: {error}") from None
+
+
+_INT, _SEED = _spec(check_int, min=1), _spec(check_int, min=0, max=2**32 - 1)
+_NONE_OR_MAPPING = ("scheduler", "early_stopping", "model.attention_options")
+SCHEMA: dict[str, Any] = {
+    "preset": lambda name, value: value is None or _one_of(*PRESETS)(name, value),
+    "seed": _SEED,
+    "epochs": _INT,
+    "monitor": _monitor,
+    "device": _device,
+    "data": {"num_train": _INT, "num_val": _INT, "batch_size": _INT, "seed": _SEED}
+    | {"image_size": _spec(check_int, min=16), "num_classes": _INT},
+    "model": {
+        "attention": _one_of(*ATTENTION_TYPES),
+        "base_channels": _INT,
+        "depth": _spec(check_int, min=1, max=6),
+        "deep_supervision": _bool,
+        "safe_attention": _bool,
+        "attention_options": {
+            "norm": _bool,
+            "gate_bound": _spec(check_float, min=0, low_open=True, optional=True),
+            "residual_scale": _spec(check_float, min=0, max=1, low_open=True, optional=True),
+        },
+        "in_channels": _INT,
+        "norm": _one_of(*NORM_TYPES),
+        "activation": _one_of(*ACTIVATION_TYPES),
+        "bottleneck_attention": _bool,
+        "qk_norm": _bool,
+    },
+    "optimizer": _optimizer,
+    "scheduler": {},  # its keys: build_scheduler's (they depend on the type)
+    "stability": {
+        "on_nonfinite": _one_of(*NONFINITE_POLICIES),
+        "lr_backoff": _spec(check_float, min=0, max=1, low_open=True),
+        "snapshot_every": _INT,
+        "max_consecutive_skips": _INT,
+        "accumulation_steps": _INT,
+        "min_loss_scale": _spec(check_float, min=0, low_open=True, finite=False),
+        "spike_factor": _spec(check_float, min=1, low_open=True, optional=True),
+        "spike_warmup": _INT,
+        "spike_window": _INT,
+    },
+    "amp": {"dtype": _one_of(*DTYPES)},
+    "loss": lambda name, value: (
+        _text(name, value, what="a loss preset name or a mapping")
+        if not isinstance(value, Mapping)
+        else None
+    ),  # its keys: build_loss's
+    "deep_supervision": {},  # DeepSupervisionLoss's (checked against model.depth)
+    "early_stopping": {
+        "patience": _INT,
+        "min_delta": _spec(check_float, min=0),
+        "check_finite": _bool,
+        "mode": _one_of("min", "max"),
+    },
+    "checkpoints": {
+        "directory": functools.partial(_text, optional=True, what="a folder path"),
+        "strategy": _one_of(*STRATEGIES, *_STRATEGY_ALIASES),
+        "max_keep": _INT,
+        "every_n_epochs": _INT,
+        "every_n_minutes": _spec(check_float, min=0, low_open=True, optional=True),
+        "min_improvement": _spec(check_float, min=0),
+        "every_n_steps": _spec(check_int, min=1, optional=True),
+        "async_save": _bool,
+        "durable": _bool,
+        "mode": _one_of("min", "max"),
+    },
+    "tracking": {
+        "enabled": _bool,
+        "experiment": _text,
+        "run_name": functools.partial(_text, optional=True),
+        "tracking_uri": _tracking_uri,
+        "flush_every": _INT,
+        "verbose": _bool,
+    },
 }
+"""Every key of a configuration and its check ``(dotted_name, value)``; a mapping: a section
+(``{}``: its keys are checked by the section's builder)."""
+
+
+def _check(name: str, value: Any, spec: Any) -> None:
+    """``value`` against ``spec`` (a check or a section of :data:`SCHEMA`), named ``name``."""
+    if callable(spec):
+        return spec(name, value)
+    if value is None and name in _NONE_OR_MAPPING:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"config section {name!r} must be a mapping, got {value!r}")
+    if spec:
+        _keys(f"config section {name!r}" if name else "config", value, spec)
+    for key, item in value.items() if spec else ():
+        _check(f"{name}.{key}".lstrip("."), item, spec[key])
+    return None
+
+
+@functools.cache
+def _yaml_loader():
+    """The safe YAML loader (the C one where built) that refuses duplicate keys and bombs."""
+    import yaml
+
+    class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+        def get_single_data(self):
+            node = self.get_single_node()
+            if node is not None and _expanded(node, {}, set()) > _MAX_NODES:
+                raise ValueError(f"expands to over {_MAX_NODES} YAML nodes (nested aliases)")
+            return None if node is None else self.construct_document(node)
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and (key.tag, key.value) in seen:
+                    line = key.start_mark.line + 1
+                    raise ValueError(f"holds the key {key.value!r} twice (again at line {line})")
+                seen.add((key.tag, key.value))
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
+def _expanded(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
+    """The number of YAML nodes under ``node`` with every alias expanded."""
+    if id(node) in open_:
+        raise ValueError("holds a recursive alias")
+    if id(node) not in sizes:
+        open_.add(id(node))
+        items = node.value if isinstance(node.value, list) else []
+        kids = [kid for item in items for kid in (item if isinstance(item, tuple) else (item,))]
+        sizes[id(node)] = 1 + sum(_expanded(kid, sizes, open_) for kid in kids)
+        open_.discard(id(node))
+    return sizes[id(node)]
+
+
+def parse_yaml(text: str) -> Any:
+    """``text`` read as a config file is (:func:`load_config`); ``ValueError`` with a predicate
+    (``"is not valid YAML at line 3 (...)"``, ``"holds the key 'lr' twice ..."``)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # a safe loader
+    except yaml.YAMLError as error:
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"is not valid YAML{where}{f' ({problem})' if problem else ''}") from None
+    except RecursionError:
+        raise ValueError("nests too deeply") from None
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML configuration file; raises ValueError if missing, not YAML or not a mapping."""
-    import yaml
-
-    name = f"config file {str(path)!r}"
-    if not Path(path).is_file():
+    """Read a YAML configuration file of at most 1 MB (:func:`parse_yaml`); ``ValueError`` if it is
+    missing, a folder, too large, not UTF-8 or YAML, empty or not a mapping."""
+    name, path = f"config file {str(path)!r}", Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} is a directory, not a file")
+    if not path.is_file():
         raise ValueError(f"{name} does not exist")
+    with path.open("rb") as file:
+        raw = file.read(_MAX_BYTES + 1)
+    if len(raw) > _MAX_BYTES:
+        raise ValueError(f"{name} is larger than the 1 MB a configuration may have")
     try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{name} is not valid YAML{where}") from None
-    if data is not None and not isinstance(data, Mapping):
+        data = parse_yaml(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{name} is not UTF-8 text (byte {error.start}): a binary file?") from None
+    except ValueError as error:
+        raise ValueError(f"{name} {error}") from None
+    if data is None:
+        raise ValueError(f"{name} is empty (no settings)")
+    if not isinstance(data, Mapping):
         raise ValueError(f"{name} must hold a mapping, got {type(data).__name__}")
-    return dict(data or {})
+    return dict(data)
 
 
 def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -152,7 +394,7 @@ def resolve_config(
 ) -> dict[str, Any]:
     """Resolve ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (``config`` may be a YAML path,
     ``overrides`` dotted keys, ``None`` values skipped; ``preset`` > ``overrides["preset"]`` >
-    ``config["preset"]``) and check every key: ValueError names a bad preset, section or key."""
+    ``config["preset"]``) and check every key (:data:`SCHEMA`): ValueError names the dotted key."""
     if isinstance(config, str | os.PathLike):
         config = load_config(config)
     if config is not None and not isinstance(config, Mapping):
@@ -160,23 +402,18 @@ def resolve_config(
     config = _nest(dict(config or {}))
     given = _nest({k: v for k, v in (overrides or {}).items() if v is not None})
     chosen = preset if preset is not None else given.pop("preset", config.get("preset"))
-    if chosen is not None:
-        check_choice("preset", chosen, PRESETS)
+    SCHEMA["preset"]("preset", chosen)
     cfg = _merge(_merge(_merge(DEFAULTS, PRESETS.get(chosen, {})), config), given)
     cfg["preset"] = chosen
-    check_keys("config", cfg, DEFAULTS)
-    check_int("epochs", cfg["epochs"], min=1)
-    for section in ("optimizer", "scheduler", "deep_supervision", *_MORE_KEYS):
-        value = cfg[section]
-        if value is None and section in ("scheduler", "early_stopping"):
-            continue
-        if not isinstance(value, Mapping):
-            raise ValueError(f"config section {section!r} must be a mapping, got {value!r}")
-        if section in _MORE_KEYS:
-            keys = [*(DEFAULTS[section] or {}), *_MORE_KEYS[section].split()]
-            check_keys(f"config section {section!r}", value, keys)
-    if not isinstance(cfg["loss"], str | Mapping):
-        raise ValueError(f"loss must be a loss preset name or a mapping, got {cfg['loss']!r}")
+    _check("", cfg, SCHEMA)
+    depth = cfg["model"]["depth"]  # an unused section is checked too
+    _in_section("deep_supervision", DeepSupervisionLoss, max, depth, **cfg["deep_supervision"])
+    if cfg["early_stopping"] and "patience" not in cfg["early_stopping"]:
+        raise ValueError("config section 'early_stopping' needs patience (epochs, >= 1)")
+    batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
+    if (steps := cfg["stability"].get("accumulation_steps", 1)) > batches:
+        per_epoch = f"the {batches} batches of an epoch (data.num_train / data.batch_size)"
+        raise ValueError(f"stability.accumulation_steps={steps} must be <= {per_epoch}")
     return cfg
 
 
@@ -295,8 +532,11 @@ def build_training(
     inner = model.module if isinstance(model, DDP) else model
     if getattr(inner, "deep_supervision", False):
         loss_fn = DeepSupervisionLoss(loss_fn, num_outputs=inner.depth, **cfg["deep_supervision"])
-    early = EarlyStopping(**cfg["early_stopping"]) if cfg["early_stopping"] else None
-    options = {**cfg["checkpoints"], "config": cfg, "monitor": cfg["monitor"]}
+    early = cfg["early_stopping"] or None
+    early = early and EarlyStopping(
+        **{**early, "mode": metric_mode(cfg["monitor"], early.get("mode"))}
+    )
+    options = {**_checkpoint_options(cfg), "config": cfg}
     directory = options.pop("directory", None)
     checkpoints = ConfigCheckpointManager(directory, **options) if directory else None
     if tracker is None and cfg["tracking"].get("enabled") and is_main():  # rank 0 logs
@@ -307,13 +547,20 @@ def build_training(
     return Training(*fields, cfg["epochs"], cfg["monitor"], steps_per_epoch, cfg)
 
 
-def _check_resumable(cfg: Mapping[str, Any]) -> None:
-    """Refuse to resume without a checkpoint folder or from one with other training settings."""
-    options = dict(cfg["checkpoints"])
+def _checkpoint_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The checkpoint manager's arguments: the section, ``monitor`` and its direction."""
+    mode = metric_mode(cfg["monitor"], cfg["checkpoints"].get("mode"))
+    return {**cfg["checkpoints"], "monitor": cfg["monitor"], "mode": mode}
+
+
+def resumable(cfg: Mapping[str, Any]) -> bool:
+    """Whether ``checkpoints.directory`` holds a checkpoint to resume from; ``ValueError`` for no
+    folder or a checkpoint written with other training settings."""
+    options = _checkpoint_options(cfg)
     directory = options.pop("directory", None)
     if not directory:
         raise ValueError("resume needs checkpoints.directory (a folder with checkpoints)")
-    manager = CheckpointManager(directory, monitor=cfg["monitor"], read_only=True, **options)
+    manager = CheckpointManager(directory, read_only=True, **options)
     latest = manager.load("latest", restore_rng=False) if manager.latest_path else {}
     stored = latest.get("extra", {}).get("config") or cfg
     bookkeeping = ("checkpoints", "tracking", "device")  # may differ when resuming
@@ -321,6 +568,7 @@ def _check_resumable(cfg: Mapping[str, Any]) -> None:
     if differ:
         written = f"the checkpoint was written with a different configuration ({differ})"
         raise ValueError(f"cannot resume: {written}; resume with the same settings")
+    return bool(latest)
 
 
 class _StopAfterEpochs(Callback):
@@ -351,7 +599,7 @@ def run(
     ``DistributedDataParallel`` model, ``data.batch_size`` per rank."""
     cfg = resolve_config(config)
     if resume:
-        _check_resumable(cfg)
+        resumable(cfg)
     ddp = init_from_env()
     train, val, model = seeded_start(cfg["data"], cfg["model"], cfg["seed"])
     if ddp:  # the heads deep supervision would read get no gradient without it: unused
@@ -359,7 +607,7 @@ def run(
         model = model.cuda() if cuda else model
         model = DDP(model, device_ids=cuda, find_unused_parameters=not model.deep_supervision)
     else:
-        model = model.to(get_device(cfg["device"]))
+        model = model.to(get_device(None if cfg["device"] == "auto" else cfg["device"]))
     steps = len(train) // cfg["stability"].get("accumulation_steps", 1)
     training = build_training(model, cfg, steps_per_epoch=steps, tracker=tracker)
     callbacks = [] if stop_after_epochs is None else [_StopAfterEpochs(stop_after_epochs)]

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,14 +35,37 @@ _NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+def _renames(kind: str) -> tuple[Mapping[str, inspect.Parameter], dict[str, str], tuple]:
     signature = inspect.signature(OPTIMIZER_TYPES[kind].__init__).parameters
     rho = "alpha" if kind == "rmsprop" else "rho"
     keras = {"learning_rate": "lr", "epsilon": "eps", "rho": rho}  # where the type has it
     renames = {k: v for k, v in keras.items() if v in signature}
-    pair = ("beta_1", "beta_2") if kind in ("adam", "adamw") else ()
+    return signature, renames, ("beta_1", "beta_2") if kind in ("adam", "adamw") else ()
+
+
+def optimizer_keys(kind: str) -> list[str]:
+    """The keys an optimizer section of type ``kind`` (in :data:`OPTIMIZER_TYPES`) accepts."""
+    signature, renames, pair = _renames(kind)
     keys = {*renames, *pair, *signature, *CLIPPING_KEYS, *_BUILDER_KEYS}
-    accepted = sorted(keys - {"self", "params"})
+    return sorted(keys - {"self", "params"})
+
+
+def _check_value(name: str, value: Any, default: Any) -> None:
+    """Type-check a torch argument by its default (bool or None, number, pair); torch checks
+    the ranges."""
+    if default is None or isinstance(default, bool):
+        check_config_value(check_bool, name, value, optional=default is None)
+    elif isinstance(default, int | float):
+        check_config_value(check_float, name, value)
+    elif isinstance(default, tuple) and not (isinstance(value, list | tuple) and len(value) == 2):
+        raise ValueError(f"{name} must be a pair [beta_1, beta_2] of numbers, got {value!r}")
+    elif isinstance(default, tuple):
+        _ = [check_config_value(check_float, f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    signature, renames, pair = _renames(kind)
+    accepted = optimizer_keys(kind)
     if unknown := sorted(k for k in config if k not in accepted):
         raise ValueError(f"unknown optimizer key(s) {unknown} for {kind!r}; accepted: {accepted}")
     items = [(k, v) for k, v in config.items() if k not in (*_BUILDER_KEYS, *CLIPPING_KEYS, *pair)]
@@ -59,8 +83,12 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
             both = f"optimizer keys {key!r} and {source[name]!r} both set {name!r}"
             raise ValueError(f"{both}; give only one")
         kwargs[name], source[name] = value, key
+    for name, value in kwargs.items():
+        _check_value(source[name] if name != "betas" else "betas", value, signature[name].default)
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # YAML gives lists
+    if kwargs.get("lr", 1) == 0:
+        warnings.warn(f"{kind} optimizer with lr=0 will not change the weights", stacklevel=3)
     return kwargs
 
 
@@ -113,21 +141,9 @@ def build_optimizer(
     """A torch optimizer from ``{"type": ..., <optimizer, builder and clipping keys>}``; a model
     gets :func:`param_groups`, parameters or groups go to torch as they are. Clipping keys are
     only validated. ``TypeError``: config not a mapping; ``ValueError``: anything else wrong."""
-    if not isinstance(config, Mapping):
-        raise TypeError(f"optimizer config must be a mapping, got {type(config).__name__}")
-    kind = config.get("type")
-    if not isinstance(kind, str) or kind.strip().lower() not in OPTIMIZER_TYPES:
-        raise ValueError(f"optimizer type must be one of {sorted(OPTIMIZER_TYPES)}, got {kind!r}")
-    kind = kind.strip().lower()
-    kwargs = _torch_kwargs(kind, config)
-    clipping_from_config(config)  # validate the clipping keys early
+    kind, kwargs = check_optimizer_config(config)
     cls = OPTIMIZER_TYPES[kind]
-    no_decay = config.get("no_decay_norm_bias")
-    no_decay = check_config_value(check_bool, "no_decay_norm_bias", no_decay, optional=True)
-    multipliers = config.get("lr_multipliers")
-    if multipliers is not None and not isinstance(multipliers, Mapping):
-        what = "a mapping of module-name prefix to multiplier"
-        raise ValueError(f"lr_multipliers must be {what}, got {multipliers!r}")
+    no_decay, multipliers = config.get("no_decay_norm_bias"), config.get("lr_multipliers")
     if isinstance(model_or_params, nn.Module):
         for key in ("lr", "weight_decay"):
             kwargs[key] = float(kwargs.get(key, inspect.signature(cls).parameters[key].default))
@@ -147,6 +163,26 @@ def build_optimizer(
         return cls(params, **kwargs)
     except (ValueError, TypeError) as error:
         raise ValueError(f"invalid {kind} optimizer setting: {error}") from None
+
+
+def check_optimizer_config(config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The type and torch arguments of a valid optimizer config; nothing is built (errors as
+    :func:`build_optimizer`; ``lr_multipliers`` prefixes are matched there)."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"optimizer config must be a mapping, got {type(config).__name__}")
+    kind = config.get("type")
+    if not isinstance(kind, str) or kind.strip().lower() not in OPTIMIZER_TYPES:
+        raise ValueError(f"optimizer type must be one of {sorted(OPTIMIZER_TYPES)}, got {kind!r}")
+    kind = kind.strip().lower()
+    kwargs = _torch_kwargs(kind, config)
+    clipping_from_config(config)  # validate the clipping keys early
+    no_decay = config.get("no_decay_norm_bias")
+    check_config_value(check_bool, "no_decay_norm_bias", no_decay, optional=True)
+    multipliers = config.get("lr_multipliers")
+    if multipliers is not None and not isinstance(multipliers, Mapping):
+        what = "a mapping of module-name prefix to multiplier"
+        raise ValueError(f"lr_multipliers must be {what}, got {multipliers!r}")
+    return kind, kwargs
 
 
 def clipping_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
