@@ -264,6 +264,9 @@ def test_the_monitored_metric_sets_the_direction(tmp_path):
     training.checkpoints.close()
     default = build_training(model, {**TINY, "early_stopping": {"patience": 2}})
     assert default.early_stopping.mode == "min"  # val_loss
+    plateau = {"type": "plateau", "warmup_epochs": 0.5}
+    dice = build_training(model, {**TINY, "monitor": "val_dice", "scheduler": plateau})
+    assert dice.scheduler.mode == "max" and "mode" not in dice.config["scheduler"]
 
 
 def test_every_valid_device_spelling_is_accepted():

@@ -233,10 +233,9 @@ SCHEMA: dict[str, Any] = {
     },
     "amp": {"dtype": _one_of(*DTYPES)},
     "loss": lambda name, value: (
-        _text(name, value, what="a loss preset name or a mapping")
-        if not isinstance(value, Mapping)
-        else None
-    ),  # its keys: build_loss's
+        isinstance(value, Mapping)  # its keys: build_loss's
+        or _text(name, value, what="a loss preset name or a mapping")
+    ),
     "deep_supervision": {},  # DeepSupervisionLoss's (checked against model.depth)
     "early_stopping": {
         "patience": _INT,
@@ -520,8 +519,11 @@ def build_training(
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
         steps_per_epoch = max(1, batches // int(cfg["stability"].get("accumulation_steps", 1)))
     optimizer = build_optimizer(model, cfg["optimizer"])
+    section = cfg["scheduler"]
+    if section and str(section.get("type", "")).strip().lower() == "plateau":
+        section = {"mode": metric_mode(cfg["monitor"]), **section}  # the monitor's direction
     scheduler = scheduler_from_config(
-        optimizer, cfg["scheduler"], epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
+        optimizer, section, epochs=cfg["epochs"], steps_per_epoch=steps_per_epoch
     )
     amp = MixedPrecision(**cfg["amp"], device_type=next(model.parameters()).device.type)
     amp = amp if amp.enabled else None
