@@ -170,6 +170,11 @@ def test_longest_prefix_wins():
         ({"type": "adam", "epsilon": 1e-7, "eps": 1e-8}, "give only one"),
         ({"type": "adam", "lr": -1.0}, "invalid adam optimizer setting"),
         ({"type": "adam", "beta_2": "high"}, "beta_2 must be a number"),
+        ({"type": "adam", "lr": True}, "lr must be a number, got bool True"),
+        ({"type": "adam", "betas": [0.9]}, r"betas must be a pair \[beta_1, beta_2\]"),
+        ({"type": "adam", "betas": [0.9, "x"]}, r"betas\[1\] must be a number"),
+        ({"type": "sgd", "nesterov": "yes"}, r"nesterov must be a bool"),
+        ({"type": "sgd", "momentum": float("inf")}, "momentum must be finite"),
         ({"type": "adam", "beta_2": 1.5}, "invalid adam optimizer setting.*beta"),
         ({"type": "adam", "lr_multipliers": {"encoder": 0.5}}, "matches no parameter"),
         (
@@ -217,3 +222,8 @@ def test_clipping_keys_become_guard_settings():
     guard = StabilityGuard(model, opt, **clipping_from_config({"gradient_clipping_by_value": 0.01}))
     guard.step(model(torch.full((4, 2), 100.0)).sum())
     assert guard.clip_mode == "value"
+
+
+def test_a_zero_lr_warns():
+    with pytest.warns(UserWarning, match="lr=0 will not change the weights"):
+        build_optimizer(nn.Linear(2, 2), {"type": "sgd", "lr": 0.0})
