@@ -132,7 +132,9 @@ class _Schedule(LRScheduler):
             raise TypeError(f"{name} state_dict must be a mapping, got {type(state_dict).__name__}")
         state = copy.deepcopy(dict(state_dict))
         if (owner := state.pop(_CLASS_KEY, name)) != name:
-            raise ValueError(f"this state_dict belongs to a {owner!r} scheduler, not to this {name}")
+            raise ValueError(
+                f"this state_dict belongs to a {owner!r} scheduler, not to this {name}"
+            )
         check_int(f"{name} state_dict['last_epoch']", state.get("last_epoch", 0), min=-1)
         if missing := [k for k in self._own_state() if k in self._fields and k not in state]:
             raise ValueError(f"{name} state_dict lacks {missing} (another scheduler's state?)")
