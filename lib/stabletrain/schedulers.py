@@ -4,8 +4,10 @@ Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``
 if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
 :math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (absolute, one or per group)
 or ``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
-lr = a + (b − a)s/W, a = ``warmup_start_lr`` or ``warmup_start_factor`` × b (0.01). Types
-with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step)."""
+lr = a + (b − a)s/W, a = ``warmup_start_lr`` or ``warmup_start_factor`` (in (0, 1], 0.01) × b.
+Types with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
+A group added by ``add_param_group`` follows the schedule from its first ``step()`` with its own
+b. ``load_state_dict`` refuses another type's state, missing fields and wrongly typed ones."""
 
 from __future__ import annotations
 
@@ -136,9 +138,9 @@ class _Schedule(LRScheduler):
                 f"this state_dict belongs to a {owner!r} scheduler, not to this {name}"
             )
         check_int(f"{name} state_dict['last_epoch']", state.get("last_epoch", 0), min=-1)
-        if missing := [k for k in self._own_state() if k in self._fields and k not in state]:
-            raise ValueError(f"{name} state_dict lacks {missing} (another scheduler's state?)")
         current = self._own_state()
+        if missing := [k for k in current if k in self._fields and k not in state]:
+            raise ValueError(f"{name} state_dict lacks {missing} (another scheduler's state?)")
         for key in set(state) & set(current):
             _check_field(f"{name} state_dict[{key!r}]", current[key], state[key])
         self.__dict__.update(state)
@@ -684,12 +686,12 @@ class WarmupWrapper(_Schedule):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
-        inner = state.pop("scheduler_state", None) if isinstance(state, dict) else None
-        if isinstance(state, dict) and not isinstance(inner, Mapping):
+        inner = state.pop("scheduler_state", None) if isinstance(state, dict) else {}
+        if not isinstance(inner, Mapping):
             raise ValueError(
                 f"WarmupWrapper state_dict lacks its 'scheduler_state' (got {inner!r})"
             )
-        super().load_state_dict(state)
+        super().load_state_dict(state)  # TypeError if not a mapping
         self.scheduler.load_state_dict(copy.deepcopy(dict(inner)))
 
 
@@ -734,16 +736,13 @@ def _construct(
 ) -> LRScheduler:
     """``also``: the names the caller (``adaptive``) accepts besides, for the error message."""
     resolved: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # canonical name -> as given
     for key, value in params.items():
         canonical = _PARAM_ALIASES.get(key, key)
         if canonical in resolved:
-            alias = (
-                key
-                if key != canonical
-                else next(a for a in params if a != key and _PARAM_ALIASES.get(a) == key)
-            )
+            alias = key if key != canonical else spelled[canonical]
             raise ValueError(f"{alias} and {canonical} are the same parameter: give one")
-        resolved[canonical] = value
+        resolved[canonical], spelled[canonical] = value, key
     own = "the peak/base LR is each parameter group's own lr, set on the optimizer"
     for key in ("learning_rate", "lr"):
         if key in resolved:

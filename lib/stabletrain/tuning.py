@@ -119,8 +119,9 @@ def tuning_run(
     diverge_factor = check_float("diverge_factor", diverge_factor, min=1, low_open=True)
     check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
     check_callable("model_fn", model_fn, optional=False)
-    for name in ("loss_fn", "optimizer_fn", "batch_fn", "should_stop", "on_step"):
-        check_callable(name, locals()[name])
+    hooks = dict(loss_fn=loss_fn, optimizer_fn=optimizer_fn, batch_fn=batch_fn)
+    for name, fn in (hooks | dict(should_stop=should_stop, on_step=on_step)).items():
+        check_callable(name, fn)
     if not isinstance(schedule, Mapping | None) or not isinstance(monitor, str | None):
         raise TypeError(
             f"schedule must be a mapping and monitor a str (or None); got {schedule!r}, {monitor!r}"
