@@ -146,7 +146,160 @@ LOSS_CASES: list = []
 
 # --- schedulers -----------------------------------------------------------------------------
 
-SCHEDULER_CASES: list = []
+
+def _opt(*lrs: float):
+    import torch
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs or (0.1,)]
+    return torch.optim.SGD(groups, momentum=0.9)
+
+
+def _sched(config, opt=None):
+    from stabletrain.schedulers import build_scheduler
+
+    return build_scheduler(opt or _opt(), config)
+
+
+def _load(config, state):
+    _sched(config).load_state_dict(state)
+
+
+def _state(config, **changes):
+    return {**_sched(config).state_dict(), **changes}
+
+
+def _wrapper(factor=0.01, opt=None):
+    import torch
+
+    from stabletrain.schedulers import with_warmup
+
+    opt = opt or _opt()
+    return with_warmup(torch.optim.lr_scheduler.StepLR(opt, 2), 3, factor)
+
+
+def _step_after_adding(config, lr=0.3):
+    import torch
+
+    opt = _opt(0.1, 0.2)
+    sched = _sched(config, opt)
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr})
+    opt.step()
+    sched.step()
+
+
+def _range_test(**kwargs):
+    import torch
+
+    from stabletrain.lr_finder import lr_range_test
+
+    model = torch.nn.Linear(2, 1)
+    loader = [(torch.zeros(4, 2), torch.zeros(4, 1))]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lr_range_test(model, opt, None, loader, **kwargs)
+
+
+def _tuning(fn, **kwargs):
+    import torch
+
+    from stabletrain import tuning
+
+    def model_fn():
+        return torch.nn.Linear(2, 1)
+
+    loader = [(torch.zeros(4, 2), torch.zeros(4, 1))]
+    defaults = {"lr_sweep": dict(lrs=[0.1], steps=4), "tuning_run": dict(lr=0.1, steps=4)}
+    getattr(tuning, fn)(model_fn, loader, **{**defaults.get(fn, {}), **kwargs})
+
+
+def _lr_tuner(**kwargs):
+    from stabletrain.widgets import lr_tuner
+
+    lr_tuner(**kwargs)
+
+
+_EXP = {"type": "exponential", "gamma": 0.9}
+_STEP = {"type": "step", "step_size": 2}
+
+# fmt: off
+SCHEDULER_CASES = [
+    # warmup_start_factor: a "warmup" that decreases, or starts at 0
+    case("warmup-factor-5", lambda: _sched({"type": "constant", "warmup_steps": 3, "warmup_start_factor": 5}), ValueError, "warmup_start_factor must be in (0, 1], got 5"),
+    case("warmup-factor-0", lambda: _sched({"type": "warmup_cosine", "total_steps": 9, "warmup_start_factor": 0}), ValueError, "warmup_start_factor must be in (0, 1]"),
+    case("warmup-factor-bool", lambda: _sched({"type": "constant", "warmup_start_factor": True}), ValueError, "warmup_start_factor must be a number"),
+    case("with-warmup-factor-5", lambda: _wrapper(5), ValueError, "warmup_start_factor must be in (0, 1]"),
+    # load_state_dict: garbage, another type's state, missing fields, wrong field types
+    case("state-garbage", lambda: _load(_EXP, {"last_epoch": "x", "gamma": 7}), TypeError, "ExponentialDecay state_dict['last_epoch'] must be an int"),
+    case("state-missing-fields", lambda: _load(_EXP, {"last_epoch": 3, "gamma": 0.5}), ValueError, "ExponentialDecay state_dict lacks"),
+    case("state-empty", lambda: _load(_EXP, {}), ValueError, "ExponentialDecay state_dict lacks ['gamma', 'decay_steps'"),
+    case("state-none", lambda: _load(_EXP, None), TypeError, "ExponentialDecay state_dict must be a mapping"),
+    case("state-other-type", lambda: _load(_EXP, _state(_STEP)), ValueError, "belongs to a 'StepDecay' scheduler, not to this ExponentialDecay"),
+    case("state-plateau-into-cosine", lambda: _load({"type": "warmup_cosine", "total_steps": 9}, _state({"type": "plateau"})), ValueError, "belongs to a 'PlateauWithWarmup' scheduler"),
+    case("state-torch-steplr", lambda: _load(_STEP, _wrapper().scheduler.state_dict()), ValueError, "StepDecay state_dict lacks"),
+    case("state-gamma-str", lambda: _load(_EXP, _state(_EXP, gamma="0.5")), TypeError, "state_dict['gamma'] must be a number, got str"),
+    case("state-last-epoch-float", lambda: _load(_EXP, _state(_EXP, last_epoch=2.0)), TypeError, "state_dict['last_epoch'] must be an int"),
+    case("state-base-lrs-str", lambda: _load(_EXP, _state(_EXP, base_lrs=["0.1"])), TypeError, "state_dict['base_lrs'][0] must be a number"),
+    case("state-bool-field", lambda: _load(_EXP, _state(_EXP, staircase="no")), TypeError, "state_dict['staircase'] must be a bool"),
+    case("state-wrapper-without-inner", lambda: _wrapper().load_state_dict({"last_epoch": 1}), ValueError, "lacks its 'scheduler_state'"),
+    # alias clashes name both spellings
+    case("alias-alpha", lambda: _sched({"type": "constant", "alpha": 0.1, "min_lr_ratio": 0.1}), ValueError, "alpha and min_lr_ratio are the same parameter: give one"),
+    case("alias-alpha-second", lambda: _sched({"type": "constant", "min_lr_ratio": 0.1, "alpha": 0.1}), ValueError, "alpha and min_lr_ratio are the same parameter: give one"),
+    case("alias-t-mul", lambda: _sched({"type": "cosine_restarts", "first_cycle_steps": 2, "t_mul": 2, "t_mult": 2}), ValueError, "t_mul and t_mult are the same parameter: give one"),
+    case("alias-decay-rate", lambda: _sched({**_EXP, "decay_rate": 0.9}), ValueError, "decay_rate and gamma are the same parameter: give one"),
+    # strings and booleans are not numbers, numbers not booleans
+    case("factor-str", lambda: _sched({"type": "plateau", "factor": "0.5"}), ValueError, "factor must be a number, got str '0.5'"),
+    case("factor-true", lambda: _sched({"type": "adaptive", "factor": True}), ValueError, "factor must be a number, got bool"),
+    case("step-size-str", lambda: _sched({"type": "step", "step_size": "1"}), ValueError, "step_size must be an int, got str"),
+    case("gamma-true", lambda: _sched({"type": "exponential", "gamma": True}), ValueError, "gamma must be a number, got bool"),
+    case("total-steps-str", lambda: _sched({"type": "warmup_cosine", "total_steps": "10"}), ValueError, "total_steps must be an int"),
+    case("warmup-steps-true", lambda: _sched({"type": "constant", "warmup_steps": True}), ValueError, "warmup_steps must be an int"),
+    case("min-lr-str", lambda: _sched({"type": "constant", "min_lr": "0.01"}), ValueError, "min_lr must be a number"),
+    case("warmup-start-lr-list-str", lambda: _sched({"type": "constant", "warmup_start_lr": ["0"]}), ValueError, "warmup_start_lr[0] must be a number"),
+    case("staircase-str", lambda: _sched({**_EXP, "staircase": "false"}), ValueError, "staircase must be a bool"),
+    case("three-phase-int", lambda: _sched({"type": "onecycle", "total_steps": 10, "three_phase": 1}), ValueError, "three_phase must be a bool"),
+    case("patience-float", lambda: _sched({"type": "plateau", "patience": 2.5}), ValueError, "patience must be an int"),
+    case("step-spike-factor-str", lambda: _sched({"type": "adaptive", "step_spike_factor": "10"}), ValueError, "step_spike_factor must be a number"),
+    case("metric-str", lambda: _sched({"type": "plateau"}).step("1.0"), TypeError, "metric must be a number, got str"),
+    case("metric-bool", lambda: _sched({"type": "adaptive"}).step(True), TypeError, "metric must be a number, got bool"),
+    case("lr-curve-base-lr-true", lambda: __import__("stabletrain.schedulers").schedulers.lr_curve(_STEP, 5, True), ValueError, "base_lr must be a number"),
+    case("epochs-str", lambda: __import__("stabletrain.schedulers").schedulers.epochs_to_steps("3", 4), ValueError, "epochs must be a number"),
+    # unknown names: the nearest one
+    case("unknown-param-nearest", lambda: _sched({**_STEP, "gama": 0.5}), ValueError, "did you mean 'gamma'?"),
+    case("unknown-warmup-param", lambda: _sched({"type": "constant", "warmup_step": 3}), ValueError, "did you mean 'warmup_steps'?"),
+    case("adaptive-unknown-own-param", lambda: _sched({"type": "adaptive", "patiense": 3}), ValueError, "did you mean 'patience'?"),
+    case("unknown-type-nearest", lambda: _sched({"type": "cosin"}), ValueError, "did you mean 'cosine'?"),
+    case("type-not-str", lambda: _sched({"type": 3}), ValueError, "type must be a scheduler type name"),
+    case("config-not-mapping", lambda: _sched(["step"]), ValueError, "config must be a mapping"),
+    case("lr-in-config", lambda: _sched({**_STEP, "lr": 0.1}), ValueError, "lr is not a scheduler parameter"),
+    # a group added by add_param_group needs one value for per-group settings
+    case("added-group-per-group-min-lr", lambda: _step_after_adding({"type": "constant", "min_lr": [0.01, 0.02]}), ValueError, "min_lr was given per parameter group (2 values): a group added by add_param_group"),
+    case("added-group-per-group-warmup", lambda: _step_after_adding({"type": "constant", "warmup_steps": 2, "warmup_start_lr": [0.0, 0.1]}), ValueError, "warmup_start_lr was given per parameter group"),
+    case("added-group-per-group-momentum", lambda: _step_after_adding({"type": "onecycle", "total_steps": 9, "max_momentum": [0.9, 0.95]}), ValueError, "add_param_group"),
+    case("added-group-min-lr-over-its-lr", lambda: _step_after_adding({"type": "constant", "min_lr": 0.05}, 0.01), ValueError, "min_lr of param_groups[2] (at most its lr)"),
+    # the LR range test and tuning: bools are not numbers, strings not bools; unknown keywords
+    case("range-test-num-iters-true", lambda: _range_test(num_iters=True), TypeError, "num_iters must be an int"),
+    case("range-test-start-lr-str", lambda: _range_test(start_lr="1e-5"), TypeError, "start_lr must be a number"),
+    case("range-test-smooth-true", lambda: _range_test(smooth=True), TypeError, "smooth must be a number"),
+    case("range-test-update-str", lambda: _range_test(update="amp"), TypeError, "update must be a stabletrain Update"),
+    case("range-test-batch-fn", lambda: _range_test(batch_fn=3), TypeError, "batch_fn must be callable"),
+    case("range-test-unknown-kw", lambda: _range_test(num_iter=5), TypeError, "unexpected keyword argument 'num_iter'"),
+    case("moving-average-bool", lambda: __import__("stabletrain.lr_finder").lr_finder.MovingAverage(True), TypeError, "smooth must be a number"),
+    case("tuning-run-lr-true", lambda: _tuning("tuning_run", lr=True), TypeError, "lr must be a number"),
+    case("tuning-run-steps-str", lambda: _tuning("tuning_run", steps="4"), TypeError, "steps must be an int"),
+    case("tuning-run-schedule-str", lambda: _tuning("tuning_run", schedule="step"), TypeError, "schedule must be a mapping"),
+    case("tuning-run-clip-str", lambda: _tuning("tuning_run", max_grad_norm="1"), TypeError, "max_grad_norm must be a number"),
+    case("tuning-run-on-step", lambda: _tuning("tuning_run", on_step="print"), TypeError, "on_step must be callable"),
+    case("sweep-lrs-number", lambda: _tuning("lr_sweep", lrs=0.1), TypeError, "lrs must be a sequence"),
+    case("sweep-lrs-bool", lambda: _tuning("lr_sweep", lrs=[True]), TypeError, "lrs must be a number"),
+    case("sweep-steps-str", lambda: _tuning("lr_sweep", steps="4"), TypeError, "steps must be an int"),
+    case("sweep-seeds-str", lambda: _tuning("lr_sweep", seeds=["0"]), TypeError, "seeds must be an int"),
+    case("sweep-unknown-kw", lambda: _tuning("lr_sweep", max_grad=1.0), TypeError, "did you mean 'max_grad_norm'?"),
+    case("sweep-sets-lr-itself", lambda: _tuning("lr_sweep", lr=0.1), TypeError, "lr_sweep() got unknown keyword(s) ['lr']"),
+    case("sweep-unknown-monitor-mode", lambda: _tuning("lr_sweep", monitor="val_custom"), ValueError, "give mode='min' or mode='max'"),
+    case("range-test-fn-unknown-kw", lambda: _tuning("range_test", end=1.0), TypeError, "did you mean 'end_lr'?"),
+    case("range-test-fn-seed-true", lambda: _tuning("range_test", seed=True), TypeError, "seed must be an int"),
+    case("lr-tuner-model-kw", lambda: _lr_tuner(model=None, train_loader=[]), TypeError, "unexpected keyword argument 'model'"),
+]
+# fmt: on
 
 
 # --- fit, the update, the guard, callbacks --------------------------------------------------

@@ -698,3 +698,189 @@ def test_numpy_numbers_are_accepted():
     np = pytest.importorskip("numpy")
     a = lr_curve({"type": "step", "step_size": np.int64(3), "gamma": np.float32(0.5)}, 8)
     assert a == lr_curve({"type": "step", "step_size": 3, "gamma": float(np.float32(0.5))}, 8)
+
+
+# --------------------------------------------------------------------------- get_lr, state checks
+
+_EXTRA = {"cosine_restarts": {"first_cycle_steps": 4}, "exponential": {"gamma": 0.9}}
+_EXTRA["step"] = {"step_size": 3}
+
+
+def _config(kind: str) -> dict:
+    warm = {} if kind == "onecycle" else {"warmup_steps": 3}
+    return {"type": kind, "total_steps": 20, **warm, **_EXTRA.get(kind, {})}
+
+
+def _wrapped(opt):
+    return with_warmup(tls.StepLR(opt, 3, 0.5), 4)
+
+
+@pytest.mark.parametrize("kind", [*SCHEDULER_TYPES, "with_warmup"])
+def test_get_lr_after_step_is_the_current_lr(kind):
+    opt = make_optimizer()
+    sched = _wrapped(opt) if kind == "with_warmup" else build_scheduler(opt, _config(kind))
+    for k in range(15):
+        opt.step()
+        sched.step()
+        if sched.metric_driven:
+            sched.step(float(k % 3 == 0) + 1.0)  # plateaus: cuts
+        assert sched.get_lr() == sched.get_last_lr() == [g["lr"] for g in opt.param_groups]
+
+
+@pytest.mark.parametrize("config", STATE_CASES, ids=[c["type"] for c in STATE_CASES])
+def test_state_of_another_type_is_refused_and_an_old_state_still_loads(config):
+    opt = make_optimizer()
+    sched = build_scheduler(opt, config)
+    run(opt, sched, 5, {1: 1.0, 3: 2.0})
+    state = sched.state_dict()
+    assert state["scheduler_class"] == type(sched).__name__
+    other = STATE_CASES[(STATE_CASES.index(config) + 1) % len(STATE_CASES)]
+    with pytest.raises(ValueError, match=f"belongs to a '{type(sched).__name__}' scheduler"):
+        build_scheduler(make_optimizer(), other).load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "scheduler_class"}  # saved before the key
+    fresh = build_scheduler(make_optimizer(), config)
+    fresh.load_state_dict(old)
+    assert fresh.state_dict() == state
+    with pytest.raises(ValueError, match="lacks"):
+        fresh.load_state_dict({"last_epoch": 3})
+
+
+def test_state_fields_are_checked():
+    sched = build_scheduler(make_optimizer(), type="exponential", gamma=0.9)
+    state = sched.state_dict()
+    for key, bad, match in [
+        ("last_epoch", "x", r"\['last_epoch'\] must be an int"),
+        ("last_epoch", 2.0, r"\['last_epoch'\] must be an int"),
+        ("gamma", "0.5", r"ExponentialDecay state_dict\['gamma'\] must be a number"),
+        ("staircase", 1, r"\['staircase'\] must be a bool"),
+        ("base_lrs", [0.1, "x", 0.3], r"\['base_lrs'\]\[1\] must be a number"),
+    ]:
+        with pytest.raises(TypeError, match=match):
+            sched.load_state_dict({**state, key: bad})
+    with pytest.raises(ValueError, match="lacks"):  # torch's own StepLR state
+        build_scheduler(make_optimizer(), type="step", step_size=2).load_state_dict(
+            tls.StepLR(make_optimizer(), 2).state_dict()
+        )
+    sched.load_state_dict({**state, "gamma": 1})  # an int is a number
+    assert sched.gamma == 1
+
+
+def test_state_dict_keeps_torch_contract():
+    """Every attribute but the optimizer (and the field list), plus the class; SequentialLR
+    saves and loads ours as its children."""
+    opt = make_optimizer()
+    sched = build_scheduler(opt, type="warmup_cosine", total_steps=10, warmup_steps=2)
+    state = sched.state_dict()
+    assert set(state) == (set(vars(sched)) - {"optimizer", "_fields"}) | {"scheduler_class"}
+    first = build_scheduler(opt, type="constant", warmup_steps=2)
+    chain = tls.SequentialLR(opt, [first, build_scheduler(opt, type="step", step_size=2)], [3])
+    run(opt, chain, 5)
+    chain.load_state_dict(chain.state_dict())
+
+
+def test_wrapper_state_needs_the_inner_state():
+    sched = _wrapped(make_optimizer())
+    state = sched.state_dict()
+    with pytest.raises(ValueError, match="scheduler_state"):
+        sched.load_state_dict({k: v for k, v in state.items() if k != "scheduler_state"})
+    sched.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- add_param_group
+
+
+def _add_group(opt, lr):
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": lr})
+
+
+@pytest.mark.parametrize("at", [0, 1, 2])
+def test_an_added_group_follows_step_like_torch_steplr(at):
+    ours_opt, torch_opt = make_optimizer(), make_optimizer()
+    ours = build_scheduler(ours_opt, type="step", step_size=3, gamma=0.5)
+    theirs = tls.StepLR(torch_opt, 3, 0.5)
+    for k in range(12):
+        for opt, sched in ((ours_opt, ours), (torch_opt, theirs)):
+            if k == at:
+                _add_group(opt, 0.7)
+            opt.step()
+            sched.step()
+        assert [g["lr"] for g in ours_opt.param_groups] == pytest.approx(
+            [g["lr"] for g in torch_opt.param_groups], rel=1e-12
+        )
+    assert len(ours_opt.param_groups) == 4
+
+
+def test_the_plateau_scheduler_cuts_an_added_group_like_torch():
+    ours_opt, torch_opt = make_optimizer(), make_optimizer()
+    ours = build_scheduler(ours_opt, type="plateau", patience=1, factor=0.5, min_lr=0.01)
+    theirs = tls.ReduceLROnPlateau(torch_opt, patience=1, factor=0.5, min_lr=0.01)
+    metrics = [3.0, 2.0, 2.5, 2.5, 2.5, 1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5]
+    for epoch, metric in enumerate(metrics):
+        if epoch == 3:
+            _add_group(ours_opt, 0.7)
+            _add_group(torch_opt, 0.7)
+        ours_opt.step()
+        ours.step()
+        ours.step(metric)
+        theirs.step(metric)
+        assert [g["lr"] for g in ours_opt.param_groups] == pytest.approx(
+            [g["lr"] for g in torch_opt.param_groups], rel=1e-12
+        )
+    assert ours_opt.param_groups[3]["lr"] < 0.7  # the new group was cut
+
+
+@pytest.mark.parametrize("kind", SCHEDULER_TYPES)
+def test_an_added_group_gets_its_own_base_lr(kind):
+    """Added at step 4 with lr 0.7: from then on as a group of base 0.7 there from the start."""
+    opt, ref_opt = make_optimizer(), make_optimizer(bases=(*BASES, 0.7))
+    sched, ref = build_scheduler(opt, _config(kind)), build_scheduler(ref_opt, _config(kind))
+    for k in range(16):
+        if k == 4:
+            _add_group(opt, 0.7)
+        for o, s in ((opt, sched), (ref_opt, ref)):
+            o.step()
+            s.step()
+            if s.metric_driven:
+                s.step(float(k % 3 == 0) + 1.0)
+        if k >= 4:
+            assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in ref_opt.param_groups]
+            assert [g["momentum"] for g in opt.param_groups] == [
+                g["momentum"] for g in ref_opt.param_groups
+            ]
+    assert opt.param_groups[3]["initial_lr"] == 0.7
+
+
+def test_an_added_group_with_its_initial_lr_and_under_a_warmup_wrapper():
+    opt = make_optimizer()
+    sched = build_scheduler(opt, type="step", step_size=2, gamma=0.5)
+    run(opt, sched, 3)
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 9.0})
+    opt.param_groups[3]["initial_lr"] = 0.8  # resuming: the base LR is initial_lr
+    run(opt, sched, 1)
+    assert opt.param_groups[3]["lr"] == pytest.approx(0.8 * 0.5**2)
+    opt = make_optimizer()
+    sched = _wrapped(opt)
+    run(opt, sched, 2)
+    _add_group(opt, 0.7)
+    lrs = run(opt, sched, 10)
+    assert lrs[-1][3] == pytest.approx(0.7 * 0.5**2)  # warmed up to 0.7, then StepLR's
+
+
+def test_an_added_group_needs_one_value_for_per_group_settings():
+    for config in [
+        {"type": "constant", "min_lr": [0.01, 0.02, 0.03]},
+        {"type": "constant", "warmup_steps": 3, "warmup_start_lr": [0.0, 0.01, 0.0]},
+        {"type": "onecycle", "total_steps": 10, "base_momentum": [0.8, 0.85, 0.85]},
+    ]:
+        opt = make_optimizer()
+        sched = build_scheduler(opt, config)
+        _add_group(opt, 0.7)
+        opt.step()
+        with pytest.raises(ValueError, match="add_param_group"):
+            sched.step()
+    opt = make_optimizer()
+    sched = build_scheduler(opt, type="constant", min_lr=[0.01] * 3)  # one value for all: fine
+    _add_group(opt, 0.7)
+    opt.step()
+    sched.step()
+    assert sched.min_lrs == [0.01] * 4

@@ -4,14 +4,18 @@ Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``
 if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
 :math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (absolute, one or per group)
 or ``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
-lr = a + (b − a)s/W, a = ``warmup_start_lr`` or ``warmup_start_factor`` × b (0.01). Types
-with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step)."""
+lr = a + (b − a)s/W, a = ``warmup_start_lr`` or ``warmup_start_factor`` (in (0, 1], 0.01) × b.
+Types with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
+A group added by ``add_param_group`` follows the schedule from its first ``step()`` with its own
+b. ``load_state_dict`` refuses another type's state, missing fields and wrongly typed ones."""
 
 from __future__ import annotations
 
 import copy
+import difflib
 import inspect
 import math
+import numbers
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +31,43 @@ from .checks import check_bool, check_choice, check_config_value, check_float, c
 
 # this module's values come from configurations: a wrong type is a ValueError too
 _int, _float, _bool = (partial(check_config_value, c) for c in (check_int, check_float, check_bool))
+_CLASS_KEY = "scheduler_class"  # in every state_dict(): the type it belongs to
+
+
+def _did_you_mean(key: Any, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), names, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _one_for_all(name: str, values: list[Any]) -> Any:
+    """The value a group added by ``add_param_group`` gets: the one all the others share."""
+    if any(v != values[0] for v in values):
+        per_group = f"{name} was given per parameter group ({len(values)} values)"
+        raise ValueError(f"{per_group}: a group added by add_param_group has none; give one value")
+    return values[0]
+
+
+def _kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, numbers.Real) or torch.is_tensor(value):
+        return "a number"
+    kinds = ((str, "a str"), (Mapping, "a mapping"), (list | tuple, "a list"))
+    return next((kind for t, kind in kinds if isinstance(value, t)), None)
+
+
+def _check_field(name: str, current: Any, value: Any) -> None:
+    """``value`` of the kind of ``current`` (bool, number, str, list, mapping), recursively;
+    ``None`` on either side: anything goes."""
+    kind = _kind(current)
+    if kind is not None and value is not None and _kind(value) != kind:
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
+    if kind == "a list":
+        for i, (c, v) in enumerate(zip(current, value)):
+            _check_field(f"{name}[{i}]", c, v)
+    elif kind == "a mapping":
+        for key in set(current) & set(value):
+            _check_field(f"{name}[{key!r}]", current[key], value[key])
 
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
@@ -74,12 +115,46 @@ class _Schedule(LRScheduler):
     warmup_start_lrs: list[float] | None = None
     _state_exclude: tuple[str, ...] = ("optimizer",)
 
+    def __init__(self, optimizer: Optimizer) -> None:
+        self._fields = (*self.__dict__, "last_epoch", "base_lrs")  # what a state must hold
+        super().__init__(optimizer)
+
+    def _own_state(self) -> dict[str, Any]:
+        skip = (*self._state_exclude, "_fields")
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
     def state_dict(self) -> dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
-        return copy.deepcopy(state)
+        return {**copy.deepcopy(self._own_state()), _CLASS_KEY: type(self).__name__}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        self.__dict__.update(copy.deepcopy(dict(state_dict)))
+        """Load a ``state_dict()`` of this type (also one saved without ``scheduler_class``);
+        ``ValueError``: another type's or fields missing; ``TypeError``: a field's type."""
+        name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name} state_dict must be a mapping, got {type(state_dict).__name__}")
+        state = copy.deepcopy(dict(state_dict))
+        if (owner := state.pop(_CLASS_KEY, name)) != name:
+            raise ValueError(
+                f"this state_dict belongs to a {owner!r} scheduler, not to this {name}"
+            )
+        check_int(f"{name} state_dict['last_epoch']", state.get("last_epoch", 0), min=-1)
+        current = self._own_state()
+        if missing := [k for k in current if k in self._fields and k not in state]:
+            raise ValueError(f"{name} state_dict lacks {missing} (another scheduler's state?)")
+        for key in set(state) & set(current):
+            _check_field(f"{name} state_dict[{key!r}]", current[key], state[key])
+        self.__dict__.update(state)
+
+    def _adopt_new_groups(self) -> None:
+        """Groups added by ``add_param_group``: base LR their ``initial_lr`` (else ``lr``)."""
+        for i, group in enumerate(self.optimizer.param_groups):
+            if i >= len(self.base_lrs):
+                b = float(group.setdefault("initial_lr", group["lr"]))
+                self.base_lrs.append(check_float(f"param_groups[{i}] lr", b, min=0))
+                self._new_group(i, b)
+
+    def _new_group(self, i: int, b: float) -> None:
+        """Extend the per-group state for group ``i`` (base LR ``b``)."""
 
     def _warmup_lr(self, s: int, i: int, b: float) -> float:
         """Linear warmup: ``a + (b - a) s / W``, a = ``warmup_start_lrs[i]`` or factor × b."""
@@ -111,8 +186,11 @@ class _Schedule(LRScheduler):
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """``step()``: one optimizer step; ``step(metric)``: report a metric (not a step). Not
         metric-driven: an int is torch's ``epoch`` (``SequentialLR``), other metrics raise."""
+        self._adopt_new_groups()
         if metric is not None and self.metric_driven:
-            self._report(metric)
+            self._report(
+                metric if torch.is_tensor(metric) else check_float("metric", metric, finite=False)
+            )
         elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
             super().step(metric)
         else:
@@ -140,7 +218,9 @@ class _WarmupSchedule(_Schedule):
             total_steps = _int("total_steps", total_steps, min=self.warmup_steps + 1)
         self.total_steps = total_steps
         self.warmup_start_lrs = _per_group("warmup_start_lr", warmup_start_lr, len(bases))
-        self.warmup_start_factor = _float("warmup_start_factor", warmup_start_factor, min=0)
+        self.warmup_start_factor = _float(
+            "warmup_start_factor", warmup_start_factor, min=0, max=1, low_open=True
+        )
         ratio = _float("min_lr_ratio", min_lr_ratio, min=0, max=1)
         if min_lr is not None and ratio != 0.0:
             both = f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
@@ -150,6 +230,14 @@ class _WarmupSchedule(_Schedule):
             check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
         self.min_lr_ratio = ratio
         super().__init__(optimizer)
+
+    def _new_group(self, i: int, b: float) -> None:
+        eta = self.min_lr_ratio * b if self.min_lr_ratio else _one_for_all("min_lr", self.min_lrs)
+        self.min_lrs.append(
+            check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
+        )
+        if self.warmup_start_lrs is not None:
+            self.warmup_start_lrs.append(_one_for_all("warmup_start_lr", self.warmup_start_lrs))
 
     def _lr(self, s: int, i: int, b: float) -> float:
         if s < self.warmup_steps:
@@ -325,6 +413,11 @@ class OneCycle(_WarmupSchedule):
         self._warned_past_end = False
         super().__init__(optimizer, total_steps=total)
 
+    def _new_group(self, i: int, b: float) -> None:
+        super()._new_group(i, b)
+        if self.cycle_momentum:
+            self.momenta.append(dict(_one_for_all("base_momentum/max_momentum", self.momenta)))
+
     def _anneal(self, s: int, values: Mapping[str, float], lr: bool) -> float:
         """``OneCycleLR``'s value in the phase of step ``s`` (the last phase past its end)."""
         start_step = 0.0
@@ -388,6 +481,10 @@ class PlateauWithWarmup(_WarmupSchedule):
         self.num_bad_epochs = self.cooldown_counter = 0
         self.current_lrs = _base_lrs_of(optimizer)
         super().__init__(optimizer, **kwargs)
+
+    def _new_group(self, i: int, b: float) -> None:
+        super()._new_group(i, b)
+        self.current_lrs.append(b)
 
     def _lr(self, s: int, i: int, b: float) -> float:
         return self._warmup_lr(s, i, b) if s < self.warmup_steps else self.current_lrs[i]
@@ -469,7 +566,7 @@ class AdaptiveScheduler(_Schedule):
         self.step_losses: list[float] = []
         self.step_cooldown = 0
         self.base_type = name
-        self._base = _construct(name, optimizer, base_params)
+        self._base = _construct(name, optimizer, base_params, also=_accepted(type(self))[0])
         self.multiplier = 1.0
         self.needs_rollback = False
         self.recent: list[float] = []
@@ -483,6 +580,9 @@ class AdaptiveScheduler(_Schedule):
 
     def _extra(self, s: int) -> None:
         self._base._extra(s)
+
+    def _new_group(self, i: int, b: float) -> None:
+        self._base._adopt_new_groups()
 
     def _report(self, metric: float | torch.Tensor) -> None:
         value = float(metric)
@@ -542,7 +642,9 @@ class WarmupWrapper(_Schedule):
             raise ValueError(f"scheduler must be a torch LR scheduler (with .optimizer), got {got}")
         self.scheduler = scheduler
         self.warmup_steps = _int("warmup_steps", warmup_steps, min=0)
-        self.warmup_start_factor = _float("warmup_start_factor", warmup_start_factor, min=0)
+        self.warmup_start_factor = _float(
+            "warmup_start_factor", warmup_start_factor, min=0, max=1, low_open=True
+        )
         self.targets = _group_lrs(optimizer)
         self.metric_driven = is_metric_driven(scheduler)
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
@@ -552,7 +654,17 @@ class WarmupWrapper(_Schedule):
         target = self.targets[i]
         return self._warmup_lr(s, i, float(target)) if s < self.warmup_steps else target
 
+    def _new_group(self, i: int, b: float) -> None:
+        self.targets.append(_group_lrs(self.optimizer)[i])
+
+    def get_lr(self) -> list[float]:
+        """The LRs of this step: warmup's, then the wrapped scheduler's ``get_last_lr()``."""
+        if self.last_epoch < self.warmup_steps:
+            return super().get_lr()
+        return list(self.scheduler.get_last_lr())
+
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
+        self._adopt_new_groups()
         if metric is not None:
             if not self.metric_driven:
                 wrapped = type(self.scheduler).__name__
@@ -573,11 +685,14 @@ class WarmupWrapper(_Schedule):
         return {**super().state_dict(), "scheduler_state": inner}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        state = dict(state_dict)
-        inner = state.pop("scheduler_state", None)
-        super().load_state_dict(state)
-        if inner is not None:
-            self.scheduler.load_state_dict(copy.deepcopy(inner))
+        state = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
+        inner = state.pop("scheduler_state", None) if isinstance(state, dict) else {}
+        if not isinstance(inner, Mapping):
+            raise ValueError(
+                f"WarmupWrapper state_dict lacks its 'scheduler_state' (got {inner!r})"
+            )
+        super().load_state_dict(state)  # TypeError if not a mapping
+        self.scheduler.load_state_dict(copy.deepcopy(dict(inner)))
 
 
 with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only the result
@@ -602,7 +717,9 @@ def _canonical(name: Any, what: str = "type") -> str:
         raise ValueError(f"{what} must be a scheduler type name, one of {_VALID}; got {name!r}")
     key = SCHEDULER_ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in SCHEDULER_TYPES:
-        raise ValueError(f"unknown {what} {name!r}; valid types: {_VALID}")
+        raise ValueError(
+            f"unknown {what} {name!r}; {_did_you_mean(key, _VALID)}valid types: {_VALID}"
+        )
     return key
 
 
@@ -614,13 +731,18 @@ def _accepted(cls: type) -> tuple[list[str], list[str]]:
     return [p.name for p in params], [p.name for p in params if p.default is p.empty]
 
 
-def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LRScheduler:
+def _construct(
+    name: str, optimizer: Optimizer, params: Mapping[str, Any], also: Sequence[str] = ()
+) -> LRScheduler:
+    """``also``: the names the caller (``adaptive``) accepts besides, for the error message."""
     resolved: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # canonical name -> as given
     for key, value in params.items():
         canonical = _PARAM_ALIASES.get(key, key)
         if canonical in resolved:
-            raise ValueError(f"{key} and {canonical} are the same parameter; give only one")
-        resolved[canonical] = value
+            alias = key if key != canonical else spelled[canonical]
+            raise ValueError(f"{alias} and {canonical} are the same parameter: give one")
+        resolved[canonical], spelled[canonical] = value, key
     own = "the peak/base LR is each parameter group's own lr, set on the optimizer"
     for key in ("learning_rate", "lr"):
         if key in resolved:
@@ -632,8 +754,10 @@ def _construct(name: str, optimizer: Optimizer, params: Mapping[str, Any]) -> LR
             raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
     for key in resolved:
         if key not in names:
+            accepted = sorted({*names, *also} - {"base_params"})
             raise ValueError(
-                f"unknown parameter {key!r} for scheduler type {name!r}; accepted: {sorted(names)}"
+                f"unknown parameter {key!r} for scheduler type {name!r}; "
+                f"{_did_you_mean(key, accepted)}accepted: {accepted}"
             )
     return cls(optimizer, **resolved)
 

@@ -21,10 +21,11 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .callbacks import Callback, TrainContext
-from .checks import check_choice, check_float, check_int
+from .checks import check_float, check_int
 from .history import History
 from .loop import fit
-from .lr_finder import LRRangeTestResult, lr_range_test
+from .lr_finder import LRRangeTestResult, check_callable, check_keywords, lr_range_test
+from .metrics import metric_mode
 from .schedulers import build_scheduler
 from .utils import seed_everything
 
@@ -116,6 +117,15 @@ def tuning_run(
     steps = check_int("steps", steps, min=2)
     seed = check_int("seed", seed, min=0)
     diverge_factor = check_float("diverge_factor", diverge_factor, min=1, low_open=True)
+    check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
+    check_callable("model_fn", model_fn, optional=False)
+    hooks = dict(loss_fn=loss_fn, optimizer_fn=optimizer_fn, batch_fn=batch_fn)
+    for name, fn in (hooks | dict(should_stop=should_stop, on_step=on_step)).items():
+        check_callable(name, fn)
+    if not isinstance(schedule, Mapping | None) or not isinstance(monitor, str | None):
+        raise TypeError(
+            f"schedule must be a mapping and monitor a str (or None); got {schedule!r}, {monitor!r}"
+        )
     config = {"type": "constant", **dict(schedule or {}), "total_steps": steps}
     seed_everything(seed)
     generator = getattr(train_loader, "generator", None)
@@ -226,12 +236,25 @@ def lr_sweep(
     **run_kwargs: Any,
 ) -> SweepResult:
     """:func:`tuning_run` for every peak LR × warmup × seed (``schedule`` with each warmup);
-    ``mode``: ``"min"`` if the monitor's name has "loss" in it, else ``"max"``. Stops early
-    (returning the runs so far) once ``should_stop()``."""
+    ``mode``: :func:`~stabletrain.metrics.metric_mode` of the monitor. Stops early (returning
+    the runs so far) once ``should_stop()``. Every argument is checked before the first run."""
+    for name, values in (("lrs", lrs), ("warmups", warmups), ("seeds", seeds)):
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+            raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
     if not lrs or not warmups or not seeds:
         raise ValueError("lrs, warmups and seeds must each hold at least one value")
+    steps = check_int("steps", steps, min=2)
+    for lr in lrs:
+        check_float("lrs", lr, min=0, low_open=True)
     for warmup in warmups:
         check_int("warmups", warmup, min=0, max=steps - 1)
+    for seed in seeds:
+        check_int("seeds", seed, min=0)
+    check_keywords(
+        "lr_sweep", run_kwargs, tuning_run, ("lr", "steps", "schedule", "seed", "should_stop")
+    )
+    monitor = run_kwargs.get("monitor") or ("val_loss" if val_loader is not None else "train_loss")
+    mode = metric_mode(monitor, mode)
     runs: list[TuningRun] = []
     for warmup, lr, seed in itertools.product(warmups, sorted(lrs), seeds):
         if should_stop is not None and should_stop():
@@ -241,9 +264,7 @@ def lr_sweep(
         runs.append(tuning_run(model_fn, train_loader, val_loader, **options, **run_kwargs))
         if on_run is not None:
             on_run(runs[-1])
-    monitor = runs[0].monitor if runs else str(run_kwargs.get("monitor") or "val_loss")
-    mode = mode or ("min" if "loss" in monitor else "max")
-    return SweepResult(runs, monitor, check_choice("mode", mode, ("min", "max")))
+    return SweepResult(runs, monitor, mode)
 
 
 def range_test(
@@ -260,6 +281,11 @@ def range_test(
 ) -> LRRangeTestResult:
     """:func:`~stabletrain.lr_finder.lr_range_test` on a fresh ``model_fn()`` seeded by ``seed``
     (``kwargs``: ``start_lr``, ``end_lr``, ``num_iters``, …)."""
+    check_keywords(
+        "range_test", kwargs, lr_range_test, ("max_grad_norm", "batch_fn", "device", "update")
+    )
+    check_callable("model_fn", model_fn, optional=False)
+    check_callable("optimizer_fn", optimizer_fn)
     seed_everything(check_int("seed", seed, min=0))
     model = model_fn()
     if device is not None:
