@@ -110,6 +110,12 @@ def _sgd(model, lr=0.1):
     return torch.optim.SGD(model.parameters(), lr=lr)
 
 
+def _loaders(**kwargs):
+    from stabletrain.data import make_loaders
+
+    return make_loaders(**{"num_train": 4, "num_val": 4, "image_size": 16, **kwargs})
+
+
 def _empty_batch():
     import torch
 
@@ -120,6 +126,12 @@ def _get_device(prefer):
     from stabletrain.utils import get_device
 
     return get_device(prefer)
+
+
+def _seed(seed, **kwargs):
+    from stabletrain.utils import seed_everything
+
+    return seed_everything(seed, **kwargs)
 
 
 def _nan_detector(**kwargs):
@@ -262,6 +274,15 @@ TRAINING_CASES = [
         lambda: _nan_detector(raise_on_nonfinite="no"),
         TypeError,
         "raise_on_nonfinite must be a bool",
+    ),
+    case("loaders-batch-size-str", lambda: _loaders(batch_size="16"), TypeError, "batch_size must"),
+    case("loaders-num-workers-bool", lambda: _loaders(num_workers=True), TypeError, "num_workers"),
+    case("loaders-seed-bool", lambda: _loaders(seed=True), TypeError, "seed must be an int"),
+    case(
+        "seed-deterministic-str",
+        lambda: _seed(0, deterministic="no"),
+        TypeError,
+        "deterministic must be a bool",
     ),
     # no silent no-ops
     case("fit-lr-zero", lambda: _fit(lr=0), UserWarning, "lr is 0 in every parameter group"),

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import check_int
+from .checks import check_bool, check_int
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -19,6 +19,7 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
     ``TypeError``/``ValueError``); ``deterministic`` also sets ``use_deterministic_algorithms(True,
     warn_only=True)``, deterministic cuDNN without autotuning and ``CUBLAS_WORKSPACE_CONFIG``."""
     seed = check_int("seed", seed, min=0, max=2**32 - 1)
+    check_bool("deterministic", deterministic)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global generator is the point
     torch.manual_seed(seed)  # also seeds every CUDA device
