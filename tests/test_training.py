@@ -312,3 +312,11 @@ def test_a_mid_epoch_resume_keeps_the_accumulation_windows(tmp_path):
     assert resumed[2].applied == straight[2].applied == 6
     for a, b in zip(straight[0].parameters(), resumed[0].parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_evaluate_runs_a_model_without_parameters_on_the_cpu():
+    from stabletrain.loop import evaluate
+
+    batches = [(torch.ones(2, 3), torch.zeros(2, 3))]
+    scores = evaluate(torch.nn.Identity(), batches, torch.nn.MSELoss(), metrics={})
+    assert scores == {"val_loss": 1.0}

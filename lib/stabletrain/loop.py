@@ -172,7 +172,9 @@ def evaluate(
     ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
     objects; default :func:`default_metrics`. Deep supervision: only the final output counts.
     In a process group: the sample-weighted mean over the ranks' shards, the same on every rank."""
-    device = as_device("device", device) if device is not None else next(model.parameters()).device
+    if device is None:  # a model without parameters is evaluated on the CPU
+        device = next(model.parameters(), torch.empty(0)).device
+    device = as_device("device", device)
     batch_fn = batch_fn or split_batch
     was_training, count, totals = model.training, 0, {}
     stateful = {k: m for k, m in (metrics or {}).items() if callable(getattr(m, "compute", None))}
