@@ -24,6 +24,10 @@ def test_summary():
     assert s["best_val_loss"] == 0.7 and s["best_epoch"] == 1
     assert s["final_val_dice"] == 0.4 and s["final_lr"] == 0.05 and s["seconds"] == 3.5
     assert _history().summary("val_dice", "max")["best_val_dice"] == 0.4
+    assert _history().summary("val_dice")["best_val_dice"] == 0.4  # Dice goes up
+    assert _history().best("val_dice") == 0.4 and _history().best("val_loss", "max") == 0.9
+    with pytest.raises(ValueError, match="give mode="):
+        _history().best("seconds")
     empty = History().summary()
     assert empty["steps"] == 0 and math.isnan(empty["best_val_loss"])
     assert empty["best_epoch"] is None

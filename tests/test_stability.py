@@ -531,7 +531,7 @@ def test_fit_trains_through_a_guard():
 
 
 def test_early_stopping_on_plateau_with_min_delta():
-    stopper = EarlyStopping(patience=2, min_delta=0.1)
+    stopper = EarlyStopping(patience=2, min_delta=0.1, mode="min")
     decisions = [stopper.step(v) for v in (1.0, 0.85, 0.8, 0.79)]
     assert decisions == [False, False, False, True]  # 0.8 and 0.79 beat 0.85 by < 0.1
     assert "no improvement" in stopper.stopping_reason and stopper.best == 0.85
@@ -540,13 +540,13 @@ def test_early_stopping_on_plateau_with_min_delta():
 
 
 def test_early_stopping_on_nan_and_state():
-    stopper = EarlyStopping(patience=5)
+    stopper = EarlyStopping(patience=5, mode="min")
     assert not stopper.step(1.0)
     assert stopper.step(float("nan"))
     assert "non-finite" in stopper.stopping_reason
-    lenient = EarlyStopping(patience=2, check_finite=False)
+    lenient = EarlyStopping(patience=2, mode="min", check_finite=False)
     assert [lenient.step(v) for v in (1.0, math.nan, math.nan)] == [False, False, True]
-    copy_ = EarlyStopping(patience=5)
+    copy_ = EarlyStopping(patience=5, mode="min")
     copy_.load_state_dict(stopper.state_dict())
     assert copy_.state_dict() == stopper.state_dict()
     with pytest.raises(ValueError, match="'min', 'max'"):

@@ -212,3 +212,111 @@ def test_stopping_on_the_last_batch_leaves_the_data_order_as_a_full_epoch(loader
         fit(TinyUNet(base_channels=4), train, epochs=1, max_steps=max_steps, progress=False)
         states.append(train.generator.get_state())
     assert torch.equal(states[0], states[1])
+
+
+class _Dice(Callback):
+    """Adds a scripted ``val_dice`` to each epoch's metrics."""
+
+    def __init__(self, values):
+        self.values = list(values)
+
+    def on_validation_end(self, ctx, metrics):
+        metrics["val_dice"] = self.values[ctx.epoch]
+
+
+def _linear_batches(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(4, 3, generator=g), torch.randn(4, 1, generator=g)) for _ in range(n)]
+
+
+def test_early_stopping_reads_the_direction_from_the_monitored_metric():
+    from stabletrain import EarlyStopping
+
+    stopper = EarlyStopping(patience=1)  # mode=None: Dice goes up
+    history = fit(torch.nn.Linear(3, 1), _linear_batches(2), epochs=3, monitor="val_dice",
+                  early_stopping=stopper, callbacks=[_Dice([0.5, 0.6, 0.7])], progress=False)  # fmt: skip
+    assert stopper.mode == "max" and history.stop_reason is None and stopper.best == 0.7
+    falling = EarlyStopping(patience=1)
+    history = fit(torch.nn.Linear(3, 1), _linear_batches(2), epochs=3, monitor="val_dice",
+                  early_stopping=falling, callbacks=[_Dice([0.7, 0.6, 0.5])], progress=False)  # fmt: skip
+    assert len(history.epochs["val_dice"]) == 2 and "no improvement" in history.stop_reason
+    loss = EarlyStopping(patience=1)
+    fit(torch.nn.Linear(3, 1), _linear_batches(2), epochs=1, early_stopping=loss, progress=False)
+    assert loss.mode == "min"  # train_loss goes down
+
+
+def _reference_accumulation(batches, epochs, accumulation, lr=0.1):
+    """SGD by hand: per epoch, windows of ``accumulation`` batches, the last one shorter; each
+    window's gradient is the mean over its own batches."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(epochs):
+        for start in range(0, len(batches), accumulation):
+            window = batches[start : start + accumulation]
+            loss = sum(torch.nn.functional.mse_loss(model(x), y) for x, y in window) / len(window)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return model
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_an_epochs_leftover_batches_are_a_shorter_accumulation(guarded):
+    from stabletrain import StabilityGuard
+
+    batches = _linear_batches(3)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    settings = {"optimizer": optimizer, "accumulation_steps": 2}
+    if guarded:
+        settings = {"guard": StabilityGuard(model, optimizer, accumulation_steps=2)}
+    history = fit(model, batches, epochs=2, progress=False, **settings)
+    assert history.num_steps == 4 and all(history.steps["applied"])  # 2 + 1 windows an epoch
+    assert history.steps["epoch"] == [0, 0, 1, 1]
+    expected = _reference_accumulation(batches, epochs=2, accumulation=2)
+    for a, b in zip(model.parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_mid_epoch_resume_keeps_the_accumulation_windows(tmp_path):
+    from stabletrain import StabilityGuard
+    from stabletrain.checkpoint import CheckpointManager
+
+    class Crash(Exception):
+        pass
+
+    class CrashAt(Callback):
+        def on_step_end(self, ctx, record):
+            if ctx.step == 5:
+                raise Crash
+
+    def run(folder, crash=False, resume=False):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        guard = StabilityGuard(model, optimizer, accumulation_steps=2)
+        manager = CheckpointManager(tmp_path / folder, strategy="epoch", every_n_steps=1,
+                                    monitor="train_loss")  # fmt: skip
+        history = fit(model, _linear_batches(5), epochs=2, guard=guard, checkpoints=manager,
+                      resume=resume, callbacks=[CrashAt()] if crash else [], progress=False)  # fmt: skip
+        return model, history, guard
+
+    straight = run("straight")
+    with pytest.raises(Crash):
+        run("resumed", crash=True)  # windows [0, 1], [2, 3], [4]: dies after batch 3 of epoch 1
+    resumed = run("resumed", resume=True)
+    assert resumed[1].num_steps == straight[1].num_steps == 6
+    assert resumed[1].steps["loss"] == straight[1].steps["loss"]
+    assert resumed[2].applied == straight[2].applied == 6
+    for a, b in zip(straight[0].parameters(), resumed[0].parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_evaluate_runs_a_model_without_parameters_on_the_cpu():
+    from stabletrain.loop import evaluate
+
+    batches = [(torch.ones(2, 3), torch.zeros(2, 3))]
+    scores = evaluate(torch.nn.Identity(), batches, torch.nn.MSELoss(), metrics={})
+    assert scores == {"val_loss": 1.0}

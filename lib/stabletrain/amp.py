@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .checks import check_choice, check_float, check_int, check_keys
+from .checks import check_bool, check_choice, check_float, check_int, check_keys
+from .utils import DEVICE_TYPES
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -58,11 +59,15 @@ class MixedPrecision:
         for key, (lo, hi) in _SCALER_BOUNDS.items():
             check_float(key, opts.get(key), min=lo, max=hi, **_OPEN)
         check_int("growth_interval", opts.get("growth_interval"), min=1, optional=True)
+        check_bool("enabled", enabled)
+        if isinstance(device_type, torch.device):
+            device_type = device_type.type
+        check_choice("device_type", device_type, (None, *DEVICE_TYPES))
         default = "cuda" if torch.cuda.is_available() else "cpu"
         self.device_type = str(device_type) if device_type is not None else default
         self.requested_dtype = dtype
         self.dtype = _resolve_dtype(dtype, self.device_type) if enabled else torch.float32
-        self.enabled = bool(enabled) and self.dtype != torch.float32
+        self.enabled = enabled and self.dtype != torch.float32
         self._dtype_name = str(self.dtype).replace("torch.", "")
         use_scaler = self.enabled and self.dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device_type, **opts) if use_scaler else None

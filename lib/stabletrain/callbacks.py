@@ -18,6 +18,7 @@ from torch import nn
 
 from .checks import check_bool, check_choice, check_float, check_int
 from .history import History
+from .metrics import metric_mode
 from .update import Update
 
 
@@ -127,25 +128,42 @@ class MetricScheduler(Callback):
 class EarlyStopping(Callback):
     """Stop when the monitored value stops improving: ``v`` improves on the best ``b`` when ``v <
     b - min_delta`` (``mode="max"``: ``v > b + min_delta``); ``step(v)`` is ``True`` after
-    ``patience`` values in a row without improvement, or at a NaN/Inf when ``check_finite``."""
+    ``patience`` values in a row without improvement, or at a NaN/Inf when ``check_finite``.
+    ``mode=None``: ``fit`` sets it from the monitored metric's name (:func:`metric_mode`); a
+    ``step`` outside ``fit`` then needs ``mode``."""
 
     order = 20
     checkpoint_name = "early_stopping"
 
     def __init__(
-        self, patience: int, min_delta: float = 0.0, mode: str = "min", check_finite: bool = True
+        self,
+        patience: int,
+        min_delta: float = 0.0,
+        mode: str | None = None,
+        check_finite: bool = True,
     ) -> None:
         self.patience = check_int("patience", patience, min=1)
         self.min_delta = check_float("min_delta", min_delta, min=0)
-        self.mode = check_choice("mode", mode, ("min", "max"))
+        self.requested_mode = check_choice("mode", mode, (None, "min", "max"))
         self.check_finite = check_bool("check_finite", check_finite)
-        self.best = math.inf if mode == "min" else -math.inf
+        self._set_mode(mode)
         self.num_bad = self.count = 0
         self.stopped = False
         self.stopping_reason: str | None = None
 
+    def _set_mode(self, mode: str | None) -> None:
+        self.mode = mode
+        self.best = -math.inf if mode == "max" else math.inf
+
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        mode = metric_mode(ctx.monitor, self.requested_mode)
+        if not self.count:  # nothing recorded yet (a resume loads its best after this)
+            self._set_mode(mode)
+
     def step(self, value: float | torch.Tensor) -> bool:
         """Record one value; ``True`` means stop."""
+        if self.mode is None:
+            raise ValueError("EarlyStopping(mode=None) outside fit: give mode='min' or 'max'")
         value = float(value)
         self.count += 1
         if self.check_finite and not math.isfinite(value):

@@ -63,7 +63,7 @@ class ShapesSegmentation(Dataset):
         self.contrast = check_range("contrast", contrast, min=0.0, max=10.0)
         self.noise_std = check_float("noise_std", noise_std, min=0)
         self.blur_sigma = check_float("blur_sigma", blur_sigma, min=0)
-        self.seed = seed
+        self.seed = check_int("seed", seed, min=0)
 
         images = np.empty((num_samples, 1, image_size, image_size), dtype=np.float32)
         labels = np.empty((num_samples, image_size, image_size), dtype=np.int64)
@@ -136,7 +136,8 @@ def make_loaders(
     ``distributed`` (in a process group of more than one rank): ``batch_size`` is per rank; the
     train loader's ``DistributedSampler`` shuffles by ``seed`` and the epoch (``fit`` calls its
     ``set_epoch``), each rank validates on every ``world``-th sample, unpadded."""
-    options = {"batch_size": check_int("batch_size", batch_size, min=1), "num_workers": num_workers}
+    workers = check_int("num_workers", num_workers, min=0)
+    options = {"batch_size": check_int("batch_size", batch_size, min=1), "num_workers": workers}
     train, val = (
         ShapesSegmentation(n, image_size, num_classes, seed, split=split, **dataset_kwargs)
         for n, split in ((num_train, "train"), (num_val, "val"))

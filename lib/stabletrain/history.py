@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .checks import check_choice, check_float, check_int
+from .metrics import metric_mode
 
 
 class History:
@@ -69,9 +70,10 @@ class History:
         losses = self.steps.get("loss", [])
         return next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
 
-    def best(self, key: str = "val_loss", mode: str = "min") -> float:
-        """Best finite value of an epoch column (``mode`` is ``"min"`` or ``"max"``)."""
-        check_choice("mode", mode, ("min", "max"))
+    def best(self, key: str = "val_loss", mode: str | None = None) -> float:
+        """Best finite value of an epoch column (``mode``: ``"min"``, ``"max"`` or ``None``, the
+        direction of ``key``'s name by :func:`~stabletrain.metrics.metric_mode`)."""
+        mode = metric_mode(key, mode)
         values = [v for v in self.epochs.get(key, []) if math.isfinite(v)]
         return (min if mode == "min" else max)(values, default=math.nan)
 
@@ -87,7 +89,7 @@ class History:
     def summary(
         self,
         monitor: str = "val_loss",
-        mode: str = "min",
+        mode: str | None = None,
         *,
         digits: int | None = None,
         keys: Sequence[str] | None = None,
@@ -95,7 +97,7 @@ class History:
         """The run in JSON-friendly values (NaN where unknown), floats rounded to ``digits``,
         only ``keys`` if given (an unknown one is a ``ValueError``). Keys: ``steps``, ``epochs``,
         ``skipped_steps``, ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
-        ``best_<monitor>``, ``best_epoch`` (by ``mode``), ``final_`` + ``train_loss``,
+        ``best_<monitor>``, ``best_epoch`` (by ``mode``, as in :meth:`best`), ``final_`` + ``train_loss``,
         ``val_loss``, ``val_dice``, ``lr``; ``max_loss``, ``max_val_loss``, ``max_grad_norm``,
         ``median_grad_norm`` (finite values only), ``seconds``."""
         best = self.best(monitor, mode)

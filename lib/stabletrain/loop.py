@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
@@ -30,12 +31,13 @@ from .callbacks import (
     Tracking,
     TrainContext,
 )
-from .checks import check_int
+from .checks import check_bool, check_float, check_int
 from .distributed import is_main, mean_across_ranks, reduce_metrics
 from .history import History
 from .metrics import accuracy, dice_score
 from .schedulers import is_metric_driven
 from .update import Update
+from .utils import as_device
 
 Outputs = torch.Tensor | list[torch.Tensor]
 Metric = Callable[[torch.Tensor, torch.Tensor], float] | Any  # or a torchmetrics Metric
@@ -68,6 +70,22 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     got = f"got keys {sorted(batch)}" if isinstance(batch, Mapping) else f"got {type(batch)!r}"
     message = "a batch must be an (inputs, targets) pair or a mapping with 'inputs' and 'targets'"
     raise TypeError(f"{message}, {got}; pass batch_fn=lambda batch: (inputs, targets) to split it")
+
+
+def _on_device(batch_fn: Callable, batch: Any, device: torch.device) -> tuple[Any, Any]:
+    """``batch_fn(batch)`` on ``device``; ``ValueError`` for an empty batch (no targets)."""
+    inputs, targets = to_device(batch_fn(batch), device)
+    if isinstance(targets, torch.Tensor) and targets.numel() == 0:
+        shape = tuple(targets.shape)
+        raise ValueError(f"an empty batch (targets of shape {shape}): a loader must give samples")
+    return inputs, targets
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:
+        return None
 
 
 def _forward(model: nn.Module, inputs: Any) -> Outputs:
@@ -154,7 +172,9 @@ def evaluate(
     ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
     objects; default :func:`default_metrics`. Deep supervision: only the final output counts.
     In a process group: the sample-weighted mean over the ranks' shards, the same on every rank."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device is None:  # a model without parameters is evaluated on the CPU
+        device = next(model.parameters(), torch.empty(0)).device
+    device = as_device("device", device)
     batch_fn = batch_fn or split_batch
     was_training, count, totals = model.training, 0, {}
     stateful = {k: m for k, m in (metrics or {}).items() if callable(getattr(m, "compute", None))}
@@ -163,7 +183,7 @@ def evaluate(
         metric.reset()
     try:
         for batch in loader:
-            inputs, targets = to_device(batch_fn(batch), device)
+            inputs, targets = _on_device(batch_fn, batch, device)
             with amp.autocast() if amp is not None else contextlib.nullcontext():
                 outputs = outputs_to_float32(_forward(model, inputs))
             final = outputs[0] if isinstance(outputs, list | tuple) else outputs
@@ -204,6 +224,19 @@ def _prepare(
 ) -> TrainContext:  # fmt: skip
     """Checks; the update (the given one, or a plain one from the settings; a setting given to
     both is one object), the device, the callbacks (yours, then those of ``fit``'s keywords)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise ValueError("the model has no parameters: there is nothing to train")
+    check_int("epochs", epochs, min=1)
+    check_int("accumulation_steps", accumulation_steps, min=1)
+    check_float("lr", lr, min=0)
+    for name, flag in (("resume", resume), ("stop_on_nonfinite", stop_on_nonfinite)):
+        check_bool(name, flag)
+    check_bool("progress", progress)
+    if monitor is not None and not isinstance(monitor, str):
+        raise TypeError(f"monitor must be a metric name (str) or None, got {monitor!r}")
+    device = as_device("device", device) if device is not None else next(model.parameters()).device
     if guard is not None and update is not None and guard is not update:
         raise ValueError("guard= and update= name the same thing: give one")
     update = update if update is not None else guard
@@ -226,14 +259,22 @@ def _prepare(
             given = f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s"
             own = f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
             raise ValueError(f"{given} {own}")
-    check_int("epochs", epochs, min=1)
-    try:
-        batches_per_epoch = len(train_loader)
-    except TypeError:
-        raise TypeError("train_loader must have a length (a DataLoader or a sequence)") from None
+    held = {id(p) for p in model.parameters()}
+    if not any(id(p) in held for p in update.params()):
+        hint = "build it from model.parameters() (the weights would never change)"
+        raise ValueError(f"the optimizer holds none of the model's parameters: {hint}")
+    if all(group.get("initial_lr", group["lr"]) == 0 for group in update.optimizer.param_groups):
+        text = "lr is 0 in every parameter group: the weights will not change (give lr > 0)"
+        warnings.warn(text, stacklevel=3)
+    if (batches_per_epoch := _length(train_loader)) is None:
+        raise TypeError("train_loader must have a length (a DataLoader or a sequence)")
     if batches_per_epoch == 0:
         raise ValueError("train_loader is empty")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if update.accumulation_steps > batches_per_epoch:
+        text = f"accumulation_steps={update.accumulation_steps} is more than the"
+        raise ValueError(f"{text} {batches_per_epoch} batches per epoch: give at most that many")
+    if val_loader is not None and _length(val_loader) == 0:
+        raise ValueError("val_loader is empty: give one with batches, or val_loader=None")
     model.to(device)
     built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
     for cb in built:
@@ -252,10 +293,12 @@ def _prepare(
     ):
         if wanted:
             built.append(make())
+    if monitor is None:
+        monitor = "val_loss" if val_loader is not None else "train_loss"
     return TrainContext(
         model, update.optimizer, update.scheduler, History(), epochs,
         steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps), update=update,
-        monitor=monitor or ("val_loss" if val_loader is not None else "train_loss"),
+        monitor=monitor,
         train_loader=train_loader, batches_per_epoch=batches_per_epoch, callbacks=built,
         tracker=tracker, loss_fn=loss_fn, device=device,
     )  # fmt: skip
@@ -295,8 +338,11 @@ def fit(
     ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm``,
     ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``: default :func:`default_loss`,
     :func:`default_metrics`, :func:`split_batch`. ``monitor``: ``"val_loss"`` with a ``val_loader``,
-    else ``"train_loss"``. The other keywords build callbacks. ``ValueError``/``TypeError``: invalid
-    or disagreeing settings, an empty ``train_loader``, a missing monitored metric."""
+    else ``"train_loss"``. The other keywords build callbacks. Accumulation windows restart each
+    epoch: its leftover batches are a shorter window (the mean gradient over them).
+    ``ValueError``/``TypeError``: invalid or disagreeing settings, an empty loader or batch, an
+    optimizer without the model's parameters, ``accumulation_steps`` > batches per epoch, a missing
+    monitored metric. A warning: ``lr`` 0 in every parameter group."""
 
     ctx = _prepare(
         model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp,
@@ -318,7 +364,7 @@ def fit(
             for ctx.batch_index, batch in enumerate(batches):
                 if ctx.batch_index < ctx.skip_batches:
                     continue  # trained before the interruption (mid-epoch resume)
-                inputs, targets = to_device(batch_fn(batch), device)
+                inputs, targets = _on_device(batch_fn, batch, device)
                 lr_now = ctx.optimizer.param_groups[0]["lr"]
                 with update.autocast():  # the loss in float32, outside autocast
                     outputs = outputs_to_float32(_forward(model, inputs))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .callbacks import EarlyStopping as EarlyStopping  # re-exported
-from .checks import check_choice, check_float, check_int
+from .checks import check_bool, check_choice, check_float, check_int
 from .distributed import is_distributed, max_across_ranks
 from .update import StepResult, Update, steps_per_update
 from .utils import cpu_copy
@@ -175,7 +175,7 @@ class NanDetector:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
-        self.raise_on_nonfinite = bool(raise_on_nonfinite)
+        self.raise_on_nonfinite = check_bool("raise_on_nonfinite", raise_on_nonfinite)
         self.report: NonFiniteReport | None = None
         self._handles: list[Any] = []
         self._calls = 0

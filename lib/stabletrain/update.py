@@ -33,7 +33,9 @@ class Update:
     """The plain update: ``step(loss)`` runs backward of ``loss / accumulation_steps`` (scaled
     by ``amp``) and, when the window closes (every ``accumulation_steps`` calls, or
     ``sync=True``): unscale, global L2 norm, clip to ``max_grad_norm``, optimizer step,
-    scheduler step if the optimizer stepped, zero-grad. Non-finite values are not its business."""
+    scheduler step if the optimizer stepped, zero-grad. Non-finite values are not its business.
+    A window closed early (``fit``: an epoch's leftover ``m < accumulation_steps`` micro-batches)
+    is a shorter accumulation: its gradient is the mean over its ``m`` micro-batches."""
 
     checkpoint_name: str | None = None  #: its key in checkpoints (``None``: it has no state)
     handles_nonfinite: bool = False  #: whether it deals with non-finite steps itself
@@ -48,6 +50,8 @@ class Update:
         max_grad_norm: float | None = None,
         accumulation_steps: int = 1,
     ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
         self.model, self.optimizer, self.scheduler, self.amp = model, optimizer, scheduler, amp
@@ -81,10 +85,15 @@ class Update:
         self._micro += 1
         if not (sync if sync is not None else self._micro % self.accumulation_steps == 0):
             return None
-        self._micro = 0
+        micro, self._micro = self._micro, 0
         loss_sum, self._loss_sum = self._loss_sum, None
         if self.amp is not None:
             self.amp.unscale_(self.optimizer)  # clip and measure true, not scaled, gradients
+        if micro < self.accumulation_steps:  # a shorter window: the mean over its micro-batches
+            factor = self.accumulation_steps / micro
+            if grads := [p.grad for p in self.params() if p.grad is not None]:
+                torch._foreach_mul_(grads, factor)
+            loss_sum = loss_sum * factor  # as a full window's sum, for the guard's comparisons
         return loss_sum
 
     def _clip(self, params: list[torch.Tensor], norm: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import check_int
+from .checks import check_bool, check_int
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -19,6 +19,7 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
     ``TypeError``/``ValueError``); ``deterministic`` also sets ``use_deterministic_algorithms(True,
     warn_only=True)``, deterministic cuDNN without autotuning and ``CUBLAS_WORKSPACE_CONFIG``."""
     seed = check_int("seed", seed, min=0, max=2**32 - 1)
+    check_bool("deterministic", deterministic)
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global generator is the point
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -29,12 +30,30 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+_DEVICE_FORMS = "'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"
+
+
+def as_device(name: str, value: str | torch.device) -> torch.device:
+    """``value`` as a ``torch.device`` of a type in :data:`DEVICE_TYPES`, else ``TypeError``/
+    ``ValueError`` naming ``name`` and the accepted forms."""
+    if not isinstance(value, str | torch.device):
+        raise TypeError(f"{name} must be {_DEVICE_FORMS}, got {type(value).__name__} {value!r}")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ValueError(f"{name} must be {_DEVICE_FORMS}, got {value!r}")
+    return device
+
+
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
-    """``prefer`` (e.g. ``"cuda:1"``; ``ValueError`` if not available here) if given, else
-    CUDA, else Apple MPS, else CPU."""
+    """``prefer`` (e.g. ``"cuda:1"``; ``ValueError`` if not available here or not a device of
+    :data:`DEVICE_TYPES`) if given, else CUDA, else Apple MPS, else CPU."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if prefer is not None:
-        device = torch.device(prefer)
+        device = as_device("prefer", prefer)
         if not available.get(device.type, True):
             name = device.type.upper()
             raise ValueError(f"prefer={str(prefer)!r}: {name} is not available on this machine")
