@@ -160,7 +160,7 @@ def _sched(config, opt=None):
     return build_scheduler(opt or _opt(), config)
 
 
-def _load(config, state):
+def _load_state(config, state):
     _sched(config).load_state_dict(state)
 
 
@@ -228,17 +228,17 @@ SCHEDULER_CASES = [
     case("warmup-factor-bool", lambda: _sched({"type": "constant", "warmup_start_factor": True}), ValueError, "warmup_start_factor must be a number"),
     case("with-warmup-factor-5", lambda: _wrapper(5), ValueError, "warmup_start_factor must be in (0, 1]"),
     # load_state_dict: garbage, another type's state, missing fields, wrong field types
-    case("state-garbage", lambda: _load(_EXP, {"last_epoch": "x", "gamma": 7}), TypeError, "ExponentialDecay state_dict['last_epoch'] must be an int"),
-    case("state-missing-fields", lambda: _load(_EXP, {"last_epoch": 3, "gamma": 0.5}), ValueError, "ExponentialDecay state_dict lacks"),
-    case("state-empty", lambda: _load(_EXP, {}), ValueError, "ExponentialDecay state_dict lacks ['gamma', 'decay_steps'"),
-    case("state-none", lambda: _load(_EXP, None), TypeError, "ExponentialDecay state_dict must be a mapping"),
-    case("state-other-type", lambda: _load(_EXP, _state(_STEP)), ValueError, "belongs to a 'StepDecay' scheduler, not to this ExponentialDecay"),
-    case("state-plateau-into-cosine", lambda: _load({"type": "warmup_cosine", "total_steps": 9}, _state({"type": "plateau"})), ValueError, "belongs to a 'PlateauWithWarmup' scheduler"),
-    case("state-torch-steplr", lambda: _load(_STEP, _wrapper().scheduler.state_dict()), ValueError, "StepDecay state_dict lacks"),
-    case("state-gamma-str", lambda: _load(_EXP, _state(_EXP, gamma="0.5")), TypeError, "state_dict['gamma'] must be a number, got str"),
-    case("state-last-epoch-float", lambda: _load(_EXP, _state(_EXP, last_epoch=2.0)), TypeError, "state_dict['last_epoch'] must be an int"),
-    case("state-base-lrs-str", lambda: _load(_EXP, _state(_EXP, base_lrs=["0.1"])), TypeError, "state_dict['base_lrs'][0] must be a number"),
-    case("state-bool-field", lambda: _load(_EXP, _state(_EXP, staircase="no")), TypeError, "state_dict['staircase'] must be a bool"),
+    case("state-garbage", lambda: _load_state(_EXP, {"last_epoch": "x", "gamma": 7}), TypeError, "ExponentialDecay state_dict['last_epoch'] must be an int"),
+    case("state-missing-fields", lambda: _load_state(_EXP, {"last_epoch": 3, "gamma": 0.5}), ValueError, "ExponentialDecay state_dict lacks"),
+    case("state-empty", lambda: _load_state(_EXP, {}), ValueError, "ExponentialDecay state_dict lacks ['gamma', 'decay_steps'"),
+    case("state-none", lambda: _load_state(_EXP, None), TypeError, "ExponentialDecay state_dict must be a mapping"),
+    case("state-other-type", lambda: _load_state(_EXP, _state(_STEP)), ValueError, "belongs to a 'StepDecay' scheduler, not to this ExponentialDecay"),
+    case("state-plateau-into-cosine", lambda: _load_state({"type": "warmup_cosine", "total_steps": 9}, _state({"type": "plateau"})), ValueError, "belongs to a 'PlateauWithWarmup' scheduler"),
+    case("state-torch-steplr", lambda: _load_state(_STEP, _wrapper().scheduler.state_dict()), ValueError, "StepDecay state_dict lacks"),
+    case("state-gamma-str", lambda: _load_state(_EXP, _state(_EXP, gamma="0.5")), TypeError, "state_dict['gamma'] must be a number, got str"),
+    case("state-last-epoch-float", lambda: _load_state(_EXP, _state(_EXP, last_epoch=2.0)), TypeError, "state_dict['last_epoch'] must be an int"),
+    case("state-base-lrs-str", lambda: _load_state(_EXP, _state(_EXP, base_lrs=["0.1"])), TypeError, "state_dict['base_lrs'][0] must be a number"),
+    case("state-bool-field", lambda: _load_state(_EXP, _state(_EXP, staircase="no")), TypeError, "state_dict['staircase'] must be a bool"),
     case("state-wrapper-without-inner", lambda: _wrapper().load_state_dict({"last_epoch": 1}), ValueError, "lacks its 'scheduler_state'"),
     # alias clashes name both spellings
     case("alias-alpha", lambda: _sched({"type": "constant", "alpha": 0.1, "min_lr_ratio": 0.1}), ValueError, "alpha and min_lr_ratio are the same parameter: give one"),

@@ -512,12 +512,12 @@ def build_training(
     steps_per_epoch: int | None = None,
     tracker: Any = None,
 ) -> Training:
-    """What ``fit`` takes, for a model on its device (``steps_per_epoch``: ``ceil(num_train /
-    batch_size) // accumulation_steps``); the config goes to the tracker and every checkpoint."""
+    """What ``fit`` takes, for a model on its device (``steps_per_epoch``: ``ceil(ceil(num_train
+    / batch_size) / accumulation_steps)``, as the loop steps); the config goes to the tracker and every checkpoint."""
     cfg = resolve_config(config)
     if steps_per_epoch is None:
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
-        steps_per_epoch = max(1, batches // int(cfg["stability"].get("accumulation_steps", 1)))
+        steps_per_epoch = math.ceil(batches / cfg["stability"].get("accumulation_steps", 1))
     optimizer = build_optimizer(model, cfg["optimizer"])
     section = cfg["scheduler"]
     if section and str(section.get("type", "")).strip().lower() == "plateau":
@@ -610,7 +610,7 @@ def run(
         model = DDP(model, device_ids=cuda, find_unused_parameters=not model.deep_supervision)
     else:
         model = model.to(get_device(None if cfg["device"] == "auto" else cfg["device"]))
-    steps = len(train) // cfg["stability"].get("accumulation_steps", 1)
+    steps = math.ceil(len(train) / cfg["stability"].get("accumulation_steps", 1))
     training = build_training(model, cfg, steps_per_epoch=steps, tracker=tracker)
     callbacks = [] if stop_after_epochs is None else [_StopAfterEpochs(stop_after_epochs)]
     history = training.fit(model, train, val, resume=resume, progress=progress, callbacks=callbacks)

@@ -129,7 +129,7 @@ def short_run(
     opt = build_optimizer(
         model.parameters(), {"type": optimizer, "lr": lr, **(optimizer_kwargs or {})}
     )
-    steps_per_epoch = len(train) // fit_kwargs.get("accumulation_steps", 1)
+    steps_per_epoch = math.ceil(len(train) / fit_kwargs.get("accumulation_steps", 1))
     if callable(scheduler):
         sched = scheduler(opt, epochs * steps_per_epoch)
     elif scheduler is None or isinstance(scheduler, Mapping):
