@@ -334,7 +334,8 @@ class FocalLoss(_SegmentationLoss):
         weight = self._class_weights(c, pred)
         if self.mode == "multiclass":
             if not background:  # class 0's term weighs 0
-                weight = (pred.new_ones(c) if weight is None else weight).index_fill(0, 0, 0.0)
+                weight = pred.new_ones(c) if weight is None else weight
+                weight = weight * (torch.arange(c, device=pred.device) > 0)
             return self._reduce(self._softmax_focal(pred, target, weight))
         if not background:
             pred, target, shape = pred[:, 1:], target[:, 1:], pred[:, 1:].shape
