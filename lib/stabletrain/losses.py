@@ -35,18 +35,14 @@ def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> Non
 
 
 def _class_weight(weight: Any) -> tuple[float, ...] | None:
-    """``weight`` (None, or a sequence of non-negative numbers, not all 0) as a tuple."""
+    """None, or ``weight`` (a sequence of numbers >= 0, not all 0) as a tuple."""
+    if weight is None:
+        return None
     weight = weight.tolist() if isinstance(weight, torch.Tensor) else weight
-    if weight is not None and (
-        isinstance(weight, str | Mapping) or not isinstance(weight, Collection)
-    ):
+    if isinstance(weight, str | Mapping) or not isinstance(weight, Collection):
         raise TypeError(f"weight must be a sequence of C numbers >= 0 or None, got {weight!r}")
-    weight = (
-        None
-        if weight is None
-        else tuple(check_float(f"weight[{i}]", w, min=0) for i, w in enumerate(weight))
-    )
-    if weight is not None and not any(weight):
+    weight = tuple(check_float(f"weight[{i}]", w, min=0) for i, w in enumerate(weight))
+    if not any(weight):
         raise ValueError(f"weight must hold a value > 0 (all 0: the loss is 0), got {weight}")
     return weight
 
@@ -501,11 +497,10 @@ LOSS_PRESETS: dict[str, tuple[str, float, str, float]] = {
 
 _CONFIG_KEYS = ("type", "dice_weight", "bce_weight", "dice_config", "bce_config", "mode")
 _DICE_CONFIG = {"smooth": 1e-5, "jaccard": False, "squared_pred": False, "include_background": True}
-_BOOL: tuple = (check_bool, {})
 _CONFIG_CHECKS: dict[str, tuple[Callable, dict[str, Any]]] = {
     **dict.fromkeys(("dice_weight", "bce_weight", "gamma"), (check_float, {"min": 0})),
     "smooth": (check_float, {"min": 0, "low_open": True}),
-    **dict.fromkeys(("jaccard", "squared_pred", "include_background"), _BOOL),
+    **dict.fromkeys(("jaccard", "squared_pred", "include_background"), (check_bool, {})),
     "alpha": (check_float, {"min": 0, "max": 1, "optional": True}),
 }
 
@@ -539,10 +534,8 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
     config = dict(check_keys("the loss config", config, _CONFIG_KEYS))
     check_choice("loss config type", config.get("type", "combined"), ("combined",))
     mode = check_choice("mode", config.get("mode", mode), MODES)
-    dice = {
-        **_DICE_CONFIG,
-        **_checked(_section(config, "dice_config", _DICE_CONFIG), "dice_config."),
-    }
+    dice = _checked(_section(config, "dice_config", _DICE_CONFIG), "dice_config.")
+    dice = {**_DICE_CONFIG, **dice}
     focal = _checked(_section(config, "bce_config", ("gamma", "alpha")), "bce_config.")
     _checked({key: value for key, value in config.items() if key.endswith("_weight")})
     args = (dice["smooth"], dice["squared_pred"], dice["jaccard"], dice["include_background"])
