@@ -104,6 +104,20 @@ def test_performance_moves_towards_end_on_plateau():
     assert low.num_moves == 1
 
 
+def test_performance_direction_comes_from_the_monitored_metric():
+    loss = build_loss("balanced_segmentation")
+    sched = LossWeightScheduler(loss, "performance", monitor="val_loss", patience=1)
+    assert sched.params["mode"] == "min"
+    for value in (1.0, 0.9, 0.8):  # improving: the weights stay
+        sched.step(0.0, {"val_loss": value})
+    assert sched.num_moves == 0
+    sched.step(0.0, {"val_loss": 0.95})
+    assert sched.num_moves == 1
+    assert LossWeightScheduler(loss, "performance").params["mode"] == "max"  # val_dice
+    custom = LossWeightScheduler(loss, "performance", monitor="val_score", mode="max")
+    assert custom.params["mode"] == "max"
+
+
 def test_state_dict_round_trip():
     loss = build_loss("balanced_segmentation")
     sched = LossWeightScheduler(loss, "loss_balanced")

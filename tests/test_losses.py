@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+import warnings
+from functools import partial
+
 import pytest
 import torch
 from torch import nn
@@ -592,3 +597,281 @@ def test_float32_reductions_are_accurate_on_large_inputs():
     for loss in (DiceLoss("multilabel"), FocalLoss("multilabel"), TverskyLoss("multilabel")):
         exact = float(loss(logits.double(), target.double()))
         assert float(loss(logits, target)) == pytest.approx(exact, rel=1e-6)
+
+
+# --- MONAI's own test tables, ported ---------------------------------------------------------
+# Inputs and expected values from Project-MONAI/MONAI tests/losses/test_dice_loss.py (TEST_CASES)
+# and tests/losses/test_focal_loss.py (TEST_CASES, test_foreground): the cases whose options we
+# have (MONAI's smooth_nr == smooth_dr > 0 is our smooth; sigmoid/softmax are our modes; its
+# other_act is ours on activated input with from_logits=False, validate=False). Documented
+# differences: MONAI's Jaccard smooths 2I and 2U (ours I and U: equal to 1e-5 here); MONAI's
+# softmax focal loss means over the C channels too, ours sums them (so ours is C x MONAI's).
+
+_X1, _T1 = [[[[1.0, -1.0], [-1.0, 1.0]]]], [[[[1.0, 0.0], [1.0, 1.0]]]]
+_X2 = [[[[1.0, -1.0], [-1.0, 1.0]]], [[[1.0, -1.0], [-1.0, 1.0]]]]
+_T2 = [[[[1.0, 1.0], [1.0, 1.0]]], [[[1.0, 0.0], [1.0, 0.0]]]]
+_P3 = [[[[0.3, 0.4], [0.7, 0.9]]], [[[1.0, 0.1], [0.5, 0.3]]]]
+_X3 = [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
+_I3 = [[1, 0, 0], [1, 1, 0]]  # MONAI's (N, 1, 3) labels without the channel dim
+_H3 = [[[0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], [[0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]]  # one-hot of _I3
+_X4 = [[[[1.0, -0.0], [-1.0, 1.0]]], [[[1.0, -1.0], [-1.0, 1.0]]]]
+_XF = [[[[1.0, 1.0], [0.5, 0.0]]] * 3]  # (1, 3, 2, 2)
+_IF = [[[0, 1], [2, 0]]]
+_HF = [[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [1.0, 0.0]]]]
+_FG_X = torch.cat((torch.ones(1, 1, 5, 5), torch.zeros(1, 1, 5, 5)), 1)
+_FG_T = _FG_X.clone()
+_FG_T[:, 0, 2, 2], _FG_T[:, 1, 2, 2] = 0.0, 1.0
+_ACT = {"from_logits": False, "validate": False}  # MONAI's other_act, applied to the input
+_NONE = [[[0.02266, 0.70187], [0.37741, 0.17329]], [[0.70187, 0.02266], [0.37741, 0.17329]]]
+_NONE = [[*_NONE, [[0.70187, 0.70187], [0.06757, 0.17329]]]]
+_NONE_W = [[[0.01133, 0.35093], [0.18871, 0.08664]], [[0.07019, 0.00227], [0.03774, 0.01733]]]
+_NONE_W = [[*_NONE_W, [[0.14037, 0.14037], [0.01352, 0.03466]]]]
+
+
+def _log_softmax(x):
+    return torch.log_softmax(torch.tensor(x), 1)
+
+
+MONAI_TABLE = [  # id, loss (made in the test), pred, target, expected, rtol (atol where MONAI gives one)
+    ("dice-sigmoid", partial(DiceLoss, smooth=1e-6), _X1, _T1, 0.307576, 1e-5),
+    ("dice-sigmoid-2", partial(DiceLoss, smooth=1e-4), _X2, _T2, 0.416657, 1e-5),
+    ("dice-probs", partial(DiceLoss, smooth=1e-4, from_logits=False), _P3, _P3, 0.307773, 1e-5),
+    ("dice-onehot-sigmoid", partial(DiceLoss, "multilabel", 1e-4), _X3, _H3, 0.435050, 1e-5),
+    (
+        "dice-onehot-sigmoid-none",
+        partial(DiceLoss, "multilabel", 1e-4, reduction="none"),
+        _X3,
+        _H3,
+        [[0.296529, 0.415136], [0.599976, 0.428559]],  # MONAI's (2, 2, 1)
+        1e-5,
+    ),
+    ("dice-softmax", partial(DiceLoss, "multiclass", 1e-4), _X3, _I3, 0.383713, 1e-5),
+    (
+        "dice-softmax-sum",
+        partial(DiceLoss, "multiclass", 1e-4, reduction="sum"),
+        _X3,
+        _I3,
+        1.534853,
+        1e-5,
+    ),
+    ("dice-squared", partial(DiceLoss, squared=True), _X1, _T1, 0.178337, 1e-5),
+    ("dice-jaccard", partial(DiceLoss, jaccard=True), _X1, _T1, 0.470451, 1e-5),
+    (
+        "dice-tanh",
+        partial(DiceLoss, smooth=1e-4, **_ACT),
+        torch.tanh(torch.tensor(_X2)),
+        _T2,
+        0.999963,
+        1e-5,
+    ),
+    (
+        "dice-log-softmax",
+        partial(DiceLoss, "multilabel", 1e-4, **_ACT),
+        _log_softmax(_X3),
+        _H3,
+        -8.522593,
+        1e-5,
+    ),
+    (
+        "dice-tanh-batch",
+        partial(DiceLoss, smooth=1e-4, batch=True, **_ACT),
+        torch.tanh(torch.tensor(_X4)),
+        _T2,
+        0.774718,
+        1e-5,
+    ),
+    (
+        "dice-log-softmax-weight",
+        partial(DiceLoss, "multilabel", 1e-4, weight=(0, 1), **_ACT),
+        _log_softmax(_X3),
+        _H3,
+        -8.268515,
+        1e-5,
+    ),
+    ("focal-onehot", partial(FocalLoss, "multilabel", alpha=None), _XF, _HF, 0.34959, 1e-4),
+    (
+        "focal-no-background",
+        partial(FocalLoss, "multilabel", alpha=None, include_background=False),
+        _XF,
+        _HF,
+        0.36498,
+        1e-4,
+    ),
+    ("focal-alpha", partial(FocalLoss, "multilabel", alpha=0.8), _XF, _HF, 0.08423, 1e-4),
+    (
+        "focal-none",
+        partial(FocalLoss, "multilabel", alpha=None, reduction="none"),
+        _XF,
+        _HF,
+        _NONE,
+        1e-4,
+    ),
+    (
+        "focal-weight-none",
+        partial(
+            FocalLoss,
+            "multilabel",
+            alpha=None,
+            reduction="none",
+            weight=torch.tensor([0.5, 0.1, 0.2]),
+        ),
+        _XF,
+        _HF,
+        _NONE_W,
+        1e-4,
+    ),
+    ("focal-softmax", partial(FocalLoss, "multiclass", alpha=None), _XF, _IF, 3 * 0.16276, 1e-4),
+    (
+        "focal-softmax-alpha",
+        partial(FocalLoss, "multiclass", alpha=0.8),
+        _XF,
+        _IF,
+        3 * 0.08138,
+        1e-4,
+    ),
+    ("focal-foreground", partial(FocalLoss, "multilabel", alpha=None), _FG_X, _FG_T, 0.1116, 5e-4),
+    (
+        "focal-foreground-only",
+        partial(FocalLoss, "multilabel", alpha=None, include_background=False),
+        _FG_X,
+        _FG_T,
+        0.1733,
+        5e-4,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "loss, pred, target, expected, tol", [pytest.param(*c[1:], id=c[0]) for c in MONAI_TABLE]
+)
+def test_monai_test_tables(loss, pred, target, expected, tol):
+    loss = loss()
+    pred, target = torch.as_tensor(pred), torch.as_tensor(target)
+    expected = torch.tensor(expected, dtype=torch.float32)
+    torch.testing.assert_close(loss(pred, target), expected, rtol=tol, atol=tol)
+
+
+# --- batch Dice, class weights, focal include_background (against MONAI) ----------------------
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_batch_dice_matches_monai(include_background):
+    logits, target = _binary(soft=True)
+    kwargs = {"include_background": include_background, "batch": True}
+    ours = DiceLoss("multilabel", **kwargs)(logits, target)
+    ref = monai_losses.DiceLoss(sigmoid=True, **kwargs)(logits, target)
+    torch.testing.assert_close(ours, ref)
+    logits, labels = _multiclass()
+    ours = DiceLoss("multiclass", reduction="none", **kwargs)(logits, labels)
+    ref = monai_losses.DiceLoss(softmax=True, to_onehot_y=True, reduction="none", **kwargs)
+    assert ours.shape == (3 + include_background,)
+    torch.testing.assert_close(ours, ref(logits, labels.unsqueeze(1)).flatten())
+    per_sample = DiceLoss("multiclass", **{**kwargs, "batch": False})(logits, labels)
+    assert not torch.allclose(per_sample, ours.mean())  # the batch sums differ from a mean
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_class_weights_match_monai(include_background):
+    weight = [0.2, 1.0, 3.0, 0.5]
+    kept = weight if include_background else weight[1:]  # MONAI: one per class scored
+    logits, labels = _multiclass()
+    onehot = {"softmax": True, "to_onehot_y": True, "include_background": include_background}
+    ours = DiceLoss("multiclass", include_background=include_background, weight=weight)
+    ref = monai_losses.DiceLoss(weight=kept, **onehot)
+    torch.testing.assert_close(ours(logits, labels), ref(logits, labels.unsqueeze(1)))
+    logits, target = _binary((3, 4, 6, 5))
+    for reduction in ("mean", "sum", "none"):
+        options = {"include_background": include_background, "reduction": reduction}
+        ours = FocalLoss("multilabel", 2.0, 0.25, weight=weight, **options)
+        ref = monai_losses.FocalLoss(gamma=2.0, alpha=0.25, weight=kept, **options)
+        expected = ref(logits, target)
+        if reduction == "sum":  # MONAI sums the spatial means
+            expected = expected * 6 * 5
+        torch.testing.assert_close(ours(logits, target), expected, check_dtype=False)
+
+
+def test_softmax_focal_class_weights_are_monai_times_channels():
+    logits, labels = _multiclass()
+    weight = [0.2, 1.0, 3.0, 0.5]
+    ours = FocalLoss("multiclass", alpha=None, weight=weight)(logits, labels)
+    ref = monai_losses.FocalLoss(alpha=None, weight=weight, use_softmax=True, to_onehot_y=True)
+    expected = 4 * ref(logits, labels.unsqueeze(1))  # MONAI: float32 with class weights
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6, check_dtype=False)
+    onehot = torch.nn.functional.one_hot(labels, 4).permute(0, 3, 1, 2).double()
+    probability_targets = FocalLoss("multiclass", alpha=None, weight=weight)(logits, onehot)
+    torch.testing.assert_close(probability_targets, ours)
+
+
+def test_focal_without_background_drops_class_zero():
+    logits, labels = _multiclass()
+    per_pixel = FocalLoss("multiclass", reduction="none")(logits, labels)
+    ours = FocalLoss("multiclass", reduction="none", include_background=False)(logits, labels)
+    torch.testing.assert_close(ours, torch.where(labels == 0, 0.0, per_pixel).double())
+    weighted = FocalLoss("multiclass", weight=[0, 1, 1, 1])(logits, labels)
+    torch.testing.assert_close(
+        FocalLoss("multiclass", include_background=False)(logits, labels), weighted
+    )
+    logits, target = _binary((3, 1, 6, 5))  # binary: one channel, kept
+    plain, dropped = (
+        FocalLoss()(logits, target),
+        FocalLoss(include_background=False)(logits, target),
+    )
+    assert torch.equal(plain, dropped)
+
+
+def test_new_options_keep_defaults_exact_and_show_in_repr_only_when_set():
+    logits, target = _binary()
+    for cls in (DiceLoss, TverskyLoss, JaccardLoss, FocalLoss):
+        plain = cls("multilabel")
+        assert "weight" not in repr(plain) and "batch" not in repr(plain)
+        assert torch.equal(cls("multilabel", weight=[1, 1])(logits, target), plain(logits, target))
+    assert repr(DiceLoss()) == (
+        "DiceLoss(mode='binary', from_logits=True, reduction='mean', smooth=1e-05, squared=False,"
+        " jaccard=False, include_background=True)"
+    )
+    assert repr(FocalLoss()) == (
+        "FocalLoss(mode='binary', from_logits=True, reduction='mean', gamma=2, alpha=0.25)"
+    )
+    assert "batch=True, weight=(1.0, 2.0)" in repr(DiceLoss(batch=True, weight=[1, 2]))
+    assert "include_background=False" in repr(FocalLoss(include_background=False))
+    assert repr(build_loss("default_segmentation").term("bce")) == "BCEWithLogitsLoss()"
+    assert repr(build_loss("dice_focused", mode="multiclass").term("bce")) == "CrossEntropyLoss()"
+
+
+def test_probability_checks_do_not_warn_on_tensors_that_require_grad():
+    probs = torch.rand(2, 1, 4, 4, requires_grad=True)
+    target = (torch.rand(2, 1, 4, 4) > 0.5).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cls in (DiceLoss, FocalLoss):
+            cls(from_logits=False)(probs, target).backward()
+
+
+def test_integer_masks_and_indices_in_the_pixel_terms():
+    logits, target = _binary((2, 1, 6, 5))
+    loss = build_loss("default_segmentation")
+    expected = loss(logits, target)
+    for dtype in (torch.uint8, torch.bool, torch.int32):
+        torch.testing.assert_close(loss(logits, target.to(dtype)), expected)
+    logits, labels = _multiclass()
+    loss = build_loss("default_segmentation", mode="multiclass")
+    torch.testing.assert_close(loss(logits, labels.to(torch.uint8)), loss(logits, labels))
+
+
+def test_combined_weights_are_a_read_only_snapshot():
+    loss = build_loss("default_segmentation")
+    weights = loss.weights
+    assert weights == {"dice": 0.7, "bce": 0.3} and repr(weights) == "{'dice': 0.7, 'bce': 0.3}"
+    for change in (
+        lambda: weights.__setitem__("dice", 0.1),
+        lambda: weights.update(dice=0.1),
+        lambda: weights.pop("dice"),
+        lambda: weights.__delitem__("dice"),
+    ):
+        with pytest.raises(TypeError, match="read-only snapshot"):
+            change()
+    loss.weights = {"dice": 0.1}  # some or all terms: this is how weights change
+    assert loss.weights == {"dice": 0.1, "bce": 0.3} and weights == {"dice": 0.7, "bce": 0.3}
+    for copied in (copy.copy(weights), copy.deepcopy(weights), pickle.loads(pickle.dumps(weights))):
+        assert type(copied) is dict and copied == weights
+        copied["dice"] = 1.0  # copies are plain dicts

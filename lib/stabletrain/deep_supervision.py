@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_choice, check_config_value, check_float
+from .checks import check_choice, check_config_value, check_float, check_int
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "constant_equal": {},
@@ -56,8 +56,8 @@ def supervision_weights(
     constant_equal ``1/n``; constant_high_to_low ``mix(0)``; scale_by_scale one-hot at
     ``n−1−min(⌊pn⌋, n−1)``; cosine_annealing ``N(max(1 + m_i cos(2πfp)(1 − (1−r)p)/n, 0))``,
     ``m_i = (n−1−i) − (n−1)/2``; curriculum equal weights on the ``k = max(1, int(Mp))``
-    (``exp``: ``p²``; ``M`` at ``p ≥ 1``) deepest outputs; step_wise one-hot at 0 if ``p ≥ h``,
-    else ``mix(p/h)``. Raises ``ValueError`` (unknown schedule or parameter, bad value)."""
+    (``M = max_active_outputs``, None or 0: n; ``exp``: ``p²``; ``M`` at ``p ≥ 1``) deepest
+    outputs; step_wise one-hot at 0 if ``p ≥ h``, else ``mix(p/h)``. Raises ``ValueError`` (unknown schedule or parameter, bad value)."""
     if schedule not in _DEFAULTS:
         raise ValueError(f"unknown schedule {schedule!r}; schedules are {SCHEDULES}")
     n = num_outputs
@@ -74,7 +74,8 @@ def supervision_weights(
     if schedule in mixes or schedule == "non_linear_low_to_high":
         s = mixes.get(schedule, p * p)
     elif schedule == "custom_sigmoid_low_to_high":
-        k, x0 = _real("k", cfg["k"]), _real("x0", cfg["x0"])
+        k = check_config_value(check_float, "k", cfg["k"], min=0, low_open=True)
+        x0 = _real("x0", cfg["x0"])
         t = _real("transition_point", cfg["transition_point"], 0.0, 1.0)
         s = 0.0 if p < t or t >= 1.0 else 1.0 / (1.0 + math.exp(-k * ((p - t) / (1.0 - t) - x0)))
     elif schedule == "scale_by_scale_low_to_high":
@@ -87,10 +88,10 @@ def supervision_weights(
         m = [(n - 1 - i) - (n - 1) / 2 for i in range(n)]
         return _normalise([max(1.0 + mi * wave * amp, 0.0) for mi in m])
     elif schedule == "curriculum":
-        big_m = n if cfg["max_active_outputs"] is None else cfg["max_active_outputs"]
-        if isinstance(big_m, bool) or not isinstance(big_m, int):
-            raise ValueError(f"max_active_outputs must be an int or None, got {big_m!r}")
-        big_m = n if big_m <= 0 else min(big_m, n)
+        big_m = check_config_value(
+            check_int, "max_active_outputs", cfg["max_active_outputs"], min=0, optional=True
+        )
+        big_m = n if not big_m else min(big_m, n)  # None or 0: all
         kind = check_choice("activation_strategy", cfg["activation_strategy"], ("linear", "exp"))
         k = int(big_m * p) if kind == "linear" else int(big_m * p * p)
         k = big_m if p >= 1.0 else max(1, k)

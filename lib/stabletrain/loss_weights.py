@@ -12,6 +12,7 @@ from typing import Any
 from .callbacks import Callback, TrainContext
 from .checks import check_choice, check_float, check_int, check_keys
 from .losses import OVERLAP_TERMS, CombinedLoss
+from .metrics import metric_mode
 
 SCHEDULE_TYPES = ("linear", "cosine", "step", "loss_balanced", "performance")
 _ALIASES = {"adaptive": "loss_balanced"}  # deprecated name -> schedule
@@ -23,7 +24,7 @@ _PARAMS: dict[str, dict[str, Any]] = {
     "cosine": {},
     "step": {"num_steps": 4},
     "loss_balanced": {"momentum": 0.9, "strength": 1.0, "min_weight": 0.05},
-    "performance": dict(monitor="val_dice", mode="max", patience=2, factor=0.5, min_delta=1e-4),
+    "performance": dict(monitor="val_dice", mode=None, patience=2, factor=0.5, min_delta=1e-4),
 }
 
 
@@ -56,7 +57,8 @@ class LossWeightScheduler:
       ``metrics``, EMAs :math:`\bar L_k` (``momentum`` 0.9), :math:`r_k = \bar L_k / L_k^{first}`,
       weights :math:`\propto w_{0,k} r_k^s` (``strength`` s = 1) scaled to sum W, each at
       least ``min_weight`` × W (then rescaled to W); a non-finite value keeps the weights.
-    - ``performance``: when ``metrics[monitor]`` (``val_dice``, ``mode`` max) has not improved
+    - ``performance``: when ``metrics[monitor]`` (``val_dice``; ``mode`` from its name, see
+      :func:`~stabletrain.metrics.metric_mode`, or given) has not improved
       by ``min_delta`` for ``patience`` (2) calls, move ``factor`` (0.5) of the way to ``end``.
 
     The metric-driven two ignore ``metrics=None`` and raise ``ValueError`` naming what is
@@ -87,10 +89,12 @@ class LossWeightScheduler:
             check_int("num_steps", p["num_steps"], min=1)
         elif schedule == "loss_balanced":
             check_float("momentum", p["momentum"], min=0, max=1, high_open=True)
-            check_float("strength", p["strength"], min=0, finite=False)
+            check_float("strength", p["strength"], min=0)
             check_float("min_weight", p["min_weight"], min=0, max=1, high_open=True)
         elif schedule == "performance":
-            check_choice("mode", p["mode"], ("min", "max"))
+            if not isinstance(p["monitor"], str):
+                raise TypeError(f"monitor must be a metric name (str), got {p['monitor']!r}")
+            p["mode"] = metric_mode(p["monitor"], p["mode"])
             check_int("patience", p["patience"], min=1)
             check_float("factor", p["factor"], min=0, max=1, low_open=True)
             check_float("min_delta", p["min_delta"], min=0, finite=False)
@@ -101,6 +105,8 @@ class LossWeightScheduler:
             raise ValueError(f"end needs a weight for every term {tuple(self.start)}, got {end!r}")
         else:
             self.end = {k: check_float(f"end[{k!r}]", end[k], min=0) for k in self.start}
+        if not any(self.end.values()):
+            raise ValueError(f"end weights must not all be 0 (loss 0, no gradient), got {end}")
         self.progress = 0.0
         self.calls = 0
         self.first_values: dict[str, float] = {}  # loss_balanced state
@@ -187,9 +193,14 @@ class LossWeightScheduler:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` (also one saved under the former names)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping (a state_dict()), got {type(state).__name__}")
         if _ALIASES.get(other := state.get("type"), other) != self.schedule:
             raise ValueError(f"state is for a {other!r} schedule, this one is {self.schedule!r}")
-        state = {**state, "calls": state["calls"] if "calls" in state else state["num_steps"]}
+        if "calls" not in state and "num_steps" in state:  # the former name
+            state = {**state, "calls": state["num_steps"]}
+        if missing := [k for k in _STATE if k not in state]:
+            raise ValueError(f"state lacks {missing}: not a LossWeightScheduler.state_dict()")
         self.combined.weights = state["weights"]
         for key in (k for k in _STATE if k != "weights"):  # the weights are the loss's
             setattr(self, key, copy.copy(state[key]))

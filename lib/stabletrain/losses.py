@@ -4,19 +4,21 @@
 Modes: ``"binary"`` (``C == 1``, sigmoid; target with or without the channel dim), ``"multilabel"``
 (sigmoid per channel, target of ``pred``'s shape), ``"multiclass"`` (softmax; int indices ``(N,
 *spatial)`` or probabilities). Half precision runs in float32. Unless ``validate=False``, targets
-and probabilities must be in [0, 1], indices in ``[0, C)``.
+and probabilities must be in [0, 1], indices in ``[0, C)``. An empty batch raises ``ValueError``.
+``weight``: one non-negative number per channel of ``pred`` (not all 0), multiplying each class's
+loss before the reduction (as MONAI).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_bool, check_choice, check_float, check_keys
+from .checks import check_bool, check_choice, check_config_value, check_float, check_keys
 
 MODES = ("binary", "multilabel", "multiclass")
 REDUCTIONS = ("mean", "sum", "none")
@@ -26,9 +28,23 @@ OVERLAP_TERMS = ("dice", "jaccard", "tversky")
 
 
 def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> None:
+    values = values.detach()
     low, high = (float(values.amin()), float(values.amax())) if values.numel() else (0.0, 0.0)
     if not (0.0 <= low and high <= 1.0):
         raise ValueError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]{hint}")
+
+
+def _class_weight(weight: Any) -> tuple[float, ...] | None:
+    """None, or ``weight`` (a sequence of numbers >= 0, not all 0) as a tuple."""
+    if weight is None:
+        return None
+    weight = weight.tolist() if isinstance(weight, torch.Tensor) else weight
+    if isinstance(weight, str | Mapping) or not isinstance(weight, Collection):
+        raise TypeError(f"weight must be a sequence of C numbers >= 0 or None, got {weight!r}")
+    weight = tuple(check_float(f"weight[{i}]", w, min=0) for i, w in enumerate(weight))
+    if not any(weight):
+        raise ValueError(f"weight must hold a value > 0 (all 0: the loss is 0), got {weight}")
+    return weight
 
 
 def _class_indices(target: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -68,19 +84,31 @@ class _SigmoidFocalSum(torch.autograd.Function):
 class _SegmentationLoss(nn.Module):
     """Shared argument handling and input checks of the losses in this module."""
 
-    def __init__(self, mode: str, from_logits: bool, reduction: str, validate: bool) -> None:
+    def __init__(
+        self, mode: str, from_logits: bool, reduction: str, validate: bool, weight: Any = None
+    ) -> None:
         super().__init__()
         self.mode = check_choice("mode", mode, MODES)
         self.from_logits = check_bool("from_logits", from_logits)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.validate = check_bool("validate", validate)
+        self.weight = _class_weight(weight)
 
     _fields: tuple[str, ...] = ()  # shown by extra_repr after mode, from_logits, reduction
+    _optional: tuple[tuple[str, Any], ...] = (("weight", None),)  # shown where not default
 
     def extra_repr(self) -> str:
         fields = ("mode", "from_logits", "reduction", *self._fields)
+        fields += tuple(k for k, v in self._optional if getattr(self, k) != v)
         values = ((key, getattr(self, key)) for key in fields)
         return ", ".join(f"{k}={v:g}" if type(v) is float else f"{k}={v!r}" for k, v in values)
+
+    def _class_weights(self, c: int, like: torch.Tensor) -> torch.Tensor | None:
+        """``weight`` as a tensor ``(C,)`` like ``like`` (``ValueError`` unless C values)."""
+        if self.weight is not None and len(self.weight) != c:
+            got = f"{len(self.weight)} values, but pred has C = {c} channels"
+            raise ValueError(f"weight needs one value per class: it has {got}")
+        return None if self.weight is None else like.new_tensor(self.weight)
 
     def _check(self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True):
         """``pred`` ``(N, C, *spatial)`` (half as float32), the target as int64 indices or floats
@@ -95,6 +123,8 @@ class _SegmentationLoss(nn.Module):
         shape = tuple(pred.shape)
         if pred.dim() < 2:
             raise ValueError(f"pred must have shape (N, C, *spatial) or (N,), got {shape}")
+        if not pred.numel():
+            raise ValueError(f"pred is empty (shape {shape}): an empty batch raises")
         indices_shape = (shape[0], *shape[2:])  # class indices, or binary without channel dim
         if self.mode == "binary" and shape[1] != 1:
             raise ValueError(f"binary mode needs pred with one channel, got shape {shape}")
@@ -139,9 +169,11 @@ class DiceLoss(_SegmentationLoss):
     r"""Soft Dice loss per sample and channel, ``p`` the probabilities, ``t`` the (one-hot) target,
     ``I = Σpt``: ``ℓ = 1 − (2I + s)/(Σp + Σt + s)``, with ``jaccard`` ``1 − (I + s)/(Σp + Σt − I +
     s)``; ``squared``: ``Σp²``, ``Σt²``. ``reduction="none"``: ``(N, C')``; an empty channel scores
-    ``1 − s/(Σp + s)``. ``include_background=False`` drops channel 0 (not in binary mode)."""
+    ``1 − s/(Σp + s)``. ``include_background=False`` drops channel 0 (not in binary mode).
+    ``batch=True``: sums over the whole batch before the ratio (nnU-Net), ``"none"``: ``(C',)``."""
 
     _fields = ("smooth", "squared", "jaccard", "include_background")
+    _optional = (("batch", False), ("weight", None))
 
     def __init__(
         self,
@@ -154,17 +186,22 @@ class DiceLoss(_SegmentationLoss):
         from_logits: bool = True,
         reduction: str = "mean",
         validate: bool = True,
+        batch: bool = False,
+        weight: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(mode, from_logits, reduction, validate)
+        super().__init__(mode, from_logits, reduction, validate, weight)
         self.smooth = check_float("smooth", smooth, min=0, low_open=True)
         self.squared = check_bool("squared", squared)
         self.jaccard = check_bool("jaccard", jaccard)
         self.include_background = check_bool("include_background", include_background)
+        self.batch = check_bool("batch", batch)
 
     def _statistics(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per (sample, channel) sums: intersection, Σp (Σp² if squared), Σt (Σt²)."""
+        """Per (sample, channel) sums: intersection, Σp (Σp² if squared), Σt (Σt²) (summed over
+        the samples if ``batch``), and the class weights (or None)."""
         pred, target = self._check(pred, target, class_indices=False)
         n, c = pred.shape[:2]
+        weight = self._class_weights(c, pred)
         x = pred.reshape(n, c, -1)
         if target.dtype == torch.int64:  # multiclass class indices
             labels = _class_indices(target, c, x.dtype)
@@ -183,14 +220,20 @@ class DiceLoss(_SegmentationLoss):
         true = torch.linalg.vecdot(t, t) if self.squared else t.sum(-1)
         if not self.include_background and self.mode != "binary" and c > 1:
             inter, total, true = inter[:, 1:], total[:, 1:], true[:, 1:]
-        return inter, total, true
+            weight = None if weight is None else weight[1:]
+        if self.batch:
+            inter, total, true = inter.sum(0), total.sum(0), true.sum(0)
+        return inter, total, true, weight
+
+    def _weighted(self, loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        return self._reduce(loss if weight is None else loss * weight)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        inter, total, true = self._statistics(pred, target)
+        inter, total, true, weight = self._statistics(pred, target)
         s = self.smooth
         if self.jaccard:
-            return self._reduce(1.0 - (inter + s) / (total + true - inter + s))
-        return self._reduce(1.0 - (2.0 * inter + s) / (total + true + s))
+            return self._weighted(1.0 - (inter + s) / (total + true - inter + s), weight)
+        return self._weighted(1.0 - (2.0 * inter + s) / (total + true + s), weight)
 
 
 class JaccardLoss(DiceLoss):
@@ -206,14 +249,18 @@ class JaccardLoss(DiceLoss):
         from_logits: bool = True,
         reduction: str = "mean",
         validate: bool = True,
+        batch: bool = False,
+        weight: Sequence[float] | None = None,
     ) -> None:
         options = {"from_logits": from_logits, "reduction": reduction, "validate": validate}
+        options.update(batch=batch, weight=weight)
         super().__init__(mode, smooth, squared, True, include_background, **options)
 
 
 class TverskyLoss(DiceLoss):
     r"""Tversky loss per sample and channel: ``ℓ = 1 − (TP + s)/(TP + α FP + β FN + s)``,
-    ``TP = Σpt``, ``FP = Σp(1−t)``, ``FN = Σ(1−p)t``; ``alpha = beta = 0.5`` is Dice."""
+    ``TP = Σpt``, ``FP = Σp(1−t)``, ``FN = Σ(1−p)t``; ``alpha = beta = 0.5`` is Dice;
+    ``alpha = beta = 0`` (a constant loss) raises ``ValueError``."""
 
     _fields = (*DiceLoss._fields, "alpha", "beta")
 
@@ -228,16 +275,22 @@ class TverskyLoss(DiceLoss):
         from_logits: bool = True,
         reduction: str = "mean",
         validate: bool = True,
+        batch: bool = False,
+        weight: Sequence[float] | None = None,
     ) -> None:
         options = {"from_logits": from_logits, "reduction": reduction, "validate": validate}
+        options.update(batch=batch, weight=weight)
         super().__init__(mode, smooth, False, False, include_background, **options)
         self.alpha = check_float("alpha", alpha, min=0)
         self.beta = check_float("beta", beta, min=0)
+        if not (self.alpha or self.beta):
+            raise ValueError("alpha and beta must not both be 0 (the loss would be constant 0)")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        tp, total, true = self._statistics(pred, target)
+        tp, total, true, weight = self._statistics(pred, target)
         fp, fn, s = total - tp, true - tp, self.smooth
-        return self._reduce(1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s))
+        loss = 1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s)
+        return self._weighted(loss, weight)
 
 
 class FocalLoss(_SegmentationLoss):
@@ -246,9 +299,12 @@ class FocalLoss(_SegmentationLoss):
     averages over all elements. Multiclass, per pixel: ``α_t = 1−α`` for class 0, else ``α``;
     probability targets give ``Σ_c t_c ℓ_c``; ``"mean"`` averages over pixels (``gamma=0,
     alpha=None`` is ``CrossEntropyLoss``). ``"none"``: ``pred``'s shape or ``(N, *spatial)``.
+    ``include_background=False``: multilabel drops channel 0, multiclass class 0's term (softmax
+    over all C); binary ignores it. ``weight[c]`` multiplies class c's term (a plain mean, as MONAI).
     """
 
     _fields = ("gamma", "alpha")
+    _optional = (("include_background", True), ("weight", None))
 
     def __init__(
         self,
@@ -259,20 +315,33 @@ class FocalLoss(_SegmentationLoss):
         from_logits: bool = True,
         reduction: str = "mean",
         validate: bool = True,
+        include_background: bool = True,
+        weight: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(mode, from_logits, reduction, validate)
+        super().__init__(mode, from_logits, reduction, validate, weight)
         self.gamma = check_float("gamma", gamma, min=0)
         self.alpha = check_float("alpha", alpha, min=0, max=1, optional=True)
+        self.include_background = check_bool("include_background", include_background)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         shape = pred.shape
         pred, target = self._check(pred, target)
+        c, background = pred.shape[1], self.include_background or self.mode == "binary"
+        weight = self._class_weights(c, pred)
         if self.mode == "multiclass":
-            return self._reduce(self._softmax_focal(pred, target))
-        if self.from_logits and self.gamma and self.reduction != "none":
+            if not background:  # class 0's term weighs 0
+                weight = pred.new_ones(c) if weight is None else weight
+                weight = weight * (torch.arange(c, device=pred.device) > 0)
+            return self._reduce(self._softmax_focal(pred, target, weight))
+        if not background:
+            pred, target, shape = pred[:, 1:], target[:, 1:], pred[:, 1:].shape
+            weight = None if weight is None else weight[1:]
+        if weight is None and self.from_logits and self.gamma and self.reduction != "none":
             total = _SigmoidFocalSum.apply(pred, target, self.gamma, self.alpha)
             return total / max(1, pred.numel()) if self.reduction == "mean" else total
-        return self._reduce(self._sigmoid_focal(pred, target).reshape(shape))
+        loss = self._sigmoid_focal(pred, target)
+        loss = loss if weight is None else loss * weight.view(-1, *[1] * (pred.dim() - 2))
+        return self._reduce(loss.reshape(shape))
 
     def _sigmoid_focal(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.from_logits:
@@ -291,7 +360,7 @@ class FocalLoss(_SegmentationLoss):
             loss = loss * (target * (2.0 * self.alpha - 1.0) + (1.0 - self.alpha))
         return loss
 
-    def _softmax_focal(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _softmax_focal(self, pred: torch.Tensor, target: torch.Tensor, weight=None) -> torch.Tensor:
         """Per pixel ``Σ_c α_c t_c (1 − p_c)^γ (−log p_c)``: one term for class indices."""
         logp = torch.log_softmax(pred, 1) if self.from_logits else pred.clamp_min(1e-12).log()
         if target.dtype == torch.int64:  # class indices: t is one-hot, keep the true class
@@ -307,13 +376,54 @@ class FocalLoss(_SegmentationLoss):
             loss = loss * (-torch.expm1(logp)).clamp_min(1e-12).pow(self.gamma)
         if self.alpha is not None:
             loss = loss * torch.where(classes == 0, 1.0 - self.alpha, self.alpha)
+        if weight is not None:
+            loss = loss * weight[classes]  # the weight of each term's class
         return loss.sum(1)
 
 
+class _BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    """``nn.BCEWithLogitsLoss`` that also takes integer or bool 0/1 masks (checked, as floats)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not target.is_floating_point():
+            target = target.to(input.dtype)
+            _check_unit_interval("binary target values", target)
+        return super().forward(input, target)
+
+    def _get_name(self) -> str:
+        return "BCEWithLogitsLoss"
+
+
+class _CrossEntropyLoss(nn.CrossEntropyLoss):
+    """``nn.CrossEntropyLoss`` that also takes uint8/int32 class indices (as int64)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(input, target if target.is_floating_point() else target.long())
+
+    def _get_name(self) -> str:
+        return "CrossEntropyLoss"
+
+
+class _Weights(dict):
+    """A read-only snapshot of :attr:`CombinedLoss.weights` (its copies are plain dicts)."""
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        change = "assign loss.weights = {key: weight, ...} (all or some terms)"
+        raise TypeError(
+            f"CombinedLoss.weights is a read-only snapshot: to change weights, {change}"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple:
+        return dict, (dict(self),)
+
+
 class CombinedLoss(nn.Module):
-    r"""``L = Σ_k w_k L_k(pred, target)``, ``terms``: ``key -> (loss callable, weight)``.
-    ``weights`` (a copy; settable) is saved in ``state_dict()``; ``last_values`` holds the
-    detached terms of the last forward."""
+    r"""``L = Σ_k w_k L_k(pred, target)``, ``terms``: ``key -> (loss callable, weight)``, the
+    weights ``>= 0``, not all 0. ``weights`` is a read-only snapshot (item assignment raises
+    ``TypeError``); assign a mapping of some or all terms to change them. They are saved in
+    ``state_dict()``; ``last_values`` holds the detached terms of the last forward."""
 
     def __init__(self, terms: Mapping[str, tuple[Callable, float]]) -> None:
         super().__init__()
@@ -340,7 +450,7 @@ class CombinedLoss(nn.Module):
 
     @property
     def weights(self) -> dict[str, float]:
-        return dict(self._weights)
+        return _Weights(self._weights)
 
     @weights.setter
     def weights(self, values: Mapping[str, float]) -> None:
@@ -350,6 +460,8 @@ class CombinedLoss(nn.Module):
         missing = set(self.keys) - set(new)
         if missing:
             raise ValueError(f"missing weight(s) for {sorted(missing)}; terms are {self.keys}")
+        if not any(new.values()):
+            raise ValueError(f"weights must not all be 0 (loss 0, no gradient), got {new}")
         self._weights = {key: new[key] for key in self.keys}
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -385,6 +497,23 @@ LOSS_PRESETS: dict[str, tuple[str, float, str, float]] = {
 
 _CONFIG_KEYS = ("type", "dice_weight", "bce_weight", "dice_config", "bce_config", "mode")
 _DICE_CONFIG = {"smooth": 1e-5, "jaccard": False, "squared_pred": False, "include_background": True}
+_CONFIG_CHECKS: dict[str, tuple[Callable, dict[str, Any]]] = {
+    **dict.fromkeys(("dice_weight", "bce_weight", "gamma"), (check_float, {"min": 0})),
+    "smooth": (check_float, {"min": 0, "low_open": True}),
+    **dict.fromkeys(("jaccard", "squared_pred", "include_background"), (check_bool, {})),
+    "alpha": (check_float, {"min": 0, "max": 1, "optional": True}),
+}
+
+
+def _checked(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``values``, each checked by :data:`_CONFIG_CHECKS`, named ``prefix + key`` (config rule)."""
+    checks = {k: _CONFIG_CHECKS[k] for k in values}
+    return {k: check_config_value(c, prefix + k, values[k], **b) for k, (c, b) in checks.items()}
+
+
+def _section(config: Mapping[str, Any], key: str, allowed: Collection[str]) -> Mapping[str, Any]:
+    value = {} if (value := config.get(key)) is None else value
+    return check_config_value(check_keys, key, value, allowed=allowed)
 
 
 def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary") -> CombinedLoss:
@@ -405,12 +534,13 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
     config = dict(check_keys("the loss config", config, _CONFIG_KEYS))
     check_choice("loss config type", config.get("type", "combined"), ("combined",))
     mode = check_choice("mode", config.get("mode", mode), MODES)
-    dice = check_keys("dice_config", config.get("dice_config") or {}, _DICE_CONFIG)
+    dice = _checked(_section(config, "dice_config", _DICE_CONFIG), "dice_config.")
     dice = {**_DICE_CONFIG, **dice}
-    focal = check_keys("bce_config", config.get("bce_config") or {}, ("gamma", "alpha"))
+    focal = _checked(_section(config, "bce_config", ("gamma", "alpha")), "bce_config.")
+    _checked({key: value for key, value in config.items() if key.endswith("_weight")})
     args = (dice["smooth"], dice["squared_pred"], dice["jaccard"], dice["include_background"])
     overlap = DiceLoss(mode, *args)
-    pixel = nn.CrossEntropyLoss() if mode == "multiclass" else nn.BCEWithLogitsLoss()
+    pixel = _CrossEntropyLoss() if mode == "multiclass" else _BCEWithLogitsLoss()
     pixel = FocalLoss(mode, focal.get("gamma", 2.0), focal.get("alpha", 0.25)) if focal else pixel
 
     terms = {"jaccard" if overlap.jaccard else "dice": (overlap, config.get("dice_weight", 0.7))}

@@ -2,13 +2,16 @@
 
 Per sample and class: Dice ``2|P∩T|/(|P|+|T|)``, IoU ``|P∩T|/|P∪T|`` (1 if both empty),
 averaged. Binary (``C == 1``): ``sigmoid(logit) > threshold``; multiclass: argmax, int target
-``(N, H, W)``, class 0 left out unless ``include_background``. A list of outputs is read at 0."""
+``(N, H, W)`` of indices in ``[0, C)``, class 0 left out unless ``include_background``. A list of
+outputs is read at 0. An empty batch raises ``ValueError``."""
 
 from __future__ import annotations
 
 import re
 
 import torch
+
+from .checks import check_bool, check_float
 
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "nll", "perplexity")
 HIGHER_IS_BETTER = ("dice", "iou", "jaccard", "accuracy", "acc", "f1", "auc")
@@ -39,10 +42,14 @@ def _confusion(
     logits: torch.Tensor, target: torch.Tensor, threshold: float, include_background: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample, per-class intersection, |P| and |T|, each of shape (N, C')."""
+    check_float("threshold", threshold, min=0, max=1)
+    check_bool("include_background", include_background)
     if isinstance(logits, list | tuple):
         logits = logits[0]  # deep supervision: index 0 is the final output
     if logits.dim() != 4:
         raise ValueError(f"logits must have shape (N, C, H, W), got {tuple(logits.shape)}")
+    if not logits.numel():
+        raise ValueError(f"logits are empty (shape {tuple(logits.shape)}): an empty batch raises")
     n, c = logits.shape[:2]
     if c == 1:
         if target.dim() == 3:
@@ -59,6 +66,8 @@ def _confusion(
             raise ValueError(f"multiclass target must be (N, H, W) = {shape}, got {got}")
         if target.is_floating_point():
             raise ValueError("multiclass target must hold integer class indices, got floats")
+        if not 0 <= int(target.min()) <= int(target.max()) < c:
+            raise ValueError(f"multiclass target must hold class indices in [0, {c - 1}] (C = {c})")
         classes = torch.arange(c, device=logits.device).view(1, c, 1)
         pred = logits.argmax(1).flatten(1).unsqueeze(1) == classes
         true = target.flatten(1).unsqueeze(1) == classes
@@ -95,6 +104,8 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     if isinstance(outputs, list | tuple):
         outputs = outputs[0]  # deep supervision: index 0 is the final output
     shape, target_shape = tuple(outputs.shape), tuple(targets.shape)
+    if not outputs.numel():
+        raise ValueError(f"outputs are empty (shape {shape}): an empty batch raises")
     if outputs.dim() == 3 and target_shape == shape[:2]:
         dim = -1  # (B, T, V) scores of a language model
     elif outputs.dim() <= 1 or shape[1] == 1:
