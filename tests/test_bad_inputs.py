@@ -642,8 +642,31 @@ def _evaluate(loader):
     return evaluate(_model(), loader)
 
 
+def _fit_plateau(scheduler: str, monitor: str, **params):
+    import torch
+
+    from stabletrain.schedulers import build_scheduler
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, {"type": scheduler, "total_steps": 8, **params})
+    return _fit(model, optimizer=opt, scheduler=sched, monitor=monitor, val_loader=_batches())
+
+
 TRAINING_CASES = [
     # monitor semantics
+    case(
+        "plateau-min-watching-dice",
+        lambda: _fit_plateau("plateau", "val_dice"),
+        ValueError,
+        "PlateauWithWarmup reads monitor='val_dice' with mode='min', but 'val_dice' should go up",
+    ),
+    case(
+        "adaptive-watching-dice",
+        lambda: _fit_plateau("adaptive", "val_accuracy"),
+        ValueError,
+        "should go up: monitor a loss",
+    ),
     case(
         "monitor-unknown-no-mode",
         lambda: _fit(early_stopping=_stopper(), monitor="val_x2"),

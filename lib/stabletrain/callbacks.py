@@ -114,6 +114,21 @@ class MetricScheduler(Callback):
 
     order = 10
 
+    def on_fit_start(self, ctx: TrainContext) -> None:
+        """A rule that waits for the metric to fall must watch one that falls (``adaptive``
+        reads a loss); a metric of no known direction is taken on the scheduler's word."""
+        scheduler = getattr(ctx.scheduler, "scheduler", ctx.scheduler)  # a warmup's wrapped one
+        mode = getattr(scheduler, "mode", "min")
+        try:
+            wanted = metric_mode(ctx.monitor)
+        except ValueError:
+            return
+        if wanted != mode:
+            fix = f"give it mode={wanted!r}" if hasattr(scheduler, "mode") else "monitor a loss"
+            way = "up" if wanted == "max" else "down"
+            rule = f"{type(scheduler).__name__} reads monitor={ctx.monitor!r} with mode={mode!r}"
+            raise ValueError(f"{rule}, but {ctx.monitor!r} should go {way}: {fix}")
+
     def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
         observe = getattr(ctx.scheduler, "observe", None)
         if record["applied"] and callable(observe) and math.isfinite(record["loss"]):
