@@ -119,7 +119,8 @@ def check_folder(name: str, value: Any, *, writable: bool = False) -> Path:
     if not existing.is_dir():
         raise ValueError(f"{name} must be a folder, but {existing} is a file")
     if writable and not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{name} {path} is not writable: give a folder you can write to")
+        where = "" if existing == path else f" (in {existing}, which is not)"
+        raise ValueError(f"{name} {path} is not writable{where}: give a folder you can write to")
     return path
 
 

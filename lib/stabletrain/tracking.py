@@ -51,7 +51,7 @@ def default_tracking_uri() -> str:
 
 
 _SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "uc")
-_ACCEPTED = "accepted: sqlite:///<file>, a folder, http(s)://, postgresql://, mysql://, mssql://, "
+_ACCEPTED = "accepted: sqlite:///<file>, http(s)://<server>, postgresql://, mysql://, mssql://, "
 _ACCEPTED += "databricks"
 
 
@@ -60,10 +60,16 @@ def _check_uri(uri: Any) -> str:
     if not isinstance(uri, str | None):
         raise TypeError(f"tracking_uri must be a str or None, got {type(uri).__name__} {uri!r}")
     uri = uri or default_tracking_uri()
-    scheme = urlparse(uri).scheme.split("+")[0].lower()  # postgresql+psycopg2: postgresql
+    found = re.match(r"([a-zA-Z][\w+.-]*):", uri)  # RFC 3986; postgresql+psycopg2: postgresql
+    scheme = found.group(1).split("+")[0].lower() if found else ""
     if len(scheme) > 1 and scheme.removesuffix("-uc") not in _SCHEMES:  # C: is a Windows drive
         raise ValueError(f"tracking_uri={uri!r} has an unknown scheme {scheme!r}; {_ACCEPTED}")
     return uri
+
+
+def _unopenable(uri: str, error: Exception) -> ValueError:
+    opened = f"tracking_uri={uri!r} cannot be opened ({type(error).__name__}: {str(error)[:500]})"
+    return ValueError(f"{opened}; {_ACCEPTED}")
 
 
 def _local_folder(location: str | None) -> Path | None:
@@ -132,15 +138,15 @@ class MLflowTracker:
             self.client = client_cls(tracking_uri=self.tracking_uri)
             self.experiment_id = _experiment_id(self.client, experiment, self.tracking_uri)
             location = self.client.get_experiment(self.experiment_id).artifact_location
-            if (folder := _local_folder(location)) is not None:
-                check_folder("the artifact folder", folder, writable=True)
+        except Exception as error:
+            raise _unopenable(self.tracking_uri, error) from None
+        if (folder := _local_folder(location)) is not None:
+            check_folder("the artifact folder", folder, writable=True)
+        try:
             tags = dict(tags or {})
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
-        except ValueError:
-            raise
         except Exception as error:
-            opened = f"tracking_uri={self.tracking_uri!r} cannot be opened"
-            raise ValueError(f"{opened} ({type(error).__name__}: {error}); {_ACCEPTED}") from None
+            raise _unopenable(self.tracking_uri, error) from None
         self.run_id, self.run_name = run.info.run_id, run.info.run_name
         self._params: dict[str, str] = {}
         self._pending: dict[str, list[Any]] = {"params": [], "metrics": []}  # entities not sent
