@@ -95,7 +95,8 @@ def _tracker(**kwargs):
     pytest.importorskip("mlflow")
     from stabletrain.tracking import MLflowTracker
 
-    return MLflowTracker(**{"experiment": "bad-inputs", "verbose": False, **kwargs})
+    store = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"  # never the repository's
+    return MLflowTracker(**{"experiment": "x", "tracking_uri": store, "verbose": False, **kwargs})
 
 
 _NO_SCHEME = "nosuchscheme://x"  # was MLflow's model-registry exception

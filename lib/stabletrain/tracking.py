@@ -107,7 +107,10 @@ def _number(value: Any) -> float | None:
 class MLflowTracker:
     """Log a :func:`~stabletrain.loop.fit` run to MLflow: metrics every ``flush_every`` values and
     at each epoch's end (the experiment is created if missing; ``log_figures`` and ``verbose`` act
-    at :meth:`finish`). ``ValueError`` for ``flush_every < 1`` or an empty ``experiment``."""
+    at :meth:`finish`). A store failing during the run (locked, read-only, unreachable) costs one
+    warning, never the training: unsent values wait for the next flush. ``ValueError``: a
+    ``tracking_uri`` of unknown scheme or that cannot be opened, an artifact folder that cannot be
+    written, ``flush_every < 1``, an empty ``experiment``."""
 
     def __init__(
         self,
