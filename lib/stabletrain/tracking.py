@@ -123,15 +123,11 @@ class MLflowTracker:
         log_figures: bool = True,
         verbose: bool = True,
     ) -> None:
-        if not isinstance(experiment, str) or not isinstance(run_name, str | None):
-            bad = (
-                ("run_name", run_name)
-                if isinstance(experiment, str)
-                else ("experiment", experiment)
-            )
-            raise TypeError(f"{bad[0]} must be a string, got {type(bad[1]).__name__} {bad[1]!r}")
-        if not experiment:
-            raise ValueError("experiment must be a non-empty string, got ''")
+        if not isinstance(experiment, str) or not experiment:
+            error = ValueError if isinstance(experiment, str) else TypeError
+            raise error(f"experiment must be a non-empty string, got {experiment!r}")
+        if not isinstance(run_name, str | None):
+            raise TypeError(f"run_name must be a string or None, got {run_name!r}")
         self.flush_every = check_int("flush_every", flush_every, min=1)
         self.log_figures = check_bool("log_figures", log_figures)
         self.verbose = check_bool("verbose", verbose)
