@@ -7,7 +7,9 @@ exception type or a warning category (``UserWarning`` and its subclasses: ``pyte
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -838,7 +840,87 @@ TRAINING_CASES = [
 
 # --- checkpoints and tracking ---------------------------------------------------------------
 
-FILE_CASES: list = []
+
+def _manager(directory: Any = ..., **kwargs):
+    """A manager of ``directory`` (default: a new temporary folder)."""
+    from stabletrain.checkpoint import CheckpointManager
+
+    return CheckpointManager(tempfile.mkdtemp() if directory is ... else directory, **kwargs)
+
+
+def _checkpointing(**kwargs):
+    from stabletrain.callbacks import Checkpointing
+
+    return Checkpointing(_manager(), **kwargs)
+
+
+def _a_file(content=b""):
+    handle, path = tempfile.mkstemp(suffix=".txt")
+    os.write(handle, content)
+    os.close(handle)
+    return path
+
+
+def _resume_from_an_empty_folder():
+    import torch
+
+    from stabletrain.loop import fit
+
+    folder = tempfile.mkdtemp(suffix="-nothing-here")
+    model = torch.nn.Linear(2, 1)
+    data = [(torch.randn(4, 2), torch.randn(4, 1))]
+    manager = _manager(folder, strategy="epoch")
+    fit(model, data, checkpoints=manager, resume=True, progress=False, loss_fn=torch.nn.MSELoss())
+    manager.close()
+
+
+def _tracker(**kwargs):
+    pytest.importorskip("mlflow")
+    from stabletrain.tracking import MLflowTracker
+
+    store = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"  # never the repository's
+    return MLflowTracker(**{"experiment": "x", "tracking_uri": store, "verbose": False, **kwargs})
+
+
+_NO_SCHEME = "nosuchscheme://x"  # was MLflow's model-registry exception
+
+
+def _garbage():
+    return f"sqlite:///{_a_file(b'not a database' * 99)}"
+
+
+FILE_CASES = [
+    case("ckpt-empty-directory", lambda: _manager(""), ValueError, "directory must name a folder"),
+    case("ckpt-directory-int", lambda: _manager(123), TypeError, "directory must be a folder path"),
+    case("ckpt-directory-none", lambda: _manager(None), TypeError, "(str or os.PathLike)"),
+    case("ckpt-directory-a-file", lambda: _manager(_a_file()), ValueError, "is a file"),
+    case("ckpt-under-a-file", lambda: _manager(f"{_a_file()}/sub"), ValueError, "is a file"),
+    case("ckpt-read-only-a-file", lambda: _manager(_a_file(), read_only=True), ValueError, "file"),
+    case("ckpt-mode-unknown-metric", lambda: _manager(monitor="val_dcie"), ValueError, "mode="),
+    case("ckpt-mode-not-a-choice", lambda: _manager(mode="up"), ValueError, "('min', 'max')"),
+    case("ckpt-monitor-not-a-str", lambda: _manager(monitor=1, mode="min"), TypeError, "monitor"),
+    case("ckpt-strategy-list", lambda: _manager(strategy=["best"]), ValueError, "strategy must"),
+    case("ckpt-max-keep-bool", lambda: _manager(max_keep=True), TypeError, "max_keep must be an"),
+    case("ckpt-max-keep-str", lambda: _manager(max_keep="3"), TypeError, "max_keep must be an"),
+    case("ckpt-every-n-epochs-0", lambda: _manager(every_n_epochs=0), ValueError, ">= 1"),
+    case("ckpt-minutes-bool", lambda: _manager(every_n_minutes=True), TypeError, "every_n_min"),
+    case("ckpt-improvement-str", lambda: _manager(min_improvement="0.1"), TypeError, "min_impr"),
+    case("ckpt-async-save-str", lambda: _manager(async_save="no"), TypeError, "async_save must"),
+    case("ckpt-durable-int", lambda: _manager(durable=0), TypeError, "durable must be a bool"),
+    case("ckpt-read-only-str", lambda: _manager(read_only="False"), TypeError, "read_only must"),
+    case("ckpt-save-epoch-bool", lambda: _manager().save(True), TypeError, "epoch must be an int"),
+    case("resume-string", lambda: _checkpointing(resume="false"), TypeError, "resume must be a"),
+    case("resume-nothing-there", _resume_from_an_empty_folder, UserWarning, "-nothing-here"),
+    case("track-bad-scheme", lambda: _tracker(tracking_uri=_NO_SCHEME), ValueError, "; accepted"),
+    case("track-uri-not-a-str", lambda: _tracker(tracking_uri=5), TypeError, "tracking_uri must"),
+    case("track-store-garbage", lambda: _tracker(tracking_uri=_garbage()), ValueError, "opened"),
+    case("track-experiment-int", lambda: _tracker(experiment=3), TypeError, "experiment must be"),
+    case("track-experiment-empty", lambda: _tracker(experiment=""), ValueError, "non-empty"),
+    case("track-run-name-int", lambda: _tracker(run_name=1), TypeError, "run_name must be a str"),
+    case("track-flush-every-bool", lambda: _tracker(flush_every=True), TypeError, "flush_every"),
+    case("track-log-figures-str", lambda: _tracker(log_figures="no"), TypeError, "log_figures"),
+    case("track-verbose-int", lambda: _tracker(verbose=0), TypeError, "verbose must be a bool"),
+]
 
 
 # --- the audit ------------------------------------------------------------------------------

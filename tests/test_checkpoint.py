@@ -93,6 +93,46 @@ def test_nan_is_never_best_and_max_mode(tmp_path):
     assert manager.load("best", model=model)["metrics"]["val_dice"] == 0.5
 
 
+def test_the_mode_follows_the_monitor(tmp_path):
+    """monitor="val_dice" with no mode ranks the highest Dice best (it kept the worst epoch)."""
+    model = _model()
+    dice = CheckpointManager(tmp_path / "dice", monitor="val_dice", max_keep=1)
+    loss = CheckpointManager(tmp_path / "loss", max_keep=1)
+    for epoch, value in enumerate([0.5, 0.7, 0.6]):
+        dice.save(epoch, {"val_dice": value}, model=model)
+        loss.save(epoch, {"val_loss": value}, model=model)
+    assert (dice.mode, loss.mode) == ("max", "min")
+    assert dice.best_path.name == "epoch-0001.pt" and loss.best_path.name == "epoch-0000.pt"
+    assert CheckpointManager(tmp_path / "x", monitor="val_custom", mode="min").mode == "min"
+
+
+def test_checkpoint_info_is_a_path(tmp_path):
+    manager = CheckpointManager(tmp_path, strategy="epoch")
+    manager.save(0, {"val_loss": 1.0}, model=_model())
+    (info,) = manager.checkpoints()
+    assert os.fspath(info) == str(tmp_path / "epoch-0000.pt")
+    assert torch.load(info, weights_only=True)["epoch"] == 0
+    with open(info, "rb") as f:
+        assert f.read(2) == b"PK"  # torch.save's zip format
+
+
+def test_a_folder_that_cannot_be_written_is_refused_at_construction(tmp_path, monkeypatch):
+    folder = tmp_path / "ro"
+    CheckpointManager(folder, strategy="epoch").save(0, {"val_loss": 1.0}, model=_model())
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores the mode bits: pretend as chmod would
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: Path(p) != folder and real(p, m))
+    try:
+        for directory in (folder, folder / "sub"):  # an existing folder, and one to be made
+            with pytest.raises(ValueError, match=r"directory .*ro.* is not writable"):
+                CheckpointManager(directory, strategy="epoch")
+        reader = CheckpointManager(folder, strategy="epoch", read_only=True)
+        assert [i.epoch for i in reader.checkpoints()] == [0]
+    finally:
+        folder.chmod(0o755)
+
+
 def test_top_k_survives_a_restart(tmp_path):
     model = _model()
     first = CheckpointManager(tmp_path, max_keep=2)

@@ -1,4 +1,6 @@
 import math
+import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient
 
+from stabletrain.callbacks import Callback
+from stabletrain.checkpoint import CheckpointManager
 from stabletrain.course.runs import runs_dataframe
 from stabletrain.data import make_loaders
 from stabletrain.loop import fit
@@ -221,3 +225,138 @@ def test_a_run_that_raises_is_marked_failed(tmp_path):
         )
     runs = runs_dataframe("failing", tracking_uri=uri)
     assert list(runs["status"]) == ["FAILED"]
+
+
+# -- training outlives its side channels ------------------------------------------------------
+
+
+def _fit_tiny(tracker, checkpoints=None, callbacks=()):
+    train, val = make_loaders(num_train=24, num_val=8, batch_size=8, image_size=32, seed=1)
+    seed_everything(0)
+    model = TinyUNet(base_channels=4, depth=2, attention=None)
+    options = {"checkpoints": checkpoints, "callbacks": callbacks, "progress": False}
+    return fit(model, train, val_loader=val, epochs=2, tracker=tracker, **options)
+
+
+def _refuse(tracker, method, times=math.inf):
+    """``tracker.client.<method>`` raises as a locked store does, ``times`` times."""
+    from mlflow.exceptions import MlflowException
+
+    real, calls = getattr(tracker.client, method), []
+
+    def refused(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return real(*args, **kwargs)
+
+    setattr(tracker.client, method, refused)
+    return calls
+
+
+def _mlflow_warnings(record):
+    return [str(w.message) for w in record if "MLflow" in str(w.message)]
+
+
+def test_a_store_locked_for_a_while_costs_one_warning_and_no_data(store, tmp_path):
+    tracker = MLflowTracker("test", run_name="locked", tracking_uri=store, flush_every=8)
+    tracker.verbose = False
+    calls = _refuse(tracker, "log_batch", times=3)  # the params at the start, two flushes
+    checkpoints = CheckpointManager(tmp_path, strategy="epoch", max_keep=5)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        history = _fit_tiny(tracker, checkpoints)
+    assert len(calls) > 3 and tracker.failures == 3
+    (message,) = _mlflow_warnings(record)
+    assert "database is locked" in message and "retried" in message
+    assert [i.epoch for i in checkpoints.checkpoints()] == [0, 1]
+    client = MlflowClient(tracking_uri=store)
+    data = client.get_run(tracker.run_id)
+    assert data.info.status == "FINISHED" and data.data.params["optimizer"] == "Adam"
+    points = sorted(client.get_metric_history(tracker.run_id, "train_loss"), key=lambda m: m.step)
+    assert [m.step for m in points] == list(range(1, 7))  # every value, once
+    assert [m.value for m in points] == pytest.approx(history.steps["loss"], rel=1e-12)
+    val = client.get_metric_history(tracker.run_id, "val_loss")
+    assert sorted(m.value for m in val) == pytest.approx(sorted(history.epochs["val_loss"]))
+
+
+class _CrashAtEpoch1(Callback):
+    def on_epoch_start(self, ctx):
+        if ctx.epoch == 1:
+            raise RuntimeError("crash at epoch 1")
+
+
+@pytest.mark.parametrize(
+    ("method", "crash", "status"),
+    [
+        ("log_batch", False, "FINISHED"),
+        ("log_batch", True, "FAILED"),
+        ("log_figure", False, "FINISHED"),
+    ],
+)
+def test_a_store_that_stays_broken_never_stops_training(store, method, crash, status):
+    """A store down for good (or a read-only artifact folder): fit goes on and returns, the run
+    is closed as it ended, and a second warning says what could not be logged."""
+    tracker = MLflowTracker("test", run_name=method, tracking_uri=store, verbose=False)
+    _refuse(tracker, method)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        if crash:
+            with pytest.raises(RuntimeError, match="crash at epoch 1"):
+                _fit_tiny(tracker, callbacks=[_CrashAtEpoch1()])
+        else:
+            assert _fit_tiny(tracker).epochs["epoch"] == [0, 1]
+    failed, incomplete = _mlflow_warnings(record)
+    assert "failed" in failed and f"MLflow run {tracker.run_id} is incomplete" in incomplete
+    run = MlflowClient(tracking_uri=store).get_run(tracker.run_id)
+    assert run.info.status == status and tracker.finished
+    if method == "log_figure":  # only the figures are missing
+        assert "0 metric values and 0 params unsent" in incomplete
+
+
+def test_the_checkpoint_is_written_before_the_epoch_end_tracker_io(tmp_path):
+    events = []
+
+    class Recorder:  # a tracker that records when it is called
+        def log_params(self, params):
+            events.append("params")
+
+        def log_metrics(self, metrics, step):
+            events.append(f"log {step}" + (" epoch" if "val_loss" in metrics else ""))
+
+        def finish(self, history):
+            events.append("finish")
+
+    class Recording(CheckpointManager):
+        def save(self, epoch, metrics=None, **kwargs):
+            events.append(f"save {epoch}")
+            return super().save(epoch, metrics, **kwargs)
+
+    _fit_tiny(Recorder(), Recording(tmp_path, strategy="epoch"))
+    assert events == [
+        *("params", "log 1", "log 2", "save 0", "log 3", "log 3 epoch"),
+        *("log 4", "log 5", "save 1", "log 6", "log 6 epoch", "finish"),
+    ]
+
+
+def test_a_store_or_artifact_folder_that_cannot_be_written_is_refused_at_once(
+    tmp_path, monkeypatch
+):
+    artifacts = tmp_path / "mlartifacts"
+    artifacts.mkdir()
+    artifacts.chmod(0o555)
+    if os.access(artifacts, os.W_OK):  # root ignores the mode bits: pretend as chmod would
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, m: Path(p) != artifacts and real(p, m))
+    uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    try:
+        with pytest.raises(
+            ValueError, match=r"the artifact folder .*read-only is not writable \(in .*mlartifacts,"
+        ):
+            MLflowTracker("read-only", tracking_uri=uri, verbose=False)
+    finally:
+        artifacts.chmod(0o755)
+    client = MlflowClient(tracking_uri=uri)
+    assert client.search_runs([client.get_experiment_by_name("read-only").experiment_id]) == []
+    with pytest.raises(ValueError, match=r"tracking_uri='http://\[' cannot be opened"):
+        MLflowTracker("x", tracking_uri="http://[", verbose=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,7 +222,7 @@ class Checkpointing(Callback):
 
     def __init__(self, manager: Any, *, resume: bool = False) -> None:
         self.manager = manager
-        self.resume = bool(resume)
+        self.resume = check_bool("resume", resume)
         self.every_n_steps = getattr(manager, "every_n_steps", None)  # optional, as is wait
         self.wait = getattr(manager, "wait", lambda: None)
 
@@ -246,6 +247,10 @@ class Checkpointing(Callback):
 
     def on_fit_start(self, ctx: TrainContext) -> None:
         if not (self.resume and self.manager.latest_path):
+            if self.resume:
+                folder = getattr(self.manager, "directory", self.manager)
+                message = f"resume=True, but {folder} holds no checkpoint: training starts afresh"
+                warnings.warn(message, stacklevel=4)  # at fit's caller
             return
         meta = self.manager.load("latest", **self._objects(ctx))
         extra = meta.get("extra") or {}
@@ -290,13 +295,20 @@ class Checkpointing(Callback):
 class Tracking(Callback):
     """Log to a tracker (``log_params``, ``log_metrics``, ``finish``): per step ``lr``,
     ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with amp or a guard); per epoch
-    its metrics (``epoch_train_loss``, ``epoch_lr``). A failed run ends ``status="FAILED"``."""
+    its metrics (``epoch_train_loss``, ``epoch_lr``), the epoch's last step after its checkpoint
+    (no tracker I/O before it). A failed run ends ``status="FAILED"``."""
 
     order = 110
 
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
         self._skipped = 0
+        self._held: tuple[dict[str, Any], int] | None = None  # the epoch's last step's values
+
+    def _log_held(self) -> None:
+        if self._held is not None:
+            (values, step), self._held = self._held, None
+            self.tracker.log_metrics(values, step=step)
 
     def on_fit_start(self, ctx: TrainContext) -> None:
         self._skipped = sum(1 for a in ctx.history.steps.get("applied", []) if a is False)
@@ -308,9 +320,12 @@ class Tracking(Callback):
         values = {"train_loss" if k == "loss" else k: v for k, v in record.items() if k in logged}
         if ctx.update is not None and (ctx.update.amp is not None or ctx.update.handles_nonfinite):
             values["skipped_steps"] = self._skipped
-        self.tracker.log_metrics(values, step=ctx.history.num_steps)
+        self._held = (values, ctx.history.num_steps)
+        if ctx.batch_index + 1 < ctx.batches_per_epoch:
+            self._log_held()
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        self._log_held()
         names = {"train_loss": "epoch_train_loss", "lr": "epoch_lr"}
         values = {names.get(k, k): v for k, v in metrics.items() if k not in ("epoch", "seconds")}
         self.tracker.log_metrics(values, step=ctx.history.num_steps)
@@ -320,6 +335,7 @@ class Tracking(Callback):
 
     def on_exception(self, ctx: TrainContext, error: BaseException) -> None:
         with contextlib.suppress(Exception):  # closing a failed run must not hide its error
+            self._log_held()
             failed = "status" in inspect.signature(self.tracker.finish).parameters
             self.tracker.finish(ctx.history, **({"status": "FAILED"} if failed else {}))
 

@@ -29,8 +29,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from .checks import check_choice, check_float, check_int
+from .checks import check_bool, check_choice, check_float, check_folder, check_int
 from .distributed import broadcast, gather, is_distributed, is_main, rank
+from .metrics import metric_mode
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
 
 STRATEGIES = ("best", "epoch", "interval", "all", "improvement_or_final", "time")
@@ -83,6 +84,9 @@ class CheckpointInfo:
     roles: tuple[str, ...]
     is_best: bool
     is_latest: bool
+
+    def __fspath__(self) -> str:  # torch.load(info), open(info)
+        return os.fspath(self.path)
 
 
 def _check_plain(value: Any, where: str) -> Any:
@@ -252,9 +256,10 @@ class CheckpointManager:
     batch_in_epoch=k)`` writes a mid-epoch resume point (``fit``: every ``every_n_steps`` steps),
     kept only while latest, outside ``max_keep``. ``async_save`` writes from a thread
     (:meth:`wait`); ``durable`` fsyncs; a ``read_only`` manager takes no lock, changes nothing and
-    re-reads the folder on every query. ``CheckpointLockedError``: another process holds the
-    folder's lock; ``ValueError``: a bad argument (``time`` needs ``every_n_minutes``,
-    ``improvement_or_final`` ``total_epochs``).
+    re-reads the folder on every query; ``mode=None``: the direction of ``monitor``
+    (:func:`~stabletrain.metrics.metric_mode`). ``CheckpointLockedError``: another process holds
+    the folder's lock; ``ValueError``: a bad argument (``time`` needs ``every_n_minutes``,
+    ``improvement_or_final`` ``total_epochs``; a writer needs a writable folder).
 
     In a process group (made before the manager) :meth:`save`, :meth:`load` and
     :meth:`checkpoints` are collectives, called on every rank: rank 0 decides (from the metrics,
@@ -267,7 +272,7 @@ class CheckpointManager:
         directory: str | os.PathLike,
         *,
         monitor: str = "val_loss",
-        mode: str = "min",
+        mode: str | None = None,
         strategy: str = "best",
         max_keep: int = 3,
         every_n_epochs: int = 1,
@@ -279,12 +284,14 @@ class CheckpointManager:
         durable: bool = True,
         read_only: bool = False,
     ) -> None:
-        if (new := _STRATEGY_ALIASES.get(strategy)) is not None:
+        if new := _STRATEGY_ALIASES.get(strategy) if isinstance(strategy, str) else None:
             message = f"checkpoint strategy {strategy!r} is deprecated; use {new!r} (the same rule)"
             warnings.warn(message, DeprecationWarning, stacklevel=2)
             strategy = new
         self.strategy = check_choice("strategy", strategy, STRATEGIES)
-        self.mode = check_choice("mode", mode, ("min", "max"))
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be a metric name (str), got {type(monitor).__name__}")
+        self.mode = metric_mode(monitor, mode)
         self.max_keep = check_int("max_keep", max_keep, min=1)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, min=1)
         self.total_epochs = check_int("total_epochs", total_epochs, min=1, optional=True)
@@ -297,17 +304,19 @@ class CheckpointManager:
         if strategy == "improvement_or_final" and total_epochs is None:
             raise ValueError("strategy='improvement_or_final' needs total_epochs=<planned epochs>")
         self.min_improvement = check_float("min_improvement", min_improvement, min=0)
-        self.directory, self.monitor, self.read_only = Path(directory), monitor, bool(read_only)
-        self.async_save, self.durable = async_save, durable
+        self.directory, self.monitor = check_folder("directory", directory), monitor
+        self.read_only = check_bool("read_only", read_only)
+        self.async_save = check_bool("async_save", async_save)
+        self.durable = check_bool("durable", durable)
         self._clock: Callable[[], float] = time.time
         self._created = self._clock()
         self._thread = self._error = self._lock = None
         self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's buffers, reused by each save
-        if self.directory.exists() and not self.directory.is_dir():
-            raise ValueError(f"directory must be a folder, but {self.directory} is a file")
         self._group = is_distributed()  # rank 0 writes and decides; the other ranks follow it
         if not self.read_only and is_main():
-            self.directory.mkdir(parents=True, exist_ok=True)
+            check_folder("directory", self.directory, writable=True).mkdir(
+                parents=True, exist_ok=True
+            )
             self._lock = _FolderLock.acquire(self.directory, self)
         self._entries: list[dict[str, Any]] = self._open()
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -103,6 +105,23 @@ def check_range(
         rule += "" if max is None else f" <= {max:g}"
         raise ValueError(f"{name} must satisfy {rule}, got {value!r}")
     return low, high
+
+
+def check_folder(name: str, value: Any, *, writable: bool = False) -> Path:
+    """``value`` (a non-empty ``str`` or ``os.PathLike``) as a ``Path`` that is not a file; with
+    ``writable=True`` the folder, or the nearest existing folder above it, must be writable."""
+    if not isinstance(value, str | os.PathLike):
+        raise _type_error(name, "a folder path (str or os.PathLike)", value)
+    if not os.fspath(value):
+        raise ValueError(f"{name} must name a folder, got '' (give '.' for the current folder)")
+    path = Path(value)
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{name} must be a folder, but {existing} is a file")
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (in {existing}, which is not)"
+        raise ValueError(f"{name} {path} is not writable{where}: give a folder you can write to")
+    return path
 
 
 def check_config_value(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> Any:

@@ -10,11 +10,13 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
-from .checks import check_int
+from .checks import check_bool, check_folder, check_int
 
 if TYPE_CHECKING:
     from .history import History
@@ -27,8 +29,10 @@ def _mlflow():
     except ImportError:  # pragma: no cover - depends on the environment
         message = "pip install 'stabletrain[tracking]' (or pip install mlflow)"
         raise ImportError(f"stabletrain.tracking needs MLflow: {message}") from None
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service"):
+    for name in ("alembic", "mlflow.tracking._tracking_service"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no migration chatter in notebooks
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # no tracebacks: the
+    # errors it logs reach the tracker, which reports them
     return MlflowClient, Metric, Param
 
 
@@ -44,6 +48,36 @@ def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repository>/mlflow.db`` (absolute)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{(repository_root() / 'mlflow.db').as_posix()}"
+
+
+_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "uc")
+_ACCEPTED = "accepted: sqlite:///<file>, http(s)://<server>, postgresql://, mysql://, mssql://, "
+_ACCEPTED += "databricks"
+
+
+def _check_uri(uri: Any) -> str:
+    """``uri`` (``None``, ``""``: the default) if MLflow knows its scheme."""
+    if not isinstance(uri, str | None):
+        raise TypeError(f"tracking_uri must be a str or None, got {type(uri).__name__} {uri!r}")
+    uri = uri or default_tracking_uri()
+    found = re.match(r"([a-zA-Z][\w+.-]*):", uri)  # RFC 3986; postgresql+psycopg2: postgresql
+    scheme = found.group(1).split("+")[0].lower() if found else ""
+    if len(scheme) > 1 and scheme.removesuffix("-uc") not in _SCHEMES:  # C: is a Windows drive
+        raise ValueError(f"tracking_uri={uri!r} has an unknown scheme {scheme!r}; {_ACCEPTED}")
+    return uri
+
+
+def _unopenable(uri: str, error: Exception) -> ValueError:
+    opened = f"tracking_uri={uri!r} cannot be opened ({type(error).__name__}: {str(error)[:500]})"
+    return ValueError(f"{opened}; {_ACCEPTED}")
+
+
+def _local_folder(location: str | None) -> Path | None:
+    """The folder of a ``file:`` or plain-path artifact location; ``None`` for remote ones."""
+    parsed = urlparse(location or "")
+    if parsed.scheme == "file" or (location and len(parsed.scheme) <= 1):
+        return Path(url2pathname(parsed.path) if parsed.scheme == "file" else location)
+    return None
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -73,7 +107,10 @@ def _number(value: Any) -> float | None:
 class MLflowTracker:
     """Log a :func:`~stabletrain.loop.fit` run to MLflow: metrics every ``flush_every`` values and
     at each epoch's end (the experiment is created if missing; ``log_figures`` and ``verbose`` act
-    at :meth:`finish`). ``ValueError`` for ``flush_every < 1`` or an empty ``experiment``."""
+    at :meth:`finish`). A store failing during the run (locked, read-only, unreachable) costs one
+    warning, never the training: unsent values wait for the next flush. ``ValueError``: a
+    ``tracking_uri`` of unknown scheme or that cannot be opened, an artifact folder that cannot be
+    written, ``flush_every < 1``, an empty ``experiment``."""
 
     def __init__(
         self,
@@ -87,18 +124,32 @@ class MLflowTracker:
         verbose: bool = True,
     ) -> None:
         if not isinstance(experiment, str) or not experiment:
-            raise ValueError(f"experiment must be a non-empty string, got {experiment!r}")
+            error = ValueError if isinstance(experiment, str) else TypeError
+            raise error(f"experiment must be a non-empty string, got {experiment!r}")
+        if not isinstance(run_name, str | None):
+            raise TypeError(f"run_name must be a string or None, got {run_name!r}")
         self.flush_every = check_int("flush_every", flush_every, min=1)
+        self.log_figures = check_bool("log_figures", log_figures)
+        self.verbose = check_bool("verbose", verbose)
         client_cls, self._Metric, self._Param = _mlflow()
-        self.experiment, self.tracking_uri = experiment, tracking_uri or default_tracking_uri()
-        self.log_figures, self.verbose = log_figures, verbose
-        self.client = client_cls(tracking_uri=self.tracking_uri)
-        self.experiment_id = _experiment_id(self.client, experiment, self.tracking_uri, create=True)
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags or {}))
+        self.experiment, self.tracking_uri = experiment, _check_uri(tracking_uri)
+        try:
+            self.client = client_cls(tracking_uri=self.tracking_uri)
+            self.experiment_id = _experiment_id(self.client, experiment, self.tracking_uri)
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+        except Exception as error:
+            raise _unopenable(self.tracking_uri, error) from None
+        if (folder := _local_folder(location)) is not None:
+            check_folder("the artifact folder", folder, writable=True)
+        try:
+            tags = dict(tags or {})
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        except Exception as error:
+            raise _unopenable(self.tracking_uri, error) from None
         self.run_id, self.run_name = run.info.run_id, run.info.run_name
         self._params: dict[str, str] = {}
-        self._buffer: list[Any] = []  # Metric entities not yet sent
-        self.batches_written = 0
+        self._pending: dict[str, list[Any]] = {"params": [], "metrics": []}  # entities not sent
+        self.batches_written = self.failures = 0
         self.finished = self.resumed = False
 
     def __repr__(self) -> str:
@@ -118,38 +169,67 @@ class MLflowTracker:
             message = f"parameter {key!r} was {old!r} before the resume and is {value!r} now"
             warnings.warn(f"{message}; MLflow keeps the first value", stacklevel=2)
         new = {key: value for key, value in flat.items() if key not in self._params}
-        params = [self._Param(k, v[:6000]) for k, v in new.items()]
-        for start in range(0, len(params), 100):  # MLflow's limit of params per log_batch call
-            self.client.log_batch(self.run_id, params=params[start : start + 100])
+        self._pending["params"] += [self._Param(k, v[:6000]) for k, v in new.items()]
         self._params |= new
+        self._send("params")
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Buffer numeric values (NaN/Inf included) at ``step``; non-numbers are skipped."""
         timestamp = int(time.time() * 1000)
         for key, value in metrics.items():
             if (number := _number(value)) is not None:
-                self._buffer.append(self._Metric(str(key), number, timestamp, int(step)))
+                metric = self._Metric(str(key), number, timestamp, int(step))
+                self._pending["metrics"].append(metric)
         epoch_end = "val_loss" in metrics or "epoch_train_loss" in metrics
-        if len(self._buffer) >= self.flush_every or epoch_end:
+        if len(self._pending["metrics"]) >= self.flush_every or epoch_end:
             self.flush()
 
-    def flush(self) -> None:
-        """Write the buffered metric values (``log_batch``, at most 1000 per call)."""
-        buffer, self._buffer = self._buffer, []
-        for start in range(0, len(buffer), 1000):  # MLflow's limit per log_batch call
-            self.client.log_batch(self.run_id, metrics=buffer[start : start + 1000])
-            self.batches_written += 1
+    def flush(self) -> bool:
+        """Write the buffered params and metric values (``log_batch``); ``False``: some are kept,
+        to be retried at the next flush."""
+        return self._send("params") and self._send("metrics")
+
+    def _send(self, kind: str) -> bool:
+        pending, limit = self._pending[kind], 100 if kind == "params" else 1000  # MLflow's limits
+        while pending:
+            if not self._call(self.client.log_batch, self.run_id, **{kind: pending[:limit]}):
+                return False
+            del pending[:limit]
+            self.batches_written += kind == "metrics"
+        return True
+
+    def _call(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """``write(...)`` (to the store); a failure (a locked or read-only store, a server down)
+        warns once per tracker, so that training goes on, and returns ``False``."""
+        try:
+            write(*args, **kwargs)
+            return True
+        except Exception as error:
+            if getattr(error, "error_code", None) == "INVALID_PARAMETER_VALUE":
+                raise  # a bad key or a changed parameter: the caller's error, not the store's
+            self.failures += 1
+            if self.failures == 1:
+                failed = f"MLflow tracking to {self.tracking_uri} failed ({type(error).__name__}:"
+                retry = "training goes on; unsent values are retried at each flush and at the end"
+                warnings.warn(f"{failed} {str(error)[:300]}); {retry}", stacklevel=4)
+            return False
 
     def finish(self, history: History | None = None, *, status: str = "FINISHED") -> None:
-        """Flush, log the figures and history, and close the run (idempotent)."""
+        """Flush, log the figures and history, and close the run as ``status`` (idempotent); what
+        the store still refuses is named in a warning."""
         if self.finished:
             return
-        self.flush()
+        sent = self.flush()
         if history is not None and self.log_figures:
-            self._log_history(history)
-        self.client.set_terminated(self.run_id, status=status)
+            sent = self._call(self._log_history, history) and sent
+        sent = self._call(self.client.set_terminated, self.run_id, status=status) and sent
         self.finished = True
-        if self.verbose:
+        if not sent:
+            unsent = {kind: len(items) for kind, items in self._pending.items()}
+            lost = f"{unsent['metrics']} metric values and {unsent['params']} params unsent"
+            why = "or its figures or status: the store still fails"
+            warnings.warn(f"MLflow run {self.run_id} is incomplete ({lost}, {why})", stacklevel=2)
+        elif self.verbose:
             print(f"MLflow run {self.run_name!r} logged. Open the UI with:\n  {self.ui_command()}")
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,11 +248,12 @@ class MLflowTracker:
             message = f"run {run_id} is not in {self.tracking_uri}: logging to a new run"
             warnings.warn(message, stacklevel=2)
             return
-        if not (self._params or self._buffer or self.batches_written):
-            self.client.delete_run(self.run_id)
+        if not (self._params or self._pending["metrics"] or self.batches_written):
+            self._call(self.client.delete_run, self.run_id)
         self.run_id, self.run_name = run_id, run.info.run_name
-        self.client.update_run(run_id, status="RUNNING")
+        self._call(self.client.update_run, run_id, status="RUNNING")
         self._params = {str(k): str(v) for k, v in dict(state.get("params") or {}).items()}
+        self._pending["params"].clear()  # the new run's, not sent
         self.finished, self.resumed = False, True
 
     def __enter__(self) -> MLflowTracker:
@@ -220,7 +301,7 @@ def ui_command(tracking_uri: str | None = None, *, relative_to: str | os.PathLik
     return f"mlflow ui --backend-store-uri {store} --default-artifact-root {artifacts.as_posix()}"
 
 
-def _experiment_id(client: Any, name: str, tracking_uri: str, *, create: bool) -> str | None:
+def _experiment_id(client: Any, name: str, tracking_uri: str, *, create=True) -> str | None:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None or not create:
         return None if experiment is None else experiment.experiment_id
