@@ -15,12 +15,10 @@ import difflib
 import functools
 import math
 import os
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -47,8 +45,8 @@ from .optim import (
 )
 from .schedulers import build_scheduler, epochs_to_steps
 from .stability import NONFINITE_POLICIES, EarlyStopping, StabilityGuard
-from .tracking import MLflowTracker
-from .utils import get_device, seed_everything
+from .tracking import MLflowTracker, check_tracking_uri
+from .utils import as_device, get_device, seed_everything
 
 DEFAULTS: dict[str, Any] = {
     "preset": None,
@@ -107,7 +105,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 MONITORS = ("train_loss", "val_loss", "val_dice")
 """The metrics :func:`run` logs each epoch that ``monitor`` may watch (its validation: loss, Dice)."""
 
-_URI_SCHEMES = ("file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 _MAX_BYTES, _MAX_NODES = 2**20, 100_000  # a config file's size; YAML nodes, aliases expanded
 
 
@@ -154,9 +151,10 @@ def _text(name: str, value: Any, *, optional=False, what="a non-empty string") -
 
 
 def _device(name: str, value: Any) -> None:
-    if not (value is None or re.fullmatch(r"cpu|mps|auto|cuda(:\d+)?", str(value))):
-        accepted = "cpu, cuda, cuda:N, mps, or auto or null (the best available)"
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+    try:
+        value in (None, "auto") or as_device(name, value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{error} (or auto or null: the best available)") from None
 
 
 def _monitor(name: str, value: Any) -> None:
@@ -166,11 +164,7 @@ def _monitor(name: str, value: Any) -> None:
 
 
 def _tracking_uri(name: str, value: Any) -> None:
-    _text(name, value, optional=True, what="a file path or a URI")
-    scheme = urlparse(value or "").scheme.split("+")[0].lower()
-    if len(scheme) > 1 and scheme not in (*_URI_SCHEMES, "databricks-uc", "uc"):  # C: a drive
-        accepted = f"a file path or a URI of scheme {', '.join(_URI_SCHEMES)}"
-        raise ValueError(f"{name} must be {accepted}, got {value!r}{_hint(scheme, _URI_SCHEMES)}")
+    check_config_value(lambda _, uri: check_tracking_uri(uri), name, value)
 
 
 def _optimizer(name: str, value: Any) -> None:

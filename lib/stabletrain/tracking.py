@@ -55,8 +55,8 @@ _ACCEPTED = "accepted: sqlite:///<file>, http(s)://<server>, postgresql://, mysq
 _ACCEPTED += "databricks"
 
 
-def _check_uri(uri: Any) -> str:
-    """``uri`` (``None``, ``""``: the default) if MLflow knows its scheme."""
+def check_tracking_uri(uri: Any) -> str:
+    """``uri`` (``None``, ``""``: the default) if MLflow knows its scheme, else ``ValueError``."""
     if not isinstance(uri, str | None):
         raise TypeError(f"tracking_uri must be a str or None, got {type(uri).__name__} {uri!r}")
     uri = uri or default_tracking_uri()
@@ -132,7 +132,7 @@ class MLflowTracker:
         self.log_figures = check_bool("log_figures", log_figures)
         self.verbose = check_bool("verbose", verbose)
         client_cls, self._Metric, self._Param = _mlflow()
-        self.experiment, self.tracking_uri = experiment, _check_uri(tracking_uri)
+        self.experiment, self.tracking_uri = experiment, check_tracking_uri(tracking_uri)
         try:
             self.client = client_cls(tracking_uri=self.tracking_uri)
             self.experiment_id = _experiment_id(self.client, experiment, self.tracking_uri)
