@@ -87,7 +87,6 @@ CONFIG_CASES: list = [
          ValueError, "lr must be finite"),
     case("cfg-betas-one", lambda: _resolve(optimizer={"betas": [0.9]}),
          ValueError, "betas must be a pair [beta_1, beta_2]"),
-    case("cfg-lr-zero", lambda: _resolve(optimizer={"lr": 0}), UserWarning, "lr=0"),
     case("cfg-accumulation-0", lambda: _resolve(stability={"accumulation_steps": 0}),
          ValueError, "stability.accumulation_steps must be >= 1, got 0"),
     case("cfg-accumulation-over-epoch", lambda: _resolve(stability={"accumulation_steps": 9}),

@@ -222,8 +222,3 @@ def test_clipping_keys_become_guard_settings():
     guard = StabilityGuard(model, opt, **clipping_from_config({"gradient_clipping_by_value": 0.01}))
     guard.step(model(torch.full((4, 2), 100.0)).sum())
     assert guard.clip_mode == "value"
-
-
-def test_a_zero_lr_warns():
-    with pytest.warns(UserWarning, match="lr=0 will not change the weights"):
-        build_optimizer(nn.Linear(2, 2), {"type": "sgd", "lr": 0.0})

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -87,8 +86,6 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
         _check_value(source[name] if name != "betas" else "betas", value, signature[name].default)
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # YAML gives lists
-    if kwargs.get("lr", 1) == 0:
-        warnings.warn(f"{kind} optimizer with lr=0 will not change the weights", stacklevel=3)
     return kwargs
 
 
