@@ -186,7 +186,36 @@ def _set_item(mapping, key, value):
     mapping[key] = value
 
 
+def _probabilities(shape=(2, 1, 4, 4)):
+    """``(values, target)``: values spread over [0, 1] (probabilities), a 0/1 target."""
+    import torch
+
+    values = torch.linspace(0, 1, torch.Size(shape).numel()).reshape(shape)
+    return values, (values > 0.5).float()
+
+
+def _ints(*values):
+    import torch
+
+    return torch.tensor(values)
+
+
+def _numpy(kind: str, which: int):
+    """``_tensors(kind)`` with element ``which`` (0 pred, 1 target) as a NumPy array."""
+    pair = list(_tensors(kind))
+    pair[which] = pair[which].numpy()
+    return pair
+
+
+def _check(name: str, value):
+    from stabletrain import checks
+
+    return getattr(checks, name)("value", value)
+
+
 _DICE, _FOCAL, _BUILD = "DiceLoss", "FocalLoss", "build_loss"
+_PROBS = "pred looks like probabilities (all in [0, 1]) but from_logits=True: pass logits or"
+_CLASSES = "targets must hold class indices in [0, 2] (C = 3), got values in "
 _CFG_BOOL, _CFG_NUM = "must be a bool (True or False)", "must be a number"
 LOSS_CASES = [
     case("dice-squared-str", lambda: _loss(_DICE, squared="False"), TypeError, "squared must be a"),
@@ -383,6 +412,78 @@ LOSS_CASES = [
         lambda: _metric("accuracy", *_tensors("empty")),
         ValueError,
         "an empty batch raises",
+    ),
+    case("dice-probabilities", lambda: _loss(_DICE)(*_probabilities()), UserWarning, _PROBS),
+    case("focal-probabilities", lambda: _loss(_FOCAL)(*_probabilities()), UserWarning, _PROBS),
+    case(
+        "dice-multiclass-probabilities",
+        lambda: _loss(_DICE, "multiclass")(_probabilities((2, 3, 4, 4))[0], _tensors("c")[1]),
+        UserWarning,
+        _PROBS,
+    ),
+    case(
+        "dice_score-probabilities",
+        lambda: _metric("dice_score", *_probabilities()),
+        UserWarning,
+        "logits look like probabilities (all in [0, 1]) but the metric reads logits: pass logits",
+    ),
+    case(
+        "accuracy-probabilities",
+        lambda: _metric("accuracy", *_probabilities((16,))),
+        UserWarning,
+        "outputs look like probabilities (all in [0, 1]) but accuracy reads logits",
+    ),
+    case(
+        "accuracy-index-range",
+        lambda: _metric("accuracy", _tensors("classes")[0][:, :, 0, 0], _ints(1, 5)),
+        ValueError,
+        _CLASSES + "[1, 5]",
+    ),
+    case(
+        "accuracy-index-negative",
+        lambda: _metric("accuracy", _tensors("classes")[0][:, :, 0, 0], _ints(-1, 1)),
+        ValueError,
+        _CLASSES + "[-1, 1]",
+    ),
+    case(
+        "accuracy-binary-2",
+        lambda: _metric("accuracy", _probabilities((4,))[0] - 0.5, _ints(0, 1, 2, 1)),
+        ValueError,
+        "binary targets must be in [0, 1], got values in [0, 2] (0/1 labels or probabilities)",
+    ),
+    case(
+        "dice_score-numpy",
+        lambda: _metric("dice_score", *_numpy("mask255", 0)),
+        TypeError,
+        "logits must be a torch.Tensor, got ndarray (convert it with torch.as_tensor)",
+    ),
+    case(
+        "iou_score-numpy-target",
+        lambda: _metric("iou_score", *_numpy("classes", 1)),
+        TypeError,
+        "target must be a torch.Tensor, got ndarray",
+    ),
+    case(
+        "accuracy-numpy",
+        lambda: _metric("accuracy", *_numpy("classes", 0)),
+        TypeError,
+        "outputs must be a torch.Tensor, got ndarray",
+    ),
+    case(
+        "accuracy-numpy-targets",
+        lambda: _metric("accuracy", *_numpy("classes", 1)),
+        TypeError,
+        "targets must be a torch.Tensor, got ndarray",
+    ),
+    case(
+        "int-float-tensor", lambda: _check("check_int", _ints(3.0)), TypeError, "be an int, got T"
+    ),
+    case(
+        "int-bool-tensor", lambda: _check("check_int", _ints(True)), TypeError, "be an int, got T"
+    ),
+    case("float-bool-tensor", lambda: _loss(_DICE, smooth=_ints(True)), TypeError, "smooth must"),
+    case(
+        "float-1d-tensor", lambda: _check("check_float", _ints(1.0, 2.0)), TypeError, "be a number"
     ),
 ]
 

@@ -1,9 +1,11 @@
 """Tests of stabletrain.checks: accepted values pass through, bad ones name the parameter."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from stabletrain.checks import (
     check_bool,
@@ -12,6 +14,8 @@ from stabletrain.checks import (
     check_int,
     check_keys,
     check_range,
+    check_tensor,
+    warn_if_probabilities,
 )
 
 
@@ -112,3 +116,44 @@ def test_check_range():
         check_range("n", (2, 1), min=1, integer=True)
     with pytest.raises(TypeError, match=r"n\[1\] must be an int"):
         check_range("n", (1, 2.5), min=0, max=9, integer=True)
+
+
+def test_a_0d_tensor_or_array_of_a_number_is_that_number():
+    for value in (torch.tensor(3), torch.tensor(3, dtype=torch.uint8), np.array(3)):
+        assert (n := check_int("n", value, min=1)) == 3 and type(n) is int
+    for value in (
+        torch.tensor(0.5),
+        torch.tensor(2),
+        np.array(0.5),
+        torch.tensor(0.5, requires_grad=True),
+    ):
+        assert type(x := check_float("x", value, max=2)) is float and x in (0.5, 2.0)
+    assert check_float("x", torch.tensor(0.1)) == float(torch.tensor(0.1))  # float32's value
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        check_int("n", torch.tensor(0), min=1)
+    for bad in (torch.tensor(3.0), torch.tensor(True), np.array(True), torch.tensor([3])):
+        with pytest.raises(TypeError, match=r"n must be an int, got (Tensor|ndarray)"):
+            check_int("n", bad)
+    for bad in (torch.tensor(False), torch.tensor(1 + 2j), np.array("1"), torch.ones(1, 1)):
+        with pytest.raises(TypeError, match=r"x must be a number, got (Tensor|ndarray)"):
+            check_float("x", bad)
+
+
+def test_check_tensor_names_the_argument():
+    value = torch.zeros(2)
+    assert check_tensor("x", value) is value
+    with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list$"):
+        check_tensor("x", [0.0])
+
+
+def test_warn_if_probabilities_settles_on_logits_and_leaves_constants_open():
+    spread = torch.linspace(0, 1, 16)
+    with pytest.warns(UserWarning, match="probs"):
+        assert warn_if_probabilities(spread, "probs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_probabilities(spread - 0.01, "probs")  # a value < 0: logits
+        assert not warn_if_probabilities(torch.full((16,), 0.3), "probs")  # a fresh network's
+        assert not warn_if_probabilities(spread * 0.4 + 0.3, "probs")  # under half of [0, 1]
+        assert not warn_if_probabilities(spread[:15], "probs")  # too few to tell
+        assert not warn_if_probabilities(torch.ones(16, dtype=torch.long), "probs")

@@ -741,6 +741,7 @@ MONAI_TABLE = [  # id, loss (made in the test), pred, target, expected, rtol (at
 ]
 
 
+@pytest.mark.filterwarnings("ignore:pred looks like probabilities")  # focal: 0/1 logits
 @pytest.mark.parametrize(
     "loss, pred, target, expected, tol", [pytest.param(*c[1:], id=c[0]) for c in MONAI_TABLE]
 )
@@ -875,3 +876,27 @@ def test_combined_weights_are_a_read_only_snapshot():
     for copied in (copy.copy(weights), copy.deepcopy(weights), pickle.loads(pickle.dumps(weights))):
         assert type(copied) is dict and copied == weights
         copied["dice"] = 1.0  # copies are plain dicts
+
+
+def test_probabilities_into_a_logit_loss_warn_once_per_loss_and_change_nothing():
+    logits, target = _binary((2, 1, 4, 4))
+    probs = torch.sigmoid(logits * 3)
+    for make in (DiceLoss, FocalLoss, partial(TverskyLoss, alpha=0.3, beta=0.7)):
+        loss = make()
+        with pytest.warns(UserWarning, match="pred looks like probabilities") as caught:
+            value = loss(probs, target)
+            loss(probs, target)
+        assert len(caught) == 1 and torch.equal(value, make(validate=False)(probs, target))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for loss in (DiceLoss(), FocalLoss(), DiceLoss(validate=False)):
+            loss(torch.full_like(probs, 0.27), target)  # a fresh network's: left open
+            loss(logits, target)  # logits: settled, no check (no sync) after
+            loss(probs, target)
+        DiceLoss(from_logits=False)(probs, target)
+
+
+def test_a_0d_tensor_option_is_its_number():
+    loss = DiceLoss(smooth=torch.tensor(1.0), weight=torch.tensor([1.0]))
+    assert type(loss.smooth) is float and loss.smooth == 1.0 and loss.weight == (1.0,)
+    assert FocalLoss(gamma=torch.tensor(2)).gamma == 2.0

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 
@@ -73,3 +75,27 @@ def test_accuracy_errors_name_the_expected_shapes():
         accuracy(torch.zeros(4, 3), torch.zeros(4))
     with pytest.raises(ValueError, match="binary targets must have the shape"):
         accuracy(torch.zeros(4, 1), torch.zeros(3))
+
+
+def test_binary_metrics_warn_on_probabilities_but_not_on_logits_or_multiclass():
+    target = torch.zeros(2, 1, 4, 4)
+    target[:, :, :2] = 1.0
+    probs = torch.where(target > 0, 0.9, 0.05)
+    with pytest.warns(UserWarning, match="logits look like probabilities"):
+        assert dice_score(probs, target) == pytest.approx(2 / 3)  # the result is unchanged
+    with pytest.warns(UserWarning, match="outputs look like probabilities"):
+        accuracy(probs.flatten(), target.flatten())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dice_score(torch.logit(probs), target) == 1.0
+        assert dice_score(torch.full_like(target, 0.27), target) == pytest.approx(2 / 3)  # fresh
+        multiclass = torch.rand(2, 3, 4, 4).softmax(1)  # argmax: probabilities are fine
+        iou_score(multiclass, target[:, 0].long())
+        accuracy(multiclass, target[:, 0].long())
+
+
+def test_accuracy_accepts_every_index_in_range_and_binary_soft_labels():
+    logits = torch.eye(3)[[0, 1, 2, 2]] * 4 - 2
+    assert accuracy(logits, torch.tensor([0, 1, 2, 1], dtype=torch.uint8)) == 0.75
+    assert accuracy(torch.tensor([1.0, -1.0]), torch.tensor([0.7, 0.0])) == 1.0
+    assert dice_score(torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2), threshold=torch.tensor(0.4))

@@ -1,16 +1,20 @@
 """Argument checks, one line per parameter at the call site: each returns the value (as
 ``int``, ``float``, ``bool`` or a tuple) or raises ``TypeError`` (wrong type) or ``ValueError`` (out
 of range, not a choice), naming the parameter and the accepted values. A ``bool`` is never a
-number, a string never a number or a bool; ``optional=True`` lets ``None`` through."""
+number, a string never a number or a bool; a 0-d tensor or array of a number counts as that number
+(``check_int``: of an integer dtype); ``optional=True`` lets ``None`` through."""
 
 from __future__ import annotations
 
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def _bounds(min: float | None, max: float | None, low_open: bool, high_open: bool) -> str:
@@ -30,8 +34,11 @@ def _type_error(name: str, expected: str, value: Any) -> TypeError:
 def _number(name, value, kind, expected, min, max, low_open, high_open, finite, optional):
     if value is None and optional:
         return None
+    given = value
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()  # a 0-d tensor or array
     if isinstance(value, bool) or not isinstance(value, kind):
-        raise _type_error(name, expected + (" or None" if optional else ""), value)
+        raise _type_error(name, expected + (" or None" if optional else ""), given)
     value = int(value) if kind is numbers.Integral else float(value)
     if finite and not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
@@ -105,6 +112,34 @@ def check_range(
         rule += "" if max is None else f" <= {max:g}"
         raise ValueError(f"{name} must satisfy {rule}, got {value!r}")
     return low, high
+
+
+def check_tensor(name: str, value: Any) -> torch.Tensor:
+    """``value`` if it is a ``torch.Tensor``."""
+    if isinstance(value, torch.Tensor):
+        return value
+    hint = " (convert it with torch.as_tensor)" if hasattr(value, "__array__") else ""
+    raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}{hint}")
+
+
+def check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> None:
+    """``ValueError`` unless all ``values`` lie in [0, 1]."""
+    values = values.detach()
+    low, high = (float(values.amin()), float(values.amax())) if values.numel() else (0.0, 0.0)
+    if not (0.0 <= low and high <= 1.0):
+        raise ValueError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]{hint}")
+
+
+def warn_if_probabilities(values: torch.Tensor, message: str) -> bool:
+    """Warn ``message`` if floating ``values`` (16 or more) all lie in [0, 1] and span half of it:
+    probabilities where logits are expected. True once settled: warned, or logits (a value
+    outside [0, 1]); near-constant values (a fresh network's) are left open."""
+    if not values.is_floating_point() or values.numel() < 16:
+        return False
+    low, high = (float(v) for v in values.detach().aminmax())
+    if inside := 0 <= low and high <= 1 and high - low >= 0.5:
+        warnings.warn(message, stacklevel=3)
+    return inside or not (0 <= low and high <= 1)
 
 
 def check_folder(name: str, value: Any, *, writable: bool = False) -> Path:

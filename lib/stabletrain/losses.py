@@ -4,7 +4,9 @@
 Modes: ``"binary"`` (``C == 1``, sigmoid; target with or without the channel dim), ``"multilabel"``
 (sigmoid per channel, target of ``pred``'s shape), ``"multiclass"`` (softmax; int indices ``(N,
 *spatial)`` or probabilities). Half precision runs in float32. Unless ``validate=False``, targets
-and probabilities must be in [0, 1], indices in ``[0, C)``. An empty batch raises ``ValueError``.
+and probabilities must be in [0, 1], indices in ``[0, C)``, and logits all in [0, 1] (spanning
+half of it) warn, once per loss, until a value outside shows logits. An empty batch raises
+``ValueError``.
 ``weight``: one non-negative number per channel of ``pred`` (not all 0), multiplying each class's
 loss before the reduction (as MONAI).
 """
@@ -18,20 +20,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_bool, check_choice, check_config_value, check_float, check_keys
+from .checks import (
+    check_bool,
+    check_choice,
+    check_config_value,
+    check_float,
+    check_keys,
+    check_unit_interval,
+    warn_if_probabilities,
+)
 
 MODES = ("binary", "multilabel", "multiclass")
 REDUCTIONS = ("mean", "sum", "none")
 #: Term keys of :class:`CombinedLoss` that measure region overlap (what
 #: :class:`~stabletrain.loss_weights.LossWeightScheduler` moves weight towards).
 OVERLAP_TERMS = ("dice", "jaccard", "tversky")
-
-
-def _check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> None:
-    values = values.detach()
-    low, high = (float(values.amin()), float(values.amax())) if values.numel() else (0.0, 0.0)
-    if not (0.0 <= low and high <= 1.0):
-        raise ValueError(f"{what} must be in [0, 1], got values in [{low:g}, {high:g}]{hint}")
+_PROBABILITIES = "pred looks like probabilities (all in [0, 1]) but from_logits=True: pass logits "
+_PROBABILITIES += "or from_logits=False"
 
 
 def _class_weight(weight: Any) -> tuple[float, ...] | None:
@@ -94,6 +99,7 @@ class _SegmentationLoss(nn.Module):
         self.validate = check_bool("validate", validate)
         self.weight = _class_weight(weight)
 
+    _logits_checked = False  # from_logits: pred shown to be logits, or warned (once)
     _fields: tuple[str, ...] = ()  # shown by extra_repr after mode, from_logits, reduction
     _optional: tuple[tuple[str, Any], ...] = (("weight", None),)  # shown where not default
 
@@ -148,10 +154,12 @@ class _SegmentationLoss(nn.Module):
                 raise ValueError(f"{self.mode} target must have {expected}, got {got}")
             target = target.to(pred.dtype)
             if self.validate:
-                _check_unit_interval(f"{self.mode} target values", target)
+                check_unit_interval(f"{self.mode} target values", target)
         if not self.from_logits and self.validate:
             hint = " (pass logits with from_logits=True)"
-            _check_unit_interval("with from_logits=False pred probabilities", pred, hint)
+            check_unit_interval("with from_logits=False pred probabilities", pred, hint)
+        elif self.validate and not self._logits_checked:  # until settled: no sync after
+            self._logits_checked = warn_if_probabilities(pred, _PROBABILITIES)
         return pred, target
 
     @staticmethod
@@ -387,7 +395,7 @@ class _BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not target.is_floating_point():
             target = target.to(input.dtype)
-            _check_unit_interval("binary target values", target)
+            check_unit_interval("binary target values", target)
         return super().forward(input, target)
 
     def _get_name(self) -> str:

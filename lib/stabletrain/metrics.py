@@ -3,7 +3,8 @@
 Per sample and class: Dice ``2|P∩T|/(|P|+|T|)``, IoU ``|P∩T|/|P∪T|`` (1 if both empty),
 averaged. Binary (``C == 1``): ``sigmoid(logit) > threshold``; multiclass: argmax, int target
 ``(N, H, W)`` of indices in ``[0, C)``, class 0 left out unless ``include_background``. A list of
-outputs is read at 0. An empty batch raises ``ValueError``."""
+outputs is read at 0. An empty batch raises ``ValueError``; binary logits that look like
+probabilities warn (:func:`~stabletrain.checks.warn_if_probabilities`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import re
 
 import torch
 
-from .checks import check_bool, check_float
+from .checks import (
+    check_bool,
+    check_float,
+    check_tensor,
+    check_unit_interval,
+    warn_if_probabilities,
+)
 
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "nll", "perplexity")
 HIGHER_IS_BETTER = ("dice", "iou", "jaccard", "accuracy", "acc", "f1", "auc")
+_PROBABILITIES = "{} look like probabilities (all in [0, 1]) but {} reads logits: pass logits"
 
 
 def metric_mode(monitor: str, mode: str | None = None) -> str:
@@ -46,6 +54,7 @@ def _confusion(
     check_bool("include_background", include_background)
     if isinstance(logits, list | tuple):
         logits = logits[0]  # deep supervision: index 0 is the final output
+    logits, target = check_tensor("logits", logits), check_tensor("target", target)
     if logits.dim() != 4:
         raise ValueError(f"logits must have shape (N, C, H, W), got {tuple(logits.shape)}")
     if not logits.numel():
@@ -57,6 +66,7 @@ def _confusion(
         if target.shape != logits.shape:
             want, got = tuple(logits.shape), tuple(target.shape)
             raise ValueError(f"binary target must have shape {want}, got {got}")
+        warn_if_probabilities(logits, _PROBABILITIES.format("logits", "the metric"))
         pred = (torch.sigmoid(logits.float()) > threshold).flatten(2)
         true = (target > 0.5).flatten(2)
     else:
@@ -100,9 +110,10 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of correct predictions over all samples and positions. Class indices:
     ``(N, C, *spatial)`` with int ``(N, *spatial)`` (argmax over 1), or ``(B, T, V)`` with
     ``(B, T)`` (argmax over -1). Binary: ``(N,)`` or ``(N, 1, *spatial)``, ``logit > 0``.
-    Raises ``ValueError`` for other shapes or float class indices."""
+    Raises ``ValueError`` for other shapes, float class indices or indices out of ``[0, C)``."""
     if isinstance(outputs, list | tuple):
         outputs = outputs[0]  # deep supervision: index 0 is the final output
+    outputs, targets = check_tensor("outputs", outputs), check_tensor("targets", targets)
     shape, target_shape = tuple(outputs.shape), tuple(targets.shape)
     if not outputs.numel():
         raise ValueError(f"outputs are empty (shape {shape}): an empty batch raises")
@@ -114,6 +125,8 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
         if tuple(targets.shape) != shape:
             allowed = f"the shape of outputs {shape} or lack its channel dim"
             raise ValueError(f"binary targets must have {allowed}, got {target_shape}")
+        check_unit_interval("binary targets", targets.float(), " (0/1 labels or probabilities)")
+        warn_if_probabilities(outputs, _PROBABILITIES.format("outputs", "accuracy"))
         return float(((outputs > 0) == (targets > 0.5)).float().mean())
     elif target_shape == (shape[0], *shape[2:]):
         dim = 1
@@ -124,4 +137,8 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     if targets.is_floating_point() or targets.dtype == torch.bool:
         hint = "(for one-hot targets pass targets.argmax(1))"
         raise ValueError(f"targets must hold integer class indices, got {targets.dtype} {hint}")
+    low, high, c = int(targets.min()), int(targets.max()), shape[dim]
+    if not 0 <= low <= high < c:
+        got = f"got values in [{low}, {high}]"
+        raise ValueError(f"targets must hold class indices in [0, {c - 1}] (C = {c}), {got}")
     return float((outputs.argmax(dim) == targets).float().mean())
