@@ -22,7 +22,6 @@ from .checks import (
 
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "nll", "perplexity")
 HIGHER_IS_BETTER = ("dice", "iou", "jaccard", "accuracy", "acc", "f1", "auc")
-_PROBABILITIES = "{} look like probabilities (all in [0, 1]) but {} reads logits: pass logits"
 
 
 def metric_mode(monitor: str, mode: str | None = None) -> str:
@@ -44,6 +43,9 @@ def metric_mode(monitor: str, mode: str | None = None) -> str:
         f"mode='max' (known: {', '.join(LOWER_IS_BETTER)} go down; "
         f"{', '.join(HIGHER_IS_BETTER)} go up)"
     )
+
+
+_PROBABILITIES = "{} look like probabilities (all in [0, 1]) but {} reads logits: pass logits"
 
 
 def _confusion(
