@@ -631,7 +631,7 @@ SCHEDULER_CASES = [
     # audit 2: the range test and tuning
     case("range-test-optimizer-of-another-model", _range_test_other_optimizer, ValueError, "the optimizer holds none of the model's parameters"),
     case("range-test-end-below-start", lambda: _range_test(start_lr=1.0, end_lr=1e-3), ValueError, "end_lr must be > start_lr (1.0), got 0.001"),
-    case("tuning-run-schedule-total-steps", lambda: _tuning("tuning_run", schedule={"type": "warmup_cosine", "total_steps": 100}), ValueError, "schedule must not hold total_steps: tuning_run sets it to steps"),
+    case("tuning-run-schedule-total-steps", lambda: _tuning("tuning_run", schedule={"type": "warmup_cosine", "total_steps": 100}), ValueError, "schedule must not hold total_steps=100: tuning_run sets it to steps"),
     case("sweep-schedule-total-steps", lambda: _tuning("lr_sweep", schedule={"type": "warmup_cosine", "total_steps": 4}), ValueError, "schedule must not hold total_steps"),
     case("sweep-warmup-not-shorter-than-steps", lambda: _tuning("lr_sweep", warmups=[5]), ValueError, "warmups (each shorter than steps=4) must be in [0, 3], got 5"),
     case("sweep-same-model-each-call", lambda: _tuning_with(_same_model(), "lr_sweep"), ValueError, "model_fn must build a new model each call"),

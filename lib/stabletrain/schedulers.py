@@ -8,7 +8,8 @@ lr = a + (b − a)s/W, a = ``warmup_start_lr`` (≤ b) or (not both) ``warmup_st
 (0, 1], 0.01) × b.
 Types with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
 A group added by ``add_param_group`` follows the schedule from its first ``step()`` with its own
-b. ``load_state_dict`` refuses another type's state, missing fields and wrongly typed ones."""
+b. ``load_state_dict`` refuses another type's state, missing, unknown or wrongly typed fields,
+out-of-range values and one of another number of groups."""
 
 from __future__ import annotations
 
@@ -423,9 +424,8 @@ class OneCycle(_WarmupSchedule):
         bases = _base_lrs_of(optimizer)
         w = 0 if warmup_steps in (None, 0) else _int("warmup_steps", warmup_steps, min=1)
         if w and pct_start is not None:
-            raise ValueError(
-                f"give warmup_steps or pct_start, not both; got warmup_steps={w}, pct_start={pct_start!r}"
-            )
+            both = f"got warmup_steps={w}, pct_start={pct_start!r}"
+            raise ValueError(f"give warmup_steps or pct_start, not both; {both}")
         total = _int("total_steps", total_steps, min=w + 1)
         pct_start = w / total if w else 0.3 if pct_start is None else pct_start
         self.pct_start = _float("pct_start", pct_start, min=0, max=1)

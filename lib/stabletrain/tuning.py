@@ -43,10 +43,8 @@ def as_list(values: Any) -> Any:
 def _check_model_fn(model_fn: Any) -> None:
     """``TypeError`` unless ``model_fn`` is a factory: callable, not itself a model."""
     if isinstance(model_fn, nn.Module):
-        got = type(model_fn).__name__
-        raise TypeError(
-            f"model_fn must be a factory (a callable returning a new model), got a {got}"
-        )
+        factory = "model_fn must be a factory (a callable returning a new model)"
+        raise TypeError(f"{factory}, got a {type(model_fn).__name__}")
     check_callable("model_fn", model_fn, optional=False)
 
 
@@ -129,7 +127,8 @@ def tuning_run(
     """Train ``model_fn()`` (seeded by ``seed``, as is the loader's order) for ``steps``
     optimizer steps at peak ``lr`` with ``build_scheduler(optimizer, {"type": "constant",
     **schedule, "total_steps": steps})`` and ``fit``; ``optimizer_fn(model, lr)`` (default
-    :func:`adam`). ``monitor``: ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``."""
+    :func:`adam`). ``monitor``: ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``.
+    ``ValueError`` for a model a tuning run trained before (``model_fn`` must build anew)."""
     lr = check_float("lr", lr, min=0, low_open=True)
     steps = check_int("steps", steps, min=2)
     seed = check_int("seed", seed, min=0)
@@ -144,10 +143,8 @@ def tuning_run(
             f"schedule must be a mapping and monitor a str (or None); got {schedule!r}, {monitor!r}"
         )
     if schedule is not None and "total_steps" in schedule:
-        given = f"got total_steps={schedule['total_steps']!r}"
-        raise ValueError(
-            f"schedule must not hold total_steps: tuning_run sets it to steps; {given}"
-        )
+        given = f"schedule must not hold total_steps={schedule['total_steps']!r}"
+        raise ValueError(f"{given}: tuning_run sets it to steps")
     config = {"type": "constant", **dict(schedule or {}), "total_steps": steps}
     seed_everything(seed)
     generator = getattr(train_loader, "generator", None)
@@ -157,9 +154,7 @@ def tuning_run(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_fn must return an nn.Module, got {type(model).__name__}")
     if model in _TRAINED:
-        raise ValueError(
-            "model_fn must build a new model each call; it returned one already trained"
-        )
+        raise ValueError("model_fn must build a new model each call; it returned a trained one")
     _TRAINED.add(model)
     optimizer = (optimizer_fn or adam)(model, lr)
     scheduler = build_scheduler(optimizer, config)

@@ -411,11 +411,7 @@ class LRTuner(_Widget):
         return {k: v for k, v in given.items() if k not in skip}
 
     def _seeds(self, seeds: Sequence[int] | None) -> list[int]:
-        return (
-            list(as_list(seeds))
-            if seeds is not None
-            else self.seed_pool[: self.controls["seeds"].value]
-        )
+        return list(seeds) if seeds is not None else self.seed_pool[: self.controls["seeds"].value]
 
     def _tick(self, _step: int = 0, _record: Any = None) -> None:
         self.progress.value = min(self.progress.max, self.progress.value + 1)
