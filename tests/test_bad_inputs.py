@@ -561,8 +561,68 @@ def _lr_tuner(**kwargs):
     lr_tuner(**kwargs)
 
 
+def _step_metric(config, metric):
+    import torch
+
+    _sched(config).step(torch.tensor(metric))
+
+
+def _step_wrapper_and_inner():
+    import torch
+
+    from stabletrain.schedulers import with_warmup
+
+    opt = _opt()
+    inner = torch.optim.lr_scheduler.StepLR(opt, 1, 0.5)
+    wrapper = with_warmup(inner, 2)
+    for _ in range(3):
+        opt.step()
+        wrapper.step()
+        inner.step()
+
+
+def _range_test_other_optimizer():
+    import torch
+
+    from stabletrain.lr_finder import lr_range_test
+
+    model, other = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    loader = [(torch.zeros(4, 2), torch.zeros(4, 1))]
+    lr_range_test(model, torch.optim.SGD(other.parameters(), lr=0.1), None, loader, num_iters=5)
+
+
+def _tuning_with(model_fn, fn="tuning_run", **kwargs):
+    import torch
+
+    from stabletrain import tuning
+
+    loader = [(torch.zeros(4, 2), torch.zeros(4, 1))]
+    defaults = {"lr_sweep": dict(lrs=[0.1, 0.01], steps=2), "tuning_run": dict(lr=0.1, steps=2)}
+    getattr(tuning, fn)(model_fn, loader, **{**defaults.get(fn, {}), **kwargs})
+
+
+def _same_model():
+    import torch
+
+    model = torch.nn.Linear(2, 1)
+    return lambda: model
+
+
+def _np(*values):
+    import numpy as np
+
+    return np.array(values)
+
+
+def _linear():
+    import torch
+
+    return torch.nn.Linear(2, 1)
+
+
 _EXP = {"type": "exponential", "gamma": 0.9}
 _STEP = {"type": "step", "step_size": 2}
+_COS = {"type": "warmup_cosine", "total_steps": 10}
 
 # fmt: off
 SCHEDULER_CASES = [
@@ -642,6 +702,44 @@ SCHEDULER_CASES = [
     case("range-test-fn-unknown-kw", lambda: _tuning("range_test", end=1.0), TypeError, "did you mean 'end_lr'?"),
     case("range-test-fn-seed-true", lambda: _tuning("range_test", seed=True), TypeError, "seed must be an int"),
     case("lr-tuner-model-kw", lambda: _lr_tuner(model=None, train_loader=[]), TypeError, "unexpected keyword argument 'model'"),
+    # audit 2: a warmup must rise and be set one way; onecycle's peak one way
+    case("warmup-start-lr-above-lr", lambda: _sched({**_COS, "warmup_steps": 3, "warmup_start_lr": 1.0}), ValueError, "warmup_start_lr of param_groups[0] (at most its lr) must be <= 0.1, got 1.0"),
+    case("added-group-warmup-start-above-lr", lambda: _step_after_adding({"type": "constant", "warmup_steps": 2, "warmup_start_lr": 0.05}, 0.01), ValueError, "warmup_start_lr of param_groups[2] (at most its lr)"),
+    case("warmup-start-lr-and-factor", lambda: _sched({**_COS, "warmup_steps": 3, "warmup_start_lr": 0.001, "warmup_start_factor": 0.5}), ValueError, "give warmup_start_lr or warmup_start_factor, not both"),
+    case("onecycle-warmup-and-pct-start", lambda: _sched({"type": "onecycle", "total_steps": 10, "warmup_steps": 3, "pct_start": 0.5}), ValueError, "give warmup_steps or pct_start, not both"),
+    # audit 2: load_state_dict checks values, unknown fields and the number of groups
+    case("state-base-lrs-nan", lambda: _load_state(_COS, _state(_COS, base_lrs=[float("nan")])), ValueError, "WarmupCosine state_dict['base_lrs'][0] must be finite"),
+    case("state-base-lrs-negative", lambda: _load_state(_COS, _state(_COS, base_lrs=[-0.1])), ValueError, "state_dict['base_lrs'][0] must be >= 0"),
+    case("state-min-lrs-inf", lambda: _load_state(_COS, _state(_COS, min_lrs=[float("inf")])), ValueError, "state_dict['min_lrs'][0] must be finite"),
+    case("state-total-steps-negative", lambda: _load_state(_COS, _state(_COS, total_steps=-3)), ValueError, "state_dict['total_steps'] must be >= 1, got -3"),
+    case("state-total-steps-within-warmup", lambda: _load_state(_COS, _state(_COS, warmup_steps=5, total_steps=5)), ValueError, "state_dict['total_steps'] must be >= 6"),
+    case("state-total-steps-none-needed", lambda: _load_state(_COS, _state(_COS, total_steps=None)), TypeError, "state_dict['total_steps'] must be an int"),
+    case("state-warmup-steps-negative", lambda: _load_state(_EXP, _state(_EXP, warmup_steps=-1)), ValueError, "state_dict['warmup_steps'] must be >= 0"),
+    case("state-unknown-field", lambda: _load_state(_COS, _state(_COS, bogus=1)), ValueError, "WarmupCosine state_dict has unknown fields ['bogus']"),
+    case("state-two-groups-into-one", lambda: _load_state(_COS, _sched(_COS, _opt(0.1, 0.1)).state_dict()), ValueError, "state_dict['base_lrs'] has 2 values; the optimizer has 1 parameter groups"),
+    case("state-one-group-into-two", lambda: _sched(_COS, _opt(0.1, 0.1)).load_state_dict(_state(_COS)), ValueError, "has 1 values; the optimizer has 2 parameter groups"),
+    case("state-plateau-current-lrs-nan", lambda: _load_state({"type": "plateau"}, _state({"type": "plateau"}, current_lrs=[float("nan")])), ValueError, "state_dict['current_lrs'][0] must be finite"),
+    # audit 2: a metric is one number
+    case("plateau-metric-vector", lambda: _step_metric({"type": "plateau"}, [1.0, 2.0]), TypeError, "metric must be a number or a one-element tensor, got a tensor of shape (2,)"),
+    case("adaptive-metric-vector", lambda: _step_metric({"type": "adaptive"}, [1.0, 2.0]), TypeError, "metric must be a number or a one-element tensor"),
+    case("wrapper-and-inner-both-stepped", _step_wrapper_and_inner, ValueError, "the wrapped StepLR was stepped on its own: step only the with_warmup wrapper"),
+    # audit 2: numpy arrays are sequences of numbers (checked element by element)
+    case("min-lr-array-above-lr", lambda: _sched({"type": "constant", "min_lr": _np(0.2)}), ValueError, "min_lr of param_groups[0] (at most its lr) must be <= 0.1"),
+    case("warmup-start-lr-array-length", lambda: _sched({"type": "constant", "warmup_start_lr": _np(0.0, 0.0)}), ValueError, "warmup_start_lr must be a number or have one value per parameter group (1)"),
+    case("sweep-lrs-array-negative", lambda: _tuning("lr_sweep", lrs=_np(0.1, -1.0)), ValueError, "lrs must be > 0, got -1.0"),
+    case("sweep-seeds-array-bool", lambda: _tuning("lr_sweep", seeds=_np(True)), TypeError, "seeds must be an int, got bool"),
+    case("lr-tuner-seeds-array-negative", lambda: _lr_tuner(model_fn=_linear, train_loader=[(0, 0)] * 2, seeds=_np(0, -1)), ValueError, "seeds must be >= 0"),
+    # audit 2: the range test and tuning
+    case("range-test-optimizer-of-another-model", _range_test_other_optimizer, ValueError, "the optimizer holds none of the model's parameters"),
+    case("range-test-end-below-start", lambda: _range_test(start_lr=1.0, end_lr=1e-3), ValueError, "end_lr must be > start_lr (1.0), got 0.001"),
+    case("tuning-run-schedule-total-steps", lambda: _tuning("tuning_run", schedule={"type": "warmup_cosine", "total_steps": 100}), ValueError, "schedule must not hold total_steps=100: tuning_run sets it to steps"),
+    case("sweep-schedule-total-steps", lambda: _tuning("lr_sweep", schedule={"type": "warmup_cosine", "total_steps": 4}), ValueError, "schedule must not hold total_steps"),
+    case("sweep-warmup-not-shorter-than-steps", lambda: _tuning("lr_sweep", warmups=[5]), ValueError, "warmups (each shorter than steps=4) must be in [0, 3], got 5"),
+    case("sweep-same-model-each-call", lambda: _tuning_with(_same_model(), "lr_sweep"), ValueError, "model_fn must build a new model each call"),
+    case("tuning-run-same-model-twice", lambda: [_tuning_with(fn) for fn in [_same_model()] * 2], ValueError, "model_fn must build a new model each call"),
+    case("tuning-run-model-not-factory", lambda: _tuning_with(_linear()), TypeError, "model_fn must be a factory (a callable returning a new model), got a Linear"),
+    case("sweep-model-not-factory", lambda: _tuning_with(_linear(), "lr_sweep"), TypeError, "model_fn must be a factory"),
+    case("range-test-fn-model-not-factory", lambda: _tuning_with(_linear(), "range_test"), TypeError, "model_fn must be a factory"),
 ]
 # fmt: on
 

@@ -700,6 +700,46 @@ def test_numpy_numbers_are_accepted():
     assert a == lr_curve({"type": "step", "step_size": 3, "gamma": float(np.float32(0.5))}, 8)
 
 
+def test_numpy_arrays_and_tuples_are_per_group_sequences():
+    np = pytest.importorskip("numpy")
+    for per_group in ({"min_lr": [0.01, 0.02, 0.03]}, {"warmup_start_lr": [0.0, 0.01, 0.02]}):
+        ((key, values),) = per_group.items()
+        config = {"type": "warmup_cosine", "total_steps": 12, "warmup_steps": 3}
+        opt = make_optimizer()
+        lists = run(opt, build_scheduler(opt, config, **per_group), 12)
+        for given in (np.array(values), tuple(values)):
+            opt = make_optimizer()
+            assert run(opt, build_scheduler(opt, config, **{key: given}), 12) == lists
+    momenta = {"base_momentum": np.array([0.8, 0.85, 0.85]), "total_steps": 10}
+    assert build_scheduler(make_optimizer(), type="onecycle", **momenta).momenta[0] == {
+        "base_momentum": 0.8,
+        "max_momentum": 0.95,
+    }
+
+
+def test_onecycle_pct_start_defaults_to_torchs_and_a_warmup_may_start_at_the_lr():
+    assert lr_curve({"type": "onecycle"}, 40) == lr_curve(
+        {"type": "onecycle", "pct_start": 0.3}, 40
+    )
+    flat = lr_curve({"type": "constant", "warmup_steps": 3, "warmup_start_lr": 0.5}, 5, 0.5)
+    assert flat == [0.5] * 5
+
+
+def test_a_with_warmup_wrapper_resumes_without_a_false_double_step():
+    def make():
+        opt = make_optimizer()
+        return opt, with_warmup(tls.StepLR(opt, 2, 0.5), 3)
+
+    opt, sched = make()
+    run(opt, sched, 5)
+    state, opt_state = copy.deepcopy(sched.state_dict()), copy.deepcopy(opt.state_dict())
+    expected = run(opt, sched, 6)
+    other_opt, other = make()
+    other_opt.load_state_dict(opt_state)
+    other.load_state_dict(state)
+    assert run(other_opt, other, 6) == expected
+
+
 # --------------------------------------------------------------------------- get_lr, state checks
 
 _EXTRA = {"cosine_restarts": {"first_cycle_steps": 4}, "exponential": {"gamma": 0.9}}

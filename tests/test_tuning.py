@@ -76,3 +76,23 @@ def test_suggestion_rules_follow_fastai():
     assert 1e-3 < steep < 1e-1 and low < valley < high <= lrs[k] * (1 + 1e-9)
     with pytest.raises(ValueError, match="rule"):
         suggest_lr(lrs, losses, "median")
+
+
+def test_a_sweep_takes_numpy_arrays_like_lists():
+    np = pytest.importorskip("numpy")
+    model_fn, train, val = _task()
+    grid = dict(steps=6, warmups=[0, 2], seeds=[0])
+    lists = lr_sweep(model_fn, train, val, lrs=[0.1, 0.01], **grid)
+    arrays = lr_sweep(
+        model_fn,
+        train,
+        val,
+        lrs=np.array([0.1, 0.01]),
+        steps=6,
+        warmups=np.array([0, 2]),
+        seeds=np.array([0]),
+    )
+    assert [r.final_metric for r in arrays.runs] == [r.final_metric for r in lists.runs]
+    assert [(r.lr, r.warmup_steps, r.seed) for r in arrays.runs] == [
+        (r.lr, r.warmup_steps, r.seed) for r in lists.runs
+    ]

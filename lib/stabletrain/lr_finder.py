@@ -290,7 +290,8 @@ def lr_range_test(
     process group (DDP): every rank sweeps on its own batches with the loss averaged over the
     ranks, and returns the same result."""
     start_lr = check_float("start_lr", start_lr, min=0, low_open=True)
-    end_lr = check_float("end_lr", end_lr, min=start_lr, low_open=True)
+    if (end_lr := check_float("end_lr", end_lr, min=0, low_open=True)) <= start_lr:
+        raise ValueError(f"end_lr must be > start_lr ({start_lr!r}), got {end_lr!r}")
     check_int("num_iters", num_iters, min=3)
     check_choice("mode", mode, LR_RANGE_MODES)
     check_float("smooth", smooth, min=0, max=1, low_open=True)
@@ -309,6 +310,9 @@ def lr_range_test(
     elif max_grad_norm is not None:
         raise ValueError("max_grad_norm is for the plain update; the given update clips itself")
     optimizer = update.optimizer
+    if not {id(p) for p in model.parameters()} & {id(p) for p in update.params()}:
+        hint = "build it from model.parameters() (the weights would never change)"
+        raise ValueError(f"the optimizer holds none of the model's parameters: {hint}")
     sweep = (np.geomspace if mode == "exp" else np.linspace)(start_lr, end_lr, num_iters)
     largest = max(g["lr"] for g in optimizer.param_groups)
     ratios = [g["lr"] / largest if largest > 0 else 1.0 for g in optimizer.param_groups]

@@ -4,10 +4,12 @@ Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``
 if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
 :math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (absolute, one or per group)
 or ``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
-lr = a + (b − a)s/W, a = ``warmup_start_lr`` or ``warmup_start_factor`` (in (0, 1], 0.01) × b.
+lr = a + (b − a)s/W, a = ``warmup_start_lr`` (≤ b) or (not both) ``warmup_start_factor`` (in
+(0, 1], 0.01) × b.
 Types with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
 A group added by ``add_param_group`` follows the schedule from its first ``step()`` with its own
-b. ``load_state_dict`` refuses another type's state, missing fields and wrongly typed ones."""
+b. ``load_state_dict`` refuses another type's state, missing, unknown or wrongly typed fields,
+out-of-range values and one of another number of groups."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from functools import partial
 from itertools import pairwise
 from typing import Any
 
+import numpy as np
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
@@ -32,6 +35,9 @@ from .checks import check_bool, check_choice, check_config_value, check_float, c
 # this module's values come from configurations: a wrong type is a ValueError too
 _int, _float, _bool = (partial(check_config_value, c) for c in (check_int, check_float, check_bool))
 _CLASS_KEY = "scheduler_class"  # in every state_dict(): the type it belongs to
+# torch's own fields, in some versions or only once torch stepped: no unknown keys in a state
+_TORCH_FIELDS = ("verbose", "_get_lr_called_within_step", "_is_initial", "_step_count", "_last_lr")
+_PER_GROUP = ("base_lrs", "min_lrs", "warmup_start_lrs", "current_lrs", "targets", "momenta")
 
 
 def _did_you_mean(key: Any, names: Sequence[str]) -> str:
@@ -71,7 +77,9 @@ def _check_field(name: str, current: Any, value: Any) -> None:
 
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
-    """A number >= 0, or a sequence of one per parameter group, as a list of floats (or None)."""
+    """A number >= 0, or a sequence (or array) of one per parameter group, as a list of floats
+    (or None)."""
+    value = value.tolist() if isinstance(value, np.ndarray | torch.Tensor) else value
     if value is None or not isinstance(value, Sequence) or isinstance(value, str):
         return None if value is None else [_float(name, value, min=0)] * groups
     if len(value) != groups:
@@ -128,7 +136,9 @@ class _Schedule(LRScheduler):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Load a ``state_dict()`` of this type (also one saved without ``scheduler_class``);
-        ``ValueError``: another type's or fields missing; ``TypeError``: a field's type."""
+        ``ValueError``: another type's, fields missing or unknown, per-group lists not one per
+        group of the optimizer, LRs not finite and >= 0, steps out of range; ``TypeError``: a
+        field's type."""
         name = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name} state_dict must be a mapping, got {type(state_dict).__name__}")
@@ -141,8 +151,21 @@ class _Schedule(LRScheduler):
         current = self._own_state()
         if missing := [k for k in current if k in self._fields and k not in state]:
             raise ValueError(f"{name} state_dict lacks {missing} (another scheduler's state?)")
+        if unknown := sorted(set(state) - set(current) - set(_TORCH_FIELDS)):
+            raise ValueError(f"{name} state_dict has unknown fields {unknown} (another type's?)")
         for key in set(state) & set(current):
             _check_field(f"{name} state_dict[{key!r}]", current[key], state[key])
+        field = f"{name} state_dict[{{!r}}]".format
+        groups = len(self.optimizer.param_groups)
+        for key in [k for k in _PER_GROUP if state.get(k) is not None]:
+            if len(state[key]) != groups:
+                got = f"has {len(state[key])} values; the optimizer has {groups} parameter groups"
+                raise ValueError(f"{field(key)} {got} (another optimizer's scheduler state?)")
+            for i, lr in enumerate(state[key] if key != "momenta" else ()):
+                check_float(f"{field(key)}[{i}]", float(lr) if torch.is_tensor(lr) else lr, min=0)
+        w = check_int(field("warmup_steps"), state.get("warmup_steps", 0), min=0)
+        if state.get("total_steps") is not None or self._needs_total:
+            check_int(field("total_steps"), state.get("total_steps"), min=w + 1)
         self.__dict__.update(state)
 
     def _adopt_new_groups(self) -> None:
@@ -188,6 +211,9 @@ class _Schedule(LRScheduler):
         metric-driven: an int is torch's ``epoch`` (``SequentialLR``), other metrics raise."""
         self._adopt_new_groups()
         if metric is not None and self.metric_driven:
+            if torch.is_tensor(metric) and metric.numel() != 1:
+                shape = f"a tensor of shape {tuple(metric.shape)}"
+                raise TypeError(f"metric must be a number or a one-element tensor, got {shape}")
             self._report(
                 metric if torch.is_tensor(metric) else check_float("metric", metric, finite=False)
             )
@@ -196,6 +222,14 @@ class _Schedule(LRScheduler):
         else:
             message = f"{type(self).__name__} is not metric-driven: call step() without a metric"
             raise ValueError(f"{message} (got {metric!r})")
+
+
+def _at_most_lr(i: int, b: float, eta: float, start: float | None) -> None:
+    """Group ``i``'s floor ``eta`` and warmup ``start`` are at most its lr ``b``: warmup rises."""
+    check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
+    check_float(
+        f"warmup_start_lr of param_groups[{i}] (at most its lr)", start, max=b, optional=True
+    )
 
 
 class _WarmupSchedule(_Schedule):
@@ -208,7 +242,7 @@ class _WarmupSchedule(_Schedule):
         total_steps: int | None = None,
         warmup_steps: int = 0,
         warmup_start_lr: float | Sequence[float] | None = None,
-        warmup_start_factor: float = 0.01,
+        warmup_start_factor: float | None = None,
         min_lr: float | Sequence[float] | None = None,
         min_lr_ratio: float = 0.0,
     ) -> None:
@@ -218,26 +252,31 @@ class _WarmupSchedule(_Schedule):
             total_steps = _int("total_steps", total_steps, min=self.warmup_steps + 1)
         self.total_steps = total_steps
         self.warmup_start_lrs = _per_group("warmup_start_lr", warmup_start_lr, len(bases))
+        if self.warmup_start_lrs is not None and warmup_start_factor is not None:
+            both = f"got {warmup_start_lr=}, {warmup_start_factor=}"
+            raise ValueError(f"give warmup_start_lr or warmup_start_factor, not both; {both}")
+        factor = 0.01 if warmup_start_factor is None else warmup_start_factor
         self.warmup_start_factor = _float(
-            "warmup_start_factor", warmup_start_factor, min=0, max=1, low_open=True
+            "warmup_start_factor", factor, min=0, max=1, low_open=True
         )
         ratio = _float("min_lr_ratio", min_lr_ratio, min=0, max=1)
         if min_lr is not None and ratio != 0.0:
             both = f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
             raise ValueError(f"give min_lr or min_lr_ratio (alias alpha), not both; {both}")
         self.min_lrs = _per_group("min_lr", min_lr, len(bases)) or [ratio * b for b in bases]
-        for i, (eta, b) in enumerate(zip(self.min_lrs, bases)):
-            check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
+        for i, (b, a) in enumerate(zip(bases, self.warmup_start_lrs or [None] * len(bases))):
+            _at_most_lr(i, b, self.min_lrs[i], a)
         self.min_lr_ratio = ratio
         super().__init__(optimizer)
 
     def _new_group(self, i: int, b: float) -> None:
         eta = self.min_lr_ratio * b if self.min_lr_ratio else _one_for_all("min_lr", self.min_lrs)
-        self.min_lrs.append(
-            check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
-        )
-        if self.warmup_start_lrs is not None:
-            self.warmup_start_lrs.append(_one_for_all("warmup_start_lr", self.warmup_start_lrs))
+        starts = self.warmup_start_lrs
+        a = None if starts is None else _one_for_all("warmup_start_lr", starts)
+        _at_most_lr(i, b, eta, a)
+        self.min_lrs.append(eta)
+        if starts is not None:
+            starts.append(a)
 
     def _lr(self, s: int, i: int, b: float) -> float:
         if s < self.warmup_steps:
@@ -360,9 +399,10 @@ class StepDecay(ExponentialDecay):
 
 class OneCycle(_WarmupSchedule):
     r"""``onecycle``: for s < T, LRs and momenta (or Adam's β1) exactly ``OneCycleLR``'s with
-    ``max_lr`` = each group's base LR; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``.
-    From s = T it holds the final values, warning once past T. ``ValueError`` also for a phase
-    under one step or ``cycle_momentum`` with an optimizer without momentum/betas."""
+    ``max_lr`` = each group's base LR; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``
+    (not both; 0.3 by default). From s = T it holds the final values, warning once past T.
+    ``ValueError`` also for a phase under one step or ``cycle_momentum`` with an optimizer
+    without momentum/betas."""
 
     _needs_total = True
 
@@ -371,7 +411,7 @@ class OneCycle(_WarmupSchedule):
         optimizer: Optimizer,
         *,
         total_steps: int,
-        pct_start: float = 0.3,
+        pct_start: float | None = None,
         anneal_strategy: str = "cos",
         div_factor: float = 25.0,
         final_div_factor: float = 1e4,
@@ -383,8 +423,12 @@ class OneCycle(_WarmupSchedule):
     ) -> None:
         bases = _base_lrs_of(optimizer)
         w = 0 if warmup_steps in (None, 0) else _int("warmup_steps", warmup_steps, min=1)
+        if w and pct_start is not None:
+            both = f"got warmup_steps={w}, pct_start={pct_start!r}"
+            raise ValueError(f"give warmup_steps or pct_start, not both; {both}")
         total = _int("total_steps", total_steps, min=w + 1)
-        self.pct_start = _float("pct_start", w / total if w else pct_start, min=0, max=1)
+        pct_start = w / total if w else 0.3 if pct_start is None else pct_start
+        self.pct_start = _float("pct_start", pct_start, min=0, max=1)
         self.anneal_strategy = check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
         self.div_factor = _float("div_factor", div_factor, min=0, low_open=True)
         self.final_div_factor = _float("final_div_factor", final_div_factor, min=0, low_open=True)
@@ -629,9 +673,10 @@ class WarmupWrapper(_Schedule):
     r"""Linear warmup (a = f × b) in front of any torch scheduler (alias ``with_warmup``) towards
     each group's LR once it was built; from s = W exactly the wrapped one's from its step 0.
     Metric-driven if the wrapped one is: ``step(metric)`` is passed on after warmup (ignored
-    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this."""
+    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this
+    (``ValueError`` if the wrapped one was stepped on its own)."""
 
-    _state_exclude = ("optimizer", "scheduler")
+    _state_exclude = ("optimizer", "scheduler", "_inner_epoch")
 
     def __init__(
         self, scheduler: Any, warmup_steps: int, warmup_start_factor: float = 0.01
@@ -648,6 +693,7 @@ class WarmupWrapper(_Schedule):
         self.targets = _group_lrs(optimizer)
         self.metric_driven = is_metric_driven(scheduler)
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
+        self._inner_epoch = getattr(scheduler, "last_epoch", None)
         super().__init__(optimizer)
 
     def _lr(self, s: int, i: int, b: float) -> float:
@@ -664,6 +710,9 @@ class WarmupWrapper(_Schedule):
         return list(self.scheduler.get_last_lr())
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
+        if getattr(self.scheduler, "last_epoch", None) != self._inner_epoch:
+            wrapped = f"the wrapped {type(self.scheduler).__name__} was stepped on its own"
+            raise ValueError(f"{wrapped}: step only the with_warmup wrapper (it steps it)")
         self._adopt_new_groups()
         if metric is not None:
             if not self.metric_driven:
@@ -679,6 +728,7 @@ class WarmupWrapper(_Schedule):
             elif not self._plateau:
                 self.scheduler.step()
         self._last_lr = _group_lrs(self.optimizer)
+        self._inner_epoch = getattr(self.scheduler, "last_epoch", None)
 
     def state_dict(self) -> dict[str, Any]:
         inner = copy.deepcopy(self.scheduler.state_dict())
@@ -693,6 +743,7 @@ class WarmupWrapper(_Schedule):
             )
         super().load_state_dict(state)  # TypeError if not a mapping
         self.scheduler.load_state_dict(copy.deepcopy(dict(inner)))
+        self._inner_epoch = getattr(self.scheduler, "last_epoch", None)
 
 
 with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only the result

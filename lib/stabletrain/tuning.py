@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,20 @@ from .utils import seed_everything
 
 ModelFn = Callable[[], nn.Module]
 OptimizerFn = Callable[[nn.Module, float], torch.optim.Optimizer]
+_TRAINED: weakref.WeakSet = weakref.WeakSet()  # the models tuning runs trained: none twice
+
+
+def as_list(values: Any) -> Any:
+    """A numpy array as a list (of Python numbers); anything else as it is."""
+    return values.tolist() if isinstance(values, np.ndarray) else values
+
+
+def _check_model_fn(model_fn: Any) -> None:
+    """``TypeError`` unless ``model_fn`` is a factory: callable, not itself a model."""
+    if isinstance(model_fn, nn.Module):
+        factory = "model_fn must be a factory (a callable returning a new model)"
+        raise TypeError(f"{factory}, got a {type(model_fn).__name__}")
+    check_callable("model_fn", model_fn, optional=False)
 
 
 def adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -112,13 +127,14 @@ def tuning_run(
     """Train ``model_fn()`` (seeded by ``seed``, as is the loader's order) for ``steps``
     optimizer steps at peak ``lr`` with ``build_scheduler(optimizer, {"type": "constant",
     **schedule, "total_steps": steps})`` and ``fit``; ``optimizer_fn(model, lr)`` (default
-    :func:`adam`). ``monitor``: ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``."""
+    :func:`adam`). ``monitor``: ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``.
+    ``ValueError`` for a model a tuning run trained before (``model_fn`` must build anew)."""
     lr = check_float("lr", lr, min=0, low_open=True)
     steps = check_int("steps", steps, min=2)
     seed = check_int("seed", seed, min=0)
     diverge_factor = check_float("diverge_factor", diverge_factor, min=1, low_open=True)
     check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
-    check_callable("model_fn", model_fn, optional=False)
+    _check_model_fn(model_fn)
     hooks = dict(loss_fn=loss_fn, optimizer_fn=optimizer_fn, batch_fn=batch_fn)
     for name, fn in (hooks | dict(should_stop=should_stop, on_step=on_step)).items():
         check_callable(name, fn)
@@ -126,6 +142,9 @@ def tuning_run(
         raise TypeError(
             f"schedule must be a mapping and monitor a str (or None); got {schedule!r}, {monitor!r}"
         )
+    if schedule is not None and "total_steps" in schedule:
+        given = f"schedule must not hold total_steps={schedule['total_steps']!r}"
+        raise ValueError(f"{given}: tuning_run sets it to steps")
     config = {"type": "constant", **dict(schedule or {}), "total_steps": steps}
     seed_everything(seed)
     generator = getattr(train_loader, "generator", None)
@@ -134,6 +153,9 @@ def tuning_run(
     model = model_fn()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model_fn must return an nn.Module, got {type(model).__name__}")
+    if model in _TRAINED:
+        raise ValueError("model_fn must build a new model each call; it returned a trained one")
+    _TRAINED.add(model)
     optimizer = (optimizer_fn or adam)(model, lr)
     scheduler = build_scheduler(optimizer, config)
     watch = _Watch(diverge_factor, should_stop, on_step)
@@ -238,6 +260,8 @@ def lr_sweep(
     """:func:`tuning_run` for every peak LR × warmup × seed (``schedule`` with each warmup);
     ``mode``: :func:`~stabletrain.metrics.metric_mode` of the monitor. Stops early (returning
     the runs so far) once ``should_stop()``. Every argument is checked before the first run."""
+    _check_model_fn(model_fn)
+    lrs, warmups, seeds = map(as_list, (lrs, warmups, seeds))
     for name, values in (("lrs", lrs), ("warmups", warmups), ("seeds", seeds)):
         if isinstance(values, str | bytes) or not isinstance(values, Sequence):
             raise TypeError(f"{name} must be a sequence of numbers, got {values!r}")
@@ -247,7 +271,7 @@ def lr_sweep(
     for lr in lrs:
         check_float("lrs", lr, min=0, low_open=True)
     for warmup in warmups:
-        check_int("warmups", warmup, min=0, max=steps - 1)
+        check_int(f"warmups (each shorter than steps={steps})", warmup, min=0, max=steps - 1)
     for seed in seeds:
         check_int("seeds", seed, min=0)
     check_keywords(
@@ -284,7 +308,7 @@ def range_test(
     check_keywords(
         "range_test", kwargs, lr_range_test, ("max_grad_norm", "batch_fn", "device", "update")
     )
-    check_callable("model_fn", model_fn, optional=False)
+    _check_model_fn(model_fn)
     check_callable("optimizer_fn", optimizer_fn)
     seed_everything(check_int("seed", seed, min=0))
     model = model_fn()

@@ -24,7 +24,7 @@ from .checks import check_choice, check_float, check_int
 from .lr_finder import SUGGESTION_RULES, LRRangeTestResult, ema
 from .plotting import plot_lr
 from .schedulers import SCHEDULER_TYPES, lr_curve
-from .tuning import SweepResult, TuningRun, lr_sweep, range_test, tuning_run
+from .tuning import SweepResult, TuningRun, as_list, lr_sweep, range_test, tuning_run
 
 __all__ = [
     "LRTuner",
@@ -342,6 +342,7 @@ class LRTuner(_Widget):
         self.types = _available(types)
         schedule = self.types[0] if schedule is None else schedule
         schedule = check_choice("schedule", schedule, self.types)
+        seeds = as_list(seeds)
         if not seeds or any(check_int("seeds", s, min=0) < 0 for s in seeds):
             raise ValueError(f"seeds must be a non-empty sequence of ints >= 0, got {seeds!r}")
         self.seed_pool = [*seeds, *range(max(seeds) + 1, max(seeds) + 6)]
@@ -449,6 +450,7 @@ class LRTuner(_Widget):
         LRs: the peak LR × 10^(−1 … 1) in half decades (within ``lr_range``), warmups: 0 and the
         slider's (or a quarter of the run)."""
         lr, low, high = self.controls["lr"].value, *self.lr_range
+        lrs, warmups = as_list(lrs), as_list(warmups)
         lrs = lrs or [x for x in lr * np.logspace(-1, 1, 5) if low <= x <= high]
         quarter = self.controls["warmup_steps"].value or self.steps // 4
         warmups = warmups if warmups is not None else sorted({0, quarter})
