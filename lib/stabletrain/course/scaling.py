@@ -90,10 +90,11 @@ def scaled_schedule(
     total_steps: int = 100,
 ) -> list[float]:
     """Per-step LRs of a cosine schedule whose peak is :func:`~stabletrain.distributed.scale_lr`
-    of ``base_lr``, after a linear warmup from ``base_lr`` (Goyal et al.'s gradual warmup)."""
+    of ``base_lr``, after a linear warmup from ``base_lr`` (Goyal et al.'s gradual warmup; from the
+    peak itself when a smaller batch scales the LR down)."""
     peak = distributed.scale_lr(base_lr, global_batch, reference_batch, rule=rule)
     config = {"type": "warmup_cosine", "warmup_steps": warmup_steps}
-    config |= {"warmup_start_lr": base_lr} if warmup_steps else {}
+    config |= {"warmup_start_lr": min(base_lr, peak)} if warmup_steps else {}
     return lr_curve(config, total_steps, peak)
 
 
