@@ -418,14 +418,16 @@ def fit(
     """Train ``model`` on the batches of ``train_loader``; returns the ``History``.
 
     ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one from
-    ``optimizer`` (default ``Adam(lr=lr)``, ``lr`` default 1e-3 and only for it), ``scheduler``, ``amp``, ``max_grad_norm``,
-    ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``: default :func:`default_loss`,
-    :func:`default_metrics`, :func:`split_batch`. ``monitor``: ``"val_loss"`` with a ``val_loader``,
-    else ``"train_loss"``. The other keywords build callbacks. Accumulation windows restart each
-    epoch: its leftover batches are a shorter window (the mean gradient over them).
-    ``ValueError``/``TypeError``: invalid or disagreeing settings, an empty loader or batch, an
-    optimizer without the model's parameters, ``accumulation_steps`` > batches per epoch, a missing
-    monitored metric. A warning: ``lr`` 0 in every parameter group."""
+    ``optimizer`` (default ``Adam(lr=lr)``; ``lr``, default 1e-3, only for it), ``scheduler``,
+    ``amp``, ``max_grad_norm``, ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``:
+    default :func:`default_loss`, :func:`default_metrics`, :func:`split_batch`. ``monitor``:
+    ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``. The other keywords build
+    callbacks. Accumulation windows restart each epoch: its leftover batches are a shorter window
+    (the mean gradient over them). ``ValueError``/``TypeError``: invalid or disagreeing settings,
+    an empty or one-shot loader, an empty batch, an optimizer without the model's parameters,
+    ``accumulation_steps`` > batches per epoch, a monitored metric missing at the first epoch's
+    end, a loss that is not a one-element tensor requiring grad. A warning: ``lr`` 0 in every
+    parameter group."""
 
     ctx = _prepare(
         model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp,
