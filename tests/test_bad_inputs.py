@@ -853,6 +853,84 @@ def _fit_plateau(scheduler: str, monitor: str, **params):
     return _fit(model, optimizer=opt, scheduler=sched, monitor=monitor, val_loader=_batches())
 
 
+def _foreign_scheduler(kind: str = "steplr"):
+    """A scheduler of another model's optimizer (a torch one, or built by build_scheduler)."""
+    import torch
+
+    from stabletrain.schedulers import build_scheduler
+
+    opt = _sgd(_model())
+    if kind == "steplr":
+        return torch.optim.lr_scheduler.StepLR(opt, 1)
+    return build_scheduler(opt, {"type": "warmup_cosine", "total_steps": 3})
+
+
+def _fit_sgd(**kwargs):
+    """``_fit`` with an SGD optimizer of the model (lr 0.1)."""
+    model = _model()
+    return _fit(model, optimizer=_sgd(model), **kwargs)
+
+
+def _eval(loader=None, model=None, *args, **kwargs):
+    from stabletrain.loop import evaluate
+
+    model = _model() if model is None else model
+    return evaluate(model, _batches() if loader is None else loader, *args, **kwargs)
+
+
+def _used_up():
+    batches = iter(_batches())
+    list(batches)
+    return batches
+
+
+def _update_step(loss: str = "mean", **kwargs):
+    """One ``Update.step`` on a loss: the mean, a vector, a detached one or a float."""
+    import torch
+
+    from stabletrain.update import Update
+
+    model = _model()
+    out = model(torch.randn(4, 3))
+    value = {"mean": out.mean(), "vector": out, "detached": out.mean().detach(), "float": 1.0}
+    return Update(model, _sgd(model)).step(value[loss], **kwargs)
+
+
+def _update_positional(*args):
+    from stabletrain.update import Update
+
+    model = _model()
+    return Update(model, _sgd(model), *args)
+
+
+def _tensor(*values):
+    import torch
+
+    return torch.tensor(values)
+
+
+def _amp_on(device_type: str):
+    from stabletrain.amp import MixedPrecision
+
+    return MixedPrecision("bfloat16", device_type=device_type)
+
+
+def _frozen():
+    model = _model()
+    model.requires_grad_(False)
+    return model
+
+
+def _mse(**kwargs):
+    import torch
+
+    return torch.nn.MSELoss(**kwargs)
+
+
+def _numpy_batches():
+    return [(x.numpy(), y.numpy()) for x, y in _batches()]
+
+
 TRAINING_CASES = [
     # monitor semantics
     case(
@@ -1033,6 +1111,360 @@ TRAINING_CASES = [
     case("fit-empty-train-loader", lambda: _fit(train=[]), ValueError, "train_loader is empty"),
     case("fit-empty-batch", lambda: _fit(train=_empty_batch()), ValueError, "an empty batch"),
     case("evaluate-empty-batch", lambda: _evaluate(_empty_batch()), ValueError, "an empty batch"),
+    # audit 2: silent
+    case(
+        "fit-lr-with-optimizer",
+        lambda: _fit_sgd(lr=0.5),
+        ValueError,
+        "lr is only for the default Adam",
+    ),
+    case(
+        "fit-lr-with-guard", lambda: _fit(guard=_guard(), lr=0.5), ValueError, "lr is only for the"
+    ),
+    case(
+        "fit-foreign-scheduler",
+        lambda: _fit_sgd(scheduler=_foreign_scheduler()),
+        ValueError,
+        "the scheduler belongs to another optimizer",
+    ),
+    case(
+        "fit-foreign-built-scheduler",
+        lambda: _fit_sgd(scheduler=_foreign_scheduler("build")),
+        ValueError,
+        "belongs to another optimizer",
+    ),
+    case(
+        "guard-foreign-scheduler",
+        lambda: _guard(scheduler=_foreign_scheduler()),
+        ValueError,
+        "belongs to another optimizer",
+    ),
+    case(
+        "fit-stopper-twice",
+        lambda: (es := _stopper(), _fit(early_stopping=es, callbacks=[es])),
+        ValueError,
+        "a callback is given twice",
+    ),
+    case(
+        "mode-contradicts-name",
+        lambda: _metric_mode("val_loss", "max"),
+        ValueError,
+        "mode='max' contradicts monitor='val_loss', which goes down",
+    ),
+    case(
+        "fit-stopper-mode-contradicts",
+        lambda: _fit(early_stopping=_stopper(mode="max"), val_loader=_batches()),
+        ValueError,
+        "contradicts monitor='val_loss'",
+    ),
+    case(
+        "fit-monitor-nobody-reads",
+        lambda: _fit(monitor="val_dcie"),
+        ValueError,
+        "monitor='val_dcie' is not among this epoch's metrics ['lr', 'train_loss']",
+    ),
+    case(
+        "fit-monitor-val-without-val-loader",
+        lambda: _fit(monitor="val_loss"),
+        ValueError,
+        "monitor='val_loss' is not among",
+    ),
+    case(
+        "fit-val-loader-generator",
+        lambda: _fit(val_loader=(b for b in _batches()), epochs=2),
+        ValueError,
+        "val_loader is a one-shot iterator",
+    ),
+    case(
+        "fit-train-loader-generator",
+        lambda: _fit(train=(b for b in _batches())),
+        ValueError,
+        "train_loader is a one-shot iterator",
+    ),
+    case("evaluate-empty-loader", lambda: _eval([]), ValueError, "the loader is empty"),
+    case("evaluate-used-up-iterator", lambda: _eval(_used_up()), ValueError, "the loader is empty"),
+    case(
+        "fit-metric-named-loss",
+        lambda: _fit(val_loader=_batches(), metrics={"loss": lambda o, t: 1.0}),
+        ValueError,
+        "other than 'loss'",
+    ),
+    case(
+        "fit-metric-val-prefix",
+        lambda: _fit(val_loader=_batches(), metrics={"val_mae": lambda o, t: 0.0}),
+        ValueError,
+        "without 'val_'",
+    ),
+    case(
+        "fit-metrics-without-val-loader",
+        lambda: _fit(metrics={"m": lambda o, t: 0.0}),
+        ValueError,
+        "metrics are computed on the val_loader",
+    ),
+    case(
+        "fit-metric-returns-str",
+        lambda: _fit(val_loader=_batches(), metrics={"m": lambda o, t: "0.5"}),
+        TypeError,
+        "metrics['m'] must be a number or a one-element tensor, got str",
+    ),
+    case(
+        "stopper-step-str",
+        lambda: _stopper(mode="min").step("0.5"),
+        TypeError,
+        "must be a number or a one-element tensor",
+    ),
+    case(
+        "amp-load-unknown-key",
+        lambda: _amp().load_state_dict({"x": 1}),
+        ValueError,
+        "unknown key(s) ['x'] in MixedPrecision state",
+    ),
+    case(
+        "fit-amp-cuda-on-cpu-model",
+        lambda: _fit(amp=_amp_on("cuda"), device="cpu"),
+        ValueError,
+        "amp.device_type='cuda', but the model is on cpu",
+    ),
+    case("update-sync-str", lambda: _update_step(sync="yes"), TypeError, "sync must be a bool"),
+    # audit 2: obscure errors
+    case(
+        "fit-batch-fn-3",
+        lambda: _fit(batch_fn=lambda b: (b[0], b[1], b[1])),
+        TypeError,
+        "batch_fn must return (inputs, targets), got a tuple of 3",
+    ),
+    case(
+        "fit-batch-fn-none",
+        lambda: _fit(batch_fn=lambda b: None),
+        TypeError,
+        "batch_fn must return (inputs, targets), got None",
+    ),
+    case(
+        "fit-batch-fn-str",
+        lambda: _fit(batch_fn="xy"),
+        TypeError,
+        "batch_fn must be a callable instance",
+    ),
+    case(
+        "fit-loader-3-tuples",
+        lambda: _fit(train=[(x, y, y) for x, y in _batches()]),
+        TypeError,
+        "got a tuple of 3",
+    ),
+    case(
+        "fit-loss-fn-str",
+        lambda: _fit(loss_fn="mse"),
+        TypeError,
+        "loss_fn must be a callable instance such as torch.nn.MSELoss(), got a str 'mse'",
+    ),
+    case(
+        "evaluate-loss-fn-str",
+        lambda: _eval(None, None, "mse"),
+        TypeError,
+        "loss_fn must be a callable instance",
+    ),
+    case(
+        "fit-loss-fn-class",
+        lambda: _fit(loss_fn=_mse().__class__),
+        TypeError,
+        "got the class MSELoss",
+    ),
+    case(
+        "fit-loss-returns-float",
+        lambda: _fit(loss_fn=lambda o, t: 1.0),
+        TypeError,
+        "the loss must be a one-element tensor, got float",
+    ),
+    case(
+        "fit-loss-unreduced",
+        lambda: _fit(loss_fn=_mse(reduction="none")),
+        ValueError,
+        "got shape (4, 1)",
+    ),
+    case(
+        "fit-loss-detached",
+        lambda: _fit(loss_fn=lambda o, t: _mse()(o, t).detach()),
+        ValueError,
+        "the loss does not require grad",
+    ),
+    case(
+        "update-step-float-loss",
+        lambda: _update_step("float"),
+        TypeError,
+        "the loss must be a one-element tensor",
+    ),
+    case(
+        "update-step-detached-loss",
+        lambda: _update_step("detached"),
+        ValueError,
+        "does not require grad",
+    ),
+    case(
+        "fit-frozen-model",
+        lambda: _fit(model=_frozen()),
+        ValueError,
+        "the model has no trainable parameters",
+    ),
+    case(
+        "fit-metrics-list",
+        lambda: _fit(val_loader=_batches(), metrics=[abs]),
+        TypeError,
+        "metrics must be a mapping",
+    ),
+    case(
+        "fit-metrics-str",
+        lambda: _fit(val_loader=_batches(), metrics="accuracy"),
+        TypeError,
+        "metrics must be a mapping",
+    ),
+    case(
+        "fit-metric-str-value",
+        lambda: _fit(val_loader=_batches(), metrics={"m": "accuracy"}),
+        TypeError,
+        "metrics['m'] must be a callable instance",
+    ),
+    case(
+        "fit-metric-returns-none",
+        lambda: _fit(val_loader=_batches(), metrics={"m": lambda o, t: None}),
+        TypeError,
+        "metrics['m'] must be a number",
+    ),
+    case(
+        "fit-metric-returns-vector",
+        lambda: _fit(val_loader=_batches(), metrics={"m": lambda o, t: o[:, 0]}),
+        TypeError,
+        "got Tensor of shape (4,)",
+    ),
+    case(
+        "fit-amp-true",
+        lambda: _fit(amp=True),
+        TypeError,
+        "amp must be a stabletrain.amp.MixedPrecision",
+    ),
+    case(
+        "fit-amp-str",
+        lambda: _fit(amp="float16"),
+        TypeError,
+        "amp must be a stabletrain.amp.MixedPrecision",
+    ),
+    case(
+        "evaluate-amp-true",
+        lambda: _eval(amp=True),
+        TypeError,
+        "amp must be a stabletrain.amp.MixedPrecision",
+    ),
+    case(
+        "fit-scheduler-str",
+        lambda: _fit(scheduler="cosine"),
+        TypeError,
+        "scheduler must be an LR scheduler",
+    ),
+    case(
+        "fit-scheduler-dict",
+        lambda: _fit(scheduler={"type": "cosine"}),
+        TypeError,
+        "scheduler must be an LR scheduler",
+    ),
+    case("guard-scheduler-str", lambda: _guard(scheduler="cosine"), TypeError, "scheduler must be"),
+    case(
+        "update-positional-scheduler",
+        lambda: _update_positional(1.0),
+        TypeError,
+        "scheduler must be an LR scheduler",
+    ),
+    case(
+        "fit-callbacks-one",
+        lambda: _fit(callbacks=_stopper()),
+        TypeError,
+        "callbacks must be a list of Callback instances, got a EarlyStopping",
+    ),
+    case("fit-callbacks-none", lambda: _fit(callbacks=None), TypeError, "callbacks must be a list"),
+    case(
+        "fit-stopper-class",
+        lambda: _fit(early_stopping=_stopper().__class__),
+        TypeError,
+        "early_stopping must be a Callback such as EarlyStopping(patience=3), got the class EarlyStopping",
+    ),
+    case(
+        "fit-stopper-int",
+        lambda: _fit(early_stopping=3),
+        TypeError,
+        "early_stopping must be a Callback",
+    ),
+    case(
+        "fit-stopper-true",
+        lambda: _fit(early_stopping=True),
+        TypeError,
+        "early_stopping must be a Callback",
+    ),
+    case(
+        "fit-checkpoints-path",
+        lambda: _fit(checkpoints="/tmp/x"),
+        TypeError,
+        "checkpoints must be a CheckpointManager",
+    ),
+    case(
+        "fit-checkpoints-true",
+        lambda: _fit(checkpoints=True),
+        TypeError,
+        "checkpoints must be a CheckpointManager",
+    ),
+    case(
+        "fit-tracker-str",
+        lambda: _fit(tracker="mlflow"),
+        TypeError,
+        "tracker must be an MLflowTracker",
+    ),
+    case(
+        "stopper-load-unknown-key",
+        lambda: _stopper().load_state_dict({"lr": 0.1}),
+        ValueError,
+        "unknown key(s) ['lr'] in EarlyStopping state",
+    ),
+    case(
+        "stopper-load-missing-key",
+        lambda: _stopper().load_state_dict({"best": 1.0}),
+        ValueError,
+        "EarlyStopping state lacks ['num_bad']",
+    ),
+    case(
+        "stopper-load-best-str",
+        lambda: _stopper().load_state_dict({"best": "x", "num_bad": 1}),
+        TypeError,
+        "EarlyStopping state 'best' must be a number",
+    ),
+    case(
+        "guard-load-unknown-key",
+        lambda: _guard().load_state_dict({"x": 1}),
+        ValueError,
+        "unknown key(s) ['x'] in StabilityGuard state",
+    ),
+    case(
+        "guard-load-missing-keys",
+        lambda: _guard().load_state_dict({}),
+        ValueError,
+        "StabilityGuard state lacks ['applied'",
+    ),
+    case(
+        "stopper-step-vector",
+        lambda: _stopper(mode="min").step(_tensor(1.0, 2.0)),
+        TypeError,
+        "must be a number or a one-element tensor, got Tensor of shape (2,)",
+    ),
+    case(
+        "evaluate-not-a-module",
+        lambda: _eval(None, lambda x: x),
+        TypeError,
+        "model must be a torch.nn.Module",
+    ),
+    case(
+        "loaders-num-train-zero",
+        lambda: _loaders(num_train=0),
+        ValueError,
+        "num_train must be >= 1",
+    ),
+    case("loaders-num-val-zero", lambda: _loaders(num_val=0), ValueError, "num_val must be >= 1"),
+    case("fit-numpy-batches", lambda: _fit(train=_numpy_batches()), TypeError, "got numpy arrays"),
 ]
 
 

@@ -258,10 +258,9 @@ def test_the_monitored_metric_sets_the_direction(tmp_path):
     assert training.early_stopping.mode == "max" and training.checkpoints.mode == "max"
     training.checkpoints.close()
     config["checkpoints"] = {"directory": str(tmp_path / "b"), "mode": "min"}
-    config["early_stopping"] = {"patience": 2, "mode": "min"}  # an explicit mode wins
-    training = build_training(model, config)
-    assert training.early_stopping.mode == "min" and training.checkpoints.mode == "min"
-    training.checkpoints.close()
+    config["early_stopping"] = {"patience": 2, "mode": "min"}  # contradicts val_dice's direction
+    with pytest.raises(ValueError, match="mode='min' contradicts monitor='val_dice'"):
+        build_training(model, config)
     default = build_training(model, {**TINY, "early_stopping": {"patience": 2}})
     assert default.early_stopping.mode == "min"  # val_loss
     plateau = {"type": "plateau", "warmup_epochs": 0.5}

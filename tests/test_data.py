@@ -73,7 +73,7 @@ def test_bad_arguments(kwargs, name):
 
 
 def test_negative_sample_count_in_loaders():
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="num_train must be >= 1"):
         make_loaders(num_train=-5)
 
 

@@ -245,6 +245,34 @@ def test_early_stopping_reads_the_direction_from_the_monitored_metric():
     assert loss.mode == "min"  # train_loss goes down
 
 
+def test_an_early_stopping_reused_in_a_second_fit_starts_afresh():
+    from stabletrain import EarlyStopping
+
+    stopper = EarlyStopping(patience=1)
+    first = fit(torch.nn.Linear(3, 1), _linear_batches(2), epochs=3, monitor="val_dice",
+                early_stopping=stopper, callbacks=[_Dice([0.7, 0.6, 0.5])], progress=False)  # fmt: skip
+    assert "no improvement" in first.stop_reason and stopper.best == 0.7
+    second = fit(torch.nn.Linear(3, 1), _linear_batches(2), epochs=3, monitor="val_dice",
+                 early_stopping=stopper, callbacks=[_Dice([0.1, 0.2, 0.3])], progress=False)  # fmt: skip
+    assert second.stop_reason is None and len(second.epochs["val_dice"]) == 3
+    assert stopper.best == 0.3 and stopper.count == 3 and not stopper.stopped
+
+
+def test_the_default_adam_takes_lr_and_lr_defaults_to_1e_3():
+    history = fit(torch.nn.Linear(3, 1), _linear_batches(2), progress=False)
+    assert history.steps["lr"][0] == 1e-3
+    assert (
+        fit(torch.nn.Linear(3, 1), _linear_batches(2), lr=0.5, progress=False).steps["lr"][0] == 0.5
+    )
+
+
+def test_a_metric_value_may_be_a_number_or_a_one_element_tensor():
+    metrics = {"a": lambda o, t: 0.25, "b": lambda o, t: torch.tensor([0.5]), "c": lambda o, t: 1}
+    history = fit(torch.nn.Linear(3, 1), _linear_batches(2), val_loader=_linear_batches(1),
+                  metrics=metrics, progress=False)  # fmt: skip
+    assert [history.epochs[k] for k in ("val_a", "val_b", "val_c")] == [[0.25], [0.5], [1.0]]
+
+
 def _reference_accumulation(batches, epochs, accumulation, lr=0.1):
     """SGD by hand: per epoch, windows of ``accumulation`` batches, the last one shorter; each
     window's gradient is the mean over its own batches."""

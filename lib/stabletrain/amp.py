@@ -120,6 +120,9 @@ class MixedPrecision:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counters and the scaler; ``ValueError`` if saved with another dtype."""
+        check_keys(
+            "MixedPrecision state", state, ("dtype", "enabled", "steps", "skipped_steps", "scaler")
+        )
         saved, mine = state.get("dtype"), self._dtype_name
         if saved not in (None, mine):
             raise ValueError(f"state was saved with dtype {saved}, this MixedPrecision uses {mine}")

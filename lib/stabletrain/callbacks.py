@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import numbers
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,10 +18,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_bool, check_choice, check_float, check_int
+from .checks import check_bool, check_choice, check_float, check_int, check_keys
 from .history import History
 from .metrics import metric_mode
 from .update import Update
+
+
+def as_number(name: str, value: Any) -> float:
+    """``value`` (a real number, not a bool, or a one-element tensor) as a float; else TypeError."""
+    one = isinstance(value, torch.Tensor) and value.numel() == 1
+    if one or (isinstance(value, numbers.Real) and not isinstance(value, bool)):
+        return float(value)
+    shape = f" of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else ""
+    got = f"{type(value).__name__}{shape} {value!r}"[:120]
+    raise TypeError(f"{name} must be a number or a one-element tensor, got {got}")
 
 
 @dataclass
@@ -70,7 +81,7 @@ class TrainContext:
             names = sorted(k for k in metrics if k not in ("epoch", "seconds"))
             message = f"monitor={self.monitor!r} is not among this epoch's metrics {names}"
             raise ValueError(f"{message}; pick one of them (val_* metrics need a val_loader)")
-        return float(metrics[self.monitor])
+        return as_number(f"metric {self.monitor!r}", metrics[self.monitor])
 
 
 class Callback:
@@ -83,6 +94,18 @@ class Callback:
 
     on_fit_start = on_epoch_start = on_step_end = on_validation_end = _nothing
     on_epoch_end = on_fit_end = on_exception = _nothing
+
+
+class CheckMonitor(Callback):
+    """At the first epoch's end: the monitored metric must be among the metrics (``ValueError``)."""
+
+    order = -1000
+    checked = False
+
+    def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
+        if not self.checked:
+            ctx.monitored(metrics)
+            self.checked = True
 
 
 class StopOnNonFinite(Callback):
@@ -172,15 +195,16 @@ class EarlyStopping(Callback):
         self.best = -math.inf if mode == "max" else math.inf
 
     def on_fit_start(self, ctx: TrainContext) -> None:
-        mode = metric_mode(ctx.monitor, self.requested_mode)
-        if not self.count:  # nothing recorded yet (a resume loads its best after this)
-            self._set_mode(mode)
+        """A fresh start in every fit (a resume loads the saved state after this)."""
+        self._set_mode(metric_mode(ctx.monitor, self.requested_mode))
+        self.num_bad = self.count = 0
+        self.stopped, self.stopping_reason = False, None
 
     def step(self, value: float | torch.Tensor) -> bool:
         """Record one value; ``True`` means stop."""
         if self.mode is None:
             raise ValueError("EarlyStopping(mode=None) outside fit: give mode='min' or 'max'")
-        value = float(value)
+        value = as_number("the monitored metric", value)
         self.count += 1
         if self.check_finite and not math.isfinite(value):
             self.stopped = True
@@ -206,8 +230,16 @@ class EarlyStopping(Callback):
         return {k: getattr(self, k) for k in keys}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.best, self.num_bad = float(state["best"]), int(state["num_bad"])
-        self.count, self.stopped = int(state.get("count", 0)), bool(state.get("stopped", False))
+        """``best`` and ``num_bad`` required; ``count``, ``stopped``, ``stopping_reason`` optional."""
+        keys = ("best", "num_bad", "count", "stopped", "stopping_reason")
+        if missing := [
+            k for k in keys[:2] if k not in check_keys("EarlyStopping state", state, keys)
+        ]:
+            raise ValueError(f"EarlyStopping state lacks {missing}; it holds {sorted(state)}")
+        self.best = check_float("EarlyStopping state 'best'", state["best"], finite=False)
+        self.num_bad = check_int("EarlyStopping state 'num_bad'", state["num_bad"], min=0)
+        self.count = check_int("EarlyStopping state 'count'", state.get("count", 0), min=0)
+        self.stopped = check_bool("EarlyStopping state 'stopped'", state.get("stopped", False))
         self.stopping_reason = state.get("stopping_reason")
 
 

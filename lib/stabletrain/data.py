@@ -136,6 +136,7 @@ def make_loaders(
     ``distributed`` (in a process group of more than one rank): ``batch_size`` is per rank; the
     train loader's ``DistributedSampler`` shuffles by ``seed`` and the epoch (``fit`` calls its
     ``set_epoch``), each rank validates on every ``world``-th sample, unpadded."""
+    check_int("num_train", num_train, min=1), check_int("num_val", num_val, min=1)
     workers = check_int("num_workers", num_workers, min=0)
     options = {"batch_size": check_int("batch_size", batch_size, min=1), "num_workers": workers}
     train, val = (

@@ -73,7 +73,7 @@ class History:
     def best(self, key: str = "val_loss", mode: str | None = None) -> float:
         """Best finite value of an epoch column (``mode``: ``"min"``, ``"max"`` or ``None``, the
         direction of ``key``'s name by :func:`~stabletrain.metrics.metric_mode`)."""
-        mode = metric_mode(key, mode)
+        mode = metric_mode(key) if mode is None else check_choice("mode", mode, ("min", "max"))
         values = [v for v in self.epochs.get(key, []) if math.isfinite(v)]
         return (min if mode == "min" else max)(values, default=math.nan)
 

@@ -11,17 +11,20 @@ import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from .amp import MixedPrecision
 from .callbacks import (
     Callback,
+    CheckMonitor,
     Checkpointing,
     MaxSteps,
     MetricScheduler,
@@ -30,13 +33,14 @@ from .callbacks import (
     StopOnNonFinite,
     Tracking,
     TrainContext,
+    as_number,
 )
 from .checks import check_bool, check_float, check_int
-from .distributed import is_main, mean_across_ranks, reduce_metrics
+from .distributed import is_distributed, is_main, mean_across_ranks, reduce_metrics
 from .history import History
 from .metrics import accuracy, dice_score
 from .schedulers import is_metric_driven
-from .update import Update
+from .update import Update, check_amp, check_loss
 from .utils import as_device
 
 Outputs = torch.Tensor | list[torch.Tensor]
@@ -61,24 +65,73 @@ def to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
+def _kind(value: Any) -> str:
+    """``a tuple of 3``, ``a Tensor``, ``None``: what a batch (or ``batch_fn``) gave."""
+    if isinstance(value, list | tuple):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, type):
+        return f"the class {value.__name__} (not an instance)"
+    shown = f" {value!r}"[:60] if isinstance(value, str | int | float) else ""
+    return "None" if value is None else f"a {type(value).__name__}{shown}"
+
+
 def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
     """The default ``batch_fn``: a pair or a mapping with "inputs" and "targets"; else TypeError."""
     if isinstance(batch, Mapping) and "inputs" in batch and "targets" in batch:
         return batch["inputs"], batch["targets"]
     if isinstance(batch, list | tuple) and len(batch) == 2:
         return batch[0], batch[1]
-    got = f"got keys {sorted(batch)}" if isinstance(batch, Mapping) else f"got {type(batch)!r}"
+    got = f"got keys {sorted(batch)}" if isinstance(batch, Mapping) else f"got {_kind(batch)}"
     message = "a batch must be an (inputs, targets) pair or a mapping with 'inputs' and 'targets'"
     raise TypeError(f"{message}, {got}; pass batch_fn=lambda batch: (inputs, targets) to split it")
 
 
 def _on_device(batch_fn: Callable, batch: Any, device: torch.device) -> tuple[Any, Any]:
-    """``batch_fn(batch)`` on ``device``; ``ValueError`` for an empty batch (no targets)."""
-    inputs, targets = to_device(batch_fn(batch), device)
+    """``batch_fn(batch)`` on ``device``; ``TypeError`` unless a pair (not of numpy arrays),
+    ``ValueError`` for an empty batch (no targets)."""
+    pair = batch_fn(batch)
+    if not (isinstance(pair, list | tuple) and len(pair) == 2):
+        raise TypeError(f"batch_fn must return (inputs, targets), got {_kind(pair)}")
+    if isinstance(pair[0], np.ndarray) or isinstance(pair[1], np.ndarray):
+        hint = "convert them with torch.from_numpy (a DataLoader does)"
+        raise TypeError(f"a batch's inputs and targets must be tensors, got numpy arrays: {hint}")
+    inputs, targets = to_device(pair, device)
     if isinstance(targets, torch.Tensor) and targets.numel() == 0:
         shape = tuple(targets.shape)
         raise ValueError(f"an empty batch (targets of shape {shape}): a loader must give samples")
     return inputs, targets
+
+
+def _check_callable(name: str, value: Any, example: str) -> None:
+    """``TypeError`` unless ``value`` is ``None`` or a callable that is not a class."""
+    if value is not None and (not callable(value) or isinstance(value, type)):
+        raise TypeError(f"{name} must be a callable instance such as {example}, got {_kind(value)}")
+
+
+def _check_inputs(model: Any, loss_fn: Any, batch_fn: Any, metrics: Any, amp: Any) -> None:
+    """The checks ``fit`` and ``evaluate`` share (``TypeError``/``ValueError``)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")
+    _check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
+    check_amp(amp)
+    if metrics is not None and not isinstance(metrics, Mapping):
+        raise TypeError(
+            f"metrics must be a mapping {{name: fn(outputs, targets)}}, got {_kind(metrics)}"
+        )
+    for name, metric in (metrics or {}).items():
+        if not isinstance(name, str) or name == "loss" or name.startswith("val_"):
+            rule = "a str other than 'loss', without 'val_' (it is logged as val_<name>)"
+            raise ValueError(f"metrics: a metric's name must be {rule}, got {name!r}")
+        if not callable(getattr(metric, "compute", None)):  # a torchmetrics-style object is fine
+            _check_callable(f"metrics[{name!r}]", metric, "stabletrain.metrics.accuracy")
+
+
+def _check_methods(name: str, value: Any, methods: tuple[str, ...], example: str) -> None:
+    """``TypeError`` unless ``value`` is ``None`` or has the callable ``methods``."""
+    if value is not None and not all(callable(getattr(value, m, None)) for m in methods):
+        need = f"{example} (with {', '.join(methods)})"
+        raise TypeError(f"{name} must be {need}, got {_kind(value)}")
 
 
 def _length(loader: Any) -> int | None:
@@ -139,12 +192,12 @@ def default_metrics(outputs: Outputs, targets: torch.Tensor) -> dict[str, Metric
 def compute_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor, progress: float):
     """``loss_fn(outputs, targets)``, plus ``progress`` (fraction done) if ``uses_progress``."""
     if getattr(loss_fn, "uses_progress", False):
-        return loss_fn(outputs, targets, progress)
+        return check_loss(loss_fn(outputs, targets, progress))
     if isinstance(outputs, list | tuple):
         message = f"the model returned {len(outputs)} outputs (deep supervision) but loss_fn takes"
         wrap = "wrap the loss in stabletrain.deep_supervision.DeepSupervisionLoss or set"
         raise ValueError(f"{message} one; {wrap} model.deep_supervision = False")
-    return loss_fn(outputs, targets)
+    return check_loss(loss_fn(outputs, targets))
 
 
 def _eval_loss(loss_fn: Callable, outputs: Outputs, targets: torch.Tensor) -> torch.Tensor:
@@ -172,6 +225,7 @@ def evaluate(
     ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
     objects; default :func:`default_metrics`. Deep supervision: only the final output counts.
     In a process group: the sample-weighted mean over the ranks' shards, the same on every rank."""
+    _check_inputs(model, loss_fn, batch_fn, metrics, amp)
     if device is None:  # a model without parameters is evaluated on the CPU
         device = next(model.parameters(), torch.empty(0)).device
     device = as_device("device", device)
@@ -190,17 +244,21 @@ def evaluate(
             loss_fn = loss_fn if loss_fn is not None else default_loss(outputs, targets)
             metrics = metrics if metrics is not None else default_metrics(outputs, targets)
             n = int(targets.shape[0])
-            values = {"val_loss": float(_eval_loss(loss_fn, outputs, targets))}
+            values = {"val_loss": as_number("the loss", _eval_loss(loss_fn, outputs, targets))}
             for name, metric in metrics.items():
                 if name in stateful:
                     metric.update(final, targets)
                 else:
-                    values[f"val_{name}"] = float(metric(final, targets))
+                    values[f"val_{name}"] = as_number(f"metrics[{name!r}]", metric(final, targets))
             for key, value in values.items():
                 totals[key] = totals.get(key, 0.0) + value * n
             count += n
     finally:
         model.train(was_training)
+    if count == 0 and not is_distributed():  # a rank's shard may be empty
+        raise ValueError(
+            "the loader is empty (a val_loader with no batches, or a used-up iterator)"
+        )
     if count == 0:
         result = {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
     else:
@@ -220,17 +278,33 @@ def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
 def _prepare(
     model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp, max_grad_norm,
     accumulation_steps, *, epochs, device, loss_fn, monitor, tracker, callbacks, early_stopping,
-    max_steps, checkpoints, resume, stop_on_nonfinite, progress
+    max_steps, checkpoints, resume, stop_on_nonfinite, progress, batch_fn, metrics
 ) -> TrainContext:  # fmt: skip
     """Checks; the update (the given one, or a plain one from the settings; a setting given to
     both is one object), the device, the callbacks (yours, then those of ``fit``'s keywords)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_inputs(model, loss_fn, batch_fn, metrics, amp)
     if next(model.parameters(), None) is None:
         raise ValueError("the model has no parameters: there is nothing to train")
     check_int("epochs", epochs, min=1)
     check_int("accumulation_steps", accumulation_steps, min=1)
-    check_float("lr", lr, min=0)
+    check_float("lr", lr, min=0, optional=True)
+    if lr is not None and any(x is not None for x in (optimizer, update, guard)):
+        hint = "give the LR to the optimizer (fit's lr= would be ignored)"
+        raise ValueError(
+            f"lr is only for the default Adam, not with optimizer=/update=/guard=: {hint}"
+        )
+    if metrics and val_loader is None:
+        raise ValueError("metrics are computed on the val_loader: give val_loader=, or no metrics")
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if isinstance(loader, Iterator):  # a second epoch would find it used up
+            raise ValueError(f"{name} is a one-shot iterator: give a list or a DataLoader")
+    if not isinstance(callbacks, list | tuple):
+        raise TypeError(f"callbacks must be a list of Callback instances, got {_kind(callbacks)}")
+    if early_stopping is not None and not isinstance(early_stopping, Callback):
+        example = "a Callback such as EarlyStopping(patience=3)"
+        raise TypeError(f"early_stopping must be {example}, got {_kind(early_stopping)}")
+    _check_methods("checkpoints", checkpoints, ("save",), "a CheckpointManager")
+    _check_methods("tracker", tracker, ("log_params", "log_metrics", "finish"), "an MLflowTracker")
     for name, flag in (("resume", resume), ("stop_on_nonfinite", stop_on_nonfinite)):
         check_bool(name, flag)
     check_bool("progress", progress)
@@ -241,7 +315,7 @@ def _prepare(
         raise ValueError("guard= and update= name the same thing: give one")
     update = update if update is not None else guard
     if update is None:
-        optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+        optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=1e-3 if lr is None else lr)
         settings = dict(amp=amp, max_grad_norm=max_grad_norm, accumulation_steps=accumulation_steps)
         update = Update(model, optimizer, scheduler, **settings)
     elif not isinstance(update, Update):
@@ -263,6 +337,12 @@ def _prepare(
     if not any(id(p) in held for p in update.params()):
         hint = "build it from model.parameters() (the weights would never change)"
         raise ValueError(f"the optimizer holds none of the model's parameters: {hint}")
+    if not any(p.requires_grad for p in update.params()):
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    amp = update.amp
+    if isinstance(amp, MixedPrecision) and amp.enabled and amp.device_type != device.type:
+        text = f"amp.device_type={amp.device_type!r}, but the model is on {device}"
+        raise ValueError(f"{text}: autocast would do nothing; give MixedPrecision(device_type=...)")
     if all(group.get("initial_lr", group["lr"]) == 0 for group in update.optimizer.param_groups):
         text = "lr is 0 in every parameter group: the weights will not change (give lr > 0)"
         warnings.warn(text, stacklevel=3)
@@ -280,6 +360,8 @@ def _prepare(
     for cb in built:
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    if len({id(cb) for cb in built}) < len(built):
+        raise ValueError("a callback is given twice (early_stopping= is added to callbacks=)")
     if resume and checkpoints is None:
         raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
     for wanted, make in (
@@ -290,6 +372,7 @@ def _prepare(
         (checkpoints is not None, lambda: Checkpointing(checkpoints, resume=resume)),
         (tracker is not None and is_main(), lambda: Tracking(tracker)),  # rank 0 logs and draws
         (progress and is_main(), ProgressBar),
+        (True, CheckMonitor),
     ):
         if wanted:
             built.append(make())
@@ -310,7 +393,7 @@ def fit(
     *,
     epochs: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
-    lr: float = 1e-3,
+    lr: float | None = None,
     loss_fn: Callable | None = None,
     val_loader: Iterable | None = None,
     scheduler: Any = None,
@@ -335,21 +418,23 @@ def fit(
     """Train ``model`` on the batches of ``train_loader``; returns the ``History``.
 
     ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one from
-    ``optimizer`` (default ``Adam(lr=lr)``), ``scheduler``, ``amp``, ``max_grad_norm``,
-    ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``: default :func:`default_loss`,
-    :func:`default_metrics`, :func:`split_batch`. ``monitor``: ``"val_loss"`` with a ``val_loader``,
-    else ``"train_loss"``. The other keywords build callbacks. Accumulation windows restart each
-    epoch: its leftover batches are a shorter window (the mean gradient over them).
-    ``ValueError``/``TypeError``: invalid or disagreeing settings, an empty loader or batch, an
-    optimizer without the model's parameters, ``accumulation_steps`` > batches per epoch, a missing
-    monitored metric. A warning: ``lr`` 0 in every parameter group."""
+    ``optimizer`` (default ``Adam(lr=lr)``; ``lr``, default 1e-3, only for it), ``scheduler``,
+    ``amp``, ``max_grad_norm``, ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``:
+    default :func:`default_loss`, :func:`default_metrics`, :func:`split_batch`. ``monitor``:
+    ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``. The other keywords build
+    callbacks. Accumulation windows restart each epoch: its leftover batches are a shorter window
+    (the mean gradient over them). ``ValueError``/``TypeError``: invalid or disagreeing settings,
+    an empty or one-shot loader, an empty batch, an optimizer without the model's parameters,
+    ``accumulation_steps`` > batches per epoch, a monitored metric missing at the first epoch's
+    end, a loss that is not a one-element tensor requiring grad. A warning: ``lr`` 0 in every
+    parameter group."""
 
     ctx = _prepare(
         model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp,
         max_grad_norm, accumulation_steps, epochs=epochs, device=device, loss_fn=loss_fn,
         monitor=monitor, tracker=tracker, callbacks=callbacks, early_stopping=early_stopping,
         max_steps=max_steps, checkpoints=checkpoints, resume=resume,
-        stop_on_nonfinite=stop_on_nonfinite, progress=progress,
+        stop_on_nonfinite=stop_on_nonfinite, progress=progress, batch_fn=batch_fn, metrics=metrics,
     )  # fmt: skip
     update, history, device = ctx.update, ctx.history, ctx.device
     batch_fn, event = batch_fn or split_batch, partial(_dispatch, ctx)

@@ -25,19 +25,25 @@ HIGHER_IS_BETTER = ("dice", "iou", "jaccard", "accuracy", "acc", "f1", "auc")
 
 
 def metric_mode(monitor: str, mode: str | None = None) -> str:
-    """``mode`` (``"min"`` or ``"max"``) if given, else the direction of ``monitor``'s name: a word
-    of :data:`LOWER_IS_BETTER` (``val_loss``) → ``"min"``, of :data:`HIGHER_IS_BETTER`
-    (``val_dice``) → ``"max"``; any other name raises ``ValueError`` asking for ``mode``."""
-    if mode is not None:
-        if mode not in ("min", "max") or isinstance(mode, bool):
-            raise ValueError(f"mode must be one of ('min', 'max') or None, got {mode!r}")
-        return mode
+    """The direction of ``monitor`` from its name: a word of :data:`LOWER_IS_BETTER`
+    (``val_loss``) → ``"min"``, of :data:`HIGHER_IS_BETTER` (``val_dice``) → ``"max"`` (a ``neg`` word flips it). A given
+    ``mode`` (``"min"``/``"max"``) is kept for a name of no known direction and must agree with a
+    known one (``ValueError``); an unknown name without ``mode`` raises ``ValueError``."""
+    if mode is not None and (mode not in ("min", "max") or isinstance(mode, bool)):
+        raise ValueError(f"mode must be one of ('min', 'max') or None, got {mode!r}")
     if not isinstance(monitor, str):
         raise TypeError(f"monitor must be a metric name (str), got {type(monitor).__name__}")
     words = set(re.split(r"[^a-z0-9]+", monitor.lower()))
     low, high = words & set(LOWER_IS_BETTER), words & set(HIGHER_IS_BETTER)
-    if bool(low) != bool(high):
-        return "min" if low else "max"
+    known = ("min" if low else "max") if bool(low) != bool(high) else None
+    if known and words & {"neg", "negative", "minus"}:  # neg_val_loss goes up
+        known = "max" if known == "min" else "min"
+    if mode is not None and known not in (None, mode):
+        way = "down" if known == "min" else "up"
+        raise ValueError(f"mode={mode!r} contradicts monitor={monitor!r}, which goes {way}: "
+                         f"give mode={known!r} (or None)")  # fmt: skip
+    if mode is not None or known is not None:
+        return mode or known
     raise ValueError(
         f"cannot tell whether monitor={monitor!r} should go down or up: give mode='min' or "
         f"mode='max' (known: {', '.join(LOWER_IS_BETTER)} go down; "

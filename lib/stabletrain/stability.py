@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .callbacks import EarlyStopping as EarlyStopping  # re-exported
-from .checks import check_bool, check_choice, check_float, check_int
+from .checks import check_bool, check_choice, check_float, check_int, check_keys
 from .distributed import is_distributed, max_across_ranks
 from .update import StepResult, Update, steps_per_update
 from .utils import cpu_copy
@@ -529,6 +529,9 @@ class StabilityGuard(Update):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Without a saved snapshot, snapshots the state as it is now (load the rest first)."""
+        check_keys("StabilityGuard state", state, (*_STATE, "snapshot"))
+        if missing := [key for key in _REQUIRED if key not in state]:
+            raise ValueError(f"StabilityGuard state lacks {missing}; it holds {sorted(state)}")
         for key, fresh in _STATE.items():
             value = state[key] if key in _REQUIRED else state.get(key, fresh)
             value = [float(v) for v in value] if isinstance(fresh, list) else type(fresh)(value)

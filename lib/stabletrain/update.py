@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_float, check_int
+from .checks import check_bool, check_float, check_int
 
 
 @dataclass
@@ -27,6 +27,46 @@ def steps_per_update(scheduler: Any) -> bool:
     """``scheduler.step()`` is due after each optimizer step (not for ``ReduceLROnPlateau``)."""
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
     return scheduler is not None and not isinstance(scheduler, plateau)
+
+
+def check_loss(loss: Any) -> torch.Tensor:
+    """``loss`` if it is a one-element tensor that requires grad; else ``TypeError``/``ValueError``
+    (shape and flag checks only: no device sync)."""
+    if not isinstance(loss, torch.Tensor):
+        hint = "loss_fn must return a tensor computed from the outputs"
+        raise TypeError(f"the loss must be a one-element tensor, got {type(loss).__name__}: {hint}")
+    if loss.numel() != 1:
+        hint = "reduce it (reduction='mean') or return loss.mean()"
+        raise ValueError(
+            f"the loss must be a one-element tensor, got shape {tuple(loss.shape)}: {hint}"
+        )
+    if not loss.requires_grad:
+        why = "a detached loss (.detach(), .item(), torch.no_grad) or a model with no trainable"
+        raise ValueError(f"the loss does not require grad: {why} parameters (requires_grad=False)")
+    return loss
+
+
+def check_amp(amp: Any) -> Any:
+    """``amp`` if ``None`` or it has an ``autocast`` method (a ``MixedPrecision``)."""
+    if amp is not None and not callable(getattr(amp, "autocast", None)):
+        want = "a stabletrain.amp.MixedPrecision (e.g. MixedPrecision('bfloat16')) or None"
+        raise TypeError(f"amp must be {want}, got {type(amp).__name__} {amp!r}")
+    return amp
+
+
+def check_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
+    """``scheduler`` if ``None`` or it has a ``step`` method and drives ``optimizer``."""
+    if scheduler is not None and not callable(getattr(scheduler, "step", None)):
+        what = (
+            "an LR scheduler (with a step method) or None, e.g. build_scheduler(optimizer, {...})"
+        )
+        raise TypeError(f"scheduler must be {what}, got {type(scheduler).__name__} {scheduler!r}")
+    if getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        hint = "build the scheduler from the optimizer it should drive"
+        raise ValueError(
+            f"the scheduler belongs to another optimizer (its LR would not move): {hint}"
+        )
+    return scheduler
 
 
 class Update:
@@ -54,7 +94,8 @@ class Update:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
-        self.model, self.optimizer, self.scheduler, self.amp = model, optimizer, scheduler, amp
+        self.model, self.optimizer, self.amp = model, optimizer, check_amp(amp)
+        self.scheduler = check_scheduler(scheduler, optimizer)
         norm = check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, optional=True)
         self.max_grad_norm = norm
         self.accumulation_steps = check_int("accumulation_steps", accumulation_steps, min=1)
@@ -75,6 +116,7 @@ class Update:
 
     def _accumulate(self, loss: torch.Tensor, sync: bool | None) -> torch.Tensor | None:
         """Backward of one micro-batch; the window's summed loss when it closes, else None."""
+        check_loss(loss), check_bool("sync", sync, optional=True)
         detached = loss.detach().float()
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         scaled = loss / self.accumulation_steps if self.accumulation_steps > 1 else loss  # mean
