@@ -422,18 +422,6 @@ LOSS_CASES = [
         _PROBS,
     ),
     case(
-        "dice_score-probabilities",
-        lambda: _metric("dice_score", *_probabilities()),
-        UserWarning,
-        "logits look like probabilities (all in [0, 1]) but the metric reads logits: pass logits",
-    ),
-    case(
-        "accuracy-probabilities",
-        lambda: _metric("accuracy", *_probabilities((16,))),
-        UserWarning,
-        "outputs look like probabilities (all in [0, 1]) but accuracy reads logits",
-    ),
-    case(
         "accuracy-index-range",
         lambda: _metric("accuracy", _tensors("classes")[0][:, :, 0, 0], _ints(1, 5)),
         ValueError,

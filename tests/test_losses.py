@@ -890,8 +890,8 @@ def test_probabilities_into_a_logit_loss_warn_once_per_loss_and_change_nothing()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for loss in (DiceLoss(), FocalLoss(), DiceLoss(validate=False)):
-            loss(torch.full_like(probs, 0.27), target)  # a fresh network's: left open
-            loss(logits, target)  # logits: settled, no check (no sync) after
+            loss(torch.full_like(probs, 0.27), target)  # a fresh network's: no warning
+            loss(logits, target)  # only the first call is checked (one sync)
             loss(probs, target)
         DiceLoss(from_logits=False)(probs, target)
 

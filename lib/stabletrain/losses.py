@@ -158,8 +158,9 @@ class _SegmentationLoss(nn.Module):
         if not self.from_logits and self.validate:
             hint = " (pass logits with from_logits=True)"
             check_unit_interval("with from_logits=False pred probabilities", pred, hint)
-        elif self.validate and not self._logits_checked:  # until settled: no sync after
-            self._logits_checked = warn_if_probabilities(pred, _PROBABILITIES)
+        elif self.validate and not self._logits_checked:  # the first call only: one sync
+            warn_if_probabilities(pred, _PROBABILITIES)
+            self._logits_checked = True
         return pred, target
 
     @staticmethod

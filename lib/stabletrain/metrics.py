@@ -3,8 +3,8 @@
 Per sample and class: Dice ``2|P∩T|/(|P|+|T|)``, IoU ``|P∩T|/|P∪T|`` (1 if both empty),
 averaged. Binary (``C == 1``): ``sigmoid(logit) > threshold``; multiclass: argmax, int target
 ``(N, H, W)`` of indices in ``[0, C)``, class 0 left out unless ``include_background``. A list of
-outputs is read at 0. An empty batch raises ``ValueError``; binary logits that look like
-probabilities warn (:func:`~stabletrain.checks.warn_if_probabilities`)."""
+outputs is read at 0. An empty batch raises ``ValueError``. (Probabilities given as logits
+are not flagged here: a network's real logits may all lie in [0, 1] at some evaluation.)"""
 
 from __future__ import annotations
 
@@ -12,13 +12,7 @@ import re
 
 import torch
 
-from .checks import (
-    check_bool,
-    check_float,
-    check_tensor,
-    check_unit_interval,
-    warn_if_probabilities,
-)
+from .checks import check_bool, check_float, check_tensor, check_unit_interval
 
 LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "nll", "perplexity")
 HIGHER_IS_BETTER = ("dice", "iou", "jaccard", "accuracy", "acc", "f1", "auc")
@@ -51,9 +45,6 @@ def metric_mode(monitor: str, mode: str | None = None) -> str:
     )
 
 
-_PROBABILITIES = "{} look like probabilities (all in [0, 1]) but {} reads logits: pass logits"
-
-
 def _confusion(
     logits: torch.Tensor, target: torch.Tensor, threshold: float, include_background: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,7 +65,6 @@ def _confusion(
         if target.shape != logits.shape:
             want, got = tuple(logits.shape), tuple(target.shape)
             raise ValueError(f"binary target must have shape {want}, got {got}")
-        warn_if_probabilities(logits, _PROBABILITIES.format("logits", "the metric"))
         pred = (torch.sigmoid(logits.float()) > threshold).flatten(2)
         true = (target > 0.5).flatten(2)
     else:
@@ -134,7 +124,6 @@ def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:
             allowed = f"the shape of outputs {shape} or lack its channel dim"
             raise ValueError(f"binary targets must have {allowed}, got {target_shape}")
         check_unit_interval("binary targets", targets.float(), " (0/1 labels or probabilities)")
-        warn_if_probabilities(outputs, _PROBABILITIES.format("outputs", "accuracy"))
         return float(((outputs > 0) == (targets > 0.5)).float().mean())
     elif target_shape == (shape[0], *shape[2:]):
         dim = 1
