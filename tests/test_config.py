@@ -47,7 +47,7 @@ class RecordingTracker:
 def test_layers_merge_in_order():
     cfg = resolve_config(
         {"preset": "stable", "optimizer": {"lr": 3e-3}},
-        overrides={"optimizer.weight_decay": 0.05, "epochs": 7, "seed": None},
+        overrides={"optimizer.weight_decay": 0.05, "epochs": 7, "model.attention": None},
     )
     assert cfg["preset"] == "stable"
     assert cfg["optimizer"] == {
@@ -56,7 +56,7 @@ def test_layers_merge_in_order():
         "weight_decay": 0.05,
         "gradient_clipping_by_norm": 1.0,
     }
-    assert cfg["epochs"] == 7 and cfg["seed"] == DEFAULTS["seed"]  # None = not given
+    assert cfg["epochs"] == 7 and cfg["model"]["attention"] is None  # None sets null
     assert cfg["early_stopping"] == {"patience": 15}
     assert set(cfg) == set(DEFAULTS)
     # resolving a resolved configuration changes nothing
