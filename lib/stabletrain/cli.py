@@ -185,7 +185,12 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     ):
         raise ValueError(f"--no-tracking contradicts --{given[0].replace('_', '-')}: give one")
     if args.export is not None:  # before training, not after it
-        check_folder("--export", args.export, writable=True)
+        try:
+            check_folder("--export", args.export, writable=True).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"--export {args.export} cannot be created ({error.strerror})"
+            ) from None
     cfg = resolve_config(load_config(args.config), preset=args.preset, overrides=_overrides(args))
     if args.scheduler == "none":
         cfg["scheduler"] = None
