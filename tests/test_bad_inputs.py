@@ -74,6 +74,50 @@ def _cli(*args):
     return _resolve(build_parser().parse_args(["train", "--config", config, *args]))
 
 
+def _with(overrides, **config):
+    from stabletrain.config import resolve_config
+
+    return resolve_config(config, overrides=overrides)
+
+
+def _set(text: str):
+    from stabletrain.cli import _assignment
+
+    return _assignment(text)
+
+
+def _draw(*args, out="p.png"):
+    """``compare-schedulers --out <a temporary folder>/OUT ARGS`` (``out=None``: ARGS only)."""
+    from stabletrain.cli import _compare, build_parser
+
+    where = [] if out is None else ["--out", os.path.join(tempfile.mkdtemp(), out)]
+    return _compare(build_parser().parse_args(["compare-schedulers", *where, *args]))
+
+
+_TINY = {"data": {"num_train": 16, "num_val": 8, "image_size": 32}, "epochs": 1}
+
+
+def _build(steps_per_epoch=None, tracker=None, **config):
+    from stabletrain.config import build_model, build_training
+
+    config = {**_TINY, "model": {"base_channels": 4}, **config}
+    return build_training(
+        build_model(config), config, steps_per_epoch=steps_per_epoch, tracker=tracker
+    )
+
+
+def _run(**kwargs):
+    from stabletrain.config import run
+
+    return run(_TINY, progress=False, **kwargs)
+
+
+def _load_path(path):
+    from stabletrain.config import load_config
+
+    return load_config(path)
+
+
 CONFIG_CASES: list = [
     case("cfg-str-bool-safe-attention", lambda: _resolve(model={"safe_attention": "false"}),
          ValueError, "model.safe_attention must be a bool (true or false), got str 'false'"),
@@ -137,6 +181,94 @@ CONFIG_CASES: list = [
     case("yaml-directory", lambda: _load("", name=""), ValueError, "is a directory"),
     case("cli-resume-nothing", lambda: _cli("--checkpoint-dir", "/nonexistent/ckpt", "--resume"),
          ValueError, "no checkpoint in /nonexistent/ckpt to resume from"),
+    # audit 1 (S: trained silently, O: an obscure message)
+    case("a1-S1-null-override-applied", lambda: _with({"seed": None}),
+         ValueError, "seed must be an int, got NoneType None"),
+    case("a1-S2-set-no-value", lambda: _set("epochs="),
+         __import__("argparse").ArgumentTypeError, "epochs has no value (give epochs=null"),
+    case("a1-S6-dotted-and-nested", lambda: _resolve(**{"optimizer": {"lr": 0.1}, "optimizer.lr": 0.5}),
+         ValueError, "config key 'optimizer.lr' is given twice (dotted and nested)"),
+    case("a1-S6-nested-after-dotted", lambda: _resolve(**{"optimizer.lr": 0.5, "optimizer": None}),
+         ValueError, "config key 'optimizer' is given twice"),
+    case("a1-S7-base-60", lambda: _resolve(**_load("epochs: 1:00\n")),
+         ValueError, "epochs must be an int, got str '1:00'"),
+    case("a1-S8-attention-options-unused",
+         lambda: _resolve(model={"attention": None, "attention_options": {"norm": True}}),
+         ValueError, "model.attention_options is unused with model.attention: null"),
+    case("a1-S8-lr-backoff-unused",
+         lambda: _resolve(stability={"on_nonfinite": "raise", "lr_backoff": 0.5}),
+         ValueError, "stability.lr_backoff is unused with on_nonfinite: raise (not rollback)"),
+    case("a1-S8-scheduler-none-gamma", lambda: _resolve(scheduler={"type": "none", "gamma": 0.5}),
+         ValueError, "scheduler.gamma is unused with type: none"),
+    case("a1-S8-every-n-epochs-unused", lambda: _resolve(checkpoints={"every_n_epochs": 5}),
+         ValueError, "checkpoints.every_n_epochs is unused with strategy: epoch"),
+    case("a1-S9-early-stopping-empty", lambda: _resolve(early_stopping={}),
+         ValueError, "'early_stopping' needs patience"),
+    case("a1-S10-warmup-0-steps",
+         lambda: _build(1, epochs=3, scheduler={"type": "warmup_cosine", "warmup_epochs": 0.4}),
+         ValueError, "scheduler warmup_epochs=0.4 is 0 steps (epochs=3 x 1 steps per epoch"),
+    case("a1-S11-total-steps",
+         lambda: _build(1, epochs=3, scheduler={"type": "warmup_cosine", "total_steps": 1}),
+         ValueError, "scheduler total_steps=1 is not the run's epochs=3 x 1 steps per epoch = 3"),
+    case("a1-S16-export-empty", lambda: _cli("--export", ""), ValueError, "--export is empty"),
+    case("a1-S16-tracking-uri-empty", lambda: _cli("--tracking-uri", " "),
+         ValueError, "--tracking-uri is empty"),
+    case("a1-S16-no-tracking-experiment", lambda: _cli("--no-tracking", "--experiment", "x"),
+         ValueError, "--no-tracking contradicts --experiment"),
+    case("a1-S16-set-twice", lambda: _cli("--set", "epochs=2", "--set", "epochs=3"),
+         ValueError, "--set epochs is given twice"),
+    case("a1-S17-too-many-steps", lambda: _draw("--epochs", "100000", "--steps-per-epoch", "1000"),
+         ValueError, "--epochs x --steps-per-epoch must be <= 100000, got 100000000"),
+    case("a1-O2-optimizer-null", lambda: _resolve(optimizer=None),
+         ValueError, "config section 'optimizer' must be a mapping, got None"),
+    case("a1-O2-optimizer-int", lambda: _resolve(optimizer=3),
+         ValueError, "config section 'optimizer' must be a mapping, got 3"),
+    case("a1-O4-export-a-file", lambda: _cli("--export", __file__),
+         ValueError, "--export must be a folder, but"),
+    case("a1-O4-export-unwritable", lambda: _cli("--export", "/proc/nope"),
+         ValueError, "--export /proc/nope cannot be created"),
+    case("a1-O6-out-a-folder", lambda: _draw("--out", tempfile.mkdtemp(suffix=".png"), out=None),
+         ValueError, "is a folder: give an image file"),
+    case("a1-O6-out-under-a-file", lambda: _draw("--out", f"{__file__}/p.png", out=None),
+         ValueError, "--out's folder must be a folder, but"),
+    case("a1-O7-warmup-vs-epochs", lambda: _draw("--epochs", "2"),
+         ValueError, "--warmup-epochs (3; default 3) must be shorter than --epochs (2)"),
+    case("a1-O8-compare-names-flags",
+         lambda: _draw("--epochs", "1", "--steps-per-epoch", "1", "--warmup-epochs", "0"),
+         ValueError, "--epochs 1 --steps-per-epoch 1 --warmup-epochs 0: "),
+    case("a1-O8-onecycle-names-the-plan", lambda: _build(1, preset="fast"),
+         ValueError, "scheduler 'onecycle' over epochs=1 x 1 steps per epoch = 1 steps: pct_start"),
+    case("a1-O9-not-a-regular-file", lambda: _load_path("/dev/null"),
+         ValueError, "is not a regular file"),
+    case("a1-O10-list-key", lambda: _load("? [a, b]\n: 1\n"),
+         ValueError, "is not valid YAML at line 1 (a key must be a scalar)"),
+    case("a1-O11-deep-supervision-typo", lambda: _resolve(deep_supervision={"schedul": "linear_low_to_high"}),
+         ValueError, "accepted keys are ('schedule', 'target_resize', 'min_weight'); did you mean 'schedule'?"),
+    case("a1-O12-in-channels", lambda: _resolve(model={"in_channels": 3}),
+         ValueError, "model.in_channels must be 1 (the shapes data), got 3"),
+    case("a1-O13-image-size-33", lambda: _resolve(data={"image_size": 33}),
+         ValueError, "data.image_size=33 must be divisible by 2**model.depth = 8"),
+    case("a1-O13-depth-6-size-32", lambda: _resolve(data={"image_size": 32}, model={"depth": 6}),
+         ValueError, "data.image_size=32 must be divisible by 2**model.depth = 64"),
+    case("a1-O13-num-classes", lambda: _resolve(data={"num_classes": 5}),
+         ValueError, "data.num_classes must be one of (1, 2, 4), got 5"),
+    case("a1-O14-negative-lr", lambda: _resolve(optimizer={"lr": -1}),
+         ValueError, "config section 'optimizer': lr must be >= 0, got -1"),
+    case("a1-O14-beta-1", lambda: _resolve(optimizer={"beta_1": 1.5}),
+         ValueError, "betas[0] must be in [0, 1), got 1.5"),
+    case("a1-O14-weight-decay", lambda: _resolve(optimizer={"weight_decay": -1}),
+         ValueError, "weight_decay must be >= 0, got -1"),
+    case("a1-O15-clipping-off", lambda: _resolve(optimizer={"gradient_clipping_by_norm": -1}),
+         ValueError, "gradient_clipping_by_norm must be > 0 (or 0/null: off), got -1"),
+    case("a1-O16-clipping-from-preset",
+         lambda: _resolve(preset="stable", optimizer={"gradient_clipping_by_value": 0.5}),
+         ValueError, "optimizer.gradient_clipping_by_norm comes from preset 'stable': set it to null"),
+    case("a1-O22-overrides-a-list", lambda: _with([("epochs", 3)]),
+         TypeError, "overrides must be a mapping of dotted keys to values"),
+    case("a1-O22-tracker-a-str", lambda: _build(tracker="mlflow"),
+         TypeError, "tracker must be a tracker (an MLflowTracker) or None, got 'mlflow'"),
+    case("a1-O23-resume-a-str", lambda: _run(resume="yes"),
+         TypeError, "resume must be a bool (True or False), got str 'yes'"),
 ]  # fmt: skip
 
 

@@ -149,3 +149,36 @@ def test_tracking_store_errors_are_one_line(module, tmp_path, capsys, monkeypatc
     err = capsys.readouterr().err
     assert err.startswith("stabletrain: error: tracking: (sqlite3.OperationalError) database is")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_null_set_values_are_applied():
+    from stabletrain.cli import _resolve, build_parser
+
+    sets = ["--set", "model.attention=null", "--set", "checkpoints.directory=null"]
+    cfg = _resolve(build_parser().parse_args(["train", "--config", CONFIG, *sets]))
+    assert cfg["model"]["attention"] is None and cfg["checkpoints"]["directory"] is None
+    assert (
+        _resolve(
+            build_parser().parse_args(["train", "--config", CONFIG, "--set", "scheduler=null"])
+        )["scheduler"]
+        is None
+    )
+
+
+def test_a_non_finite_final_val_loss_is_reported_as_diverged(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import stabletrain.config
+
+    history = SimpleNamespace(
+        epochs={"epoch": [0], "val_loss": [float("nan")]},
+        summary=lambda monitor: {"diverged": False, "final_val_loss": float("nan")},
+        stop_reason=None,
+    )
+    fake = lambda cfg, **kwargs: (history, None, SimpleNamespace(checkpoints=None))  # noqa: E731
+    monkeypatch.setattr(stabletrain.config, "run", fake)
+    args = ["train", "--config", CONFIG, "--checkpoint-dir", "none", "--no-tracking"]
+    assert main(args) == 1
+    assert "stabletrain: diverged: final val_loss=nan" in capsys.readouterr().err
+    history.epochs["val_loss"] = [0.5]
+    assert main(args) == 0

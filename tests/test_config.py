@@ -47,7 +47,7 @@ class RecordingTracker:
 def test_layers_merge_in_order():
     cfg = resolve_config(
         {"preset": "stable", "optimizer": {"lr": 3e-3}},
-        overrides={"optimizer.weight_decay": 0.05, "epochs": 7, "seed": None},
+        overrides={"optimizer.weight_decay": 0.05, "epochs": 7, "model.attention": None},
     )
     assert cfg["preset"] == "stable"
     assert cfg["optimizer"] == {
@@ -56,7 +56,7 @@ def test_layers_merge_in_order():
         "weight_decay": 0.05,
         "gradient_clipping_by_norm": 1.0,
     }
-    assert cfg["epochs"] == 7 and cfg["seed"] == DEFAULTS["seed"]  # None = not given
+    assert cfg["epochs"] == 7 and cfg["model"]["attention"] is None  # None sets null
     assert cfg["early_stopping"] == {"patience": 15}
     assert set(cfg) == set(DEFAULTS)
     # resolving a resolved configuration changes nothing
@@ -271,3 +271,48 @@ def test_the_monitored_metric_sets_the_direction(tmp_path):
 def test_every_valid_device_spelling_is_accepted():
     for device in (None, "auto", "cpu", "cuda", "cuda:1", "mps"):
         assert resolve_config({"device": device})["device"] == device
+
+
+def test_yaml_numbers_are_read_as_yaml_1_2_does():
+    text = "a: 3e-3\nb: 1e-3\nc: 010\nd: 1:00\ne: 0o17\nf: 0x1f\ng: .inf\nh: 1_000\ni: 0.5\nj: 7\n"
+    data = yaml.load(text, Loader=_yaml_loader())
+    assert data == {"a": 3e-3, "b": 1e-3, "c": 10, "d": "1:00", "e": 15, "f": 31} | {
+        "g": math.inf,
+        "h": "1_000",
+        "i": 0.5,
+        "j": 7,
+    }
+    assert isinstance(data["a"], float) and isinstance(data["c"], int)
+
+
+def test_a_null_override_sets_null_and_the_input_is_not_mutated():
+    config = {"optimizer": {"lr": 0.1}}
+    cfg = resolve_config(config, overrides={"model.attention": None, "optimizer.type": "sgd"})
+    assert cfg["model"]["attention"] is None and cfg["optimizer"]["type"] == "sgd"
+    assert config == {"optimizer": {"lr": 0.1}}
+
+
+def test_onecycle_pct_start_drops_the_presets_warmup():
+    config = {**TINY, "preset": "stable", "scheduler": {"type": "onecycle", "pct_start": 0.5}}
+    assert "warmup_epochs" not in resolve_config(config)["scheduler"]
+    assert build_training(build_model(config), config).scheduler.pct_start == 0.5
+
+
+def test_a_mode_against_the_monitors_direction_goes_through_metric_mode():
+    from stabletrain.metrics import metric_mode
+
+    try:
+        metric_mode("val_loss", "max")
+    except ValueError:
+        pass
+    else:
+        pytest.skip("metric_mode does not refuse a contradicting mode yet (the metrics part)")
+    for section in ("early_stopping", "checkpoints"):
+        with pytest.raises(ValueError, match=f"config section '{section}'"):
+            resolve_config({**TINY, section: {"patience": 1, "mode": "max"}})
+
+
+def test_improvement_or_final_gets_the_planned_epochs(tmp_path):
+    points = {"directory": str(tmp_path / "ck"), "strategy": "improvement_or_final"}
+    config = {**TINY, "epochs": 3, "checkpoints": points}
+    assert build_training(build_model(config), config).checkpoints.total_epochs == 3

@@ -1,6 +1,7 @@
 """``python -m stabletrain``: ``train --config FILE [flags]`` and ``compare-schedulers --out
 FILE``; see ``--help``. Errors are one line on stderr (``stabletrain: error: ...``), never a
-traceback; exit status 2: usage or configuration, 1: the run failed, 130: interrupted."""
+traceback; exit status 2: usage or configuration, 1: the run failed or diverged (a non-finite
+final val_loss: ``diverged: ...`` on stderr, after the summary and export), 130: interrupted."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def _assignment(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ArgumentTypeError(f"expected KEY=VALUE (e.g. optimizer.lr=3e-3), got {text!r}")
+    if not raw.strip():
+        raise ArgumentTypeError(f"{key.strip()} has no value (give {key.strip()}=null for null)")
     try:
         return key.strip(), parse_yaml(raw)  # the config files' loader
     except ValueError as error:
@@ -117,13 +120,27 @@ def _compare(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    from .checks import check_folder
     from .course.experiments import scheduler_curves
     from .plotting import plot_lr
+    from .schedulers import epochs_to_steps
 
-    out = Path(args.out)
+    out, total = Path(args.out), args.epochs * args.steps_per_epoch
     if out.suffix.lower() not in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):
         raise ValueError(f"--out must end in .png, .svg, .pdf or .jpg, got {str(out)!r}")
-    curves = scheduler_curves(args.epochs, args.steps_per_epoch, args.warmup_epochs, args.lr)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give an image file")
+    check_folder("--out's folder", out.parent, writable=True)
+    if total > _MAX_STEPS:
+        raise ValueError(f"--epochs x --steps-per-epoch must be <= {_MAX_STEPS}, got {total}")
+    if epochs_to_steps(args.warmup_epochs, args.steps_per_epoch) >= total:
+        warmup = f"--warmup-epochs ({args.warmup_epochs:g}; default 3)"
+        raise ValueError(f"{warmup} must be shorter than --epochs ({args.epochs})")
+    try:
+        curves = scheduler_curves(args.epochs, args.steps_per_epoch, args.warmup_epochs, args.lr)
+    except ValueError as error:
+        flags = f"--epochs {args.epochs} --steps-per-epoch {args.steps_per_epoch}"
+        raise ValueError(f"{flags} --warmup-epochs {args.warmup_epochs:g}: {error}") from None
     fig = plot_lr(curves, title=f"LR schedules over {args.epochs} epochs")
     fig.set_size_inches(9, 5)
     fig.axes[0].set_xlabel(f"optimizer step ({args.steps_per_epoch} per epoch)")
@@ -134,8 +151,12 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+_MAX_STEPS = 100_000  # compare-schedulers draws every step of every type
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as dotted config keys (``None``: not given); ``--set`` comes last."""
+    """The flags as dotted config keys (a flag's ``None``: not given, dropped; ``--set KEY=null``
+    sets null); ``--set`` comes last, each key once."""
     keys = "epochs seed device optimizer.lr data.batch_size data.num_train data.num_val"
     keys += " tracking.run_name tracking.experiment tracking.tracking_uri scheduler.warmup_epochs"
     overrides = {k: getattr(args, k.split(".")[-1]) for k in keys.split()}
@@ -143,15 +164,33 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides["scheduler.type"] = args.scheduler  # "none": dropped by _resolve
     overrides["tracking.enabled"] = False if args.no_tracking else tracks
     overrides["checkpoints.directory"] = args.checkpoint_dir  # "none": dropped by _resolve
-    return {**overrides, **dict(args.set or [])}
+    keys = [key for key, _ in args.set or []]
+    if twice := sorted({key for key in keys if keys.count(key) > 1}):
+        raise ValueError(f"--set {twice[0]} is given twice: give each key once")
+    return {**{k: v for k, v in overrides.items() if v is not None}, **dict(args.set or [])}
 
 
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     """The file's configuration with the flags laid over it (one override layer)."""
+    from .checks import check_folder
     from .config import load_config, resolve_config
 
     if args.scheduler == "none" and args.warmup_epochs is not None:
         raise ValueError("--warmup-epochs needs a scheduler, but --scheduler is none")
+    for flag in ("tracking_uri", "experiment", "run_name", "export", "device", "checkpoint_dir"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise ValueError(f"--{flag.replace('_', '-')} is empty: give a value or leave it out")
+    if args.no_tracking and (
+        given := [f for f in ("tracking_uri", "experiment") if getattr(args, f)]
+    ):
+        raise ValueError(f"--no-tracking contradicts --{given[0].replace('_', '-')}: give one")
+    if args.export is not None:  # before training, not after it
+        try:
+            check_folder("--export", args.export, writable=True).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"--export {args.export} cannot be created ({error.strerror})"
+            ) from None
     cfg = resolve_config(load_config(args.config), preset=args.preset, overrides=_overrides(args))
     if args.scheduler == "none":
         cfg["scheduler"] = None
@@ -210,6 +249,12 @@ def _train(args: argparse.Namespace) -> int:
         history.to_csv(folder / "history_steps.csv", table="steps")
         history.to_json(folder / "history.json")
         say(f"exported the history to {folder}")
+    final = (history.epochs.get("val_loss") or [0.0])[-1]  # none logged: nothing to judge
+    if not math.isfinite(final):
+        if main:
+            advice = "lower --lr, or stability.on_nonfinite: raise to stop at the first NaN"
+            print(f"stabletrain: diverged: final val_loss={final} ({advice})", file=sys.stderr)
+        return 1
     return 0
 
 

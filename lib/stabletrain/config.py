@@ -15,6 +15,7 @@ import difflib
 import functools
 import math
 import os
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .amp import DTYPES, MixedPrecision
 from .callbacks import Callback
 from .checkpoint import _STRATEGY_ALIASES, STRATEGIES, CheckpointManager
-from .checks import check_choice, check_config_value, check_float, check_int, check_keys
-from .data import make_loaders
+from .checks import check_bool, check_choice, check_config_value, check_float, check_int, check_keys
+from .data import SHAPES, make_loaders
+from .deep_supervision import _DEFAULTS as _SCHEDULE_PARAMS
 from .deep_supervision import DeepSupervisionLoss
 from .distributed import init_from_env, is_distributed, is_main
 from .history import History
@@ -37,6 +39,7 @@ from .losses import build_loss
 from .metrics import metric_mode
 from .models import ACTIVATION_TYPES, ATTENTION_TYPES, NORM_TYPES, TinyUNet
 from .optim import (
+    CLIPPING_KEYS,
     OPTIMIZER_TYPES,
     build_optimizer,
     check_optimizer_config,
@@ -168,6 +171,8 @@ def _tracking_uri(name: str, value: Any) -> None:
 
 
 def _optimizer(name: str, value: Any) -> None:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"config section {name!r} must be a mapping, got {value!r}")
     try:
         check_optimizer_config(value)
     except (ValueError, TypeError) as error:
@@ -292,13 +297,40 @@ def _yaml_loader():
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key, _ in node.value:
+                if not isinstance(key, yaml.ScalarNode):
+                    line = key.start_mark.line + 1
+                    raise ValueError(f"is not valid YAML at line {line} (a key must be a scalar)")
                 if isinstance(key, yaml.ScalarNode) and (key.tag, key.value) in seen:
                     line = key.start_mark.line + 1
                     raise ValueError(f"holds the key {key.value!r} twice (again at line {line})")
                 seen.add((key.tag, key.value))
             return super().construct_mapping(node, deep)
 
+    Loader.yaml_implicit_resolvers = {  # YAML 1.2 numbers: 1e-3 a float, 010 ten, 1:00 a string
+        c: [(t, r) for t, r in rs if t not in (_INT_TAG, _FLOAT_TAG)]
+        for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for tag, pattern, first in _YAML12_NUMBERS:
+        Loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
+    Loader.add_constructor(_INT_TAG, lambda loader, node: _yaml12_int(node.value))
     return Loader
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YAML12_NUMBERS = (  # the YAML 1.2 core schema (ints first: 10 is an int)
+    (_INT_TAG, r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    (
+        _FLOAT_TAG,
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)$",
+        "-+.0123456789",
+    ),
+    (_FLOAT_TAG, r"^(?:[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+."),
+)
+
+
+def _yaml12_int(text: str) -> int:
+    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+    return int(text[2:] if base != 10 else text, base)
 
 
 def _expanded(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
@@ -335,8 +367,10 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     name, path = f"config file {str(path)!r}", Path(path)
     if path.is_dir():
         raise ValueError(f"{name} is a directory, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{name} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{name} is not a regular file (a device or a pipe?)")
     with path.open("rb") as file:
         raw = file.read(_MAX_BYTES + 1)
     if len(raw) > _MAX_BYTES:
@@ -355,14 +389,17 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"optimizer.lr": 1e-3}`` → ``{"optimizer": {"lr": 1e-3}}``."""
+    """``{"optimizer.lr": 1e-3}`` → ``{"optimizer": {"lr": 1e-3}}`` (a copy); ``ValueError`` for a
+    key given twice (``optimizer.lr`` and ``optimizer: {lr: ...}``)."""
     out: dict[str, Any] = {}
-    for key, value in overrides.items():
+    for key, value in copy.deepcopy(dict(overrides)).items():
         *parents, last = str(key).split(".")
         node = out
-        for part in parents:
-            node[part] = node[part] if isinstance(node.get(part), dict) else {}
-            node = node[part]
+        for i, part in enumerate([*parents, last]):
+            if (i == len(parents) and part in node) or not isinstance(node.get(part, {}), dict):
+                twice = ".".join([*parents, last][: i + 1])
+                raise ValueError(f"config key {twice!r} is given twice (dotted and nested)")
+            node = node.setdefault(part, {}) if i < len(parents) else node
         node[last] = value
     return out
 
@@ -372,6 +409,7 @@ def _merge(base: Any, layer: Any, path: str = "") -> Any:
         return copy.deepcopy(layer)
     if path == ".scheduler" and "type" in layer and layer["type"] != base.get("type"):
         keep = "warmup_epochs" in base and str(layer["type"]).lower() != "adaptive"
+        keep = keep and "pct_start" not in layer  # onecycle's own warmup
         base = {"warmup_epochs": base["warmup_epochs"]} if keep else {}
     out = copy.deepcopy(dict(base))
     for key, value in layer.items():
@@ -386,28 +424,77 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Resolve ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (``config`` may be a YAML path,
-    ``overrides`` dotted keys, ``None`` values skipped; ``preset`` > ``overrides["preset"]`` >
-    ``config["preset"]``) and check every key (:data:`SCHEMA`): ValueError names the dotted key."""
+    ``overrides`` dotted keys, a ``None`` value sets null; ``preset`` > ``overrides["preset"]`` >
+    ``config["preset"]``) and check every key (:data:`SCHEMA`): ValueError names the dotted key;
+    a setting nothing reads (``unused``) is refused where it is the user's, not the preset's."""
     if isinstance(config, str | os.PathLike):
         config = load_config(config)
     if config is not None and not isinstance(config, Mapping):
         raise ValueError(f"config must be a mapping or a YAML path, got {type(config).__name__}")
-    config = _nest(dict(config or {}))
-    given = _nest({k: v for k, v in (overrides or {}).items() if v is not None})
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a mapping of dotted keys to values, got {overrides!r}")
+    config, given = _nest(config or {}), _nest(overrides or {})
     chosen = preset if preset is not None else given.pop("preset", config.get("preset"))
     SCHEMA["preset"]("preset", chosen)
     cfg = _merge(_merge(_merge(DEFAULTS, PRESETS.get(chosen, {})), config), given)
     cfg["preset"] = chosen
+    mine = _merge(config, given)
+    section = cfg["optimizer"] if isinstance(cfg["optimizer"], Mapping) else {}
+    clips = [k for k in CLIPPING_KEYS if section.get(k) not in (None, 0, False)]
+    if len(clips) > 1 and (theirs := [k for k in clips if k not in mine.get("optimizer", {})]):
+        why = f"optimizer.{theirs[0]} comes from preset {chosen!r}: set it to null to use another"
+        raise ValueError(f"give at most one gradient clipping key, got {clips}; {why}")
     _check("", cfg, SCHEMA)
-    depth = cfg["model"]["depth"]  # an unused section is checked too
+    _check_together(cfg, mine)
+    return cfg
+
+
+def _check_together(cfg: dict[str, Any], mine: Mapping[str, Any]) -> None:
+    """The checks of one key against another; ``mine``: the user's layers (no defaults/preset)."""
+    depth, data, model, deep = (
+        cfg["model"]["depth"],
+        cfg["data"],
+        cfg["model"],
+        cfg["deep_supervision"],
+    )
+    if (schedule := deep.get("schedule", "linear_low_to_high")) in _SCHEDULE_PARAMS:
+        own = ("schedule", "target_resize", "min_weight", *_SCHEDULE_PARAMS[schedule])
+        _keys("config section 'deep_supervision'", deep, own)
     _in_section("deep_supervision", DeepSupervisionLoss, max, depth, **cfg["deep_supervision"])
-    if cfg["early_stopping"] and "patience" not in cfg["early_stopping"]:
+    if cfg["early_stopping"] is not None and "patience" not in cfg["early_stopping"]:
         raise ValueError("config section 'early_stopping' needs patience (epochs, >= 1)")
-    batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
+    for section in ("early_stopping", "checkpoints"):  # a mode against the monitor's direction
+        _in_section(section, metric_mode, cfg["monitor"], (cfg[section] or {}).get("mode"))
+    batches = math.ceil(data["num_train"] / data["batch_size"])
     if (steps := cfg["stability"].get("accumulation_steps", 1)) > batches:
         per_epoch = f"the {batches} batches of an epoch (data.num_train / data.batch_size)"
         raise ValueError(f"stability.accumulation_steps={steps} must be <= {per_epoch}")
-    return cfg
+    if data["image_size"] % 2**depth:
+        need = f"divisible by 2**model.depth = {2**depth} (the U-Net halves it depth times)"
+        raise ValueError(f"data.image_size={data['image_size']} must be {need}")
+    classes = sorted({1, 2, len(SHAPES) + 1})  # the shapes data: one class per shape
+    check_config_value(
+        check_choice, "data.num_classes", data.get("num_classes", 1), choices=classes
+    )
+    if model.get("in_channels", 1) != 1:
+        raise ValueError(
+            f"model.in_channels must be 1 (the shapes data), got {model['in_channels']}"
+        )
+    scheduler, points = cfg["scheduler"] or {}, cfg["checkpoints"]
+    strategy = _STRATEGY_ALIASES.get(points["strategy"], points["strategy"])
+    policy, off = cfg["stability"]["on_nonfinite"], str(scheduler.get("type")).lower()
+    unused = {  # key: why nothing reads it (None: something does)
+        "model.attention_options": model.get("attention") is None and "model.attention: null",
+        "stability.lr_backoff": policy != "rollback" and f"on_nonfinite: {policy} (not rollback)",
+        "checkpoints.every_n_epochs": strategy != "interval" and f"strategy: {strategy}",
+        "checkpoints.every_n_minutes": strategy != "time" and f"strategy: {strategy}",
+        "checkpoints.min_improvement": strategy != "improvement_or_final"
+        and f"strategy: {strategy}",
+    } | {f"scheduler.{k}": off in ("none", "null") and "type: none" for k in scheduler}
+    for key, why in unused.items():
+        section, _, name = key.partition(".")
+        if why and name != "type" and name in (mine.get(section) or {}):
+            raise ValueError(f"{key} is unused with {why}: remove it")
 
 
 def config_diff(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -445,12 +532,13 @@ def seeded_start(data: Mapping[str, Any], model: Mapping[str, Any], seed: int):
 
 def scheduler_from_config(optimizer, section: Mapping | None, *, epochs: int, steps_per_epoch: int):
     """The scheduler of a ``scheduler`` section (``None`` if none/null): ``warmup_epochs`` →
-    ``warmup_steps``, ``total_steps = epochs * steps_per_epoch`` by default. ValueError for
-    both warmups, one not shorter than the run, or a bad setting."""
+    ``warmup_steps``, ``total_steps = epochs * steps_per_epoch``. ValueError for both warmups,
+    one not shorter than the run or rounding to 0 steps, another ``total_steps``, a bad setting."""
     if section is None or str(section.get("type", "")).lower() in ("none", "null"):
         return None
     params = dict(section)
     total = epochs * steps_per_epoch
+    plan = f"{epochs=} x {steps_per_epoch} steps per epoch = {total} steps"
     if "warmup_epochs" in params:
         if "warmup_steps" in params:
             raise ValueError("scheduler: give warmup_epochs or warmup_steps, not both")
@@ -458,8 +546,14 @@ def scheduler_from_config(optimizer, section: Mapping | None, *, epochs: int, st
         params["warmup_steps"] = epochs_to_steps(given, steps_per_epoch)
         if params["warmup_steps"] >= total:
             raise ValueError(f"scheduler warmup_epochs={given} must be shorter than {epochs=}")
-    params.setdefault("total_steps", total)
-    return build_scheduler(optimizer, params)
+        if given and not params["warmup_steps"]:
+            raise ValueError(f"scheduler warmup_epochs={given} is 0 steps ({plan}): give 0 or more")
+    if params.setdefault("total_steps", total) != total:
+        raise ValueError(f"scheduler total_steps={params['total_steps']} is not the run's {plan}")
+    try:
+        return build_scheduler(optimizer, params)
+    except ValueError as error:
+        raise ValueError(f"scheduler {section.get('type')!r} over {plan}: {error}") from None
 
 
 class ConfigCheckpointManager(CheckpointManager):
@@ -508,6 +602,8 @@ def build_training(
 ) -> Training:
     """What ``fit`` takes, for a model on its device (``steps_per_epoch``: ``ceil(ceil(num_train
     / batch_size) / accumulation_steps)``, as the loop steps); the config goes to the tracker and every checkpoint."""
+    if tracker is not None and not callable(getattr(tracker, "log_metrics", None)):
+        raise TypeError(f"tracker must be a tracker (an MLflowTracker) or None, got {tracker!r}")
     cfg = resolve_config(config)
     if steps_per_epoch is None:
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
@@ -546,7 +642,9 @@ def build_training(
 def _checkpoint_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The checkpoint manager's arguments: the section, ``monitor`` and its direction."""
     mode = metric_mode(cfg["monitor"], cfg["checkpoints"].get("mode"))
-    return {**cfg["checkpoints"], "monitor": cfg["monitor"], "mode": mode}
+    final = cfg["checkpoints"]["strategy"] in ("improvement_or_final", "adaptive")
+    total = {"total_epochs": cfg["epochs"]} if final else {}  # the planned epochs
+    return {**cfg["checkpoints"], "monitor": cfg["monitor"], "mode": mode, **total}
 
 
 def resumable(cfg: Mapping[str, Any]) -> bool:
@@ -593,6 +691,7 @@ def run(
     for checkpoints/tracking/device); ``stop_after_epochs`` stops after that many epochs. Under
     ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group and trains a
     ``DistributedDataParallel`` model, ``data.batch_size`` per rank."""
+    check_bool("resume", resume)
     cfg = resolve_config(config)
     if resume:
         resumable(cfg)

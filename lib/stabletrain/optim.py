@@ -49,17 +49,25 @@ def optimizer_keys(kind: str) -> list[str]:
     return sorted(keys - {"self", "params"})
 
 
-def _check_value(name: str, value: Any, default: Any) -> None:
-    """Type-check a torch argument by its default (bool or None, number, pair); torch checks
-    the ranges."""
+_RANGES = {"betas": {"min": 0, "max": 1, "high_open": True}, "rho": {"min": 0, "max": 1}}
+_RANGES |= {k: {"min": 0} for k in ("lr", "weight_decay", "eps", "momentum", "alpha")}
+
+
+def _check_value(name: str, value: Any, default: Any, arg: str = "") -> None:
+    """Check a torch argument ``arg`` (config key ``name``) by its default (bool or None, number,
+    pair) and :data:`_RANGES`."""
+    bounds = _RANGES.get(arg, {})
     if default is None or isinstance(default, bool):
         check_config_value(check_bool, name, value, optional=default is None)
     elif isinstance(default, int | float):
-        check_config_value(check_float, name, value)
+        check_config_value(check_float, name, value, **bounds)
     elif isinstance(default, tuple) and not (isinstance(value, list | tuple) and len(value) == 2):
         raise ValueError(f"{name} must be a pair [beta_1, beta_2] of numbers, got {value!r}")
     elif isinstance(default, tuple):
-        _ = [check_config_value(check_float, f"{name}[{i}]", v) for i, v in enumerate(value)]
+        _ = [
+            check_config_value(check_float, f"{name}[{i}]", v, **bounds)
+            for i, v in enumerate(value)
+        ]
 
 
 def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,7 +91,9 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{both}; give only one")
         kwargs[name], source[name] = value, key
     for name, value in kwargs.items():
-        _check_value(source[name] if name != "betas" else "betas", value, signature[name].default)
+        _check_value(
+            source[name] if name != "betas" else "betas", value, signature[name].default, name
+        )
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # YAML gives lists
     return kwargs
@@ -191,5 +201,7 @@ def clipping_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if not given:
         return {}
     ((key, value),) = given.items()
-    value = check_config_value(check_float, key, value, min=0, low_open=True, finite=False)
+    value = check_config_value(check_float, key, value, finite=False)
+    if not value > 0:
+        raise ValueError(f"{key} must be > 0 (or 0/null: off), got {value}")
     return {"clip_mode": CLIPPING_KEYS[key], "max_norm": value}
