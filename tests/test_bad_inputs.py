@@ -1639,6 +1639,37 @@ def _garbage():
     return f"sqlite:///{_a_file(b'not a database' * 99)}"
 
 
+def _saved(*epochs: int, **kwargs):
+    """A manager (strategy epoch) that saved a small model at ``epochs``."""
+    import torch
+
+    manager = _manager(**{"strategy": "epoch", "max_keep": 5, **kwargs})
+    for epoch in epochs:
+        manager.save(epoch, {"val_loss": 1.0}, model=torch.nn.Linear(2, 2))
+    return manager
+
+
+def _load_latest(which="latest", in_features=2, **kwargs):
+    """Load ``which`` into a ``Linear(in_features, 2)`` with a manager that saved one."""
+    import torch
+
+    return _saved(0).load(which, model=torch.nn.Linear(in_features, 2), **kwargs)
+
+
+def _uncreatable():
+    if not (os.name == "posix" and os.path.isdir("/proc/self") and os.geteuid() == 0):
+        pytest.skip("needs root on Linux (where /proc passes the access check, mkdir fails)")
+    return _manager("/proc/stabletrain-ckpt")
+
+
+def _param_after_a_bad_one():
+    tracker = _tracker()
+    with pytest.raises(ValueError):
+        tracker.log_params({"a b?": 1})
+    tracker.log_params({"ok": 1})  # the bad one is not queued: this one does not fail
+    return tracker.log_params({"a/../b": 1})
+
+
 FILE_CASES = [
     case("ckpt-empty-directory", lambda: _manager(""), ValueError, "directory must name a folder"),
     case("ckpt-directory-int", lambda: _manager(123), TypeError, "directory must be a folder path"),
@@ -1670,7 +1701,31 @@ FILE_CASES = [
     case("track-flush-every-bool", lambda: _tracker(flush_every=True), TypeError, "flush_every"),
     case("track-log-figures-str", lambda: _tracker(log_figures="no"), TypeError, "log_figures"),
     case("track-verbose-int", lambda: _tracker(verbose=0), TypeError, "verbose must be a bool"),
-]
+    case("ckpt-save-backwards", lambda: _saved(0, 1, 5).save(3), ValueError, "is behind this"),
+    case("ckpt-save-mid-of-done-epoch", lambda: _saved(0, 1).save(1, batch_in_epoch=2), ValueError, "behind"),
+    case("ckpt-save-step-negative", lambda: _manager().save(0, step=-5), ValueError, "step must be >= 0"),
+    case("ckpt-save-batch-negative", lambda: _manager().save(0, batch_in_epoch=-1), ValueError, "batch_in_epoch must be >="),
+    case("ckpt-save-monitor-str", lambda: _manager().save(0, {"val_loss": "0.1"}), TypeError, "metrics['val_loss'] must be a number"),
+    case("ckpt-save-monitor-bool", lambda: _saved().save(0, {"val_loss": True}), TypeError, "must be a number, got bool"),
+    case("ckpt-save-metrics-list", lambda: _manager().save(0, [1.0]), TypeError, "metrics must be a mapping"),
+    case("ckpt-total-epochs-unused", lambda: _manager(strategy="epoch", total_epochs=3), ValueError, "total_epochs=3 is unused"),
+    case("ckpt-minutes-unused", lambda: _manager(every_n_minutes=1.0), ValueError, "every_n_minutes=1.0 is unused"),
+    case("ckpt-directory-uncreatable", _uncreatable, ValueError, "cannot be created"),
+    case("ckpt-load-map-location-tpu", lambda: _load_latest(map_location="tpu"), ValueError, "map_location must be"),
+    case("ckpt-load-a-text-file", lambda: _load_latest(_a_file(b"hello, text")), RuntimeError, "is not a checkpoint"),
+    case("ckpt-load-other-model", lambda: _load_latest(in_features=3), RuntimeError, "'model' state does not fit the Linear"),
+    case("track-uri-in-memory", lambda: _tracker(tracking_uri="sqlite://"), ValueError, "is in memory"),
+    case("track-uri-memory-file", lambda: _tracker(tracking_uri="sqlite:///:memory:"), ValueError, "is in memory"),
+    case("track-uri-no-folder", lambda: _tracker(tracking_uri=f"sqlite:///{tempfile.mkdtemp()}/no/m.db"), ValueError, "does not exist"),
+    case("track-tags-list", lambda: _tracker(tags=["a"]), TypeError, "tags must be a mapping"),
+    case("track-tags-bad-key", lambda: _tracker(tags={"a?": "x"}), ValueError, "cannot be MLflow names"),
+    case("track-experiment-too-long", lambda: _tracker(experiment="x" * 501), ValueError, "<= 500 characters"),
+    case("track-experiment-blank", lambda: _tracker(experiment="   "), ValueError, "non-empty string"),
+    case("track-run-name-empty", lambda: _tracker(run_name=""), ValueError, "run_name must be a string, not empty"),
+    case("track-params-list", lambda: _tracker().log_params([1]), TypeError, "params must be a mapping"),
+    case("track-params-bad-key", lambda: _tracker().log_params({"a b?": 1}), ValueError, "['a b?'] cannot be MLflow names"),
+    case("track-params-after-bad", _param_after_a_bad_one, ValueError, "['a/../b'] cannot be"),
+]  # fmt: skip
 
 
 # --- the audit ------------------------------------------------------------------------------

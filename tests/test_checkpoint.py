@@ -451,3 +451,16 @@ def test_no_warnings_on_a_clean_folder(tmp_path):
         manager = CheckpointManager(tmp_path, strategy="epoch")
         manager.save(0, {"val_loss": 1.0}, model=_model())
         CheckpointManager(tmp_path, strategy="epoch").load(model=_model())
+
+
+def test_resume_and_rewind_may_save_earlier_epochs_a_stray_one_may_not(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    manager = CheckpointManager(tmp_path, strategy="epoch", max_keep=5)
+    for epoch in range(4):
+        manager.save(epoch, {"val_loss": 1.0}, model=model)
+    with pytest.raises(ValueError, match="behind this manager's last save or load"):
+        manager.save(2, {"val_loss": 1.0}, model=model)
+    manager.load(tmp_path / "epoch-0001.pt", model=model)  # a rewind: go on from epoch 1
+    assert manager.save(2, {"val_loss": 0.5}, model=model).name == "epoch-0002.pt"
+    assert manager.save(0, {"val_loss": 0.5}, model=model) is not None  # a new run
+    assert manager.latest_path.name == "epoch-0000.pt"

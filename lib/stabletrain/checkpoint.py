@@ -32,7 +32,7 @@ import torch
 from .checks import check_bool, check_choice, check_float, check_folder, check_int
 from .distributed import broadcast, gather, is_distributed, is_main, rank
 from .metrics import metric_mode
-from .utils import capture_rng_state, cpu_copy, restore_rng_state
+from .utils import as_device, capture_rng_state, cpu_copy, restore_rng_state
 
 STRATEGIES = ("best", "epoch", "interval", "all", "improvement_or_final", "time")
 _STRATEGY_ALIASES = {"adaptive": "improvement_or_final"}  # deprecated name -> strategy
@@ -241,6 +241,11 @@ class _FolderLock:
                 del self._held[self.key]
 
 
+def _point(epoch: int, batch_in_epoch: int | None) -> tuple[int, float]:
+    """Where a save is in training: an epoch's end comes after its mid-epoch points."""
+    return epoch, math.inf if batch_in_epoch is None else batch_in_epoch
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -303,6 +308,12 @@ class CheckpointManager:
             raise ValueError("strategy='time' needs every_n_minutes=<minutes between writes>")
         if strategy == "improvement_or_final" and total_epochs is None:
             raise ValueError("strategy='improvement_or_final' needs total_epochs=<planned epochs>")
+        for key, value, reader in (
+            ("total_epochs", total_epochs, "improvement_or_final"),
+            ("every_n_minutes", every_n_minutes, "time"),
+        ):
+            if value is not None and strategy != reader:
+                raise ValueError(f"{key}={value!r} is unused: only strategy={reader!r} reads it")
         self.min_improvement = check_float("min_improvement", min_improvement, min=0)
         self.directory, self.monitor = check_folder("directory", directory), monitor
         self.read_only = check_bool("read_only", read_only)
@@ -313,10 +324,14 @@ class CheckpointManager:
         self._thread = self._error = self._lock = None
         self._pool: dict[tuple, torch.Tensor] = {}  # cpu_copy's buffers, reused by each save
         self._group = is_distributed()  # rank 0 writes and decides; the other ranks follow it
+        self._last: tuple[int, int | None] | None = None  # (epoch, batch_in_epoch) saved/loaded
         if not self.read_only and is_main():
-            check_folder("directory", self.directory, writable=True).mkdir(
-                parents=True, exist_ok=True
-            )
+            try:
+                check_folder("directory", self.directory, writable=True).mkdir(
+                    parents=True, exist_ok=True
+                )
+            except OSError as error:
+                raise ValueError(f"directory {self.directory} cannot be created: {error}") from None
             self._lock = _FolderLock.acquire(self.directory, self)
         self._entries: list[dict[str, Any]] = self._open()
 
@@ -515,14 +530,27 @@ class CheckpointManager:
         the strategy says so, or, with ``batch_in_epoch`` (batches of ``epoch`` done), as a
         mid-epoch resume point. ``step`` and ``extra`` (plain values) come back from :meth:`load`.
         Returns the path (complete after :meth:`wait`) or ``None`` if skipped. ``TypeError``: an
-        object without ``state_dict()`` or a non-plain state; ``ValueError``: a negative ``epoch``
-        or a missing ``monitor`` metric."""
+        object without ``state_dict()``, a non-plain state, ``metrics`` not a mapping or its
+        ``monitor`` not a number; ``ValueError``: a negative ``epoch``, ``step`` or
+        ``batch_in_epoch``, a missing ``monitor`` metric, or a point before this manager's last
+        save or :meth:`load` (epoch 0 starts a new run)."""
         epoch = check_int("epoch", epoch, min=0)
-        batch_in_epoch = check_int("batch_in_epoch", batch_in_epoch, optional=True)
+        step = check_int("step", step, min=0, optional=True)
+        batch_in_epoch = check_int("batch_in_epoch", batch_in_epoch, min=0, optional=True)
+        if not isinstance(metrics, Mapping | None):
+            got = f"{type(metrics).__name__} {metrics!r}"[:200]
+            raise TypeError(f"metrics must be a mapping of names to values, or None; got {got}")
+        if epoch and self._last and _point(epoch, batch_in_epoch) < _point(*self._last):
+            at = f"epoch={epoch}, batch_in_epoch={batch_in_epoch}"
+            back = f"save({at}) is behind this manager's last save or load {self._last}"
+            raise ValueError(f"{back}: load() a checkpoint to go back (epoch 0 starts a new run)")
         options = {"step": step, "batch_in_epoch": batch_in_epoch, "extra": extra}
         if self._group:
-            return self._save_in_group(epoch, metrics, options, objects)
-        return self._save(epoch, metrics, options, objects)
+            path = self._save_in_group(epoch, metrics, options, objects)
+        else:
+            path = self._save(epoch, metrics, options, objects)
+        self._last = (epoch, batch_in_epoch)
+        return path
 
     def _save_in_group(self, epoch: int, metrics: Any, options: dict, objects: dict) -> Path | None:
         """Every rank's RNG and :data:`PER_RANK` states to rank 0, which saves; its outcome to all."""
@@ -559,6 +587,8 @@ class CheckpointManager:
                 value = value.item()
             if isinstance(value, bool | int | float | str | None):
                 plain[str(key)] = value
+        if self.monitor in plain:  # a str or a bool is no value to rank checkpoints by
+            check_float(f"metrics[{self.monitor!r}]", plain[self.monitor], finite=False)
         seq = max((e["seq"] for e in self._entries), default=-1) + 1
         if batch_in_epoch is None:
             required = self.strategy in ("best", "all", "improvement_or_final")
@@ -662,6 +692,11 @@ class CheckpointManager:
             payload = torch.load(path, map_location=map_location, weights_only=not trusted)
         except Exception as error:  # zip/pickle errors of damaged files vary
             text, unpickling = str(error), isinstance(error, pickle.UnpicklingError)
+            with open(path, "rb") as f:
+                zipped = f.read(4) == b"PK\x03\x04"  # torch.save writes zip files
+            if size and not zipped:
+                not_one = f"{path} is not a checkpoint (not a zip file that torch.save wrote)"
+                raise CheckpointError(not_one) from error
             if unpickling and ("weights_only" in text or "Weights only" in text):
                 found = re.search(r"GLOBAL ([\w.]+)", text)
                 detail = f"it references {found.group(1)!r}" if found else "not only tensors"
@@ -696,8 +731,13 @@ class CheckpointManager:
         (``"latest"``, ``"best"`` or a path; ``"latest"`` falls back, with a warning, to the newest
         intact file); ``trusted=True`` allows pickled objects, which can run any code. Returns
         ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``. ``CheckpointError``: no
-        checkpoint, a damaged file, or a missing object; ``UnsafeCheckpointError``: pickled objects
-        and not ``trusted``; ``TypeError``: a bad ``which``."""
+        checkpoint, a damaged file, a missing object or a state that does not fit its object;
+        ``UnsafeCheckpointError``: pickled objects and not ``trusted``; ``TypeError``: a bad
+        ``which``; ``ValueError``: a ``map_location`` that is not a device here."""
+        if isinstance(map_location, str | torch.device):
+            device = as_device("map_location", map_location)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"map_location={map_location!r}: CUDA is not available here")
         self.wait()
         if not self._group:
             path, payload = self._select(which, map_location, trusted)
@@ -725,10 +765,18 @@ class CheckpointManager:
             holds = f"holds no state for {missing}; it holds {sorted(stored)}"
             raise CheckpointError(f"checkpoint {path} {holds}")
         for name, obj in objects.items():
-            _restore_object(name, obj, stored[name])
+            try:
+                _restore_object(name, obj, stored[name])
+            except CheckpointError:
+                raise
+            except RuntimeError as error:  # torch's size mismatches, missing or unexpected keys
+                fits = f"its {name!r} state does not fit the {type(obj).__name__} given"
+                raise CheckpointError(f"checkpoint {path}: {fits}: {error}") from error
         if restore_rng and payload.get("rng") is not None:
             restore_rng_state(payload["rng"])
         info = {key: payload.get(key) for key in ("epoch", "step", "batch_in_epoch")}
+        if isinstance(info["epoch"], int):  # a resume or a rewind: saves go on from here
+            self._last = (info["epoch"], info["batch_in_epoch"])
         extras = {key: dict(payload.get(key) or {}) for key in ("metrics", "extra")}
         return info | extras | {"path": path}
 

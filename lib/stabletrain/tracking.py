@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
 import time
 import warnings
@@ -64,6 +65,10 @@ def check_tracking_uri(uri: Any) -> str:
     scheme = found.group(1).split("+")[0].lower() if found else ""
     if len(scheme) > 1 and scheme.removesuffix("-uc") not in _SCHEMES:  # C: is a Windows drive
         raise ValueError(f"tracking_uri={uri!r} has an unknown scheme {scheme!r}; {_ACCEPTED}")
+    if re.fullmatch(r"sqlite[\w+]*://(/(file:)?:memory:.*)?/?", uri):
+        raise ValueError(f"tracking_uri={uri!r} is in memory, lost at exit: give sqlite:///<file>")
+    if (db := _sqlite_path(uri)) is not None and not db.absolute().parent.is_dir():
+        raise ValueError(f"tracking_uri={uri!r}: the folder {db.absolute().parent} does not exist")
     return uri
 
 
@@ -88,6 +93,18 @@ def default_artifact_root(tracking_uri: str | None = None) -> Path | None:
     """Artifact folder beside a SQLite store (``<folder>/mlartifacts``); ``None`` for servers."""
     db = _sqlite_path(tracking_uri or default_tracking_uri())
     return None if db is None else db.resolve().parent / "mlartifacts"
+
+
+_NAME = re.compile(r"(?!/)[/\w.\- :]{1,250}")  # MLflow's param, metric and tag names
+
+
+def _check_names(what: str, names: Any) -> None:
+    """``ValueError`` unless every name is one MLflow takes (its rules, checked before sending)."""
+    names = list(names)
+    path = [k for k in names if posixpath.normpath(k) != k or k == "." or k.startswith("..")]
+    if bad := [k for k in names if not _NAME.fullmatch(k)] + path:
+        rule = "at most 250 letters, digits, spaces and _ - . : /, not a path like 'a/../b'"
+        raise ValueError(f"{what} {bad[:3]} cannot be MLflow names: {rule}")
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -123,11 +140,16 @@ class MLflowTracker:
         log_figures: bool = True,
         verbose: bool = True,
     ) -> None:
-        if not isinstance(experiment, str) or not experiment:
+        if not isinstance(experiment, str) or not experiment.strip() or len(experiment) > 500:
             error = ValueError if isinstance(experiment, str) else TypeError
-            raise error(f"experiment must be a non-empty string, got {experiment!r}")
-        if not isinstance(run_name, str | None):
-            raise TypeError(f"run_name must be a string or None, got {run_name!r}")
+            rule = "experiment must be a non-empty string of <= 500 characters"
+            raise error(f"{rule}, got {type(experiment).__name__} {experiment!r:.60}")
+        if not isinstance(run_name, str | None) or (run_name is not None and not run_name.strip()):
+            error = ValueError if isinstance(run_name, str) else TypeError
+            raise error(f"run_name must be a string, not empty, or None, got {run_name!r}")
+        if not isinstance(tags, Mapping | None):
+            raise TypeError(f"tags must be a mapping of names to values or None, got {tags!r}")
+        _check_names("tags", map(str, tags or {}))
         self.flush_every = check_int("flush_every", flush_every, min=1)
         self.log_figures = check_bool("log_figures", log_figures)
         self.verbose = check_bool("verbose", verbose)
@@ -158,8 +180,12 @@ class MLflowTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log run parameters (nested mappings become ``a.b`` keys, values strings); a key logged
-        before with another value raises ``ValueError`` (a warning after a resume)."""
+        before with another value, or a key MLflow refuses, raises ``ValueError`` (a changed value:
+        a warning after a resume); ``TypeError``: ``params`` not a mapping."""
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping of names to values, got {params!r}"[:300])
         flat = _flatten(params)
+        _check_names("parameter(s)", flat)
         for key, value in flat.items():
             if (old := self._params.get(key, value)) == value:
                 continue
