@@ -659,7 +659,7 @@ def _range_test(**kwargs):
     model = torch.nn.Linear(2, 1)
     loader = [(torch.zeros(4, 2), torch.zeros(4, 1))]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    lr_range_test(model, opt, None, loader, **kwargs)
+    lr_range_test(model, opt, kwargs.pop("loss_fn", None), loader, **kwargs)
 
 
 def _tuning(fn, **kwargs):
@@ -804,7 +804,8 @@ SCHEDULER_CASES = [
     case("range-test-start-lr-str", lambda: _range_test(start_lr="1e-5"), TypeError, "start_lr must be a number"),
     case("range-test-smooth-true", lambda: _range_test(smooth=True), TypeError, "smooth must be a number"),
     case("range-test-update-str", lambda: _range_test(update="amp"), TypeError, "update must be a stabletrain Update"),
-    case("range-test-batch-fn", lambda: _range_test(batch_fn=3), TypeError, "batch_fn must be callable"),
+    case("range-test-batch-fn", lambda: _range_test(batch_fn=3), TypeError, "batch_fn must be a callable instance"),
+    case("range-test-loss-class", lambda: _range_test(loss_fn=__import__("torch").nn.MSELoss), TypeError, "loss_fn must be a callable instance such as torch.nn.MSELoss(), got the class MSELoss"),
     case("range-test-unknown-kw", lambda: _range_test(num_iter=5), TypeError, "unexpected keyword argument 'num_iter'"),
     case("moving-average-bool", lambda: __import__("stabletrain.lr_finder").lr_finder.MovingAverage(True), TypeError, "smooth must be a number"),
     case("tuning-run-lr-true", lambda: _tuning("tuning_run", lr=True), TypeError, "lr must be a number"),

@@ -6,6 +6,8 @@ number, a string never a number or a bool; a 0-d tensor or array of a number cou
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import numbers
 import os
@@ -157,6 +159,28 @@ def check_folder(name: str, value: Any, *, writable: bool = False) -> Path:
         where = "" if existing == path else f" (in {existing}, which is not)"
         raise ValueError(f"{name} {path} is not writable{where}: give a folder you can write to")
     return path
+
+
+def did_you_mean(word: Any, choices: Collection) -> str:
+    """``"did you mean 'x'?"`` for the choice nearest to ``word`` (``""`` if none is near)."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices if c is not None], n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def check_callable(name: str, value: Any, *, optional: bool = True) -> Any:
+    """``value`` if it is callable (or ``None`` with ``optional``), else ``TypeError``."""
+    if callable(value) or (value is None and optional):
+        return value
+    raise TypeError(f"{name} must be callable{' or None' if optional else ''}, got {value!r}")
+
+
+def check_keywords(where: str, kwargs: Mapping, fn: Callable, taken: Collection[str] = ()) -> None:
+    """``TypeError`` for a keyword that ``fn`` does not take (or ``where`` sets, ``taken``)."""
+    params = inspect.signature(fn).parameters.items()
+    accepted = [n for n, p in params if p.kind is p.KEYWORD_ONLY and n not in taken]
+    if unknown := [k for k in kwargs if k not in accepted]:
+        hint = f"{did_you_mean(unknown[0], accepted)} ".lstrip()
+        raise TypeError(f"{where}() got unknown keyword(s) {unknown}; {hint}accepted: {accepted}")
 
 
 def check_config_value(check: Callable[..., Any], name: str, value: Any, **bounds: Any) -> Any:

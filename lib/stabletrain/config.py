@@ -11,7 +11,6 @@ the message rewriting they would need (pydantic accepts ``'false'`` for a bool u
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import math
 import os
@@ -28,7 +27,15 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .amp import DTYPES, MixedPrecision
 from .callbacks import Callback
 from .checkpoint import _STRATEGY_ALIASES, STRATEGIES, CheckpointManager
-from .checks import check_bool, check_choice, check_config_value, check_float, check_int, check_keys
+from .checks import (
+    check_bool,
+    check_choice,
+    check_config_value,
+    check_float,
+    check_int,
+    check_keys,
+    did_you_mean,
+)
 from .data import SHAPES, make_loaders
 from .deep_supervision import _DEFAULTS as _SCHEDULE_PARAMS
 from .deep_supervision import DeepSupervisionLoss
@@ -112,8 +119,7 @@ _MAX_BYTES, _MAX_NODES = 2**20, 100_000  # a config file's size; YAML nodes, ali
 
 
 def _hint(word: Any, choices: Collection) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices if c is not None], n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f"; {hint}" if (hint := did_you_mean(word, choices)) else ""
 
 
 def _keys(name: str, mapping: Any, allowed: Collection[str]) -> None:

@@ -6,11 +6,9 @@ everything is put back bit for bit. :func:`suggest_lr` reads a centred smoothing
 from __future__ import annotations
 
 import copy
-import difflib
-import inspect
 import math
 import warnings
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +20,15 @@ from torch import nn
 
 from .checks import check_choice, check_float, check_int
 from .distributed import mean_across_ranks
-from .loop import _forward, compute_loss, default_loss, outputs_to_float32, split_batch, to_device
+from .loop import (
+    _check_callable,
+    _forward,
+    compute_loss,
+    default_loss,
+    outputs_to_float32,
+    split_batch,
+    to_device,
+)
 from .update import Update
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
 
@@ -32,23 +38,6 @@ _NO_DESCENT = (
     "the loss never fell during the LR range test, so there is no suggestion "
     "(try a lower start_lr, more num_iters or check the data/loss)"
 )
-
-
-def check_callable(name: str, value: Any, *, optional: bool = True) -> Any:
-    """``value`` if it is callable (or ``None`` with ``optional``), else ``TypeError``."""
-    if callable(value) or (value is None and optional):
-        return value
-    raise TypeError(f"{name} must be callable{' or None' if optional else ''}, got {value!r}")
-
-
-def check_keywords(where: str, kwargs: Mapping, fn: Callable, taken: Collection[str] = ()) -> None:
-    """``TypeError`` for a keyword that ``fn`` does not take (or ``where`` sets, ``taken``)."""
-    params = inspect.signature(fn).parameters.items()
-    accepted = [n for n, p in params if p.kind is p.KEYWORD_ONLY and n not in taken]
-    if unknown := [k for k in kwargs if k not in accepted]:
-        close = difflib.get_close_matches(str(unknown[0]), accepted, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise TypeError(f"{where}() got unknown keyword(s) {unknown}; {hint}accepted: {accepted}")
 
 
 class MovingAverage:
@@ -297,8 +286,8 @@ def lr_range_test(
     check_float("smooth", smooth, min=0, max=1, low_open=True)
     check_float("diverge_threshold", diverge_threshold, min=1, low_open=True, finite=False)
     check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
-    check_callable("loss_fn", loss_fn)
-    check_callable("batch_fn", batch_fn)
+    _check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")  # fit's rule
+    _check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
     if update is not None and not isinstance(update, Update):
         raise TypeError(f"update must be a stabletrain Update or None, got {update!r}")
     if update is None:

@@ -14,7 +14,6 @@ out-of-range values and one of another number of groups."""
 from __future__ import annotations
 
 import copy
-import difflib
 import inspect
 import math
 import numbers
@@ -30,7 +29,14 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from .checks import check_bool, check_choice, check_config_value, check_float, check_int
+from .checks import (
+    check_bool,
+    check_choice,
+    check_config_value,
+    check_float,
+    check_int,
+    did_you_mean,
+)
 
 # this module's values come from configurations: a wrong type is a ValueError too
 _int, _float, _bool = (partial(check_config_value, c) for c in (check_int, check_float, check_bool))
@@ -41,8 +47,7 @@ _PER_GROUP = ("base_lrs", "min_lrs", "warmup_start_lrs", "current_lrs", "targets
 
 
 def _did_you_mean(key: Any, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(key), names, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
+    return f"{did_you_mean(key, names)} ".lstrip()
 
 
 def _one_for_all(name: str, values: list[Any]) -> Any:

@@ -22,10 +22,10 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .callbacks import Callback, TrainContext
-from .checks import check_float, check_int
+from .checks import check_callable, check_float, check_int, check_keywords
 from .history import History
 from .loop import fit
-from .lr_finder import LRRangeTestResult, check_callable, check_keywords, lr_range_test
+from .lr_finder import LRRangeTestResult, lr_range_test
 from .metrics import metric_mode
 from .schedulers import build_scheduler
 from .utils import seed_everything
