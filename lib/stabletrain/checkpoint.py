@@ -1,9 +1,8 @@
 """Checkpoints that survive crashes, resume bit for bit and load safely: one ``torch.save`` file of
-tensors and plain values per checkpoint (``weights_only=True`` loads it; format ``/2`` embeds a
-CRC-32 of the payload, ``/1`` files still load). A save writes ``.tmp-<name>-<pid>``, fsyncs and
-renames it, rewrites ``manifest.json`` (an index, rebuilt from the files when damaged) the same way,
-fsyncs the folder, then deletes dropped files. One writer per folder (``flock`` on ``.lock``);
-readers change nothing."""
+tensors and plain values each (``weights_only=True`` loads it; format ``/2`` embeds a CRC-32, ``/1``
+still loads), written to ``.tmp-<name>-<pid>``, fsynced and renamed, then ``manifest.json`` (an
+index, rebuilt from the files when damaged) the same way. One writer per folder (``flock`` on
+``.lock``); readers change nothing."""
 
 from __future__ import annotations
 
@@ -47,8 +46,7 @@ _STALE_AFTER_S = 24 * 3600.0  # a temporary file this old is stale whoever wrote
 _ROLES = ("regular", "best", "resume")
 _PLAIN_LEAVES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
 _FIELDS = ("name", "seq", "epoch", "step", "batch_in_epoch", "metrics", "value", "roles")
-_FIELDS += ("checksum", "crc32", "size", "time")  # of a manifest entry, in order
-# The JSON types of a manifest entry's fields (``type(True)`` is not ``int``); "time" is lenient.
+_FIELDS += ("checksum", "crc32", "size", "time")  # of a manifest entry, in order; their types:
 _TYPES = {"name": (str,), "seq": (int,), "epoch": (int,), "metrics": (dict,), "roles": (list,)}
 _TYPES |= dict.fromkeys(("step", "batch_in_epoch", "checksum", "crc32", "size"), (int, type(None)))
 _TYPES["value"] = (int, float)
@@ -115,17 +113,6 @@ def _object_state(name: str, obj: Any) -> Any:
         hint = "pass objects with state_dict()/load_state_dict() or a torch.Generator"
         raise TypeError(f"object {name!r} ({type(obj).__name__}) has no state_dict(); {hint}")
     return obj.state_dict()
-
-
-def _restore_object(name: str, obj: Any, state: Any) -> None:
-    if isinstance(obj, torch.Generator):
-        if not isinstance(state, Mapping) or "generator_state" not in state:
-            raise CheckpointError(f"object {name!r} in the checkpoint is not a generator state")
-        obj.set_state(state["generator_state"])
-    elif callable(getattr(obj, "load_state_dict", None)):
-        obj.load_state_dict(state)
-    else:
-        raise TypeError(f"object {name!r} ({type(obj).__name__}) has no load_state_dict()")
 
 
 def payload_checksum(item: Any, crc: int = 0) -> int:
@@ -237,12 +224,10 @@ class _FolderLock:
         with self._guard:
             self.owner = None
             self.close()
-            if self._held.get(self.key) is self:
-                del self._held[self.key]
+            self._held.pop(self.key, None)
 
 
 def _point(epoch: int, batch_in_epoch: int | None) -> tuple[int, float]:
-    """Where a save is in training: an epoch's end comes after its mid-epoch points."""
     return epoch, math.inf if batch_in_epoch is None else batch_in_epoch
 
 
@@ -259,18 +244,12 @@ class CheckpointManager:
     more than ``min_improvement`` relatively, and when ``epoch >= total_epochs - ceil(total_epochs /
     10)``; ``time`` every ``every_n_minutes``. The others keep the newest ``max_keep``. ``save(...,
     batch_in_epoch=k)`` writes a mid-epoch resume point (``fit``: every ``every_n_steps`` steps),
-    kept only while latest, outside ``max_keep``. ``async_save`` writes from a thread
-    (:meth:`wait`); ``durable`` fsyncs; a ``read_only`` manager takes no lock, changes nothing and
-    re-reads the folder on every query; ``mode=None``: the direction of ``monitor``
-    (:func:`~stabletrain.metrics.metric_mode`). ``CheckpointLockedError``: another process holds
-    the folder's lock; ``ValueError``: a bad argument (``time`` needs ``every_n_minutes``,
-    ``improvement_or_final`` ``total_epochs``; a writer needs a writable folder).
-
-    In a process group (made before the manager) :meth:`save`, :meth:`load` and
-    :meth:`checkpoints` are collectives, called on every rank: rank 0 decides (from the metrics,
-    which ``fit`` reduces across ranks), writes and chooses the file to load; ``save`` returns on
-    every rank once the file is durable (a save in the background is waited for); each rank's RNG
-    and :data:`PER_RANK` states are stored, and restored, per rank."""
+    kept only while latest. ``async_save`` writes from a thread (:meth:`wait`); ``durable`` fsyncs;
+    a ``read_only`` manager takes no lock, changes nothing and re-reads the folder on every query;
+    ``mode=None``: the direction of ``monitor``. ``CheckpointLockedError``: another process writes
+    the folder. In a process group (made before the manager) :meth:`save`, :meth:`load` and
+    :meth:`checkpoints` are collectives: rank 0 decides, writes and chooses the file to load;
+    ``save`` returns once the file is durable; RNG and :data:`PER_RANK` states are kept per rank."""
 
     def __init__(
         self,
@@ -326,10 +305,9 @@ class CheckpointManager:
         self._group = is_distributed()  # rank 0 writes and decides; the other ranks follow it
         self._last: tuple[int, int | None] | None = None  # (epoch, batch_in_epoch) saved/loaded
         if not self.read_only and is_main():
+            check_folder("directory", self.directory, writable=True)
             try:
-                check_folder("directory", self.directory, writable=True).mkdir(
-                    parents=True, exist_ok=True
-                )
+                self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise ValueError(f"directory {self.directory} cannot be created: {error}") from None
             self._lock = _FolderLock.acquire(self.directory, self)
@@ -446,7 +424,6 @@ class CheckpointManager:
         return None
 
     def _adopt(self, path: Path) -> dict[str, Any] | None:
-        """The entry of an intact file the manifest does not know, else ``None``."""
         try:
             payload = self._read(path, None, "cpu", trusted=False)
             size = path.stat().st_size
@@ -488,7 +465,6 @@ class CheckpointManager:
         return sorted(candidates, key=self._rank)[: self.max_keep]
 
     def _plan_roles(self, epoch: int, value: float, seq: int) -> list[str] | None:
-        """Roles of a new end-of-epoch checkpoint, or ``None`` if the strategy skips it."""
         if self.strategy in _STRATEGY_ROLES:
             new = {"value": value, "seq": seq, "roles": ["best"]}
             regular = ["regular"] if self.strategy == "all" else []
@@ -528,12 +504,9 @@ class CheckpointManager:
     ) -> Path | None:
         """Checkpoint ``objects`` (with ``state_dict()``, or ``torch.Generator``) after ``epoch`` if
         the strategy says so, or, with ``batch_in_epoch`` (batches of ``epoch`` done), as a
-        mid-epoch resume point. ``step`` and ``extra`` (plain values) come back from :meth:`load`.
-        Returns the path (complete after :meth:`wait`) or ``None`` if skipped. ``TypeError``: an
-        object without ``state_dict()``, a non-plain state, ``metrics`` not a mapping or its
-        ``monitor`` not a number; ``ValueError``: a negative ``epoch``, ``step`` or
-        ``batch_in_epoch``, a missing ``monitor`` metric, or a point before this manager's last
-        save or :meth:`load` (epoch 0 starts a new run)."""
+        mid-epoch resume point; ``step`` and ``extra`` (plain values) come back from :meth:`load`.
+        Returns the path (complete after :meth:`wait`) or ``None`` if skipped; refuses a point
+        before this manager's last save or :meth:`load` (epoch 0 starts a new run)."""
         epoch = check_int("epoch", epoch, min=0)
         step = check_int("step", step, min=0, optional=True)
         batch_in_epoch = check_int("batch_in_epoch", batch_in_epoch, min=0, optional=True)
@@ -544,39 +517,30 @@ class CheckpointManager:
             at = f"epoch={epoch}, batch_in_epoch={batch_in_epoch}"
             back = f"save({at}) is behind this manager's last save or load {self._last}"
             raise ValueError(f"{back}: load() a checkpoint to go back (epoch 0 starts a new run)")
-        options = {"step": step, "batch_in_epoch": batch_in_epoch, "extra": extra}
-        if self._group:
-            path = self._save_in_group(epoch, metrics, options, objects)
-        else:
-            path = self._save(epoch, metrics, options, objects)
+        objects = {key: obj for key, obj in objects.items() if obj is not None}
+        point = (epoch, metrics, step, batch_in_epoch, extra, objects)
+        if not self._group:
+            path = self._save(*point)
+        else:  # every rank's RNG and PER_RANK states go to rank 0, which saves; its outcome to all
+            mine = {key: _object_state(key, obj) for key, obj in objects.items() if key in PER_RANK}
+            ranks = gather({"rng": capture_rng_state(), "objects": mine})
+            path = error = None
+            if is_main():
+                try:
+                    path = self._save(*point, per_rank=ranks)
+                    self.wait()  # durable before any rank goes on
+                except Exception as failure:
+                    error = failure
+            failed = None if error is None else f"{type(error).__name__}: {error}"
+            path, failed = broadcast((path, failed))
+            if error is not None:
+                raise error
+            if failed is not None:
+                raise CheckpointError(f"rank 0 could not save the checkpoint: {failed}")
         self._last = (epoch, batch_in_epoch)
         return path
 
-    def _save_in_group(self, epoch: int, metrics: Any, options: dict, objects: dict) -> Path | None:
-        """Every rank's RNG and :data:`PER_RANK` states to rank 0, which saves; its outcome to all."""
-        mine = {
-            k: _object_state(k, v) for k, v in objects.items() if k in PER_RANK and v is not None
-        }
-        ranks = gather({"rng": capture_rng_state(), "objects": mine})
-        path, error = None, None
-        if is_main():
-            try:
-                path = self._save(epoch, metrics, options, objects, per_rank=ranks)
-                self.wait()  # durable before any rank goes on
-            except Exception as failure:
-                error = failure
-        failed = None if error is None else f"{type(error).__name__}: {error}"
-        path, failed = broadcast((path, failed))
-        if error is not None:
-            raise error
-        if failed is not None:
-            raise CheckpointError(f"rank 0 could not save the checkpoint: {failed}")
-        return path
-
-    def _save(
-        self, epoch: int, metrics: Any, options: dict, objects: dict, per_rank: list | None = None
-    ) -> Path | None:
-        step, batch_in_epoch, extra = options["step"], options["batch_in_epoch"], options["extra"]
+    def _save(self, epoch, metrics, step, batch_in_epoch, extra, objects, per_rank=None) -> Any:
         if not self._writing():  # a read_only manager never writes
             why = "opened read_only" if self.read_only else "closed, or a newer manager took over"
             raise CheckpointError(f"this manager of {self.directory} cannot save: it was {why}")
@@ -599,7 +563,7 @@ class CheckpointManager:
         else:
             value, roles = math.nan, ["resume"]
             name = f"epoch-{epoch:04d}-step-{int(step or 0):07d}.pt"
-        states = {key: _object_state(key, obj) for key, obj in objects.items() if obj is not None}
+        states = {key: _object_state(key, obj) for key, obj in objects.items()}
         payload = {"format": FORMAT, "seq": seq, "epoch": epoch, "step": step}
         payload |= {"batch_in_epoch": batch_in_epoch, "metrics": plain}
         payload |= {"extra": _check_plain(dict(extra or {}), "extra"), "time": self._clock()}
@@ -731,30 +695,23 @@ class CheckpointManager:
         (``"latest"``, ``"best"`` or a path; ``"latest"`` falls back, with a warning, to the newest
         intact file); ``trusted=True`` allows pickled objects, which can run any code. Returns
         ``{"epoch", "step", "batch_in_epoch", "metrics", "extra", "path"}``. ``CheckpointError``: no
-        checkpoint, a damaged file, a missing object or a state that does not fit its object;
-        ``UnsafeCheckpointError``: pickled objects and not ``trusted``; ``TypeError``: a bad
-        ``which``; ``ValueError``: a ``map_location`` that is not a device here."""
+        checkpoint, a damaged file, a missing object or a state that does not fit its object."""
         if isinstance(map_location, str | torch.device):
             device = as_device("map_location", map_location)
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ValueError(f"map_location={map_location!r}: CUDA is not available here")
         self.wait()
-        if not self._group:
-            path, payload = self._select(which, map_location, trusted)
-        else:  # rank 0 chooses the file (or fails) for every rank
-            choice = error = None
-            if is_main():
-                try:
-                    path, payload = self._select(which, map_location, trusted)
-                    choice = str(path)
-                except (CheckpointError, TypeError) as failure:
-                    error = failure
-            choice, error = broadcast((choice, error))
-            if error is not None:
-                raise error
-            if not is_main():
-                path = Path(choice)
-                payload = self._read(path, None, map_location, trusted)
+        path = payload = error = None
+        if not self._group or is_main():  # in a process group rank 0 chooses for every rank
+            try:
+                path, payload = self._select(which, map_location, trusted)
+            except (CheckpointError, TypeError) as failure:
+                error = failure
+        path, error = broadcast((path, error)) if self._group else (path, error)
+        if error is not None:
+            raise error
+        if payload is None:  # a rank other than 0 reads the file rank 0 chose
+            payload = self._read(path, None, map_location, trusted)
         stored = payload.get("objects", {})
         if payload.get("per_rank") is not None:  # this rank's own states
             own = payload["per_rank"][rank()] if rank() < len(payload["per_rank"]) else {}
@@ -765,10 +722,13 @@ class CheckpointManager:
             holds = f"holds no state for {missing}; it holds {sorted(stored)}"
             raise CheckpointError(f"checkpoint {path} {holds}")
         for name, obj in objects.items():
+            state, generator = stored[name], isinstance(obj, torch.Generator)
+            if generator and not (isinstance(state, Mapping) and "generator_state" in state):
+                raise CheckpointError(f"object {name!r} in the checkpoint is not a generator state")
+            if not generator and not callable(getattr(obj, "load_state_dict", None)):
+                raise TypeError(f"object {name!r} ({type(obj).__name__}) has no load_state_dict()")
             try:
-                _restore_object(name, obj, stored[name])
-            except CheckpointError:
-                raise
+                obj.set_state(state["generator_state"]) if generator else obj.load_state_dict(state)
             except RuntimeError as error:  # torch's size mismatches, missing or unexpected keys
                 fits = f"its {name!r} state does not fit the {type(obj).__name__} given"
                 raise CheckpointError(f"checkpoint {path}: {fits}: {error}") from error
@@ -781,7 +741,6 @@ class CheckpointManager:
         return info | extras | {"path": path}
 
     def _select(self, which: Any, map_location: Any, trusted: bool) -> tuple[Path, dict]:
-        """The file ``which`` names (``"latest"``: the newest intact one) and its payload."""
         if which in ("latest", "best"):
             entries = sorted(self._current(), key=_SEQ, reverse=True)
             if not entries:
