@@ -727,8 +727,9 @@ class CheckpointManager:
                 raise CheckpointError(f"object {name!r} in the checkpoint is not a generator state")
             if not generator and not callable(getattr(obj, "load_state_dict", None)):
                 raise TypeError(f"object {name!r} ({type(obj).__name__}) has no load_state_dict()")
+            restore = obj.set_state if generator else obj.load_state_dict
             try:
-                obj.set_state(state["generator_state"]) if generator else obj.load_state_dict(state)
+                restore(state["generator_state"] if generator else state)
             except RuntimeError as error:  # torch's size mismatches, missing or unexpected keys
                 fits = f"its {name!r} state does not fit the {type(obj).__name__} given"
                 raise CheckpointError(f"checkpoint {path}: {fits}: {error}") from error
