@@ -518,25 +518,23 @@ class CheckpointManager:
             back = f"save({at}) is behind this manager's last save or load {self._last}"
             raise ValueError(f"{back}: load() a checkpoint to go back (epoch 0 starts a new run)")
         objects = {key: obj for key, obj in objects.items() if obj is not None}
-        point = (epoch, metrics, step, batch_in_epoch, extra, objects)
+        args = (epoch, metrics, step, batch_in_epoch, extra, objects)
         if not self._group:
-            path = self._save(*point)
+            path = self._save(*args)
         else:  # every rank's RNG and PER_RANK states go to rank 0, which saves; its outcome to all
             mine = {key: _object_state(key, obj) for key, obj in objects.items() if key in PER_RANK}
             ranks = gather({"rng": capture_rng_state(), "objects": mine})
             path = error = None
             if is_main():
                 try:
-                    path = self._save(*point, per_rank=ranks)
+                    path = self._save(*args, per_rank=ranks)
                     self.wait()  # durable before any rank goes on
                 except Exception as failure:
                     error = failure
             failed = None if error is None else f"{type(error).__name__}: {error}"
             path, failed = broadcast((path, failed))
-            if error is not None:
-                raise error
-            if failed is not None:
-                raise CheckpointError(f"rank 0 could not save the checkpoint: {failed}")
+            if failed is not None:  # rank 0 raises its own error, the others say it failed
+                raise error or CheckpointError(f"rank 0 could not save the checkpoint: {failed}")
         self._last = (epoch, batch_in_epoch)
         return path
 
@@ -638,9 +636,7 @@ class CheckpointManager:
             for e in entries
         ]
 
-    def _read(
-        self, path: Path, entry: Mapping[str, Any] | None, map_location: Any, trusted: bool
-    ) -> dict[str, Any]:
+    def _read(self, path: Path, entry: dict | None, map_location: Any, trusted: bool) -> dict:
         try:
             size = path.stat().st_size
         except FileNotFoundError:
