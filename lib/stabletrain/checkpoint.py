@@ -231,10 +231,6 @@ def _point(epoch: int, batch_in_epoch: int | None) -> tuple[int, float]:
     return epoch, math.inf if batch_in_epoch is None else batch_in_epoch
 
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 class CheckpointManager:
     """Decide when to checkpoint, write durably, keep the right files, load safely. Strategies
     (epochs from 0; ``v = metrics[monitor]``; a non-finite ``v`` is never best): ``best`` writes
@@ -461,7 +457,7 @@ class CheckpointManager:
         return (entry["value"] if self.mode == "min" else -entry["value"], entry["seq"])
 
     def _top(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        candidates = [e for e in entries if "best" in e["roles"] and _finite(e["value"])]
+        candidates = [e for e in entries if "best" in e["roles"] and math.isfinite(e["value"])]
         return sorted(candidates, key=self._rank)[: self.max_keep]
 
     def _plan_roles(self, epoch: int, value: float, seq: int) -> list[str] | None:
@@ -474,7 +470,7 @@ class CheckpointManager:
             ref = last["value"] if last else math.nan
             gain = (ref - value if self.mode == "min" else value - ref) / (abs(ref) or 1.0)
             threshold = self.min_improvement if ref else 0
-            improved = _finite(value) and (not _finite(ref) or gain > threshold)
+            improved = math.isfinite(value) and (not math.isfinite(ref) or gain > threshold)
             write = improved or epoch >= self.total_epochs - math.ceil(self.total_epochs / 10)
         elif self.strategy == "time":
             since = last["time"] if last is not None else self._created
@@ -611,7 +607,7 @@ class CheckpointManager:
             raise CheckpointError(f"background checkpoint save failed: {error}") from error
 
     def _best(self, entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-        return min((e for e in entries if _finite(e["value"])), key=self._rank, default=None)
+        return min((e for e in entries if math.isfinite(e["value"])), key=self._rank, default=None)
 
     @property
     def best_path(self) -> Path | None:
