@@ -2,14 +2,10 @@ r"""Learning-rate schedulers: real ``LRScheduler`` subclasses, stepped once per 
 
 Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``initial_lr``
 if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
-:math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (absolute, one or per group)
-or ``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
+:math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (one or per group) or
+``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
 lr = a + (b − a)s/W, a = ``warmup_start_lr`` (≤ b) or (not both) ``warmup_start_factor`` (in
-(0, 1], 0.01) × b.
-Types with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
-A group added by ``add_param_group`` follows the schedule from its first ``step()`` with its own
-b. ``load_state_dict`` refuses another type's state, missing, unknown or wrongly typed fields,
-out-of-range values and one of another number of groups."""
+(0, 1], 0.01) × b. Types with ``metric_driven = True`` also take ``step(metric)``."""
 
 from __future__ import annotations
 
@@ -29,21 +25,20 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from .checks import (
-    check_bool,
-    check_choice,
-    check_config_value,
-    check_float,
-    check_int,
-    did_you_mean,
-)
+from . import checks
+from .checks import check_choice, check_config_value, check_float, check_int, did_you_mean
 
 # this module's values come from configurations: a wrong type is a ValueError too
-_int, _float, _bool = (partial(check_config_value, c) for c in (check_int, check_float, check_bool))
+_int, _float, _bool = (
+    partial(check_config_value, c) for c in (check_int, check_float, checks.check_bool)
+)
+_start_factor = partial(_float, "warmup_start_factor", min=0, max=1, low_open=True)
 _CLASS_KEY = "scheduler_class"  # in every state_dict(): the type it belongs to
 # torch's own fields, in some versions or only once torch stepped: no unknown keys in a state
 _TORCH_FIELDS = ("verbose", "_get_lr_called_within_step", "_is_initial", "_step_count", "_last_lr")
 _PER_GROUP = ("base_lrs", "min_lrs", "warmup_start_lrs", "current_lrs", "targets", "momenta")
+_KINDS = ((bool, "a bool"), ((numbers.Real, torch.Tensor), "a number"), (str, "a str"))
+_KINDS += ((Mapping, "a mapping"), ((list, tuple), "a list"))
 
 
 def _did_you_mean(key: Any, names: Sequence[str]) -> str:
@@ -59,17 +54,11 @@ def _one_for_all(name: str, values: list[Any]) -> Any:
 
 
 def _kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "a bool"
-    if isinstance(value, numbers.Real) or torch.is_tensor(value):
-        return "a number"
-    kinds = ((str, "a str"), (Mapping, "a mapping"), (list | tuple, "a list"))
-    return next((kind for t, kind in kinds if isinstance(value, t)), None)
+    return next((kind for t, kind in _KINDS if isinstance(value, t)), None)
 
 
 def _check_field(name: str, current: Any, value: Any) -> None:
-    """``value`` of the kind of ``current`` (bool, number, str, list, mapping), recursively;
-    ``None`` on either side: anything goes."""
+    """``value`` of the kind of ``current``, recursively; ``None`` on either side: anything."""
     kind = _kind(current)
     if kind is not None and value is not None and _kind(value) != kind:
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
@@ -82,8 +71,7 @@ def _check_field(name: str, current: Any, value: Any) -> None:
 
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
-    """A number >= 0, or a sequence (or array) of one per parameter group, as a list of floats
-    (or None)."""
+    """A number >= 0 or one per parameter group (a sequence or array) as floats, or None."""
     value = value.tolist() if isinstance(value, np.ndarray | torch.Tensor) else value
     if value is None or not isinstance(value, Sequence) or isinstance(value, str):
         return None if value is None else [_float(name, value, min=0)] * groups
@@ -126,24 +114,22 @@ class _Schedule(LRScheduler):
     metric_driven: bool = False
     _needs_total: bool = False
     warmup_start_lrs: list[float] | None = None
-    _state_exclude: tuple[str, ...] = ("optimizer",)
+    _state_exclude: tuple[str, ...] = ("optimizer", "_fields")
 
     def __init__(self, optimizer: Optimizer) -> None:
         self._fields = (*self.__dict__, "last_epoch", "base_lrs")  # what a state must hold
         super().__init__(optimizer)
 
     def _own_state(self) -> dict[str, Any]:
-        skip = (*self._state_exclude, "_fields")
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        return {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
 
     def state_dict(self) -> dict[str, Any]:
         return {**copy.deepcopy(self._own_state()), _CLASS_KEY: type(self).__name__}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a ``state_dict()`` of this type (also one saved without ``scheduler_class``);
-        ``ValueError``: another type's, fields missing or unknown, per-group lists not one per
-        group of the optimizer, LRs not finite and >= 0, steps out of range; ``TypeError``: a
-        field's type."""
+        """Load a ``state_dict()`` of this type (or one without ``scheduler_class``). ``TypeError``:
+        a field's type; ``ValueError``: another type's state, fields missing or unknown, another
+        number of groups, LRs not finite and >= 0, steps out of range."""
         name = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name} state_dict must be a mapping, got {type(state_dict).__name__}")
@@ -152,15 +138,15 @@ class _Schedule(LRScheduler):
             raise ValueError(
                 f"this state_dict belongs to a {owner!r} scheduler, not to this {name}"
             )
-        check_int(f"{name} state_dict['last_epoch']", state.get("last_epoch", 0), min=-1)
+        field = f"{name} state_dict[{{!r}}]".format
+        check_int(field("last_epoch"), state.get("last_epoch", 0), min=-1)
         current = self._own_state()
         if missing := [k for k in current if k in self._fields and k not in state]:
             raise ValueError(f"{name} state_dict lacks {missing} (another scheduler's state?)")
         if unknown := sorted(set(state) - set(current) - set(_TORCH_FIELDS)):
             raise ValueError(f"{name} state_dict has unknown fields {unknown} (another type's?)")
         for key in set(state) & set(current):
-            _check_field(f"{name} state_dict[{key!r}]", current[key], state[key])
-        field = f"{name} state_dict[{{!r}}]".format
+            _check_field(field(key), current[key], state[key])
         groups = len(self.optimizer.param_groups)
         for key in [k for k in _PER_GROUP if state.get(k) is not None]:
             if len(state[key]) != groups:
@@ -175,17 +161,15 @@ class _Schedule(LRScheduler):
 
     def _adopt_new_groups(self) -> None:
         """Groups added by ``add_param_group``: base LR their ``initial_lr`` (else ``lr``)."""
-        for i, group in enumerate(self.optimizer.param_groups):
-            if i >= len(self.base_lrs):
-                b = float(group.setdefault("initial_lr", group["lr"]))
-                self.base_lrs.append(check_float(f"param_groups[{i}] lr", b, min=0))
-                self._new_group(i, b)
+        for i, group in list(enumerate(self.optimizer.param_groups))[len(self.base_lrs) :]:
+            b = float(group.setdefault("initial_lr", group["lr"]))
+            self.base_lrs.append(check_float(f"param_groups[{i}] lr", b, min=0))
+            self._new_group(i, b)
 
     def _new_group(self, i: int, b: float) -> None:
         """Extend the per-group state for group ``i`` (base LR ``b``)."""
 
     def _warmup_lr(self, s: int, i: int, b: float) -> float:
-        """Linear warmup: ``a + (b - a) s / W``, a = ``warmup_start_lrs[i]`` or factor × b."""
         starts = self.warmup_start_lrs
         a = starts[i] if starts is not None else self.warmup_start_factor * b
         return a + (b - a) * s / self.warmup_steps
@@ -216,25 +200,17 @@ class _Schedule(LRScheduler):
         metric-driven: an int is torch's ``epoch`` (``SequentialLR``), other metrics raise."""
         self._adopt_new_groups()
         if metric is not None and self.metric_driven:
-            if torch.is_tensor(metric) and metric.numel() != 1:
+            if not torch.is_tensor(metric):
+                metric = check_float("metric", metric, finite=False)
+            elif metric.numel() != 1:
                 shape = f"a tensor of shape {tuple(metric.shape)}"
                 raise TypeError(f"metric must be a number or a one-element tensor, got {shape}")
-            self._report(
-                metric if torch.is_tensor(metric) else check_float("metric", metric, finite=False)
-            )
+            self._report(metric)
         elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
             super().step(metric)
         else:
             message = f"{type(self).__name__} is not metric-driven: call step() without a metric"
             raise ValueError(f"{message} (got {metric!r})")
-
-
-def _at_most_lr(i: int, b: float, eta: float, start: float | None) -> None:
-    """Group ``i``'s floor ``eta`` and warmup ``start`` are at most its lr ``b``: warmup rises."""
-    check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
-    check_float(
-        f"warmup_start_lr of param_groups[{i}] (at most its lr)", start, max=b, optional=True
-    )
 
 
 class _WarmupSchedule(_Schedule):
@@ -261,24 +237,30 @@ class _WarmupSchedule(_Schedule):
             both = f"got {warmup_start_lr=}, {warmup_start_factor=}"
             raise ValueError(f"give warmup_start_lr or warmup_start_factor, not both; {both}")
         factor = 0.01 if warmup_start_factor is None else warmup_start_factor
-        self.warmup_start_factor = _float(
-            "warmup_start_factor", factor, min=0, max=1, low_open=True
-        )
+        self.warmup_start_factor = _start_factor(factor)
         ratio = _float("min_lr_ratio", min_lr_ratio, min=0, max=1)
         if min_lr is not None and ratio != 0.0:
             both = f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
             raise ValueError(f"give min_lr or min_lr_ratio (alias alpha), not both; {both}")
         self.min_lrs = _per_group("min_lr", min_lr, len(bases)) or [ratio * b for b in bases]
         for i, (b, a) in enumerate(zip(bases, self.warmup_start_lrs or [None] * len(bases))):
-            _at_most_lr(i, b, self.min_lrs[i], a)
+            self._at_most_lr(i, b, self.min_lrs[i], a)
         self.min_lr_ratio = ratio
         super().__init__(optimizer)
+
+    @staticmethod
+    def _at_most_lr(i: int, b: float, eta: float, start: float | None) -> None:
+        """Group ``i``'s floor ``eta`` and warmup ``start`` are at most its lr ``b``."""
+        for name, value in (("min_lr", eta), ("warmup_start_lr", start)):
+            check_float(
+                f"{name} of param_groups[{i}] (at most its lr)", value, max=b, optional=True
+            )
 
     def _new_group(self, i: int, b: float) -> None:
         eta = self.min_lr_ratio * b if self.min_lr_ratio else _one_for_all("min_lr", self.min_lrs)
         starts = self.warmup_start_lrs
         a = None if starts is None else _one_for_all("warmup_start_lr", starts)
-        _at_most_lr(i, b, eta, a)
+        self._at_most_lr(i, b, eta, a)
         self.min_lrs.append(eta)
         if starts is not None:
             starts.append(a)
@@ -469,15 +451,10 @@ class OneCycle(_WarmupSchedule):
 
     def _anneal(self, s: int, values: Mapping[str, float], lr: bool) -> float:
         """``OneCycleLR``'s value in the phase of step ``s`` (the last phase past its end)."""
-        start_step = 0.0
-        for phase in self._phases[:-1]:
-            if s <= phase[0]:
-                break
-            start_step = phase[0]
-        else:
-            phase = self._phases[-1]
+        ends = [0.0] + [phase[0] for phase in self._phases]
+        k = next((k for k, end in enumerate(ends[1:-1]) if s <= end), len(self._phases) - 1)
         anneal = getattr(OneCycleLR, f"_annealing_{self.anneal_strategy}")  # cos or linear
-        pct = (s - start_step) / (phase[0] - start_step)
+        phase, pct = self._phases[k], (s - ends[k]) / (ends[k + 1] - ends[k])
         return anneal(values[phase[1 if lr else 3]], values[phase[2 if lr else 4]], pct)
 
     def _lr(self, s: int, i: int, b: float) -> float:
@@ -544,11 +521,9 @@ class PlateauWithWarmup(_WarmupSchedule):
         if self.last_epoch < self.warmup_steps:
             return
         current = float(metric)
-        if self._is_better(current, self.best):
-            self.best = current
-            self.num_bad_epochs = 0
-        else:
-            self.num_bad_epochs += 1
+        better = self._is_better(current, self.best)
+        self.best = current if better else self.best
+        self.num_bad_epochs = 0 if better else self.num_bad_epochs + 1
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.num_bad_epochs = 0
@@ -560,18 +535,6 @@ class PlateauWithWarmup(_WarmupSchedule):
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
             self._apply()
-
-
-# the types that can be the ``base`` of ``adaptive``
-_CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
-    "constant": Constant,
-    "warmup_cosine": WarmupCosine,
-    "cosine_restarts": CosineRestarts,
-    "onecycle": OneCycle,
-    "polynomial": PolynomialDecay,
-    "exponential": ExponentialDecay,
-    "step": StepDecay,
-}
 
 
 class AdaptiveScheduler(_Schedule):
@@ -586,7 +549,7 @@ class AdaptiveScheduler(_Schedule):
     and starts a cooldown of ``window`` steps."""
 
     metric_driven = True
-    _state_exclude = ("optimizer", "_base")
+    _state_exclude = ("optimizer", "_fields", "_base")
 
     def __init__(
         self,
@@ -604,7 +567,8 @@ class AdaptiveScheduler(_Schedule):
         if isinstance(base, Mapping):
             base_params = {**{k: v for k, v in base.items() if k != "type"}, **base_params}
             base = base.get("type", "constant")
-        name = check_choice("base", _canonical(base, what="base"), tuple(_CLOSED_FORM))
+        closed_form = SCHEDULER_TYPES[:-2]  # all but plateau and adaptive
+        name = check_choice("base", _canonical(base, what="base"), closed_form)
         self.factor = _float("factor", factor, min=0, max=1, low_open=True, high_open=True)
         self.spike_threshold = _float("spike_threshold", spike_threshold, min=0, low_open=True)
         self.window = _int("window", window, min=1)
@@ -681,7 +645,7 @@ class WarmupWrapper(_Schedule):
     during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this
     (``ValueError`` if the wrapped one was stepped on its own)."""
 
-    _state_exclude = ("optimizer", "scheduler", "_inner_epoch")
+    _state_exclude = ("optimizer", "_fields", "scheduler", "_inner_epoch")
 
     def __init__(
         self, scheduler: Any, warmup_steps: int, warmup_start_factor: float = 0.01
@@ -692,9 +656,7 @@ class WarmupWrapper(_Schedule):
             raise ValueError(f"scheduler must be a torch LR scheduler (with .optimizer), got {got}")
         self.scheduler = scheduler
         self.warmup_steps = _int("warmup_steps", warmup_steps, min=0)
-        self.warmup_start_factor = _float(
-            "warmup_start_factor", warmup_start_factor, min=0, max=1, low_open=True
-        )
+        self.warmup_start_factor = _start_factor(warmup_start_factor)
         self.targets = _group_lrs(optimizer)
         self.metric_driven = is_metric_driven(scheduler)
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
@@ -753,17 +715,24 @@ class WarmupWrapper(_Schedule):
 
 with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only the result
 
-
-_CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
+_CLASSES: dict[str, type[_Schedule]] = {
+    "constant": Constant,
+    "warmup_cosine": WarmupCosine,
+    "cosine_restarts": CosineRestarts,
+    "onecycle": OneCycle,
+    "polynomial": PolynomialDecay,
+    "exponential": ExponentialDecay,
+    "step": StepDecay,
+    "plateau": PlateauWithWarmup,
+    "adaptive": AdaptiveScheduler,
+}
 SCHEDULER_TYPES: tuple[str, ...] = tuple(_CLASSES)
-
 SCHEDULER_ALIASES: dict[str, str] = {
     "cosine": "warmup_cosine",
     "cosine_decay": "warmup_cosine",
     "cosine_decay_restarts": "cosine_restarts",
     "exponential_decay": "exponential",
 }
-
 _PARAM_ALIASES = {"alpha": "min_lr_ratio", "t_mul": "t_mult", "decay_rate": "gamma"}
 _VALID = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))
 
@@ -791,17 +760,13 @@ def _construct(
     name: str, optimizer: Optimizer, params: Mapping[str, Any], also: Sequence[str] = ()
 ) -> LRScheduler:
     """``also``: the names the caller (``adaptive``) accepts besides, for the error message."""
-    resolved: dict[str, Any] = {}
-    spelled: dict[str, str] = {}  # canonical name -> as given
-    for key, value in params.items():
-        canonical = _PARAM_ALIASES.get(key, key)
-        if canonical in resolved:
-            alias = key if key != canonical else spelled[canonical]
+    for alias, canonical in _PARAM_ALIASES.items():
+        if alias in params and canonical in params:
             raise ValueError(f"{alias} and {canonical} are the same parameter: give one")
-        resolved[canonical], spelled[canonical] = value, key
-    own = "the peak/base LR is each parameter group's own lr, set on the optimizer"
+    resolved = {_PARAM_ALIASES.get(k, k): v for k, v in params.items()}
     for key in ("learning_rate", "lr"):
         if key in resolved:
+            own = "the peak/base LR is each parameter group's own lr, set on the optimizer"
             raise ValueError(f"{key} is not a scheduler parameter: {own}")
     cls = _CLASSES[name]  # adaptive passes what is not its own on to its base's _construct
     names, required = (list(resolved), []) if name == "adaptive" else _accepted(cls)
@@ -810,7 +775,7 @@ def _construct(
             raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
     for key in resolved:
         if key not in names:
-            accepted = sorted({*names, *also} - {"base_params"})
+            accepted = sorted({*names, *also})
             raise ValueError(
                 f"unknown parameter {key!r} for scheduler type {name!r}; "
                 f"{_did_you_mean(key, accepted)}accepted: {accepted}"
