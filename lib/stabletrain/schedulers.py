@@ -29,9 +29,8 @@ from . import checks
 from .checks import check_choice, check_config_value, check_float, check_int, did_you_mean
 
 # this module's values come from configurations: a wrong type is a ValueError too
-_int, _float, _bool = (
-    partial(check_config_value, c) for c in (check_int, check_float, checks.check_bool)
-)
+_int, _float = (partial(check_config_value, c) for c in (check_int, check_float))
+_bool = partial(check_config_value, checks.check_bool)
 _start_factor = partial(_float, "warmup_start_factor", min=0, max=1, low_open=True)
 _CLASS_KEY = "scheduler_class"  # in every state_dict(): the type it belongs to
 # torch's own fields, in some versions or only once torch stepped: no unknown keys in a state
@@ -108,8 +107,7 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
 
 
 class _Schedule(LRScheduler):
-    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics.
-    ``state_dict``/``load_state_dict`` deep-copy (all but ``_state_exclude``): no aliasing."""
+    """LR of step ``s``: ``_lr(s, group, base)``; ``metric_driven``: ``_report(metric)`` too."""
 
     metric_driven: bool = False
     _needs_total: bool = False
@@ -127,9 +125,8 @@ class _Schedule(LRScheduler):
         return {**copy.deepcopy(self._own_state()), _CLASS_KEY: type(self).__name__}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a ``state_dict()`` of this type (or one without ``scheduler_class``). ``TypeError``:
-        a field's type; ``ValueError``: another type's state, fields missing or unknown, another
-        number of groups, LRs not finite and >= 0, steps out of range."""
+        """Load a copy of a ``state_dict()`` of this type. ``TypeError``: a field's type;
+        ``ValueError``: another type's, missing/unknown fields, another group count, bad values."""
         name = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name} state_dict must be a mapping, got {type(state_dict).__name__}")
@@ -189,10 +186,7 @@ class _Schedule(LRScheduler):
     def _apply(self) -> None:
         """Set the group LRs to this step's at once (after a metric changed the schedule)."""
         for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
-            if isinstance(group["lr"], torch.Tensor):  # keep a tensor LR
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+            group["lr"] = group["lr"].fill_(lr) if torch.is_tensor(group["lr"]) else lr  # in place
         self._last_lr = _group_lrs(self.optimizer)
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
@@ -250,7 +244,6 @@ class _WarmupSchedule(_Schedule):
 
     @staticmethod
     def _at_most_lr(i: int, b: float, eta: float, start: float | None) -> None:
-        """Group ``i``'s floor ``eta`` and warmup ``start`` are at most its lr ``b``."""
         for name, value in (("min_lr", eta), ("warmup_start_lr", start)):
             check_float(
                 f"{name} of param_groups[{i}] (at most its lr)", value, max=b, optional=True
@@ -605,13 +598,10 @@ class AdaptiveScheduler(_Schedule):
         cut = not finite or value > (1.0 + self.spike_threshold) * mean
         if finite:
             self.recent = [*self.recent, value][-self.window :]
-        if finite and value < self.best:
-            self.best = value
-            self.num_bad = 0
-        else:
-            self.num_bad += 1
-            cut = cut or self.num_bad >= self.patience
-        if cut:
+        better = finite and value < self.best
+        self.best = value if better else self.best
+        self.num_bad = 0 if better else self.num_bad + 1
+        if cut or self.num_bad >= self.patience:
             self.num_bad = 0
             self._cut()
 
