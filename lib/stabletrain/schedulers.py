@@ -31,6 +31,7 @@ from .checks import check_choice, check_config_value, check_float, check_int, di
 # this module's values come from configurations: a wrong type is a ValueError too
 _int, _float = (partial(check_config_value, c) for c in (check_int, check_float))
 _bool = partial(check_config_value, checks.check_bool)
+_positive = partial(_float, min=0, low_open=True)  # > 0
 _start_factor = partial(_float, "warmup_start_factor", min=0, max=1, low_open=True)
 _CLASS_KEY = "scheduler_class"  # in every state_dict(): the type it belongs to
 # torch's own fields, in some versions or only once torch stepped: no unknown keys in a state
@@ -131,10 +132,8 @@ class _Schedule(LRScheduler):
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name} state_dict must be a mapping, got {type(state_dict).__name__}")
         state = copy.deepcopy(dict(state_dict))
-        if (owner := state.pop(_CLASS_KEY, name)) != name:
-            raise ValueError(
-                f"this state_dict belongs to a {owner!r} scheduler, not to this {name}"
-            )
+        if (cls := state.pop(_CLASS_KEY, name)) != name:
+            raise ValueError(f"this state_dict belongs to a {cls!r} scheduler, not to this {name}")
         field = f"{name} state_dict[{{!r}}]".format
         check_int(field("last_epoch"), state.get("last_epoch", 0), min=-1)
         current = self._own_state()
@@ -245,9 +244,8 @@ class _WarmupSchedule(_Schedule):
     @staticmethod
     def _at_most_lr(i: int, b: float, eta: float, start: float | None) -> None:
         for name, value in (("min_lr", eta), ("warmup_start_lr", start)):
-            check_float(
-                f"{name} of param_groups[{i}] (at most its lr)", value, max=b, optional=True
-            )
+            what = f"{name} of param_groups[{i}] (at most its lr)"
+            check_float(what, value, max=b, optional=True)
 
     def _new_group(self, i: int, b: float) -> None:
         eta = self.min_lr_ratio * b if self.min_lr_ratio else _one_for_all("min_lr", self.min_lrs)
@@ -301,9 +299,7 @@ class CosineRestarts(_WarmupSchedule):
         m_mul: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        self.first_cycle_steps = _float(
-            "first_cycle_steps", first_cycle_steps, min=0, low_open=True
-        )
+        self.first_cycle_steps = _positive("first_cycle_steps", first_cycle_steps)
         self.t_mult = _float("t_mult", t_mult, min=1)
         self.m_mul = _float("m_mul", m_mul, min=0, max=1, low_open=True)
         super().__init__(optimizer, **kwargs)
@@ -336,7 +332,7 @@ class PolynomialDecay(_WarmupSchedule):
     _needs_total = True
 
     def __init__(self, optimizer: Optimizer, *, power: float = 1.0, **kwargs: Any) -> None:
-        self.power = _float("power", power, min=0, low_open=True)
+        self.power = _positive("power", power)
         super().__init__(optimizer, **kwargs)
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
@@ -358,7 +354,7 @@ class ExponentialDecay(_WarmupSchedule):
         **kwargs: Any,
     ) -> None:
         self.gamma = _float("gamma", gamma, min=0, max=1, low_open=True)
-        self.decay_steps = _float("decay_steps", decay_steps, min=0, low_open=True)
+        self.decay_steps = _positive("decay_steps", decay_steps)
         self.staircase = _bool("staircase", staircase)
         super().__init__(optimizer, **kwargs)
 
@@ -410,8 +406,8 @@ class OneCycle(_WarmupSchedule):
         pct_start = w / total if w else 0.3 if pct_start is None else pct_start
         self.pct_start = _float("pct_start", pct_start, min=0, max=1)
         self.anneal_strategy = check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
-        self.div_factor = _float("div_factor", div_factor, min=0, low_open=True)
-        self.final_div_factor = _float("final_div_factor", final_div_factor, min=0, low_open=True)
+        self.div_factor = _positive("div_factor", div_factor)
+        self.final_div_factor = _positive("final_div_factor", final_div_factor)
         self.three_phase = _bool("three_phase", three_phase)
         self.cycle_momentum = _bool("cycle_momentum", cycle_momentum)
         p = self.pct_start * total
@@ -563,7 +559,7 @@ class AdaptiveScheduler(_Schedule):
         closed_form = SCHEDULER_TYPES[:-2]  # all but plateau and adaptive
         name = check_choice("base", _canonical(base, what="base"), closed_form)
         self.factor = _float("factor", factor, min=0, max=1, low_open=True, high_open=True)
-        self.spike_threshold = _float("spike_threshold", spike_threshold, min=0, low_open=True)
+        self.spike_threshold = _positive("spike_threshold", spike_threshold)
         self.window = _int("window", window, min=1)
         self.patience = _int("patience", patience, min=1)
         spike = _float("step_spike_factor", step_spike_factor, min=1, low_open=True, optional=True)
@@ -695,9 +691,8 @@ class WarmupWrapper(_Schedule):
         state = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
         inner = state.pop("scheduler_state", None) if isinstance(state, dict) else {}
         if not isinstance(inner, Mapping):
-            raise ValueError(
-                f"WarmupWrapper state_dict lacks its 'scheduler_state' (got {inner!r})"
-            )
+            lacks = "WarmupWrapper state_dict lacks its 'scheduler_state'"
+            raise ValueError(f"{lacks} (got {inner!r})")
         super().load_state_dict(state)  # TypeError if not a mapping
         self.scheduler.load_state_dict(copy.deepcopy(dict(inner)))
         self._inner_epoch = getattr(self.scheduler, "last_epoch", None)
@@ -732,9 +727,8 @@ def _canonical(name: Any, what: str = "type") -> str:
         raise ValueError(f"{what} must be a scheduler type name, one of {_VALID}; got {name!r}")
     key = SCHEDULER_ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in SCHEDULER_TYPES:
-        raise ValueError(
-            f"unknown {what} {name!r}; {_did_you_mean(key, _VALID)}valid types: {_VALID}"
-        )
+        hint = _did_you_mean(key, _VALID)
+        raise ValueError(f"unknown {what} {name!r}; {hint}valid types: {_VALID}")
     return key
 
 
@@ -766,10 +760,8 @@ def _construct(
     for key in resolved:
         if key not in names:
             accepted = sorted({*names, *also})
-            raise ValueError(
-                f"unknown parameter {key!r} for scheduler type {name!r}; "
-                f"{_did_you_mean(key, accepted)}accepted: {accepted}"
-            )
+            unknown = f"unknown parameter {key!r} for scheduler type {name!r}"
+            raise ValueError(f"{unknown}; {_did_you_mean(key, accepted)}accepted: {accepted}")
     return cls(optimizer, **resolved)
 
 
