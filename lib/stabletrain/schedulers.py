@@ -415,9 +415,8 @@ class OneCycle(_WarmupSchedule):
         self._phases = [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
         if three_phase:
             self._phases += [(2 * p - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum")]
-            self._phases += [(total - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
-        else:
-            self._phases += [(total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        last = self._phases[-1]  # the final phase goes on from where the one before it ends
+        self._phases += [(total - 1, last[2], "min_lr", last[4], "max_momentum")]
         if any(not b > a for a, b in pairwise([0.0] + [phase[0] for phase in self._phases])):
             short = f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total}"
             need = "choose pct_start * total_steps > 1, leaving the decay at least one step"
@@ -456,10 +455,9 @@ class OneCycle(_WarmupSchedule):
             self._warned_past_end = True
             msg = f"OneCycle stepped past total_steps={self.total_steps}; holding the final LR"
             warnings.warn(msg, RuntimeWarning, stacklevel=4)
-        for i, group in enumerate(self.optimizer.param_groups if self.cycle_momentum else []):
-            values = self.momenta[i]
-            last = values[self._phases[-1][4]]
-            m = last if s >= self.total_steps else self._anneal(s, values, lr=False)
+        momenta = self.momenta if self.cycle_momentum else []
+        for group, values in zip(self.optimizer.param_groups, momenta):
+            m = values["max_momentum"] if s >= self.total_steps else self._anneal(s, values, False)
             if self.use_beta1:
                 group["betas"] = (m, *group["betas"][1:])
             else:
