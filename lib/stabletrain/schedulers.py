@@ -510,10 +510,8 @@ class PlateauWithWarmup(_WarmupSchedule):
         current = float(metric)
         better = self._is_better(current, self.best)
         self.best = current if better else self.best
-        self.num_bad_epochs = 0 if better else self.num_bad_epochs + 1
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0
+        self.num_bad_epochs = 0 if better or self.cooldown_counter > 0 else self.num_bad_epochs + 1
+        self.cooldown_counter = max(self.cooldown_counter - 1, 0)
         if self.num_bad_epochs > self.patience:
             for i, old in enumerate(self.current_lrs):
                 new = max(old * self.factor, self.min_lrs[i])
@@ -604,16 +602,14 @@ class AdaptiveScheduler(_Schedule):
         value = float(loss)
         if self.step_spike_factor is None or not math.isfinite(value):
             return False
-        if self.step_cooldown > 0:
-            self.step_cooldown -= 1
-        recent = self.step_losses
-        if len(recent) >= self.window and self.step_cooldown == 0:
-            median = statistics.median(recent)
+        self.step_cooldown = max(self.step_cooldown - 1, 0)
+        if len(self.step_losses) >= self.window and self.step_cooldown == 0:
+            median = statistics.median(self.step_losses)
             if median > 0 and value > self.step_spike_factor * median:
                 self.step_cooldown = self.window
                 self._cut()
                 return True
-        self.step_losses = [*recent, value][-self.step_window :]
+        self.step_losses = [*self.step_losses, value][-self.step_window :]
         return False
 
     def _cut(self) -> None:
