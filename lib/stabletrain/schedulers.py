@@ -1,11 +1,11 @@
 r"""Learning-rate schedulers: real ``LRScheduler`` subclasses, stepped once per optimizer step.
 
-Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``initial_lr``
-if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
-:math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (one or per group) or
-``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
-lr = a + (b − a)s/W, a = ``warmup_start_lr`` (≤ b) or (not both) ``warmup_start_factor`` (in
-(0, 1], 0.01) × b. Types with ``metric_driven = True`` also take ``step(metric)``."""
+Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``initial_lr`` if
+set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``; :math:`t = s - W`;
+:math:`D = T - W`; :math:`\eta` = ``min_lr`` (one or per group) or ``min_lr_ratio`` × b (alias
+``alpha``). Warmup (all but ``onecycle``), :math:`s < W`: lr = a + (b − a)s/W, a =
+``warmup_start_lr`` (≤ b) or (not both) ``warmup_start_factor`` (in (0, 1], 0.01) × b.
+``metric_driven`` types also take ``step(metric)``."""
 
 from __future__ import annotations
 
@@ -376,9 +376,8 @@ class StepDecay(ExponentialDecay):
 class OneCycle(_WarmupSchedule):
     r"""``onecycle``: for s < T, LRs and momenta (or Adam's β1) exactly ``OneCycleLR``'s with
     ``max_lr`` = each group's base LR; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``
-    (not both; 0.3 by default). From s = T it holds the final values, warning once past T.
-    ``ValueError`` also for a phase under one step or ``cycle_momentum`` with an optimizer
-    without momentum/betas."""
+    (not both; 0.3 by default); from s = T the final values (warning once past T). ``ValueError``
+    also for a phase under one step or ``cycle_momentum`` without momentum or betas."""
 
     _needs_total = True
 
@@ -619,11 +618,10 @@ class AdaptiveScheduler(_Schedule):
 
 
 class WarmupWrapper(_Schedule):
-    r"""Linear warmup (a = f × b) in front of any torch scheduler (alias ``with_warmup``) towards
-    each group's LR once it was built; from s = W exactly the wrapped one's from its step 0.
-    Metric-driven if the wrapped one is: ``step(metric)`` is passed on after warmup (ignored
-    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this
-    (``ValueError`` if the wrapped one was stepped on its own)."""
+    r"""Linear warmup (a = f × b, alias ``with_warmup``) in front of any torch scheduler, towards
+    each group's LR when built; from s = W exactly the wrapped one's from its step 0. Metric-driven
+    if that one is (``step(metric)`` passed on after warmup, ignored during it; ``step()`` leaves
+    a ``ReduceLROnPlateau`` alone). Step only this (``ValueError`` if the wrapped one was)."""
 
     _state_exclude = ("optimizer", "_fields", "scheduler", "_inner_epoch")
 
