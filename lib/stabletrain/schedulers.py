@@ -90,9 +90,8 @@ def _base_lrs_of(optimizer: Optimizer) -> list[float]:
     """The base LRs ``LRScheduler`` adopts; raises ``TypeError`` / ``ValueError`` (lr < 0)."""
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a torch Optimizer, got {type(optimizer).__name__}")
-    bases = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
-    name = "the optimizer's param_groups[{}] lr"
-    return [check_float(name.format(i), float(b), min=0) for i, b in enumerate(bases)]
+    bases = enumerate(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+    return [check_float(f"the optimizer's param_groups[{i}] lr", float(b), min=0) for i, b in bases]
 
 
 def is_metric_driven(scheduler: Any) -> bool:
@@ -746,14 +745,13 @@ def _construct(
             raise ValueError(f"{key} is not a scheduler parameter: {own}")
     cls = _CLASSES[name]  # adaptive passes what is not its own on to its base's _construct
     names, required = (list(resolved), []) if name == "adaptive" else _accepted(cls)
-    for req in [*required, *(["total_steps"] if cls._needs_total else [])]:
-        if req not in resolved:
-            raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
-    for key in resolved:
-        if key not in names:
-            accepted = sorted({*names, *also})
-            unknown = f"unknown parameter {key!r} for scheduler type {name!r}"
-            raise ValueError(f"{unknown}; {_did_you_mean(key, accepted)}accepted: {accepted}")
+    required += ["total_steps"] if cls._needs_total else []
+    if missing := [req for req in required if req not in resolved]:
+        raise ValueError(f"missing parameter {missing[0]!r} for scheduler type {name!r}")
+    if unknown := [key for key in resolved if key not in names]:
+        key, accepted = unknown[0], sorted({*names, *also})
+        what = f"unknown parameter {key!r} for scheduler type {name!r}"
+        raise ValueError(f"{what}; {_did_you_mean(key, accepted)}accepted: {accepted}")
     return cls(optimizer, **resolved)
 
 
@@ -786,9 +784,8 @@ def lr_curve(
     one-group SGD at ``base_lr``; metric-driven types get ``step(metrics[k])`` after step k."""
     total_steps = _int("total_steps", total_steps, min=1)
     base_lr = _float("base_lr", base_lr, min=0)
-    config = {"total_steps": total_steps, **_mapping(config)}
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
-    scheduler = build_scheduler(optimizer, config)
+    scheduler = build_scheduler(optimizer, {"total_steps": total_steps, **_mapping(config)})
     lrs: list[float] = []
     for k in range(total_steps):
         lrs.append(float(optimizer.param_groups[0]["lr"]))
