@@ -511,10 +511,8 @@ class PlateauWithWarmup(_WarmupSchedule):
         self.num_bad_epochs = 0 if better or self.cooldown_counter > 0 else self.num_bad_epochs + 1
         self.cooldown_counter = max(self.cooldown_counter - 1, 0)
         if self.num_bad_epochs > self.patience:
-            for i, old in enumerate(self.current_lrs):
-                new = max(old * self.factor, self.min_lrs[i])
-                if old - new > self.eps:
-                    self.current_lrs[i] = new
+            new = [max(old * self.factor, eta) for old, eta in zip(self.current_lrs, self.min_lrs)]
+            self.current_lrs = [n if o - n > self.eps else o for o, n in zip(self.current_lrs, new)]
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
             self._apply()
