@@ -1,15 +1,11 @@
 r"""Learning-rate schedulers: real ``LRScheduler`` subclasses, stepped once per optimizer step.
 
-Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``initial_lr``
-if set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``;
-:math:`t = s - W`; :math:`D = T - W`; :math:`\eta` = ``min_lr`` (absolute, one or per group)
-or ``min_lr_ratio`` × b (alias ``alpha``). Warmup (all but ``onecycle``), :math:`s < W`:
-lr = a + (b − a)s/W, a = ``warmup_start_lr`` (≤ b) or (not both) ``warmup_start_factor`` (in
-(0, 1], 0.01) × b.
-Types with ``metric_driven = True`` also take ``step(metric)`` after a validation (not a step).
-A group added by ``add_param_group`` follows the schedule from its first ``step()`` with its own
-b. ``load_state_dict`` refuses another type's state, missing, unknown or wrongly typed fields,
-out-of-range values and one of another number of groups."""
+Notation: :math:`s` = ``step()`` calls so far; :math:`b` = a group's base LR (``initial_lr`` if
+set, else ``lr``); :math:`W` = ``warmup_steps``; :math:`T` = ``total_steps``; :math:`t = s - W`;
+:math:`D = T - W`; :math:`\eta` = ``min_lr`` (one or per group) or ``min_lr_ratio`` × b (alias
+``alpha``). Warmup (all but ``onecycle``), :math:`s < W`: lr = a + (b − a)s/W, a =
+``warmup_start_lr`` (≤ b) or (not both) ``warmup_start_factor`` (in (0, 1], 0.01) × b.
+``metric_driven`` types also take ``step(metric)``."""
 
 from __future__ import annotations
 
@@ -29,21 +25,20 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR, ReduceLROnPlateau
 
-from .checks import (
-    check_bool,
-    check_choice,
-    check_config_value,
-    check_float,
-    check_int,
-    did_you_mean,
-)
+from . import checks
+from .checks import check_choice, check_config_value, check_float, check_int, did_you_mean
 
 # this module's values come from configurations: a wrong type is a ValueError too
-_int, _float, _bool = (partial(check_config_value, c) for c in (check_int, check_float, check_bool))
+_int, _float = (partial(check_config_value, c) for c in (check_int, check_float))
+_bool = partial(check_config_value, checks.check_bool)
+_positive = partial(_float, min=0, low_open=True)  # > 0
+_start_factor = partial(_float, "warmup_start_factor", min=0, max=1, low_open=True)
 _CLASS_KEY = "scheduler_class"  # in every state_dict(): the type it belongs to
 # torch's own fields, in some versions or only once torch stepped: no unknown keys in a state
 _TORCH_FIELDS = ("verbose", "_get_lr_called_within_step", "_is_initial", "_step_count", "_last_lr")
 _PER_GROUP = ("base_lrs", "min_lrs", "warmup_start_lrs", "current_lrs", "targets", "momenta")
+_KINDS = ((bool, "a bool"), ((numbers.Real, torch.Tensor), "a number"), (str, "a str"))
+_KINDS += ((Mapping, "a mapping"), ((list, tuple), "a list"))
 
 
 def _did_you_mean(key: Any, names: Sequence[str]) -> str:
@@ -59,17 +54,11 @@ def _one_for_all(name: str, values: list[Any]) -> Any:
 
 
 def _kind(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "a bool"
-    if isinstance(value, numbers.Real) or torch.is_tensor(value):
-        return "a number"
-    kinds = ((str, "a str"), (Mapping, "a mapping"), (list | tuple, "a list"))
-    return next((kind for t, kind in kinds if isinstance(value, t)), None)
+    return next((kind for t, kind in _KINDS if isinstance(value, t)), None)
 
 
 def _check_field(name: str, current: Any, value: Any) -> None:
-    """``value`` of the kind of ``current`` (bool, number, str, list, mapping), recursively;
-    ``None`` on either side: anything goes."""
+    """``value`` of the kind of ``current``, recursively; ``None`` on either side: anything."""
     kind = _kind(current)
     if kind is not None and value is not None and _kind(value) != kind:
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}")
@@ -82,8 +71,7 @@ def _check_field(name: str, current: Any, value: Any) -> None:
 
 
 def _per_group(name: str, value: Any, groups: int) -> list[float] | None:
-    """A number >= 0, or a sequence (or array) of one per parameter group, as a list of floats
-    (or None)."""
+    """A number >= 0 or one per parameter group (a sequence or array) as floats, or None."""
     value = value.tolist() if isinstance(value, np.ndarray | torch.Tensor) else value
     if value is None or not isinstance(value, Sequence) or isinstance(value, str):
         return None if value is None else [_float(name, value, min=0)] * groups
@@ -102,9 +90,8 @@ def _base_lrs_of(optimizer: Optimizer) -> list[float]:
     """The base LRs ``LRScheduler`` adopts; raises ``TypeError`` / ``ValueError`` (lr < 0)."""
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"optimizer must be a torch Optimizer, got {type(optimizer).__name__}")
-    bases = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
-    name = "the optimizer's param_groups[{}] lr"
-    return [check_float(name.format(i), float(b), min=0) for i, b in enumerate(bases)]
+    bases = enumerate(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+    return [check_float(f"the optimizer's param_groups[{i}] lr", float(b), min=0) for i, b in bases]
 
 
 def is_metric_driven(scheduler: Any) -> bool:
@@ -120,47 +107,41 @@ def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:
 
 
 class _Schedule(LRScheduler):
-    """The LR of step ``s`` is ``_lr(s, group, base)``; ``metric_driven`` ones ``_report`` metrics.
-    ``state_dict``/``load_state_dict`` deep-copy (all but ``_state_exclude``): no aliasing."""
+    """LR of step ``s``: ``_lr(s, group, base)``; ``metric_driven``: ``_report(metric)`` too."""
 
     metric_driven: bool = False
     _needs_total: bool = False
     warmup_start_lrs: list[float] | None = None
-    _state_exclude: tuple[str, ...] = ("optimizer",)
+    _state_exclude: tuple[str, ...] = ("optimizer", "_fields")
 
     def __init__(self, optimizer: Optimizer) -> None:
         self._fields = (*self.__dict__, "last_epoch", "base_lrs")  # what a state must hold
         super().__init__(optimizer)
 
     def _own_state(self) -> dict[str, Any]:
-        skip = (*self._state_exclude, "_fields")
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        return {k: v for k, v in self.__dict__.items() if k not in self._state_exclude}
 
     def state_dict(self) -> dict[str, Any]:
         return {**copy.deepcopy(self._own_state()), _CLASS_KEY: type(self).__name__}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Load a ``state_dict()`` of this type (also one saved without ``scheduler_class``);
-        ``ValueError``: another type's, fields missing or unknown, per-group lists not one per
-        group of the optimizer, LRs not finite and >= 0, steps out of range; ``TypeError``: a
-        field's type."""
+        """Load a copy of a ``state_dict()`` of this type. ``TypeError``: a field's type;
+        ``ValueError``: another type's, missing/unknown fields, another group count, bad values."""
         name = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name} state_dict must be a mapping, got {type(state_dict).__name__}")
         state = copy.deepcopy(dict(state_dict))
-        if (owner := state.pop(_CLASS_KEY, name)) != name:
-            raise ValueError(
-                f"this state_dict belongs to a {owner!r} scheduler, not to this {name}"
-            )
-        check_int(f"{name} state_dict['last_epoch']", state.get("last_epoch", 0), min=-1)
+        if (cls := state.pop(_CLASS_KEY, name)) != name:
+            raise ValueError(f"this state_dict belongs to a {cls!r} scheduler, not to this {name}")
+        field = f"{name} state_dict[{{!r}}]".format
+        check_int(field("last_epoch"), state.get("last_epoch", 0), min=-1)
         current = self._own_state()
         if missing := [k for k in current if k in self._fields and k not in state]:
             raise ValueError(f"{name} state_dict lacks {missing} (another scheduler's state?)")
         if unknown := sorted(set(state) - set(current) - set(_TORCH_FIELDS)):
             raise ValueError(f"{name} state_dict has unknown fields {unknown} (another type's?)")
         for key in set(state) & set(current):
-            _check_field(f"{name} state_dict[{key!r}]", current[key], state[key])
-        field = f"{name} state_dict[{{!r}}]".format
+            _check_field(field(key), current[key], state[key])
         groups = len(self.optimizer.param_groups)
         for key in [k for k in _PER_GROUP if state.get(k) is not None]:
             if len(state[key]) != groups:
@@ -175,17 +156,15 @@ class _Schedule(LRScheduler):
 
     def _adopt_new_groups(self) -> None:
         """Groups added by ``add_param_group``: base LR their ``initial_lr`` (else ``lr``)."""
-        for i, group in enumerate(self.optimizer.param_groups):
-            if i >= len(self.base_lrs):
-                b = float(group.setdefault("initial_lr", group["lr"]))
-                self.base_lrs.append(check_float(f"param_groups[{i}] lr", b, min=0))
-                self._new_group(i, b)
+        for i, group in list(enumerate(self.optimizer.param_groups))[len(self.base_lrs) :]:
+            b = float(group.setdefault("initial_lr", group["lr"]))
+            self.base_lrs.append(check_float(f"param_groups[{i}] lr", b, min=0))
+            self._new_group(i, b)
 
     def _new_group(self, i: int, b: float) -> None:
         """Extend the per-group state for group ``i`` (base LR ``b``)."""
 
     def _warmup_lr(self, s: int, i: int, b: float) -> float:
-        """Linear warmup: ``a + (b - a) s / W``, a = ``warmup_start_lrs[i]`` or factor × b."""
         starts = self.warmup_start_lrs
         a = starts[i] if starts is not None else self.warmup_start_factor * b
         return a + (b - a) * s / self.warmup_steps
@@ -205,10 +184,7 @@ class _Schedule(LRScheduler):
     def _apply(self) -> None:
         """Set the group LRs to this step's at once (after a metric changed the schedule)."""
         for group, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_epoch)):
-            if isinstance(group["lr"], torch.Tensor):  # keep a tensor LR
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+            group["lr"] = group["lr"].fill_(lr) if torch.is_tensor(group["lr"]) else lr  # in place
         self._last_lr = _group_lrs(self.optimizer)
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
@@ -216,25 +192,17 @@ class _Schedule(LRScheduler):
         metric-driven: an int is torch's ``epoch`` (``SequentialLR``), other metrics raise."""
         self._adopt_new_groups()
         if metric is not None and self.metric_driven:
-            if torch.is_tensor(metric) and metric.numel() != 1:
+            if not torch.is_tensor(metric):
+                metric = check_float("metric", metric, finite=False)
+            elif metric.numel() != 1:
                 shape = f"a tensor of shape {tuple(metric.shape)}"
                 raise TypeError(f"metric must be a number or a one-element tensor, got {shape}")
-            self._report(
-                metric if torch.is_tensor(metric) else check_float("metric", metric, finite=False)
-            )
+            self._report(metric)
         elif metric is None or (isinstance(metric, int) and not isinstance(metric, bool)):
             super().step(metric)
         else:
             message = f"{type(self).__name__} is not metric-driven: call step() without a metric"
             raise ValueError(f"{message} (got {metric!r})")
-
-
-def _at_most_lr(i: int, b: float, eta: float, start: float | None) -> None:
-    """Group ``i``'s floor ``eta`` and warmup ``start`` are at most its lr ``b``: warmup rises."""
-    check_float(f"min_lr of param_groups[{i}] (at most its lr)", eta, max=b)
-    check_float(
-        f"warmup_start_lr of param_groups[{i}] (at most its lr)", start, max=b, optional=True
-    )
 
 
 class _WarmupSchedule(_Schedule):
@@ -261,24 +229,28 @@ class _WarmupSchedule(_Schedule):
             both = f"got {warmup_start_lr=}, {warmup_start_factor=}"
             raise ValueError(f"give warmup_start_lr or warmup_start_factor, not both; {both}")
         factor = 0.01 if warmup_start_factor is None else warmup_start_factor
-        self.warmup_start_factor = _float(
-            "warmup_start_factor", factor, min=0, max=1, low_open=True
-        )
+        self.warmup_start_factor = _start_factor(factor)
         ratio = _float("min_lr_ratio", min_lr_ratio, min=0, max=1)
         if min_lr is not None and ratio != 0.0:
             both = f"got min_lr={min_lr!r}, min_lr_ratio={min_lr_ratio!r}"
             raise ValueError(f"give min_lr or min_lr_ratio (alias alpha), not both; {both}")
         self.min_lrs = _per_group("min_lr", min_lr, len(bases)) or [ratio * b for b in bases]
         for i, (b, a) in enumerate(zip(bases, self.warmup_start_lrs or [None] * len(bases))):
-            _at_most_lr(i, b, self.min_lrs[i], a)
+            self._at_most_lr(i, b, self.min_lrs[i], a)
         self.min_lr_ratio = ratio
         super().__init__(optimizer)
+
+    @staticmethod
+    def _at_most_lr(i: int, b: float, eta: float, start: float | None) -> None:
+        for name, value in (("min_lr", eta), ("warmup_start_lr", start)):
+            what = f"{name} of param_groups[{i}] (at most its lr)"
+            check_float(what, value, max=b, optional=True)
 
     def _new_group(self, i: int, b: float) -> None:
         eta = self.min_lr_ratio * b if self.min_lr_ratio else _one_for_all("min_lr", self.min_lrs)
         starts = self.warmup_start_lrs
         a = None if starts is None else _one_for_all("warmup_start_lr", starts)
-        _at_most_lr(i, b, eta, a)
+        self._at_most_lr(i, b, eta, a)
         self.min_lrs.append(eta)
         if starts is not None:
             starts.append(a)
@@ -326,9 +298,7 @@ class CosineRestarts(_WarmupSchedule):
         m_mul: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        self.first_cycle_steps = _float(
-            "first_cycle_steps", first_cycle_steps, min=0, low_open=True
-        )
+        self.first_cycle_steps = _positive("first_cycle_steps", first_cycle_steps)
         self.t_mult = _float("t_mult", t_mult, min=1)
         self.m_mul = _float("m_mul", m_mul, min=0, max=1, low_open=True)
         super().__init__(optimizer, **kwargs)
@@ -361,7 +331,7 @@ class PolynomialDecay(_WarmupSchedule):
     _needs_total = True
 
     def __init__(self, optimizer: Optimizer, *, power: float = 1.0, **kwargs: Any) -> None:
-        self.power = _float("power", power, min=0, low_open=True)
+        self.power = _positive("power", power)
         super().__init__(optimizer, **kwargs)
 
     def _after_warmup(self, t: int, b: float, eta: float) -> float:
@@ -383,7 +353,7 @@ class ExponentialDecay(_WarmupSchedule):
         **kwargs: Any,
     ) -> None:
         self.gamma = _float("gamma", gamma, min=0, max=1, low_open=True)
-        self.decay_steps = _float("decay_steps", decay_steps, min=0, low_open=True)
+        self.decay_steps = _positive("decay_steps", decay_steps)
         self.staircase = _bool("staircase", staircase)
         super().__init__(optimizer, **kwargs)
 
@@ -405,9 +375,8 @@ class StepDecay(ExponentialDecay):
 class OneCycle(_WarmupSchedule):
     r"""``onecycle``: for s < T, LRs and momenta (or Adam's β1) exactly ``OneCycleLR``'s with
     ``max_lr`` = each group's base LR; ``warmup_steps`` (if not 0) sets ``pct_start = W/T``
-    (not both; 0.3 by default). From s = T it holds the final values, warning once past T.
-    ``ValueError`` also for a phase under one step or ``cycle_momentum`` with an optimizer
-    without momentum/betas."""
+    (not both; 0.3 by default); from s = T the final values (warning once past T). ``ValueError``
+    also for a phase under one step or ``cycle_momentum`` without momentum or betas."""
 
     _needs_total = True
 
@@ -435,8 +404,8 @@ class OneCycle(_WarmupSchedule):
         pct_start = w / total if w else 0.3 if pct_start is None else pct_start
         self.pct_start = _float("pct_start", pct_start, min=0, max=1)
         self.anneal_strategy = check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
-        self.div_factor = _float("div_factor", div_factor, min=0, low_open=True)
-        self.final_div_factor = _float("final_div_factor", final_div_factor, min=0, low_open=True)
+        self.div_factor = _positive("div_factor", div_factor)
+        self.final_div_factor = _positive("final_div_factor", final_div_factor)
         self.three_phase = _bool("three_phase", three_phase)
         self.cycle_momentum = _bool("cycle_momentum", cycle_momentum)
         p = self.pct_start * total
@@ -444,9 +413,8 @@ class OneCycle(_WarmupSchedule):
         self._phases = [(p - 1, "initial_lr", "max_lr", "max_momentum", "base_momentum")]
         if three_phase:
             self._phases += [(2 * p - 2, "max_lr", "initial_lr", "base_momentum", "max_momentum")]
-            self._phases += [(total - 1, "initial_lr", "min_lr", "max_momentum", "max_momentum")]
-        else:
-            self._phases += [(total - 1, "max_lr", "min_lr", "base_momentum", "max_momentum")]
+        last = self._phases[-1]  # the final phase goes on from where the one before it ends
+        self._phases += [(total - 1, last[2], "min_lr", last[4], "max_momentum")]
         if any(not b > a for a, b in pairwise([0.0] + [phase[0] for phase in self._phases])):
             short = f"pct_start={self.pct_start} (or warmup_steps) with total_steps={total}"
             need = "choose pct_start * total_steps > 1, leaving the decay at least one step"
@@ -469,15 +437,10 @@ class OneCycle(_WarmupSchedule):
 
     def _anneal(self, s: int, values: Mapping[str, float], lr: bool) -> float:
         """``OneCycleLR``'s value in the phase of step ``s`` (the last phase past its end)."""
-        start_step = 0.0
-        for phase in self._phases[:-1]:
-            if s <= phase[0]:
-                break
-            start_step = phase[0]
-        else:
-            phase = self._phases[-1]
+        ends = [0.0] + [phase[0] for phase in self._phases]
+        k = next((k for k, end in enumerate(ends[1:-1]) if s <= end), len(self._phases) - 1)
         anneal = getattr(OneCycleLR, f"_annealing_{self.anneal_strategy}")  # cos or linear
-        pct = (s - start_step) / (phase[0] - start_step)
+        phase, pct = self._phases[k], (s - ends[k]) / (ends[k + 1] - ends[k])
         return anneal(values[phase[1 if lr else 3]], values[phase[2 if lr else 4]], pct)
 
     def _lr(self, s: int, i: int, b: float) -> float:
@@ -490,10 +453,9 @@ class OneCycle(_WarmupSchedule):
             self._warned_past_end = True
             msg = f"OneCycle stepped past total_steps={self.total_steps}; holding the final LR"
             warnings.warn(msg, RuntimeWarning, stacklevel=4)
-        for i, group in enumerate(self.optimizer.param_groups if self.cycle_momentum else []):
-            values = self.momenta[i]
-            last = values[self._phases[-1][4]]
-            m = last if s >= self.total_steps else self._anneal(s, values, lr=False)
+        momenta = self.momenta if self.cycle_momentum else []
+        for group, values in zip(self.optimizer.param_groups, momenta):
+            m = values["max_momentum"] if s >= self.total_steps else self._anneal(s, values, False)
             if self.use_beta1:
                 group["betas"] = (m, *group["betas"][1:])
             else:
@@ -544,34 +506,16 @@ class PlateauWithWarmup(_WarmupSchedule):
         if self.last_epoch < self.warmup_steps:
             return
         current = float(metric)
-        if self._is_better(current, self.best):
-            self.best = current
-            self.num_bad_epochs = 0
-        else:
-            self.num_bad_epochs += 1
-        if self.cooldown_counter > 0:
-            self.cooldown_counter -= 1
-            self.num_bad_epochs = 0
+        better = self._is_better(current, self.best)
+        self.best = current if better else self.best
+        self.num_bad_epochs = 0 if better or self.cooldown_counter > 0 else self.num_bad_epochs + 1
+        self.cooldown_counter = max(self.cooldown_counter - 1, 0)
         if self.num_bad_epochs > self.patience:
-            for i, old in enumerate(self.current_lrs):
-                new = max(old * self.factor, self.min_lrs[i])
-                if old - new > self.eps:
-                    self.current_lrs[i] = new
+            new = [max(old * self.factor, eta) for old, eta in zip(self.current_lrs, self.min_lrs)]
+            self.current_lrs = [n if o - n > self.eps else o for o, n in zip(self.current_lrs, new)]
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
             self._apply()
-
-
-# the types that can be the ``base`` of ``adaptive``
-_CLOSED_FORM: dict[str, type[_WarmupSchedule]] = {
-    "constant": Constant,
-    "warmup_cosine": WarmupCosine,
-    "cosine_restarts": CosineRestarts,
-    "onecycle": OneCycle,
-    "polynomial": PolynomialDecay,
-    "exponential": ExponentialDecay,
-    "step": StepDecay,
-}
 
 
 class AdaptiveScheduler(_Schedule):
@@ -586,7 +530,7 @@ class AdaptiveScheduler(_Schedule):
     and starts a cooldown of ``window`` steps."""
 
     metric_driven = True
-    _state_exclude = ("optimizer", "_base")
+    _state_exclude = ("optimizer", "_fields", "_base")
 
     def __init__(
         self,
@@ -604,9 +548,10 @@ class AdaptiveScheduler(_Schedule):
         if isinstance(base, Mapping):
             base_params = {**{k: v for k, v in base.items() if k != "type"}, **base_params}
             base = base.get("type", "constant")
-        name = check_choice("base", _canonical(base, what="base"), tuple(_CLOSED_FORM))
+        closed_form = SCHEDULER_TYPES[:-2]  # all but plateau and adaptive
+        name = check_choice("base", _canonical(base, what="base"), closed_form)
         self.factor = _float("factor", factor, min=0, max=1, low_open=True, high_open=True)
-        self.spike_threshold = _float("spike_threshold", spike_threshold, min=0, low_open=True)
+        self.spike_threshold = _positive("spike_threshold", spike_threshold)
         self.window = _int("window", window, min=1)
         self.patience = _int("patience", patience, min=1)
         spike = _float("step_spike_factor", step_spike_factor, min=1, low_open=True, optional=True)
@@ -641,13 +586,10 @@ class AdaptiveScheduler(_Schedule):
         cut = not finite or value > (1.0 + self.spike_threshold) * mean
         if finite:
             self.recent = [*self.recent, value][-self.window :]
-        if finite and value < self.best:
-            self.best = value
-            self.num_bad = 0
-        else:
-            self.num_bad += 1
-            cut = cut or self.num_bad >= self.patience
-        if cut:
+        better = finite and value < self.best
+        self.best = value if better else self.best
+        self.num_bad = 0 if better else self.num_bad + 1
+        if cut or self.num_bad >= self.patience:
             self.num_bad = 0
             self._cut()
 
@@ -656,16 +598,14 @@ class AdaptiveScheduler(_Schedule):
         value = float(loss)
         if self.step_spike_factor is None or not math.isfinite(value):
             return False
-        if self.step_cooldown > 0:
-            self.step_cooldown -= 1
-        recent = self.step_losses
-        if len(recent) >= self.window and self.step_cooldown == 0:
-            median = statistics.median(recent)
+        self.step_cooldown = max(self.step_cooldown - 1, 0)
+        if len(self.step_losses) >= self.window and self.step_cooldown == 0:
+            median = statistics.median(self.step_losses)
             if median > 0 and value > self.step_spike_factor * median:
                 self.step_cooldown = self.window
                 self._cut()
                 return True
-        self.step_losses = [*recent, value][-self.step_window :]
+        self.step_losses = [*self.step_losses, value][-self.step_window :]
         return False
 
     def _cut(self) -> None:
@@ -675,13 +615,12 @@ class AdaptiveScheduler(_Schedule):
 
 
 class WarmupWrapper(_Schedule):
-    r"""Linear warmup (a = f × b) in front of any torch scheduler (alias ``with_warmup``) towards
-    each group's LR once it was built; from s = W exactly the wrapped one's from its step 0.
-    Metric-driven if the wrapped one is: ``step(metric)`` is passed on after warmup (ignored
-    during it). ``step()`` after warmup leaves a ``ReduceLROnPlateau`` alone; step only this
-    (``ValueError`` if the wrapped one was stepped on its own)."""
+    r"""Linear warmup (a = f × b, alias ``with_warmup``) in front of any torch scheduler, towards
+    each group's LR when built; from s = W exactly the wrapped one's from its step 0. Metric-driven
+    if that one is (``step(metric)`` passed on after warmup, ignored during it; ``step()`` leaves
+    a ``ReduceLROnPlateau`` alone). Step only this (``ValueError`` if the wrapped one was)."""
 
-    _state_exclude = ("optimizer", "scheduler", "_inner_epoch")
+    _state_exclude = ("optimizer", "_fields", "scheduler", "_inner_epoch")
 
     def __init__(
         self, scheduler: Any, warmup_steps: int, warmup_start_factor: float = 0.01
@@ -692,9 +631,7 @@ class WarmupWrapper(_Schedule):
             raise ValueError(f"scheduler must be a torch LR scheduler (with .optimizer), got {got}")
         self.scheduler = scheduler
         self.warmup_steps = _int("warmup_steps", warmup_steps, min=0)
-        self.warmup_start_factor = _float(
-            "warmup_start_factor", warmup_start_factor, min=0, max=1, low_open=True
-        )
+        self.warmup_start_factor = _start_factor(warmup_start_factor)
         self.targets = _group_lrs(optimizer)
         self.metric_driven = is_metric_driven(scheduler)
         self._plateau = isinstance(scheduler, ReduceLROnPlateau)
@@ -743,9 +680,8 @@ class WarmupWrapper(_Schedule):
         state = dict(state_dict) if isinstance(state_dict, Mapping) else state_dict
         inner = state.pop("scheduler_state", None) if isinstance(state, dict) else {}
         if not isinstance(inner, Mapping):
-            raise ValueError(
-                f"WarmupWrapper state_dict lacks its 'scheduler_state' (got {inner!r})"
-            )
+            lacks = "WarmupWrapper state_dict lacks its 'scheduler_state'"
+            raise ValueError(f"{lacks} (got {inner!r})")
         super().load_state_dict(state)  # TypeError if not a mapping
         self.scheduler.load_state_dict(copy.deepcopy(dict(inner)))
         self._inner_epoch = getattr(self.scheduler, "last_epoch", None)
@@ -753,17 +689,24 @@ class WarmupWrapper(_Schedule):
 
 with_warmup = WarmupWrapper  # with_warmup(scheduler, warmup_steps): step only the result
 
-
-_CLASSES = {**_CLOSED_FORM, "plateau": PlateauWithWarmup, "adaptive": AdaptiveScheduler}
+_CLASSES: dict[str, type[_Schedule]] = {
+    "constant": Constant,
+    "warmup_cosine": WarmupCosine,
+    "cosine_restarts": CosineRestarts,
+    "onecycle": OneCycle,
+    "polynomial": PolynomialDecay,
+    "exponential": ExponentialDecay,
+    "step": StepDecay,
+    "plateau": PlateauWithWarmup,
+    "adaptive": AdaptiveScheduler,
+}
 SCHEDULER_TYPES: tuple[str, ...] = tuple(_CLASSES)
-
 SCHEDULER_ALIASES: dict[str, str] = {
     "cosine": "warmup_cosine",
     "cosine_decay": "warmup_cosine",
     "cosine_decay_restarts": "cosine_restarts",
     "exponential_decay": "exponential",
 }
-
 _PARAM_ALIASES = {"alpha": "min_lr_ratio", "t_mul": "t_mult", "decay_rate": "gamma"}
 _VALID = sorted((*SCHEDULER_TYPES, *SCHEDULER_ALIASES))
 
@@ -773,9 +716,8 @@ def _canonical(name: Any, what: str = "type") -> str:
         raise ValueError(f"{what} must be a scheduler type name, one of {_VALID}; got {name!r}")
     key = SCHEDULER_ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in SCHEDULER_TYPES:
-        raise ValueError(
-            f"unknown {what} {name!r}; {_did_you_mean(key, _VALID)}valid types: {_VALID}"
-        )
+        hint = _did_you_mean(key, _VALID)
+        raise ValueError(f"unknown {what} {name!r}; {hint}valid types: {_VALID}")
     return key
 
 
@@ -791,30 +733,23 @@ def _construct(
     name: str, optimizer: Optimizer, params: Mapping[str, Any], also: Sequence[str] = ()
 ) -> LRScheduler:
     """``also``: the names the caller (``adaptive``) accepts besides, for the error message."""
-    resolved: dict[str, Any] = {}
-    spelled: dict[str, str] = {}  # canonical name -> as given
-    for key, value in params.items():
-        canonical = _PARAM_ALIASES.get(key, key)
-        if canonical in resolved:
-            alias = key if key != canonical else spelled[canonical]
+    for alias, canonical in _PARAM_ALIASES.items():
+        if alias in params and canonical in params:
             raise ValueError(f"{alias} and {canonical} are the same parameter: give one")
-        resolved[canonical], spelled[canonical] = value, key
-    own = "the peak/base LR is each parameter group's own lr, set on the optimizer"
+    resolved = {_PARAM_ALIASES.get(k, k): v for k, v in params.items()}
     for key in ("learning_rate", "lr"):
         if key in resolved:
+            own = "the peak/base LR is each parameter group's own lr, set on the optimizer"
             raise ValueError(f"{key} is not a scheduler parameter: {own}")
     cls = _CLASSES[name]  # adaptive passes what is not its own on to its base's _construct
     names, required = (list(resolved), []) if name == "adaptive" else _accepted(cls)
-    for req in [*required, *(["total_steps"] if cls._needs_total else [])]:
-        if req not in resolved:
-            raise ValueError(f"missing parameter {req!r} for scheduler type {name!r}")
-    for key in resolved:
-        if key not in names:
-            accepted = sorted({*names, *also} - {"base_params"})
-            raise ValueError(
-                f"unknown parameter {key!r} for scheduler type {name!r}; "
-                f"{_did_you_mean(key, accepted)}accepted: {accepted}"
-            )
+    required += ["total_steps"] if cls._needs_total else []
+    if missing := [req for req in required if req not in resolved]:
+        raise ValueError(f"missing parameter {missing[0]!r} for scheduler type {name!r}")
+    if unknown := [key for key in resolved if key not in names]:
+        key, accepted = unknown[0], sorted({*names, *also})
+        what = f"unknown parameter {key!r} for scheduler type {name!r}"
+        raise ValueError(f"{what}; {_did_you_mean(key, accepted)}accepted: {accepted}")
     return cls(optimizer, **resolved)
 
 
@@ -847,9 +782,8 @@ def lr_curve(
     one-group SGD at ``base_lr``; metric-driven types get ``step(metrics[k])`` after step k."""
     total_steps = _int("total_steps", total_steps, min=1)
     base_lr = _float("base_lr", base_lr, min=0)
-    config = {"total_steps": total_steps, **_mapping(config)}
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr, momentum=0.9)
-    scheduler = build_scheduler(optimizer, config)
+    scheduler = build_scheduler(optimizer, {"total_steps": total_steps, **_mapping(config)})
     lrs: list[float] = []
     for k in range(total_steps):
         lrs.append(float(optimizer.param_groups[0]["lr"]))
