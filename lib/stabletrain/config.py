@@ -19,18 +19,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from . import checks, optim
 from .amp import DTYPES, MixedPrecision
 from .callbacks import Callback
 from .checkpoint import _STRATEGY_ALIASES, STRATEGIES, CheckpointManager
-from .checks import (
-    check_bool,
-    check_choice,
-    check_config_value,
-    check_float,
-    check_int,
-    check_keys,
-    did_you_mean,
-)
+from .checks import check_config_value, check_float, check_int, did_you_mean
 from .data import SHAPES, make_loaders
 from .deep_supervision import _DEFAULTS as _SCHEDULE_PARAMS
 from .deep_supervision import DeepSupervisionLoss
@@ -40,14 +33,6 @@ from .loop import fit
 from .losses import build_loss
 from .metrics import metric_mode
 from .models import ACTIVATION_TYPES, ATTENTION_TYPES, NORM_TYPES, TinyUNet
-from .optim import (
-    CLIPPING_KEYS,
-    OPTIMIZER_TYPES,
-    build_optimizer,
-    check_optimizer_config,
-    clipping_from_config,
-    optimizer_keys,
-)
 from .schedulers import build_scheduler, epochs_to_steps
 from .stability import NONFINITE_POLICIES, EarlyStopping, StabilityGuard
 from .tracking import MLflowTracker, check_tracking_uri
@@ -119,7 +104,7 @@ def _hint(word: Any, choices: Collection) -> str:
 
 def _keys(name: str, mapping: Mapping, allowed: Collection[str]) -> None:
     try:
-        check_keys(name, mapping, allowed)
+        checks.check_keys(name, mapping, allowed)
     except ValueError as error:  # with the nearest accepted key
         unknown = sorted(map(str, set(mapping) - set(allowed)))
         raise ValueError(f"{error}{_hint(unknown[0], allowed)}") from None
@@ -160,10 +145,10 @@ def _device(name: str, value: Any) -> None:
 def _optimizer(name: str, value: Any) -> None:
     _check(name, value, {})
     try:
-        check_optimizer_config(value)
+        optim.check_optimizer_config(value)
     except (ValueError, TypeError) as error:
         kind = str(value.get("type")).strip().lower()
-        keys = optimizer_keys(kind) if kind in OPTIMIZER_TYPES else []
+        keys = optim.optimizer_keys(kind) if kind in optim.OPTIMIZER_TYPES else []
         hint = next((_hint(k, keys) for k in value if k not in keys), "")
         raise ValueError(f"config section {name!r}: {error}{hint}") from None
 
@@ -250,8 +235,7 @@ SCHEMA: dict[str, Any] = {
         "verbose": _BOOL,
     },
 }
-"""Every key of a configuration and its check ``(dotted_name, value)``; a mapping: a section
-(``{}``: its keys are checked by the section's builder)."""
+"""Every key and its check ``(dotted_name, value)``; a mapping: a section (``{}``: its builder's)."""
 
 
 def _check(name: str, value: Any, spec: Any) -> None:
@@ -294,19 +278,17 @@ def _yaml_loader():
         c: [(t, r) for t, r in rs if t not in (_INT_TAG, _FLOAT_TAG)]
         for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
-    for tag, pattern, first in _YAML12_NUMBERS:
-        Loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
+    Loader.add_implicit_resolver(_INT_TAG, re.compile(_YAML12_INT), list("-+0123456789"))
+    Loader.add_implicit_resolver(_FLOAT_TAG, re.compile(_YAML12_FLOAT), list("-+.0123456789"))
     base = {"0o": 8, "0x": 16}  # int() takes the prefix of its base
     Loader.add_constructor(_INT_TAG, lambda _, node: int(node.value, base.get(node.value[:2], 10)))
     return Loader
 
 
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YAML12_INT = r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"  # the YAML 1.2 core schema
 _FLOAT = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
-_YAML12_NUMBERS = (  # the YAML 1.2 core schema (ints first: 10 is an int)
-    (_INT_TAG, r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
-    (_FLOAT_TAG, rf"^(?:{_FLOAT}|\.(?:nan|NaN|NAN))$", "-+.0123456789"),
-)
+_YAML12_FLOAT = rf"^(?:{_FLOAT}|\.(?:nan|NaN|NAN))$"
 
 
 def _expanded(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
@@ -397,9 +379,8 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Resolve ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (``config`` may be a YAML path,
-    ``overrides`` dotted keys, a ``None`` value sets null; ``preset`` > ``overrides["preset"]`` >
-    ``config["preset"]``) and check every key (:data:`SCHEMA`): ValueError names the dotted key;
-    a setting nothing reads (``unused``) is refused where it is the user's, not the preset's."""
+    ``overrides`` dotted keys, ``None`` sets null; ``preset`` > ``overrides["preset"]`` >
+    ``config["preset"]``) and check every key; a user's key that nothing reads is refused."""
     if isinstance(config, str | os.PathLike):
         config = load_config(config)
     if config is not None and not isinstance(config, Mapping):
@@ -413,7 +394,7 @@ def resolve_config(
     cfg["preset"] = chosen
     mine = _merge(config, given)
     section = cfg["optimizer"] if isinstance(cfg["optimizer"], Mapping) else {}
-    clips = [k for k in CLIPPING_KEYS if section.get(k) not in (None, 0, False)]
+    clips = [k for k in optim.CLIPPING_KEYS if section.get(k) not in (None, 0, False)]
     if len(clips) > 1 and (theirs := [k for k in clips if k not in mine.get("optimizer", {})]):
         why = f"optimizer.{theirs[0]} comes from preset {chosen!r}: set it to null to use another"
         raise ValueError(f"give at most one gradient clipping key, got {clips}; {why}")
@@ -442,7 +423,7 @@ def _check_together(cfg: dict[str, Any], mine: Mapping[str, Any]) -> None:
         need = f"divisible by 2**model.depth = {2**depth} (the U-Net halves it depth times)"
         raise ValueError(f"data.image_size={data['image_size']} must be {need}")
     classes = sorted({1, 2, len(SHAPES) + 1})  # the shapes data: one class per shape
-    check_choice("data.num_classes", data.get("num_classes", 1), classes)
+    checks.check_choice("data.num_classes", data.get("num_classes", 1), classes)
     if (channels := model.get("in_channels", 1)) != 1:
         raise ValueError(f"model.in_channels must be 1 (the shapes data), got {channels}")
     scheduler, points = cfg["scheduler"] or {}, cfg["checkpoints"]
@@ -571,7 +552,7 @@ def build_training(
     if steps_per_epoch is None:
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
         steps_per_epoch = math.ceil(batches / cfg["stability"].get("accumulation_steps", 1))
-    optimizer = build_optimizer(model, cfg["optimizer"])
+    optimizer = optim.build_optimizer(model, cfg["optimizer"])
     section = cfg["scheduler"]
     if section and str(section.get("type", "")).strip().lower() == "plateau":
         section = {"mode": metric_mode(cfg["monitor"]), **section}  # the monitor's direction
@@ -580,7 +561,7 @@ def build_training(
     )
     amp = MixedPrecision(**cfg["amp"], device_type=next(model.parameters()).device.type)
     amp = amp if amp.enabled else None
-    options = {**clipping_from_config(cfg["optimizer"]), **cfg["stability"]}
+    options = {**optim.clipping_from_config(cfg["optimizer"]), **cfg["stability"]}
     guard = StabilityGuard(model, optimizer, scheduler=scheduler, amp=amp, **options)
     num_classes = cfg["data"].get("num_classes", 1)
     loss_fn: Any = build_loss(cfg["loss"], mode="binary" if num_classes == 1 else "multiclass")
@@ -646,12 +627,10 @@ def run(
     tracker: Any = None,
 ) -> tuple[History, nn.Module, Training]:
     """Train on the shapes data from one configuration; returns ``(history, model, training)``.
-
-    ``resume`` continues from the latest checkpoint (ValueError unless its config is equal but
-    for checkpoints/tracking/device); ``stop_after_epochs`` stops after that many epochs. Under
-    ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group and trains a
-    ``DistributedDataParallel`` model, ``data.batch_size`` per rank."""
-    check_bool("resume", resume)
+    ``resume``: from the latest checkpoint (ValueError unless its config is equal but for
+    checkpoints/tracking/device). Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process
+    group and trains a ``DistributedDataParallel`` model, ``data.batch_size`` per rank."""
+    checks.check_bool("resume", resume)
     cfg = resolve_config(config)
     if resume:
         resumable(cfg)
