@@ -169,7 +169,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
     """The file's configuration with the flags laid over it (one override layer)."""
     from .checks import check_folder
-    from .config import load_config, resolve_config
+    from .config import load_config, resolve_config, resumable
 
     if args.scheduler == "none" and args.warmup_epochs is not None:
         raise ValueError("--warmup-epochs needs a scheduler, but --scheduler is none")
@@ -193,24 +193,17 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
         cfg["checkpoints"]["directory"] = None
     if cfg["scheduler"] is not None and "type" not in cfg["scheduler"]:
         raise ValueError("--warmup-epochs needs a scheduler type (give --scheduler TYPE)")
-    args.resume = (args.resume or args.resume_if_exists) and _resumable(cfg, args)
+    wanted = args.resume or args.resume_if_exists
+    args.resume = wanted and resumable(cfg)
+    if wanted and not args.resume:
+        nothing = f"no checkpoint in {cfg['checkpoints']['directory']} to resume from"
+        if not args.resume_if_exists:
+            raise ValueError(f"--resume: {nothing} (--resume-if-exists starts fresh then)")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{nothing}: starting fresh (--resume-if-exists)", flush=True)
     if cfg["tracking"].get("run_name") is None:  # MLflow's random names repeat under a seed
         cfg["tracking"]["run_name"] = Path(args.config).stem + ("-resumed" if args.resume else "")
     return cfg
-
-
-def _resumable(cfg: dict[str, Any], args: argparse.Namespace) -> bool:
-    """Whether to resume; no checkpoint: ValueError, but ``False`` with ``--resume-if-exists``."""
-    from .config import resumable
-
-    if resumable(cfg):
-        return True
-    nothing = f"no checkpoint in {cfg['checkpoints']['directory']} to resume from"
-    if not args.resume_if_exists:
-        raise ValueError(f"--resume: {nothing} (--resume-if-exists starts fresh then)")
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{nothing}: starting fresh (--resume-if-exists)", flush=True)
-    return False
 
 
 def _train(args: argparse.Namespace) -> int:
