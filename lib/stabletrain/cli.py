@@ -17,8 +17,6 @@ from typing import Any, NoReturn
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose usage errors are a single line (exit status 2)."""
-
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"stabletrain: error: {message} (see {self.prog} --help)\n")
 
@@ -151,23 +149,9 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as dotted config keys (``None``: not given), ``--set`` last (each key once)."""
-    keys = "epochs seed device optimizer.lr data.batch_size data.num_train data.num_val"
-    keys += " tracking.run_name tracking.experiment tracking.tracking_uri scheduler.warmup_epochs"
-    overrides = {k: getattr(args, k.split(".")[-1]) for k in keys.split()}
-    tracks = True if args.tracking_uri is not None or args.experiment is not None else None
-    overrides["scheduler.type"] = args.scheduler  # "none": dropped by _resolve
-    overrides["tracking.enabled"] = False if args.no_tracking else tracks
-    overrides["checkpoints.directory"] = args.checkpoint_dir  # "none": dropped by _resolve
-    keys = [key for key, _ in args.set or []]
-    if twice := sorted({key for key in keys if keys.count(key) > 1}):
-        raise ValueError(f"--set {twice[0]} is given twice: give each key once")
-    return {**{k: v for k, v in overrides.items() if v is not None}, **dict(args.set or [])}
-
-
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """The file's configuration with the flags laid over it (one override layer)."""
+    """The file's configuration with the flags laid over it as dotted keys (one override layer:
+    a flag's ``None`` is not given, ``--set KEY=null`` sets null; ``--set`` last, each key once)."""
     from .checks import check_folder
     from .config import load_config, resolve_config, resumable
 
@@ -186,7 +170,17 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(
                 f"--export {args.export} cannot be created ({error.strerror})"
             ) from None
-    cfg = resolve_config(load_config(args.config), preset=args.preset, overrides=_overrides(args))
+    keys = "epochs seed device optimizer.lr data.batch_size data.num_train data.num_val"
+    keys += " tracking.run_name tracking.experiment tracking.tracking_uri scheduler.warmup_epochs"
+    flags = {k: getattr(args, k.split(".")[-1]) for k in keys.split()}
+    flags["scheduler.type"] = args.scheduler  # "none": dropped below
+    flags["tracking.enabled"] = False if args.no_tracking else (True if given else None)
+    flags["checkpoints.directory"] = args.checkpoint_dir  # "none": dropped below
+    keys = [key for key, _ in args.set or []]
+    if twice := sorted({key for key in keys if keys.count(key) > 1}):
+        raise ValueError(f"--set {twice[0]} is given twice: give each key once")
+    overrides = {**{k: v for k, v in flags.items() if v is not None}, **dict(args.set or [])}
+    cfg = resolve_config(load_config(args.config), preset=args.preset, overrides=overrides)
     if args.scheduler == "none":
         cfg["scheduler"] = None
     if (args.checkpoint_dir or "").lower() == "none":

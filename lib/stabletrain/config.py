@@ -115,7 +115,6 @@ def _spec(check, **bounds):
 
 
 def _must(what: str, ok: Callable[[Any], Any], *, optional: bool = False):
-    """A check that ``ok(value)`` holds (or ``value`` is ``None``, if ``optional``)."""
     what += " or null" if optional else ""
 
     def check(name: str, value: Any) -> None:
@@ -154,7 +153,6 @@ def _optimizer(name: str, value: Any) -> None:
 
 
 def _in_section(name: str, build, *args, **kwargs) -> Any:
-    """``build(*args, **kwargs)``, its ``ValueError``/``TypeError`` naming the section."""
     try:
         return build(*args, **kwargs)
     except (ValueError, TypeError) as error:
