@@ -17,14 +17,11 @@ from typing import Any, NoReturn
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """``ArgumentParser`` whose usage errors are a single line (exit status 2)."""
-
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"stabletrain: error: {message} (see {self.prog} --help)\n")
 
 
 def _number(cast: type, low: float, *, strict: bool = False) -> Any:
-    """An argparse ``type``: ``cast(text)``, finite and ``>= low`` (``> low`` if ``strict``)."""
     expected = f"{'an integer' if cast is int else 'a number'} {'>' if strict else '>='} {low}"
 
     def parse(text: str) -> Any:
@@ -42,6 +39,7 @@ def _number(cast: type, low: float, *, strict: bool = False) -> Any:
 _positive_int = _number(int, 1)
 _non_negative_float = _number(float, 0)
 _positive_float = _number(float, 0, strict=True)
+_MAX_STEPS = 100_000  # compare-schedulers draws every step of every type
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -151,39 +149,20 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-_MAX_STEPS = 100_000  # compare-schedulers draws every step of every type
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The flags as dotted config keys (a flag's ``None``: not given, dropped; ``--set KEY=null``
-    sets null); ``--set`` comes last, each key once."""
-    keys = "epochs seed device optimizer.lr data.batch_size data.num_train data.num_val"
-    keys += " tracking.run_name tracking.experiment tracking.tracking_uri scheduler.warmup_epochs"
-    overrides = {k: getattr(args, k.split(".")[-1]) for k in keys.split()}
-    tracks = True if args.tracking_uri is not None or args.experiment is not None else None
-    overrides["scheduler.type"] = args.scheduler  # "none": dropped by _resolve
-    overrides["tracking.enabled"] = False if args.no_tracking else tracks
-    overrides["checkpoints.directory"] = args.checkpoint_dir  # "none": dropped by _resolve
-    keys = [key for key, _ in args.set or []]
-    if twice := sorted({key for key in keys if keys.count(key) > 1}):
-        raise ValueError(f"--set {twice[0]} is given twice: give each key once")
-    return {**{k: v for k, v in overrides.items() if v is not None}, **dict(args.set or [])}
-
-
 def _resolve(args: argparse.Namespace) -> dict[str, Any]:
-    """The file's configuration with the flags laid over it (one override layer)."""
+    """The file's configuration with the flags laid over it as dotted keys (one override layer:
+    a flag's ``None`` is not given, ``--set KEY=null`` sets null; ``--set`` last, each key once)."""
     from .checks import check_folder
-    from .config import load_config, resolve_config
+    from .config import load_config, resolve_config, resumable
 
     if args.scheduler == "none" and args.warmup_epochs is not None:
         raise ValueError("--warmup-epochs needs a scheduler, but --scheduler is none")
     for flag in ("tracking_uri", "experiment", "run_name", "export", "device", "checkpoint_dir"):
         if getattr(args, flag) is not None and not getattr(args, flag).strip():
             raise ValueError(f"--{flag.replace('_', '-')} is empty: give a value or leave it out")
-    if args.no_tracking and (
-        given := [f for f in ("tracking_uri", "experiment") if getattr(args, f)]
-    ):
-        raise ValueError(f"--no-tracking contradicts --{given[0].replace('_', '-')}: give one")
+    given = [f for f in ("tracking-uri", "experiment") if getattr(args, f.replace("-", "_"))]
+    if args.no_tracking and given:
+        raise ValueError(f"--no-tracking contradicts --{given[0]}: give one")
     if args.export is not None:  # before training, not after it
         try:
             check_folder("--export", args.export, writable=True).mkdir(parents=True, exist_ok=True)
@@ -191,32 +170,34 @@ def _resolve(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(
                 f"--export {args.export} cannot be created ({error.strerror})"
             ) from None
-    cfg = resolve_config(load_config(args.config), preset=args.preset, overrides=_overrides(args))
+    keys = "epochs seed device optimizer.lr data.batch_size data.num_train data.num_val"
+    keys += " tracking.run_name tracking.experiment tracking.tracking_uri scheduler.warmup_epochs"
+    flags = {k: getattr(args, k.split(".")[-1]) for k in keys.split()}
+    flags["scheduler.type"] = args.scheduler  # "none": dropped below
+    flags["tracking.enabled"] = False if args.no_tracking else (True if given else None)
+    flags["checkpoints.directory"] = args.checkpoint_dir  # "none": dropped below
+    keys = [key for key, _ in args.set or []]
+    if twice := sorted({key for key in keys if keys.count(key) > 1}):
+        raise ValueError(f"--set {twice[0]} is given twice: give each key once")
+    overrides = {**{k: v for k, v in flags.items() if v is not None}, **dict(args.set or [])}
+    cfg = resolve_config(load_config(args.config), preset=args.preset, overrides=overrides)
     if args.scheduler == "none":
         cfg["scheduler"] = None
     if (args.checkpoint_dir or "").lower() == "none":
         cfg["checkpoints"]["directory"] = None
     if cfg["scheduler"] is not None and "type" not in cfg["scheduler"]:
         raise ValueError("--warmup-epochs needs a scheduler type (give --scheduler TYPE)")
-    args.resume = (args.resume or args.resume_if_exists) and _resumable(cfg, args)
+    wanted = args.resume or args.resume_if_exists
+    args.resume = wanted and resumable(cfg)
+    if wanted and not args.resume:
+        nothing = f"no checkpoint in {cfg['checkpoints']['directory']} to resume from"
+        if not args.resume_if_exists:
+            raise ValueError(f"--resume: {nothing} (--resume-if-exists starts fresh then)")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{nothing}: starting fresh (--resume-if-exists)", flush=True)
     if cfg["tracking"].get("run_name") is None:  # MLflow's random names repeat under a seed
         cfg["tracking"]["run_name"] = Path(args.config).stem + ("-resumed" if args.resume else "")
     return cfg
-
-
-def _resumable(cfg: dict[str, Any], args: argparse.Namespace) -> bool:
-    """Whether there is a checkpoint to resume from: ValueError without one, unless
-    ``--resume-if-exists`` (then ``False``, with a notice)."""
-    from .config import resumable
-
-    if resumable(cfg):
-        return True
-    nothing = f"no checkpoint in {cfg['checkpoints']['directory']} to resume from"
-    if not args.resume_if_exists:
-        raise ValueError(f"--resume: {nothing} (--resume-if-exists starts fresh then)")
-    if os.environ.get("RANK", "0") == "0":
-        print(f"{nothing}: starting fresh (--resume-if-exists)", flush=True)
-    return False
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -250,21 +231,10 @@ def _train(args: argparse.Namespace) -> int:
         history.to_json(folder / "history.json")
         say(f"exported the history to {folder}")
     final = (history.epochs.get("val_loss") or [0.0])[-1]  # none logged: nothing to judge
-    if not math.isfinite(final):
-        if main:
-            advice = "lower --lr, or stability.on_nonfinite: raise to stop at the first NaN"
-            print(f"stabletrain: diverged: final val_loss={final} ({advice})", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _is_store_error(error: BaseException) -> bool:
-    """An MLflow or SQLAlchemy exception (by its module: neither need be imported)."""
-    return any(c.__module__.split(".")[0] in ("mlflow", "sqlalchemy") for c in type(error).__mro__)
+    if main and not math.isfinite(final):
+        advice = "lower --lr, or stability.on_nonfinite: raise to stop at the first NaN"
+        print(f"stabletrain: diverged: final val_loss={final} ({advice})", file=sys.stderr)
+    return 0 if math.isfinite(final) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,15 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stabletrain: interrupted (continue with --resume)", file=sys.stderr)
         return 130
     except Exception as error:
-        if _is_store_error(error):  # e.g. a locked or unreachable MLflow store
-            print(f"stabletrain: error: tracking: {_one_line(error)}", file=sys.stderr)
-            return 2
-        if isinstance(error, ValueError | TypeError | ImportError | OSError):
-            print(f"stabletrain: error: {_one_line(error)}", file=sys.stderr)
-            return 2
-        if isinstance(error, RuntimeError):  # CheckpointError, NonFiniteError
-            print(f"stabletrain: training failed: {_one_line(error)}", file=sys.stderr)
-            return 1
+        line = " ".join(str(error).split()) or type(error).__name__
+        roots = {c.__module__.split(".")[0] for c in type(error).__mro__}  # none need be imported
+        for what, status, given in (
+            ("error: tracking", 2, bool(roots & {"mlflow", "sqlalchemy"})),  # e.g. a locked store
+            ("error", 2, isinstance(error, ValueError | TypeError | ImportError | OSError)),
+            ("training failed", 1, isinstance(error, RuntimeError)),  # CheckpointError, NonFinite
+        ):
+            if given:
+                print(f"stabletrain: {what}: {line}", file=sys.stderr)
+                return status
         raise
 
 

@@ -1,12 +1,7 @@
 """One configuration, ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (mappings merge key
 by key, anything else replaces; a new ``scheduler.type`` starts that section afresh but for
-``warmup_epochs``, not for ``adaptive``), builds what ``fit`` takes or trains (:func:`run`).
-
-Every key is checked by :data:`SCHEMA` before anything is built (the ``optimizer``, ``scheduler``,
-``loss`` and ``deep_supervision`` sections by their builders), a bad value raising ``ValueError``
-that names the dotted key and what is accepted. A table over :mod:`.checks`, not pydantic: its
-messages are the library's own, with "did you mean", in fewer lines than pydantic's models and
-the message rewriting they would need (pydantic accepts ``'false'`` for a bool unless strict)."""
+``warmup_epochs``, not for ``adaptive``), every key checked by :data:`SCHEMA` (``ValueError``
+naming the dotted key and what is accepted), builds what ``fit`` takes or trains (:func:`run`)."""
 
 from __future__ import annotations
 
@@ -15,7 +10,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,18 +19,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from . import checks, optim
 from .amp import DTYPES, MixedPrecision
 from .callbacks import Callback
 from .checkpoint import _STRATEGY_ALIASES, STRATEGIES, CheckpointManager
-from .checks import (
-    check_bool,
-    check_choice,
-    check_config_value,
-    check_float,
-    check_int,
-    check_keys,
-    did_you_mean,
-)
+from .checks import check_config_value, check_float, check_int, did_you_mean
 from .data import SHAPES, make_loaders
 from .deep_supervision import _DEFAULTS as _SCHEDULE_PARAMS
 from .deep_supervision import DeepSupervisionLoss
@@ -45,14 +33,6 @@ from .loop import fit
 from .losses import build_loss
 from .metrics import metric_mode
 from .models import ACTIVATION_TYPES, ATTENTION_TYPES, NORM_TYPES, TinyUNet
-from .optim import (
-    CLIPPING_KEYS,
-    OPTIMIZER_TYPES,
-    build_optimizer,
-    check_optimizer_config,
-    clipping_from_config,
-    optimizer_keys,
-)
 from .schedulers import build_scheduler, epochs_to_steps
 from .stability import NONFINITE_POLICIES, EarlyStopping, StabilityGuard
 from .tracking import MLflowTracker, check_tracking_uri
@@ -122,13 +102,10 @@ def _hint(word: Any, choices: Collection) -> str:
     return f"; {hint}" if (hint := did_you_mean(word, choices)) else ""
 
 
-def _keys(name: str, mapping: Any, allowed: Collection[str]) -> None:
-    """:func:`check_keys` as a ``ValueError`` with the nearest accepted key."""
+def _keys(name: str, mapping: Mapping, allowed: Collection[str]) -> None:
     try:
-        check_keys(name, mapping, allowed)
-    except TypeError as error:
-        raise ValueError(str(error)) from None
-    except ValueError as error:
+        checks.check_keys(name, mapping, allowed)
+    except ValueError as error:  # with the nearest accepted key
         unknown = sorted(map(str, set(mapping) - set(allowed)))
         raise ValueError(f"{error}{_hint(unknown[0], allowed)}") from None
 
@@ -137,26 +114,24 @@ def _spec(check, **bounds):
     return lambda name, value: check_config_value(check, name, value, **bounds)
 
 
-def _bool(name: str, value: Any) -> None:  # YAML spells them true and false
-    if not isinstance(value, bool):
-        got = f"{type(value).__name__} {value!r}"
-        raise ValueError(f"{name} must be a bool (true or false), got {got}")
+def _must(what: str, ok: Callable[[Any], Any], *, optional: bool = False):
+    what += " or null" if optional else ""
 
-
-def _one_of(*choices):
     def check(name: str, value: Any) -> None:
-        try:
-            check_choice(name, value, choices)
-        except ValueError as error:
-            raise ValueError(f"{error}{_hint(value, choices)}") from None
+        if not (ok(value) or (optional and value is None)):
+            raise ValueError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
 
     return check
 
 
-def _text(name: str, value: Any, *, optional=False, what="a non-empty string") -> None:
-    if not ((value is None and optional) or (isinstance(value, str) and value)):
-        got = f"{type(value).__name__} {value!r}"
-        raise ValueError(f"{name} must be {what}{' or null' if optional else ''}, got {got}")
+def _one_of(*choices: Any, what: str = "one of"):
+    def check(name: str, value: Any) -> None:
+        if value not in choices:  # strings and None: check_choice's rule
+            raise ValueError(
+                f"{name} must be {what} {choices}, got {value!r}{_hint(value, choices)}"
+            )
+
+    return check
 
 
 def _device(name: str, value: Any) -> None:
@@ -166,30 +141,18 @@ def _device(name: str, value: Any) -> None:
         raise ValueError(f"{error} (or auto or null: the best available)") from None
 
 
-def _monitor(name: str, value: Any) -> None:
-    if value not in MONITORS:
-        logged = f"a metric the run logs each epoch, one of {MONITORS}"
-        raise ValueError(f"{name} must be {logged}, got {value!r}{_hint(value, MONITORS)}")
-
-
-def _tracking_uri(name: str, value: Any) -> None:
-    check_config_value(lambda _, uri: check_tracking_uri(uri), name, value)
-
-
 def _optimizer(name: str, value: Any) -> None:
-    if not isinstance(value, Mapping):
-        raise ValueError(f"config section {name!r} must be a mapping, got {value!r}")
+    _check(name, value, {})
     try:
-        check_optimizer_config(value)
+        optim.check_optimizer_config(value)
     except (ValueError, TypeError) as error:
-        kind = str(value.get("type")).strip().lower() if isinstance(value, Mapping) else None
-        keys = optimizer_keys(kind) if kind in OPTIMIZER_TYPES else []
-        hint = next((_hint(k, keys) for k in value if keys and k not in keys), "")
+        kind = str(value.get("type")).strip().lower()
+        keys = optim.optimizer_keys(kind) if kind in optim.OPTIMIZER_TYPES else []
+        hint = next((_hint(k, keys) for k in value if k not in keys), "")
         raise ValueError(f"config section {name!r}: {error}{hint}") from None
 
 
 def _in_section(name: str, build, *args, **kwargs) -> Any:
-    """``build(*args, **kwargs)``, its ``ValueError``/``TypeError`` naming the section."""
     try:
         return build(*args, **kwargs)
     except (ValueError, TypeError) as error:
@@ -197,12 +160,13 @@ def _in_section(name: str, build, *args, **kwargs) -> Any:
 
 
 _INT, _SEED = _spec(check_int, min=1), _spec(check_int, min=0, max=2**32 - 1)
+_BOOL = _must("a bool (true or false)", lambda value: isinstance(value, bool))  # YAML's spelling
 _NONE_OR_MAPPING = ("scheduler", "early_stopping", "model.attention_options")
 SCHEMA: dict[str, Any] = {
     "preset": lambda name, value: value is None or _one_of(*PRESETS)(name, value),
     "seed": _SEED,
     "epochs": _INT,
-    "monitor": _monitor,
+    "monitor": _one_of(*MONITORS, what="a metric the run logs each epoch, one of"),
     "device": _device,
     "data": {"num_train": _INT, "num_val": _INT, "batch_size": _INT, "seed": _SEED}
     | {"image_size": _spec(check_int, min=16), "num_classes": _INT},
@@ -210,18 +174,18 @@ SCHEMA: dict[str, Any] = {
         "attention": _one_of(*ATTENTION_TYPES),
         "base_channels": _INT,
         "depth": _spec(check_int, min=1, max=6),
-        "deep_supervision": _bool,
-        "safe_attention": _bool,
+        "deep_supervision": _BOOL,
+        "safe_attention": _BOOL,
         "attention_options": {
-            "norm": _bool,
+            "norm": _BOOL,
             "gate_bound": _spec(check_float, min=0, low_open=True, optional=True),
             "residual_scale": _spec(check_float, min=0, max=1, low_open=True, optional=True),
         },
         "in_channels": _INT,
         "norm": _one_of(*NORM_TYPES),
         "activation": _one_of(*ACTIVATION_TYPES),
-        "bottleneck_attention": _bool,
-        "qk_norm": _bool,
+        "bottleneck_attention": _BOOL,
+        "qk_norm": _BOOL,
     },
     "optimizer": _optimizer,
     "scheduler": {},  # its keys: build_scheduler's (they depend on the type)
@@ -237,55 +201,52 @@ SCHEMA: dict[str, Any] = {
         "spike_window": _INT,
     },
     "amp": {"dtype": _one_of(*DTYPES)},
-    "loss": lambda name, value: (
-        isinstance(value, Mapping)  # its keys: build_loss's
-        or _text(name, value, what="a loss preset name or a mapping")
+    "loss": _must(  # a mapping's keys: build_loss's
+        "a loss preset name or a mapping",
+        lambda value: isinstance(value, Mapping) or (isinstance(value, str) and value),
     ),
     "deep_supervision": {},  # DeepSupervisionLoss's (checked against model.depth)
     "early_stopping": {
         "patience": _INT,
         "min_delta": _spec(check_float, min=0),
-        "check_finite": _bool,
+        "check_finite": _BOOL,
         "mode": _one_of("min", "max"),
     },
     "checkpoints": {
-        "directory": functools.partial(_text, optional=True, what="a folder path"),
+        "directory": _must("a folder path", lambda v: isinstance(v, str) and v, optional=True),
         "strategy": _one_of(*STRATEGIES, *_STRATEGY_ALIASES),
         "max_keep": _INT,
         "every_n_epochs": _INT,
         "every_n_minutes": _spec(check_float, min=0, low_open=True, optional=True),
         "min_improvement": _spec(check_float, min=0),
         "every_n_steps": _spec(check_int, min=1, optional=True),
-        "async_save": _bool,
-        "durable": _bool,
+        "async_save": _BOOL,
+        "durable": _BOOL,
         "mode": _one_of("min", "max"),
     },
     "tracking": {
-        "enabled": _bool,
-        "experiment": _text,
-        "run_name": functools.partial(_text, optional=True),
-        "tracking_uri": _tracking_uri,
+        "enabled": _BOOL,
+        "experiment": _must("a non-empty string", lambda v: isinstance(v, str) and v),
+        "run_name": _must("a non-empty string", lambda v: isinstance(v, str) and v, optional=True),
+        "tracking_uri": _spec(lambda _, uri: check_tracking_uri(uri)),
         "flush_every": _INT,
-        "verbose": _bool,
+        "verbose": _BOOL,
     },
 }
-"""Every key of a configuration and its check ``(dotted_name, value)``; a mapping: a section
-(``{}``: its keys are checked by the section's builder)."""
+"""Every key and its check ``(dotted_name, value)``; a mapping: a section (``{}``: its builder's)."""
 
 
 def _check(name: str, value: Any, spec: Any) -> None:
     """``value`` against ``spec`` (a check or a section of :data:`SCHEMA`), named ``name``."""
     if callable(spec):
-        return spec(name, value)
-    if value is None and name in _NONE_OR_MAPPING:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValueError(f"config section {name!r} must be a mapping, got {value!r}")
-    if spec:
-        _keys(f"config section {name!r}" if name else "config", value, spec)
-    for key, item in value.items() if spec else ():
-        _check(f"{name}.{key}".lstrip("."), item, spec[key])
-    return None
+        spec(name, value)
+    elif value is not None or name not in _NONE_OR_MAPPING:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config section {name!r} must be a mapping, got {value!r}")
+        if spec:
+            _keys(f"config section {name!r}" if name else "config", value, spec)
+        for key, item in value.items() if spec else ():
+            _check(f"{name}.{key}".lstrip("."), item, spec[key])
 
 
 @functools.cache
@@ -303,11 +264,10 @@ def _yaml_loader():
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key, _ in node.value:
+                line = key.start_mark.line + 1
                 if not isinstance(key, yaml.ScalarNode):
-                    line = key.start_mark.line + 1
                     raise ValueError(f"is not valid YAML at line {line} (a key must be a scalar)")
-                if isinstance(key, yaml.ScalarNode) and (key.tag, key.value) in seen:
-                    line = key.start_mark.line + 1
+                if (key.tag, key.value) in seen:
                     raise ValueError(f"holds the key {key.value!r} twice (again at line {line})")
                 seen.add((key.tag, key.value))
             return super().construct_mapping(node, deep)
@@ -316,27 +276,17 @@ def _yaml_loader():
         c: [(t, r) for t, r in rs if t not in (_INT_TAG, _FLOAT_TAG)]
         for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
-    for tag, pattern, first in _YAML12_NUMBERS:
-        Loader.add_implicit_resolver(tag, re.compile(pattern), list(first))
-    Loader.add_constructor(_INT_TAG, lambda loader, node: _yaml12_int(node.value))
+    Loader.add_implicit_resolver(_INT_TAG, re.compile(_YAML12_INT), list("-+0123456789"))
+    Loader.add_implicit_resolver(_FLOAT_TAG, re.compile(_YAML12_FLOAT), list("-+.0123456789"))
+    base = {"0o": 8, "0x": 16}  # int() takes the prefix of its base
+    Loader.add_constructor(_INT_TAG, lambda _, node: int(node.value, base.get(node.value[:2], 10)))
     return Loader
 
 
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-_YAML12_NUMBERS = (  # the YAML 1.2 core schema (ints first: 10 is an int)
-    (_INT_TAG, r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
-    (
-        _FLOAT_TAG,
-        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?)$",
-        "-+.0123456789",
-    ),
-    (_FLOAT_TAG, r"^(?:[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+."),
-)
-
-
-def _yaml12_int(text: str) -> int:
-    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
-    return int(text[2:] if base != 10 else text, base)
+_YAML12_INT = r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"  # the YAML 1.2 core schema
+_FLOAT = r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+_YAML12_FLOAT = rf"^(?:{_FLOAT}|\.(?:nan|NaN|NAN))$"
 
 
 def _expanded(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
@@ -353,8 +303,7 @@ def _expanded(node: Any, sizes: dict[int, int], open_: set[int]) -> int:
 
 
 def parse_yaml(text: str) -> Any:
-    """``text`` read as a config file is (:func:`load_config`); ``ValueError`` with a predicate
-    (``"is not valid YAML at line 3 (...)"``, ``"holds the key 'lr' twice ..."``)."""
+    """``text`` read as a config file is; ``ValueError`` says why not (``"is not valid YAML..."``)."""
     import yaml
 
     try:
@@ -368,8 +317,7 @@ def parse_yaml(text: str) -> Any:
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML configuration file of at most 1 MB (:func:`parse_yaml`); ``ValueError`` if it is
-    missing, a folder, too large, not UTF-8 or YAML, empty or not a mapping."""
+    """A YAML configuration file (1 MB at most, a mapping) as a dict; else ``ValueError``."""
     name, path = f"config file {str(path)!r}", Path(path)
     if path.is_dir():
         raise ValueError(f"{name} is a directory, not a file")
@@ -395,8 +343,7 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _nest(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"optimizer.lr": 1e-3}`` → ``{"optimizer": {"lr": 1e-3}}`` (a copy); ``ValueError`` for a
-    key given twice (``optimizer.lr`` and ``optimizer: {lr: ...}``)."""
+    """``{"optimizer.lr": 1e-3}`` → ``{"optimizer": {"lr": 1e-3}}`` (a copy; a key twice: error)."""
     out: dict[str, Any] = {}
     for key, value in copy.deepcopy(dict(overrides)).items():
         *parents, last = str(key).split(".")
@@ -430,9 +377,8 @@ def resolve_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Resolve ``DEFAULTS ⊕ PRESETS[preset] ⊕ config ⊕ overrides`` (``config`` may be a YAML path,
-    ``overrides`` dotted keys, a ``None`` value sets null; ``preset`` > ``overrides["preset"]`` >
-    ``config["preset"]``) and check every key (:data:`SCHEMA`): ValueError names the dotted key;
-    a setting nothing reads (``unused``) is refused where it is the user's, not the preset's."""
+    ``overrides`` dotted keys, ``None`` sets null; ``preset`` > ``overrides["preset"]`` >
+    ``config["preset"]``) and check every key; a user's key that nothing reads is refused."""
     if isinstance(config, str | os.PathLike):
         config = load_config(config)
     if config is not None and not isinstance(config, Mapping):
@@ -446,7 +392,7 @@ def resolve_config(
     cfg["preset"] = chosen
     mine = _merge(config, given)
     section = cfg["optimizer"] if isinstance(cfg["optimizer"], Mapping) else {}
-    clips = [k for k in CLIPPING_KEYS if section.get(k) not in (None, 0, False)]
+    clips = [k for k in optim.CLIPPING_KEYS if section.get(k) not in (None, 0, False)]
     if len(clips) > 1 and (theirs := [k for k in clips if k not in mine.get("optimizer", {})]):
         why = f"optimizer.{theirs[0]} comes from preset {chosen!r}: set it to null to use another"
         raise ValueError(f"give at most one gradient clipping key, got {clips}; {why}")
@@ -457,16 +403,12 @@ def resolve_config(
 
 def _check_together(cfg: dict[str, Any], mine: Mapping[str, Any]) -> None:
     """The checks of one key against another; ``mine``: the user's layers (no defaults/preset)."""
-    depth, data, model, deep = (
-        cfg["model"]["depth"],
-        cfg["data"],
-        cfg["model"],
-        cfg["deep_supervision"],
-    )
+    data, model, deep = cfg["data"], cfg["model"], cfg["deep_supervision"]
+    depth = model["depth"]
     if (schedule := deep.get("schedule", "linear_low_to_high")) in _SCHEDULE_PARAMS:
         own = ("schedule", "target_resize", "min_weight", *_SCHEDULE_PARAMS[schedule])
         _keys("config section 'deep_supervision'", deep, own)
-    _in_section("deep_supervision", DeepSupervisionLoss, max, depth, **cfg["deep_supervision"])
+    _in_section("deep_supervision", DeepSupervisionLoss, max, depth, **deep)
     if cfg["early_stopping"] is not None and "patience" not in cfg["early_stopping"]:
         raise ValueError("config section 'early_stopping' needs patience (epochs, >= 1)")
     for section in ("early_stopping", "checkpoints"):  # a mode against the monitor's direction
@@ -479,13 +421,9 @@ def _check_together(cfg: dict[str, Any], mine: Mapping[str, Any]) -> None:
         need = f"divisible by 2**model.depth = {2**depth} (the U-Net halves it depth times)"
         raise ValueError(f"data.image_size={data['image_size']} must be {need}")
     classes = sorted({1, 2, len(SHAPES) + 1})  # the shapes data: one class per shape
-    check_config_value(
-        check_choice, "data.num_classes", data.get("num_classes", 1), choices=classes
-    )
-    if model.get("in_channels", 1) != 1:
-        raise ValueError(
-            f"model.in_channels must be 1 (the shapes data), got {model['in_channels']}"
-        )
+    checks.check_choice("data.num_classes", data.get("num_classes", 1), classes)
+    if (channels := model.get("in_channels", 1)) != 1:
+        raise ValueError(f"model.in_channels must be 1 (the shapes data), got {channels}")
     scheduler, points = cfg["scheduler"] or {}, cfg["checkpoints"]
     strategy = _STRATEGY_ALIASES.get(points["strategy"], points["strategy"])
     policy, off = cfg["stability"]["on_nonfinite"], str(scheduler.get("type")).lower()
@@ -537,13 +475,11 @@ def seeded_start(data: Mapping[str, Any], model: Mapping[str, Any], seed: int):
 
 
 def scheduler_from_config(optimizer, section: Mapping | None, *, epochs: int, steps_per_epoch: int):
-    """The scheduler of a ``scheduler`` section (``None`` if none/null): ``warmup_epochs`` →
-    ``warmup_steps``, ``total_steps = epochs * steps_per_epoch``. ValueError for both warmups,
-    one not shorter than the run or rounding to 0 steps, another ``total_steps``, a bad setting."""
+    """The scheduler of a ``scheduler`` section (``None`` if none/null), ``warmup_epochs`` as
+    ``warmup_steps`` and ``total_steps = epochs * steps_per_epoch``; a bad setting: ValueError."""
     if section is None or str(section.get("type", "")).lower() in ("none", "null"):
         return None
-    params = dict(section)
-    total = epochs * steps_per_epoch
+    params, total = dict(section), epochs * steps_per_epoch
     plan = f"{epochs=} x {steps_per_epoch} steps per epoch = {total} steps"
     if "warmup_epochs" in params:
         if "warmup_steps" in params:
@@ -614,7 +550,7 @@ def build_training(
     if steps_per_epoch is None:
         batches = math.ceil(cfg["data"]["num_train"] / cfg["data"]["batch_size"])
         steps_per_epoch = math.ceil(batches / cfg["stability"].get("accumulation_steps", 1))
-    optimizer = build_optimizer(model, cfg["optimizer"])
+    optimizer = optim.build_optimizer(model, cfg["optimizer"])
     section = cfg["scheduler"]
     if section and str(section.get("type", "")).strip().lower() == "plateau":
         section = {"mode": metric_mode(cfg["monitor"]), **section}  # the monitor's direction
@@ -623,20 +559,17 @@ def build_training(
     )
     amp = MixedPrecision(**cfg["amp"], device_type=next(model.parameters()).device.type)
     amp = amp if amp.enabled else None
-    options = {**clipping_from_config(cfg["optimizer"]), **cfg["stability"]}
+    options = {**optim.clipping_from_config(cfg["optimizer"]), **cfg["stability"]}
     guard = StabilityGuard(model, optimizer, scheduler=scheduler, amp=amp, **options)
     num_classes = cfg["data"].get("num_classes", 1)
     loss_fn: Any = build_loss(cfg["loss"], mode="binary" if num_classes == 1 else "multiclass")
     inner = model.module if isinstance(model, DDP) else model
     if getattr(inner, "deep_supervision", False):
         loss_fn = DeepSupervisionLoss(loss_fn, num_outputs=inner.depth, **cfg["deep_supervision"])
-    early = cfg["early_stopping"] or None
-    early = early and EarlyStopping(
-        **{**early, "mode": metric_mode(cfg["monitor"], early.get("mode"))}
-    )
-    options = {**_checkpoint_options(cfg), "config": cfg}
-    directory = options.pop("directory", None)
-    checkpoints = ConfigCheckpointManager(directory, **options) if directory else None
+    if early := cfg["early_stopping"]:  # None or with patience
+        early = EarlyStopping(**{**early, "mode": metric_mode(cfg["monitor"], early.get("mode"))})
+    directory, options = _checkpoint_options(cfg)
+    checkpoints = ConfigCheckpointManager(directory, config=cfg, **options) if directory else None
     if tracker is None and cfg["tracking"].get("enabled") and is_main():  # rank 0 logs
         tracker = MLflowTracker(**{k: v for k, v in cfg["tracking"].items() if k != "enabled"})
     if tracker is not None:
@@ -645,19 +578,19 @@ def build_training(
     return Training(*fields, cfg["epochs"], cfg["monitor"], steps_per_epoch, cfg)
 
 
-def _checkpoint_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The checkpoint manager's arguments: the section, ``monitor`` and its direction."""
-    mode = metric_mode(cfg["monitor"], cfg["checkpoints"].get("mode"))
-    final = cfg["checkpoints"]["strategy"] in ("improvement_or_final", "adaptive")
-    total = {"total_epochs": cfg["epochs"]} if final else {}  # the planned epochs
-    return {**cfg["checkpoints"], "monitor": cfg["monitor"], "mode": mode, **total}
+def _checkpoint_options(cfg: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The checkpoint folder and the manager's other arguments (``monitor``, its direction)."""
+    options = {**cfg["checkpoints"], "monitor": cfg["monitor"]}
+    options["mode"] = metric_mode(cfg["monitor"], options.get("mode"))
+    if options["strategy"] in ("improvement_or_final", "adaptive"):
+        options["total_epochs"] = cfg["epochs"]  # the planned epochs
+    return options.pop("directory", None), options
 
 
 def resumable(cfg: Mapping[str, Any]) -> bool:
     """Whether ``checkpoints.directory`` holds a checkpoint to resume from; ``ValueError`` for no
     folder or a checkpoint written with other training settings."""
-    options = _checkpoint_options(cfg)
-    directory = options.pop("directory", None)
+    directory, options = _checkpoint_options(cfg)
     if not directory:
         raise ValueError("resume needs checkpoints.directory (a folder with checkpoints)")
     manager = CheckpointManager(directory, read_only=True, **options)
@@ -692,12 +625,10 @@ def run(
     tracker: Any = None,
 ) -> tuple[History, nn.Module, Training]:
     """Train on the shapes data from one configuration; returns ``(history, model, training)``.
-
-    ``resume`` continues from the latest checkpoint (ValueError unless its config is equal but
-    for checkpoints/tracking/device); ``stop_after_epochs`` stops after that many epochs. Under
-    ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process group and trains a
-    ``DistributedDataParallel`` model, ``data.batch_size`` per rank."""
-    check_bool("resume", resume)
+    ``resume``: from the latest checkpoint (ValueError unless its config is equal but for
+    checkpoints/tracking/device). Under ``torchrun`` (``WORLD_SIZE`` > 1) it joins the process
+    group and trains a ``DistributedDataParallel`` model, ``data.batch_size`` per rank."""
+    checks.check_bool("resume", resume)
     cfg = resolve_config(config)
     if resume:
         resumable(cfg)
