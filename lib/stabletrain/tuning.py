@@ -52,8 +52,7 @@ def adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 @dataclass
 class TuningRun:
-    """One short run: its settings, ``history``, the final ``monitor`` value (``nan`` if it
-    diverged) and ``diverged_step`` (``None`` if it did not)."""
+    """One short run: settings, ``history``, final ``monitor`` value (``nan`` if it diverged)."""
 
     lr: float
     warmup_steps: int
@@ -179,8 +178,7 @@ class SweepResult:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        """Per (warmup, lr): ``mean`` of the finite final metrics, ``values``, ``diverged`` (how
-        many seeds diverged) and ``seeds``."""
+        """Per (warmup, lr): ``mean`` (of finite metrics), ``values``, ``diverged``, ``seeds``."""
         groups: dict[tuple[int, float], list[TuningRun]] = {}
         for run in self.runs:
             groups.setdefault((run.warmup_steps, run.lr), []).append(run)
@@ -249,9 +247,8 @@ def lr_sweep(
     on_run: Callable[[TuningRun], Any] | None = None,
     **run_kwargs: Any,
 ) -> SweepResult:
-    """:func:`tuning_run` for every peak LR × warmup × seed, every argument checked before the
-    first run; ``mode``: :func:`~stabletrain.metrics.metric_mode` of the monitor. Once
-    ``should_stop()``, returns the runs so far."""
+    """:func:`tuning_run` for every peak LR × warmup × seed (all arguments checked first) until
+    ``should_stop()``; ``mode``: :func:`~stabletrain.metrics.metric_mode` of the monitor."""
     _check_model_fn(model_fn)
     lrs, warmups, seeds = map(as_list, (lrs, warmups, seeds))
     for name, values in (("lrs", lrs), ("warmups", warmups), ("seeds", seeds)):
@@ -293,8 +290,7 @@ def range_test(
     device: torch.device | str | None = None,
     **kwargs: Any,
 ) -> LRRangeTestResult:
-    """:func:`~stabletrain.lr_finder.lr_range_test` (``kwargs``: ``start_lr``, ``end_lr``, …) on a
-    fresh ``model_fn()`` seeded by ``seed``."""
+    """:func:`~stabletrain.lr_finder.lr_range_test` (``kwargs``) on a new seeded ``model_fn()``."""
     check_keywords(
         "range_test", kwargs, lr_range_test, ("max_grad_norm", "batch_fn", "device", "update")
     )

@@ -45,16 +45,12 @@ def _param_specs(kind: str, total_steps: int) -> dict[str, tuple]:
     floor = {"min_lr_ratio": ("float", 0.0, 0.0, 0.5, 0.01)}
     factor = {"factor": ("float", 0.5, 0.05, 0.95, 0.05)}
     quarter = ("int", max(1, t // 4), 1, t, 1)
+    restarts = {"t_mult": ("float", 1.0, 1.0, 3.0, 0.1), "m_mul": ("float", 1.0, 0.1, 1.0, 0.05)}
+    spikes = {"spike_threshold": ("float", 1.0, 0.1, 5.0, 0.1)}
     specs = {
         "constant": warmup,
         "warmup_cosine": {**warmup, **floor},
-        "cosine_restarts": {
-            **warmup,
-            "first_cycle_steps": quarter,
-            "t_mult": ("float", 1.0, 1.0, 3.0, 0.1),
-            "m_mul": ("float", 1.0, 0.1, 1.0, 0.05),
-            **floor,
-        },
+        "cosine_restarts": {**warmup, "first_cycle_steps": quarter, **restarts, **floor},
         "onecycle": {
             "pct_start": ("float", 0.3, 0.05, 0.95, 0.05),
             "div_factor": ("log", 25.0, 0.0, 3.0, 0.1),
@@ -73,12 +69,7 @@ def _param_specs(kind: str, total_steps: int) -> dict[str, tuple]:
         "step": {**warmup, "step_size": quarter, "gamma": ("float", 0.5, 0.05, 1.0, 0.05), **floor},
         # metric-driven: the LR after warmup depends on the metrics a run reports
         "plateau": {**warmup, **factor, "patience": ("int", 1, 0, 10, 1)},
-        "adaptive": {
-            **warmup,
-            **factor,
-            "patience": ("int", 10, 1, 50, 1),
-            "spike_threshold": ("float", 1.0, 0.1, 5.0, 0.1),
-        },
+        "adaptive": {**warmup, **factor, "patience": ("int", 10, 1, 50, 1), **spikes},
     }
     return specs.get(kind, {})
 
@@ -332,9 +323,7 @@ class LRTuner(_Widget):
         self.options = dict(loss_fn=loss_fn, optimizer_fn=optimizer_fn, metrics=metrics)
         self.options |= dict(monitor=monitor, batch_fn=batch_fn, device=device)
         self.runs: list[list[TuningRun]] = []  # one list (its seeds) per run() call
-        self.sweep_result: SweepResult | None = None
-        self.range_result: LRRangeTestResult | None = None
-        self._panel, self._thread, self.error = None, None, None
+        self.sweep_result = self.range_result = self._panel = self._thread = self.error = None
         self._stop = threading.Event()
         n, clip, last = len(seeds), max_grad_norm or 0.0, self.steps - 1
         self.controls: dict[str, w.ValueWidget] = {
@@ -347,11 +336,10 @@ class LRTuner(_Widget):
         }
         self.controls["lr"].readout_format = ".2e"
         self.controls["max_grad_norm"].readout_format = ".2f"
-        work = {"run": self.run, "sweep": self.sweep, "range test": self.range_test}
-        work |= {"use suggestion": self.use_suggestion, "apply": self.apply}
-        actions = {name: partial(self._in_background, f) for name, f in work.items()}
-        actions |= {"cancel": self.cancel, "clear": self.clear}
-        self.buttons = {name: _button(name, action) for name, action in actions.items()}
+        work = [self.run, self.sweep, self.range_test, self.use_suggestion, self.apply]
+        actions = [*(partial(self._in_background, f) for f in work), self.cancel, self.clear]
+        names = ("run", "sweep", "range test", "use suggestion", "apply", "cancel", "clear")
+        self.buttons = {name: _button(name, action) for name, action in zip(names, actions)}
         self.buttons["run"].button_style = "primary"
         self._busy(False)
         style = {"description_width": "initial"}
@@ -425,10 +413,9 @@ class LRTuner(_Widget):
         LR × 10^(−1 … 1) in half decades within ``lr_range``, warmups: 0 and the slider's (or a
         quarter of the run)."""
         lr, low, high = self.controls["lr"].value, *self.lr_range
-        lrs, warmups = as_list(lrs), as_list(warmups)
-        lrs = lrs or [x for x in lr * np.logspace(-1, 1, 5) if low <= x <= high]
+        lrs = as_list(lrs) or [x for x in lr * np.logspace(-1, 1, 5) if low <= x <= high]
         quarter = self.controls["warmup_steps"].value or self.steps // 4
-        warmups = warmups if warmups is not None else sorted({0, quarter})
+        warmups = as_list(warmups) if warmups is not None else sorted({0, quarter})
         seeds = self._seeds(seeds)
         self._begin(len(lrs) * len(warmups) * len(seeds) * self.steps, "sweeping")
         schedule = {k: v for k, v in self.schedule().items() if k != "warmup_steps"}
@@ -440,8 +427,7 @@ class LRTuner(_Widget):
         return result
 
     def range_test(self, **kwargs: Any) -> LRRangeTestResult:
-        """:func:`~stabletrain.tuning.range_test` over ``lr_range`` (``kwargs`` override, e.g.
-        ``num_iters=50``)."""
+        """:func:`~stabletrain.tuning.range_test` over ``lr_range`` (``kwargs``, num_iters=50)."""
         self._begin(1, "running the range test")
         skip = ("val_loader", "steps", "metrics", "monitor", "should_stop", "on_step")
         options = self._settings(*skip) | {"start_lr": self.lr_range[0], "end_lr": self.lr_range[1]}
@@ -470,8 +456,7 @@ class LRTuner(_Widget):
         return lr
 
     def config(self) -> dict[str, Any]:
-        """The chosen settings as the ``optimizer`` and ``scheduler`` mappings of
-        ``build_training``."""
+        """The chosen settings as ``build_training``'s ``optimizer`` and ``scheduler`` mappings."""
         clip = self._settings()["max_grad_norm"]
         optimizer = {"lr": float(self.controls["lr"].value)}
         optimizer |= {"gradient_clipping_by_norm": clip} if clip else {}
