@@ -141,8 +141,7 @@ def tuning_run(
         raise ValueError(f"{given}: tuning_run sets it to steps")
     config = {"type": "constant", **dict(schedule or {}), "total_steps": steps}
     seed_everything(seed)
-    generator = getattr(train_loader, "generator", None)
-    if isinstance(generator, torch.Generator):  # the loader's own order generator
+    if isinstance(generator := getattr(train_loader, "generator", None), torch.Generator):
         generator.manual_seed(seed)
     model = model_fn()
     if not isinstance(model, nn.Module):
@@ -204,7 +203,7 @@ class SweepResult:
         seed diverged; ★: the best; dashed: ``suggestion`` (e.g. the range test's)."""
         own = ax is None
         fig, ax = plt.subplots(figsize=(6, 3.6)) if own else (ax.figure, ax)
-        rows, on_x_axis = self.rows, ax.get_xaxis_transform()  # y in axes coordinates
+        rows, x_axis = self.rows, ax.get_xaxis_transform()  # y in axes coordinates
         for i, warmup in enumerate(sorted({r["warmup_steps"] for r in rows})):
             mine = [r for r in rows if r["warmup_steps"] == warmup]
             lrs = np.array([r["lr"] for r in mine])
@@ -215,8 +214,7 @@ class SweepResult:
             line.set_label(f"warmup {warmup} steps")
             bad = lrs[[r["diverged"] > 0 for r in mine]]
             bottom = np.full(bad.size, 0.02 + 0.04 * i)  # at the bottom edge: always in view
-            style = dict(color=f"C{i}", mew=2, ms=9, clip_on=False, transform=on_x_axis)
-            ax.plot(bad, bottom, "x", **style)
+            ax.plot(bad, bottom, "x", color=f"C{i}", mew=2, ms=9, clip_on=False, transform=x_axis)
         if any(r["diverged"] for r in rows):
             ax.plot([], [], "x", color="0.3", mew=2, ms=9, label="a seed diverged")
         if (best := self.best) is not None:

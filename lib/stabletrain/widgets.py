@@ -129,8 +129,7 @@ def schedule_curves(
     """``{label: lr per step}`` of ``build_scheduler`` configs (``{label: config}`` or a list,
     labelled by :func:`describe_schedule`); ``metrics`` (``{step: value}``) go to the
     metric-driven types after those steps, as in ``fit``."""
-    check_int("total_steps", total_steps, min=2)
-    metrics = _check_metrics(metrics, total_steps)
+    metrics = _check_metrics(metrics, check_int("total_steps", total_steps, min=2))
     if not isinstance(configs, Mapping):
         configs = {describe_schedule(c): c for c in configs}
     return {k: lr_curve(c, total_steps, base_lr, metrics=metrics) for k, c in configs.items()}
