@@ -1,4 +1,3 @@
-# Deprecated: moved to stabletrain.course.experiments (import it from there).
 import warnings
 
 from .course.experiments import *  # noqa: F403

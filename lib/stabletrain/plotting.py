@@ -1,5 +1,4 @@
-"""The learning-rate figure: LR per optimizer step, one curve per schedule (used by
-``python -m stabletrain compare-schedulers`` and the widgets)."""
+"""The learning-rate figure (``python -m stabletrain compare-schedulers``, the widgets)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Learning-rate tuning on any model, the Tuning Playbook way: short seeded runs at a peak LR
-and schedule (:func:`tuning_run`), a grid of peak LRs × warmups over seeds (:func:`lr_sweep`,
-the Playbook's plot of the final validation metric against the peak LR), and the range test on
-a fresh model (:func:`range_test`). ``stabletrain.widgets.lr_tuner`` wires controls to these.
-
-A run *diverges* at its first step whose training loss is not finite or exceeds
-``diverge_factor`` × its first loss; it stops there and its final metric is ``nan``."""
+"""Learning-rate tuning on any model, the Tuning Playbook way: short seeded runs
+(:func:`tuning_run`), a grid of peak LRs × warmups × seeds (:func:`lr_sweep`) and the range test
+on a fresh model (:func:`range_test`). A run *diverges* at its first step whose loss is not finite
+or exceeds ``diverge_factor`` × its first loss; it stops there, its final metric ``nan``."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
@@ -41,7 +39,6 @@ def as_list(values: Any) -> Any:
 
 
 def _check_model_fn(model_fn: Any) -> None:
-    """``TypeError`` unless ``model_fn`` is a factory: callable, not itself a model."""
     if isinstance(model_fn, nn.Module):
         factory = "model_fn must be a factory (a callable returning a new model)"
         raise TypeError(f"{factory}, got a {type(model_fn).__name__}")
@@ -55,8 +52,7 @@ def adam(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 @dataclass
 class TuningRun:
-    """One short run: its settings, ``history``, the final ``monitor`` value (``nan`` if it
-    diverged) and ``diverged_step`` (``None`` if it did not)."""
+    """One short run: settings, ``history``, final ``monitor`` value (``nan`` if it diverged)."""
 
     lr: float
     warmup_steps: int
@@ -77,9 +73,8 @@ class TuningRun:
     def clipped_fraction(self) -> float:
         """The fraction of steps whose gradient norm exceeded ``max_grad_norm`` (0 without)."""
         norms = np.asarray(self.history.steps.get("grad_norm", []), dtype=float)
-        if self.max_grad_norm is None or norms.size == 0:
-            return 0.0
-        return float(np.mean(norms > self.max_grad_norm))
+        clipping = self.max_grad_norm is not None and norms.size > 0
+        return float(np.mean(norms > self.max_grad_norm)) if clipping else 0.0
 
 
 class _Watch(Callback):
@@ -124,11 +119,10 @@ def tuning_run(
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int, dict[str, Any]], Any] | None = None,
 ) -> TuningRun:
-    """Train ``model_fn()`` (seeded by ``seed``, as is the loader's order) for ``steps``
-    optimizer steps at peak ``lr`` with ``build_scheduler(optimizer, {"type": "constant",
-    **schedule, "total_steps": steps})`` and ``fit``; ``optimizer_fn(model, lr)`` (default
-    :func:`adam`). ``monitor``: ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``.
-    ``ValueError`` for a model a tuning run trained before (``model_fn`` must build anew)."""
+    """``fit`` a fresh ``model_fn()`` (seeded by ``seed``, as is the loader's order) for ``steps``
+    steps at peak ``lr``, ``optimizer_fn(model, lr)`` (default :func:`adam`) and ``schedule``
+    (default ``constant``); ``monitor`` defaults to ``val_loss``, or ``train_loss`` without a
+    ``val_loader``. ``ValueError`` for a model that a tuning run trained before."""
     lr = check_float("lr", lr, min=0, low_open=True)
     steps = check_int("steps", steps, min=2)
     seed = check_int("seed", seed, min=0)
@@ -147,8 +141,7 @@ def tuning_run(
         raise ValueError(f"{given}: tuning_run sets it to steps")
     config = {"type": "constant", **dict(schedule or {}), "total_steps": steps}
     seed_everything(seed)
-    generator = getattr(train_loader, "generator", None)
-    if isinstance(generator, torch.Generator):  # the loader's own order generator
+    if isinstance(generator := getattr(train_loader, "generator", None), torch.Generator):
         generator.manual_seed(seed)
     model = model_fn()
     if not isinstance(model, nn.Module):
@@ -184,8 +177,7 @@ class SweepResult:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        """Per (warmup, lr): ``mean`` of the finite final metrics over seeds, ``values``,
-        ``diverged`` (how many seeds diverged) and ``seeds``."""
+        """Per (warmup, lr): ``mean`` (of finite metrics), ``values``, ``diverged``, ``seeds``."""
         groups: dict[tuple[int, float], list[TuningRun]] = {}
         for run in self.runs:
             groups.setdefault((run.warmup_steps, run.lr), []).append(run)
@@ -207,14 +199,11 @@ class SweepResult:
         return min(ok, key=lambda r: sign * r["mean"], default=None)
 
     def plot(self, ax: Axes | None = None, suggestion: float | None = None) -> Figure:
-        """The Playbook's plot: the final metric against the peak LR (log x), one line per warmup
-        (seeds' range as error bars); ✕ at the bottom edge: a seed diverged there; ★: the best;
-        dashed: ``suggestion`` (e.g. the range test's)."""
-        import matplotlib.pyplot as plt
-
+        """The final metric against the peak LR, one line per warmup (error bars: over seeds); ✕: a
+        seed diverged; ★: the best; dashed: ``suggestion`` (e.g. the range test's)."""
         own = ax is None
         fig, ax = plt.subplots(figsize=(6, 3.6)) if own else (ax.figure, ax)
-        rows, on_x_axis = self.rows, ax.get_xaxis_transform()  # y in axes coordinates
+        rows, x_axis = self.rows, ax.get_xaxis_transform()  # y in axes coordinates
         for i, warmup in enumerate(sorted({r["warmup_steps"] for r in rows})):
             mine = [r for r in rows if r["warmup_steps"] == warmup]
             lrs = np.array([r["lr"] for r in mine])
@@ -225,8 +214,7 @@ class SweepResult:
             line.set_label(f"warmup {warmup} steps")
             bad = lrs[[r["diverged"] > 0 for r in mine]]
             bottom = np.full(bad.size, 0.02 + 0.04 * i)  # at the bottom edge: always in view
-            style = dict(color=f"C{i}", mew=2, ms=9, clip_on=False, transform=on_x_axis)
-            ax.plot(bad, bottom, "x", **style)
+            ax.plot(bad, bottom, "x", color=f"C{i}", mew=2, ms=9, clip_on=False, transform=x_axis)
         if any(r["diverged"] for r in rows):
             ax.plot([], [], "x", color="0.3", mew=2, ms=9, label="a seed diverged")
         if (best := self.best) is not None:
@@ -257,9 +245,8 @@ def lr_sweep(
     on_run: Callable[[TuningRun], Any] | None = None,
     **run_kwargs: Any,
 ) -> SweepResult:
-    """:func:`tuning_run` for every peak LR × warmup × seed (``schedule`` with each warmup);
-    ``mode``: :func:`~stabletrain.metrics.metric_mode` of the monitor. Stops early (returning
-    the runs so far) once ``should_stop()``. Every argument is checked before the first run."""
+    """:func:`tuning_run` for every peak LR × warmup × seed (all arguments checked first) until
+    ``should_stop()``; ``mode``: :func:`~stabletrain.metrics.metric_mode` of the monitor."""
     _check_model_fn(model_fn)
     lrs, warmups, seeds = map(as_list, (lrs, warmups, seeds))
     for name, values in (("lrs", lrs), ("warmups", warmups), ("seeds", seeds)):
@@ -268,12 +255,10 @@ def lr_sweep(
     if not lrs or not warmups or not seeds:
         raise ValueError("lrs, warmups and seeds must each hold at least one value")
     steps = check_int("steps", steps, min=2)
-    for lr in lrs:
-        check_float("lrs", lr, min=0, low_open=True)
+    lrs = [check_float("lrs", lr, min=0, low_open=True) for lr in lrs]
     for warmup in warmups:
         check_int(f"warmups (each shorter than steps={steps})", warmup, min=0, max=steps - 1)
-    for seed in seeds:
-        check_int("seeds", seed, min=0)
+    seeds = [check_int("seeds", seed, min=0) for seed in seeds]
     check_keywords(
         "lr_sweep", run_kwargs, tuning_run, ("lr", "steps", "schedule", "seed", "should_stop")
     )
@@ -303,8 +288,7 @@ def range_test(
     device: torch.device | str | None = None,
     **kwargs: Any,
 ) -> LRRangeTestResult:
-    """:func:`~stabletrain.lr_finder.lr_range_test` on a fresh ``model_fn()`` seeded by ``seed``
-    (``kwargs``: ``start_lr``, ``end_lr``, ``num_iters``, …)."""
+    """:func:`~stabletrain.lr_finder.lr_range_test` (``kwargs``) on a new seeded ``model_fn()``."""
     check_keywords(
         "range_test", kwargs, lr_range_test, ("max_grad_norm", "batch_fn", "device", "update")
     )

@@ -1,7 +1,6 @@
-"""Notebook widgets for learning rates: :func:`schedule_explorer` (sliders for a type's
-parameters, its LR per step, pinned curves) and :func:`lr_tuner` (short runs, sweeps and the
-range test on any model, :mod:`stabletrain.tuning` underneath). Both work headless (their
-methods do the work); the one figure is redrawn in place into a PNG image widget."""
+"""Notebook widgets for learning rates: :func:`schedule_explorer` (a schedule's LR per step under
+sliders) and :func:`lr_tuner` (:mod:`stabletrain.tuning` on any model under controls). Headless,
+their methods do the work; the one figure is redrawn in place into a PNG image widget."""
 
 from __future__ import annotations
 
@@ -16,10 +15,11 @@ from typing import Any
 
 import ipywidgets as w
 import numpy as np
+from IPython.display import display
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from torch import nn
 
+from . import tuning
 from .checks import check_choice, check_float, check_int
 from .lr_finder import SUGGESTION_RULES, LRRangeTestResult, ema
 from .plotting import plot_lr
@@ -38,24 +38,19 @@ __all__ = [
 
 
 def _param_specs(kind: str, total_steps: int) -> dict[str, tuple]:
-    """Controls for a scheduler type and a run of ``total_steps``: ``(kind, default, low, high,
-    step)``, ``("bool", default)`` or ``("choice", default, options)``; kind ``log`` is a
-    log slider over the exponents ``low..high``."""
+    """A type's controls: ``(kind, default, low, high, step)`` (``log``: over exponents),
+    ``("bool", default)`` or ``("choice", default, options)``."""
     t = total_steps
     warmup = {"warmup_steps": ("int", 0, 0, t - 1, 1)}
     floor = {"min_lr_ratio": ("float", 0.0, 0.0, 0.5, 0.01)}
     factor = {"factor": ("float", 0.5, 0.05, 0.95, 0.05)}
     quarter = ("int", max(1, t // 4), 1, t, 1)
+    restarts = {"t_mult": ("float", 1.0, 1.0, 3.0, 0.1), "m_mul": ("float", 1.0, 0.1, 1.0, 0.05)}
+    spikes = {"spike_threshold": ("float", 1.0, 0.1, 5.0, 0.1)}
     specs = {
         "constant": warmup,
         "warmup_cosine": {**warmup, **floor},
-        "cosine_restarts": {
-            **warmup,
-            "first_cycle_steps": quarter,
-            "t_mult": ("float", 1.0, 1.0, 3.0, 0.1),
-            "m_mul": ("float", 1.0, 0.1, 1.0, 0.05),
-            **floor,
-        },
+        "cosine_restarts": {**warmup, "first_cycle_steps": quarter, **restarts, **floor},
         "onecycle": {
             "pct_start": ("float", 0.3, 0.05, 0.95, 0.05),
             "div_factor": ("log", 25.0, 0.0, 3.0, 0.1),
@@ -74,12 +69,7 @@ def _param_specs(kind: str, total_steps: int) -> dict[str, tuple]:
         "step": {**warmup, "step_size": quarter, "gamma": ("float", 0.5, 0.05, 1.0, 0.05), **floor},
         # metric-driven: the LR after warmup depends on the metrics a run reports
         "plateau": {**warmup, **factor, "patience": ("int", 1, 0, 10, 1)},
-        "adaptive": {
-            **warmup,
-            **factor,
-            "patience": ("int", 10, 1, 50, 1),
-            "spike_threshold": ("float", 1.0, 0.1, 5.0, 0.1),
-        },
+        "adaptive": {**warmup, **factor, "patience": ("int", 10, 1, 50, 1), **spikes},
     }
     return specs.get(kind, {})
 
@@ -136,14 +126,10 @@ def schedule_curves(
     base_lr: float = 1.0,
     metrics: Mapping[int, float] | None = None,
 ) -> dict[str, list[float]]:
-    """``{label: [lr at step 0, …, total_steps − 1]}`` for ``build_scheduler`` configs.
-
-    ``configs`` is ``{label: config}`` or a list (labelled by :func:`describe_schedule`);
-    ``total_steps`` is given to each config without its own; ``metrics`` (``{step: value}``)
-    is reported right after those steps to the metric-driven types (as ``fit`` does).
-    Raises ValueError for a bad config, ``total_steps < 2`` or a metric outside the run."""
-    check_int("total_steps", total_steps, min=2)
-    metrics = _check_metrics(metrics, total_steps)
+    """``{label: lr per step}`` of ``build_scheduler`` configs (``{label: config}`` or a list,
+    labelled by :func:`describe_schedule`); ``metrics`` (``{step: value}``) go to the
+    metric-driven types after those steps, as in ``fit``."""
+    metrics = _check_metrics(metrics, check_int("total_steps", total_steps, min=2))
     if not isinstance(configs, Mapping):
         configs = {describe_schedule(c): c for c in configs}
     return {k: lr_curve(c, total_steps, base_lr, metrics=metrics) for k, c in configs.items()}
@@ -158,11 +144,9 @@ def plot_schedules(curves: Mapping, *, ax: Axes | None = None, log: bool = False
 
 
 class _Widget:
-    """Displays as ``self.widget``; ``_render`` draws ``self.figure`` into ``self.image``;
-    ``_params`` shows the box of ``"<type>.<param>"`` controls of the ``"type"`` control's type."""
+    """Displays as ``widget``; ``_render`` draws ``figure`` into ``image``."""
 
     def _add_type_controls(self, total_steps: int, skip: str = "") -> None:
-        """The ``"<type>.<param>"`` controls (all but ``skip``), then one observer on all."""
         self._boxes: dict[str, w.VBox] = {}
         for kind in self.types:
             specs = {n: s for n, s in _param_specs(kind, total_steps).items() if n != skip}
@@ -174,7 +158,6 @@ class _Widget:
             control.observe(self._on_change, names="value")
 
     def _values(self, kind: str) -> dict[str, Any]:
-        """The ``kind`` controls' values by parameter name."""
         p = f"{kind}."
         return {k.removeprefix(p): c.value for k, c in self.controls.items() if k.startswith(p)}
 
@@ -193,8 +176,6 @@ class _Widget:
         return self.figure
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
         display(self.widget)
 
 
@@ -205,14 +186,10 @@ def _button(label: str, action: Callable[[], Any], **options: Any) -> w.Button:
 
 
 class ScheduleExplorer(_Widget):
-    """Sliders for a scheduler type's parameters and a plot of its LR per step.
-
-    ``types``: the types offered (default all); ``base_lr``: the peak LR (1.0 plots
-    fractions of it); ``metrics``: ``{step: value}`` reported to the metric-driven types and
-    drawn on a second axis. Raises ValueError for an unknown type, ``total_steps < 2`` or a
-    metric outside the run. ``controls``: ``{"type": dropdown, "<type>.<param>": slider,
-    "log": checkbox}`` (setting a ``value`` redraws); ``pinned``: ``{label: lrs}``;
-    ``figure``: redrawn in place; ``widget``: what a notebook displays."""
+    """Sliders for a scheduler type's parameters and a plot of its LR per step (at peak
+    ``base_lr``); ``metrics`` (``{step: value}``) go to the metric-driven types and a second axis.
+    ``controls``: ``{"type", "<type>.<param>", "log"}`` (setting a ``value`` redraws);
+    ``pinned``: ``{label: lrs}``."""
 
     def __init__(
         self,
@@ -279,8 +256,7 @@ class ScheduleExplorer(_Widget):
             self.ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
         self.figure.set_size_inches(7, 3.4 + 0.14 * len(curves))
         self.clear_button.disabled = not self.pinned
-        ax = self.metric_ax
-        if ax is not None:
+        if (ax := self.metric_ax) is not None:
             ax.clear()
             ax.yaxis.tick_right()  # clear() forgets that this is the right-hand twin
             ax.yaxis.set_label_position("right")
@@ -299,15 +275,12 @@ schedule_explorer = ScheduleExplorer
 
 
 class LRTuner(_Widget):
-    """Tune peak LR, warmup, schedule and clipping on *your* model with short seeded runs.
-
-    ``model_fn()`` builds a fresh model per run; ``train_loader``/``val_loader``, ``loss_fn``,
-    ``optimizer_fn(model, lr)``, ``metrics``, ``monitor``, ``batch_fn``, ``device`` go to
-    :func:`~stabletrain.tuning.tuning_run` (``steps`` per run, default two epochs). Each button
-    calls its method in a thread (the kernel stays responsive); headless, call the methods: they
-    do the work and return data. ``controls``: ``{"lr", "warmup_steps", "type",
-    "<type>.<param>", "max_grad_norm" (0 = off), "seeds", "rule"}``; ``buttons``: ``{"run",
-    "sweep", "range test", "use suggestion", "apply", "cancel", "clear"}``."""
+    """Tune peak LR, warmup, schedule and clipping on *your* model with short seeded runs of
+    :func:`~stabletrain.tuning.tuning_run` (``steps`` each, default two epochs; ``model_fn()``
+    builds each run's model). A button runs its method in a thread; headless, call the methods.
+    ``controls``: ``{"lr", "warmup_steps", "type", "<type>.<param>", "max_grad_norm" (0 = off),
+    "seeds", "rule"}``; ``buttons``: ``{"run", "sweep", "range test", "use suggestion", "apply",
+    "cancel", "clear"}``."""
 
     def __init__(
         self,
@@ -330,9 +303,7 @@ class LRTuner(_Widget):
         schedule: str | None = None,
         max_grad_norm: float | None = None,
     ) -> None:
-        if not callable(model_fn) or isinstance(model_fn, nn.Module):  # a model is callable too
-            what = f"got {type(model_fn).__name__}"
-            raise TypeError(f"model_fn must build a fresh model, e.g. lambda: MyNet(); {what}")
+        tuning._check_model_fn(model_fn)
         self.steps = check_int("steps", 2 * len(train_loader) if steps is None else steps, min=2)
         low, high = lr_range
         if not 0 < low < high:
@@ -351,35 +322,27 @@ class LRTuner(_Widget):
         self.options = dict(loss_fn=loss_fn, optimizer_fn=optimizer_fn, metrics=metrics)
         self.options |= dict(monitor=monitor, batch_fn=batch_fn, device=device)
         self.runs: list[list[TuningRun]] = []  # one list (its seeds) per run() call
-        self.sweep_result: SweepResult | None = None
-        self.range_result: LRRangeTestResult | None = None
-        self._panel, self._thread, self.error = None, None, None
+        self.sweep_result = self.range_result = self._panel = self._thread = self.error = None
         self._stop = threading.Event()
-        style = {"continuous_update": False, "style": {"description_width": "initial"}}
-        style |= {"layout": w.Layout(width="340px")}
-        clip, n = max_grad_norm or 0.0, len(seeds)
-        sliders = {  # key: (widget, label, value, min, max, step)
-            "lr": (w.FloatLogSlider, "peak LR", lr, math.log10(low), math.log10(high), 0.05),
-            "warmup_steps": (w.IntSlider, "warmup steps", warmup_steps, 0, self.steps - 1, 1),
-            "max_grad_norm": (w.FloatSlider, "clip norm (0 = off)", clip, 0.0, 5.0, 0.05),
-            "seeds": (w.IntSlider, "seeds", n, 1, max(5, n), 1),
-        }
+        n, clip, last = len(seeds), max_grad_norm or 0.0, self.steps - 1
         self.controls: dict[str, w.ValueWidget] = {
             "type": w.Dropdown(options=self.types, value=schedule, description="schedule"),
             "rule": w.Dropdown(options=SUGGESTION_RULES, description="suggestion rule"),
+            "lr": _make_control("peak LR", ("log", lr, math.log10(low), math.log10(high), 0.05)),
+            "warmup_steps": _make_control("warmup steps", ("int", warmup_steps, 0, last, 1)),
+            "max_grad_norm": _make_control("clip norm (0 = off)", ("float", clip, 0.0, 5.0, 0.05)),
+            "seeds": _make_control("seeds", ("int", n, 1, max(5, n), 1)),
         }
-        for key, (widget, label, *values) in sliders.items():
-            value_range = dict(zip(("value", "min", "max", "step"), values))
-            self.controls[key] = widget(description=label, **value_range, **style)
         self.controls["lr"].readout_format = ".2e"
-        work = {"run": self.run, "sweep": self.sweep, "range test": self.range_test}
-        work |= {"use suggestion": self.use_suggestion, "apply": self.apply}
-        actions = {name: partial(self._in_background, f) for name, f in work.items()}
-        actions |= {"cancel": self.cancel, "clear": self.clear}
-        self.buttons = {name: _button(name, action) for name, action in actions.items()}
+        self.controls["max_grad_norm"].readout_format = ".2f"
+        work = [self.run, self.sweep, self.range_test, self.use_suggestion, self.apply]
+        actions = [*(partial(self._in_background, f) for f in work), self.cancel, self.clear]
+        names = ("run", "sweep", "range test", "use suggestion", "apply", "cancel", "clear")
+        self.buttons = {name: _button(name, action) for name, action in zip(names, actions)}
         self.buttons["run"].button_style = "primary"
         self._busy(False)
-        self.progress = w.IntProgress(0, 0, 1, description="progress", style=style["style"])
+        style = {"description_width": "initial"}
+        self.progress = w.IntProgress(0, 0, 1, description="progress", style=style)
         self.status = w.Label(f"{self.steps} steps per run")
         self.yaml_box = w.HTML()
         self.image = w.Image(format="png")
@@ -394,8 +357,8 @@ class LRTuner(_Widget):
         self.update()
 
     def schedule(self) -> dict[str, Any]:
-        """The next run's ``build_scheduler`` mapping (without ``total_steps``); for ``onecycle``
-        a warmup replaces ``pct_start``."""
+        """The next run's ``build_scheduler`` mapping but ``total_steps`` (for ``onecycle``, a
+        warmup replaces ``pct_start``)."""
         kind, warmup = self.controls["type"].value, self.controls["warmup_steps"].value
         config = {"type": kind, **self._values(kind)}
         if warmup > 0 or "warmup_steps" in _param_specs(kind, self.steps):
@@ -404,7 +367,6 @@ class LRTuner(_Widget):
         return config
 
     def _settings(self, *skip: str) -> dict[str, Any]:
-        """What a run is given (the task, ``steps``, clipping, options and hooks) but ``skip``."""
         clip = float(self.controls["max_grad_norm"].value) or None
         hooks = {"should_stop": self._stop.is_set, "on_step": self._tick}
         given = {**self.task, "steps": self.steps, "max_grad_norm": clip, **self.options, **hooks}
@@ -446,14 +408,13 @@ class LRTuner(_Widget):
         warmups: Sequence[int] | None = None,
         seeds: Sequence[int] | None = None,
     ) -> SweepResult:
-        """:func:`~stabletrain.tuning.lr_sweep` at the controls' schedule and clipping; default
-        LRs: the peak LR × 10^(−1 … 1) in half decades (within ``lr_range``), warmups: 0 and the
-        slider's (or a quarter of the run)."""
+        """:func:`~stabletrain.tuning.lr_sweep` at the controls' settings; default LRs: the peak
+        LR × 10^(−1 … 1) in half decades within ``lr_range``, warmups: 0 and the slider's (or a
+        quarter of the run)."""
         lr, low, high = self.controls["lr"].value, *self.lr_range
-        lrs, warmups = as_list(lrs), as_list(warmups)
-        lrs = lrs or [x for x in lr * np.logspace(-1, 1, 5) if low <= x <= high]
+        lrs = as_list(lrs) or [x for x in lr * np.logspace(-1, 1, 5) if low <= x <= high]
         quarter = self.controls["warmup_steps"].value or self.steps // 4
-        warmups = warmups if warmups is not None else sorted({0, quarter})
+        warmups = as_list(warmups) if warmups is not None else sorted({0, quarter})
         seeds = self._seeds(seeds)
         self._begin(len(lrs) * len(warmups) * len(seeds) * self.steps, "sweeping")
         schedule = {k: v for k, v in self.schedule().items() if k != "warmup_steps"}
@@ -465,8 +426,7 @@ class LRTuner(_Widget):
         return result
 
     def range_test(self, **kwargs: Any) -> LRRangeTestResult:
-        """:func:`~stabletrain.tuning.range_test` on a fresh model over ``lr_range`` (``kwargs``
-        override, e.g. ``num_iters``; default 50 steps)."""
+        """:func:`~stabletrain.tuning.range_test` over ``lr_range`` (``kwargs``, num_iters=50)."""
         self._begin(1, "running the range test")
         skip = ("val_loader", "steps", "metrics", "monitor", "should_stop", "on_step")
         options = self._settings(*skip) | {"start_lr": self.lr_range[0], "end_lr": self.lr_range[1]}
@@ -495,8 +455,7 @@ class LRTuner(_Widget):
         return lr
 
     def config(self) -> dict[str, Any]:
-        """The chosen settings as the mapping ``build_training`` takes (``optimizer``: ``lr`` and
-        clipping; ``scheduler``: for ``build_scheduler``, ``total_steps`` the tuned budget)."""
+        """The chosen settings as ``build_training``'s ``optimizer`` and ``scheduler`` mappings."""
         clip = self._settings()["max_grad_norm"]
         optimizer = {"lr": float(self.controls["lr"].value)}
         optimizer |= {"gradient_clipping_by_norm": clip} if clip else {}
@@ -530,8 +489,7 @@ class LRTuner(_Widget):
         if self._thread is not None:
             self._thread.join()
 
-    def _busy(self, busy: bool) -> None:
-        """While busy only cancel is enabled; otherwise all but cancel."""
+    def _busy(self, busy: bool) -> None:  # while busy only cancel is enabled
         for name, button in self.buttons.items():
             button.disabled = busy != (name == "cancel")
 
