@@ -72,8 +72,7 @@ class TrainContext:
 
     def stop(self, reason: str) -> None:
         """End the run after the current step; the first reason given is kept."""
-        self.stop_training = True
-        self.stop_reason = self.stop_reason or reason
+        self.stop_training, self.stop_reason = True, self.stop_reason or reason
 
     def monitored(self, metrics: Mapping[str, Any]) -> float:
         """The monitored metric of this epoch; ``ValueError`` if it is not among them."""
@@ -100,12 +99,10 @@ class CheckMonitor(Callback):
     """At the first epoch's end: the monitored metric must be among the metrics (``ValueError``)."""
 
     order = -1000
-    checked = False
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
-        if not self.checked:
+        if ctx.epoch == ctx.start_epoch:  # this fit's first epoch
             ctx.monitored(metrics)
-            self.checked = True
 
 
 class StopOnNonFinite(Callback):
@@ -173,6 +170,7 @@ class EarlyStopping(Callback):
 
     order = 20
     checkpoint_name = "early_stopping"
+    _KEYS = ("best", "num_bad", "count", "stopped", "stopping_reason")  # the first two required
 
     def __init__(
         self,
@@ -185,20 +183,16 @@ class EarlyStopping(Callback):
         self.min_delta = check_float("min_delta", min_delta, min=0)
         self.requested_mode = check_choice("mode", mode, (None, "min", "max"))
         self.check_finite = check_bool("check_finite", check_finite)
-        self._set_mode(mode)
-        self.num_bad = self.count = 0
-        self.stopped = False
-        self.stopping_reason: str | None = None
+        self._reset(mode)
 
-    def _set_mode(self, mode: str | None) -> None:
-        self.mode = mode
-        self.best = -math.inf if mode == "max" else math.inf
+    def _reset(self, mode: str | None) -> None:
+        self.mode, self.best = mode, -math.inf if mode == "max" else math.inf
+        self.num_bad = self.count = 0
+        self.stopped, self.stopping_reason = False, None
 
     def on_fit_start(self, ctx: TrainContext) -> None:
         """A fresh start in every fit (a resume loads the saved state after this)."""
-        self._set_mode(metric_mode(ctx.monitor, self.requested_mode))
-        self.num_bad = self.count = 0
-        self.stopped, self.stopping_reason = False, None
+        self._reset(metric_mode(ctx.monitor, self.requested_mode))
 
     def step(self, value: float | torch.Tensor) -> bool:
         """Record one value; ``True`` means stop."""
@@ -226,15 +220,11 @@ class EarlyStopping(Callback):
             ctx.stop(str(self.stopping_reason))
 
     def state_dict(self) -> dict[str, Any]:
-        keys = ("best", "num_bad", "count", "stopped", "stopping_reason")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in self._KEYS}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """``best`` and ``num_bad`` required; ``count``, ``stopped``, ``stopping_reason`` optional."""
-        keys = ("best", "num_bad", "count", "stopped", "stopping_reason")
-        if missing := [
-            k for k in keys[:2] if k not in check_keys("EarlyStopping state", state, keys)
-        ]:
+        check_keys("EarlyStopping state", state, self._KEYS)
+        if missing := [k for k in self._KEYS[:2] if k not in state]:
             raise ValueError(f"EarlyStopping state lacks {missing}; it holds {sorted(state)}")
         self.best = check_float("EarlyStopping state 'best'", state["best"], finite=False)
         self.num_bad = check_int("EarlyStopping state 'num_bad'", state["num_bad"], min=0)
@@ -289,10 +279,10 @@ class Checkpointing(Callback):
         load = getattr(ctx.tracker, "load_state_dict", None)
         if callable(load) and "tracker" in extra:
             load(extra["tracker"])
-        ctx.start_epoch = int(meta["epoch"]) + 1
+        mid_epoch = meta.get("batch_in_epoch") is not None  # redo the epoch's data order and
+        ctx.start_epoch = int(meta["epoch"]) + (0 if mid_epoch else 1)  # skip the batches done
         ctx.step = int(meta.get("step") or 0)
-        if meta.get("batch_in_epoch") is not None:  # saved mid-epoch: redo the epoch's
-            ctx.start_epoch = int(meta["epoch"])  # data order and skip the batches done
+        if mid_epoch:
             ctx.skip_batches = int(meta["batch_in_epoch"])
             ctx.epoch_losses = [float(v) for v in extra.get("losses", [])]
             generator = getattr(ctx.train_loader, "generator", None)
@@ -331,11 +321,10 @@ class Tracking(Callback):
     (no tracker I/O before it). A failed run ends ``status="FAILED"``."""
 
     order = 110
+    _held: tuple[dict[str, Any], int] | None = None  # the values of the epoch's last step
 
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
-        self._skipped = 0
-        self._held: tuple[dict[str, Any], int] | None = None  # the epoch's last step's values
 
     def _log_held(self) -> None:
         if self._held is not None:
