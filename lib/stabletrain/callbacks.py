@@ -136,8 +136,7 @@ class MetricScheduler(Callback):
     order = 10
 
     def on_fit_start(self, ctx: TrainContext) -> None:
-        """A rule that waits for the metric to fall must watch one that falls (``adaptive``
-        reads a loss); a metric of no known direction is taken on the scheduler's word."""
+        """The scheduler's ``mode`` must be the monitored metric's direction (if it has one)."""
         scheduler = getattr(ctx.scheduler, "scheduler", ctx.scheduler)  # a warmup's wrapped one
         mode = getattr(scheduler, "mode", "min")
         try:
@@ -165,8 +164,7 @@ class EarlyStopping(Callback):
     """Stop when the monitored value stops improving: ``v`` improves on the best ``b`` when ``v <
     b - min_delta`` (``mode="max"``: ``v > b + min_delta``); ``step(v)`` is ``True`` after
     ``patience`` values in a row without improvement, or at a NaN/Inf when ``check_finite``.
-    ``mode=None``: ``fit`` sets it from the monitored metric's name (:func:`metric_mode`); a
-    ``step`` outside ``fit`` then needs ``mode``."""
+    ``mode=None``: ``fit`` sets it from the metric's name (:func:`metric_mode`)."""
 
     order = 20
     checkpoint_name = "early_stopping"
@@ -205,10 +203,8 @@ class EarlyStopping(Callback):
             self.stopping_reason = f"non-finite monitored value ({value}) at check {self.count}"
             return True
         low, high = self.best - self.min_delta, self.best + self.min_delta
-        if math.isfinite(value) and (value < low if self.mode == "min" else value > high):
-            self.best, self.num_bad = value, 0
-        else:
-            self.num_bad += 1
+        better = math.isfinite(value) and (value < low if self.mode == "min" else value > high)
+        self.best, self.num_bad = (value, 0) if better else (self.best, self.num_bad + 1)
         if self.num_bad >= self.patience:
             self.stopped = True
             rule = f"no improvement of more than {self.min_delta:g} for {self.patience} checks"
@@ -234,10 +230,9 @@ class EarlyStopping(Callback):
 
 
 class Checkpointing(Callback):
-    """Save through a checkpoint manager each epoch (and each ``every_n_steps`` steps, for
-    mid-epoch resume); ``resume=True`` restores the latest first. Saved: model, optimizer,
-    scheduler, update (``guard``), ``amp``, ``loss_fn``, history, the loader's ``data_generator``,
-    callbacks with a state; the tracker's run in ``extra`` (a resumed run continues it)."""
+    """Save each epoch (and each ``every_n_steps`` steps: mid-epoch resume); ``resume=True`` loads
+    the latest first. Saved: model, optimizer, scheduler, the update, ``amp``, ``loss_fn``, history,
+    ``data_generator``, callbacks with a state; in ``extra`` the tracker's run (to continue it)."""
 
     order = 100
     _epoch_data_state: Any = None
@@ -315,10 +310,9 @@ class Checkpointing(Callback):
 
 
 class Tracking(Callback):
-    """Log to a tracker (``log_params``, ``log_metrics``, ``finish``): per step ``lr``,
-    ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with amp or a guard); per epoch
-    its metrics (``epoch_train_loss``, ``epoch_lr``), the epoch's last step after its checkpoint
-    (no tracker I/O before it). A failed run ends ``status="FAILED"``."""
+    """Log per step ``lr``, ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with
+    amp or a guard), per epoch its metrics (``epoch_train_loss``, ``epoch_lr``), the last step's
+    after the checkpoint (no tracker I/O before it); a failed run ends ``status="FAILED"``."""
 
     order = 110
     _held: tuple[dict[str, Any], int] | None = None  # the values of the epoch's last step
@@ -362,8 +356,7 @@ class Tracking(Callback):
 
 
 class SamplerEpoch(Callback):
-    """``set_epoch(epoch)`` on the train loader's ``DistributedSampler`` before each epoch, so every
-    epoch has its own order (without it each epoch repeats the first one's, pytorch#31771)."""
+    """``set_epoch`` on the ``DistributedSampler``: each epoch its own order (pytorch#31771)."""
 
     order = -100
 
@@ -398,7 +391,6 @@ _NOT_SETTINGS = frozenset("self model optimizer params scheduler amp last_epoch 
 
 
 def _settings(obj: Any, prefix: str) -> dict[str, Any]:
-    """Scalar constructor arguments that ``obj`` keeps under the same name, prefixed."""
     try:
         names = inspect.signature(type(obj).__init__).parameters
     except (TypeError, ValueError):

@@ -18,20 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from . import callbacks as cb
 from .amp import MixedPrecision
-from .callbacks import (
-    Callback,
-    CheckMonitor,
-    Checkpointing,
-    MaxSteps,
-    MetricScheduler,
-    ProgressBar,
-    SamplerEpoch,
-    StopOnNonFinite,
-    Tracking,
-    TrainContext,
-    as_number,
-)
+from .callbacks import Callback, TrainContext, as_number
 from .checks import check_bool, check_float, check_int
 from .distributed import is_distributed, is_main, mean_across_ranks, reduce_metrics
 from .history import History
@@ -156,8 +145,9 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
         binary = bool(((targets == 0) | (targets == 1)).all())
         return nn.BCEWithLogitsLoss() if binary else nn.MSELoss()
     if targets.dtype == torch.bool or targets.dtype.is_complex:
-        hint = "give float 0/1 or integer class indices"
-        raise ValueError(f"targets of dtype {targets.dtype}: {hint}")
+        raise ValueError(
+            f"targets of dtype {targets.dtype}: give float 0/1 or integer class indices"
+        )
     if len(out) >= 2 and out[1] >= 2 and (out[0], *out[2:]) == tgt:
         return nn.CrossEntropyLoss()
     if len(out) >= 2 and out[-1] >= 2 and out[:-1] == tgt:
@@ -333,22 +323,22 @@ def _prepare(
         raise ValueError("val_loader is empty: give one with batches, or val_loader=None")
     model.to(device)
     built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
-    for cb in built:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
-    if len({id(cb) for cb in built}) < len(built):
+    for hook in built:
+        if not isinstance(hook, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(hook).__name__}")
+    if len({id(c) for c in built}) < len(built):
         raise ValueError("a callback is given twice (early_stopping= is added to callbacks=)")
     if resume and checkpoints is None:
         raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
     built += [make() for wanted, make in (
-        (is_metric_driven(update.scheduler), MetricScheduler),
-        (stop_on_nonfinite and not update.handles_nonfinite, StopOnNonFinite),
-        (max_steps is not None, lambda: MaxSteps(max_steps)),
-        (isinstance(getattr(train_loader, "sampler", None), DistributedSampler), SamplerEpoch),
-        (checkpoints is not None, lambda: Checkpointing(checkpoints, resume=resume)),
-        (tracker is not None and is_main(), lambda: Tracking(tracker)),  # rank 0 logs and draws
-        (progress and is_main(), ProgressBar),
-        (True, CheckMonitor),
+        (is_metric_driven(update.scheduler), cb.MetricScheduler),
+        (stop_on_nonfinite and not update.handles_nonfinite, cb.StopOnNonFinite),
+        (max_steps is not None, lambda: cb.MaxSteps(max_steps)),
+        (isinstance(getattr(train_loader, "sampler", None), DistributedSampler), cb.SamplerEpoch),
+        (checkpoints is not None, lambda: cb.Checkpointing(checkpoints, resume=resume)),
+        (tracker is not None and is_main(), lambda: cb.Tracking(tracker)),  # rank 0 logs, draws
+        (progress and is_main(), cb.ProgressBar),
+        (True, cb.CheckMonitor),
     ) if wanted]  # fmt: skip
     if monitor is None:
         monitor = "val_loss" if val_loader is not None else "train_loss"
@@ -392,13 +382,12 @@ def fit(
 
     ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one from
     ``optimizer`` (default ``Adam(lr=lr)``, ``lr`` default 1e-3), ``scheduler``, ``amp``,
-    ``max_grad_norm``, ``accumulation_steps`` (windows restart each epoch: its leftover batches are
-    a shorter one). Defaults: :func:`default_loss`, :func:`default_metrics`, :func:`split_batch`,
-    ``monitor="val_loss"`` (``"train_loss"`` without a ``val_loader``). The other keywords build
-    callbacks. ``ValueError``/``TypeError``: invalid or disagreeing settings, an empty or one-shot
-    loader, an empty batch, an optimizer without the model's parameters, ``accumulation_steps`` >
-    batches per epoch, a monitored metric missing at the first epoch's end, a loss that is not a
-    one-element tensor requiring grad. A warning: ``lr`` 0 in every parameter group."""
+    ``max_grad_norm``, ``accumulation_steps`` (windows restart each epoch). Defaults:
+    :func:`default_loss`, :func:`default_metrics`, :func:`split_batch`, ``monitor="val_loss"``
+    (``"train_loss"`` without a ``val_loader``). The other keywords build callbacks. Invalid,
+    disagreeing or empty inputs (loaders, batches, a loss that is not a one-element tensor requiring
+    grad, a monitored metric missing at the first epoch's end) raise ``ValueError``/``TypeError``;
+    ``lr`` 0 in every parameter group warns."""
     ctx = _prepare(
         model, train_loader, epochs, optimizer, lr, loss_fn, val_loader, scheduler, device,
         max_grad_norm, accumulation_steps, max_steps, guard, update, amp, early_stopping, monitor,
