@@ -145,9 +145,8 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
         binary = bool(((targets == 0) | (targets == 1)).all())
         return nn.BCEWithLogitsLoss() if binary else nn.MSELoss()
     if targets.dtype == torch.bool or targets.dtype.is_complex:
-        raise ValueError(
-            f"targets of dtype {targets.dtype}: give float 0/1 or integer class indices"
-        )
+        hint = "give float 0/1 or integer class indices"
+        raise ValueError(f"targets of dtype {targets.dtype}: {hint}")
     if len(out) >= 2 and out[1] >= 2 and (out[0], *out[2:]) == tgt:
         return nn.CrossEntropyLoss()
     if len(out) >= 2 and out[-1] >= 2 and out[:-1] == tgt:

@@ -30,8 +30,7 @@ def steps_per_update(scheduler: Any) -> bool:
 
 
 def check_loss(loss: Any) -> torch.Tensor:
-    """``loss`` if a one-element tensor that requires grad, else ``TypeError``/``ValueError`` (no
-    device sync)."""
+    """``loss`` if a one-element tensor requiring grad, else TypeError/ValueError (no sync)."""
     need = "the loss must be a one-element tensor, got"
     if not isinstance(loss, torch.Tensor):
         hint = "loss_fn must return a tensor computed from the outputs"
