@@ -72,8 +72,7 @@ class TrainContext:
 
     def stop(self, reason: str) -> None:
         """End the run after the current step; the first reason given is kept."""
-        self.stop_training = True
-        self.stop_reason = self.stop_reason or reason
+        self.stop_training, self.stop_reason = True, self.stop_reason or reason
 
     def monitored(self, metrics: Mapping[str, Any]) -> float:
         """The monitored metric of this epoch; ``ValueError`` if it is not among them."""
@@ -100,12 +99,10 @@ class CheckMonitor(Callback):
     """At the first epoch's end: the monitored metric must be among the metrics (``ValueError``)."""
 
     order = -1000
-    checked = False
 
     def on_epoch_end(self, ctx: TrainContext, metrics: dict[str, Any]) -> None:
-        if not self.checked:
+        if ctx.epoch == ctx.start_epoch:  # this fit's first epoch
             ctx.monitored(metrics)
-            self.checked = True
 
 
 class StopOnNonFinite(Callback):
@@ -139,8 +136,7 @@ class MetricScheduler(Callback):
     order = 10
 
     def on_fit_start(self, ctx: TrainContext) -> None:
-        """A rule that waits for the metric to fall must watch one that falls (``adaptive``
-        reads a loss); a metric of no known direction is taken on the scheduler's word."""
+        """The scheduler's ``mode`` must be the monitored metric's direction (if it has one)."""
         scheduler = getattr(ctx.scheduler, "scheduler", ctx.scheduler)  # a warmup's wrapped one
         mode = getattr(scheduler, "mode", "min")
         try:
@@ -168,11 +164,11 @@ class EarlyStopping(Callback):
     """Stop when the monitored value stops improving: ``v`` improves on the best ``b`` when ``v <
     b - min_delta`` (``mode="max"``: ``v > b + min_delta``); ``step(v)`` is ``True`` after
     ``patience`` values in a row without improvement, or at a NaN/Inf when ``check_finite``.
-    ``mode=None``: ``fit`` sets it from the monitored metric's name (:func:`metric_mode`); a
-    ``step`` outside ``fit`` then needs ``mode``."""
+    ``mode=None``: ``fit`` sets it from the metric's name (:func:`metric_mode`)."""
 
     order = 20
     checkpoint_name = "early_stopping"
+    _KEYS = ("best", "num_bad", "count", "stopped", "stopping_reason")  # the first two required
 
     def __init__(
         self,
@@ -185,20 +181,16 @@ class EarlyStopping(Callback):
         self.min_delta = check_float("min_delta", min_delta, min=0)
         self.requested_mode = check_choice("mode", mode, (None, "min", "max"))
         self.check_finite = check_bool("check_finite", check_finite)
-        self._set_mode(mode)
-        self.num_bad = self.count = 0
-        self.stopped = False
-        self.stopping_reason: str | None = None
+        self._reset(mode)
 
-    def _set_mode(self, mode: str | None) -> None:
-        self.mode = mode
-        self.best = -math.inf if mode == "max" else math.inf
+    def _reset(self, mode: str | None) -> None:
+        self.mode, self.best = mode, -math.inf if mode == "max" else math.inf
+        self.num_bad = self.count = 0
+        self.stopped, self.stopping_reason = False, None
 
     def on_fit_start(self, ctx: TrainContext) -> None:
         """A fresh start in every fit (a resume loads the saved state after this)."""
-        self._set_mode(metric_mode(ctx.monitor, self.requested_mode))
-        self.num_bad = self.count = 0
-        self.stopped, self.stopping_reason = False, None
+        self._reset(metric_mode(ctx.monitor, self.requested_mode))
 
     def step(self, value: float | torch.Tensor) -> bool:
         """Record one value; ``True`` means stop."""
@@ -211,10 +203,8 @@ class EarlyStopping(Callback):
             self.stopping_reason = f"non-finite monitored value ({value}) at check {self.count}"
             return True
         low, high = self.best - self.min_delta, self.best + self.min_delta
-        if math.isfinite(value) and (value < low if self.mode == "min" else value > high):
-            self.best, self.num_bad = value, 0
-        else:
-            self.num_bad += 1
+        better = math.isfinite(value) and (value < low if self.mode == "min" else value > high)
+        self.best, self.num_bad = (value, 0) if better else (self.best, self.num_bad + 1)
         if self.num_bad >= self.patience:
             self.stopped = True
             rule = f"no improvement of more than {self.min_delta:g} for {self.patience} checks"
@@ -226,15 +216,11 @@ class EarlyStopping(Callback):
             ctx.stop(str(self.stopping_reason))
 
     def state_dict(self) -> dict[str, Any]:
-        keys = ("best", "num_bad", "count", "stopped", "stopping_reason")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in self._KEYS}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """``best`` and ``num_bad`` required; ``count``, ``stopped``, ``stopping_reason`` optional."""
-        keys = ("best", "num_bad", "count", "stopped", "stopping_reason")
-        if missing := [
-            k for k in keys[:2] if k not in check_keys("EarlyStopping state", state, keys)
-        ]:
+        check_keys("EarlyStopping state", state, self._KEYS)
+        if missing := [k for k in self._KEYS[:2] if k not in state]:
             raise ValueError(f"EarlyStopping state lacks {missing}; it holds {sorted(state)}")
         self.best = check_float("EarlyStopping state 'best'", state["best"], finite=False)
         self.num_bad = check_int("EarlyStopping state 'num_bad'", state["num_bad"], min=0)
@@ -244,10 +230,9 @@ class EarlyStopping(Callback):
 
 
 class Checkpointing(Callback):
-    """Save through a checkpoint manager each epoch (and each ``every_n_steps`` steps, for
-    mid-epoch resume); ``resume=True`` restores the latest first. Saved: model, optimizer,
-    scheduler, update (``guard``), ``amp``, ``loss_fn``, history, the loader's ``data_generator``,
-    callbacks with a state; the tracker's run in ``extra`` (a resumed run continues it)."""
+    """Save each epoch (and each ``every_n_steps`` steps: mid-epoch resume); ``resume=True`` loads
+    the latest first. Saved: model, optimizer, scheduler, the update, ``amp``, ``loss_fn``, history,
+    ``data_generator``, callbacks with a state; in ``extra`` the tracker's run (to continue it)."""
 
     order = 100
     _epoch_data_state: Any = None
@@ -289,10 +274,10 @@ class Checkpointing(Callback):
         load = getattr(ctx.tracker, "load_state_dict", None)
         if callable(load) and "tracker" in extra:
             load(extra["tracker"])
-        ctx.start_epoch = int(meta["epoch"]) + 1
+        mid_epoch = meta.get("batch_in_epoch") is not None  # redo the epoch's data order and
+        ctx.start_epoch = int(meta["epoch"]) + (0 if mid_epoch else 1)  # skip the batches done
         ctx.step = int(meta.get("step") or 0)
-        if meta.get("batch_in_epoch") is not None:  # saved mid-epoch: redo the epoch's
-            ctx.start_epoch = int(meta["epoch"])  # data order and skip the batches done
+        if mid_epoch:
             ctx.skip_batches = int(meta["batch_in_epoch"])
             ctx.epoch_losses = [float(v) for v in extra.get("losses", [])]
             generator = getattr(ctx.train_loader, "generator", None)
@@ -325,17 +310,15 @@ class Checkpointing(Callback):
 
 
 class Tracking(Callback):
-    """Log to a tracker (``log_params``, ``log_metrics``, ``finish``): per step ``lr``,
-    ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with amp or a guard); per epoch
-    its metrics (``epoch_train_loss``, ``epoch_lr``), the epoch's last step after its checkpoint
-    (no tracker I/O before it). A failed run ends ``status="FAILED"``."""
+    """Log per step ``lr``, ``train_loss``, ``grad_norm`` (``loss_scale``, ``skipped_steps`` with
+    amp or a guard), per epoch its metrics (``epoch_train_loss``, ``epoch_lr``), the last step's
+    after the checkpoint (no tracker I/O before it); a failed run ends ``status="FAILED"``."""
 
     order = 110
+    _held: tuple[dict[str, Any], int] | None = None  # the values of the epoch's last step
 
     def __init__(self, tracker: Any) -> None:
         self.tracker = tracker
-        self._skipped = 0
-        self._held: tuple[dict[str, Any], int] | None = None  # the epoch's last step's values
 
     def _log_held(self) -> None:
         if self._held is not None:
@@ -373,8 +356,7 @@ class Tracking(Callback):
 
 
 class SamplerEpoch(Callback):
-    """``set_epoch(epoch)`` on the train loader's ``DistributedSampler`` before each epoch, so every
-    epoch has its own order (without it each epoch repeats the first one's, pytorch#31771)."""
+    """``set_epoch`` on the ``DistributedSampler``: each epoch its own order (pytorch#31771)."""
 
     order = -100
 
@@ -409,7 +391,6 @@ _NOT_SETTINGS = frozenset("self model optimizer params scheduler amp last_epoch 
 
 
 def _settings(obj: Any, prefix: str) -> dict[str, Any]:
-    """Scalar constructor arguments that ``obj`` keeps under the same name, prefixed."""
     try:
         names = inspect.signature(type(obj).__init__).parameters
     except (TypeError, ValueError):

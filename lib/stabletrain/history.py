@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -10,13 +12,14 @@ from typing import Any
 from .checks import check_choice, check_float, check_int
 from .metrics import metric_mode
 
+_FINAL = ("train_loss", "val_loss", "val_dice", "lr")  # summary's final_<column>
+
 
 class History:
-    """Per-step and per-epoch columns of a run: ``steps``/``epochs`` map a name to a list.
-
-    ``steps``: ``step``, ``epoch``, ``lr`` (first group), ``loss``, ``grad_norm``,
+    """Per-step and per-epoch columns of a run (``steps``/``epochs``: name → list; a late column
+    is NaN-padded). ``steps``: ``step``, ``epoch``, ``lr`` (first group), ``loss``, ``grad_norm``,
     ``applied``; ``epochs``: ``epoch``, ``train_loss`` (mean of the finite step losses),
-    ``val_loss``, ``val_<metric>``, ``lr``, ``seconds``. A late column is NaN-padded."""
+    ``val_loss``, ``val_<metric>``, ``lr``, ``seconds``."""
 
     def __init__(self) -> None:
         self.steps: dict[str, list[Any]] = {}
@@ -94,24 +97,20 @@ class History:
         digits: int | None = None,
         keys: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """The run in JSON-friendly values (NaN where unknown), floats rounded to ``digits``,
-        only ``keys`` if given (an unknown one is a ``ValueError``). Keys: ``steps``, ``epochs``,
+        """The run in JSON-friendly values (NaN where unknown), floats rounded to ``digits``, only
+        ``keys`` if given (an unknown one is a ``ValueError``). Keys: ``steps``, ``epochs``,
         ``skipped_steps``, ``diverged``, ``first_nonfinite_step``, ``stop_reason``,
-        ``best_<monitor>``, ``best_epoch`` (by ``mode``, as in :meth:`best`), ``final_`` + ``train_loss``,
-        ``val_loss``, ``val_dice``, ``lr``; ``max_loss``, ``max_val_loss``, ``max_grad_norm``,
-        ``median_grad_norm`` (finite values only), ``seconds``."""
-        best = self.best(monitor, mode)
-        values = self.epochs.get(monitor, [])
+        ``best_<monitor>``, ``best_epoch`` (by ``mode``, as in :meth:`best`), ``final_`` +
+        ``train_loss``/``val_loss``/``val_dice``/``lr``; ``max_loss``, ``max_val_loss``,
+        ``max_grad_norm``, ``median_grad_norm`` (finite values only), ``seconds``."""
+        best, values = self.best(monitor, mode), self.epochs.get(monitor, [])
         epoch_numbers = self.epochs.get("epoch", list(range(len(values))))
         best_epoch = next((e for e, v in zip(epoch_numbers, values) if v == best), None)
-
-        def last(column: str) -> float:
-            data = self.epochs.get(column, [])
-            return float(data[-1]) if data else math.nan
 
         def finite(data: Sequence[Any]) -> list[float]:
             return sorted(float(v) for v in data if isinstance(v, int | float) and math.isfinite(v))
 
+        last = {c: float(self.epochs[c][-1]) if self.epochs.get(c) else math.nan for c in _FINAL}
         norms = finite(self.steps.get("grad_norm", []))
         summary: dict[str, Any] = {
             "steps": self.num_steps,
@@ -122,7 +121,7 @@ class History:
             "stop_reason": self.stop_reason,
             f"best_{monitor}": best,
             "best_epoch": best_epoch,
-            **{f"final_{c}": last(c) for c in ("train_loss", "val_loss", "val_dice", "lr")},
+            **{f"final_{c}": v for c, v in last.items()},
             "max_loss": max(finite(self.steps.get("loss", [])), default=math.nan),
             "max_val_loss": max(finite(self.epochs.get("val_loss", [])), default=math.nan),
             "max_grad_norm": max(norms, default=math.nan),
@@ -140,8 +139,6 @@ class History:
 
     def to_csv(self, path: Any, table: str = "epochs") -> None:
         """Write the ``"epochs"`` or ``"steps"`` table to ``path`` as CSV (NaN as ``nan``)."""
-        import csv
-
         check_choice("table", table, ("epochs", "steps"))
         columns = self.epochs if table == "epochs" else self.steps
         with open(path, "w", newline="") as f:
@@ -152,8 +149,6 @@ class History:
     def to_json(self, path: Any) -> None:
         """Write both tables, the stop reason and :meth:`summary` as strict JSON (NaN as
         ``null``); ``load_state_dict`` reads it back."""
-        import json
-
         text = json.dumps({**self.state_dict(), "summary": self.summary()})
         payload = json.loads(text, parse_constant=lambda _: None)  # NaN, ±Infinity → null
         with open(path, "w") as f:

@@ -1,8 +1,5 @@
-"""The training loop: :func:`fit`, a short loop of events over one update and callbacks.
-
-Per batch: ``batch_fn`` → ``(inputs, targets)`` on the device, forward under the update's
-autocast, the loss in float32, ``update.step(loss)``, ``on_step_end``. Per epoch: :func:`evaluate`,
-``on_validation_end``, ``on_epoch_end``. The rest is callbacks that ``fit``'s keywords build."""
+"""The training loop: :func:`fit`, a short loop of events over one update object and callbacks
+(that ``fit``'s keywords build), and :func:`evaluate`, with defaults that fit any model."""
 
 from __future__ import annotations
 
@@ -21,20 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DistributedSampler
 
+from . import callbacks as cb
 from .amp import MixedPrecision
-from .callbacks import (
-    Callback,
-    CheckMonitor,
-    Checkpointing,
-    MaxSteps,
-    MetricScheduler,
-    ProgressBar,
-    SamplerEpoch,
-    StopOnNonFinite,
-    Tracking,
-    TrainContext,
-    as_number,
-)
+from .callbacks import Callback, TrainContext, as_number
 from .checks import check_bool, check_float, check_int
 from .distributed import is_distributed, is_main, mean_across_ranks, reduce_metrics
 from .history import History
@@ -58,15 +44,13 @@ def to_device(value: Any, device: torch.device) -> Any:
         return value.to(device)
     if isinstance(value, Mapping):
         return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
-        return type(value)(*(to_device(v, device) for v in value))
     if isinstance(value, list | tuple):
-        return type(value)(to_device(v, device) for v in value)
+        items = [to_device(v, device) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     return value
 
 
 def _kind(value: Any) -> str:
-    """``a tuple of 3``, ``a Tensor``, ``None``: what a batch (or ``batch_fn``) gave."""
     if isinstance(value, list | tuple):
         return f"a {type(value).__name__} of {len(value)}"
     if isinstance(value, type):
@@ -87,8 +71,6 @@ def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
 
 
 def _on_device(batch_fn: Callable, batch: Any, device: torch.device) -> tuple[Any, Any]:
-    """``batch_fn(batch)`` on ``device``; ``TypeError`` unless a pair (not of numpy arrays),
-    ``ValueError`` for an empty batch (no targets)."""
     pair = batch_fn(batch)
     if not (isinstance(pair, list | tuple) and len(pair) == 2):
         raise TypeError(f"batch_fn must return (inputs, targets), got {_kind(pair)}")
@@ -103,22 +85,19 @@ def _on_device(batch_fn: Callable, batch: Any, device: torch.device) -> tuple[An
 
 
 def _check_callable(name: str, value: Any, example: str) -> None:
-    """``TypeError`` unless ``value`` is ``None`` or a callable that is not a class."""
     if value is not None and (not callable(value) or isinstance(value, type)):
         raise TypeError(f"{name} must be a callable instance such as {example}, got {_kind(value)}")
 
 
 def _check_inputs(model: Any, loss_fn: Any, batch_fn: Any, metrics: Any, amp: Any) -> None:
-    """The checks ``fit`` and ``evaluate`` share (``TypeError``/``ValueError``)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")
     _check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
     check_amp(amp)
     if metrics is not None and not isinstance(metrics, Mapping):
-        raise TypeError(
-            f"metrics must be a mapping {{name: fn(outputs, targets)}}, got {_kind(metrics)}"
-        )
+        want = "a mapping {name: fn(outputs, targets)}"
+        raise TypeError(f"metrics must be {want}, got {_kind(metrics)}")
     for name, metric in (metrics or {}).items():
         if not isinstance(name, str) or name == "loss" or name.startswith("val_"):
             rule = "a str other than 'loss', without 'val_' (it is logged as val_<name>)"
@@ -128,7 +107,6 @@ def _check_inputs(model: Any, loss_fn: Any, batch_fn: Any, metrics: Any, amp: An
 
 
 def _check_methods(name: str, value: Any, methods: tuple[str, ...], example: str) -> None:
-    """``TypeError`` unless ``value`` is ``None`` or has the callable ``methods``."""
     if value is not None and not all(callable(getattr(value, m, None)) for m in methods):
         need = f"{example} (with {', '.join(methods)})"
         raise TypeError(f"{name} must be {need}, got {_kind(value)}")
@@ -141,8 +119,7 @@ def _length(loader: Any) -> int | None:
         return None
 
 
-def _forward(model: nn.Module, inputs: Any) -> Outputs:
-    """``model(x)``, ``model(*inputs)`` for a tuple or list, ``model(**inputs)`` for a mapping."""
+def _forward(model: nn.Module, inputs: Any) -> Outputs:  # unpacks a tuple, list or mapping
     if isinstance(inputs, Mapping):
         return model(**inputs)
     return model(*inputs) if isinstance(inputs, list | tuple) else model(inputs)
@@ -170,7 +147,6 @@ def default_loss(outputs: Outputs, targets: torch.Tensor) -> nn.Module:
     if targets.dtype == torch.bool or targets.dtype.is_complex:
         hint = "give float 0/1 or integer class indices"
         raise ValueError(f"targets of dtype {targets.dtype}: {hint}")
-
     if len(out) >= 2 and out[1] >= 2 and (out[0], *out[2:]) == tgt:
         return nn.CrossEntropyLoss()
     if len(out) >= 2 and out[-1] >= 2 and out[:-1] == tgt:
@@ -221,15 +197,12 @@ def evaluate(
     metrics: Mapping[str, Metric] | None = None,
     batch_fn: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
-    """Mean loss and metrics over a loader in eval mode: ``{"val_loss", "val_<name>"}``;
-    ``metrics``: ``{name: fn(outputs, targets) -> float}`` (averaged over samples) or torchmetrics
-    objects; default :func:`default_metrics`. Deep supervision: only the final output counts.
-    In a process group: the sample-weighted mean over the ranks' shards, the same on every rank."""
+    """``{"val_loss", "val_<name>"}``: sample means over ``loader`` in eval mode, of the final
+    output (deep supervision); ``metrics``: ``{name: fn(outputs, targets) -> float}`` or
+    torchmetrics objects, default :func:`default_metrics`. Under DDP: over every rank's shard."""
     _check_inputs(model, loss_fn, batch_fn, metrics, amp)
-    if device is None:  # a model without parameters is evaluated on the CPU
-        device = next(model.parameters(), torch.empty(0)).device
-    device = as_device("device", device)
-    batch_fn = batch_fn or split_batch
+    own = next(model.parameters(), torch.empty(0)).device  # without parameters: the CPU
+    device = as_device("device", own if device is None else device)
     was_training, count, totals = model.training, 0, {}
     stateful = {k: m for k, m in (metrics or {}).items() if callable(getattr(m, "compute", None))}
     model.eval()
@@ -237,7 +210,7 @@ def evaluate(
         metric.reset()
     try:
         for batch in loader:
-            inputs, targets = _on_device(batch_fn, batch, device)
+            inputs, targets = _on_device(batch_fn or split_batch, batch, device)
             with amp.autocast() if amp is not None else contextlib.nullcontext():
                 outputs = outputs_to_float32(_forward(model, inputs))
             final = outputs[0] if isinstance(outputs, list | tuple) else outputs
@@ -256,13 +229,10 @@ def evaluate(
     finally:
         model.train(was_training)
     if count == 0 and not is_distributed():  # a rank's shard may be empty
-        raise ValueError(
-            "the loader is empty (a val_loader with no batches, or a used-up iterator)"
-        )
-    if count == 0:
-        result = {"val_loss": math.nan, **{f"val_{k}": math.nan for k in metrics or {}}}
-    else:
-        result = {k: v / count for k, v in totals.items()}
+        empty = "the loader is empty (a val_loader with no batches, or a used-up iterator)"
+        raise ValueError(empty)
+    nan = dict.fromkeys(["val_loss", *(f"val_{k}" for k in metrics or {})], math.nan)
+    result = {k: v / count for k, v in totals.items()} if count else nan
     for name, metric in stateful.items() if count else ():
         result[f"val_{name}"] = float(metric.compute())
         metric.reset()
@@ -270,18 +240,16 @@ def evaluate(
 
 
 def _dispatch(ctx: TrainContext, event: str, *args: Any) -> None:
-    """Call hook ``event`` of every callback, by ascending ``order`` (fastai's dispatch)."""
     for callback in sorted(ctx.callbacks, key=lambda c: c.order):
         getattr(callback, event)(ctx, *args)
 
 
 def _prepare(
-    model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp, max_grad_norm,
-    accumulation_steps, *, epochs, device, loss_fn, monitor, tracker, callbacks, early_stopping,
-    max_steps, checkpoints, resume, stop_on_nonfinite, progress, batch_fn, metrics
+    model, train_loader, epochs, optimizer, lr, loss_fn, val_loader, scheduler, device,
+    max_grad_norm, accumulation_steps, max_steps, guard, update, amp, early_stopping, monitor,
+    metrics, batch_fn, checkpoints, resume, tracker, callbacks, stop_on_nonfinite, progress
 ) -> TrainContext:  # fmt: skip
-    """Checks; the update (the given one, or a plain one from the settings; a setting given to
-    both is one object), the device, the callbacks (yours, then those of ``fit``'s keywords)."""
+    """Checks ``fit``'s arguments; the update, the device and the callbacks (yours first)."""
     _check_inputs(model, loss_fn, batch_fn, metrics, amp)
     if next(model.parameters(), None) is None:
         raise ValueError("the model has no parameters: there is nothing to train")
@@ -289,10 +257,8 @@ def _prepare(
     check_int("accumulation_steps", accumulation_steps, min=1)
     check_float("lr", lr, min=0, optional=True)
     if lr is not None and any(x is not None for x in (optimizer, update, guard)):
-        hint = "give the LR to the optimizer (fit's lr= would be ignored)"
-        raise ValueError(
-            f"lr is only for the default Adam, not with optimizer=/update=/guard=: {hint}"
-        )
+        text = "lr is only for the default Adam, not with optimizer=/update=/guard="
+        raise ValueError(f"{text}: give the LR to the optimizer (fit's lr= would be ignored)")
     if metrics and val_loader is None:
         raise ValueError("metrics are computed on the val_loader: give val_loader=, or no metrics")
     for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
@@ -333,8 +299,7 @@ def _prepare(
             given = f"fit(accumulation_steps={accumulation_steps!r}) differs from the {name}'s"
             own = f"accumulation_steps={update.accumulation_steps}: give it to the {name} only"
             raise ValueError(f"{given} {own}")
-    held = {id(p) for p in model.parameters()}
-    if not any(id(p) in held for p in update.params()):
+    if not {id(p) for p in model.parameters()} & {id(p) for p in update.params()}:
         hint = "build it from model.parameters() (the weights would never change)"
         raise ValueError(f"the optimizer holds none of the model's parameters: {hint}")
     if not any(p.requires_grad for p in update.params()):
@@ -357,33 +322,30 @@ def _prepare(
         raise ValueError("val_loader is empty: give one with batches, or val_loader=None")
     model.to(device)
     built = [*callbacks, *([early_stopping] if early_stopping is not None else [])]
-    for cb in built:
-        if not isinstance(cb, Callback):
-            raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
-    if len({id(cb) for cb in built}) < len(built):
+    for hook in built:
+        if not isinstance(hook, Callback):
+            raise TypeError(f"callbacks must be Callback instances, got {type(hook).__name__}")
+    if len({id(c) for c in built}) < len(built):
         raise ValueError("a callback is given twice (early_stopping= is added to callbacks=)")
     if resume and checkpoints is None:
         raise ValueError("resume=True needs checkpoints=<a checkpoint manager>")
-    for wanted, make in (
-        (is_metric_driven(update.scheduler), MetricScheduler),
-        (stop_on_nonfinite and not update.handles_nonfinite, StopOnNonFinite),
-        (max_steps is not None, lambda: MaxSteps(max_steps)),
-        (isinstance(getattr(train_loader, "sampler", None), DistributedSampler), SamplerEpoch),
-        (checkpoints is not None, lambda: Checkpointing(checkpoints, resume=resume)),
-        (tracker is not None and is_main(), lambda: Tracking(tracker)),  # rank 0 logs and draws
-        (progress and is_main(), ProgressBar),
-        (True, CheckMonitor),
-    ):
-        if wanted:
-            built.append(make())
+    built += [make() for wanted, make in (
+        (is_metric_driven(update.scheduler), cb.MetricScheduler),
+        (stop_on_nonfinite and not update.handles_nonfinite, cb.StopOnNonFinite),
+        (max_steps is not None, lambda: cb.MaxSteps(max_steps)),
+        (isinstance(getattr(train_loader, "sampler", None), DistributedSampler), cb.SamplerEpoch),
+        (checkpoints is not None, lambda: cb.Checkpointing(checkpoints, resume=resume)),
+        (tracker is not None and is_main(), lambda: cb.Tracking(tracker)),  # rank 0 logs, draws
+        (progress and is_main(), cb.ProgressBar),
+        (True, cb.CheckMonitor),
+    ) if wanted]  # fmt: skip
     if monitor is None:
         monitor = "val_loss" if val_loader is not None else "train_loss"
     return TrainContext(
-        model, update.optimizer, update.scheduler, History(), epochs,
-        steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps), update=update,
-        monitor=monitor,
+        model, update.optimizer, update.scheduler, History(), epochs, update=update, device=device,
+        steps_per_epoch=math.ceil(batches_per_epoch / update.accumulation_steps), monitor=monitor,
         train_loader=train_loader, batches_per_epoch=batches_per_epoch, callbacks=built,
-        tracker=tracker, loss_fn=loss_fn, device=device,
+        tracker=tracker, loss_fn=loss_fn,
     )  # fmt: skip
 
 
@@ -418,23 +380,17 @@ def fit(
     """Train ``model`` on the batches of ``train_loader``; returns the ``History``.
 
     ``update``/``guard`` (one thing): the :class:`~stabletrain.update.Update`; else a plain one from
-    ``optimizer`` (default ``Adam(lr=lr)``; ``lr``, default 1e-3, only for it), ``scheduler``,
-    ``amp``, ``max_grad_norm``, ``accumulation_steps``. ``loss_fn``, ``metrics``, ``batch_fn``:
-    default :func:`default_loss`, :func:`default_metrics`, :func:`split_batch`. ``monitor``:
-    ``"val_loss"`` with a ``val_loader``, else ``"train_loss"``. The other keywords build
-    callbacks. Accumulation windows restart each epoch: its leftover batches are a shorter window
-    (the mean gradient over them). ``ValueError``/``TypeError``: invalid or disagreeing settings,
-    an empty or one-shot loader, an empty batch, an optimizer without the model's parameters,
-    ``accumulation_steps`` > batches per epoch, a monitored metric missing at the first epoch's
-    end, a loss that is not a one-element tensor requiring grad. A warning: ``lr`` 0 in every
-    parameter group."""
-
+    ``optimizer`` (default ``Adam(lr=lr)``, ``lr`` default 1e-3), ``scheduler``, ``amp``,
+    ``max_grad_norm``, ``accumulation_steps`` (windows restart each epoch). Defaults:
+    :func:`default_loss`, :func:`default_metrics`, :func:`split_batch`, ``monitor="val_loss"``
+    (``"train_loss"`` without a ``val_loader``). The other keywords build callbacks. Invalid,
+    disagreeing or empty inputs (loaders, batches, a loss that is not a one-element tensor requiring
+    grad, a monitored metric missing at the first epoch's end) raise ``ValueError``/``TypeError``;
+    ``lr`` 0 in every parameter group warns."""
     ctx = _prepare(
-        model, train_loader, val_loader, update, guard, optimizer, lr, scheduler, amp,
-        max_grad_norm, accumulation_steps, epochs=epochs, device=device, loss_fn=loss_fn,
-        monitor=monitor, tracker=tracker, callbacks=callbacks, early_stopping=early_stopping,
-        max_steps=max_steps, checkpoints=checkpoints, resume=resume,
-        stop_on_nonfinite=stop_on_nonfinite, progress=progress, batch_fn=batch_fn, metrics=metrics,
+        model, train_loader, epochs, optimizer, lr, loss_fn, val_loader, scheduler, device,
+        max_grad_norm, accumulation_steps, max_steps, guard, update, amp, early_stopping, monitor,
+        metrics, batch_fn, checkpoints, resume, tracker, callbacks, stop_on_nonfinite, progress,
     )  # fmt: skip
     update, history, device = ctx.update, ctx.history, ctx.device
     batch_fn, event = batch_fn or split_batch, partial(_dispatch, ctx)

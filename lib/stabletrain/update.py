@@ -30,16 +30,14 @@ def steps_per_update(scheduler: Any) -> bool:
 
 
 def check_loss(loss: Any) -> torch.Tensor:
-    """``loss`` if it is a one-element tensor that requires grad; else ``TypeError``/``ValueError``
-    (shape and flag checks only: no device sync)."""
+    """``loss`` if a one-element tensor requiring grad, else TypeError/ValueError (no sync)."""
+    need = "the loss must be a one-element tensor, got"
     if not isinstance(loss, torch.Tensor):
         hint = "loss_fn must return a tensor computed from the outputs"
-        raise TypeError(f"the loss must be a one-element tensor, got {type(loss).__name__}: {hint}")
+        raise TypeError(f"{need} {type(loss).__name__}: {hint}")
     if loss.numel() != 1:
         hint = "reduce it (reduction='mean') or return loss.mean()"
-        raise ValueError(
-            f"the loss must be a one-element tensor, got shape {tuple(loss.shape)}: {hint}"
-        )
+        raise ValueError(f"{need} shape {tuple(loss.shape)}: {hint}")
     if not loss.requires_grad:
         why = "a detached loss (.detach(), .item(), torch.no_grad) or a model with no trainable"
         raise ValueError(f"the loss does not require grad: {why} parameters (requires_grad=False)")
@@ -57,25 +55,21 @@ def check_amp(amp: Any) -> Any:
 def check_scheduler(scheduler: Any, optimizer: torch.optim.Optimizer) -> Any:
     """``scheduler`` if ``None`` or it has a ``step`` method and drives ``optimizer``."""
     if scheduler is not None and not callable(getattr(scheduler, "step", None)):
-        what = (
-            "an LR scheduler (with a step method) or None, e.g. build_scheduler(optimizer, {...})"
-        )
-        raise TypeError(f"scheduler must be {what}, got {type(scheduler).__name__} {scheduler!r}")
+        what = "an LR scheduler (with a step method) or None, e.g. build_scheduler"
+        got = f"got {type(scheduler).__name__} {scheduler!r}"
+        raise TypeError(f"scheduler must be {what}(optimizer, {{...}}), {got}")
     if getattr(scheduler, "optimizer", optimizer) is not optimizer:
-        hint = "build the scheduler from the optimizer it should drive"
-        raise ValueError(
-            f"the scheduler belongs to another optimizer (its LR would not move): {hint}"
-        )
+        text = "the scheduler belongs to another optimizer (its LR would not move)"
+        raise ValueError(f"{text}: build the scheduler from the optimizer it should drive")
     return scheduler
 
 
 class Update:
-    """The plain update: ``step(loss)`` runs backward of ``loss / accumulation_steps`` (scaled
-    by ``amp``) and, when the window closes (every ``accumulation_steps`` calls, or
-    ``sync=True``): unscale, global L2 norm, clip to ``max_grad_norm``, optimizer step,
-    scheduler step if the optimizer stepped, zero-grad. Non-finite values are not its business.
-    A window closed early (``fit``: an epoch's leftover ``m < accumulation_steps`` micro-batches)
-    is a shorter accumulation: its gradient is the mean over its ``m`` micro-batches."""
+    """The plain update: ``step(loss)`` runs backward of ``loss / accumulation_steps`` (scaled by
+    ``amp``) and, when the window closes (every ``accumulation_steps`` calls, or ``sync=True``):
+    unscale, global L2 norm, clip to ``max_grad_norm``, optimizer step, scheduler step if the
+    optimizer stepped, zero-grad. Non-finite values are not its business. A window closed early
+    after ``m`` micro-batches gives the mean gradient over those ``m``."""
 
     checkpoint_name: str | None = None  #: its key in checkpoints (``None``: it has no state)
     handles_nonfinite: bool = False  #: whether it deals with non-finite steps itself
@@ -99,8 +93,7 @@ class Update:
         norm = check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, optional=True)
         self.max_grad_norm = norm
         self.accumulation_steps = check_int("accumulation_steps", accumulation_steps, min=1)
-        self._micro = 0
-        self._loss_sum: torch.Tensor | None = None
+        self._micro, self._loss_sum = 0, None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The forward pass's autocast context (a no-op without ``amp``)."""
