@@ -18,26 +18,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
+from . import loop
 from .checks import check_choice, check_float, check_int
 from .distributed import mean_across_ranks
-from .loop import (
-    _check_callable,
-    _forward,
-    compute_loss,
-    default_loss,
-    outputs_to_float32,
-    split_batch,
-    to_device,
-)
 from .update import Update
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
 
 LR_RANGE_MODES = ("exp", "linear")
 _WIDTH = 0.25  # width (decades of LR) of the centred smoothing
-_NO_DESCENT = (
-    "the loss never fell during the LR range test, so there is no suggestion "
-    "(try a lower start_lr, more num_iters or check the data/loss)"
-)
+_NO_DESCENT = "the loss never fell during the LR range test, so there is no suggestion (try a "
+_NO_DESCENT += "lower start_lr, more num_iters or check the data/loss)"
 
 
 class MovingAverage:
@@ -286,14 +276,12 @@ def lr_range_test(
     check_float("smooth", smooth, min=0, max=1, low_open=True)
     check_float("diverge_threshold", diverge_threshold, min=1, low_open=True, finite=False)
     check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
-    _check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")  # fit's rule
-    _check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
-    if update is not None and not isinstance(update, Update):
-        raise TypeError(f"update must be a stabletrain Update or None, got {update!r}")
+    loop._check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")  # fit's rule
+    loop._check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
     if update is None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch optimizer, got {type(optimizer).__name__}")
         update = Update(model, optimizer, max_grad_norm=max_grad_norm)
+    elif not isinstance(update, Update):
+        raise TypeError(f"update must be a stabletrain Update or None, got {update!r}")
     elif optimizer is not None and optimizer is not update.optimizer:
         raise ValueError("optimizer is not the update's optimizer: give the update only")
     elif max_grad_norm is not None:
@@ -306,6 +294,7 @@ def lr_range_test(
     largest = max(g["lr"] for g in optimizer.param_groups)
     ratios = [g["lr"] / largest if largest > 0 else 1.0 for g in optimizer.param_groups]
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    batch_fn = batch_fn or loop.split_batch
     snapshot = _Snapshot(model, optimizer, loader, (update, update.scheduler, update.amp))
     lrs, raw, smoothed = [], [], []
     initial, stop = math.nan, "completed"
@@ -318,11 +307,11 @@ def lr_range_test(
         for i in range(num_iters + 1):
             window = []  # the update's accumulation window: its mean loss is the measurement
             for _ in range(update.accumulation_steps):
-                inputs, targets = to_device((batch_fn or split_batch)(next(batches)), device)
+                inputs, targets = loop.to_device(batch_fn(next(batches)), device)
                 with update.autocast():  # the forward pass, the loss in float32, as in fit
-                    outputs = outputs_to_float32(_forward(model, inputs))
-                loss_fn = loss_fn or default_loss(outputs, targets)
-                window.append(compute_loss(loss_fn, outputs, targets, 0.0))
+                    outputs = loop.outputs_to_float32(loop._forward(model, inputs))
+                loss_fn = loss_fn or loop.default_loss(outputs, targets)
+                window.append(loop.compute_loss(loss_fn, outputs, targets, 0.0))
             # in a process group the mean over every rank: all stop together, with one result
             value = mean_across_ranks(sum(float(w.detach()) for w in window) / len(window))
             if i == 0:

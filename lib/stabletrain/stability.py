@@ -38,16 +38,13 @@ def _with_grads(parameters: _Params) -> list[torch.Tensor]:
     return [p for p in params if p.grad is not None]
 
 
-def _wide_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """``get_total_norm`` in float64 (float32 on MPS): non-finite exactly when an entry is."""
-    mps = any(g.device.type == "mps" for g in grads)
-    return torch.nn.utils.get_total_norm(grads if mps else [g.double() for g in grads], norm_type)
-
-
 def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """The float32 total norm, measured again in float64 when it is not finite."""
+    """``get_total_norm``, again in float64 (not on MPS) if not finite: then non-finite exactly
+    when an entry is."""
     total = torch.nn.utils.get_total_norm(grads, norm_type)
-    return total if torch.isfinite(total) else _wide_norm(grads, norm_type)
+    if torch.isfinite(total) or any(g.device.type == "mps" for g in grads):
+        return total
+    return torch.nn.utils.get_total_norm([g.double() for g in grads], norm_type)
 
 
 def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
@@ -60,8 +57,7 @@ def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
 
 def grads_are_finite(parameters: _Params) -> bool:
     """Whether every gradient entry is finite (parameters without a gradient are ignored)."""
-    grads = [p.grad for p in _with_grads(parameters)]
-    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)))
+    return bool(torch.isfinite(grad_norm(parameters, math.inf)))
 
 
 def _clip_grads(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) -> None:
@@ -83,10 +79,8 @@ def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Te
     check_choice("mode", mode, CLIP_MODES)
     c = check_float("max_value", max_value, min=0, low_open=True)
     params = _with_grads(parameters)
-    if not params:
-        return torch.zeros(())
-    total = _total_norm([p.grad for p in params])
-    if torch.isfinite(total):
+    total = _total_norm([p.grad for p in params]) if params else torch.zeros(())
+    if params and torch.isfinite(total):
         _clip_grads(params, total, mode, c)
     return total.float()
 
@@ -181,7 +175,6 @@ class NanDetector:
         self._calls = 0
         self._consumers: dict[Any, list[str]] = {}
         self._seen: set[Any] = set()  # autograd nodes whose output was checked already
-        self._types: dict[str, str] = {}
 
     def reset(self) -> None:
         """Forget the finding so the next non-finite value is reported again."""
@@ -190,7 +183,6 @@ class NanDetector:
 
     def __enter__(self) -> NanDetector:
         for name, module in self.model.named_modules():
-            self._types[name] = type(module).__name__
             self._handles.append(module.register_forward_pre_hook(partial(self._pre_hook, name)))
             if not isinstance(module, PASS_THROUGH_MODULES):
                 forward = partial(self._forward_hook, name)
@@ -212,7 +204,7 @@ class NanDetector:
 
     def _found(self, name: str, phase: str, inputs: list, outputs: list, note: str = "") -> None:
         stats = [tensor_stats(t) for t in inputs], [tensor_stats(t) for t in outputs]
-        kind = self._types.get(name, "?")
+        kind = type(self.model.get_submodule(name)).__name__
         self.report = NonFiniteReport(name, kind, phase, *stats, self._calls, note)
         self._forget()
         if self.raise_on_nonfinite:
@@ -280,12 +272,8 @@ class StabilityGuard(Update):
     ``"rollback"`` (restore the snapshot, :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at
     :math:`s \cdot \eta_{\text{sched}}`; a ``needs_rollback`` scheduler cuts via ``step(nan)``) or
     ``"raise"``. Float16 overflows with a finite loss are the scaler's until the scale <
-    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`.
-
-    In a process group every rank takes the worst verdict of any rank (one all-reduce MAX a
-    step), so all skip, roll back (to the same snapshot) or step together and the counts agree.
-    Under DDP the gradients are already averaged, so one rank's non-finite gradient is every
-    rank's; the agreement matters for a non-finite or blown-up *loss* on one rank."""
+    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`. In a
+    process group every rank acts on the worst verdict of any rank (one all-reduce MAX a step)."""
 
     checkpoint_name = "guard"
     handles_nonfinite = True
@@ -385,21 +373,15 @@ class StabilityGuard(Update):
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()  # one sync
         if not math.isfinite(norm_value):  # a float32 overflow, or a real NaN/Inf: measure exactly
-            total = _wide_norm(grads)  # in float64 (a rare second synchronisation)
+            total = _total_norm(grads)  # in float64 (a rare second synchronisation)
             norm_value = float(total)
         loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
         scaler = self._scaler is not None and self._scaler.is_enabled()
         blowup = self._blowup(loss_value, norm_value) if loss_ok and grads_ok else None
-        # 3 non-finite, 2 a float16 overflow (the scaler's), 1 blow-up, 0 healthy; in a process
-        # group every rank acts on the worst verdict of any rank, so all skip or roll back together
-        verdict = (
-            3
-            if not (loss_ok and (grads_ok or scaler))
-            else 2
-            if not grads_ok
-            else int(bool(blowup))
-        )
+        # 3 non-finite, 2 a float16 overflow (the scaler's), 1 blow-up, 0 healthy
+        verdict = 2 if not grads_ok else int(bool(blowup))
+        verdict = verdict if loss_ok and (grads_ok or scaler) else 3
         if is_distributed():
             verdict = int(max_across_ranks(verdict, total.device))
         if verdict == 2:

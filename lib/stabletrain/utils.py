@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -15,9 +16,8 @@ from .checks import check_bool, check_int
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed`` in ``[0, 2**32)`` (else
-    ``TypeError``/``ValueError``); ``deterministic`` also sets ``use_deterministic_algorithms(True,
-    warn_only=True)``, deterministic cuDNN without autotuning and ``CUBLAS_WORKSPACE_CONFIG``."""
+    """Seed Python, NumPy and torch (CPU, CUDA) with ``seed`` in ``[0, 2**32)``; ``deterministic``
+    also sets deterministic algorithms (``warn_only``), cuDNN and ``CUBLAS_WORKSPACE_CONFIG``."""
     seed = check_int("seed", seed, min=0, max=2**32 - 1)
     check_bool("deterministic", deterministic)
     random.seed(seed)
@@ -39,13 +39,10 @@ def as_device(name: str, value: str | torch.device) -> torch.device:
     ``ValueError`` naming ``name`` and the accepted forms."""
     if not isinstance(value, str | torch.device):
         raise TypeError(f"{name} must be {_DEVICE_FORMS}, got {type(value).__name__} {value!r}")
-    try:
-        device = torch.device(value)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in DEVICE_TYPES:
-        raise ValueError(f"{name} must be {_DEVICE_FORMS}, got {value!r}")
-    return device
+    with contextlib.suppress(RuntimeError):
+        if (device := torch.device(value)).type in DEVICE_TYPES:
+            return device
+    raise ValueError(f"{name} must be {_DEVICE_FORMS}, got {value!r}")
 
 
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
