@@ -45,8 +45,8 @@ def _resolve_dtype(dtype: str | torch.dtype, device_type: str) -> torch.dtype:
 
 class MixedPrecision:
     """Autocast plus (for float16) a ``GradScaler(**scaler_options)``; ``dtype`` (in ``DTYPES``
-    or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``); ``device_type``
-    defaults to CUDA if available. ``ValueError``/``TypeError`` for a bad dtype, option or value."""
+    or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``), on
+    ``device_type`` (default CUDA if available)."""
 
     def __init__(
         self,

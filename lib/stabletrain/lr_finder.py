@@ -233,7 +233,6 @@ class _Snapshot:
 
 
 def _batches(loader: Iterable) -> Iterable:
-    """Cycle through ``loader`` for as many batches as needed."""
     while True:
         empty = True
         for batch in loader:
@@ -264,10 +263,8 @@ def lr_range_test(
     the LR (the largest group follows the sweep, the others keep their ratio), trains on the
     next batch (``loader`` cycled) as ``fit`` would and records the loss of the following one.
     ``loss_fn`` ``None``: ``default_loss``; ``update``: the training's ``Update`` (then
-    ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain update. ``ValueError``: a bad
-    argument or empty loader; ``TypeError``: a wrong type or a loader not yielding pairs. In a
-    process group (DDP): every rank sweeps on its own batches with the loss averaged over the
-    ranks, and returns the same result."""
+    ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain update. In a process group each
+    rank sweeps its own batches, the loss averaged over the ranks: all return the same result."""
     start_lr = check_float("start_lr", start_lr, min=0, low_open=True)
     if (end_lr := check_float("end_lr", end_lr, min=0, low_open=True)) <= start_lr:
         raise ValueError(f"end_lr must be > start_lr ({start_lr!r}), got {end_lr!r}")

@@ -1,5 +1,4 @@
-"""Non-finite values: finite checks, NaN-safe gradient norm and clipping, per-parameter
-diagnosis, :class:`NanDetector` and :class:`StabilityGuard`; ``EarlyStopping`` is re-exported."""
+"""Non-finite values: checks, NaN-safe norm and clipping, NanDetector, StabilityGuard."""
 
 from __future__ import annotations
 
@@ -39,8 +38,7 @@ def _with_grads(parameters: _Params) -> list[torch.Tensor]:
 
 
 def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """``get_total_norm``, again in float64 (not on MPS) if not finite: then non-finite exactly
-    when an entry is."""
+    """``get_total_norm``, redone in float64 (not on MPS) if not finite (overflow, or NaN/Inf)."""
     total = torch.nn.utils.get_total_norm(grads, norm_type)
     if torch.isfinite(total) or any(g.device.type == "mps" for g in grads):
         return total
@@ -118,7 +116,6 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
 
 
 def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """One ``sum`` per tensor, confirmed entry-wise when not finite."""
     floats = (t for t in tensors if t is not None and t.is_floating_point() and t.numel())
     return all(bool(torch.isfinite(t.detach().sum())) or torch.isfinite(t).all() for t in floats)
 
@@ -250,12 +247,11 @@ class NanDetector:
 
 
 _COUNTERS = ("applied", "skipped", "rollbacks", "scaler_skips", "consecutive_skips")
+_PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
 #: state_dict key -> value in a fresh guard; the keys in _REQUIRED must be there
 _STATE = {**dict.fromkeys(_COUNTERS, 0), "lr_scale": 1.0, "grad_norms": []}
 _STATE |= {"last_finite_loss": math.nan, "micro": 0, "nonfinite_steps": 0, "blowups": 0}
-_STATE |= {"healthy_losses": [], "healthy_norms": []}
-_STATE |= dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0)
-_PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
+_STATE |= {"healthy_losses": [], "healthy_norms": [], **dict.fromkeys(_PRIVATE[3:], 0)}
 _ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
 _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 _GT0, _GT1 = ({"min": bound, "low_open": True} for bound in (0, 1))  # check_float: > 0, > 1

@@ -35,8 +35,7 @@ _DEVICE_FORMS = "'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"
 
 
 def as_device(name: str, value: str | torch.device) -> torch.device:
-    """``value`` as a ``torch.device`` of a type in :data:`DEVICE_TYPES`, else ``TypeError``/
-    ``ValueError`` naming ``name`` and the accepted forms."""
+    """``value`` as a ``torch.device`` of a type in :data:`DEVICE_TYPES`, else an error."""
     if not isinstance(value, str | torch.device):
         raise TypeError(f"{name} must be {_DEVICE_FORMS}, got {type(value).__name__} {value!r}")
     with contextlib.suppress(RuntimeError):
@@ -46,8 +45,7 @@ def as_device(name: str, value: str | torch.device) -> torch.device:
 
 
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
-    """``prefer`` (e.g. ``"cuda:1"``; ``ValueError`` if not available here or not a device of
-    :data:`DEVICE_TYPES`) if given, else CUDA, else Apple MPS, else CPU."""
+    """``prefer`` (``ValueError`` if not available here) if given, else CUDA, MPS or CPU."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if prefer is not None:
         device = as_device("prefer", prefer)
