@@ -270,9 +270,8 @@ def lr_range_test(
         raise ValueError(f"end_lr must be > start_lr ({start_lr!r}), got {end_lr!r}")
     check_int("num_iters", num_iters, min=3)
     check_choice("mode", mode, LR_RANGE_MODES)
-    check_float("smooth", smooth, min=0, max=1, low_open=True)
+    average = MovingAverage(smooth)  # checks smooth
     check_float("diverge_threshold", diverge_threshold, min=1, low_open=True, finite=False)
-    check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
     loop._check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")  # fit's rule
     loop._check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
     if update is None:
@@ -294,12 +293,11 @@ def lr_range_test(
     batch_fn = batch_fn or loop.split_batch
     snapshot = _Snapshot(model, optimizer, loader, (update, update.scheduler, update.amp))
     lrs, raw, smoothed = [], [], []
-    initial, stop = math.nan, "completed"
+    initial, stop, best = math.nan, "completed", math.inf
     try:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         batches = iter(_batches(loader))
-        average, best = MovingAverage(smooth), math.inf
         # Iteration i measures the loss after step i-1, then makes step i.
         for i in range(num_iters + 1):
             window = []  # the update's accumulation window: its mean loss is the measurement
