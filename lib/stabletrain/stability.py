@@ -167,15 +167,14 @@ class NanDetector:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
         self.raise_on_nonfinite = check_bool("raise_on_nonfinite", raise_on_nonfinite)
-        self.report: NonFiniteReport | None = None
         self._handles: list[Any] = []
-        self._calls = 0
         self._consumers: dict[Any, list[str]] = {}
         self._seen: set[Any] = set()  # autograd nodes whose output was checked already
+        self.reset()
 
     def reset(self) -> None:
         """Forget the finding so the next non-finite value is reported again."""
-        self.report = None
+        self.report: NonFiniteReport | None = None
         self._calls = 0
 
     def __enter__(self) -> NanDetector:
