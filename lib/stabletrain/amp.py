@@ -19,6 +19,7 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 _TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _SCALER_OPTIONS = ("init_scale", "growth_factor", "backoff_factor", "growth_interval")
 _SCALER_BOUNDS = {"init_scale": (0, None), "growth_factor": (1, None), "backoff_factor": (0, 1)}
+_STATE_KEYS = ("dtype", "enabled", "steps", "skipped_steps", "scaler")
 _OPEN = {"low_open": True, "high_open": True, "optional": True}
 
 
@@ -39,14 +40,13 @@ def _resolve_dtype(dtype: str | torch.dtype, device_type: str) -> torch.dtype:
         return _TORCH_DTYPES[dtype]
     if device_type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    native = device_type == "cpu" and cpu_has_native_bfloat16()
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if device_type == "cpu" and cpu_has_native_bfloat16() else torch.float32
 
 
 class MixedPrecision:
     """Autocast plus (for float16) a ``GradScaler(**scaler_options)``; ``dtype`` (in ``DTYPES``
-    or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``); ``device_type``
-    defaults to CUDA if available. ``ValueError``/``TypeError`` for a bad dtype, option or value."""
+    or a ``torch.dtype``) resolves to ``self.dtype`` (float32 if not ``enabled``), on
+    ``device_type`` (default CUDA if available)."""
 
     def __init__(
         self,
@@ -60,11 +60,9 @@ class MixedPrecision:
             check_float(key, opts.get(key), min=lo, max=hi, **_OPEN)
         check_int("growth_interval", opts.get("growth_interval"), min=1, optional=True)
         check_bool("enabled", enabled)
-        if isinstance(device_type, torch.device):
-            device_type = device_type.type
+        device_type = device_type.type if isinstance(device_type, torch.device) else device_type
         check_choice("device_type", device_type, (None, *DEVICE_TYPES))
-        default = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device_type = str(device_type) if device_type is not None else default
+        self.device_type = str(device_type or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.requested_dtype = dtype
         self.dtype = _resolve_dtype(dtype, self.device_type) if enabled else torch.float32
         self.enabled = enabled and self.dtype != torch.float32
@@ -120,9 +118,7 @@ class MixedPrecision:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the counters and the scaler; ``ValueError`` if saved with another dtype."""
-        check_keys(
-            "MixedPrecision state", state, ("dtype", "enabled", "steps", "skipped_steps", "scaler")
-        )
+        check_keys("MixedPrecision state", state, _STATE_KEYS)
         saved, mine = state.get("dtype"), self._dtype_name
         if saved not in (None, mine):
             raise ValueError(f"state was saved with dtype {saved}, this MixedPrecision uses {mine}")

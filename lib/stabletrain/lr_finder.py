@@ -18,26 +18,16 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
+from . import loop
 from .checks import check_choice, check_float, check_int
 from .distributed import mean_across_ranks
-from .loop import (
-    _check_callable,
-    _forward,
-    compute_loss,
-    default_loss,
-    outputs_to_float32,
-    split_batch,
-    to_device,
-)
 from .update import Update
 from .utils import capture_rng_state, cpu_copy, restore_rng_state
 
 LR_RANGE_MODES = ("exp", "linear")
 _WIDTH = 0.25  # width (decades of LR) of the centred smoothing
-_NO_DESCENT = (
-    "the loss never fell during the LR range test, so there is no suggestion "
-    "(try a lower start_lr, more num_iters or check the data/loss)"
-)
+_NO_DESCENT = "the loss never fell during the LR range test, so there is no suggestion (try a "
+_NO_DESCENT += "lower start_lr, more num_iters or check the data/loss)"
 
 
 class MovingAverage:
@@ -243,7 +233,6 @@ class _Snapshot:
 
 
 def _batches(loader: Iterable) -> Iterable:
-    """Cycle through ``loader`` for as many batches as needed."""
     while True:
         empty = True
         for batch in loader:
@@ -274,26 +263,21 @@ def lr_range_test(
     the LR (the largest group follows the sweep, the others keep their ratio), trains on the
     next batch (``loader`` cycled) as ``fit`` would and records the loss of the following one.
     ``loss_fn`` ``None``: ``default_loss``; ``update``: the training's ``Update`` (then
-    ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain update. ``ValueError``: a bad
-    argument or empty loader; ``TypeError``: a wrong type or a loader not yielding pairs. In a
-    process group (DDP): every rank sweeps on its own batches with the loss averaged over the
-    ranks, and returns the same result."""
+    ``optimizer`` is ``None``); ``max_grad_norm`` clips the plain update. In a process group each
+    rank sweeps its own batches, the loss averaged over the ranks: all return the same result."""
     start_lr = check_float("start_lr", start_lr, min=0, low_open=True)
     if (end_lr := check_float("end_lr", end_lr, min=0, low_open=True)) <= start_lr:
         raise ValueError(f"end_lr must be > start_lr ({start_lr!r}), got {end_lr!r}")
     check_int("num_iters", num_iters, min=3)
     check_choice("mode", mode, LR_RANGE_MODES)
-    check_float("smooth", smooth, min=0, max=1, low_open=True)
+    average = MovingAverage(smooth)  # checks smooth
     check_float("diverge_threshold", diverge_threshold, min=1, low_open=True, finite=False)
-    check_float("max_grad_norm", max_grad_norm, min=0, low_open=True, finite=False, optional=True)
-    _check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")  # fit's rule
-    _check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
-    if update is not None and not isinstance(update, Update):
-        raise TypeError(f"update must be a stabletrain Update or None, got {update!r}")
+    loop._check_callable("loss_fn", loss_fn, "torch.nn.MSELoss()")  # fit's rule
+    loop._check_callable("batch_fn", batch_fn, "lambda batch: (inputs, targets)")
     if update is None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch optimizer, got {type(optimizer).__name__}")
         update = Update(model, optimizer, max_grad_norm=max_grad_norm)
+    elif not isinstance(update, Update):
+        raise TypeError(f"update must be a stabletrain Update or None, got {update!r}")
     elif optimizer is not None and optimizer is not update.optimizer:
         raise ValueError("optimizer is not the update's optimizer: give the update only")
     elif max_grad_norm is not None:
@@ -306,23 +290,23 @@ def lr_range_test(
     largest = max(g["lr"] for g in optimizer.param_groups)
     ratios = [g["lr"] / largest if largest > 0 else 1.0 for g in optimizer.param_groups]
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    batch_fn = batch_fn or loop.split_batch
     snapshot = _Snapshot(model, optimizer, loader, (update, update.scheduler, update.amp))
     lrs, raw, smoothed = [], [], []
-    initial, stop = math.nan, "completed"
+    initial, stop, best = math.nan, "completed", math.inf
     try:
         model.train()
         optimizer.zero_grad(set_to_none=True)
         batches = iter(_batches(loader))
-        average, best = MovingAverage(smooth), math.inf
         # Iteration i measures the loss after step i-1, then makes step i.
         for i in range(num_iters + 1):
             window = []  # the update's accumulation window: its mean loss is the measurement
             for _ in range(update.accumulation_steps):
-                inputs, targets = to_device((batch_fn or split_batch)(next(batches)), device)
+                inputs, targets = loop.to_device(batch_fn(next(batches)), device)
                 with update.autocast():  # the forward pass, the loss in float32, as in fit
-                    outputs = outputs_to_float32(_forward(model, inputs))
-                loss_fn = loss_fn or default_loss(outputs, targets)
-                window.append(compute_loss(loss_fn, outputs, targets, 0.0))
+                    outputs = loop.outputs_to_float32(loop._forward(model, inputs))
+                loss_fn = loss_fn or loop.default_loss(outputs, targets)
+                window.append(loop.compute_loss(loss_fn, outputs, targets, 0.0))
             # in a process group the mean over every rank: all stop together, with one result
             value = mean_across_ranks(sum(float(w.detach()) for w in window) / len(window))
             if i == 0:

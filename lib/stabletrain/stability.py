@@ -1,5 +1,4 @@
-"""Non-finite values: finite checks, NaN-safe gradient norm and clipping, per-parameter
-diagnosis, :class:`NanDetector` and :class:`StabilityGuard`; ``EarlyStopping`` is re-exported."""
+"""Non-finite values: checks, NaN-safe norm and clipping, NanDetector, StabilityGuard."""
 
 from __future__ import annotations
 
@@ -38,16 +37,12 @@ def _with_grads(parameters: _Params) -> list[torch.Tensor]:
     return [p for p in params if p.grad is not None]
 
 
-def _wide_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """``get_total_norm`` in float64 (float32 on MPS): non-finite exactly when an entry is."""
-    mps = any(g.device.type == "mps" for g in grads)
-    return torch.nn.utils.get_total_norm(grads if mps else [g.double() for g in grads], norm_type)
-
-
 def _total_norm(grads: list[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """The float32 total norm, measured again in float64 when it is not finite."""
+    """``get_total_norm``, redone in float64 (not on MPS) if not finite (overflow, or NaN/Inf)."""
     total = torch.nn.utils.get_total_norm(grads, norm_type)
-    return total if torch.isfinite(total) else _wide_norm(grads, norm_type)
+    if torch.isfinite(total) or any(g.device.type == "mps" for g in grads):
+        return total
+    return torch.nn.utils.get_total_norm([g.double() for g in grads], norm_type)
 
 
 def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
@@ -60,8 +55,7 @@ def grad_norm(parameters: _Params, norm_type: float = 2.0) -> torch.Tensor:
 
 def grads_are_finite(parameters: _Params) -> bool:
     """Whether every gradient entry is finite (parameters without a gradient are ignored)."""
-    grads = [p.grad for p in _with_grads(parameters)]
-    return not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, math.inf)))
+    return bool(torch.isfinite(grad_norm(parameters, math.inf)))
 
 
 def _clip_grads(params: list[torch.Tensor], total: torch.Tensor, mode: str, c: float) -> None:
@@ -83,10 +77,8 @@ def clip_gradients(parameters: _Params, mode: str, max_value: float) -> torch.Te
     check_choice("mode", mode, CLIP_MODES)
     c = check_float("max_value", max_value, min=0, low_open=True)
     params = _with_grads(parameters)
-    if not params:
-        return torch.zeros(())
-    total = _total_norm([p.grad for p in params])
-    if torch.isfinite(total):
+    total = _total_norm([p.grad for p in params]) if params else torch.zeros(())
+    if params and torch.isfinite(total):
         _clip_grads(params, total, mode, c)
     return total.float()
 
@@ -124,7 +116,6 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
 
 
 def _all_finite(tensors: Iterable[torch.Tensor | None]) -> bool:
-    """One ``sum`` per tensor, confirmed entry-wise when not finite."""
     floats = (t for t in tensors if t is not None and t.is_floating_point() and t.numel())
     return all(bool(torch.isfinite(t.detach().sum())) or torch.isfinite(t).all() for t in floats)
 
@@ -176,21 +167,18 @@ class NanDetector:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         self.model = model
         self.raise_on_nonfinite = check_bool("raise_on_nonfinite", raise_on_nonfinite)
-        self.report: NonFiniteReport | None = None
         self._handles: list[Any] = []
-        self._calls = 0
         self._consumers: dict[Any, list[str]] = {}
         self._seen: set[Any] = set()  # autograd nodes whose output was checked already
-        self._types: dict[str, str] = {}
+        self.reset()
 
     def reset(self) -> None:
         """Forget the finding so the next non-finite value is reported again."""
-        self.report = None
+        self.report: NonFiniteReport | None = None
         self._calls = 0
 
     def __enter__(self) -> NanDetector:
         for name, module in self.model.named_modules():
-            self._types[name] = type(module).__name__
             self._handles.append(module.register_forward_pre_hook(partial(self._pre_hook, name)))
             if not isinstance(module, PASS_THROUGH_MODULES):
                 forward = partial(self._forward_hook, name)
@@ -212,7 +200,7 @@ class NanDetector:
 
     def _found(self, name: str, phase: str, inputs: list, outputs: list, note: str = "") -> None:
         stats = [tensor_stats(t) for t in inputs], [tensor_stats(t) for t in outputs]
-        kind = self._types.get(name, "?")
+        kind = type(self.model.get_submodule(name)).__name__
         self.report = NonFiniteReport(name, kind, phase, *stats, self._calls, note)
         self._forget()
         if self.raise_on_nonfinite:
@@ -258,12 +246,11 @@ class NanDetector:
 
 
 _COUNTERS = ("applied", "skipped", "rollbacks", "scaler_skips", "consecutive_skips")
+_PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
 #: state_dict key -> value in a fresh guard; the keys in _REQUIRED must be there
 _STATE = {**dict.fromkeys(_COUNTERS, 0), "lr_scale": 1.0, "grad_norms": []}
 _STATE |= {"last_finite_loss": math.nan, "micro": 0, "nonfinite_steps": 0, "blowups": 0}
-_STATE |= {"healthy_losses": [], "healthy_norms": []}
-_STATE |= dict.fromkeys(("rollbacks_in_a_row", "blowups_in_a_row"), 0)
-_PRIVATE = ("micro", "healthy_losses", "healthy_norms", "rollbacks_in_a_row", "blowups_in_a_row")
+_STATE |= {"healthy_losses": [], "healthy_norms": [], **dict.fromkeys(_PRIVATE[3:], 0)}
 _ATTRS = {key: f"_{key}" if key in _PRIVATE else key for key in _STATE}  # key -> attribute
 _REQUIRED = ("applied", "skipped", "rollbacks", "lr_scale")
 _GT0, _GT1 = ({"min": bound, "low_open": True} for bound in (0, 1))  # check_float: > 0, > 1
@@ -280,12 +267,8 @@ class StabilityGuard(Update):
     ``"rollback"`` (restore the snapshot, :math:`s \leftarrow s \cdot` ``lr_backoff``, groups at
     :math:`s \cdot \eta_{\text{sched}}`; a ``needs_rollback`` scheduler cuts via ``step(nan)``) or
     ``"raise"``. Float16 overflows with a finite loss are the scaler's until the scale <
-    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`.
-
-    In a process group every rank takes the worst verdict of any rank (one all-reduce MAX a
-    step), so all skip, roll back (to the same snapshot) or step together and the counts agree.
-    Under DDP the gradients are already averaged, so one rank's non-finite gradient is every
-    rank's; the agreement matters for a non-finite or blown-up *loss* on one rank."""
+    ``min_loss_scale``; ``max_consecutive_skips`` in a row raise :class:`NonFiniteError`. In a
+    process group every rank acts on the worst verdict of any rank (one all-reduce MAX a step)."""
 
     checkpoint_name = "guard"
     handles_nonfinite = True
@@ -385,21 +368,15 @@ class StabilityGuard(Update):
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         loss_value, norm_value = torch.stack([loss_sum.to(total), total]).tolist()  # one sync
         if not math.isfinite(norm_value):  # a float32 overflow, or a real NaN/Inf: measure exactly
-            total = _wide_norm(grads)  # in float64 (a rare second synchronisation)
+            total = _total_norm(grads)  # in float64 (a rare second synchronisation)
             norm_value = float(total)
         loss_ok, grads_ok = math.isfinite(loss_value), math.isfinite(norm_value)
         self.grad_norms.append(norm_value)
         scaler = self._scaler is not None and self._scaler.is_enabled()
         blowup = self._blowup(loss_value, norm_value) if loss_ok and grads_ok else None
-        # 3 non-finite, 2 a float16 overflow (the scaler's), 1 blow-up, 0 healthy; in a process
-        # group every rank acts on the worst verdict of any rank, so all skip or roll back together
-        verdict = (
-            3
-            if not (loss_ok and (grads_ok or scaler))
-            else 2
-            if not grads_ok
-            else int(bool(blowup))
-        )
+        # 3 non-finite, 2 a float16 overflow (the scaler's), 1 blow-up, 0 healthy
+        verdict = 2 if not grads_ok else int(bool(blowup))
+        verdict = verdict if loss_ok and (grads_ok or scaler) else 3
         if is_distributed():
             verdict = int(max_across_ranks(verdict, total.device))
         if verdict == 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -15,9 +16,8 @@ from .checks import check_bool, check_int
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) with ``seed`` in ``[0, 2**32)`` (else
-    ``TypeError``/``ValueError``); ``deterministic`` also sets ``use_deterministic_algorithms(True,
-    warn_only=True)``, deterministic cuDNN without autotuning and ``CUBLAS_WORKSPACE_CONFIG``."""
+    """Seed Python, NumPy and torch (CPU, CUDA) with ``seed`` in ``[0, 2**32)``; ``deterministic``
+    also sets deterministic algorithms (``warn_only``), cuDNN and ``CUBLAS_WORKSPACE_CONFIG``."""
     seed = check_int("seed", seed, min=0, max=2**32 - 1)
     check_bool("deterministic", deterministic)
     random.seed(seed)
@@ -35,22 +35,17 @@ _DEVICE_FORMS = "'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"
 
 
 def as_device(name: str, value: str | torch.device) -> torch.device:
-    """``value`` as a ``torch.device`` of a type in :data:`DEVICE_TYPES`, else ``TypeError``/
-    ``ValueError`` naming ``name`` and the accepted forms."""
+    """``value`` as a ``torch.device`` of a type in :data:`DEVICE_TYPES`, else an error."""
     if not isinstance(value, str | torch.device):
         raise TypeError(f"{name} must be {_DEVICE_FORMS}, got {type(value).__name__} {value!r}")
-    try:
-        device = torch.device(value)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in DEVICE_TYPES:
-        raise ValueError(f"{name} must be {_DEVICE_FORMS}, got {value!r}")
-    return device
+    with contextlib.suppress(RuntimeError):
+        if (device := torch.device(value)).type in DEVICE_TYPES:
+            return device
+    raise ValueError(f"{name} must be {_DEVICE_FORMS}, got {value!r}")
 
 
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
-    """``prefer`` (e.g. ``"cuda:1"``; ``ValueError`` if not available here or not a device of
-    :data:`DEVICE_TYPES`) if given, else CUDA, else Apple MPS, else CPU."""
+    """``prefer`` (``ValueError`` if not available here) if given, else CUDA, MPS or CPU."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if prefer is not None:
         device = as_device("prefer", prefer)
