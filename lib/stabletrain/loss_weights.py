@@ -173,8 +173,7 @@ class LossWeightScheduler:
         sign = 1.0 if self.params["mode"] == "max" else -1.0
         gain = math.inf if best is None else sign * (value - best)
         if math.isfinite(value) and gain > min_delta:
-            self.best = value
-            self.bad_calls = 0
+            self.best, self.bad_calls = value, 0
             return
         self.bad_calls += 1
         if self.bad_calls >= self.params["patience"]:
