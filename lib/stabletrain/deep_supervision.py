@@ -8,9 +8,7 @@ a sigmoid ``σ(k((p−t)/(1−t) − x0))`` after ``t``; the others are in :func
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,13 +49,12 @@ def _real(name: str, value: Any, low: float | None = None, high: float | None = 
 def supervision_weights(
     schedule: str, num_outputs: int, progress: float, **params: Any
 ) -> list[float]:
-    """Weights (non-negative, summing to 1) of ``num_outputs`` outputs at ``progress`` in [0, 1].
-
+    """Weights (non-negative, summing to 1) of ``num_outputs`` outputs at ``progress`` in [0, 1]:
     constant_equal ``1/n``; constant_high_to_low ``mix(0)``; scale_by_scale one-hot at
     ``n−1−min(⌊pn⌋, n−1)``; cosine_annealing ``N(max(1 + m_i cos(2πfp)(1 − (1−r)p)/n, 0))``,
     ``m_i = (n−1−i) − (n−1)/2``; curriculum equal weights on the ``k = max(1, int(Mp))``
     (``M = max_active_outputs``, None or 0: n; ``exp``: ``p²``; ``M`` at ``p ≥ 1``) deepest
-    outputs; step_wise one-hot at 0 if ``p ≥ h``, else ``mix(p/h)``. Raises ``ValueError`` (unknown schedule or parameter, bad value)."""
+    outputs; step_wise one-hot at 0 if ``p ≥ h``, else ``mix(p/h)``. Raises ``ValueError``."""
     if schedule not in _DEFAULTS:
         raise ValueError(f"unknown schedule {schedule!r}; schedules are {SCHEDULES}")
     n = num_outputs
@@ -88,9 +85,8 @@ def supervision_weights(
         m = [(n - 1 - i) - (n - 1) / 2 for i in range(n)]
         return _normalise([max(1.0 + mi * wave * amp, 0.0) for mi in m])
     elif schedule == "curriculum":
-        big_m = check_config_value(
-            check_int, "max_active_outputs", cfg["max_active_outputs"], min=0, optional=True
-        )
+        big_m = cfg["max_active_outputs"]
+        big_m = check_config_value(check_int, "max_active_outputs", big_m, min=0, optional=True)
         big_m = n if not big_m else min(big_m, n)  # None or 0: all
         kind = check_choice("activation_strategy", cfg["activation_strategy"], ("linear", "exp"))
         k = int(big_m * p) if kind == "linear" else int(big_m * p * p)
@@ -107,8 +103,7 @@ def supervision_weights(
 
 
 def resize_target(target: torch.Tensor, size: Sequence[int], mode: str = "nearest") -> torch.Tensor:
-    """Resize a target ``(N, C, *spatial)`` or int ``(N, *spatial)`` to ``size``, keeping its dtype.
-
+    """Resize a target ``(N, C, *spatial)`` or int ``(N, *spatial)`` to ``size``, keeping its dtype:
     ``"nearest"`` samples; ``"maxpool"`` max-pools when shrinking (small objects and, for class
     indices, the highest index survive) and samples when enlarging. Raises ``ValueError``."""
     check_choice("target_resize", mode, TARGET_RESIZE_MODES)
@@ -180,7 +175,7 @@ class DeepSupervisionLoss(nn.Module):
         ]
         self.last_components = [math.nan if v is None else float(v.detach()) for v in values]
         terms = [v * w for v, w in zip(values, self.last_weights) if v is not None]
-        return functools.reduce(operator.add, terms)  # weights sum to 1: at least one term
+        return sum(terms[1:], terms[0])  # weights sum to 1: at least one term
 
     def extra_repr(self) -> str:
         params = "".join(f", {k}={v!r}" for k, v in self.schedule_params.items())

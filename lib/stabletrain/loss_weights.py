@@ -40,30 +40,28 @@ def default_end_weights(weights: Mapping[str, float]) -> dict[str, float]:
         need = f"the default end weights need an overlap term {OVERLAP_TERMS} and another term"
         raise ValueError(f"{need}; the loss has {tuple(weights)}: pass end={{key: weight, ...}}")
     scale = sum(weights.values()) or 1.0
-    end = {k: scale * 0.8 / len(overlap) for k in overlap}
-    end.update({k: scale * 0.2 / len(others) for k in others})
-    return {k: end[k] for k in weights}
+    to_overlap, to_other = scale * 0.8 / len(overlap), scale * 0.2 / len(others)
+    return {k: to_overlap if k in OVERLAP_TERMS else to_other for k in weights}
 
 
 class LossWeightScheduler:
-    r"""Moves the weights of a :class:`~stabletrain.losses.CombinedLoss` in place.
-
-    ``step(progress, metrics=None)`` sets the weights, with :math:`W = \sum w_0` and ``end``
+    r"""Moves the weights of a :class:`~stabletrain.losses.CombinedLoss` in place:
+    ``step(progress, metrics=None)`` sets them, with :math:`W = \sum w_0` and ``end``
     :math:`w_{end}` (default :func:`default_end_weights`):
 
     - ``linear``: :math:`w_0 + (w_{end} - w_0)p`; ``cosine``: the fraction is
       :math:`(1 - \cos \pi p)/2`; ``step``: :math:`\lfloor pK \rfloor / K` (``num_steps`` K = 4).
     - ``loss_balanced`` (formerly ``adaptive``): from the per-term values :math:`L_k` in
       ``metrics``, EMAs :math:`\bar L_k` (``momentum`` 0.9), :math:`r_k = \bar L_k / L_k^{first}`,
-      weights :math:`\propto w_{0,k} r_k^s` (``strength`` s = 1) scaled to sum W, each at
-      least ``min_weight`` × W (then rescaled to W); a non-finite value keeps the weights.
-    - ``performance``: when ``metrics[monitor]`` (``val_dice``; ``mode`` from its name, see
-      :func:`~stabletrain.metrics.metric_mode`, or given) has not improved
-      by ``min_delta`` for ``patience`` (2) calls, move ``factor`` (0.5) of the way to ``end``.
+      weights :math:`\propto w_{0,k} r_k^s` (``strength`` s = 1) scaled to sum W, each at least
+      ``min_weight`` × W (then rescaled to W); a non-finite value keeps the weights.
+    - ``performance``: when ``metrics[monitor]`` (``val_dice``; ``mode`` given or from
+      :func:`~stabletrain.metrics.metric_mode`) has not improved by ``min_delta`` for
+      ``patience`` (2) calls, move ``factor`` (0.5) of the way to ``end``.
 
-    The metric-driven two ignore ``metrics=None`` and raise ``ValueError`` naming what is
-    missing from it. ``calls`` counts ``step`` calls; deprecated: the keyword ``type`` and
-    the attributes ``type``/``num_steps`` (for ``schedule``/``calls``)."""
+    The metric-driven two ignore ``metrics=None`` and raise ``ValueError`` naming what is missing
+    from it. ``calls`` counts ``step`` calls; deprecated: the keyword ``type`` and the attributes
+    ``type``/``num_steps`` (for ``schedule``/``calls``)."""
 
     def __init__(
         self,
@@ -92,8 +90,6 @@ class LossWeightScheduler:
             check_float("strength", p["strength"], min=0)
             check_float("min_weight", p["min_weight"], min=0, max=1, high_open=True)
         elif schedule == "performance":
-            if not isinstance(p["monitor"], str):
-                raise TypeError(f"monitor must be a metric name (str), got {p['monitor']!r}")
             p["mode"] = metric_mode(p["monitor"], p["mode"])
             check_int("patience", p["patience"], min=1)
             check_float("factor", p["factor"], min=0, max=1, low_open=True)
@@ -107,8 +103,7 @@ class LossWeightScheduler:
             self.end = {k: check_float(f"end[{k!r}]", end[k], min=0) for k in self.start}
         if not any(self.end.values()):
             raise ValueError(f"end weights must not all be 0 (loss 0, no gradient), got {end}")
-        self.progress = 0.0
-        self.calls = 0
+        self.progress, self.calls = 0.0, 0
         self.first_values: dict[str, float] = {}  # loss_balanced state
         self.averages: dict[str, float] = {}
         self.best: float | None = None  # performance state
@@ -178,8 +173,7 @@ class LossWeightScheduler:
         sign = 1.0 if self.params["mode"] == "max" else -1.0
         gain = math.inf if best is None else sign * (value - best)
         if math.isfinite(value) and gain > min_delta:
-            self.best = value
-            self.bad_calls = 0
+            self.best, self.bad_calls = value, 0
             return
         self.bad_calls += 1
         if self.bad_calls >= self.params["patience"]:
@@ -220,9 +214,8 @@ class LossWeightCallback(Callback):
 
     def __init__(self, scheduler: LossWeightScheduler) -> None:
         if not isinstance(scheduler, LossWeightScheduler):
-            raise TypeError(
-                f"scheduler must be a LossWeightScheduler, got {type(scheduler).__name__}"
-            )
+            kind = type(scheduler).__name__
+            raise TypeError(f"scheduler must be a LossWeightScheduler, got {kind}")
         self.scheduler = scheduler
         self.history: dict[str, list[float]] = {k: [] for k in scheduler.weights}
         self._sums: dict[str, float] = {}
@@ -247,8 +240,7 @@ class LossWeightCallback(Callback):
         self._sums, self._count = {}, 0
 
     def on_step_end(self, ctx: TrainContext, record: dict[str, Any]) -> None:
-        values = self.scheduler.combined.last_values
-        if values:
+        if values := self.scheduler.combined.last_values:
             for key, value in values.items():
                 self._sums[key] = self._sums.get(key, 0.0) + float(value)
             self._count += 1

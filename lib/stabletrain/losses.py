@@ -1,15 +1,12 @@
 """Dice, Jaccard, Tversky and focal losses and their weighted combinations.
 
-``pred``: logits (``from_logits=True``) or probabilities ``(N, C, *spatial)`` (binary: or ``(N,)``).
-Modes: ``"binary"`` (``C == 1``, sigmoid; target with or without the channel dim), ``"multilabel"``
-(sigmoid per channel, target of ``pred``'s shape), ``"multiclass"`` (softmax; int indices ``(N,
-*spatial)`` or probabilities). Half precision runs in float32. Unless ``validate=False``, targets
-and probabilities must be in [0, 1], indices in ``[0, C)``, and logits all in [0, 1] (spanning
-half of it) warn, once per loss, until a value outside shows logits. An empty batch raises
-``ValueError``.
-``weight``: one non-negative number per channel of ``pred`` (not all 0), multiplying each class's
-loss before the reduction (as MONAI).
-"""
+``pred``: logits (``from_logits=True``) or probabilities ``(N, C, *spatial)`` (binary: or ``(N,)``),
+half precision run in float32. Modes: ``"binary"`` (``C == 1``, sigmoid; target with or without the
+channel dim), ``"multilabel"`` (sigmoid per channel, target of ``pred``'s shape), ``"multiclass"``
+(softmax; int indices ``(N, *spatial)`` or probabilities). Unless ``validate=False``, targets and
+probabilities must be in [0, 1], indices in ``[0, C)``, and logits of a loss's first call all in
+[0, 1] (spanning half of it) warn. An empty batch raises ``ValueError``. ``weight``: a number >= 0
+per channel (not all 0) multiplying each class's loss before the reduction (as MONAI)."""
 
 from __future__ import annotations
 
@@ -32,24 +29,10 @@ from .checks import (
 
 MODES = ("binary", "multilabel", "multiclass")
 REDUCTIONS = ("mean", "sum", "none")
-#: Term keys of :class:`CombinedLoss` that measure region overlap (what
-#: :class:`~stabletrain.loss_weights.LossWeightScheduler` moves weight towards).
+#: Term keys of :class:`CombinedLoss` that measure region overlap.
 OVERLAP_TERMS = ("dice", "jaccard", "tversky")
 _PROBABILITIES = "pred looks like probabilities (all in [0, 1]) but from_logits=True: pass logits "
 _PROBABILITIES += "or from_logits=False"
-
-
-def _class_weight(weight: Any) -> tuple[float, ...] | None:
-    """None, or ``weight`` (a sequence of numbers >= 0, not all 0) as a tuple."""
-    if weight is None:
-        return None
-    weight = weight.tolist() if isinstance(weight, torch.Tensor) else weight
-    if isinstance(weight, str | Mapping) or not isinstance(weight, Collection):
-        raise TypeError(f"weight must be a sequence of C numbers >= 0 or None, got {weight!r}")
-    weight = tuple(check_float(f"weight[{i}]", w, min=0) for i, w in enumerate(weight))
-    if not any(weight):
-        raise ValueError(f"weight must hold a value > 0 (all 0: the loss is 0), got {weight}")
-    return weight
 
 
 def _class_indices(target: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -70,10 +53,9 @@ class _SigmoidFocalSum(torch.autograd.Function):
         m = F.logsigmoid(zn).mul_(gamma).exp_()
         ce = torch.addcmul(F.softplus(x), t, x, value=-1.0)
         weight = None if alpha is None else t.mul(2.0 * alpha - 1.0).add_(1.0 - alpha)
-        weighted = m * ce if weight is None else (m * ce).mul_(weight)
         ctx.save_for_backward(x, t, sign, zn, m, ce, weight)
         ctx.gamma = gamma
-        return weighted.sum()  # cascade sum: accurate in float32
+        return (m * ce if weight is None else (m * ce).mul_(weight)).sum()  # cascade sum: accurate
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
@@ -89,6 +71,10 @@ class _SigmoidFocalSum(torch.autograd.Function):
 class _SegmentationLoss(nn.Module):
     """Shared argument handling and input checks of the losses in this module."""
 
+    _logits_checked = False  # from_logits: pred shown to be logits, or warned (once)
+    _fields: tuple[str, ...] = ()  # shown by extra_repr after mode, from_logits, reduction
+    _optional: tuple[tuple[str, Any], ...] = (("weight", None),)  # shown where not default
+
     def __init__(
         self, mode: str, from_logits: bool, reduction: str, validate: bool, weight: Any = None
     ) -> None:
@@ -97,11 +83,15 @@ class _SegmentationLoss(nn.Module):
         self.from_logits = check_bool("from_logits", from_logits)
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.validate = check_bool("validate", validate)
-        self.weight = _class_weight(weight)
-
-    _logits_checked = False  # from_logits: pred shown to be logits, or warned (once)
-    _fields: tuple[str, ...] = ()  # shown by extra_repr after mode, from_logits, reduction
-    _optional: tuple[tuple[str, Any], ...] = (("weight", None),)  # shown where not default
+        weight = weight.tolist() if isinstance(weight, torch.Tensor) else weight
+        if isinstance(weight, str | Mapping) or not isinstance(weight, Collection | None):
+            raise TypeError(f"weight must be a sequence of C numbers >= 0 or None, got {weight!r}")
+        if weight is not None:
+            weight = tuple(check_float(f"weight[{i}]", w, min=0) for i, w in enumerate(weight))
+            if not any(weight):
+                zero = "(all 0: the loss is 0)"
+                raise ValueError(f"weight must hold a value > 0 {zero}, got {weight}")
+        self.weight = weight
 
     def extra_repr(self) -> str:
         fields = ("mode", "from_logits", "reduction", *self._fields)
@@ -110,15 +100,13 @@ class _SegmentationLoss(nn.Module):
         return ", ".join(f"{k}={v:g}" if type(v) is float else f"{k}={v!r}" for k, v in values)
 
     def _class_weights(self, c: int, like: torch.Tensor) -> torch.Tensor | None:
-        """``weight`` as a tensor ``(C,)`` like ``like`` (``ValueError`` unless C values)."""
         if self.weight is not None and len(self.weight) != c:
             got = f"{len(self.weight)} values, but pred has C = {c} channels"
             raise ValueError(f"weight needs one value per class: it has {got}")
         return None if self.weight is None else like.new_tensor(self.weight)
 
     def _check(self, pred: torch.Tensor, target: torch.Tensor, *, class_indices: bool = True):
-        """``pred`` ``(N, C, *spatial)`` (half as float32), the target as int64 indices or floats
-        of its shape; values checked if ``validate`` (the index range only if ``class_indices``)."""
+        """``(pred (N, C, *spatial), target as int64 indices or floats of pred's shape)``."""
         if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
             kinds = f"{type(pred).__name__} and {type(target).__name__}"
             raise TypeError(f"pred and target must be tensors, got {kinds}")
@@ -126,7 +114,7 @@ class _SegmentationLoss(nn.Module):
             raise ValueError(f"pred must be a floating-point tensor, got {pred.dtype}")
         pred = pred.float() if pred.dtype in (torch.float16, torch.bfloat16) else pred
         pred = pred.unsqueeze(1) if self.mode == "binary" and pred.dim() == 1 else pred
-        shape = tuple(pred.shape)
+        shape, target_shape = tuple(pred.shape), tuple(target.shape)
         if pred.dim() < 2:
             raise ValueError(f"pred must have shape (N, C, *spatial) or (N,), got {shape}")
         if not pred.numel():
@@ -136,7 +124,7 @@ class _SegmentationLoss(nn.Module):
             raise ValueError(f"binary mode needs pred with one channel, got shape {shape}")
         if self.mode == "multiclass" and shape[1] < 2:
             raise ValueError(f"multiclass mode needs C >= 2 channels, got pred of shape {shape}")
-        if self.mode == "multiclass" and tuple(target.shape) == indices_shape:
+        if self.mode == "multiclass" and target_shape == indices_shape:
             if target.is_floating_point() or target.dtype == torch.bool:
                 message = f"multiclass target must hold integer class indices, got {target.dtype}"
                 raise ValueError(message)
@@ -144,14 +132,13 @@ class _SegmentationLoss(nn.Module):
             if self.validate and class_indices and target.numel():
                 self._check_class_indices(target, shape[1])
         else:
-            if self.mode == "binary" and tuple(target.shape) == indices_shape:
+            if self.mode == "binary" and target_shape == indices_shape:
                 target = target.unsqueeze(1)
             if tuple(target.shape) != shape:
                 expected = f"the shape of pred {shape}"
                 if self.mode == "multiclass":
                     expected = f"(N, *spatial) = {indices_shape} (class indices) or {expected}"
-                got = tuple(target.shape)
-                raise ValueError(f"{self.mode} target must have {expected}, got {got}")
+                raise ValueError(f"{self.mode} target must have {expected}, got {target_shape}")
             target = target.to(pred.dtype)
             if self.validate:
                 check_unit_interval(f"{self.mode} target values", target)
@@ -170,7 +157,8 @@ class _SegmentationLoss(nn.Module):
             message = f"multiclass target holds class indices in [{low}, {high}], but pred has C ="
             raise ValueError(f"{message} {c} channels (indices must be in [0, {c - 1}])")
 
-    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
+    def _reduce(self, loss: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        loss = loss if weight is None else loss * weight
         return loss if self.reduction == "none" else getattr(loss, self.reduction)()
 
 
@@ -206,24 +194,23 @@ class DiceLoss(_SegmentationLoss):
         self.batch = check_bool("batch", batch)
 
     def _statistics(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per (sample, channel) sums: intersection, Σp (Σp² if squared), Σt (Σt²) (summed over
-        the samples if ``batch``), and the class weights (or None)."""
+        """``Σpt``, ``Σp`` (``Σp²`` if squared), ``Σt`` (``Σt²``) per sample (or batch) and
+        channel, and the class weights (or None)."""
         pred, target = self._check(pred, target, class_indices=False)
         n, c = pred.shape[:2]
         weight = self._class_weights(c, pred)
-        x = pred.reshape(n, c, -1)
+        p = pred.reshape(n, c, -1)
         if target.dtype == torch.int64:  # multiclass class indices
-            labels = _class_indices(target, c, x.dtype)
+            labels = _class_indices(target, c, p.dtype)
             # range check on the cache-warm float copy (exact); the int one words the error
             if self.validate and labels.numel() and not 0 <= labels.amin() <= labels.amax() < c:
                 self._check_class_indices(target, c)
             index = torch.arange(c, device=labels.device, dtype=labels.dtype).view(1, c, 1)
-            t = torch.eq(labels, index, out=x.new_empty(x.shape))
+            t = torch.eq(labels, index, out=p.new_empty(p.shape))
         else:
             t = target.reshape(n, c, -1)
-        p = x
         if self.from_logits:
-            p = torch.softmax(x, 1) if self.mode == "multiclass" else torch.sigmoid(x)
+            p = torch.softmax(p, 1) if self.mode == "multiclass" else torch.sigmoid(p)
         inter = torch.linalg.vecdot(p, t)
         total = torch.linalg.vecdot(p, p) if self.squared else p.sum(-1)
         true = torch.linalg.vecdot(t, t) if self.squared else t.sum(-1)
@@ -234,15 +221,12 @@ class DiceLoss(_SegmentationLoss):
             inter, total, true = inter.sum(0), total.sum(0), true.sum(0)
         return inter, total, true, weight
 
-    def _weighted(self, loss: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        return self._reduce(loss if weight is None else loss * weight)
-
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         inter, total, true, weight = self._statistics(pred, target)
         s = self.smooth
         if self.jaccard:
-            return self._weighted(1.0 - (inter + s) / (total + true - inter + s), weight)
-        return self._weighted(1.0 - (2.0 * inter + s) / (total + true + s), weight)
+            return self._reduce(1.0 - (inter + s) / (total + true - inter + s), weight)
+        return self._reduce(1.0 - (2.0 * inter + s) / (total + true + s), weight)
 
 
 class JaccardLoss(DiceLoss):
@@ -298,8 +282,7 @@ class TverskyLoss(DiceLoss):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         tp, total, true, weight = self._statistics(pred, target)
         fp, fn, s = total - tp, true - tp, self.smooth
-        loss = 1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s)
-        return self._weighted(loss, weight)
+        return self._reduce(1.0 - (tp + s) / (tp + self.alpha * fp + self.beta * fn + s), weight)
 
 
 class FocalLoss(_SegmentationLoss):
@@ -309,8 +292,8 @@ class FocalLoss(_SegmentationLoss):
     probability targets give ``Σ_c t_c ℓ_c``; ``"mean"`` averages over pixels (``gamma=0,
     alpha=None`` is ``CrossEntropyLoss``). ``"none"``: ``pred``'s shape or ``(N, *spatial)``.
     ``include_background=False``: multilabel drops channel 0, multiclass class 0's term (softmax
-    over all C); binary ignores it. ``weight[c]`` multiplies class c's term (a plain mean, as MONAI).
-    """
+    over all C); binary ignores it. ``weight[c]`` multiplies class c's term (a plain mean, as
+    MONAI)."""
 
     _fields = ("gamma", "alpha")
     _optional = (("include_background", True), ("weight", None))
@@ -377,8 +360,9 @@ class FocalLoss(_SegmentationLoss):
             loss = -logp.gather(1, classes)
             logp = -loss
         else:
-            classes = torch.arange(pred.shape[1], device=pred.device)
-            classes = classes.view(-1, *[1] * (pred.dim() - 2))
+            classes = torch.arange(pred.shape[1], device=pred.device).view(
+                -1, *[1] * (pred.dim() - 2)
+            )
             loss = -logp * target
         if self.gamma:
             # 1 - p_c, clamped so its power has a finite gradient when p_c rounds to 1.
@@ -417,10 +401,8 @@ class _Weights(dict):
     """A read-only snapshot of :attr:`CombinedLoss.weights` (its copies are plain dicts)."""
 
     def _read_only(self, *args: Any, **kwargs: Any) -> None:
-        change = "assign loss.weights = {key: weight, ...} (all or some terms)"
-        raise TypeError(
-            f"CombinedLoss.weights is a read-only snapshot: to change weights, {change}"
-        )
+        change = "to change weights, assign loss.weights = {key: weight, ...} (all or some terms)"
+        raise TypeError(f"CombinedLoss.weights is a read-only snapshot: {change}")
 
     __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
 
@@ -445,8 +427,9 @@ class CombinedLoss(nn.Module):
                 raise ValueError(f"terms[{key!r}] must be a pair (loss, weight), got {term!r}")
         self.keys: tuple[str, ...] = tuple(terms)
         self._terms = {key: loss for key, (loss, _) in terms.items()}
-        modules = {key: loss for key, loss in self._terms.items() if isinstance(loss, nn.Module)}
-        self.losses = nn.ModuleDict(modules)
+        self.losses = nn.ModuleDict(
+            {k: v for k, v in self._terms.items() if isinstance(v, nn.Module)}
+        )
         self._weights: dict[str, float] = {}
         self.weights = {key: weight for key, (_, weight) in terms.items()}
         self.last_values: dict[str, torch.Tensor] = {}
@@ -466,8 +449,7 @@ class CombinedLoss(nn.Module):
         new = dict(self._weights)
         for key, value in check_keys("weights", values, self.keys).items():
             new[key] = check_float(f"weights[{key!r}]", value, min=0)
-        missing = set(self.keys) - set(new)
-        if missing:
+        if missing := set(self.keys) - set(new):
             raise ValueError(f"missing weight(s) for {sorted(missing)}; terms are {self.keys}")
         if not any(new.values()):
             raise ValueError(f"weights must not all be 0 (loss 0, no gradient), got {new}")
@@ -520,9 +502,10 @@ def _checked(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return {k: check_config_value(c, prefix + k, values[k], **b) for k, (c, b) in checks.items()}
 
 
-def _section(config: Mapping[str, Any], key: str, allowed: Collection[str]) -> Mapping[str, Any]:
+def _section(config: Mapping[str, Any], key: str, allowed: Collection[str]) -> dict[str, Any]:
+    """``config[key]`` (None: ``{}``), its keys in ``allowed``, its values checked (config rule)."""
     value = {} if (value := config.get(key)) is None else value
-    return check_config_value(check_keys, key, value, allowed=allowed)
+    return _checked(check_config_value(check_keys, key, value, allowed=allowed), key + ".")
 
 
 def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary") -> CombinedLoss:
@@ -543,15 +526,13 @@ def build_loss(name_or_config: str | Mapping[str, Any], *, mode: str = "binary")
     config = dict(check_keys("the loss config", config, _CONFIG_KEYS))
     check_choice("loss config type", config.get("type", "combined"), ("combined",))
     mode = check_choice("mode", config.get("mode", mode), MODES)
-    dice = _checked(_section(config, "dice_config", _DICE_CONFIG), "dice_config.")
-    dice = {**_DICE_CONFIG, **dice}
-    focal = _checked(_section(config, "bce_config", ("gamma", "alpha")), "bce_config.")
+    dice = {**_DICE_CONFIG, **_section(config, "dice_config", _DICE_CONFIG)}
+    focal = _section(config, "bce_config", ("gamma", "alpha"))
     _checked({key: value for key, value in config.items() if key.endswith("_weight")})
     args = (dice["smooth"], dice["squared_pred"], dice["jaccard"], dice["include_background"])
     overlap = DiceLoss(mode, *args)
     pixel = _CrossEntropyLoss() if mode == "multiclass" else _BCEWithLogitsLoss()
     pixel = FocalLoss(mode, focal.get("gamma", 2.0), focal.get("alpha", 0.25)) if focal else pixel
-
     terms = {"jaccard" if overlap.jaccard else "dice": (overlap, config.get("dice_weight", 0.7))}
     terms["focal" if focal else "bce"] = (pixel, config.get("bce_weight", 0.3))
     return CombinedLoss(terms)

@@ -1,10 +1,8 @@
-"""Evaluation metrics: :func:`accuracy`, and Dice and IoU for segmentation.
-
-Per sample and class: Dice ``2|P∩T|/(|P|+|T|)``, IoU ``|P∩T|/|P∪T|`` (1 if both empty),
-averaged. Binary (``C == 1``): ``sigmoid(logit) > threshold``; multiclass: argmax, int target
-``(N, H, W)`` of indices in ``[0, C)``, class 0 left out unless ``include_background``. A list of
-outputs is read at 0. An empty batch raises ``ValueError``. (Probabilities given as logits
-are not flagged here: a network's real logits may all lie in [0, 1] at some evaluation.)"""
+"""Evaluation metrics: :func:`accuracy`, and Dice ``2|P∩T|/(|P|+|T|)`` and IoU ``|P∩T|/|P∪T|``
+(1 if both empty) per sample and class, averaged. Binary (``C == 1``): ``sigmoid(logit) >
+threshold``; multiclass: argmax, int target ``(N, H, W)``, class 0 left out unless
+``include_background``. A list of outputs is read at 0; an empty batch raises ``ValueError``.
+Logits in [0, 1] are not flagged (a network's real logits may all lie there)."""
 
 from __future__ import annotations
 
@@ -19,10 +17,9 @@ HIGHER_IS_BETTER = ("dice", "iou", "jaccard", "accuracy", "acc", "f1", "auc")
 
 
 def metric_mode(monitor: str, mode: str | None = None) -> str:
-    """The direction of ``monitor`` from its name: a word of :data:`LOWER_IS_BETTER`
-    (``val_loss``) → ``"min"``, of :data:`HIGHER_IS_BETTER` (``val_dice``) → ``"max"`` (a ``neg`` word flips it). A given
-    ``mode`` (``"min"``/``"max"``) is kept for a name of no known direction and must agree with a
-    known one (``ValueError``); an unknown name without ``mode`` raises ``ValueError``."""
+    """The direction of ``monitor`` from its name: a word of :data:`LOWER_IS_BETTER` → ``"min"``,
+    of :data:`HIGHER_IS_BETTER` → ``"max"`` (a ``neg`` word flips it). A given ``mode`` must agree
+    with a known direction; an unknown name needs one (else ``ValueError``)."""
     if mode is not None and (mode not in ("min", "max") or isinstance(mode, bool)):
         raise ValueError(f"mode must be one of ('min', 'max') or None, got {mode!r}")
     if not isinstance(monitor, str):
@@ -60,8 +57,7 @@ def _confusion(
         raise ValueError(f"logits are empty (shape {tuple(logits.shape)}): an empty batch raises")
     n, c = logits.shape[:2]
     if c == 1:
-        if target.dim() == 3:
-            target = target.unsqueeze(1)
+        target = target.unsqueeze(1) if target.dim() == 3 else target
         if target.shape != logits.shape:
             want, got = tuple(logits.shape), tuple(target.shape)
             raise ValueError(f"binary target must have shape {want}, got {got}")
@@ -85,22 +81,23 @@ def _confusion(
     return inter, pred.sum(-1).double(), true.sum(-1).double()
 
 
+def _overlap(logits, target, threshold, include_background, iou: bool) -> float:
+    inter, p, t = _confusion(logits, target, threshold, include_background)
+    denom = p + t - inter if iou else p + t
+    num = inter if iou else 2 * inter
+    return float(torch.where(denom > 0, num / denom.clamp_min(1), torch.ones_like(denom)).mean())
+
+
 @torch.no_grad()
 def dice_score(logits, target, *, threshold: float = 0.5, include_background=False) -> float:
     """Mean Dice score of thresholded (binary) or arg-max (multiclass) predictions."""
-    inter, p, t = _confusion(logits, target, threshold, include_background)
-    denom = p + t
-    score = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.ones_like(denom))
-    return float(score.mean())
+    return _overlap(logits, target, threshold, include_background, iou=False)
 
 
 @torch.no_grad()
 def iou_score(logits, target, *, threshold: float = 0.5, include_background=False) -> float:
     """Mean intersection-over-union of thresholded or arg-max predictions."""
-    inter, p, t = _confusion(logits, target, threshold, include_background)
-    union = p + t - inter
-    score = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    return float(score.mean())
+    return _overlap(logits, target, threshold, include_background, iou=True)
 
 
 @torch.no_grad()
