@@ -220,7 +220,6 @@ class TinyUNet(nn.Module):
         options = dict(SAFE_ATTENTION) if check_bool("safe_attention", safe_attention) else {}
         options.update(check_keys("attention_options", attention_options or {}, _OPTIONS))
         self.attention_options, block = options, {"norm": norm, "activation": activation}
-
         widths = [base_channels * 2**i for i in range(depth + 1)]
         inputs = [in_channels, *widths[: depth - 1]]
         self.encoders = nn.ModuleList(

@@ -102,12 +102,10 @@ def _check_names(what: str, names: Any) -> None:  # MLflow's rules, checked befo
         raise ValueError(f"{what} {bad[:3]} cannot be MLflow names: {rule}")
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        nested = isinstance(value, Mapping)
-        flat |= _flatten(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": str(value)}
-    return flat
+def _flatten(params: Any, at: str = "") -> dict[str, str]:  # {"a": {"b": 1}}: {"a.b": "1"}
+    if not isinstance(params, Mapping):
+        return {at[:-1]: str(params)}
+    return {k: v for key, sub in params.items() for k, v in _flatten(sub, f"{at}{key}.").items()}
 
 
 def _number(value: Any) -> float | None:
