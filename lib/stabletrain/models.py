@@ -18,6 +18,8 @@ ATTENTION_TYPES = (None, "se", "cbam")
 NORM_TYPES = ("batch", "group", None)
 ACTIVATION_TYPES = ("relu", "leaky_relu")
 _OPTIONS = ("norm", "gate_bound", "residual_scale")  # keyword options of the attention blocks
+#: The safeguards notebook 01 turns on with ``TinyUNet(safe_attention=True)``.
+SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_scale": 0.5}
 
 
 def _check_positive_int(name: str, value: object) -> int:  # used by course.divergence
@@ -41,9 +43,7 @@ class _Gate(nn.Module):
         self.bound = None if bound is None else float(bound)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.bound is not None:
-            z = self.bound * torch.tanh(z / self.bound)
-        return torch.sigmoid(z)
+        return torch.sigmoid(z if self.bound is None else self.bound * torch.tanh(z / self.bound))
 
     def extra_repr(self) -> str:
         return f"bound={self.bound}"
@@ -77,8 +77,7 @@ class SEBlock(nn.Module):
         self.gate = _Gate(gate_bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.adaptive_avg_pool2d(x, 1)
-        s = self.gate(self.fc2(self.act(self.norm(self.fc1(s)))))
+        s = self.gate(self.fc2(self.act(self.norm(self.fc1(F.adaptive_avg_pool2d(x, 1))))))
         return _residual(x, x * s, self.residual_scale)
 
 
@@ -118,10 +117,6 @@ class CBAMBlock(nn.Module):
         pooled = torch.cat([y.mean(dim=1, keepdim=True), y.amax(dim=1, keepdim=True)], dim=1)
         y = y * self.spatial_gate(self.spatial(self.pool_norm(pooled)))
         return _residual(x, y, self.residual_scale)
-
-
-#: The safeguards notebook 01 turns on with ``TinyUNet(safe_attention=True)``.
-SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_scale": 0.5}
 
 
 class SpatialSelfAttention(nn.Module):
@@ -233,7 +228,6 @@ class TinyUNet(nn.Module):
         for i in reversed(range(depth)):
             self.upsamples.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
             self.decoders.append(ConvBlock(2 * widths[i], widths[i], attention, options, **block))
-        # heads[i] reads the decoder output at 1/2^i resolution; heads[0] is the final head.
         self.heads = nn.ModuleList(nn.Conv2d(widths[i], num_classes, 1) for i in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
