@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase  # BatchNorm*, InstanceNorm*, SyncBatchNorm
 
 from .checks import check_bool, check_config_value, check_float
 
@@ -17,21 +18,13 @@ OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
     name.lower(): getattr(torch.optim, name)
     for name in ("Adam", "AdamW", "RMSprop", "Adadelta", "SGD")
 }
-
 CLIPPING_KEYS: dict[str, str] = {
     "gradient_clipping_by_norm": "norm",
     "gradient_clipping_by_norm_local": "norm_local",
     "gradient_clipping_by_value": "value",
 }  # Keras clipping key -> StabilityGuard clip_mode
-
 _BUILDER_KEYS = ("type", "no_decay_norm_bias", "lr_multipliers")
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
+_NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
 _RANGES = {"betas": {"min": 0, "max": 1, "high_open": True}, "rho": {"min": 0, "max": 1}}
 _RANGES |= {k: {"min": 0} for k in ("lr", "weight_decay", "eps", "momentum", "alpha")}
 
