@@ -1,10 +1,7 @@
-"""stabletrain: keep PyTorch training stable — the library behind the notebook course.
-
-One concept per module (the README's library table lists them); the core is ``loop``
-(``fit``, ``evaluate``), ``update`` and ``callbacks``. :mod:`stabletrain.widgets` needs the
-``widgets`` extra; :mod:`stabletrain.course` holds what only the notebooks need. The names
-imported here are the public API.
-"""
+"""stabletrain: keep PyTorch training stable — the library behind the notebook course. One concept
+per module; the core is ``loop`` (``fit``, ``evaluate``), ``update`` and ``callbacks``.
+:mod:`stabletrain.widgets` needs the ``widgets`` extra; :mod:`stabletrain.course` holds what only
+the notebooks need. The names imported here are the public API."""
 
 from .amp import MixedPrecision
 from .callbacks import Callback, EarlyStopping, TrainContext

@@ -133,9 +133,8 @@ def check_unit_interval(what: str, values: torch.Tensor, hint: str = "") -> None
 
 
 def warn_if_probabilities(values: torch.Tensor, message: str) -> bool:
-    """Warn ``message`` if floating ``values`` (16 or more) all lie in [0, 1] and span half of it:
-    probabilities where logits are expected. True once settled: warned, or logits (a value
-    outside [0, 1]); near-constant values (a fresh network's) are left open."""
+    """Warn ``message`` if floating ``values`` (16 or more) all lie in [0, 1] and span half of it
+    (probabilities for logits). True once settled: warned, or a value outside [0, 1] (logits)."""
     if not values.is_floating_point() or values.numel() < 16:
         return False
     low, high = (float(v) for v in values.detach().aminmax())

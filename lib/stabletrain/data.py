@@ -1,8 +1,7 @@
-"""A deterministic synthetic segmentation dataset: shapes on a noisy background.
-
-Sample ``i`` comes from ``numpy.random.default_rng([seed, split, i])``. Masks:
-``num_classes=1`` float ``(1, H, W)`` in {0, 1}; ``2`` int ``(H, W)`` (1 any shape);
-``len(shapes) + 1`` int ``(H, W)``, ``1 + k`` for the k-th shape kind."""
+"""A deterministic synthetic segmentation dataset: shapes on a noisy background. Sample ``i``
+comes from ``numpy.random.default_rng([seed, split, i])``. Masks: ``num_classes=1`` float
+``(1, H, W)`` in {0, 1}; ``2`` int ``(H, W)`` (1 any shape); ``len(shapes) + 1`` int ``(H, W)``,
+``1 + k`` for the k-th shape kind."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur with reflect padding (radius ``ceil(2σ)``)."""
     radius = max(1, int(np.ceil(2 * sigma)))
     x = np.arange(-radius, radius + 1)
     kernel = np.exp(-(x**2) / (2 * sigma**2))
@@ -64,11 +62,7 @@ class ShapesSegmentation(Dataset):
         self.noise_std = check_float("noise_std", noise_std, min=0)
         self.blur_sigma = check_float("blur_sigma", blur_sigma, min=0)
         self.seed = check_int("seed", seed, min=0)
-
-        images = np.empty((num_samples, 1, image_size, image_size), dtype=np.float32)
-        labels = np.empty((num_samples, image_size, image_size), dtype=np.int64)
-        for i in range(num_samples):
-            images[i, 0], labels[i] = self._draw(i)
+        images, labels = map(np.stack, zip(*(self._draw(i) for i in range(num_samples))))
         self.images = torch.from_numpy(images)
         if num_classes <= 2:  # any shape is the foreground
             labels = labels > 0
@@ -80,8 +74,7 @@ class ShapesSegmentation(Dataset):
         n = self.image_size
         yy, xx = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
         background = rng.uniform(0.0, 0.3)
-        image = np.full((n, n), background)
-        labels = np.zeros((n, n), dtype=np.int64)
+        image, labels = np.full((n, n), background), np.zeros((n, n), dtype=np.int64)
         for _ in range(rng.integers(self.objects_per_image[0], self.objects_per_image[1] + 1)):
             kind = int(rng.integers(len(self.shapes)))
             radius = rng.uniform(*self.object_size) * n
@@ -95,18 +88,16 @@ class ShapesSegmentation(Dataset):
                 inside = (np.abs(yy - cy) <= h) & (np.abs(xx - cx) <= w)
             else:  # triangle: three vertices on the circle of this radius
                 angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.0, 4.0]) * np.pi / 3
-                vy, vx = cy + radius * np.sin(angles), cx + radius * np.cos(angles)
-                vy, vx, wy, wx = (
-                    v[:, None, None] for v in (vy, vx, np.roll(vy, -1), np.roll(vx, -1))
-                )
+                vy = (cy + radius * np.sin(angles))[:, None, None]
+                vx = (cx + radius * np.cos(angles))[:, None, None]
+                wy, wx = np.roll(vy, -1, axis=0), np.roll(vx, -1, axis=0)
                 sides = (vx - xx) * (wy - yy) - (vy - yy) * (wx - xx)  # (3, n, n)
                 inside = (sides >= 0).all(0) | (sides <= 0).all(0)
             image[inside] = background + rng.uniform(*self.contrast)
             labels[inside] = kind + 1 if self.num_classes > 2 else 1
-        if self.blur_sigma > 0:
-            image = _blur(image, self.blur_sigma)
+        image = _blur(image, self.blur_sigma) if self.blur_sigma > 0 else image
         image = image + rng.normal(0.0, self.noise_std, size=image.shape)
-        return image.astype(np.float32), labels
+        return image.astype(np.float32)[None], labels
 
     def __len__(self) -> int:
         return self.num_samples
@@ -132,10 +123,8 @@ def make_loaders(
     **dataset_kwargs,
 ) -> tuple[DataLoader, DataLoader]:
     """Train (shuffled by ``train_loader.generator``, seeded) and val loaders; kwargs go to both.
-
-    ``distributed`` (in a process group of more than one rank): ``batch_size`` is per rank; the
-    train loader's ``DistributedSampler`` shuffles by ``seed`` and the epoch (``fit`` calls its
-    ``set_epoch``), each rank validates on every ``world``-th sample, unpadded."""
+    ``distributed`` (in a process group): ``batch_size`` is per rank, a ``DistributedSampler``
+    shuffles by ``seed`` and epoch, each rank validates on every ``world``-th sample, unpadded."""
     check_int("num_train", num_train, min=1), check_int("num_val", num_val, min=1)
     workers = check_int("num_workers", num_workers, min=0)
     options = {"batch_size": check_int("batch_size", batch_size, min=1), "num_workers": workers}

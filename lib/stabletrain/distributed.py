@@ -1,9 +1,7 @@
 """``torch.distributed`` in the few calls the library needs; without a process group of more than
-one rank every function is the single-process identity (rank 0 of 1, no collective).
-
-Rules: a flag is agreed with an all-reduce MAX (any rank's ``True`` is everyone's; MAX cannot
-overflow as SUM can), a metric with an all-reduce mean, a choice (a file, a path) is rank 0's,
-broadcast. Collectives run on the backend's device: the current CUDA device for NCCL, else CPU."""
+one rank every function is the single-process identity (rank 0 of 1, no collective). A flag is
+agreed by an all-reduce MAX, a metric by an all-reduce mean, a choice (a file, a path) is rank 0's,
+broadcast. Collectives run on the current CUDA device for NCCL, else on the CPU."""
 
 from __future__ import annotations
 
@@ -66,30 +64,22 @@ def any_rank(flag: bool | torch.Tensor, device: torch.device | str | None = None
 
 def mean_across_ranks(value: float | torch.Tensor) -> float:
     """The mean of ``value`` over the ranks (a non-finite value on any rank makes it NaN/inf)."""
-    if not is_distributed():
-        return float(value)
-    total = torch.tensor([float(value)], dtype=torch.float64, device=_device())
-    dist.all_reduce(total)
-    return float(total.item()) / dist.get_world_size()
+    return reduce_metrics({"value": float(value)})["value"]
 
 
 def reduce_metrics(metrics: Mapping[str, Any], weight: float = 1.0) -> dict[str, Any]:
     """Numbers averaged over the ranks, weighted by ``weight`` (e.g. a rank's sample count);
     other values kept. Every rank must pass the same keys (one all-reduce for all of them)."""
     out = dict(metrics)
-    if not is_distributed():
-        return out
     keys = [k for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)]
-    if not keys:
+    if not keys or not is_distributed():
         return out
     w = check_float("weight", weight, min=0)
     sums = [w * float(out[k]) if w else 0.0 for k in keys]  # an empty shard adds nothing
-    values = torch.tensor([[*sums, w]], dtype=torch.float64, device=_device())
+    values = torch.tensor([*sums, w], dtype=torch.float64, device=_device())
     dist.all_reduce(values)
-    total = float(values[0, -1])
-    for i, key in enumerate(keys):
-        out[key] = float(values[0, i]) / total if total > 0 else math.nan
-    return out
+    *sums, total = values.tolist()
+    return out | {k: s / total if total > 0 else math.nan for k, s in zip(keys, sums)}
 
 
 def broadcast(obj: Any, src: int = 0) -> Any:
@@ -128,13 +118,8 @@ def scale_lr(
 ) -> float:
     r"""The LR for ``global_batch`` (per-rank batch × ranks × accumulation) from one tuned at
     ``reference_batch``: ``linear`` :math:`\eta = \eta_0 k`, ``sqrt`` :math:`\eta_0 \sqrt k`,
-    :math:`k` = global / reference. Goyal et al. (2017) pair the linear rule with a gradual
-    warmup (about 5 epochs from :math:`\eta_0` to :math:`\eta`), since the scaled LR is too
-    large for the first steps. The square-root rule keeps the variance of the update constant
-    (Krizhevsky 2014's argument; for Adam, Malladi et al. 2022)."""
+    :math:`k` = global / reference (pair ``linear`` with a warmup, Goyal et al. 2017)."""
     base_lr = check_float("base_lr", base_lr, min=0)
-    k = check_int("global_batch", global_batch, min=1) / check_int(
-        "reference_batch", reference_batch, min=1
-    )
-    rule = check_choice("rule", rule, SCALING_RULES)
-    return base_lr * (k if rule == "linear" else math.sqrt(k))
+    global_batch = check_int("global_batch", global_batch, min=1)
+    k = global_batch / check_int("reference_batch", reference_batch, min=1)
+    return base_lr * (k if check_choice("rule", rule, SCALING_RULES) == "linear" else math.sqrt(k))

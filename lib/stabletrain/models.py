@@ -1,9 +1,7 @@
-"""Small U-Net for the course (:class:`TinyUNet`) with optional SE/CBAM attention.
-
-Defaults: BatchNorm, ReLU, plain attention blocks. ``norm=None``, ``activation="leaky_relu"``
-and ``bottleneck_attention=True`` make a network that can diverge (notebook 01); keyword
-safeguards (``SAFE_ATTENTION``) bound the attention. Images ``(N, in_channels, H, W)`` →
-logits ``(N, num_classes, H, W)``, ``H`` and ``W`` divisible by ``2**depth``."""
+"""A small U-Net (:class:`TinyUNet`) with optional SE/CBAM attention and bottleneck self-attention:
+images ``(N, in_channels, H, W)`` → logits ``(N, num_classes, H, W)``. ``norm=None``,
+``activation="leaky_relu"`` and ``bottleneck_attention=True`` make a network that can diverge
+(notebook 01); the safeguards (``SAFE_ATTENTION``) bound the attention."""
 
 from __future__ import annotations
 
@@ -20,6 +18,8 @@ ATTENTION_TYPES = (None, "se", "cbam")
 NORM_TYPES = ("batch", "group", None)
 ACTIVATION_TYPES = ("relu", "leaky_relu")
 _OPTIONS = ("norm", "gate_bound", "residual_scale")  # keyword options of the attention blocks
+#: The safeguards notebook 01 turns on with ``TinyUNet(safe_attention=True)``.
+SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_scale": 0.5}
 
 
 def _check_positive_int(name: str, value: object) -> int:  # used by course.divergence
@@ -27,13 +27,11 @@ def _check_positive_int(name: str, value: object) -> int:  # used by course.dive
 
 
 def _check_block(channels, reduction, norm, gate_bound, residual_scale) -> tuple:
-    """The checked arguments of the attention blocks, ``hidden`` after ``channels``."""
     channels = check_int("channels", channels, min=1)
     hidden = max(channels // check_int("reduction", reduction, min=1), 1)
-    gate_bound = check_float("gate_bound", gate_bound, min=0, low_open=True, optional=True)
-    scale = check_float(
-        "residual_scale", residual_scale, min=0, max=1, low_open=True, optional=True
-    )
+    positive = {"min": 0, "low_open": True, "optional": True}
+    gate_bound = check_float("gate_bound", gate_bound, **positive)
+    scale = check_float("residual_scale", residual_scale, max=1, **positive)
     return channels, hidden, check_bool("norm", norm), gate_bound, scale
 
 
@@ -45,9 +43,7 @@ class _Gate(nn.Module):
         self.bound = None if bound is None else float(bound)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if self.bound is not None:
-            z = self.bound * torch.tanh(z / self.bound)
-        return torch.sigmoid(z)
+        return torch.sigmoid(z if self.bound is None else self.bound * torch.tanh(z / self.bound))
 
     def extra_repr(self) -> str:
         return f"bound={self.bound}"
@@ -58,10 +54,9 @@ def _residual(x: torch.Tensor, y: torch.Tensor, scale: float | None) -> torch.Te
 
 
 class SEBlock(nn.Module):
-    r"""Squeeze-and-excitation: ``y = x ⊙ σ(W₂ ReLU(W₁ GAP(x)))``, ``(N, C, H, W)`` → same.
-
-    ``W₁``: ``C → max(C // reduction, 1)``. Safeguards: ``norm`` (``GroupNorm(1, hidden)``),
-    ``gate_bound`` (bounded gate), ``residual_scale=α`` (``y = x + α(x ⊙ s − x)``)."""
+    r"""Squeeze-and-excitation, ``(N, C, H, W)`` → same: ``y = x ⊙ σ(W₂ ReLU(W₁ GAP(x)))``, ``W₁``:
+    ``C → max(C // reduction, 1)``. Safeguards: ``norm`` (``GroupNorm(1, hidden)``), ``gate_bound``
+    (bounded gate), ``residual_scale=α`` (``y = x + α(x ⊙ s − x)``)."""
 
     def __init__(
         self,
@@ -82,16 +77,14 @@ class SEBlock(nn.Module):
         self.gate = _Gate(gate_bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.adaptive_avg_pool2d(x, 1)
-        s = self.gate(self.fc2(self.act(self.norm(self.fc1(s)))))
+        s = self.gate(self.fc2(self.act(self.norm(self.fc1(F.adaptive_avg_pool2d(x, 1))))))
         return _residual(x, x * s, self.residual_scale)
 
 
 class CBAMBlock(nn.Module):
-    r"""CBAM: channel gate ``σ(MLP(avg(x)) + MLP(max(x)))``, then spatial gate on ``[mean_c, max_c]``.
-
-    Safeguards as :class:`SEBlock` (``norm`` also adds ``BatchNorm2d(2)`` on the pooled map).
-    ``kernel_size`` must be odd. ``(N, C, H, W)`` → same."""
+    r"""CBAM, ``(N, C, H, W)`` → same: channel gate ``σ(MLP(avg(x)) + MLP(max(x)))``, then a spatial
+    gate on ``[mean_c, max_c]`` (odd ``kernel_size``); safeguards as :class:`SEBlock` (``norm`` also
+    adds ``BatchNorm2d(2)`` on the pooled map)."""
 
     def __init__(
         self,
@@ -126,13 +119,8 @@ class CBAMBlock(nn.Module):
         return _residual(x, y, self.residual_scale)
 
 
-#: The safeguards notebook 01 turns on with ``TinyUNet(safe_attention=True)``.
-SAFE_ATTENTION: dict[str, Any] = {"norm": True, "gate_bound": 4.0, "residual_scale": 0.5}
-
-
 class SpatialSelfAttention(nn.Module):
-    r"""``y = x + W_o softmax(q kᵀ/√C) v`` over the ``H·W`` pixels (one head), ``(N, C, H, W)`` → same.
-
+    r"""``y = x + W_o softmax(q kᵀ/√C) v`` over the ``H·W`` pixels (one head), ``(N, C, H, W)`` → same;
     ``qk_norm`` LayerNorms ``q`` and ``k``; ``last_max_logit`` is ``max |q kᵀ/√C|`` (0-d tensor)."""
 
     def __init__(self, channels: int, *, qk_norm: bool = False) -> None:
@@ -176,29 +164,25 @@ class ConvBlock(nn.Module):
     ) -> None:
         super().__init__()
         check_choice("norm", norm, NORM_TYPES)
-        check_choice("activation", activation, ACTIVATION_TYPES)
-        bias = norm is None  # a norm's shift makes a bias redundant
+        leaky = check_choice("activation", activation, ACTIVATION_TYPES) == "leaky_relu"
         layers: list[nn.Module] = []
-        for channels in (in_channels, out_channels):
-            conv = nn.Conv2d(channels, out_channels, 3, padding=1, bias=bias)
-            act = nn.LeakyReLU(0.1, inplace=True) if activation == "leaky_relu" else nn.ReLU(True)
+        for channels in (in_channels, out_channels):  # a norm's shift makes a bias redundant
+            conv = nn.Conv2d(channels, out_channels, 3, padding=1, bias=norm is None)
+            act = nn.LeakyReLU(0.1, inplace=True) if leaky else nn.ReLU(True)
             layers += [conv, _norm_layer(norm, out_channels), act]
         self.conv = nn.Sequential(*layers)
-        self.attention = nn.Identity()
-        if attention is not None:
-            block = SEBlock if attention == "se" else CBAMBlock
-            self.attention = block(out_channels, **(attention_options or {}))
+        block, options = SEBlock if attention == "se" else CBAMBlock, attention_options or {}
+        self.attention = nn.Identity() if attention is None else block(out_channels, **options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.conv(x))
 
 
 class TinyUNet(nn.Module):
-    """A small U-Net: ``depth`` levels of ``base_channels · 2^i`` channels, skip connections.
-
-    Returns logits, or with ``deep_supervision`` a list of ``depth`` maps (index ``i`` at
-    ``1/2^i`` resolution). ``safe_attention`` starts ``attention_options`` from
-    ``SAFE_ATTENTION``; ``qk_norm`` needs ``bottleneck_attention``. ``depth`` is 1–6."""
+    """A small U-Net: ``depth`` (1–6) levels of ``base_channels · 2^i`` channels, skip connections;
+    ``H``, ``W`` divisible by ``2**depth``. Returns logits, or with ``deep_supervision`` a list of
+    ``depth`` maps (index ``i`` at ``1/2^i`` resolution). ``safe_attention`` starts
+    ``attention_options`` from ``SAFE_ATTENTION``; ``qk_norm`` needs ``bottleneck_attention``."""
 
     def __init__(
         self,
@@ -230,9 +214,7 @@ class TinyUNet(nn.Module):
         self.deep_supervision = check_bool("deep_supervision", deep_supervision)
         options = dict(SAFE_ATTENTION) if check_bool("safe_attention", safe_attention) else {}
         options.update(check_keys("attention_options", attention_options or {}, _OPTIONS))
-        self.attention_options = options
-        block = {"norm": norm, "activation": activation}
-
+        self.attention_options, block = options, {"norm": norm, "activation": activation}
         widths = [base_channels * 2**i for i in range(depth + 1)]
         inputs = [in_channels, *widths[: depth - 1]]
         self.encoders = nn.ModuleList(
@@ -242,12 +224,10 @@ class TinyUNet(nn.Module):
         self.self_attention = nn.Identity()
         if bottleneck_attention:
             self.self_attention = SpatialSelfAttention(widths[depth], qk_norm=qk_norm)
-        self.upsamples = nn.ModuleList()
-        self.decoders = nn.ModuleList()
+        self.upsamples, self.decoders = nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(depth)):
             self.upsamples.append(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2))
             self.decoders.append(ConvBlock(2 * widths[i], widths[i], attention, options, **block))
-        # heads[i] reads the decoder output at 1/2^i resolution; heads[0] is the final head.
         self.heads = nn.ModuleList(nn.Conv2d(widths[i], num_classes, 1) for i in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -263,11 +243,10 @@ class TinyUNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.self_attention(self.bottleneck(x))
-        decoded = []  # deepest first
+        decoded = []  # index i at 1/2^i resolution
         for up, decoder, skip in zip(self.upsamples, self.decoders, reversed(skips)):
             x = decoder(torch.cat([up(x), skip], dim=1))
-            decoded.append(x)
-        decoded.reverse()  # index i at 1/2^i resolution
+            decoded.insert(0, x)
         if not self.deep_supervision:
-            return self.heads[0](decoded[0])
+            return self.heads[0](x)
         return [head(features) for head, features in zip(self.heads, decoded)]

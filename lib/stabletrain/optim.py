@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase  # BatchNorm*, InstanceNorm*, SyncBatchNorm
 
 from .checks import check_bool, check_config_value, check_float
 
@@ -17,21 +18,15 @@ OPTIMIZER_TYPES: dict[str, type[torch.optim.Optimizer]] = {
     name.lower(): getattr(torch.optim, name)
     for name in ("Adam", "AdamW", "RMSprop", "Adadelta", "SGD")
 }
-
 CLIPPING_KEYS: dict[str, str] = {
     "gradient_clipping_by_norm": "norm",
     "gradient_clipping_by_norm_local": "norm_local",
     "gradient_clipping_by_value": "value",
 }  # Keras clipping key -> StabilityGuard clip_mode
-
 _BUILDER_KEYS = ("type", "no_decay_norm_bias", "lr_multipliers")
-_NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
+_NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.RMSNorm)
+_RANGES = {"betas": {"min": 0, "max": 1, "high_open": True}, "rho": {"min": 0, "max": 1}}
+_RANGES |= {k: {"min": 0} for k in ("lr", "weight_decay", "eps", "momentum", "alpha")}
 
 
 def _renames(kind: str) -> tuple[Mapping[str, inspect.Parameter], dict[str, str], tuple]:
@@ -49,27 +44,6 @@ def optimizer_keys(kind: str) -> list[str]:
     return sorted(keys - {"self", "params"})
 
 
-_RANGES = {"betas": {"min": 0, "max": 1, "high_open": True}, "rho": {"min": 0, "max": 1}}
-_RANGES |= {k: {"min": 0} for k in ("lr", "weight_decay", "eps", "momentum", "alpha")}
-
-
-def _check_value(name: str, value: Any, default: Any, arg: str = "") -> None:
-    """Check a torch argument ``arg`` (config key ``name``) by its default (bool or None, number,
-    pair) and :data:`_RANGES`."""
-    bounds = _RANGES.get(arg, {})
-    if default is None or isinstance(default, bool):
-        check_config_value(check_bool, name, value, optional=default is None)
-    elif isinstance(default, int | float):
-        check_config_value(check_float, name, value, **bounds)
-    elif isinstance(default, tuple) and not (isinstance(value, list | tuple) and len(value) == 2):
-        raise ValueError(f"{name} must be a pair [beta_1, beta_2] of numbers, got {value!r}")
-    elif isinstance(default, tuple):
-        _ = [
-            check_config_value(check_float, f"{name}[{i}]", v, **bounds)
-            for i, v in enumerate(value)
-        ]
-
-
 def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
     signature, renames, pair = _renames(kind)
     accepted = optimizer_keys(kind)
@@ -83,17 +57,25 @@ def _torch_kwargs(kind: str, config: Mapping[str, Any]) -> dict[str, Any]:
         ]
         items.append(("beta_1/beta_2", betas))
     kwargs: dict[str, Any] = {}
-    source: dict[str, str] = {}  # which config key set each torch argument
+    source: dict[str, str] = {}  # the config key that set each torch argument
     for key, value in items:
         name = "betas" if key == "beta_1/beta_2" else renames.get(key, key)
         if name in kwargs:
             both = f"optimizer keys {key!r} and {source[name]!r} both set {name!r}"
             raise ValueError(f"{both}; give only one")
         kwargs[name], source[name] = value, key
-    for name, value in kwargs.items():
-        _check_value(
-            source[name] if name != "betas" else "betas", value, signature[name].default, name
-        )
+    for name, value in kwargs.items():  # checked by the type of torch's default, and _RANGES
+        default, bounds = signature[name].default, _RANGES.get(name, {})
+        key = "betas" if name == "betas" else source[name]
+        if default is None or isinstance(default, bool):
+            check_config_value(check_bool, key, value, optional=default is None)
+        elif isinstance(default, int | float):
+            check_config_value(check_float, key, value, **bounds)
+        elif isinstance(default, tuple):
+            if not (isinstance(value, list | tuple) and len(value) == 2):
+                raise ValueError(f"{key} must be a pair [beta_1, beta_2] of numbers, got {value!r}")
+            for i, v in enumerate(value):
+                check_config_value(check_float, f"{key}[{i}]", v, **bounds)
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])  # YAML gives lists
     return kwargs
@@ -152,15 +134,11 @@ def build_optimizer(
     cls = OPTIMIZER_TYPES[kind]
     no_decay, multipliers = config.get("no_decay_norm_bias"), config.get("lr_multipliers")
     if isinstance(model_or_params, nn.Module):
+        defaults = inspect.signature(cls).parameters
+        groups = {"no_decay_norm_bias": (kind == "adamw") if no_decay is None else no_decay}
         for key in ("lr", "weight_decay"):
-            kwargs[key] = float(kwargs.get(key, inspect.signature(cls).parameters[key].default))
-        params: Any = param_groups(
-            model_or_params,
-            lr=kwargs["lr"],
-            weight_decay=kwargs["weight_decay"],
-            no_decay_norm_bias=(kind == "adamw") if no_decay is None else no_decay,
-            lr_multipliers=multipliers,
-        )
+            kwargs[key] = groups[key] = float(kwargs.get(key, defaults[key].default))
+        params: Any = param_groups(model_or_params, lr_multipliers=multipliers, **groups)
     elif multipliers or no_decay:
         need = "lr_multipliers and no_decay_norm_bias need parameter names"
         raise ValueError(f"{need}: pass the model, not its parameters")

@@ -22,6 +22,11 @@ from .checks import check_bool, check_folder, check_int
 if TYPE_CHECKING:
     from .history import History
 
+_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "uc")
+_ACCEPTED = "accepted: sqlite:///<file>, http(s)://<server>, postgresql://, mysql://, mssql://, "
+_ACCEPTED += "databricks"
+_NAME = re.compile(r"(?!/)[/\w.\- :]{1,250}")  # MLflow's param, metric and tag names
+
 
 def _mlflow():
     try:
@@ -30,10 +35,9 @@ def _mlflow():
     except ImportError:  # pragma: no cover - depends on the environment
         message = "pip install 'stabletrain[tracking]' (or pip install mlflow)"
         raise ImportError(f"stabletrain.tracking needs MLflow: {message}") from None
-    for name in ("alembic", "mlflow.tracking._tracking_service"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no migration chatter in notebooks
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # no tracebacks: the
-    # errors it logs reach the tracker, which reports them
+    quiet = {"alembic": 30, "mlflow.tracking._tracking_service": 30, "mlflow.store.db.utils": 50}
+    for name, level in quiet.items():  # no migration chatter; the store's errors reach the tracker
+        logging.getLogger(name).setLevel(level)
     return MlflowClient, Metric, Param
 
 
@@ -49,11 +53,6 @@ def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repository>/mlflow.db`` (absolute)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{(repository_root() / 'mlflow.db').as_posix()}"
-
-
-_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "uc")
-_ACCEPTED = "accepted: sqlite:///<file>, http(s)://<server>, postgresql://, mysql://, mssql://, "
-_ACCEPTED += "databricks"
 
 
 def check_tracking_uri(uri: Any) -> str:
@@ -95,11 +94,7 @@ def default_artifact_root(tracking_uri: str | None = None) -> Path | None:
     return None if db is None else db.resolve().parent / "mlartifacts"
 
 
-_NAME = re.compile(r"(?!/)[/\w.\- :]{1,250}")  # MLflow's param, metric and tag names
-
-
-def _check_names(what: str, names: Any) -> None:
-    """``ValueError`` unless every name is one MLflow takes (its rules, checked before sending)."""
+def _check_names(what: str, names: Any) -> None:  # MLflow's rules, checked before sending
     names = list(names)
     path = [k for k in names if posixpath.normpath(k) != k or k == "." or k.startswith("..")]
     if bad := [k for k in names if not _NAME.fullmatch(k)] + path:
@@ -107,12 +102,10 @@ def _check_names(what: str, names: Any) -> None:
         raise ValueError(f"{what} {bad[:3]} cannot be MLflow names: {rule}")
 
 
-def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in params.items():
-        nested = isinstance(value, Mapping)
-        flat |= _flatten(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": str(value)}
-    return flat
+def _flatten(params: Any, at: str = "") -> dict[str, str]:  # {"a": {"b": 1}}: {"a.b": "1"}
+    if not isinstance(params, Mapping):
+        return {at[:-1]: str(params)}
+    return {k: v for key, sub in params.items() for k, v in _flatten(sub, f"{at}{key}.").items()}
 
 
 def _number(value: Any) -> float | None:
@@ -122,12 +115,10 @@ def _number(value: Any) -> float | None:
 
 
 class MLflowTracker:
-    """Log a :func:`~stabletrain.loop.fit` run to MLflow: metrics every ``flush_every`` values and
-    at each epoch's end (the experiment is created if missing; ``log_figures`` and ``verbose`` act
-    at :meth:`finish`). A store failing during the run (locked, read-only, unreachable) costs one
-    warning, never the training: unsent values wait for the next flush. ``ValueError``: a
-    ``tracking_uri`` of unknown scheme or that cannot be opened, an artifact folder that cannot be
-    written, ``flush_every < 1``, an empty ``experiment``."""
+    """Log a :func:`~stabletrain.loop.fit` run to MLflow (the experiment is created if missing):
+    metrics every ``flush_every`` values and at each epoch's end. A store failing during the run
+    costs one warning, never the training: unsent values wait for the next flush. ``ValueError``:
+    a ``tracking_uri`` that cannot be opened, an artifact folder that cannot be written."""
 
     def __init__(
         self,
@@ -179,9 +170,8 @@ class MLflowTracker:
         return f"MLflowTracker(experiment={self.experiment!r}, {ids})"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log run parameters (nested mappings become ``a.b`` keys, values strings); a key logged
-        before with another value, or a key MLflow refuses, raises ``ValueError`` (a changed value:
-        a warning after a resume); ``TypeError``: ``params`` not a mapping."""
+        """Log run parameters (nested mappings become ``a.b`` keys, values strings); ``ValueError``:
+        a key MLflow refuses, or logged before with another value (after a resume: a warning)."""
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a mapping of names to values, got {params!r}"[:300])
         flat = _flatten(params)
@@ -211,8 +201,7 @@ class MLflowTracker:
             self.flush()
 
     def flush(self) -> bool:
-        """Write the buffered params and metric values (``log_batch``); ``False``: some are kept,
-        to be retried at the next flush."""
+        """Write the buffered params and metrics; ``False``: some are kept for the next flush."""
         return self._send("params") and self._send("metrics")
 
     def _send(self, kind: str) -> bool:
@@ -225,8 +214,7 @@ class MLflowTracker:
         return True
 
     def _call(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
-        """``write(...)`` (to the store); a failure (a locked or read-only store, a server down)
-        warns once per tracker, so that training goes on, and returns ``False``."""
+        """``write(...)``; a failure (a locked or read-only store, a server down) warns once."""
         try:
             write(*args, **kwargs)
             return True
@@ -241,8 +229,7 @@ class MLflowTracker:
             return False
 
     def finish(self, history: History | None = None, *, status: str = "FINISHED") -> None:
-        """Flush, log the figures and history, and close the run as ``status`` (idempotent); what
-        the store still refuses is named in a warning."""
+        """Flush, log the figures and history, and close the run as ``status`` (idempotent)."""
         if self.finished:
             return
         sent = self.flush()
@@ -263,8 +250,7 @@ class MLflowTracker:
         return {"run_id": self.run_id, "params": dict(self._params)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the checkpointed run (a resumed training is one run); this tracker's new run
-        is deleted if nothing was logged to it yet."""
+        """Continue the checkpointed run; this tracker's new run is deleted if it is still empty."""
         run_id = str(state["run_id"])
         if run_id == self.run_id:
             return
@@ -292,18 +278,16 @@ class MLflowTracker:
         from matplotlib.figure import Figure
 
         steps, epochs = history.steps, history.epochs
-        ax = Figure(figsize=(6, 3.5)).add_subplot()
-        ax.plot(steps.get("lr", []))
-        ax.set(xlabel="optimizer step", ylabel="learning rate", title=f"LR — {self.run_name}")
-        self.client.log_figure(self.run_id, ax.figure, "figures/lr.png")
-        ax = Figure(figsize=(6, 3.5)).add_subplot()
-        ax.plot(steps.get("loss", []), label="train loss (per step)", alpha=0.7)
+        lr, loss = (Figure(figsize=(6, 3.5)).add_subplot() for _ in range(2))
+        lr.plot(steps.get("lr", []))
+        loss.plot(steps.get("loss", []), label="train loss (per step)", alpha=0.7)
         if "val_loss" in epochs and (column := steps.get("epoch")):
             ends = [i for i in range(1, len(column)) if column[i] != column[i - 1]] + [len(column)]
-            ax.plot(ends[: len(epochs["val_loss"])], epochs["val_loss"], "o-", label="val loss")
-        ax.set(xlabel="optimizer step", ylabel="loss", title=f"loss — {self.run_name}")
-        ax.legend()
-        self.client.log_figure(self.run_id, ax.figure, "figures/loss.png")
+            loss.plot(ends[: len(epochs["val_loss"])], epochs["val_loss"], "o-", label="val loss")
+        loss.legend()
+        for ax, name, label in ((lr, "LR", "learning rate"), (loss, "loss", "loss")):
+            ax.set(xlabel="optimizer step", ylabel=label, title=f"{name} — {self.run_name}")
+            self.client.log_figure(self.run_id, ax.figure, f"figures/{name.lower()}.png")
         self.client.log_dict(self.run_id, history.state_dict(), "history.json")
 
     def ui_command(self, relative_to: str | os.PathLike | None = None) -> str:
